@@ -1,0 +1,1 @@
+//! The raft key-value store on openraft (being built: see issue "cluster-consensus").

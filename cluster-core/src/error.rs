@@ -1,0 +1,171 @@
+//! The one error type of `cluster-core`, shared by every backend contract.
+//!
+//! Every variant carries owned, plain data so that an error can cross the wire
+//! (the forwarding service sends store errors back to its callers) and be
+//! cloned into several waiting callers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::MemberId;
+
+/// Result alias with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the current leader can be reached, as known by the member that
+/// answered [`Error::NotLeader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// The leader's member id.
+    pub member_id: MemberId,
+    /// The leader's forwarding-service address (`host:port`), when known.
+    pub service_addr: Option<String>,
+}
+
+/// Everything that can go wrong in the model, the codec and the backend
+/// contracts. Variants are grouped by what a caller can do about them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- bad input: fix the input, retrying will not help ----
+    /// A member id that is not a ULID.
+    #[error("invalid member id {input:?}: {reason}")]
+    InvalidMemberId {
+        /// The text that was parsed.
+        input: String,
+        /// Why it is not a ULID.
+        reason: String,
+    },
+    /// A short id that is not a positive integer.
+    #[error("invalid short id {input:?}: must be a positive integer")]
+    InvalidShortId {
+        /// The text or number that was given.
+        input: String,
+    },
+    /// A raft role that is not `leader`, `voter` or `nonvoter`.
+    #[error("invalid raft role {input:?}: expected leader, voter or nonvoter")]
+    InvalidRole {
+        /// The text that was parsed.
+        input: String,
+    },
+    /// A membership tag that member metadata needs is absent.
+    #[error("tag {tag:?} is missing")]
+    MissingTag {
+        /// The name of the missing tag.
+        tag: String,
+    },
+    /// A membership tag holds a value that does not parse.
+    #[error("tag {tag:?} has a bad value {value:?}: {reason}")]
+    BadTag {
+        /// The name of the tag.
+        tag: String,
+        /// Its value.
+        value: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A consensus key that is not of the form the caller asked for.
+    #[error("key {key:?} is not {expected}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What kind of key was expected.
+        expected: String,
+    },
+    /// A request the receiver cannot serve as sent (reserved key, empty key, …).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    // ---- wire: the peer speaks something else ----
+    /// A frame longer than the configured maximum (sent or received).
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame shorter than its header.
+    #[error("truncated frame: {len} bytes, the header alone needs {needed}")]
+    TruncatedFrame {
+        /// The frame's length.
+        len: usize,
+        /// The bytes the header needs.
+        needed: usize,
+    },
+    /// A frame that does not start with this project's magic bytes.
+    #[error("not a Carbon Grid frame (bad magic bytes)")]
+    BadMagic,
+    /// A frame of another protocol version.
+    #[error("protocol version {found} is not supported (this member speaks {expected})")]
+    VersionMismatch {
+        /// This member's version.
+        expected: u16,
+        /// The peer's version.
+        found: u16,
+    },
+    /// A frame from another cluster.
+    #[error("frame from cluster {found:?}, this member belongs to cluster {expected:?}")]
+    ClusterMismatch {
+        /// This member's cluster id.
+        expected: String,
+        /// The peer's cluster id.
+        found: String,
+    },
+    /// A frame whose body does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A value that could not be encoded.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// An I/O error on a connection or a file.
+    #[error("i/o error: {0}")]
+    Io(String),
+
+    // ---- consensus: retry elsewhere or later ----
+    /// This member is not the leader; retry at the leader.
+    #[error("not the leader{}", match .0 { Some(h) => format!(" (leader is {})", h.member_id), None => " (no leader known)".to_owned() })]
+    NotLeader(Option<LeaderHint>),
+    /// The operation did not finish in time; it may or may not have taken effect.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// No member could be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The member is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A raft membership change could not be made (another is in progress,
+    /// the member is unknown, …). Usually worth retrying after the next change.
+    #[error("membership change refused: {0}")]
+    MembershipChange(String),
+    /// The storage failed; the member cannot continue safely.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// A watcher or subscriber fell behind and missed changes; read the
+    /// current state again.
+    #[error("fell behind and missed {missed} changes")]
+    Lagged {
+        /// How many changes were missed.
+        missed: u64,
+    },
+    /// Something this member did not expect; a bug worth reporting.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True for errors after which the same operation may succeed if retried
+    /// (possibly at another member): not leader, timeout, unreachable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader(_) | Error::Timeout(_) | Error::Unreachable(_) | Error::MembershipChange(_)
+        )
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}

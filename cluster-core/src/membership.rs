@@ -1,0 +1,166 @@
+//! The membership backend contract: gossip membership as the rest of the
+//! cluster sees it. `cluster-gossip` implements it on chitchat.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::hub::{EventHub, Subscription};
+use crate::id::MemberId;
+
+/// How a member is doing, as gossip sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberState {
+    /// Heartbeats arrive.
+    Alive,
+    /// It announced that it leaves.
+    Left,
+    /// The failure detector gave up on it.
+    Failed,
+}
+
+/// A member as gossip sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its permanent id.
+    pub id: MemberId,
+    /// Its incarnation: grows every time the member (re)starts.
+    pub generation: u64,
+    /// Where it gossips.
+    pub gossip_addr: SocketAddr,
+    /// Its published tags (without the backend's own bookkeeping keys).
+    pub tags: BTreeMap<String, String>,
+    /// Alive, left or failed.
+    pub state: MemberState,
+}
+
+/// A change in membership, as one subscriber receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipEvent {
+    /// A member became live: new, back after a failure, or restarted.
+    Joined(Member),
+    /// A live member changed its tags.
+    Updated(Member),
+    /// A member announced its departure and stopped.
+    Left(Member),
+    /// The failure detector declared a member dead.
+    Failed(Member),
+    /// This subscriber fell behind and events were dropped; here are all
+    /// live members now. Compare with what you knew.
+    Resync(Vec<Member>),
+}
+
+/// The live members by id: the state behind a membership [`EventHub`].
+pub type MemberTable = BTreeMap<MemberId, Member>;
+
+/// A subscription to membership events; it starts with a `Joined` event for
+/// every member live when it was made.
+pub type MembershipEvents = Subscription<MemberTable, MembershipEvent>;
+
+/// A hub of membership events with the replay and resync rules above.
+pub fn membership_hub(capacity: usize) -> EventHub<MemberTable, MembershipEvent> {
+    EventHub::new(
+        MemberTable::new(),
+        capacity,
+        |t| t.values().cloned().map(MembershipEvent::Joined).collect(),
+        |t| MembershipEvent::Resync(t.values().cloned().collect()),
+    )
+}
+
+/// Failure-detector settings (phi accrual).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailureDetection {
+    /// Suspicion level at which a member is declared failed; lower detects
+    /// sooner and risks false failures under load.
+    pub phi_threshold: f64,
+    /// The heartbeat interval assumed before any was observed; keep it close
+    /// to the gossip interval.
+    pub initial_interval: Duration,
+    /// How long a failed member is remembered (and its return recognized as
+    /// the same member) before it is forgotten.
+    pub dead_member_grace: Duration,
+}
+
+impl Default for FailureDetection {
+    fn default() -> Self {
+        FailureDetection {
+            phi_threshold: 8.0,
+            initial_interval: Duration::from_millis(100),
+            dead_member_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a membership backend needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipConfig {
+    /// This member's id.
+    pub member_id: MemberId,
+    /// This incarnation; must grow across restarts (unix time in ns works).
+    pub generation: u64,
+    /// Members of other clusters are ignored.
+    pub cluster_id: String,
+    /// Where to listen; port 0 picks a free one.
+    pub listen_addr: SocketAddr,
+    /// The address others reach us at, if not `listen_addr` (NAT, 0.0.0.0).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses of members to join (`host:port`); empty = a new cluster.
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Failure detection.
+    pub failure_detection: FailureDetection,
+    /// The tags to publish from the start.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A gossip membership backend.
+///
+/// Guarantees an implementation gives:
+/// - after [`start`](Membership::start) returns, the member gossips with its
+///   seeds and publishes its tags; the handle reports the bound address;
+/// - tag changes reach every live member;
+/// - every subscription starts with the live members as `Joined`, then sees
+///   each change once: no duplicate events when nothing changed; a restarted
+///   member (same id, higher generation) is one member, reported `Joined`
+///   again after it was reported `Failed` or `Left`;
+/// - a slow subscriber never blocks gossip; it receives `Resync` instead of a gap;
+/// - [`leave`](Membership::leave) makes peers report `Left`, not `Failed`,
+///   and returns within a bounded time even when no peer is reachable;
+/// - members of another cluster id are never merged in.
+pub trait Membership: Send + Sync + Sized + 'static {
+    /// Starts gossiping and joins the seeds.
+    fn start(config: MembershipConfig) -> impl Future<Output = Result<Self>> + Send;
+
+    /// This member's id.
+    fn member_id(&self) -> MemberId;
+
+    /// The address gossip is bound to (the real port when 0 was asked).
+    fn gossip_addr(&self) -> SocketAddr;
+
+    /// Sets (adds or overwrites) some of this member's tags.
+    fn set_tags(&self, tags: BTreeMap<String, String>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes some of this member's tags.
+    fn remove_tags(&self, names: Vec<String>) -> impl Future<Output = Result<()>> + Send;
+
+    /// The live members now, this member included.
+    fn members(&self) -> Vec<Member>;
+
+    /// A new subscription to membership events.
+    fn subscribe(&self) -> MembershipEvents;
+
+    /// Announces that this member leaves, waits (bounded) until peers heard
+    /// it, and stops gossiping.
+    fn leave(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops gossiping at once, without announcing it (peers will see a failure).
+    fn stop(&self) -> impl Future<Output = Result<()>> + Send;
+}

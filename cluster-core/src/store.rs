@@ -1,0 +1,424 @@
+//! The consensus store contract: the strongly consistent key-value store
+//! that every member reads and writes. `cluster-consensus` implements it on
+//! openraft; `cluster-service` forwards it to the leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+use crate::error::{Error, Result};
+use crate::id::{ClientRequestId, MemberId, ShortId};
+use crate::role::RaftRole;
+
+/// A change to the store, applied through the raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// If `key` holds `expected` (`None`: is absent), set it to `new`
+    /// (`None`: delete it).
+    CompareAndSet {
+        /// The key.
+        key: String,
+        /// The value it must hold, or `None` for absent.
+        expected: Option<Vec<u8>>,
+        /// The value to store, or `None` to delete.
+        new: Option<Vec<u8>>,
+    },
+    /// Give `member` the lowest free short id, or the one it already holds.
+    AllocateShortId {
+        /// The member.
+        member: MemberId,
+    },
+    /// Free the short id of `member`.
+    ReleaseShortId {
+        /// The member.
+        member: MemberId,
+    },
+}
+
+impl WriteOp {
+    /// The user key this operation changes, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
+                Some(key)
+            }
+            WriteOp::AllocateShortId { .. } | WriteOp::ReleaseShortId { .. } => None,
+        }
+    }
+}
+
+/// A write with the id that makes its retries idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// What to change.
+    pub op: WriteOp,
+    /// Retries with the same id are applied at most once.
+    pub request_id: Option<ClientRequestId>,
+}
+
+impl WriteRequest {
+    /// A write with a fresh request id.
+    pub fn new(op: WriteOp) -> Self {
+        WriteRequest { op, request_id: Some(ClientRequestId::generate()) }
+    }
+}
+
+/// The answer of a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasOutcome {
+    /// Whether the value matched and was replaced.
+    pub succeeded: bool,
+    /// The value after the operation.
+    pub current: Option<Vec<u8>>,
+}
+
+/// The answer of a [`WriteOp`], one variant per operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum WriteOutcome {
+    /// Answer to `Set`: whether the key was created (did not exist before).
+    Set {
+        /// True if the key did not exist before.
+        created: bool,
+    },
+    /// Answer to `Delete`: whether the key existed.
+    Delete {
+        /// True if the key existed.
+        existed: bool,
+    },
+    /// Answer to `CompareAndSet`.
+    CompareAndSet(CasOutcome),
+    /// Answer to `AllocateShortId`.
+    ShortId(ShortId),
+    /// Answer to `ReleaseShortId`: whether the member held one.
+    Released {
+        /// True if the member held a short id.
+        held: bool,
+    },
+}
+
+/// One applied change, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The key.
+    pub key: String,
+    /// The new value, or `None` if the key was deleted.
+    pub value: Option<Vec<u8>>,
+    /// The store's revision after this change; grows with every change.
+    pub revision: u64,
+}
+
+/// A watch on a key prefix: every applied change under it, in revision order.
+pub struct Watch {
+    prefix: String,
+    rx: broadcast::Receiver<WatchEvent>,
+}
+
+impl Watch {
+    /// A watch of `prefix` on a stream of all changes.
+    pub fn new(prefix: impl Into<String>, rx: broadcast::Receiver<WatchEvent>) -> Self {
+        Watch { prefix: prefix.into(), rx }
+    }
+
+    /// The prefix watched.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The next change under the prefix; `None` when the store stopped.
+    /// `Some(Err(Error::Lagged))` when this watcher fell behind and missed
+    /// changes: read the prefix again and watch on.
+    pub async fn recv(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) if e.key.starts_with(&self.prefix) => return Some(Ok(e)),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Some(Err(Error::Lagged { missed: n }));
+                }
+            }
+        }
+    }
+}
+
+/// Where a member of raft is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Endpoints {
+    /// `host:port` of its raft RPC.
+    pub raft_addr: String,
+    /// `host:port` of its forwarding service.
+    pub service_addr: String,
+}
+
+/// What a member knows about consensus now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConsensusStatus {
+    /// This member.
+    pub member_id: MemberId,
+    /// The leader it knows, if any.
+    pub leader: Option<MemberId>,
+    /// The current term.
+    pub term: u64,
+    /// Index of its last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry it applied (committed and applied).
+    pub applied_index: Option<u64>,
+    /// The voters and where they are reached.
+    pub voters: BTreeMap<MemberId, Endpoints>,
+    /// The nonvoters (learners) and where they are reached.
+    pub nonvoters: BTreeMap<MemberId, Endpoints>,
+}
+
+impl ConsensusStatus {
+    /// This member's role: `None` when it is not (yet) part of raft.
+    pub fn role(&self) -> Option<RaftRole> {
+        self.role_of(self.member_id)
+    }
+
+    /// A member's role by this member's knowledge.
+    pub fn role_of(&self, id: MemberId) -> Option<RaftRole> {
+        if self.leader == Some(id) && self.voters.contains_key(&id) {
+            Some(RaftRole::Leader)
+        } else if self.voters.contains_key(&id) {
+            Some(RaftRole::Voter)
+        } else if self.nonvoters.contains_key(&id) {
+            Some(RaftRole::Nonvoter)
+        } else {
+            None
+        }
+    }
+
+    /// The forwarding-service address of the leader, if known.
+    pub fn leader_service_addr(&self) -> Option<&str> {
+        let leader = self.leader?;
+        self.voters.get(&leader).map(|e| e.service_addr.as_str())
+    }
+
+    /// True if this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader == Some(self.member_id)
+    }
+
+    /// Every member of raft.
+    pub fn all_members(&self) -> BTreeSet<MemberId> {
+        self.voters.keys().chain(self.nonvoters.keys()).copied().collect()
+    }
+}
+
+/// Raft timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftTiming {
+    /// The leader's heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Followers start an election after a random time in
+    /// `[election_timeout_min, election_timeout_max)` without a leader.
+    pub election_timeout_min: Duration,
+    /// See `election_timeout_min`.
+    pub election_timeout_max: Duration,
+    /// A snapshot is taken after this many log entries since the last.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept before the last snapshot (for slow followers).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            snapshot_after_entries: 5000,
+            keep_entries_after_snapshot: 1000,
+        }
+    }
+}
+
+/// What a consensus backend needs to open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsensusConfig {
+    /// This member's id (the raft node id).
+    pub member_id: MemberId,
+    /// Frames from other clusters are refused.
+    pub cluster_id: String,
+    /// Where raft RPC listens; port 0 picks a free one.
+    pub raft_listen_addr: SocketAddr,
+    /// The host others reach this member at (the raft port is the bound one).
+    pub advertise_host: String,
+    /// The forwarding-service address others reach this member at.
+    pub service_addr: String,
+    /// Durable storage here; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Raft timing.
+    pub timing: RaftTiming,
+    /// The largest frame sent or accepted on the raft port.
+    pub max_frame_len: usize,
+    /// How long an RPC may take before the peer counts as unreachable.
+    pub rpc_timeout: Duration,
+}
+
+/// A strongly consistent key-value store with raft membership control.
+///
+/// Guarantees an implementation gives:
+/// - writes ([`write`](ConsensusStore::write)) are applied in one total order
+///   on every member, and acknowledged only once committed; on a member that
+///   does not lead they fail fast with [`Error::NotLeader`] and a hint;
+/// - a write with a `request_id` is applied at most once, however often it is
+///   retried, and every retry gets the first answer;
+/// - [`consistent_get`](ConsensusStore::consistent_get) is linearizable: the
+///   leader confirms its leadership with a quorum first (read index);
+/// - [`get`](ConsensusStore::get) and [`get_prefix`](ConsensusStore::get_prefix)
+///   read this member's applied state: fast, possibly stale, never torn;
+/// - [`watch`](ConsensusStore::watch) sees every applied change under its
+///   prefix, in revision order, on every member;
+/// - short ids: the lowest free id is chosen inside the state machine, so two
+///   members never hold the same id, and a member that holds one gets it back;
+/// - with a data directory, nothing acknowledged is lost across a crash.
+pub trait ConsensusStore: Send + Sync + Sized + 'static {
+    /// Opens (or reopens from its data directory) this member's store and
+    /// starts raft RPC. It does not join or form a cluster by itself.
+    fn open(config: ConsensusConfig) -> impl Future<Output = Result<Self>> + Send;
+
+    /// This member's id.
+    fn member_id(&self) -> MemberId;
+
+    /// The raft RPC address bound (the real port when 0 was asked).
+    fn raft_addr(&self) -> SocketAddr;
+
+    /// What this member knows about consensus now.
+    fn status(&self) -> ConsensusStatus;
+
+    /// Every change of [`status`](ConsensusStore::status): leader, term,
+    /// membership, applied index.
+    fn status_changes(&self) -> watch::Receiver<ConsensusStatus>;
+
+    /// True if this member was part of a cluster before (state on disk).
+    fn is_initialized(&self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Forms a new cluster with this member as its only voter. Harmless on a
+    /// member that is already part of a cluster.
+    fn bootstrap(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Local read of the applied state (may be stale).
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Local read of every key starting with `prefix`, in key order.
+    fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// The short ids held now, by this member's applied state.
+    fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>>;
+
+    /// Linearizable read; on the leader only.
+    fn consistent_get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Applies a write through the log; on the leader only.
+    fn write(&self, request: WriteRequest) -> impl Future<Output = Result<WriteOutcome>> + Send;
+
+    /// Watches every applied change under `prefix`.
+    fn watch(&self, prefix: &str) -> Watch;
+
+    /// Adds a member as nonvoter and waits until it caught up with the log; on the leader only.
+    fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints)
+    -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes a nonvoter a voter; on the leader only.
+    fn promote(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes a voter a nonvoter; on the leader only.
+    fn demote(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a member from raft (voter or nonvoter); on the leader only.
+    fn remove(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops raft and closes storage.
+    fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Typed shortcuts over [`ConsensusStore::write`], for every store.
+pub trait ConsensusStoreExt: ConsensusStore {
+    /// Sets `key`; true if it was created.
+    fn set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::new(WriteOp::Set { key: key.to_owned(), value });
+        async move {
+            match self.write(req).await? {
+                WriteOutcome::Set { created } => Ok(created),
+                other => Err(unexpected("set", &other)),
+            }
+        }
+    }
+
+    /// Deletes `key`; true if it existed.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::new(WriteOp::Delete { key: key.to_owned() });
+        async move {
+            match self.write(req).await? {
+                WriteOutcome::Delete { existed } => Ok(existed),
+                other => Err(unexpected("delete", &other)),
+            }
+        }
+    }
+
+    /// Compare-and-set; see [`WriteOp::CompareAndSet`].
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<CasOutcome>> + Send {
+        let req = WriteRequest::new(WriteOp::CompareAndSet { key: key.to_owned(), expected, new });
+        async move {
+            match self.write(req).await? {
+                WriteOutcome::CompareAndSet(o) => Ok(o),
+                other => Err(unexpected("compare-and-set", &other)),
+            }
+        }
+    }
+
+    /// The short id of `member`, allocated if it holds none.
+    fn allocate_short_id(&self, member: MemberId) -> impl Future<Output = Result<ShortId>> + Send {
+        let req = WriteRequest::new(WriteOp::AllocateShortId { member });
+        async move {
+            match self.write(req).await? {
+                WriteOutcome::ShortId(id) => Ok(id),
+                other => Err(unexpected("allocate short id", &other)),
+            }
+        }
+    }
+
+    /// Frees the short id of `member`; true if it held one.
+    fn release_short_id(&self, member: MemberId) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::new(WriteOp::ReleaseShortId { member });
+        async move {
+            match self.write(req).await? {
+                WriteOutcome::Released { held } => Ok(held),
+                other => Err(unexpected("release short id", &other)),
+            }
+        }
+    }
+}
+
+impl<T: ConsensusStore> ConsensusStoreExt for T {}
+
+/// The error for an answer that does not match its operation.
+pub fn unexpected(op: &str, outcome: &WriteOutcome) -> Error {
+    Error::Internal(format!("{op} was answered with {outcome:?}"))
+}

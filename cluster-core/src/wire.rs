@@ -1,0 +1,396 @@
+//! The wire codec of every TCP protocol of the project (raft RPC, the
+//! forwarding service).
+//!
+//! A frame on the wire is a 4-byte big-endian length, then the body:
+//!
+//! ```text
+//! magic "CGCW" | version u16 LE | request id u64 LE | cluster id len u8 | cluster id | bincode payload
+//! ```
+//!
+//! The request id lets one connection carry many requests at once: an answer
+//! carries the id of its request. Decoding never panics and never allocates
+//! more than the frame limit: a frame that is too long, too short, of another
+//! magic, version or cluster, or whose payload does not decode exactly, gives
+//! its own [`Error`] variant.
+//!
+//! [`WireCodec`] plugs into `tokio_util::codec::Framed`. Its items are
+//! `Result<Frame<T>, FrameError>`: a frame whose header or payload is bad is
+//! reported as an item — with its request id when the header was readable —
+//! so the connection can answer it and go on; only a length beyond the limit
+//! (after which the stream cannot be resynchronized) ends the stream.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use cluster_core::wire::{Frame, WireCodec};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec = WireCodec::<String, String>::new("prod", 1 << 20);
+//! let mut buf = BytesMut::new();
+//! codec.encode(Frame { request_id: 7, body: "hello".to_owned() }, &mut buf).unwrap();
+//! let frame = codec.decode(&mut buf).unwrap().unwrap().unwrap();
+//! assert_eq!((frame.request_id, frame.body.as_str()), (7, "hello"));
+//!
+//! let mut other = WireCodec::<String, String>::new("staging", 1 << 20);
+//! let mut buf = BytesMut::new();
+//! other.encode(Frame { request_id: 8, body: "hi".to_owned() }, &mut buf).unwrap();
+//! let refused = codec.decode(&mut buf).unwrap().unwrap().unwrap_err();
+//! assert_eq!(refused.request_id, Some(8));
+//! ```
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::{Error, Result};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The first bytes of every frame body.
+pub const MAGIC: [u8; 4] = *b"CGCW";
+/// The longest cluster id a frame can carry.
+pub const MAX_CLUSTER_ID_LEN: usize = 255;
+/// A sensible default frame limit: 16 MiB (raft snapshot chunks are 3 MiB).
+pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+const LEN_PREFIX: usize = 4;
+const FIXED_HEADER: usize = MAGIC.len() + 2 + 8 + 1;
+
+/// One message with the id that pairs a request with its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame<T> {
+    /// Chosen by the requester, echoed by the answer.
+    pub request_id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// A frame that arrived but could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct FrameError {
+    /// The request id, when the header could be read.
+    pub request_id: Option<u64>,
+    /// What was wrong.
+    pub error: Error,
+}
+
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::NoLimit,
+> {
+    bincode::config::standard()
+}
+
+/// Encodes one frame body (without the length prefix).
+pub fn encode_body<T: Serialize>(cluster_id: &str, frame: &Frame<T>, max_len: usize) -> Result<Vec<u8>> {
+    if cluster_id.len() > MAX_CLUSTER_ID_LEN {
+        return Err(Error::Encode(format!("cluster id longer than {MAX_CLUSTER_ID_LEN} bytes")));
+    }
+    let mut out = Vec::with_capacity(FIXED_HEADER + cluster_id.len() + 64);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&frame.request_id.to_le_bytes());
+    out.push(cluster_id.len() as u8);
+    out.extend_from_slice(cluster_id.as_bytes());
+    bincode::serde::encode_into_std_write(&frame.body, &mut out, bincode_config())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    if out.len() > max_len {
+        return Err(Error::FrameTooLarge { len: out.len(), max: max_len });
+    }
+    Ok(out)
+}
+
+/// Decodes one frame body (without the length prefix), checking magic,
+/// version and cluster id, and that the payload uses every byte.
+pub fn decode_body<T: DeserializeOwned>(
+    cluster_id: &str,
+    body: &[u8],
+    max_len: usize,
+) -> std::result::Result<Frame<T>, FrameError> {
+    let fail = |request_id, error| FrameError { request_id, error };
+    if body.len() > max_len {
+        return Err(fail(None, Error::FrameTooLarge { len: body.len(), max: max_len }));
+    }
+    if body.len() < FIXED_HEADER {
+        return Err(fail(None, Error::TruncatedFrame { len: body.len(), needed: FIXED_HEADER }));
+    }
+    if body[..4] != MAGIC {
+        return Err(fail(None, Error::BadMagic));
+    }
+    let version = u16::from_le_bytes([body[4], body[5]]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&body[6..14]);
+    let request_id = u64::from_le_bytes(id);
+    if version != PROTOCOL_VERSION {
+        return Err(fail(
+            Some(request_id),
+            Error::VersionMismatch { expected: PROTOCOL_VERSION, found: version },
+        ));
+    }
+    let cid_len = usize::from(body[14]);
+    let needed = FIXED_HEADER + cid_len;
+    if body.len() < needed {
+        return Err(fail(Some(request_id), Error::TruncatedFrame { len: body.len(), needed }));
+    }
+    let cid = &body[FIXED_HEADER..needed];
+    if cid != cluster_id.as_bytes() {
+        return Err(fail(
+            Some(request_id),
+            Error::ClusterMismatch {
+                expected: cluster_id.to_owned(),
+                found: String::from_utf8_lossy(cid).into_owned(),
+            },
+        ));
+    }
+    let payload = &body[needed..];
+    // The payload cannot claim more than the frame holds: bincode checks every
+    // length against the remaining input before allocating.
+    let (value, read) = bincode::serde::decode_from_slice::<T, _>(payload, bincode_config())
+        .map_err(|e| fail(Some(request_id), Error::Malformed(e.to_string())))?;
+    if read != payload.len() {
+        return Err(fail(
+            Some(request_id),
+            Error::Malformed(format!("{} trailing bytes after the payload", payload.len() - read)),
+        ));
+    }
+    Ok(Frame { request_id, body: value })
+}
+
+/// A `tokio_util` codec that sends `Frame<Out>` and receives `Frame<In>`.
+pub struct WireCodec<Out, In> {
+    cluster_id: Arc<str>,
+    max_frame_len: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<Out, In> WireCodec<Out, In> {
+    /// A codec for `cluster_id` that refuses frames over `max_frame_len` bytes.
+    pub fn new(cluster_id: impl Into<Arc<str>>, max_frame_len: usize) -> Self {
+        WireCodec { cluster_id: cluster_id.into(), max_frame_len, _types: PhantomData }
+    }
+
+    /// The cluster id this codec accepts.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+}
+
+impl<Out, In> Clone for WireCodec<Out, In> {
+    fn clone(&self) -> Self {
+        WireCodec::new(self.cluster_id.clone(), self.max_frame_len)
+    }
+}
+
+impl<Out, In: DeserializeOwned> Decoder for WireCodec<Out, In> {
+    type Item = std::result::Result<Frame<In>, FrameError>;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>> {
+        if src.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_len {
+            // The stream cannot be trusted past this point.
+            return Err(Error::FrameTooLarge { len, max: self.max_frame_len });
+        }
+        if src.len() < LEN_PREFIX + len {
+            src.reserve(LEN_PREFIX + len - src.len());
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let body = src.split_to(len);
+        Ok(Some(decode_body(&self.cluster_id, &body, self.max_frame_len)))
+    }
+}
+
+impl<Out: Serialize, In> Encoder<Frame<Out>> for WireCodec<Out, In> {
+    type Error = Error;
+
+    fn encode(&mut self, frame: Frame<Out>, dst: &mut BytesMut) -> Result<()> {
+        let body = encode_body(&self.cluster_id, &frame, self.max_frame_len)?;
+        dst.reserve(LEN_PREFIX + body.len());
+        dst.put_u32(body.len() as u32);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Msg {
+        Ping(u64),
+        Put { key: String, value: Vec<u8> },
+    }
+
+    const MAX: usize = 4096;
+
+    fn codec(cluster: &str) -> WireCodec<Msg, Msg> {
+        WireCodec::new(cluster, MAX)
+    }
+
+    fn encoded(cluster: &str, id: u64, msg: Msg) -> BytesMut {
+        let mut buf = BytesMut::new();
+        codec(cluster).encode(Frame { request_id: id, body: msg }, &mut buf).unwrap();
+        buf
+    }
+
+    fn decode_one(buf: &mut BytesMut) -> Result<Option<std::result::Result<Frame<Msg>, FrameError>>> {
+        codec("c").decode(buf)
+    }
+
+    #[test]
+    fn roundtrip_several_frames_in_one_buffer() {
+        let mut buf = encoded("c", 1, Msg::Ping(5));
+        buf.extend_from_slice(&encoded("c", 2, Msg::Put { key: "k".into(), value: vec![1, 2] }));
+        assert_eq!(
+            decode_one(&mut buf).unwrap().unwrap().unwrap(),
+            Frame { request_id: 1, body: Msg::Ping(5) }
+        );
+        let f = decode_one(&mut buf).unwrap().unwrap().unwrap();
+        assert_eq!(f.request_id, 2);
+        assert!(buf.is_empty());
+        assert!(decode_one(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let full = encoded("c", 1, Msg::Ping(5));
+        for cut in 0..full.len() {
+            let mut part = BytesMut::from(&full[..cut]);
+            assert!(decode_one(&mut part).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_ends_the_stream() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX as u32 + 1);
+        assert_eq!(decode_one(&mut buf).unwrap_err(), Error::FrameTooLarge { len: MAX + 1, max: MAX });
+    }
+
+    #[test]
+    fn oversized_message_is_refused_on_encode() {
+        let mut buf = BytesMut::new();
+        let big = Msg::Put { key: "k".into(), value: vec![0; MAX] };
+        let err = codec("c").encode(Frame { request_id: 1, body: big }, &mut buf).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { max: MAX, .. }), "{err}");
+        assert!(buf.is_empty());
+    }
+
+    fn with_body(body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(body);
+        buf
+    }
+
+    fn item_error(mut buf: BytesMut) -> FrameError {
+        decode_one(&mut buf).unwrap().unwrap().unwrap_err()
+    }
+
+    #[test]
+    fn each_bad_frame_has_its_own_error() {
+        let good = encoded("c", 9, Msg::Ping(1));
+        let body = &good[LEN_PREFIX..];
+
+        let e = item_error(with_body(&body[..5]));
+        assert_eq!(e.error, Error::TruncatedFrame { len: 5, needed: FIXED_HEADER });
+
+        let mut bad_magic = body.to_vec();
+        bad_magic[0] = b'X';
+        assert_eq!(item_error(with_body(&bad_magic)).error, Error::BadMagic);
+
+        let mut bad_version = body.to_vec();
+        bad_version[4] = 99;
+        let e = item_error(with_body(&bad_version));
+        assert_eq!(e.error, Error::VersionMismatch { expected: PROTOCOL_VERSION, found: 99 });
+        assert_eq!(e.request_id, Some(9));
+
+        let e = item_error(encoded("other", 9, Msg::Ping(1)));
+        assert_eq!(e.error, Error::ClusterMismatch { expected: "c".into(), found: "other".into() });
+        assert_eq!(e.request_id, Some(9));
+
+        let mut short_cid = body[..FIXED_HEADER].to_vec();
+        short_cid[14] = 10;
+        assert!(matches!(item_error(with_body(&short_cid)).error, Error::TruncatedFrame { .. }));
+
+        let mut bad_payload = body[..FIXED_HEADER + 1].to_vec();
+        bad_payload.push(200); // no such enum variant
+        let e = item_error(with_body(&bad_payload));
+        assert!(matches!(e.error, Error::Malformed(_)), "{e:?}");
+        assert_eq!(e.request_id, Some(9));
+
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert!(
+            matches!(item_error(with_body(&trailing)).error, Error::Malformed(m) if m.contains("trailing"))
+        );
+    }
+
+    #[test]
+    fn a_bad_frame_does_not_break_the_next_one() {
+        let mut buf = with_body(b"garbage garbage garbage");
+        buf.extend_from_slice(&encoded("c", 3, Msg::Ping(3)));
+        assert!(decode_one(&mut buf).unwrap().unwrap().is_err());
+        assert_eq!(decode_one(&mut buf).unwrap().unwrap().unwrap().request_id, 3);
+    }
+
+    #[test]
+    fn a_lying_length_inside_the_payload_does_not_allocate() {
+        // A Vec<u8> that claims 2^60 elements in a 30-byte frame.
+        let good = encoded("c", 1, Msg::Ping(1));
+        let mut body = good[LEN_PREFIX..LEN_PREFIX + FIXED_HEADER + 1].to_vec();
+        body.extend_from_slice(&[1, 1, b'k', 255, 0, 0, 0, 0, 0, 0, 0, 16]);
+        assert!(matches!(item_error(with_body(&body)).error, Error::Malformed(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn random_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut c = codec("c");
+            // Every call consumes a frame, stops with an error, or waits for more.
+            for _ in 0..bytes.len() + 1 {
+                match c.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert!(decode_body::<Msg>("c", &body, MAX).is_err() || body.len() >= FIXED_HEADER);
+        }
+
+        #[test]
+        fn random_payloads_after_a_good_header_never_panic(
+            payload in proptest::collection::vec(any::<u8>(), 0..128), id in any::<u64>()
+        ) {
+            let good = encoded("c", id, Msg::Ping(1));
+            let mut body = good[LEN_PREFIX..LEN_PREFIX + FIXED_HEADER + 1].to_vec();
+            body.extend_from_slice(&payload);
+            if let Err(e) = decode_body::<Msg>("c", &body, MAX) {
+                prop_assert_eq!(e.request_id, Some(id));
+            }
+        }
+
+        #[test]
+        fn roundtrip(id in any::<u64>(), key in ".{0,20}", value in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let msg = Msg::Put { key, value };
+            let mut buf = encoded("c", id, msg.clone());
+            prop_assert_eq!(decode_one(&mut buf).unwrap().unwrap().unwrap(), Frame { request_id: id, body: msg });
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The `carbon` program (being built: see issue "carbon program").
+fn main() {}

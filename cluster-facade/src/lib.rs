@@ -1,0 +1,1 @@
+//! The `Cluster` facade (being built: see issue "cluster-facade").

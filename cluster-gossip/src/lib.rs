@@ -1,0 +1,1 @@
+//! Gossip membership on chitchat (being built: see issue "cluster-gossip").

@@ -1,0 +1,1 @@
+//! The forwarding service (being built: see issue "cluster-service").

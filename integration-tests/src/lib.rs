@@ -1,0 +1,1 @@
+//! Multi-member and fault tests (being built: see issue "integration-tests").
