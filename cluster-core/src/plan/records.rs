@@ -1,0 +1,226 @@
+//! The record plan: which writes bring the cluster's own records in the
+//! store (member metadata, role keys, leader key, short ids) in line with
+//! what gossip and raft show now. Run by the leader; pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::id::{MemberId, ShortId};
+use crate::member::MemberInfo;
+use crate::role::RaftRole;
+
+/// What the leader knows now.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFacts {
+    /// The leader (the member planning).
+    pub leader: MemberId,
+    /// Members alive in gossip, as their tags describe them.
+    pub live: Vec<MemberInfo>,
+    /// Voters in raft.
+    pub voters: BTreeSet<MemberId>,
+    /// Nonvoters in raft.
+    pub nonvoters: BTreeSet<MemberId>,
+    /// Short ids held, by the state machine.
+    pub short_ids: BTreeMap<MemberId, ShortId>,
+    /// Member records in the store.
+    pub recorded: BTreeMap<MemberId, MemberInfo>,
+    /// Voter keys in the store.
+    pub voter_keys: BTreeSet<MemberId>,
+    /// Nonvoter keys in the store.
+    pub nonvoter_keys: BTreeSet<MemberId>,
+    /// The leader key's value in the store.
+    pub leader_key: Option<MemberId>,
+    /// Members whose departure is final (left, or failed past the reap
+    /// timeout): their short id is freed and their record dropped.
+    pub released: BTreeSet<MemberId>,
+}
+
+/// One write to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordChange {
+    /// Allocate (or get back) the member's short id.
+    AllocateShortId(MemberId),
+    /// Free the member's short id.
+    ReleaseShortId(MemberId),
+    /// Write the member's record.
+    PutMember(MemberInfo),
+    /// Drop the member's record.
+    DeleteMember(MemberId),
+    /// Mark the member as voter.
+    PutVoterKey(MemberId),
+    /// Drop the member's voter mark.
+    DeleteVoterKey(MemberId),
+    /// Mark the member as nonvoter.
+    PutNonvoterKey(MemberId),
+    /// Drop the member's nonvoter mark.
+    DeleteNonvoterKey(MemberId),
+    /// Record the leader.
+    PutLeader(MemberId),
+}
+
+/// The writes to make, short ids first (records carry them).
+pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
+    let mut plan = Vec::new();
+    let live: BTreeMap<MemberId, &MemberInfo> =
+        f.live.iter().filter(|m| !f.released.contains(&m.member_id)).map(|m| (m.member_id, m)).collect();
+
+    for id in live.keys().filter(|id| !f.short_ids.contains_key(id)) {
+        plan.push(RecordChange::AllocateShortId(*id));
+    }
+    for id in f.released.iter().filter(|id| f.short_ids.contains_key(id)) {
+        plan.push(RecordChange::ReleaseShortId(*id));
+    }
+
+    let role_of = |id: &MemberId| {
+        if *id == f.leader {
+            RaftRole::Leader
+        } else if f.voters.contains(id) {
+            RaftRole::Voter
+        } else {
+            RaftRole::Nonvoter
+        }
+    };
+    for (id, info) in &live {
+        let mut want = (*info).clone();
+        want.short_id = f.short_ids.get(id).copied().or(info.short_id);
+        want.raft_role = role_of(id);
+        if f.recorded.get(id) != Some(&want) {
+            plan.push(RecordChange::PutMember(want));
+        }
+    }
+    for id in f.recorded.keys() {
+        let holds_id = f.short_ids.contains_key(id) && !f.released.contains(id);
+        if !live.contains_key(id) && !holds_id {
+            plan.push(RecordChange::DeleteMember(*id));
+        }
+    }
+
+    for id in f.voters.difference(&f.voter_keys) {
+        plan.push(RecordChange::PutVoterKey(*id));
+    }
+    for id in f.voter_keys.difference(&f.voters) {
+        plan.push(RecordChange::DeleteVoterKey(*id));
+    }
+    for id in f.nonvoters.difference(&f.nonvoter_keys) {
+        plan.push(RecordChange::PutNonvoterKey(*id));
+    }
+    for id in f.nonvoter_keys.difference(&f.nonvoters) {
+        plan.push(RecordChange::DeleteNonvoterKey(*id));
+    }
+    if f.leader_key != Some(f.leader) {
+        plan.push(RecordChange::PutLeader(f.leader));
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(n: u64) -> MemberInfo {
+        MemberInfo::new(MemberId::from(n), "127.0.0.1", 1, 2, 3, 4)
+    }
+
+    fn sid(n: u32) -> ShortId {
+        ShortId::new(n).unwrap()
+    }
+
+    /// Applies record changes to the facts, as the store would.
+    fn apply(f: &mut RecordFacts, plan: &[RecordChange]) {
+        for c in plan {
+            match c {
+                RecordChange::AllocateShortId(id) => {
+                    let next = crate::plan::lowest_free_short_id(f.short_ids.values().copied()).unwrap();
+                    f.short_ids.entry(*id).or_insert(next);
+                }
+                RecordChange::ReleaseShortId(id) => {
+                    f.short_ids.remove(id);
+                }
+                RecordChange::PutMember(m) => {
+                    f.recorded.insert(m.member_id, m.clone());
+                }
+                RecordChange::DeleteMember(id) => {
+                    f.recorded.remove(id);
+                }
+                RecordChange::PutVoterKey(id) => {
+                    f.voter_keys.insert(*id);
+                }
+                RecordChange::DeleteVoterKey(id) => {
+                    f.voter_keys.remove(id);
+                }
+                RecordChange::PutNonvoterKey(id) => {
+                    f.nonvoter_keys.insert(*id);
+                }
+                RecordChange::DeleteNonvoterKey(id) => {
+                    f.nonvoter_keys.remove(id);
+                }
+                RecordChange::PutLeader(id) => f.leader_key = Some(*id),
+            }
+        }
+    }
+
+    fn settle(f: &mut RecordFacts) {
+        // Two rounds: the first allocates, the second records the ids.
+        for _ in 0..3 {
+            let plan = plan_records(f);
+            apply(f, &plan);
+        }
+        assert_eq!(plan_records(f), vec![], "not stable: {f:?}");
+    }
+
+    #[test]
+    fn a_new_cluster_records_everything() {
+        let leader = MemberId::from(1);
+        let mut f = RecordFacts {
+            leader,
+            live: vec![info(1), info(2)],
+            voters: [leader, MemberId::from(2)].into(),
+            ..Default::default()
+        };
+        settle(&mut f);
+        assert_eq!(f.short_ids[&leader], sid(1));
+        assert_eq!(f.short_ids[&MemberId::from(2)], sid(2));
+        assert_eq!(f.recorded[&leader].raft_role, RaftRole::Leader);
+        assert_eq!(f.recorded[&leader].short_id, Some(sid(1)));
+        assert_eq!(f.recorded[&MemberId::from(2)].raft_role, RaftRole::Voter);
+        assert_eq!(f.voter_keys.len(), 2);
+        assert_eq!(f.leader_key, Some(leader));
+    }
+
+    #[test]
+    fn a_failed_member_keeps_its_id_and_record_until_released() {
+        let leader = MemberId::from(1);
+        let gone = MemberId::from(2);
+        let mut f = RecordFacts {
+            leader,
+            live: vec![info(1), info(2)],
+            voters: [leader].into(),
+            ..Default::default()
+        };
+        f.nonvoters.insert(gone);
+        settle(&mut f);
+        // It fails and leaves raft: record and id stay, role key goes.
+        f.live.retain(|m| m.member_id != gone);
+        f.nonvoters.clear();
+        settle(&mut f);
+        assert!(f.recorded.contains_key(&gone) && f.short_ids.contains_key(&gone));
+        assert!(f.nonvoter_keys.is_empty());
+        // Reaped: both go, and the id is free for the next member.
+        f.released.insert(gone);
+        settle(&mut f);
+        assert!(!f.recorded.contains_key(&gone) && !f.short_ids.contains_key(&gone));
+        f.released.clear();
+        f.live.push(info(3));
+        settle(&mut f);
+        assert_eq!(f.short_ids[&MemberId::from(3)], sid(2));
+    }
+
+    #[test]
+    fn a_released_member_still_in_gossip_is_not_reallocated() {
+        let leader = MemberId::from(1);
+        let mut f = RecordFacts { leader, live: vec![info(1), info(2)], ..Default::default() };
+        settle(&mut f);
+        f.released.insert(MemberId::from(2));
+        settle(&mut f);
+        assert!(!f.short_ids.contains_key(&MemberId::from(2)));
+    }
+}
