@@ -1,0 +1,254 @@
+//! [`ServiceClient`]: reaches a cluster through the service ports of some of
+//! its members, from any program.
+//!
+//! Reads of the local kind (`get`, `get_prefix`, `members`, `status`) go to
+//! any member that answers; writes and consistent reads go to the leader,
+//! found by following the "not leader" answers. Each operation is retried
+//! (see [`Backoff`]) until [`ClientOptions::op_timeout`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+use cluster_core::{
+    CasOutcome, ClientRequestId, ConsensusStatus, Error, MemberInfo, Result, WriteOp, WriteOutcome,
+    WriteRequest,
+};
+
+use crate::connection::{ConnectOptions, Pool};
+use crate::protocol::{self, Request, Response};
+use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
+
+/// How a [`ServiceClient`] connects and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOptions {
+    /// The cluster the members belong to; frames carry it.
+    pub cluster_id: String,
+    /// The largest frame sent or accepted.
+    pub max_frame_len: usize,
+    /// How long connecting to one member may take.
+    pub connect_timeout: Duration,
+    /// How long one attempt (connect, send, answer) may take.
+    pub attempt_timeout: Duration,
+    /// How long one operation may take, all its retries included.
+    pub op_timeout: Duration,
+    /// The pauses between attempts.
+    pub backoff: Backoff,
+    /// Requests queued per connection before callers wait.
+    pub queue_len: usize,
+}
+
+impl ClientOptions {
+    /// The defaults, for `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>) -> Self {
+        ClientOptions {
+            cluster_id: cluster_id.into(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(15),
+            backoff: Backoff::default(),
+            queue_len: 256,
+        }
+    }
+
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            cluster_id: self.cluster_id.as_str().into(),
+            max_frame_len: self.max_frame_len,
+            connect_timeout: self.connect_timeout,
+            queue_len: self.queue_len,
+        }
+    }
+
+    pub(crate) fn policy(&self, what: &'static str) -> RetryPolicy {
+        RetryPolicy {
+            what,
+            op_timeout: self.op_timeout,
+            attempt_timeout: self.attempt_timeout,
+            backoff: self.backoff.clone(),
+        }
+    }
+}
+
+/// A client of the cluster's forwarding service. Cheap to clone: clones share
+/// one connection per member address. Connections end when the last clone is
+/// dropped.
+///
+/// Writes made with [`set`](Self::set), [`delete`](Self::delete) and
+/// [`compare_and_set`](Self::compare_and_set) refuse keys under
+/// `carbon-grid/` (reserved for the cluster); [`write`](Self::write) does not.
+#[derive(Clone)]
+pub struct ServiceClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    opts: ClientOptions,
+    pool: Pool,
+    /// The leader's service address as last learnt.
+    leader: Mutex<Option<String>>,
+    /// The member tried next for reads that any member serves.
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for ServiceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceClient").field("addrs", &self.inner.addrs).finish_non_exhaustive()
+    }
+}
+
+impl ServiceClient {
+    /// A client of the members at `addrs` (`host:port` of their service
+    /// ports). Connects lazily, on the first request.
+    pub fn new<A: Into<String>>(addrs: impl IntoIterator<Item = A>, options: ClientOptions) -> Result<Self> {
+        let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
+        if addrs.is_empty() {
+            return Err(Error::BadRequest("a service client needs at least one member address".into()));
+        }
+        let pool = Pool::new(options.connect_options());
+        let inner = Inner { addrs, opts: options, pool, leader: Mutex::new(None), next: AtomicUsize::new(0) };
+        Ok(ServiceClient { inner: Arc::new(inner) })
+    }
+
+    /// The local (possibly stale) value of `key` at some member.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.request("get", Request::Get { key: key.to_owned() }).await?.into_value()
+    }
+
+    /// The linearizable value of `key`, read at the leader after it confirmed
+    /// its leadership with a quorum.
+    pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.request("consistent get", Request::ConsistentGet { key: key.to_owned() }).await?.into_value()
+    }
+
+    /// The entries under `prefix` at some member, in key order.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.request("get prefix", Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
+    }
+
+    /// Sets `key`; true if it was created.
+    pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
+        protocol::check_user_key(key)?;
+        protocol::created(
+            self.write(WriteRequest::new(WriteOp::Set { key: key.into(), value: value.into() })).await?,
+        )
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        protocol::check_user_key(key)?;
+        protocol::existed(self.write(WriteRequest::new(WriteOp::Delete { key: key.into() })).await?)
+    }
+
+    /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        protocol::check_user_key(key)?;
+        let op = WriteOp::CompareAndSet { key: key.into(), expected, new };
+        protocol::cas(self.write(WriteRequest::new(op)).await?)
+    }
+
+    /// Any write, at the leader. A request without an id gets one; every
+    /// retry carries the same id, so the write is applied at most once.
+    pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
+        request.request_id.get_or_insert_with(ClientRequestId::generate);
+        self.request("write", Request::Write(request)).await?.into_outcome()
+    }
+
+    /// The [`MemberInfo`] of every member, as some member's store holds them.
+    pub async fn members(&self) -> Result<Vec<MemberInfo>> {
+        self.request("members", Request::Members).await?.into_members()
+    }
+
+    /// What some member knows about consensus (leader, term, indexes, voters).
+    pub async fn status(&self) -> Result<ConsensusStatus> {
+        self.request("status", Request::Status).await?.into_status()
+    }
+
+    /// What the member at `addr` knows about consensus; one attempt.
+    pub async fn status_of(&self, addr: &str) -> Result<ConsensusStatus> {
+        let call = self.inner.pool.call(addr, Request::Status);
+        match tokio::time::timeout(self.inner.opts.attempt_timeout, call).await {
+            Ok(answer) => answer?.into_status(),
+            Err(_) => Err(Error::Timeout(format!("status of {addr}"))),
+        }
+    }
+
+    /// Sends `request` where it can be served (the leader when
+    /// [`Request::needs_leader`]), retrying until the operation's deadline.
+    pub async fn request(&self, what: &'static str, request: Request) -> Result<Response> {
+        let policy = self.inner.opts.policy(what);
+        let needs_leader = request.needs_leader();
+        retry(
+            &policy,
+            |attempt| {
+                let request = request.clone();
+                async move {
+                    let addr = self.inner.target(&attempt, needs_leader);
+                    let answer = self.inner.pool.call(&addr, request).await;
+                    self.inner.learn(&addr, needs_leader, &answer);
+                    answer
+                }
+            },
+            tokio::time::sleep,
+        )
+        .await
+    }
+}
+
+impl Inner {
+    fn leader(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.leader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the next attempt goes.
+    fn target(&self, attempt: &Attempt, needs_leader: bool) -> String {
+        if needs_leader {
+            if let Some(addr) = attempt.hint().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty())
+            {
+                return addr;
+            }
+            let mut leader = self.leader();
+            if attempt.last_error.is_none() {
+                if let Some(addr) = leader.clone() {
+                    return addr;
+                }
+            } else {
+                // The leader we knew failed us without naming another: look around.
+                *leader = None;
+            }
+        }
+        // Stay with a member that answers; move on after a failure.
+        let n = if attempt.last_error.is_some() {
+            self.next.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
+        self.addrs[n % self.addrs.len()].clone()
+    }
+
+    /// Remembers the leader from an answer.
+    fn learn(&self, addr: &str, needs_leader: bool, answer: &Result<Response>) {
+        let mut leader = self.leader();
+        match answer {
+            Ok(_) if needs_leader => *leader = Some(addr.to_owned()),
+            Err(Error::NotLeader(hint)) => {
+                *leader = hint.as_ref().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.pool.clear();
+    }
+}

@@ -1,0 +1,225 @@
+//! The forwarding-service protocol: what a client asks ([`Request`]) and what
+//! a member answers ([`Response`]), carried in core's wire frames.
+//!
+//! Every frame carries a request id chosen by the client and echoed by the
+//! answer, so one connection carries many requests at once and answers may
+//! come in any order. A frame the server cannot read is answered with
+//! [`Response::Err`] under its request id when the header was readable, or
+//! under [`CONNECTION_ERROR_ID`] (after which the server closes the
+//! connection) when it was not.
+
+use cluster_core::wire::WireCodec;
+use cluster_core::{
+    CasOutcome, ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest, keys,
+};
+use serde::{Deserialize, Serialize};
+
+/// The request id under which the server reports an error that belongs to no
+/// request (a frame whose header could not be read). Clients never use it.
+pub const CONNECTION_ERROR_ID: u64 = 0;
+
+/// One operation asked of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// The member's local (possibly stale) value of `key`.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// A linearizable read of `key`; served by the leader only.
+    ConsistentGet {
+        /// The key.
+        key: String,
+    },
+    /// The member's local entries under `prefix`, in key order.
+    GetPrefix {
+        /// The prefix.
+        prefix: String,
+    },
+    /// A write (set, delete, compare-and-set, and the short-id operations the
+    /// cluster itself sends); served by the leader only.
+    Write(WriteRequest),
+    /// Every [`MemberInfo`] the member's store holds.
+    Members,
+    /// What the member knows about consensus.
+    Status,
+}
+
+impl Request {
+    /// A short name for logs and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Get { .. } => "get",
+            Request::ConsistentGet { .. } => "consistent get",
+            Request::GetPrefix { .. } => "get prefix",
+            Request::Write(_) => "write",
+            Request::Members => "members",
+            Request::Status => "status",
+        }
+    }
+
+    /// True if only the leader can serve it.
+    pub fn needs_leader(&self) -> bool {
+        matches!(self, Request::ConsistentGet { .. } | Request::Write(_))
+    }
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to `Get` and `ConsistentGet`.
+    Value(Option<Vec<u8>>),
+    /// Answer to `GetPrefix`.
+    Entries(Vec<(String, Vec<u8>)>),
+    /// Answer to `Write`.
+    Written(WriteOutcome),
+    /// Answer to `Members`.
+    Members(Vec<MemberInfo>),
+    /// Answer to `Status`.
+    Status(Box<ConsensusStatus>),
+    /// The request failed; [`Error::NotLeader`] carries the leader the member knows.
+    Err(Error),
+}
+
+impl Response {
+    /// A short name for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Value(_) => "value",
+            Response::Entries(_) => "entries",
+            Response::Written(_) => "written",
+            Response::Members(_) => "members",
+            Response::Status(_) => "status",
+            Response::Err(_) => "error",
+        }
+    }
+}
+
+/// The codec of the server side: sends [`Response`]s, receives [`Request`]s.
+pub type ServerCodec = WireCodec<Response, Request>;
+/// The codec of the client side: sends [`Request`]s, receives [`Response`]s.
+pub type ClientCodec = WireCodec<Request, Response>;
+
+/// The error for an answer of the wrong kind.
+pub(crate) fn unexpected(request: &str, response: &Response) -> Error {
+    Error::Internal(format!("{request} was answered with {}", response.kind()))
+}
+
+impl Response {
+    /// The typed answer to `Get` or `ConsistentGet`.
+    pub(crate) fn into_value(self) -> Result<Option<Vec<u8>>> {
+        match self {
+            Response::Value(v) => Ok(v),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    /// The typed answer to `GetPrefix`.
+    pub(crate) fn into_entries(self) -> Result<Vec<(String, Vec<u8>)>> {
+        match self {
+            Response::Entries(v) => Ok(v),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("get prefix", &other)),
+        }
+    }
+
+    /// The typed answer to `Write`.
+    pub(crate) fn into_outcome(self) -> Result<WriteOutcome> {
+        match self {
+            Response::Written(o) => Ok(o),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("write", &other)),
+        }
+    }
+
+    /// The typed answer to `Members`.
+    pub(crate) fn into_members(self) -> Result<Vec<MemberInfo>> {
+        match self {
+            Response::Members(m) => Ok(m),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("members", &other)),
+        }
+    }
+
+    /// The typed answer to `Status`.
+    pub(crate) fn into_status(self) -> Result<ConsensusStatus> {
+        match self {
+            Response::Status(s) => Ok(*s),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+}
+
+/// Typed shortcuts over [`WriteOutcome`], shared by the client and the proxy.
+pub(crate) fn created(outcome: WriteOutcome) -> Result<bool> {
+    match outcome {
+        WriteOutcome::Set { created } => Ok(created),
+        other => Err(cluster_core::store::unexpected("set", &other)),
+    }
+}
+
+/// See [`created`].
+pub(crate) fn existed(outcome: WriteOutcome) -> Result<bool> {
+    match outcome {
+        WriteOutcome::Delete { existed } => Ok(existed),
+        other => Err(cluster_core::store::unexpected("delete", &other)),
+    }
+}
+
+/// See [`created`].
+pub(crate) fn cas(outcome: WriteOutcome) -> Result<CasOutcome> {
+    match outcome {
+        WriteOutcome::CompareAndSet(o) => Ok(o),
+        other => Err(cluster_core::store::unexpected("compare-and-set", &other)),
+    }
+}
+
+/// Refuses a user operation on a key the cluster reserves for itself.
+pub(crate) fn check_user_key(key: &str) -> Result<()> {
+    if keys::is_reserved(key) {
+        return Err(Error::BadRequest(format!(
+            "key {key:?} is under {:?}, which the cluster reserves for itself",
+            keys::RESERVED_PREFIX
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use cluster_core::wire::Frame;
+    use cluster_core::{LeaderHint, MemberId, WriteOp};
+    use tokio_util::codec::{Decoder, Encoder};
+
+    #[test]
+    fn requests_and_responses_roundtrip() {
+        let mut client = ClientCodec::new("c", 1 << 16);
+        let mut server = ServerCodec::new("c", 1 << 16);
+        let requests = vec![
+            Request::Get { key: "a".into() },
+            Request::ConsistentGet { key: "b".into() },
+            Request::GetPrefix { prefix: "p/".into() },
+            Request::Write(WriteRequest::new(WriteOp::Set { key: "k".into(), value: vec![1] })),
+            Request::Members,
+            Request::Status,
+        ];
+        let mut buf = BytesMut::new();
+        for (i, r) in requests.iter().enumerate() {
+            client.encode(Frame { request_id: i as u64 + 1, body: r.clone() }, &mut buf).unwrap();
+        }
+        for (i, r) in requests.iter().enumerate() {
+            let f = server.decode(&mut buf).unwrap().unwrap().unwrap();
+            assert_eq!((f.request_id, &f.body), (i as u64 + 1, r));
+        }
+        let hint = LeaderHint { member_id: MemberId::generate(), service_addr: Some("h:1".into()) };
+        let answer = Response::Err(Error::NotLeader(Some(hint)));
+        server.encode(Frame { request_id: 9, body: answer.clone() }, &mut buf).unwrap();
+        assert_eq!(client.decode(&mut buf).unwrap().unwrap().unwrap().body, answer);
+    }
+}

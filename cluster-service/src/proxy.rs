@@ -1,0 +1,251 @@
+//! [`Proxy`]: the store handle a member gives its users. Every operation
+//! works on every member, whoever leads: local reads read the local store;
+//! writes and consistent reads run on the local store when this member leads
+//! and are forwarded to the leader's service otherwise, retried across leader
+//! changes until the operation's deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+use cluster_core::{
+    CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberInfo, Result, Watch, WriteOp,
+    WriteOutcome, WriteRequest,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::connection::{ConnectOptions, Pool};
+use crate::protocol::{self, Request, Response};
+use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
+use crate::server;
+
+/// How a [`Proxy`] forwards and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyOptions {
+    /// The cluster id carried by forwarded frames.
+    pub cluster_id: String,
+    /// The largest frame sent or accepted.
+    pub max_frame_len: usize,
+    /// How long connecting to the leader may take.
+    pub connect_timeout: Duration,
+    /// How long one attempt (local or forwarded) may take.
+    pub attempt_timeout: Duration,
+    /// How long one operation may take, retries across leader changes included.
+    pub op_timeout: Duration,
+    /// The pauses between attempts; a pause ends early when a new leader is known.
+    pub backoff: Backoff,
+    /// Forwarded requests queued per connection before callers wait.
+    pub queue_len: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            cluster_id: String::new(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(15),
+            backoff: Backoff::default(),
+            queue_len: 256,
+        }
+    }
+}
+
+impl ProxyOptions {
+    /// The defaults, for `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>) -> Self {
+        ProxyOptions { cluster_id: cluster_id.into(), ..ProxyOptions::default() }
+    }
+}
+
+/// The store handle of a member: the whole consensus store, whatever this
+/// member's role. Cheap to clone; clones share one connection to the leader.
+///
+/// Writes made with [`set`](Self::set), [`delete`](Self::delete) and
+/// [`compare_and_set`](Self::compare_and_set) refuse keys under
+/// `carbon-grid/` (reserved for the cluster); [`write`](Self::write), which
+/// the cluster itself uses, does not.
+pub struct Proxy<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Proxy<S> {
+    fn clone(&self) -> Self {
+        Proxy { inner: self.inner.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for Proxy<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("options", &self.inner.opts).finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    store: Arc<S>,
+    opts: ProxyOptions,
+    pool: Pool,
+}
+
+/// Where one attempt runs.
+enum Target {
+    Local,
+    Remote(String),
+}
+
+impl<S: ConsensusStore> Proxy<S> {
+    /// A proxy over this member's `store`.
+    pub fn new(store: Arc<S>, options: ProxyOptions) -> Self {
+        let pool = Pool::new(ConnectOptions {
+            cluster_id: options.cluster_id.as_str().into(),
+            max_frame_len: options.max_frame_len,
+            connect_timeout: options.connect_timeout,
+            queue_len: options.queue_len,
+        });
+        Proxy { inner: Arc::new(Inner { store, opts: options, pool }) }
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.store
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ProxyOptions {
+        &self.inner.opts
+    }
+
+    /// What this member knows about consensus now.
+    pub fn status(&self) -> ConsensusStatus {
+        self.inner.store.status()
+    }
+
+    /// The local value of `key`: fast, possibly stale.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.store.get(key)
+    }
+
+    /// The local entries under `prefix`, in key order: fast, possibly stale.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.store.get_prefix(prefix)
+    }
+
+    /// Every change applied under `prefix`, as this member applies it.
+    pub fn watch(&self, prefix: &str) -> Watch {
+        self.inner.store.watch(prefix)
+    }
+
+    /// The [`MemberInfo`] of every member in the local store.
+    pub fn members(&self) -> Result<Vec<MemberInfo>> {
+        server::members(&*self.inner.store)
+    }
+
+    /// The linearizable value of `key`: read by the leader after it confirmed
+    /// its leadership with a quorum (read index), never from a local guess.
+    pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.at_leader("consistent get", Request::ConsistentGet { key: key.to_owned() }).await?.into_value()
+    }
+
+    /// Sets `key`; true if it was created.
+    pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
+        protocol::check_user_key(key)?;
+        protocol::created(
+            self.write(WriteRequest::new(WriteOp::Set { key: key.into(), value: value.into() })).await?,
+        )
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        protocol::check_user_key(key)?;
+        protocol::existed(self.write(WriteRequest::new(WriteOp::Delete { key: key.into() })).await?)
+    }
+
+    /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        protocol::check_user_key(key)?;
+        let op = WriteOp::CompareAndSet { key: key.into(), expected, new };
+        protocol::cas(self.write(WriteRequest::new(op)).await?)
+    }
+
+    /// Any write, at the leader. A request without an id gets one; every
+    /// retry carries the same id, so the write is applied at most once and
+    /// a retry after a lost answer gets the first answer.
+    pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
+        request.request_id.get_or_insert_with(ClientRequestId::generate);
+        self.at_leader("write", Request::Write(request)).await?.into_outcome()
+    }
+
+    /// Runs `request` at the leader: locally when this member leads, else at
+    /// the leader's service; retried until the operation's deadline.
+    async fn at_leader(&self, what: &'static str, request: Request) -> Result<Response> {
+        let inner = &*self.inner;
+        let policy = RetryPolicy {
+            what,
+            op_timeout: inner.opts.op_timeout,
+            attempt_timeout: inner.opts.attempt_timeout,
+            backoff: inner.opts.backoff.clone(),
+        };
+        retry(
+            &policy,
+            |attempt| {
+                let request = request.clone();
+                async move {
+                    match inner.target(&attempt) {
+                        Some(Target::Local) => match server::execute(&*inner.store, request).await {
+                            Response::Err(e) => Err(e),
+                            answer => Ok(answer),
+                        },
+                        Some(Target::Remote(addr)) => inner.pool.call(&addr, request).await,
+                        None => Err(Error::NotLeader(None)),
+                    }
+                }
+            },
+            |delay| inner.pause(delay),
+        )
+        .await
+    }
+}
+
+impl<S: ConsensusStore> Inner<S> {
+    /// The leader named by the last answer, else the one the local store knows.
+    fn target(&self, attempt: &Attempt) -> Option<Target> {
+        let me = self.store.member_id();
+        if let Some(hint) = attempt.hint() {
+            if hint.member_id == me {
+                return Some(Target::Local);
+            }
+            if let Some(addr) = hint.service_addr.as_ref().filter(|a| !a.is_empty()) {
+                return Some(Target::Remote(addr.clone()));
+            }
+        }
+        let status = self.store.status();
+        if status.is_leader() {
+            Some(Target::Local)
+        } else {
+            status.leader_service_addr().filter(|a| !a.is_empty()).map(|a| Target::Remote(a.to_owned()))
+        }
+    }
+
+    /// Waits `delay`, or less if the local store learns of a new leader.
+    async fn pause(&self, delay: Duration) {
+        let mut changes = self.store.status_changes();
+        let before = changes.borrow_and_update().leader;
+        let new_leader = async {
+            if changes.wait_for(|s| s.leader.is_some() && s.leader != before).await.is_err() {
+                // The store stopped: no news will come, wait the full delay.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = new_leader => {}
+        }
+    }
+}
