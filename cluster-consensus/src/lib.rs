@@ -1,1 +1,7 @@
-//! The raft key-value store on openraft (being built: see issue "cluster-consensus").
+//! The raft key-value store on openraft (being built).
+
+pub mod encoding;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod typecfg;

@@ -1,0 +1,44 @@
+//! The openraft type configuration: which types raft carries.
+//!
+//! The raft node id is the [`MemberId`] itself, the node data is core's
+//! [`Endpoints`] (raft address and service address), a log entry carries a
+//! core [`WriteRequest`] and the state machine answers a [`WriteResponse`].
+
+use std::io::Cursor;
+
+use cluster_core::{Endpoints, Error, MemberId, WriteOutcome, WriteRequest};
+use serde::{Deserialize, Serialize};
+
+/// What the state machine answers for one log entry: the outcome of a
+/// write, the refusal of a write it could not apply (e.g. an operation this
+/// build does not know), or nothing for raft's own entries (blank, membership).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WriteResponse(pub Option<Result<WriteOutcome, Error>>);
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the cluster's key-value store.
+    pub TypeConfig:
+        D = WriteRequest,
+        R = WriteResponse,
+        NodeId = MemberId,
+        Node = Endpoints,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// The raft instance of this crate.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<MemberId>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A vote.
+pub type Vote = openraft::Vote<MemberId>;
+/// A storage error as openraft wants it.
+pub type StorageError = openraft::StorageError<MemberId>;
+/// Membership as stored with its log id.
+pub type StoredMembership = openraft::StoredMembership<MemberId, Endpoints>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<MemberId, Endpoints>;
+/// A snapshot.
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
