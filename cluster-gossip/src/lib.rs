@@ -1,1 +1,72 @@
-//! Gossip membership on chitchat (being built: see issue "cluster-gossip").
+//! # cluster-gossip
+//!
+//! Gossip membership on [chitchat](https://docs.rs/chitchat): members find each
+//! other through seed addresses, publish string tags, and every member learns
+//! who **joined**, **updated** its tags, **left** gracefully or **failed**.
+//! It is the membership backend of Carbon Grid Cluster (it implements
+//! [`cluster_core::Membership`]) and is usable on its own.
+//!
+//! What it owns:
+//! - [`GossipConfig`]: member id (the chitchat node id), generation, cluster id,
+//!   listen/advertise address (port 0 = a free port), seeds, gossip interval,
+//!   failure detection, initial tags, transport (UDP, or chitchat's in-memory
+//!   [`ChannelTransport`] for tests);
+//! - [`Gossip`]: the running member — own tags, live members, subscriptions,
+//!   graceful [`leave`](Gossip::leave) and abrupt [`stop`](Gossip::stop);
+//! - the events: each subscription first receives the live members as
+//!   `Joined`, then each change once, through core's [`EventHub`](cluster_core::EventHub)
+//!   (bounded, with a `Resync` for a subscriber that fell behind). Members are
+//!   keyed by member id; a restarted member (higher generation) is the same
+//!   member, reported `Joined` again;
+//! - graceful leave, which chitchat lacks: a reserved key (see
+//!   [`RESERVED_PREFIX`]) announces it, peers acknowledge it, and peers report
+//!   the member `Left` rather than `Failed`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cluster_core::{FailureDetection, MembershipEvent};
+//! use cluster_gossip::{Gossip, GossipConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cluster_gossip::GossipError> {
+//! let fast = |c: GossipConfig| {
+//!     c.with_gossip_interval(Duration::from_millis(50)).with_failure_detection(FailureDetection {
+//!         initial_interval: Duration::from_millis(50),
+//!         ..FailureDetection::default()
+//!     })
+//! };
+//! let first = Gossip::start(fast(GossipConfig::default().with_tag("role", "cache"))).await?;
+//! let second = Gossip::start(fast(GossipConfig::default().with_seeds([first.gossip_addr().to_string()]))).await?;
+//!
+//! // The second member learns about the first, with its tags.
+//! let mut events = second.subscribe();
+//! loop {
+//!     match events.recv().await {
+//!         Some(MembershipEvent::Joined(m)) if m.id == first.member_id() => {
+//!             assert_eq!(m.tags["role"], "cache");
+//!             break;
+//!         }
+//!         Some(_) => continue,
+//!         None => unreachable!("the member is running"),
+//!     }
+//! }
+//! first.leave().await?; // `second` reports it Left
+//! second.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod events;
+mod gossip;
+mod keys;
+mod leave;
+mod member;
+mod transport;
+
+pub use chitchat::transport::ChannelTransport;
+pub use config::{GossipConfig, GossipTransport, generation_now};
+pub use error::{GossipError, Result};
+pub use gossip::Gossip;
+pub use keys::{RESERVED_PREFIX, is_reserved};

@@ -1,0 +1,54 @@
+//! The one error type of this crate, and its conversion into
+//! [`cluster_core::Error`] for callers that use the [`Membership`](cluster_core::Membership) trait.
+
+use std::net::SocketAddr;
+
+/// Result alias with [`GossipError`].
+pub type Result<T, E = GossipError> = std::result::Result<T, E>;
+
+/// What can go wrong with a gossip member. Variants are what a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GossipError {
+    /// The configuration has problems; each names its field. Fix the configuration.
+    #[error("invalid gossip configuration: {}", .problems.join("; "))]
+    InvalidConfig {
+        /// Every problem found, each starting with the field's name.
+        problems: Vec<String>,
+    },
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen for gossip on {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A tag name in the namespace this crate reserves for its own bookkeeping.
+    #[error("tag {name:?} is reserved: names starting with {prefix:?} belong to cluster-gossip")]
+    ReservedTag {
+        /// The tag name.
+        name: String,
+        /// The reserved prefix.
+        prefix: &'static str,
+    },
+    /// The member was stopped or left; start a new one.
+    #[error("the gossip member is stopped")]
+    Stopped,
+    /// chitchat failed in a way this crate did not expect.
+    #[error("gossip failure: {0}")]
+    Internal(String),
+}
+
+impl From<GossipError> for cluster_core::Error {
+    fn from(e: GossipError) -> Self {
+        match e {
+            GossipError::InvalidConfig { .. } | GossipError::ReservedTag { .. } => {
+                cluster_core::Error::BadRequest(e.to_string())
+            }
+            GossipError::Bind { .. } => cluster_core::Error::Io(e.to_string()),
+            GossipError::Stopped => cluster_core::Error::ShuttingDown,
+            GossipError::Internal(m) => cluster_core::Error::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! [`Gossip`]: the handle of a running member. It starts chitchat and the
+//! events task, changes the member's own tags, and ends both on
+//! [`leave`](Gossip::leave), [`stop`](Gossip::stop) or drop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chitchat::{
+    Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+};
+use cluster_core::membership::membership_hub;
+use cluster_core::{
+    EventHub, Member, MemberId, MemberTable, Membership, MembershipConfig, MembershipEvent, MembershipEvents,
+};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::config::GossipConfig;
+use crate::error::{GossipError, Result};
+use crate::events::diff::Tracker;
+use crate::events::task::EventsTask;
+use crate::keys::{RESERVED_PREFIX, is_reserved};
+use crate::leave::announce_and_wait;
+use crate::transport;
+
+/// The background parts of a running member.
+struct Running {
+    chitchat: ChitchatHandle,
+    events: JoinHandle<()>,
+    stop_events: oneshot::Sender<()>,
+}
+
+/// A running gossip member.
+///
+/// Dropping it stops the member abruptly, like [`stop`](Gossip::stop) (peers
+/// will report it failed); call [`leave`](Gossip::leave) to depart gracefully.
+pub struct Gossip {
+    member_id: MemberId,
+    generation: u64,
+    gossip_addr: SocketAddr,
+    leave_timeout: Duration,
+    chitchat: Arc<Mutex<Chitchat>>,
+    /// `None` once stopped; taken out before any `.await`.
+    running: StdMutex<Option<Running>>,
+    /// `None` once stopped, which ends every subscription.
+    hub: StdMutex<Option<EventHub<MemberTable, MembershipEvent>>>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Gossip {
+    /// Starts a member: binds the listen address, starts gossiping with the
+    /// seeds, and publishes the initial tags.
+    pub async fn start(config: GossipConfig) -> Result<Gossip> {
+        config.validate()?;
+        let (socket, bound) = transport::open(&config.transport, config.listen_addr).await?;
+        let mut advertise = config.advertise_addr.unwrap_or(bound);
+        if advertise.port() == 0 {
+            advertise.set_port(bound.port());
+        }
+        let chitchat_id = ChitchatId::new(config.member_id.to_string(), config.generation, advertise);
+        let fd = &config.failure_detection;
+        let chitchat_config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: bound,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: fd.phi_threshold,
+                initial_interval: fd.initial_interval,
+                dead_node_grace_period: fd.dead_member_grace,
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: config.tombstone_grace,
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let tags: Vec<(String, String)> = config.tags.clone().into_iter().collect();
+        let handle = chitchat::spawn_chitchat(chitchat_config, tags, &socket)
+            .await
+            .map_err(|e| GossipError::Internal(format!("starting chitchat: {e:#}")))?;
+        let chitchat = handle.chitchat();
+        let live = chitchat.lock().await.live_nodes_watcher();
+        let hub = membership_hub(config.event_buffer);
+        let (stop_events, stop_rx) = oneshot::channel();
+        let span = info_span!("gossip", member = %config.member_id);
+        let task = EventsTask {
+            self_id: config.member_id,
+            chitchat: chitchat.clone(),
+            live,
+            hub: hub.clone(),
+            tracker: Tracker::new(config.failure_detection.dead_member_grace),
+            housekeeping: Duration::from_secs(1).max(config.gossip_interval),
+        };
+        let events = tokio::spawn(task.run(stop_rx).instrument(span.clone()));
+        span.in_scope(|| info!(addr = %advertise, cluster = %config.cluster_id, "gossip member started"));
+        Ok(Gossip {
+            member_id: config.member_id,
+            generation: config.generation,
+            gossip_addr: advertise,
+            leave_timeout: config.leave_timeout,
+            chitchat,
+            running: StdMutex::new(Some(Running { chitchat: handle, events, stop_events })),
+            hub: StdMutex::new(Some(hub)),
+        })
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> MemberId {
+        self.member_id
+    }
+
+    /// This incarnation's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The address peers gossip with this member at (the real port when 0 was asked).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// Whether the member still gossips (neither stopped nor left).
+    pub fn is_running(&self) -> bool {
+        lock(&self.running).is_some()
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        if self.is_running() { Ok(()) } else { Err(GossipError::Stopped) }
+    }
+
+    /// Sets (adds or overwrites) some of this member's tags; they reach every
+    /// live member. Names starting with [`RESERVED_PREFIX`] are refused.
+    pub async fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<()> {
+        if let Some(name) = tags.keys().find(|n| is_reserved(n)) {
+            return Err(GossipError::ReservedTag { name: name.clone(), prefix: RESERVED_PREFIX });
+        }
+        self.ensure_running()?;
+        let mut c = self.chitchat.lock().await;
+        let me = c.self_node_state();
+        for (k, v) in tags {
+            me.set(k, v);
+        }
+        Ok(())
+    }
+
+    /// Sets one tag.
+    pub async fn set_tag(&self, name: impl Into<String>, value: impl Into<String>) -> Result<()> {
+        self.set_tags(BTreeMap::from([(name.into(), value.into())])).await
+    }
+
+    /// Removes some of this member's tags; names it does not have are ignored.
+    pub async fn remove_tags<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>) -> Result<()> {
+        let names: Vec<S> = names.into_iter().collect();
+        if let Some(name) = names.iter().find(|n| is_reserved(n.as_ref())) {
+            return Err(GossipError::ReservedTag { name: name.as_ref().to_owned(), prefix: RESERVED_PREFIX });
+        }
+        self.ensure_running()?;
+        let mut c = self.chitchat.lock().await;
+        let me = c.self_node_state();
+        for name in names {
+            if me.get(name.as_ref()).is_some() {
+                me.delete(name.as_ref());
+            }
+        }
+        Ok(())
+    }
+
+    /// The live members as this member's events last reported them, this
+    /// member included (from its first gossip round on). Empty once stopped.
+    pub fn members(&self) -> Vec<Member> {
+        match &*lock(&self.hub) {
+            Some(hub) => hub.read(|t| t.values().cloned().collect()),
+            None => Vec::new(),
+        }
+    }
+
+    /// A new subscription: first a `Joined` event for every live member, then
+    /// every change. It ends (`recv` returns `None`) when the member stops.
+    pub fn subscribe(&self) -> MembershipEvents {
+        match &*lock(&self.hub) {
+            Some(hub) => hub.subscribe(),
+            // A hub dropped at once: the subscription is already over.
+            None => membership_hub(1).subscribe(),
+        }
+    }
+
+    /// Leaves gracefully: announces the departure, waits until every live peer
+    /// acknowledged it or the configured `leave_timeout` passed, then stops.
+    /// Peers report this member `Left`. Returns [`GossipError::Stopped`] if
+    /// the member was already stopped.
+    pub async fn leave(&self) -> Result<()> {
+        self.ensure_running()?;
+        let started = Instant::now();
+        let outcome = announce_and_wait(&self.chitchat, self.member_id, self.leave_timeout).await;
+        info!(
+            member = %self.member_id,
+            peers = outcome.peers,
+            unacknowledged = outcome.unacknowledged,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "leaving the cluster"
+        );
+        self.stop().await
+    }
+
+    /// Stops at once without announcing it: peers will report a failure.
+    /// Ends chitchat and the events task, and every subscription. Stopping a
+    /// stopped member does nothing.
+    pub async fn stop(&self) -> Result<()> {
+        let running = lock(&self.running).take();
+        let Some(running) = running else { return Ok(()) };
+        let _ = running.stop_events.send(());
+        let chitchat_result = running.chitchat.shutdown().await;
+        let events_result = running.events.await;
+        lock(&self.hub).take();
+        debug!(member = %self.member_id, "gossip member stopped");
+        chitchat_result.map_err(|e| GossipError::Internal(format!("chitchat ended with: {e:#}")))?;
+        events_result.map_err(|e| GossipError::Internal(format!("events task: {e}")))
+    }
+}
+
+impl Membership for Gossip {
+    async fn start(config: MembershipConfig) -> cluster_core::Result<Self> {
+        Ok(Gossip::start(config.into()).await?)
+    }
+
+    fn member_id(&self) -> MemberId {
+        self.member_id
+    }
+
+    fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    async fn set_tags(&self, tags: BTreeMap<String, String>) -> cluster_core::Result<()> {
+        Ok(Gossip::set_tags(self, tags).await?)
+    }
+
+    async fn remove_tags(&self, names: Vec<String>) -> cluster_core::Result<()> {
+        Ok(Gossip::remove_tags(self, names).await?)
+    }
+
+    fn members(&self) -> Vec<Member> {
+        Gossip::members(self)
+    }
+
+    fn subscribe(&self) -> MembershipEvents {
+        Gossip::subscribe(self)
+    }
+
+    async fn leave(&self) -> cluster_core::Result<()> {
+        Ok(Gossip::leave(self).await?)
+    }
+
+    async fn stop(&self) -> cluster_core::Result<()> {
+        Ok(Gossip::stop(self).await?)
+    }
+}
