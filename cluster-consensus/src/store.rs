@@ -1,0 +1,469 @@
+//! [`RaftStore`]: the handle that implements core's [`ConsensusStore`] on
+//! openraft. It owns the raft instance, the raft RPC listener, the task that
+//! turns raft metrics into [`ConsensusStatus`], and the storage.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_core::wire::WireCodec;
+use cluster_core::{
+    ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Error, LeaderHint, MemberId, Result, ShortId,
+    Watch, WatchEvent, WriteOutcome, WriteRequest,
+};
+use openraft::error::InitializeError;
+use openraft::metrics::WaitError;
+use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::IntoStoreError;
+use crate::log_store::LogStore;
+use crate::network::client::{ConnPool, NetworkFactory};
+use crate::network::server::{ServerContext, serve};
+use crate::network::{RaftRpc, RaftRpcReply};
+use crate::state_machine::{SharedState, SnapshotVault, StateMachine};
+use crate::typecfg::Raft;
+
+/// Capacity of the watch channel: a watcher further behind gets `Error::Lagged`.
+const WATCH_CAPACITY: usize = 4096;
+/// The smallest frame limit that still carries useful snapshot chunks.
+const MIN_FRAME_LEN: usize = 64 * 1024;
+/// The largest snapshot chunk (openraft's default).
+const MAX_SNAPSHOT_CHUNK: usize = 3 * 1024 * 1024;
+/// How long `add_nonvoter` waits for the nonvoter to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The consensus store of one member, on openraft. Cheap to clone: clones
+/// share the member.
+///
+/// Call [`shutdown`](ConsensusStore::shutdown) before dropping the last
+/// handle: it stops raft, the listener and every task, and releases the data
+/// directory.
+#[derive(Clone)]
+pub struct RaftStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    member_id: MemberId,
+    raft: Raft,
+    state: SharedState,
+    events: Mutex<Option<broadcast::Sender<WatchEvent>>>,
+    status: watch::Receiver<ConsensusStatus>,
+    raft_addr: SocketAddr,
+    endpoints: Endpoints,
+    pool: ConnPool,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    #[cfg(feature = "durable")]
+    durable: Mutex<Option<crate::log_store::durable::DurableWriter>>,
+    op_timeout: Duration,
+    span: tracing::Span,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The openraft configuration for `config`, validated.
+pub fn raft_config(config: &ConsensusConfig) -> Result<openraft::Config> {
+    if config.max_frame_len < MIN_FRAME_LEN {
+        return Err(Error::BadRequest(format!(
+            "max_frame_len: {} bytes is below the minimum of {MIN_FRAME_LEN}",
+            config.max_frame_len
+        )));
+    }
+    let t = &config.timing;
+    let raft = openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: ms(t.heartbeat_interval),
+        election_timeout_min: ms(t.election_timeout_min),
+        election_timeout_max: ms(t.election_timeout_max),
+        install_snapshot_timeout: ms(config.rpc_timeout.max(Duration::from_secs(2))),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries.max(1)),
+        max_in_snapshot_log_to_keep: t.keep_entries_after_snapshot,
+        // A chunk plus its header must fit in one frame.
+        snapshot_max_chunk_size: (config.max_frame_len / 2).min(MAX_SNAPSHOT_CHUNK) as u64,
+        ..Default::default()
+    };
+    raft.validate().map_err(|e| Error::BadRequest(format!("timing: {e}")))
+}
+
+fn status_of(m: &RaftMetrics<MemberId, Endpoints>) -> ConsensusStatus {
+    let membership = m.membership_config.membership();
+    let voter_ids: BTreeSet<MemberId> = membership.voter_ids().collect();
+    let mut voters = BTreeMap::new();
+    let mut nonvoters = BTreeMap::new();
+    for (id, node) in membership.nodes() {
+        if voter_ids.contains(id) {
+            voters.insert(*id, node.clone());
+        } else {
+            nonvoters.insert(*id, node.clone());
+        }
+    }
+    ConsensusStatus {
+        member_id: m.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        voters,
+        nonvoters,
+    }
+}
+
+fn advertised(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+fn wait_error(e: WaitError) -> Error {
+    match e {
+        WaitError::Timeout(t, msg) => Error::Timeout(format!("{msg} (waited {t:?})")),
+        WaitError::ShuttingDown => Error::ShuttingDown,
+    }
+}
+
+impl RaftStore {
+    async fn open_inner(config: ConsensusConfig, span: tracing::Span) -> Result<Self> {
+        let raft_config = Arc::new(raft_config(&config)?);
+        let member_id = config.member_id;
+        let (events, _) = broadcast::channel(WATCH_CAPACITY);
+
+        #[cfg(feature = "durable")]
+        let (log_store, sm, durable) = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+                let path = dir.join("raft.redb");
+                let opened = tokio::task::spawn_blocking(move || crate::log_store::durable::open(&path))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
+                let vault: Arc<dyn SnapshotVault> = Arc::new(opened.writer.clone());
+                let sm = StateMachine::new(opened.snapshot, Some(vault), events.clone())
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                (LogStore::durable(opened.log, opened.writer.clone()), sm, Some(opened.writer))
+            }
+            None => (LogStore::in_memory(), StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?, None),
+        };
+        #[cfg(not(feature = "durable"))]
+        let (log_store, sm) = {
+            if config.data_dir.is_some() {
+                return Err(Error::BadRequest(
+                    "data_dir: durable storage needs the `durable` feature of cluster-consensus".to_owned(),
+                ));
+            }
+            let sm = StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+            (LogStore::in_memory(), sm)
+        };
+        let state = sm.shared();
+
+        let listener = TcpListener::bind(config.raft_listen_addr)
+            .await
+            .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.raft_listen_addr)))?;
+        let raft_addr = listener.local_addr()?;
+        let endpoints = Endpoints {
+            raft_addr: advertised(&config.advertise_host, raft_addr.port()),
+            service_addr: config.service_addr.clone(),
+        };
+
+        let cancel = CancellationToken::new();
+        let pool = ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
+        let network = NetworkFactory::new(member_id, pool.clone());
+        let raft = Raft::new(member_id, raft_config, network, log_store, sm)
+            .await
+            .map_err(|e| e.into_store_error())?;
+
+        let server_ctx =
+            ServerContext { raft: raft.clone(), codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len) };
+        let server = tokio::spawn(serve(listener, server_ctx, cancel.clone()).instrument(span.clone()));
+
+        let mut metrics = raft.metrics();
+        let (status_tx, status) = watch::channel(status_of(&metrics.borrow()));
+        let status_cancel = cancel.clone();
+        let status_task = tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = status_cancel.cancelled() => break,
+                        changed = metrics.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            let now = status_of(&metrics.borrow_and_update());
+                            status_tx.send_if_modified(|s| if *s == now { false } else { *s = now; true });
+                        }
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+        tracing::info!(raft_addr = %endpoints.raft_addr, durable = config.data_dir.is_some(), "consensus store open");
+
+        Ok(RaftStore {
+            inner: Arc::new(Inner {
+                member_id,
+                raft,
+                state,
+                events: Mutex::new(Some(events)),
+                status,
+                raft_addr,
+                endpoints,
+                pool,
+                cancel,
+                tasks: Mutex::new(vec![server, status_task]),
+                #[cfg(feature = "durable")]
+                durable: Mutex::new(durable),
+                op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
+                span,
+            }),
+        })
+    }
+
+    /// The openraft instance, for what the contract does not cover (metrics,
+    /// triggering a snapshot in tests, …).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Where this member is reached (raft and service addresses).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
+    }
+
+    /// The revision of this member's applied state.
+    pub fn revision(&self) -> u64 {
+        self.inner.state.read().revision
+    }
+
+    /// Completes a leader hint with the leader's service address from the
+    /// membership this member knows.
+    fn complete_hint(&self, e: Error) -> Error {
+        match e {
+            Error::NotLeader(Some(LeaderHint { member_id, service_addr: None })) => {
+                let status = self.inner.status.borrow();
+                let service_addr = status
+                    .voters
+                    .get(&member_id)
+                    .map(|e| e.service_addr.clone())
+                    .filter(|a| !a.is_empty());
+                Error::NotLeader(Some(LeaderHint { member_id, service_addr }))
+            }
+            other => other,
+        }
+    }
+
+    async fn bounded<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.inner.op_timeout, fut).await {
+            Ok(r) => r.map_err(|e| self.complete_hint(e)),
+            Err(_) => Err(Error::Timeout(format!("{what} took more than {:?}", self.inner.op_timeout))),
+        }
+    }
+
+    async fn change_membership(&self, what: &str, change: ChangeMembers<MemberId, Endpoints>, retain: bool) -> Result<()> {
+        let raft = &self.inner.raft;
+        self.bounded(what, async { raft.change_membership(change, retain).await.map_err(|e| e.into_store_error()) })
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until `member` applied the log up to `index`, by asking it.
+    async fn wait_applied(&self, member: MemberId, addr: &str, index: u64, deadline: Instant) -> Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!("nonvoter {member} did not apply up to {index}")));
+            }
+            let ttl = left.min(Duration::from_secs(1));
+            if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) =
+                self.inner.pool.call(addr, RaftRpc::AppliedIndex, ttl).await
+                && applied >= index
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10).min(left)).await;
+        }
+    }
+
+    async fn add_nonvoter_inner(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
+        let raft = &self.inner.raft;
+        let addr = endpoints.raft_addr.clone();
+        self.bounded("adding a nonvoter", async {
+            raft.add_learner(member, endpoints, false).await.map_err(|e| e.into_store_error())
+        })
+        .await?;
+        let target = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        let metrics = raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.state != ServerState::Leader
+                        || m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(&member).copied().flatten())
+                            .is_some_and(|l| l.index >= target)
+                },
+                "nonvoter replicated",
+            )
+            .await
+            .map_err(wait_error)?;
+        if metrics.state != ServerState::Leader {
+            return Err(self.complete_hint(Error::NotLeader(
+                metrics.current_leader.map(|member_id| LeaderHint { member_id, service_addr: None }),
+            )));
+        }
+        self.wait_applied(member, &addr, target, deadline).await
+    }
+}
+
+impl ConsensusStore for RaftStore {
+    async fn open(config: ConsensusConfig) -> Result<Self> {
+        let span = tracing::info_span!("consensus", member = %config.member_id);
+        Self::open_inner(config, span.clone()).instrument(span).await
+    }
+
+    fn member_id(&self) -> MemberId {
+        self.inner.member_id
+    }
+
+    fn raft_addr(&self) -> SocketAddr {
+        self.inner.raft_addr
+    }
+
+    fn status(&self) -> ConsensusStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {
+        self.inner.status.clone()
+    }
+
+    async fn is_initialized(&self) -> Result<bool> {
+        self.inner.raft.is_initialized().await.map_err(|e| e.into_store_error())
+    }
+
+    async fn bootstrap(&self) -> Result<()> {
+        let raft = &self.inner.raft;
+        if self.is_initialized().await? {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.member_id, self.inner.endpoints.clone())]);
+        match raft.initialize(members).await {
+            Ok(()) => {}
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => return Ok(()),
+            Err(e) => return Err(e.into_store_error()),
+        }
+        tracing::info!(parent: &self.inner.span, "bootstrapped a one-voter cluster");
+        raft.wait(Some(self.inner.op_timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader after bootstrap")
+            .await
+            .map_err(wait_error)?;
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.state.read().data.get(key).cloned())
+    }
+
+    fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let state = self.inner.state.read();
+        Ok(state
+            .data
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {
+        Ok(self.inner.state.read().short_ids.clone())
+    }
+
+    async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let raft = &self.inner.raft;
+        self.bounded("linearizable read", async {
+            raft.ensure_linearizable().await.map_err(|e| e.into_store_error())
+        })
+        .await?;
+        self.get(key)
+    }
+
+    async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {
+        let raft = &self.inner.raft;
+        let response = self
+            .bounded("write", async { raft.client_write(request).await.map_err(|e| e.into_store_error()) })
+            .await?;
+        match response.data.0 {
+            Some(outcome) => outcome,
+            None => Err(Error::Internal("a write was answered as a raft entry".to_owned())),
+        }
+    }
+
+    fn watch(&self, prefix: &str) -> Watch {
+        let events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = match events.as_ref() {
+            Some(tx) => tx.subscribe(),
+            // Stopped: a watch that ends at once.
+            None => broadcast::channel(1).1,
+        };
+        Watch::new(prefix, rx)
+    }
+
+    async fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
+        self.add_nonvoter_inner(member, endpoints).instrument(self.inner.span.clone()).await
+    }
+
+    async fn promote(&self, member: MemberId) -> Result<()> {
+        self.change_membership("promoting", ChangeMembers::AddVoterIds(BTreeSet::from([member])), false).await
+    }
+
+    async fn demote(&self, member: MemberId) -> Result<()> {
+        if !self.status().voters.contains_key(&member) {
+            return Ok(());
+        }
+        self.change_membership("demoting", ChangeMembers::RemoveVoters(BTreeSet::from([member])), true).await
+    }
+
+    async fn remove(&self, member: MemberId) -> Result<()> {
+        let status = self.status();
+        if status.voters.contains_key(&member) {
+            self.change_membership("removing a voter", ChangeMembers::RemoveVoters(BTreeSet::from([member])), false)
+                .await
+        } else if status.nonvoters.contains_key(&member) {
+            self.change_membership("removing a nonvoter", ChangeMembers::RemoveNodes(BTreeSet::from([member])), false)
+                .await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.cancel.cancel();
+        if let Err(e) = inner.raft.shutdown().await {
+            tracing::warn!(parent: &inner.span, error = %e, "raft ended with an error");
+        }
+        let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        drop(inner.events.lock().unwrap_or_else(|p| p.into_inner()).take());
+        #[cfg(feature = "durable")]
+        {
+            let durable = inner.durable.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(writer) = durable {
+                tokio::task::spawn_blocking(move || writer.close())
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            }
+        }
+        tracing::info!(parent: &inner.span, "consensus store shut down");
+        Ok(())
+    }
+}
