@@ -1,1 +1,86 @@
-//! The `Cluster` facade (being built: see issue "cluster-facade").
+//! # Carbon Grid Cluster
+//!
+//! The cluster layer of a data grid, with no outside coordination service.
+//! Start a [`Cluster`] on every member: members find each other by gossip,
+//! agree through raft on a strongly consistent key-value store that every
+//! member reads and writes, and each receive a short unique integer id.
+//!
+//! ```no_run
+//! use cluster_facade::{Cluster, ClusterConfig, GridEventKind};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // The first member forms a cluster; the others name it as a seed.
+//! let first = Cluster::start(ClusterConfig::default()).await?;
+//! let second = Cluster::start(ClusterConfig {
+//!     seeds: vec![first.addresses().gossip.to_string()],
+//!     ..ClusterConfig::default()
+//! })
+//! .await?;
+//! assert_ne!(first.short_id(), second.short_id());
+//!
+//! // Every member reads and writes, whoever leads.
+//! let store = second.store();
+//! store.set("greeting", b"hello".to_vec()).await?;
+//! assert_eq!(store.consistent_get("greeting").await?, Some(b"hello".to_vec()));
+//!
+//! // Grid events: the live members first, then every change.
+//! let mut events = first.grid_events();
+//! while let Some(event) = events.recv().await {
+//!     if event.kind == GridEventKind::Joined {
+//!         println!("member {} at {}", event.short_id, event.grid_addr);
+//!     }
+//! #   break;
+//! }
+//! second.shutdown().await?; // peers see it leave, not fail
+//! first.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What a member does
+//!
+//! [`ClusterOf::start`] runs the choreography: identity (a member id created
+//! once and kept in the data directory), consensus, membership, the
+//! forwarding service; it returns once the member holds its short id.
+//! Whichever member leads keeps the cluster in order: new members join raft
+//! as nonvoters, are given a short id, and are promoted while there are
+//! fewer voters than [`ClusterConfig::num_voters`]; departed members are
+//! removed and their short ids freed (at once after a graceful leave, after
+//! a reap timeout after a failure). Every decision comes from the pure
+//! planners of `cluster_core::plan`.
+//!
+//! ## Features
+//!
+//! - `gossip-chitchat` (default): membership on chitchat (`cluster-gossip`).
+//! - `consensus-openraft` (default): the store on openraft (`cluster-consensus`).
+//! - `durable` (default): durable storage in the data directory (redb).
+//! - `cli` (default): the `carbon` program.
+//!
+//! With both backend features, [`Cluster`] names the member type; without
+//! them, bring your own backends through [`ClusterOf`].
+
+mod cluster;
+mod config;
+mod error;
+mod grid;
+mod housekeeping;
+mod identity;
+
+pub use cluster::{Addresses, ClusterOf};
+pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
+pub use error::ClusterError;
+pub use grid::GridEvents;
+
+pub use cluster_core::{
+    self as core, CasOutcome, ConsensusStatus, ConsensusStore, ConsensusStoreExt, GridEventKind,
+    GridMemberEvent, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch, WatchEvent,
+};
+pub use cluster_service::{self as service, Proxy, ServiceClient};
+
+/// A member over the default backends: gossip on chitchat, consensus on openraft.
+#[cfg(all(feature = "gossip-chitchat", feature = "consensus-openraft"))]
+pub type Cluster = ClusterOf<cluster_gossip::Gossip, cluster_consensus::RaftStore>;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

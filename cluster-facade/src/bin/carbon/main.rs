@@ -1,2 +1,83 @@
-//! The `carbon` program (being built: see issue "carbon program").
-fn main() {}
+//! `carbon`: runs a Carbon Grid member and talks to a cluster, in the manner
+//! of `consul` and `etcdctl`.
+//!
+//! - `carbon agent --config node.toml` runs a member until SIGINT/SIGTERM;
+//! - `carbon members|status --service ADDR` show the cluster;
+//! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
+//! - `carbon demo` starts a local cluster and shows a leader failover.
+//!
+//! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
+//! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
+
+mod agent;
+mod client;
+mod demo;
+mod exit;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run a Carbon Grid member, or talk to a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "carbon", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a member until SIGINT or SIGTERM, then leave gracefully.
+    Agent(agent::AgentArgs),
+    /// Show the members recorded by the cluster.
+    Members(client::Target),
+    /// Show what a member knows about consensus.
+    Status(client::Target),
+    /// Read and write the consistent key-value store.
+    #[command(subcommand)]
+    Kv(client::KvCommand),
+    /// Start a local cluster and show what it does, a leader failover included.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("carbon: cannot start the runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Agent(args) => agent::run(args).await,
+            Command::Members(t) => client::members(t).await,
+            Command::Status(t) => client::status(t).await,
+            Command::Kv(cmd) => client::kv(cmd).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("carbon: {f}");
+            ExitCode::from(f.code)
+        }
+    }
+}

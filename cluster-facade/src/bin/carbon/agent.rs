@@ -1,0 +1,121 @@
+//! `carbon agent`: runs one member until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cluster_facade::{Cluster, ClusterConfig};
+
+use crate::exit::Failure;
+
+/// Flags of `carbon agent`; each overrides the config file.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// A TOML configuration file (see the README for every field).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The host (IP address) others reach this member at.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Gossip (UDP) port; 0 picks a free one.
+    #[arg(long)]
+    pub gossip_port: Option<u16>,
+    /// Raft RPC (TCP) port; 0 picks a free one.
+    #[arg(long)]
+    pub raft_port: Option<u16>,
+    /// Forwarding-service (TCP) port; 0 picks a free one.
+    #[arg(long)]
+    pub service_port: Option<u16>,
+    /// The data grid's port; 0 picks a free one.
+    #[arg(long)]
+    pub grid_port: Option<u16>,
+    /// Gossip address of a member to join (repeatable).
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub seeds: Vec<String>,
+    /// Where the member id and raft state are kept; without it, in memory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How many voters the cluster keeps.
+    #[arg(long)]
+    pub num_voters: Option<usize>,
+    /// The cluster id; members of other clusters are refused.
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+}
+
+impl AgentArgs {
+    /// The configuration: the file, then the flags over it, then validated.
+    pub fn config(&self) -> Result<ClusterConfig, Failure> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<ClusterConfig>(&text)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+            }
+            None => ClusterConfig::default(),
+        };
+        if let Some(v) = &self.host {
+            config.host = v.clone();
+        }
+        if let Some(v) = self.gossip_port {
+            config.gossip_port = v;
+        }
+        if let Some(v) = self.raft_port {
+            config.raft_port = v;
+        }
+        if let Some(v) = self.service_port {
+            config.service_port = v;
+        }
+        if let Some(v) = self.grid_port {
+            config.grid_port = v;
+        }
+        if !self.seeds.is_empty() {
+            config.seeds = self.seeds.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            config.data_dir = Some(v.clone());
+        }
+        if let Some(v) = self.num_voters {
+            config.num_voters = v;
+        }
+        if let Some(v) = &self.cluster_id {
+            config.cluster_id = v.clone();
+        }
+        config.validate().map_err(|errs| {
+            let lines: Vec<String> = errs.0.iter().map(|p| format!("  {p}")).collect();
+            Failure::usage(format!("invalid configuration:\n{}", lines.join("\n")))
+        })?;
+        Ok(config)
+    }
+}
+
+/// Runs the member until a signal, then leaves gracefully.
+pub async fn run(args: AgentArgs) -> Result<(), Failure> {
+    let config = args.config()?;
+    let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
+    let a = cluster.addresses();
+    println!(
+        "member {} short_id {} gossip {} raft {} service {} grid {}",
+        cluster.member_id(),
+        cluster.short_id(),
+        a.gossip,
+        a.raft,
+        a.service,
+        a.grid
+    );
+    wait_for_signal().await.map_err(Failure::other)?;
+    tracing::info!("signal received: leaving the cluster");
+    cluster.shutdown().await.context("graceful shutdown failed").map_err(Failure::other)?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `carbon demo`: a local cluster in this process, a tour of what it does,
+//! and a leader failover.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cluster_facade::{Cluster, ClusterConfig, RaftRole};
+
+use crate::exit::Failure;
+use crate::table::members_table;
+
+/// Flags of `carbon demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How many members to start (at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub members: usize,
+    /// How many of them vote.
+    #[arg(long, default_value_t = 3)]
+    pub voters: usize,
+    /// How many keys to write.
+    #[arg(long, default_value_t = 10)]
+    pub keys: usize,
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+pub async fn run(args: DemoArgs) -> Result<(), Failure> {
+    if args.members < 2 {
+        return Err(Failure::usage("--members must be at least 2"));
+    }
+    if args.voters == 0 {
+        return Err(Failure::usage("--voters must be at least 1"));
+    }
+    tour(args).await.map_err(Failure::other)
+}
+
+fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
+    let mut c =
+        ClusterConfig { seeds, num_voters: voters, cluster_id: "carbon-demo".into(), ..Default::default() };
+    // Quick failure handling, so the tour does not drag.
+    c.timeouts.failure_grace_ms = 1_000;
+    c.timeouts.leave_ms = 3_000;
+    c
+}
+
+fn step(n: usize, total: usize, text: &str) {
+    println!("\n\x1b[1m[{n}/{total}] {text}\x1b[0m");
+}
+
+fn ok(text: &str) {
+    println!("  \x1b[32m✓\x1b[0m {text}");
+}
+
+/// Waits until `cond` holds, showing what it waits for and for how long.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    if !tty {
+        println!("  … {what}");
+    }
+    loop {
+        if cond() {
+            if tty {
+                print!("\r\x1b[2K");
+            }
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > WAIT {
+            bail!("gave up after {WAIT:?}: {what}");
+        }
+        if tty {
+            print!("\r\x1b[2K  … {what} ({:.1} s)", start.elapsed().as_secs_f64());
+            let _ = std::io::stdout().flush();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn voters(members: &[Cluster]) -> usize {
+    members.iter().filter(|m| m.raft_role().votes()).count()
+}
+
+fn leader_of(members: &[Cluster]) -> Option<usize> {
+    members.iter().position(|m| m.raft_role() == RaftRole::Leader)
+}
+
+async fn tour(args: DemoArgs) -> anyhow::Result<()> {
+    let total = 6;
+    let wanted = args.voters.min(args.members);
+    println!(
+        "Carbon Grid Cluster demo: {} members, {} voters, in this process on 127.0.0.1",
+        args.members, wanted
+    );
+
+    step(1, total, &format!("Starting {} members", args.members));
+    let started = Instant::now();
+    let first = Cluster::start(config(vec![], args.voters)).await.context("starting the first member")?;
+    ok(&format!(
+        "member #{} formed the cluster ({:.2} s)",
+        first.short_id(),
+        started.elapsed().as_secs_f64()
+    ));
+    let seed = first.addresses().gossip.to_string();
+    let mut members = vec![first];
+    for i in 1..args.members {
+        let t = Instant::now();
+        let m = Cluster::start(config(vec![seed.clone()], args.voters))
+            .await
+            .with_context(|| format!("starting member {}", i + 1))?;
+        ok(&format!("member #{} joined ({:.2} s)", m.short_id(), t.elapsed().as_secs_f64()));
+        members.push(m);
+    }
+
+    step(2, total, &format!("Balancing: {wanted} voters, the rest nonvoters"));
+    let took = wait_for("waiting for the leader to promote voters and record every member", || {
+        voters(&members) == wanted && members[0].members().map(|r| r.len()).unwrap_or(0) == members.len()
+    })
+    .await?;
+    ok(&format!("balanced after {:.2} s", took.as_secs_f64()));
+    println!("{}", members_table(&members[0].members()?));
+
+    let via = members
+        .iter()
+        .position(|m| m.raft_role() == RaftRole::Nonvoter)
+        .or_else(|| members.iter().position(|m| m.raft_role() == RaftRole::Voter))
+        .context("no member to write through")?;
+    let via_role = members[via].raft_role();
+    step(
+        3,
+        total,
+        &format!("Writing {} keys through #{} (a {via_role})", args.keys, members[via].short_id()),
+    );
+    let store = members[via].store().clone();
+    let t = Instant::now();
+    for k in 0..args.keys {
+        store.set(&format!("demo/key-{k:02}"), format!("value-{k:02}").into_bytes()).await?;
+    }
+    ok(&format!("{} writes forwarded to the leader in {:.1} ms", args.keys, t.elapsed().as_secs_f64() * 1e3));
+    for k in 0..args.keys {
+        let got = store.consistent_get(&format!("demo/key-{k:02}")).await?;
+        if got != Some(format!("value-{k:02}").into_bytes()) {
+            bail!("demo/key-{k:02} read back as {got:?}");
+        }
+    }
+    ok(&format!("read back all {} keys with linearizable reads", args.keys));
+
+    let leader = leader_of(&members).context("no leader")?;
+    let old = members.remove(leader);
+    let via = if via > leader { via - 1 } else { via };
+    let (old_short, old_id) = (old.short_id(), old.member_id());
+    step(4, total, &format!("Stopping the leader #{old_short} abruptly (as a crash would)"));
+    let crash = Instant::now();
+    old.abort().await?;
+    wait_for("waiting for a new leader", || leader_of(&members).is_some()).await?;
+    let new_leader = leader_of(&members).context("no leader")?;
+    ok(&format!(
+        "#{} leads, {:.2} s after the crash",
+        members[new_leader].short_id(),
+        crash.elapsed().as_secs_f64()
+    ));
+    let before: Vec<_> = members.iter().map(|m| m.raft_role()).collect();
+    let expect = wanted.min(members.len());
+    wait_for("waiting for the old leader to be removed and the voters restored", || {
+        voters(&members) == expect
+            && !members[new_leader].consensus_status().all_members().contains(&old_id)
+            && members[new_leader].members().is_ok_and(|r| r.iter().all(|m| m.member_id != old_id))
+    })
+    .await?;
+    for (m, was) in members.iter().zip(before) {
+        if was == RaftRole::Nonvoter && m.raft_role().votes() {
+            ok(&format!("#{} was promoted to voter", m.short_id()));
+        }
+    }
+    ok(&format!("{expect} voters again, {:.2} s after the crash", crash.elapsed().as_secs_f64()));
+
+    step(5, total, "The cluster after the failover");
+    println!("{}", members_table(&members[new_leader].members()?));
+    for k in 0..args.keys {
+        let got = members[via].store().consistent_get(&format!("demo/key-{k:02}")).await?;
+        if got != Some(format!("value-{k:02}").into_bytes()) {
+            bail!("demo/key-{k:02} lost in the failover: {got:?}");
+        }
+    }
+    ok(&format!("all {} keys are still there (read through #{})", args.keys, members[via].short_id()));
+
+    step(6, total, "Leaving gracefully");
+    let n = members.len();
+    for m in members {
+        let short = m.short_id();
+        m.shutdown().await.with_context(|| format!("shutting down #{short}"))?;
+        ok(&format!("#{short} left"));
+    }
+    println!("\nDone: {n} members left cleanly.");
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Plain-text tables for the terminal.
+
+use cluster_facade::{MemberInfo, RaftRole};
+
+/// Renders rows as aligned columns under a header.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+/// The members table: short id, role, member id and addresses.
+pub fn members_table(members: &[MemberInfo]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let role = match m.raft_role {
+                RaftRole::Leader => "leader ★".to_owned(),
+                r => r.to_string(),
+            };
+            vec![
+                m.short_id.map(|s| format!("#{s}")).unwrap_or_else(|| "-".into()),
+                role,
+                m.member_id.to_string(),
+                m.gossip_addr(),
+                m.raft_addr(),
+                m.service_addr(),
+                m.grid_addr(),
+            ]
+        })
+        .collect();
+    render(&["ID", "ROLE", "MEMBER ID", "GOSSIP", "RAFT", "SERVICE", "GRID"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align() {
+        let t = render(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]]);
+        assert_eq!(t, "  A    BB\n  xxx  y\n  z    w");
+    }
+}

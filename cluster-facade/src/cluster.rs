@@ -1,0 +1,424 @@
+//! [`ClusterOf`]: one member of the cluster, its startup choreography and its
+//! graceful shutdown. Generic over the backends; [`Cluster`](crate::Cluster)
+//! names the default ones.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_core::{
+    ConsensusConfig, ConsensusStore, MemberId, MemberInfo, Membership, MembershipConfig, RaftRole, ShortId,
+    keys, member::tag,
+};
+use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::ClusterConfig;
+use crate::error::ClusterError;
+use crate::grid::{self, GridEvents, GridHub};
+use crate::housekeeping::{Housekeeper, Settings};
+use crate::identity;
+
+/// The addresses a member is bound to (the real ports when 0 was asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// Gossip (UDP).
+    pub gossip: SocketAddr,
+    /// Raft RPC (TCP).
+    pub raft: SocketAddr,
+    /// Forwarding service (TCP).
+    pub service: SocketAddr,
+    /// The data grid's port, as published to the other members.
+    pub grid: SocketAddr,
+}
+
+/// One member of a Carbon Grid cluster, over a membership backend `M` and a
+/// consensus backend `S`. Cheap to clone: clones share the member.
+pub struct ClusterOf<M: Membership, S: ConsensusStore> {
+    inner: Arc<Inner<M, S>>,
+}
+
+impl<M: Membership, S: ConsensusStore> Clone for ClusterOf<M, S> {
+    fn clone(&self) -> Self {
+        ClusterOf { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<M: Membership, S: ConsensusStore> {
+    member_id: MemberId,
+    short_id: ShortId,
+    addresses: Addresses,
+    config: ClusterConfig,
+    membership: Arc<M>,
+    store: Arc<S>,
+    proxy: Proxy<S>,
+    service: Mutex<Option<ServiceServer>>,
+    grid: GridHub,
+    stop: watch::Sender<bool>,
+    housekeeping: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What was started so far, so that a failed start stops it again.
+struct Started<M, S> {
+    store: Option<Arc<S>>,
+    membership: Option<Arc<M>>,
+    service: Option<ServiceServer>,
+    stop: Option<watch::Sender<bool>>,
+    housekeeping: Option<JoinHandle<()>>,
+}
+
+impl<M: Membership, S: ConsensusStore> Started<M, S> {
+    async fn unwind(self) {
+        if let Some(stop) = self.stop {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = self.housekeeping {
+            let _ = task.await;
+        }
+        if let Some(service) = self.service {
+            service.shutdown().await;
+        }
+        if let Some(m) = self.membership {
+            let _ = m.stop().await;
+        }
+        if let Some(s) = self.store {
+            let _ = s.shutdown().await;
+        }
+    }
+}
+
+fn start_err(stage: &'static str) -> impl FnOnce(cluster_core::Error) -> ClusterError {
+    move |source| ClusterError::Start { stage, source }
+}
+
+impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
+    /// Starts a member: identity, consensus, membership, service, in that
+    /// order, then waits (up to `timeouts.start_ms`) until it holds its short
+    /// id. No seeds and no earlier state: a new cluster. With seeds: joins it.
+    ///
+    /// A bad configuration is refused with every problem named, before
+    /// anything starts; a failure later stops what was started.
+    pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
+        config.validate()?;
+        let member_id = identity::load_or_create(config.data_dir.as_deref())?;
+        let span = info_span!("member", id = %member_id);
+        let mut started =
+            Started { store: None, membership: None, service: None, stop: None, housekeeping: None };
+        match Self::choreography(config, member_id, &mut started).instrument(span).await {
+            Ok(cluster) => Ok(cluster),
+            Err(e) => {
+                started.unwind().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn choreography(
+        config: ClusterConfig,
+        member_id: MemberId,
+        started: &mut Started<M, S>,
+    ) -> Result<Self, ClusterError> {
+        // Checked by validate().
+        let host: IpAddr = config.host.parse().map_err(|_| ClusterError::Start {
+            stage: "config",
+            source: cluster_core::Error::BadRequest("bad host".into()),
+        })?;
+        let ms = ClusterConfig::ms;
+
+        // The service address goes into raft's node data, so bind it first.
+        let service_listener = TcpListener::bind((host, config.service_port))
+            .await
+            .map_err(|e| start_err("service")(e.into()))?;
+        let service_addr = service_listener.local_addr().map_err(|e| start_err("service")(e.into()))?;
+        let grid_port = match config.grid_port {
+            0 => free_tcp_port(host).map_err(|e| start_err("grid port")(e.into()))?,
+            p => p,
+        };
+
+        // 1. consensus.
+        let store = S::open(ConsensusConfig {
+            member_id,
+            cluster_id: config.cluster_id.clone(),
+            raft_listen_addr: SocketAddr::new(host, config.raft_port),
+            advertise_host: config.host.clone(),
+            service_addr: service_addr.to_string(),
+            data_dir: config.data_dir.as_ref().map(|d| d.join("raft")),
+            timing: config.raft.timing(),
+            max_frame_len: config.raft.max_frame_bytes,
+            rpc_timeout: ms(config.raft.election_timeout_max_ms),
+        })
+        .await
+        .map_err(start_err("consensus"))?;
+        let store = Arc::new(store);
+        started.store = Some(store.clone());
+        let raft_addr = store.raft_addr();
+        if config.seeds.is_empty() && !store.is_initialized().await.map_err(start_err("consensus"))? {
+            info!("no seeds and no earlier state: forming a new cluster");
+            store.bootstrap().await.map_err(start_err("consensus"))?;
+        }
+
+        // 2. membership.
+        let mut me = MemberInfo::new(
+            member_id,
+            config.host.clone(),
+            config.gossip_port,
+            raft_addr.port(),
+            service_addr.port(),
+            grid_port,
+        );
+        me.raft_role = store.status().role().unwrap_or(RaftRole::Nonvoter);
+        me.extra_tags = config.tags.clone();
+        let membership = M::start(MembershipConfig {
+            member_id,
+            generation: identity::generation(),
+            cluster_id: config.cluster_id.clone(),
+            listen_addr: SocketAddr::new(host, config.gossip_port),
+            advertise_addr: None,
+            seeds: config.seeds.clone(),
+            gossip_interval: ms(config.gossip.interval_ms),
+            failure_detection: config.gossip.failure_detection(),
+            tags: me.to_tags(),
+        })
+        .await
+        .map_err(start_err("membership"))?;
+        let membership = Arc::new(membership);
+        started.membership = Some(membership.clone());
+        let gossip_addr = membership.gossip_addr();
+        if config.gossip_port == 0 {
+            let port = BTreeMap::from([(tag::GOSSIP_PORT.to_owned(), gossip_addr.port().to_string())]);
+            membership.set_tags(port).await.map_err(start_err("membership"))?;
+        }
+
+        // 3. the forwarding service.
+        let service = ServiceServer::serve(
+            service_listener,
+            store.clone(),
+            ServerConfig {
+                max_frame_len: config.raft.max_frame_bytes,
+                request_timeout: ms(config.timeouts.operation_ms),
+                ..ServerConfig::new(config.cluster_id.clone())
+            },
+        )
+        .map_err(start_err("service"))?;
+        started.service = Some(service);
+        let proxy = Proxy::new(
+            store.clone(),
+            ProxyOptions {
+                op_timeout: ms(config.timeouts.operation_ms),
+                max_frame_len: config.raft.max_frame_bytes,
+                ..ProxyOptions::new(config.cluster_id.clone())
+            },
+        );
+
+        // Housekeeping: grid events, own tags, and the leader's duties.
+        let grid = grid::hub(1024);
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = Settings {
+            num_voters: config.num_voters,
+            failure_grace: ms(config.timeouts.failure_grace_ms),
+            short_id_reap: ms(config.timeouts.short_id_reap_ms),
+            interval: ms(config.timeouts.housekeeping_interval_ms),
+        };
+        let events = membership.subscribe();
+        let keeper = Housekeeper::new(membership.clone(), store.clone(), settings, grid.clone());
+        let task = tokio::spawn(keeper.run(events, stop_rx).in_current_span());
+        started.stop = Some(stop.clone());
+        started.housekeeping = Some(task);
+
+        // 4. wait for the short id.
+        let waited = ms(config.timeouts.start_ms);
+        let short_id = wait_for_short_id(&*store, member_id, waited).await?;
+        info!(short_id = %short_id, gossip = %gossip_addr, raft = %raft_addr, service = %service_addr, "member started");
+
+        let housekeeping = started.housekeeping.take();
+        let service = started.service.take();
+        *started = Started { store: None, membership: None, service: None, stop: None, housekeeping: None };
+        Ok(ClusterOf {
+            inner: Arc::new(Inner {
+                member_id,
+                short_id,
+                addresses: Addresses {
+                    gossip: gossip_addr,
+                    raft: raft_addr,
+                    service: service_addr,
+                    grid: SocketAddr::new(host, grid_port),
+                },
+                config,
+                membership,
+                store,
+                proxy,
+                service: Mutex::new(service),
+                grid,
+                stop,
+                housekeeping: Mutex::new(housekeeping),
+            }),
+        })
+    }
+
+    /// This member's permanent id.
+    pub fn member_id(&self) -> MemberId {
+        self.inner.member_id
+    }
+
+    /// This member's short id.
+    pub fn short_id(&self) -> ShortId {
+        self.inner.short_id
+    }
+
+    /// The addresses this member is bound to.
+    pub fn addresses(&self) -> Addresses {
+        self.inner.addresses
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// This member's raft role now (`Nonvoter` until raft lists it).
+    pub fn raft_role(&self) -> RaftRole {
+        self.inner.store.status().role().unwrap_or(RaftRole::Nonvoter)
+    }
+
+    /// What this member knows about consensus now.
+    pub fn consensus_status(&self) -> cluster_core::ConsensusStatus {
+        self.inner.store.status()
+    }
+
+    /// The members as the cluster recorded them in the store (this member's
+    /// applied state: may trail the leader by a moment), by short id order.
+    pub fn members(&self) -> Result<Vec<MemberInfo>, ClusterError> {
+        let mut members: Vec<MemberInfo> = self
+            .inner
+            .store
+            .get_prefix(keys::MEMBERS_PREFIX)?
+            .into_iter()
+            .filter_map(|(_, v)| MemberInfo::from_bytes(&v).ok())
+            .collect();
+        members.sort_by_key(|m| (m.short_id.is_none(), m.short_id, m.member_id));
+        Ok(members)
+    }
+
+    /// The members alive in gossip now, as their tags describe them.
+    pub fn live_members(&self) -> Vec<MemberInfo> {
+        self.inner
+            .membership
+            .members()
+            .iter()
+            .filter_map(|m| MemberInfo::from_tags(m.id, &m.tags).ok())
+            .collect()
+    }
+
+    /// The consistent key-value store, from this member, whatever its role:
+    /// writes and consistent reads go to the leader, across failovers.
+    pub fn store(&self) -> &Proxy<S> {
+        &self.inner.proxy
+    }
+
+    /// A new subscription to grid events: first a `Joined` event for every
+    /// live member with a short id, then every change.
+    pub fn grid_events(&self) -> GridEvents {
+        GridEvents::new(&self.inner.grid)
+    }
+
+    /// Leaves the cluster gracefully: peers see this member leave (not fail),
+    /// the leader frees its short id, and every task and port is released.
+    pub async fn shutdown(self) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        let me = inner.member_id;
+        let leave_wait = ClusterConfig::ms(inner.config.timeouts.leave_ms);
+        self.stop_housekeeping().await;
+        if let Err(e) = inner.membership.leave().await {
+            warn!(member = %me, error = %e, "gossip leave failed; peers will see a failure");
+        }
+        let status = inner.store.status();
+        let others = status.all_members().into_iter().any(|id| id != me);
+        if others {
+            if status.is_leader() {
+                // No one else would take this member out of raft: do it, and
+                // let the others elect a leader among themselves.
+                if let Ok(Err(e)) = timeout(leave_wait, inner.store.remove(me)).await {
+                    warn!(member = %me, error = %e, "could not leave raft");
+                }
+            } else {
+                // Wait for the leader to take this member out of raft, so a
+                // small cluster is not left waiting on a voter that is gone.
+                let mut changes = inner.store.status_changes();
+                let _ = timeout(leave_wait, changes.wait_for(|s| !s.all_members().contains(&me))).await;
+            }
+        }
+        self.stop_service().await;
+        inner.store.shutdown().await?;
+        info!(member = %me, "left the cluster");
+        Ok(())
+    }
+
+    /// Stops at once without telling anyone, as a crash would: peers see a
+    /// failure. For tests and emergencies; prefer [`shutdown`](Self::shutdown).
+    pub async fn abort(self) -> Result<(), ClusterError> {
+        self.stop_housekeeping().await;
+        self.inner.membership.stop().await?;
+        self.stop_service().await;
+        self.inner.store.shutdown().await?;
+        Ok(())
+    }
+
+    async fn stop_service(&self) {
+        let service = self.inner.service.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(service) = service {
+            service.shutdown().await;
+        }
+    }
+
+    async fn stop_housekeeping(&self) {
+        let _ = self.inner.stop.send(true);
+        let task = self.inner.housekeeping.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl<M: Membership, S: ConsensusStore> Drop for Inner<M, S> {
+    fn drop(&mut self) {
+        // Dropped without shutdown: at least end the housekeeping task.
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn wait_for_short_id<S: ConsensusStore>(
+    store: &S,
+    me: MemberId,
+    waited: Duration,
+) -> Result<ShortId, ClusterError> {
+    let deadline = Instant::now() + waited;
+    let mut changes = store.status_changes();
+    loop {
+        if let Some(id) = store.short_ids()?.get(&me) {
+            return Ok(*id);
+        }
+        let poll = tokio::time::sleep(Duration::from_millis(200));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = poll => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let s = store.status();
+                let detail = match (s.leader, s.role()) {
+                    (None, _) => "no leader known: are the seeds right, and is the cluster id the same?".to_owned(),
+                    (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
+                    (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
+                };
+                return Err(ClusterError::StartTimeout { waited, detail });
+            }
+        }
+    }
+}
+
+fn free_tcp_port(host: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+}

@@ -1,0 +1,338 @@
+//! [`ClusterConfig`]: everything a member needs to start, with `Default`,
+//! serde (TOML) and one validation step that names every bad field.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cluster_core::{FailureDetection, RaftTiming};
+use serde::{Deserialize, Serialize};
+
+/// The configuration of one member. Durations are in milliseconds so that
+/// TOML files stay readable.
+///
+/// ```
+/// use cluster_facade::ClusterConfig;
+/// let config: ClusterConfig = toml::from_str(r#"
+///     cluster_id = "prod"
+///     host = "127.0.0.1"
+///     gossip_port = 7946
+///     seeds = ["127.0.0.1:7947"]
+///     num_voters = 3
+/// "#).unwrap();
+/// assert!(config.validate().is_ok());
+/// assert_eq!(config.raft_port, 0); // a free port, reported once started
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Members of other clusters are refused, in gossip and on every TCP port.
+    pub cluster_id: String,
+    /// The host others reach this member at; every port binds on it.
+    pub host: String,
+    /// Gossip (UDP) port; 0 picks a free one.
+    pub gossip_port: u16,
+    /// Raft RPC (TCP) port; 0 picks a free one.
+    pub raft_port: u16,
+    /// Forwarding-service (TCP) port; 0 picks a free one.
+    pub service_port: u16,
+    /// The data grid's port, published to the other members; 0 picks a free one.
+    pub grid_port: u16,
+    /// Gossip addresses (`host:port`) of members to join; empty forms a new cluster.
+    pub seeds: Vec<String>,
+    /// How many voters the cluster keeps; the other members are nonvoters.
+    pub num_voters: usize,
+    /// Where the member id and the raft state live; none keeps them in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Extra tags this member publishes in gossip.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Timeouts of the choreography and the housekeeping.
+    pub timeouts: Timeouts,
+    /// Gossip settings.
+    pub gossip: GossipSettings,
+    /// Raft settings.
+    pub raft: RaftSettings,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_id: "carbon-grid".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            gossip_port: 0,
+            raft_port: 0,
+            service_port: 0,
+            grid_port: 0,
+            seeds: Vec::new(),
+            num_voters: 3,
+            data_dir: None,
+            tags: Default::default(),
+            timeouts: Timeouts::default(),
+            gossip: GossipSettings::default(),
+            raft: RaftSettings::default(),
+        }
+    }
+}
+
+/// Timeouts, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// `Cluster::start` fails if the member holds no short id by then.
+    pub start_ms: u64,
+    /// A store operation gives up after this long, across retries and failovers.
+    pub operation_ms: u64,
+    /// A failed member is removed from raft after this grace period.
+    pub failure_grace_ms: u64,
+    /// A failed member's short id stays reserved this long, so it keeps it if it comes back.
+    pub short_id_reap_ms: u64,
+    /// `shutdown` waits at most this long for peers to see the leave.
+    pub leave_ms: u64,
+    /// The leader re-checks the cluster at least this often.
+    pub housekeeping_interval_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            start_ms: 30_000,
+            operation_ms: 10_000,
+            failure_grace_ms: 3_000,
+            short_id_reap_ms: 60_000,
+            leave_ms: 5_000,
+            housekeeping_interval_ms: 500,
+        }
+    }
+}
+
+/// Gossip settings, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipSettings {
+    /// Time between gossip rounds.
+    pub interval_ms: u64,
+    /// Phi-accrual suspicion level at which a member is declared failed.
+    pub phi_threshold: f64,
+    /// How long a failed member is remembered before it is forgotten.
+    pub dead_member_grace_ms: u64,
+}
+
+impl Default for GossipSettings {
+    fn default() -> Self {
+        GossipSettings { interval_ms: 100, phi_threshold: 8.0, dead_member_grace_ms: 3_600_000 }
+    }
+}
+
+impl GossipSettings {
+    /// As core's failure-detector settings.
+    pub fn failure_detection(&self) -> FailureDetection {
+        FailureDetection {
+            phi_threshold: self.phi_threshold,
+            initial_interval: Duration::from_millis(self.interval_ms),
+            dead_member_grace: Duration::from_millis(self.dead_member_grace_ms),
+        }
+    }
+}
+
+/// Raft settings, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    /// The leader's heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken after this many log entries.
+    pub snapshot_after_entries: u64,
+    /// The largest frame on the raft and service ports, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        let t = RaftTiming::default();
+        RaftSettings {
+            heartbeat_ms: t.heartbeat_interval.as_millis() as u64,
+            election_timeout_min_ms: t.election_timeout_min.as_millis() as u64,
+            election_timeout_max_ms: t.election_timeout_max.as_millis() as u64,
+            snapshot_after_entries: t.snapshot_after_entries,
+            max_frame_bytes: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// As core's raft timing.
+    pub fn timing(&self) -> RaftTiming {
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            election_timeout_min: Duration::from_millis(self.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(self.election_timeout_max_ms),
+            snapshot_after_entries: self.snapshot_after_entries,
+            ..RaftTiming::default()
+        }
+    }
+}
+
+/// One bad field: its dotted name and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field, e.g. `raft.heartbeat_ms`.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// Every problem of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl ClusterConfig {
+    /// Checks every field and returns every problem found, each with its field's name.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut bad =
+            |field: &str, problem: String| problems.push(ConfigProblem { field: field.to_owned(), problem });
+        if self.cluster_id.is_empty() {
+            bad("cluster_id", "must not be empty".into());
+        }
+        if self.cluster_id.len() > cluster_core::wire::MAX_CLUSTER_ID_LEN {
+            bad("cluster_id", format!("longer than {} bytes", cluster_core::wire::MAX_CLUSTER_ID_LEN));
+        }
+        if self.host.trim().is_empty() {
+            bad("host", "must not be empty".into());
+        } else if self.host.parse::<std::net::IpAddr>().is_err() {
+            bad("host", format!("{:?} is not an IP address", self.host));
+        }
+        let ports = [
+            ("gossip_port", self.gossip_port),
+            ("raft_port", self.raft_port),
+            ("service_port", self.service_port),
+            ("grid_port", self.grid_port),
+        ];
+        for (i, (name, port)) in ports.iter().enumerate() {
+            if *port != 0 && ports[..i].iter().any(|(_, p)| p == port) {
+                bad(name, format!("port {port} is used twice"));
+            }
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            let ok = seed
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                bad(&format!("seeds[{i}]"), format!("{seed:?} is not host:port"));
+            }
+        }
+        if self.num_voters == 0 {
+            bad("num_voters", "must be at least 1".into());
+        }
+        if self.num_voters > 99 {
+            bad("num_voters", "more than 99 voters makes every write slow; use at most 99".into());
+        }
+        for name in self.tags.keys() {
+            if cluster_core::member::tag::RESERVED.contains(&name.as_str()) || name.starts_with("__") {
+                bad(&format!("tags.{name}"), "is reserved for the cluster".into());
+            }
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("timeouts.start_ms", t.start_ms),
+            ("timeouts.operation_ms", t.operation_ms),
+            ("timeouts.leave_ms", t.leave_ms),
+            ("timeouts.housekeeping_interval_ms", t.housekeeping_interval_ms),
+        ] {
+            if v == 0 {
+                bad(name, "must be greater than 0".into());
+            }
+        }
+        if t.short_id_reap_ms < t.failure_grace_ms {
+            bad("timeouts.short_id_reap_ms", "must not be shorter than timeouts.failure_grace_ms".into());
+        }
+        let g = &self.gossip;
+        if g.interval_ms == 0 {
+            bad("gossip.interval_ms", "must be greater than 0".into());
+        }
+        if !(g.phi_threshold.is_finite() && g.phi_threshold > 0.0) {
+            bad("gossip.phi_threshold", "must be a positive number".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            bad("raft.heartbeat_ms", "must be greater than 0".into());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            bad("raft.election_timeout_min_ms", "must be greater than raft.heartbeat_ms".into());
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            bad("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms".into());
+        }
+        if r.max_frame_bytes < 64 * 1024 {
+            bad("raft.max_frame_bytes", "must be at least 65536".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
+    }
+
+    /// `Timeouts` as durations.
+    pub(crate) fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_roundtrips_through_toml() {
+        let c = ClusterConfig::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<ClusterConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut c = ClusterConfig {
+            cluster_id: String::new(),
+            host: "not an ip".into(),
+            gossip_port: 7000,
+            raft_port: 7000,
+            seeds: vec!["nohost".into(), "h:0".into()],
+            num_voters: 0,
+            ..Default::default()
+        };
+        c.tags.insert("raft_role".into(), "x".into());
+        c.raft.election_timeout_min_ms = 10;
+        c.timeouts.short_id_reap_ms = 1;
+        let errs = c.validate().unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "cluster_id",
+            "host",
+            "raft_port",
+            "seeds[0]",
+            "seeds[1]",
+            "num_voters",
+            "tags.raft_role",
+            "raft.election_timeout_min_ms",
+            "timeouts.short_id_reap_ms",
+        ] {
+            assert!(fields.contains(&f), "{f} not named in {errs}");
+        }
+        assert!(errs.to_string().contains("num_voters: must be at least 1"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = toml::from_str::<ClusterConfig>("num_votrs = 3").unwrap_err();
+        assert!(err.to_string().contains("num_votrs"), "{err}");
+    }
+}

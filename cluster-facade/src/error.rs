@@ -1,0 +1,44 @@
+//! [`ClusterError`]: what can go wrong starting, running and stopping a member.
+
+use std::time::Duration;
+
+use crate::config::ConfigErrors;
+
+/// An error of the facade. Store operations fail with [`cluster_core::Error`]
+/// (wrapped in [`ClusterError::Store`] where the two meet).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The configuration is invalid; every problem is named. Nothing was started.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step of the startup choreography failed; what was started is stopped again.
+    #[error("starting {stage} failed: {source}")]
+    Start {
+        /// `consensus`, `membership`, `service`, …
+        stage: &'static str,
+        /// Why.
+        #[source]
+        source: cluster_core::Error,
+    },
+    /// The member did not receive its short id in time (no leader reachable,
+    /// seeds wrong, another cluster id, …). What was started is stopped again.
+    #[error("no short id after {waited:?}: {detail}")]
+    StartTimeout {
+        /// How long it waited.
+        waited: Duration,
+        /// What it was waiting for when time ran out.
+        detail: String,
+    },
+    /// A store or membership operation failed.
+    #[error(transparent)]
+    Store(#[from] cluster_core::Error),
+}

@@ -1,0 +1,322 @@
+//! The housekeeping every member runs, and the leader's part of it.
+//!
+//! Every member: feeds gossip events to its grid events, remembers when
+//! members departed (so that whichever member becomes leader knows), and
+//! keeps its own `raft_role` and `short_member_id` tags true.
+//!
+//! The leader, on every membership event, leadership change and tick:
+//! gathers the facts (gossip, raft, the store's records), asks core's pure
+//! planners what to change ([`plan_voters`], [`plan_records`]), and carries
+//! the changes out one at a time. A failing change ends the round; the next
+//! round plans again from fresh facts, so a leader change mid-round is safe.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_core::plan::{
+    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, VoterChange, plan_records, plan_voters,
+};
+use cluster_core::{
+    ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
+    MembershipEvent, MembershipEvents, RaftRole, ShortId, keys, member::tag,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::grid::{self, GridHub};
+
+/// Settings of the housekeeping.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub num_voters: usize,
+    pub failure_grace: Duration,
+    pub short_id_reap: Duration,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Departure {
+    Left,
+    Failed(Instant),
+}
+
+pub(crate) struct Housekeeper<M, S> {
+    me: MemberId,
+    membership: Arc<M>,
+    store: Arc<S>,
+    settings: Settings,
+    grid: GridHub,
+    departures: HashMap<MemberId, Departure>,
+    published: (Option<RaftRole>, Option<ShortId>),
+    last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
+}
+
+impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
+    pub(crate) fn new(membership: Arc<M>, store: Arc<S>, settings: Settings, grid: GridHub) -> Self {
+        Housekeeper {
+            me: store.member_id(),
+            membership,
+            store,
+            settings,
+            grid,
+            departures: HashMap::new(),
+            published: (None, None),
+            last_raft: None,
+        }
+    }
+
+    /// Runs until `stop` turns true or gossip ends.
+    pub(crate) async fn run(mut self, mut events: MembershipEvents, mut stop: watch::Receiver<bool>) {
+        let mut status = self.store.status_changes();
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                event = events.recv() => match event {
+                    Some(event) => {
+                        grid::apply(&self.grid, &event);
+                        self.track(&event);
+                    }
+                    None => break,
+                },
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // The applied index moves with every write: act only on
+                    // changes of leader or raft membership.
+                    let s = status.borrow_and_update();
+                    let raft = (s.leader, s.voters.keys().copied().collect(), s.nonvoters.keys().copied().collect());
+                    drop(s);
+                    if self.last_raft.as_ref() == Some(&raft) {
+                        continue;
+                    }
+                    self.last_raft = Some(raft);
+                }
+                _ = tick.tick() => {}
+            }
+            self.publish_own_tags().await;
+            if self.store.status().is_leader() {
+                self.reconcile().await;
+            }
+        }
+        debug!(member = %self.me, "housekeeping stopped");
+    }
+
+    fn track(&mut self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::Joined(m) | MembershipEvent::Updated(m) => {
+                self.departures.remove(&m.id);
+            }
+            MembershipEvent::Left(m) => {
+                self.departures.insert(m.id, Departure::Left);
+            }
+            MembershipEvent::Failed(m) => {
+                self.departures.insert(m.id, Departure::Failed(Instant::now()));
+            }
+            MembershipEvent::Resync(live) => {
+                let live: BTreeSet<_> = live.iter().map(|m| m.id).collect();
+                self.departures.retain(|id, _| !live.contains(id));
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps this member's `raft_role` and `short_member_id` tags true.
+    async fn publish_own_tags(&mut self) {
+        let role = self.store.status().role();
+        let short_id = self.store.short_ids().ok().and_then(|ids| ids.get(&self.me).copied());
+        if (role, short_id) == self.published {
+            return;
+        }
+        let mut tags = BTreeMap::new();
+        tags.insert(tag::RAFT_ROLE.to_owned(), role.unwrap_or(RaftRole::Nonvoter).to_string());
+        if let Some(id) = short_id {
+            tags.insert(tag::SHORT_ID.to_owned(), id.to_string());
+        }
+        let removed = self.published.1.is_some() && short_id.is_none();
+        let result = match self.membership.set_tags(tags).await {
+            Ok(()) if removed => self.membership.remove_tags(vec![tag::SHORT_ID.to_owned()]).await,
+            other => other,
+        };
+        match result {
+            Ok(()) => self.published = (role, short_id),
+            Err(e) => warn!(member = %self.me, error = %e, "cannot publish own tags"),
+        }
+    }
+
+    fn health(&self, id: MemberId, live: &BTreeMap<MemberId, MemberInfo>, now: Instant) -> Health {
+        if id == self.me || live.contains_key(&id) {
+            return Health::Healthy;
+        }
+        match self.departures.get(&id) {
+            Some(Departure::Left) => Health::Gone,
+            Some(Departure::Failed(at)) if now.duration_since(*at) >= self.settings.failure_grace => {
+                Health::Gone
+            }
+            _ => Health::Suspect,
+        }
+    }
+
+    fn released(&self, now: Instant) -> BTreeSet<MemberId> {
+        self.departures
+            .iter()
+            .filter(|(_, d)| match d {
+                Departure::Left => true,
+                Departure::Failed(at) => now.duration_since(*at) >= self.settings.short_id_reap,
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// One round of the leader's housekeeping.
+    async fn reconcile(&mut self) {
+        let now = Instant::now();
+        let live: BTreeMap<MemberId, MemberInfo> = self
+            .membership
+            .members()
+            .into_iter()
+            .filter_map(|m| match MemberInfo::from_tags(m.id, &m.tags) {
+                Ok(info) => Some((m.id, info)),
+                Err(e) => {
+                    debug!(member = %m.id, error = %e, "member without usable tags yet");
+                    None
+                }
+            })
+            .collect();
+        let status = self.store.status();
+        // A member in raft that gossip does not show, and whose departure this
+        // member never saw (it became leader later): its clock starts now.
+        for id in status.all_members() {
+            if id != self.me && !live.contains_key(&id) {
+                self.departures.entry(id).or_insert(Departure::Failed(now));
+            }
+        }
+        if let Err(e) = self.balance_voters(&status, &live, now).await {
+            debug!(member = %self.me, error = %e, "voter change failed; next round retries");
+            return;
+        }
+        if let Err(e) = self.update_records(&live, now).await {
+            debug!(member = %self.me, error = %e, "record update failed; next round retries");
+            return;
+        }
+        // Forget departures that left no trace.
+        let status = self.store.status();
+        let short_ids = self.store.short_ids().unwrap_or_default();
+        self.departures.retain(|id, _| status.all_members().contains(id) || short_ids.contains_key(id));
+    }
+
+    async fn balance_voters(
+        &self,
+        status: &ConsensusStatus,
+        live: &BTreeMap<MemberId, MemberInfo>,
+        now: Instant,
+    ) -> cluster_core::Result<()> {
+        let ids: BTreeSet<MemberId> = live.keys().copied().chain(status.all_members()).collect();
+        let members: Vec<PlanMember> = ids
+            .into_iter()
+            .map(|id| PlanMember {
+                id,
+                raft: if status.voters.contains_key(&id) {
+                    RaftMembership::Voter
+                } else if status.nonvoters.contains_key(&id) {
+                    RaftMembership::Nonvoter
+                } else {
+                    RaftMembership::Absent
+                },
+                health: self.health(id, live, now),
+            })
+            .collect();
+        for change in plan_voters(&members, self.settings.num_voters, self.me) {
+            info!(member = %self.me, ?change, "raft membership change");
+            match change {
+                VoterChange::AddNonvoter(id) => {
+                    let Some(info) = live.get(&id) else { continue };
+                    let endpoints =
+                        Endpoints { raft_addr: info.raft_addr(), service_addr: info.service_addr() };
+                    self.store.add_nonvoter(id, endpoints).await?
+                }
+                VoterChange::Promote(id) => self.store.promote(id).await?,
+                VoterChange::Demote(id) => self.store.demote(id).await?,
+                VoterChange::Remove(id) => self.store.remove(id).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_records(
+        &self,
+        live: &BTreeMap<MemberId, MemberInfo>,
+        now: Instant,
+    ) -> cluster_core::Result<()> {
+        let status = self.store.status();
+        let ids_under = |prefix: &str, parse: fn(&str) -> cluster_core::Result<MemberId>| {
+            self.store
+                .get_prefix(prefix)
+                .map(|kvs| kvs.iter().filter_map(|(k, _)| parse(k).ok()).collect::<BTreeSet<_>>())
+        };
+        let recorded = self
+            .store
+            .get_prefix(keys::MEMBERS_PREFIX)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((keys::parse_member_key(&k).ok()?, MemberInfo::from_bytes(&v).ok()?)))
+            .collect();
+        let leader_key = self
+            .store
+            .get(keys::LEADER_KEY)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok());
+        let facts = RecordFacts {
+            leader: self.me,
+            // Only members that raft knows get records: the record carries the role.
+            live: live.values().filter(|m| status.all_members().contains(&m.member_id)).cloned().collect(),
+            voters: status.voters.keys().copied().collect(),
+            nonvoters: status.nonvoters.keys().copied().collect(),
+            short_ids: self.store.short_ids()?,
+            recorded,
+            voter_keys: ids_under(keys::VOTERS_PREFIX, keys::parse_voter_key)?,
+            nonvoter_keys: ids_under(keys::NONVOTERS_PREFIX, keys::parse_nonvoter_key)?,
+            leader_key,
+            released: self.released(now),
+        };
+        for change in plan_records(&facts) {
+            debug!(member = %self.me, ?change, "record change");
+            let s = &self.store;
+            match change {
+                RecordChange::AllocateShortId(id) => {
+                    let short = s.allocate_short_id(id).await?;
+                    info!(member = %self.me, of = %id, short_id = %short, "short id allocated");
+                }
+                RecordChange::ReleaseShortId(id) => {
+                    s.release_short_id(id).await?;
+                    info!(member = %self.me, of = %id, "short id released");
+                }
+                RecordChange::PutMember(m) => {
+                    s.set(&keys::member_key(m.member_id), m.to_bytes()).await?;
+                }
+                RecordChange::DeleteMember(id) => {
+                    s.delete(&keys::member_key(id)).await?;
+                }
+                RecordChange::PutVoterKey(id) => {
+                    s.set(&keys::voter_key(id), Vec::new()).await?;
+                }
+                RecordChange::DeleteVoterKey(id) => {
+                    s.delete(&keys::voter_key(id)).await?;
+                }
+                RecordChange::PutNonvoterKey(id) => {
+                    s.set(&keys::nonvoter_key(id), Vec::new()).await?;
+                }
+                RecordChange::DeleteNonvoterKey(id) => {
+                    s.delete(&keys::nonvoter_key(id)).await?;
+                }
+                RecordChange::PutLeader(id) => {
+                    s.set(keys::LEADER_KEY, id.to_string().into_bytes()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
