@@ -109,11 +109,9 @@ impl Tracker {
                 known.since = now;
                 events.push(MembershipEvent::Left(m.clone()));
             }
-            (MemberState::Alive, false) => {
-                if m.tags != o.tags || m.gossip_addr != o.addr {
-                    *m = o.to_member(MemberState::Alive);
-                    events.push(MembershipEvent::Updated(m.clone()));
-                }
+            (MemberState::Alive, false) if m.tags != o.tags || m.gossip_addr != o.addr => {
+                *m = o.to_member(MemberState::Alive);
+                events.push(MembershipEvent::Updated(m.clone()));
             }
             // Back from a failure (a healed partition, a false suspicion).
             (MemberState::Failed, false) => {
@@ -122,7 +120,7 @@ impl Tracker {
             }
             // A failed member seen leaving after all: it is gone either way.
             (MemberState::Failed, true) => m.state = MemberState::Left,
-            // A member that left stays left for this generation.
+            // Unchanged; or a member that left, which stays left for this generation.
             _ => {}
         }
     }
