@@ -201,7 +201,7 @@ mod tests {
     fn requests_and_responses_roundtrip() {
         let mut client = ClientCodec::new("c", 1 << 16);
         let mut server = ServerCodec::new("c", 1 << 16);
-        let requests = vec![
+        let requests = [
             Request::Get { key: "a".into() },
             Request::ConsistentGet { key: "b".into() },
             Request::GetPrefix { prefix: "p/".into() },

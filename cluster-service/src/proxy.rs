@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
-    CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberInfo, Result, Watch, WriteOp,
-    WriteOutcome, WriteRequest,
+    CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, Watch,
+    WriteOp, WriteOutcome, WriteRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,22 +192,30 @@ impl<S: ConsensusStore> Proxy<S> {
             attempt_timeout: inner.opts.attempt_timeout,
             backoff: inner.opts.backoff.clone(),
         };
+        // The leader the last attempt went to: a pause ends once another is known.
+        let tried: std::sync::Mutex<Option<MemberId>> = std::sync::Mutex::new(None);
+        let set_tried = |leader| *tried.lock().unwrap_or_else(|e| e.into_inner()) = leader;
         retry(
             &policy,
             |attempt| {
                 let request = request.clone();
+                let target = inner.target(&attempt);
+                set_tried(target.as_ref().map(|(id, _)| *id));
                 async move {
-                    match inner.target(&attempt) {
-                        Some(Target::Local) => match server::execute(&*inner.store, request).await {
+                    match target {
+                        Some((_, Target::Local)) => match server::execute(&*inner.store, request).await {
                             Response::Err(e) => Err(e),
                             answer => Ok(answer),
                         },
-                        Some(Target::Remote(addr)) => inner.pool.call(&addr, request).await,
+                        Some((_, Target::Remote(addr))) => inner.pool.call(&addr, request).await,
                         None => Err(Error::NotLeader(None)),
                     }
                 }
             },
-            |delay| inner.pause(delay),
+            |delay| {
+                let tried = *tried.lock().unwrap_or_else(|e| e.into_inner());
+                inner.pause(delay, tried)
+            },
         )
         .await
     }
@@ -215,30 +223,32 @@ impl<S: ConsensusStore> Proxy<S> {
 
 impl<S: ConsensusStore> Inner<S> {
     /// The leader named by the last answer, else the one the local store knows.
-    fn target(&self, attempt: &Attempt) -> Option<Target> {
+    fn target(&self, attempt: &Attempt) -> Option<(MemberId, Target)> {
         let me = self.store.member_id();
         if let Some(hint) = attempt.hint() {
             if hint.member_id == me {
-                return Some(Target::Local);
+                return Some((me, Target::Local));
             }
             if let Some(addr) = hint.service_addr.as_ref().filter(|a| !a.is_empty()) {
-                return Some(Target::Remote(addr.clone()));
+                return Some((hint.member_id, Target::Remote(addr.clone())));
             }
         }
         let status = self.store.status();
-        if status.is_leader() {
-            Some(Target::Local)
+        let leader = status.leader?;
+        if leader == me {
+            Some((me, Target::Local))
         } else {
-            status.leader_service_addr().filter(|a| !a.is_empty()).map(|a| Target::Remote(a.to_owned()))
+            let addr = status.leader_service_addr().filter(|a| !a.is_empty())?;
+            Some((leader, Target::Remote(addr.to_owned())))
         }
     }
 
-    /// Waits `delay`, or less if the local store learns of a new leader.
-    async fn pause(&self, delay: Duration) {
+    /// Waits `delay`, or less if the local store knows a leader other than
+    /// the one `tried` (including one it learnt since that attempt).
+    async fn pause(&self, delay: Duration, tried: Option<MemberId>) {
         let mut changes = self.store.status_changes();
-        let before = changes.borrow_and_update().leader;
         let new_leader = async {
-            if changes.wait_for(|s| s.leader.is_some() && s.leader != before).await.is_err() {
+            if changes.wait_for(|s| s.leader.is_some() && s.leader != tried).await.is_err() {
                 // The store stopped: no news will come, wait the full delay.
                 std::future::pending::<()>().await;
             }

@@ -295,11 +295,12 @@ async fn a_retry_after_a_lost_answer_reuses_the_request_id_and_gets_the_first_an
     let c = client(&server);
     // The first attempt creates the key; its answer (created) is what the caller sees.
     assert!(c.set("once", "v").await.unwrap());
-    let s = cluster.shared();
-    assert_eq!(s.applied, 1);
-    assert_eq!(s.arrivals.len(), 1, "one request id for all attempts");
-    assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3]);
-    drop(s);
+    {
+        let s = cluster.shared();
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.arrivals.len(), 1, "one request id for all attempts");
+        assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3]);
+    }
     server.shutdown().await;
 }
 

@@ -1,0 +1,164 @@
+//! The proxy against fake stores: local when leading, forwarded otherwise,
+//! waiting for a new leader, idempotent retries, the operation deadline.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cluster_core::{Error, MemberId, MemberInfo, WriteOp, WriteRequest, keys};
+use cluster_service::{Backoff, Proxy, ProxyOptions, ServerConfig, ServiceServer};
+use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
+use tokio::net::TcpListener;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn options() -> ProxyOptions {
+    let mut o = ProxyOptions::new(CLUSTER);
+    o.op_timeout = LONG;
+    o.backoff = Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(50), multiplier: 2 };
+    o
+}
+
+async fn serve(cluster: &FakeCluster, i: usize) -> ServiceServer {
+    let server =
+        ServiceServer::bind("127.0.0.1:0", cluster.member(i), ServerConfig::new(CLUSTER)).await.unwrap();
+    cluster.set_service_addr(i, server.local_addr());
+    server
+}
+
+#[tokio::test]
+async fn a_follower_forwards_every_operation_to_the_leader() {
+    common::init_tracing();
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(Some(1));
+    let server = serve(&cluster, 1).await;
+    let proxy = Proxy::new(cluster.member(0), options());
+
+    assert!(proxy.set("k", "v").await.unwrap());
+    assert_eq!(proxy.consistent_get("k").await.unwrap(), Some(b"v".to_vec()));
+    let cas = proxy.compare_and_set("k", Some(b"v".to_vec()), Some(b"w".to_vec())).await.unwrap();
+    assert!(cas.succeeded);
+    assert_eq!(proxy.get("k").unwrap(), Some(b"w".to_vec()));
+    assert_eq!(proxy.get_prefix("").unwrap().len(), 1);
+    assert!(proxy.delete("k").await.unwrap());
+    assert!(matches!(proxy.delete("carbon-grid/members/x").await, Err(Error::BadRequest(_))));
+    let info = MemberInfo::new(MemberId::generate(), "h", 1, 2, 3, 4);
+    proxy
+        .write(WriteRequest::new(WriteOp::Set {
+            key: keys::member_key(info.member_id),
+            value: info.to_bytes(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(proxy.members().unwrap(), vec![info]);
+    // Every write ran on the leader; the follower refused none (the proxy asked the leader directly).
+    assert_eq!(cluster.member(0).refusals.load(Ordering::SeqCst), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_leader_runs_operations_locally() {
+    let cluster = FakeCluster::new(2);
+    // No server anywhere: nothing can be forwarded.
+    let proxy = Proxy::new(cluster.member(0), options());
+    assert!(proxy.set("k", "v").await.unwrap());
+    assert_eq!(proxy.consistent_get("k").await.unwrap(), Some(b"v".to_vec()));
+    let watch_proxy = proxy.clone();
+    let mut watch = watch_proxy.watch("k");
+    assert!(!proxy.set("k", "w").await.unwrap());
+    assert_eq!(watch.recv().await.unwrap().unwrap().value, Some(b"w".to_vec()));
+}
+
+#[tokio::test]
+async fn a_pause_ends_when_a_new_leader_is_known() {
+    let cluster = FakeCluster::new(2);
+    // Member 1 "leads" at an address that accepts and drops every connection.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    cluster.set_service_addr(1, dead.local_addr().unwrap());
+    cluster.set_leader(Some(1));
+    let mut o = options();
+    o.op_timeout = Duration::from_secs(120);
+    // Pauses of 10 to 20 s: the write must not wait one out.
+    o.backoff = Backoff { initial: Duration::from_secs(20), max: Duration::from_secs(20), multiplier: 1 };
+    let proxy = Proxy::new(cluster.member(0), o);
+    let started = Instant::now();
+    let write = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.set("k", "v").await }
+    });
+    // The first attempt reached the dead leader…
+    drop(tokio::time::timeout(LONG, dead.accept()).await.expect("an attempt").unwrap());
+    // …then this member is elected.
+    cluster.set_leader(Some(0));
+    assert!(write.await.unwrap().unwrap());
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_forwarded_retry_after_a_lost_answer_is_applied_once() {
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(Some(1));
+    let server = serve(&cluster, 1).await;
+    cluster.shared().lose_answers = 2;
+    let proxy = Proxy::new(cluster.member(0), options());
+    assert!(proxy.set("once", "v").await.unwrap());
+    {
+        let s = cluster.shared();
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3]);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_leader_an_operation_fails_at_its_deadline() {
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(None);
+    let mut o = options();
+    o.op_timeout = Duration::from_millis(200);
+    let proxy = Proxy::new(cluster.member(0), o);
+    let r = proxy.set("k", "v").await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    let r = proxy.consistent_get("k").await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    // A store that shuts down answers at once: retrying cannot help.
+    cluster.set_leader(Some(0));
+    cluster.member(0).shut_down.store(true, Ordering::SeqCst);
+    assert_eq!(proxy.set("k", "v").await, Err(Error::ShuttingDown));
+}
+
+#[tokio::test]
+async fn a_stream_of_writes_survives_a_leader_change() {
+    let cluster = FakeCluster::new(3);
+    cluster.set_leader(Some(1));
+    let s1 = serve(&cluster, 1).await;
+    let s2 = serve(&cluster, 2).await;
+    let proxy = Proxy::new(cluster.member(0), options());
+    let n = 200;
+    let writer = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            for i in 0..n {
+                assert!(proxy.set(&format!("w/{i:04}"), i.to_string()).await?);
+            }
+            Ok::<_, Error>(())
+        }
+    });
+    wait_until(LONG, "some writes", || {
+        let c = cluster.clone();
+        async move { c.shared().applied >= 50 }
+    })
+    .await;
+    // The leader stops: its store refuses, its service goes away, then member 2 is elected.
+    let old: Arc<FakeStore> = cluster.member(1);
+    old.shut_down.store(true, Ordering::SeqCst);
+    s1.shutdown().await;
+    cluster.set_leader(None);
+    cluster.set_leader(Some(2));
+    writer.await.unwrap().unwrap();
+    assert_eq!(cluster.shared().applied, n);
+    assert_eq!(proxy.get_prefix("w/").unwrap().len(), n as usize);
+    s2.shutdown().await;
+}
