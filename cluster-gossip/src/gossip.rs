@@ -49,6 +49,17 @@ pub struct Gossip {
     hub: StdMutex<Option<EventHub<MemberTable, MembershipEvent>>>,
 }
 
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("member_id", &self.member_id)
+            .field("generation", &self.generation)
+            .field("gossip_addr", &self.gossip_addr)
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
