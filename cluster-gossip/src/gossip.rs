@@ -216,7 +216,7 @@ impl Gossip {
             peers = outcome.peers,
             unacknowledged = outcome.unacknowledged,
             waited_ms = started.elapsed().as_millis() as u64,
-            "leaving the cluster"
+            "announced the leave; stopping"
         );
         self.stop().await
     }

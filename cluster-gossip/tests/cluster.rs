@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
+use std::time::Duration;
 
 use cluster_core::{MemberId, MemberState, Membership, MembershipConfig, MembershipEvent};
 use cluster_gossip::{ChannelTransport, Gossip, GossipError, GossipTransport};
@@ -290,12 +291,21 @@ async fn a_slow_subscriber_gets_a_resync() {
 #[tokio::test]
 async fn leave_is_bounded_when_peers_cannot_acknowledge() {
     init_tracing();
-    let members = start_cluster(2, "bounded-leave", GossipTransport::Udp).await;
-    wait_converged(&members.iter().collect::<Vec<_>>(), &ids(&members)).await;
-    // The peer vanishes, but is still live in members[0]'s view: no ack can come.
-    members[1].stop().await.expect("stops");
-    let left = tokio::time::timeout(DEADLINE, members[0].leave()).await;
+    // A leave timeout well below the failure detection time: the wait must end on the timeout.
+    let a = Gossip::start(fast_config("bounded-leave").with_leave_timeout(Duration::from_millis(200)))
+        .await
+        .expect("starts");
+    let b = Gossip::start(fast_config("bounded-leave").with_seeds([a.gossip_addr().to_string()]))
+        .await
+        .expect("starts");
+    let both = [a, b];
+    wait_converged(&both.iter().collect::<Vec<_>>(), &ids(&both)).await;
+    let [a, b] = both;
+    // The peer vanishes, but is still live in a's view: no ack can come.
+    b.stop().await.expect("stops");
+    let left = tokio::time::timeout(DEADLINE, a.leave()).await;
     assert_eq!(left, Ok(Ok(())));
+    assert!(!a.is_running());
 }
 
 #[tokio::test]
