@@ -199,9 +199,17 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             debug!(member = %self.me, error = %e, "voter change failed; next round retries");
             return;
         }
-        if let Err(e) = self.update_records(&live, now).await {
-            debug!(member = %self.me, error = %e, "record update failed; next round retries");
-            return;
+        // Records follow short ids, which follow raft membership: re-plan
+        // at once while the last round changed something.
+        for _ in 0..4 {
+            match self.update_records(&live, now).await {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    debug!(member = %self.me, error = %e, "record update failed; next round retries");
+                    return;
+                }
+            }
         }
         // Forget departures that left no trace.
         let status = self.store.status();
@@ -247,11 +255,12 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         Ok(())
     }
 
+    /// One round of record changes; returns how many were made.
     async fn update_records(
         &self,
         live: &BTreeMap<MemberId, MemberInfo>,
         now: Instant,
-    ) -> cluster_core::Result<()> {
+    ) -> cluster_core::Result<usize> {
         let status = self.store.status();
         let ids_under = |prefix: &str, parse: fn(&str) -> cluster_core::Result<MemberId>| {
             self.store
@@ -282,7 +291,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             leader_key,
             released: self.released(now),
         };
-        for change in plan_records(&facts) {
+        let plan = plan_records(&facts);
+        let made = plan.len();
+        for change in plan {
             debug!(member = %self.me, ?change, "record change");
             let s = &self.store;
             match change {
@@ -317,6 +328,6 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 }
             }
         }
-        Ok(())
+        Ok(made)
     }
 }

@@ -79,17 +79,23 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
             RaftRole::Nonvoter
         }
     };
+    // A record is written once the member holds its short id, so that every
+    // record carries one.
     for (id, info) in &live {
+        let Some(short_id) = f.short_ids.get(id).copied() else { continue };
         let mut want = (*info).clone();
-        want.short_id = f.short_ids.get(id).copied().or(info.short_id);
+        want.short_id = Some(short_id);
         want.raft_role = role_of(id);
         if f.recorded.get(id) != Some(&want) {
             plan.push(RecordChange::PutMember(want));
         }
     }
+    // A record shows a member of the cluster: it goes once the member is
+    // neither live nor in raft. Its short id stays reserved in the state
+    // machine until released, so a member that comes back gets it again.
     for id in f.recorded.keys() {
-        let holds_id = f.short_ids.contains_key(id) && !f.released.contains(id);
-        if !live.contains_key(id) && !holds_id {
+        let in_raft = f.voters.contains(id) || f.nonvoters.contains(id);
+        if !live.contains_key(id) && !in_raft {
             plan.push(RecordChange::DeleteMember(*id));
         }
     }
@@ -159,7 +165,7 @@ mod tests {
     }
 
     fn settle(f: &mut RecordFacts) {
-        // Two rounds: the first allocates, the second records the ids.
+        // Rounds: the first allocates, the next records the ids.
         for _ in 0..3 {
             let plan = plan_records(f);
             apply(f, &plan);
@@ -187,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_member_keeps_its_id_and_record_until_released() {
+    fn a_failed_member_keeps_its_id_until_released() {
         let leader = MemberId::from(1);
         let gone = MemberId::from(2);
         let mut f = RecordFacts {
@@ -198,16 +204,19 @@ mod tests {
         };
         f.nonvoters.insert(gone);
         settle(&mut f);
-        // It fails and leaves raft: record and id stay, role key goes.
+        // It fails: while still in raft, its record stays.
         f.live.retain(|m| m.member_id != gone);
+        settle(&mut f);
+        assert!(f.recorded.contains_key(&gone));
+        // It leaves raft: record and role key go, the short id stays reserved.
         f.nonvoters.clear();
         settle(&mut f);
-        assert!(f.recorded.contains_key(&gone) && f.short_ids.contains_key(&gone));
+        assert!(!f.recorded.contains_key(&gone) && f.short_ids.contains_key(&gone));
         assert!(f.nonvoter_keys.is_empty());
-        // Reaped: both go, and the id is free for the next member.
+        // Reaped: the id is free for the next member.
         f.released.insert(gone);
         settle(&mut f);
-        assert!(!f.recorded.contains_key(&gone) && !f.short_ids.contains_key(&gone));
+        assert!(!f.short_ids.contains_key(&gone));
         f.released.clear();
         f.live.push(info(3));
         settle(&mut f);

@@ -9,7 +9,7 @@ use crate::exit::Failure;
 
 /// Flags of `carbon agent`; each overrides the config file.
 #[derive(Debug, clap::Args)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// A TOML configuration file (see the README for every field).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -44,7 +44,7 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     /// The configuration: the file, then the flags over it, then validated.
-    pub fn config(&self) -> Result<ClusterConfig, Failure> {
+    pub(crate) fn config(&self) -> Result<ClusterConfig, Failure> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -90,7 +90,7 @@ impl AgentArgs {
 }
 
 /// Runs the member until a signal, then leaves gracefully.
-pub async fn run(args: AgentArgs) -> Result<(), Failure> {
+pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let config = args.config()?;
     let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
     let a = cluster.addresses();

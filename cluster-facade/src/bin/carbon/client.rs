@@ -10,7 +10,7 @@ use crate::table::{members_table, render};
 
 /// Where and how to reach the cluster.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// A member's service address (`host:port`); repeat to name several.
     #[arg(long = "service", value_name = "ADDR", required = true)]
     pub services: Vec<String>,
@@ -24,7 +24,7 @@ pub struct Target {
 
 /// `carbon kv` operations.
 #[derive(Debug, clap::Subcommand)]
-pub enum KvCommand {
+pub(crate) enum KvCommand {
     /// Print a key's value; exit 1 if it does not exist.
     Get {
         /// The key.
@@ -103,7 +103,7 @@ fn print_json(v: serde_json::Value) {
 }
 
 /// `carbon members`.
-pub async fn members(t: Target) -> Result<(), Failure> {
+pub(crate) async fn members(t: Target) -> Result<(), Failure> {
     let members: Vec<MemberInfo> = client(&t)?.members().await.map_err(failed)?;
     if t.json {
         print_json(serde_json::to_value(&members).map_err(|e| Failure::other(e.into()))?);
@@ -114,7 +114,7 @@ pub async fn members(t: Target) -> Result<(), Failure> {
 }
 
 /// `carbon status`.
-pub async fn status(t: Target) -> Result<(), Failure> {
+pub(crate) async fn status(t: Target) -> Result<(), Failure> {
     let s: ConsensusStatus = client(&t)?.status().await.map_err(failed)?;
     if t.json {
         print_json(serde_json::to_value(&s).map_err(|e| Failure::other(e.into()))?);
@@ -136,7 +136,7 @@ pub async fn status(t: Target) -> Result<(), Failure> {
 }
 
 /// `carbon kv …`.
-pub async fn kv(cmd: KvCommand) -> Result<(), Failure> {
+pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
     match cmd {
         KvCommand::Get { key, consistent, target } => {
             let c = client(&target)?;

@@ -12,7 +12,7 @@ use crate::table::members_table;
 
 /// Flags of `carbon demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many members to start (at least 2).
     #[arg(long, default_value_t = 5)]
     pub members: usize,
@@ -26,7 +26,7 @@ pub struct DemoArgs {
 
 const WAIT: Duration = Duration::from_secs(60);
 
-pub async fn run(args: DemoArgs) -> Result<(), Failure> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     if args.members < 2 {
         return Err(Failure::usage("--members must be at least 2"));
     }
@@ -115,7 +115,10 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
 
     step(2, total, &format!("Balancing: {wanted} voters, the rest nonvoters"));
     let took = wait_for("waiting for the leader to promote voters and record every member", || {
-        voters(&members) == wanted && members[0].members().map(|r| r.len()).unwrap_or(0) == members.len()
+        voters(&members) == wanted
+            && members[0]
+                .members()
+                .is_ok_and(|r| r.len() == members.len() && r.iter().all(|m| m.short_id.is_some()))
     })
     .await?;
     ok(&format!("balanced after {:.2} s", took.as_secs_f64()));
@@ -165,7 +168,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
     wait_for("waiting for the old leader to be removed and the voters restored", || {
         voters(&members) == expect
             && !members[new_leader].consensus_status().all_members().contains(&old_id)
-            && members[new_leader].members().is_ok_and(|r| r.iter().all(|m| m.member_id != old_id))
+            && members[new_leader].members().is_ok_and(|r| r.len() == members.len())
     })
     .await?;
     for (m, was) in members.iter().zip(before) {

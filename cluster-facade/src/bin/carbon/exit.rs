@@ -3,43 +3,43 @@
 use std::fmt;
 
 /// Success.
-pub const OK: u8 = 0;
+pub(crate) const OK: u8 = 0;
 /// A key that does not exist (or a compare-and-set that did not match).
-pub const NOT_FOUND: u8 = 1;
+pub(crate) const NOT_FOUND: u8 = 1;
 /// Bad usage: a bad flag or configuration. Nothing was started.
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// The cluster could not be reached.
-pub const UNREACHABLE: u8 = 3;
+pub(crate) const UNREACHABLE: u8 = 3;
 /// Anything else.
-pub const OTHER: u8 = 4;
+pub(crate) const OTHER: u8 = 4;
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The exit code.
-    pub code: u8,
+    pub(crate) code: u8,
     /// What to tell the user.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
     /// Exit code 1.
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Failure { code: NOT_FOUND, message: message.into() }
     }
 
     /// Exit code 2.
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Failure { code: USAGE, message: message.into() }
     }
 
     /// Exit code 3.
-    pub fn unreachable(message: impl Into<String>) -> Self {
+    pub(crate) fn unreachable(message: impl Into<String>) -> Self {
         Failure { code: UNREACHABLE, message: message.into() }
     }
 
     /// Exit code 4, with the whole error chain.
-    pub fn other(error: anyhow::Error) -> Self {
+    pub(crate) fn other(error: anyhow::Error) -> Self {
         Failure { code: OTHER, message: format!("{error:#}") }
     }
 }

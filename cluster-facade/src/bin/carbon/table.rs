@@ -3,7 +3,7 @@
 use cluster_facade::{MemberInfo, RaftRole};
 
 /// Renders rows as aligned columns under a header.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -20,7 +20,7 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The members table: short id, role, member id and addresses.
-pub fn members_table(members: &[MemberInfo]) -> String {
+pub(crate) fn members_table(members: &[MemberInfo]) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
