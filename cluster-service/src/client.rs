@@ -115,18 +115,18 @@ impl ServiceClient {
 
     /// The local (possibly stale) value of `key` at some member.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.request("get", Request::Get { key: key.to_owned() }).await?.into_value()
+        self.request(Request::Get { key: key.to_owned() }).await?.into_value()
     }
 
     /// The linearizable value of `key`, read at the leader after it confirmed
     /// its leadership with a quorum.
     pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.request("consistent get", Request::ConsistentGet { key: key.to_owned() }).await?.into_value()
+        self.request(Request::ConsistentGet { key: key.to_owned() }).await?.into_value()
     }
 
     /// The entries under `prefix` at some member, in key order.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.request("get prefix", Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
+        self.request(Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
     }
 
     /// Sets `key`; true if it was created.
@@ -159,17 +159,17 @@ impl ServiceClient {
     /// retry carries the same id, so the write is applied at most once.
     pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
         request.request_id.get_or_insert_with(ClientRequestId::generate);
-        self.request("write", Request::Write(request)).await?.into_outcome()
+        self.request(Request::Write(request)).await?.into_outcome()
     }
 
     /// The [`MemberInfo`] of every member, as some member's store holds them.
     pub async fn members(&self) -> Result<Vec<MemberInfo>> {
-        self.request("members", Request::Members).await?.into_members()
+        self.request(Request::Members).await?.into_members()
     }
 
     /// What some member knows about consensus (leader, term, indexes, voters).
     pub async fn status(&self) -> Result<ConsensusStatus> {
-        self.request("status", Request::Status).await?.into_status()
+        self.request(Request::Status).await?.into_status()
     }
 
     /// What the member at `addr` knows about consensus; one attempt.
@@ -183,8 +183,8 @@ impl ServiceClient {
 
     /// Sends `request` where it can be served (the leader when
     /// [`Request::needs_leader`]), retrying until the operation's deadline.
-    pub async fn request(&self, what: &'static str, request: Request) -> Result<Response> {
-        let policy = self.inner.opts.policy(what);
+    pub async fn request(&self, request: Request) -> Result<Response> {
+        let policy = self.inner.opts.policy(request.kind());
         let needs_leader = request.needs_leader();
         retry(
             &policy,

@@ -123,7 +123,12 @@ impl Connection {
             tokio::spawn(async move {
                 while let Some(frame) = rx.recv().await {
                     let id = frame.request_id;
-                    match sink.send(frame).await {
+                    // Write out when no further request is queued, to batch busy connections.
+                    let sent = match sink.feed(frame).await {
+                        Ok(()) if rx.is_empty() => sink.flush().await,
+                        other => other,
+                    };
+                    match sent {
                         Ok(()) => {}
                         // The request alone was bad (too large): fail it, keep the connection.
                         Err(e @ (Error::FrameTooLarge { .. } | Error::Encode(_))) => {
