@@ -18,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::protocol::{CONNECTION_ERROR_ID, ClientCodec, Request, Response};
 
@@ -88,7 +88,11 @@ impl Connection {
         // Small request/answer frames: do not wait to fill packets.
         let _ = stream.set_nodelay(true);
         let codec = ClientCodec::new(opts.cluster_id.clone(), opts.max_frame_len);
-        let (mut sink, mut frames) = Framed::new(stream, codec).split();
+        // Separate halves: a frame is encoded when fed, so a request too large
+        // for a frame fails at once, attributed to its own caller.
+        let (read, write) = stream.into_split();
+        let mut frames = FramedRead::new(read, codec.clone());
+        let mut sink = FramedWrite::new(write, codec);
         let (tx, mut rx) = mpsc::channel::<Frame<Request>>(opts.queue_len.max(1));
         let pending: Shared = Arc::default();
 

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use cluster_core::wire::{DEFAULT_MAX_FRAME_LEN, Frame, FrameError};
 use cluster_core::{ConsensusStore, Error, MemberInfo, Result, keys};
-use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -162,7 +162,11 @@ impl Drop for AbortOnDrop {
 
 async fn serve_connection<S: ConsensusStore>(stream: TcpStream, store: Arc<S>, config: Arc<ServerConfig>) {
     let codec = ServerCodec::new(config.cluster_id.as_str(), config.max_frame_len);
-    let (sink, mut frames) = Framed::new(stream, codec).split();
+    // Separate halves: a frame is encoded when fed, so an answer too large
+    // for a frame fails at once, attributed to its own request.
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, codec.clone());
+    let sink = FramedWrite::new(write, codec);
     let in_flight = config.max_in_flight_per_connection;
     let (tx, rx) = mpsc::channel::<Frame<Response>>(in_flight);
     let writer = AbortOnDrop(tokio::spawn(write_answers(sink, rx).in_current_span()));
@@ -225,7 +229,7 @@ async fn serve_connection<S: ConsensusStore>(stream: TcpStream, store: Arc<S>, c
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer.0).await;
 }
 
-type AnswerSink = SplitSink<Framed<TcpStream, ServerCodec>, Frame<Response>>;
+type AnswerSink = FramedWrite<OwnedWriteHalf, ServerCodec>;
 
 async fn write_answers(mut sink: AnswerSink, mut rx: mpsc::Receiver<Frame<Response>>) {
     while let Some(frame) = rx.recv().await {

@@ -386,3 +386,34 @@ async fn shutdown_stops_accepting_and_ends_connections() {
     assert!(c.set("small", "ok").await.unwrap());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_answer_too_large_for_a_frame_is_an_error_and_the_connection_goes_on() {
+    let cluster = FakeCluster::new(1);
+    for i in 0..3 {
+        cluster.shared().data.insert(format!("p/{i}"), vec![1; 2048]);
+    }
+    let mut config = ServerConfig::new(CLUSTER);
+    config.max_frame_len = 4096;
+    let server = ServiceServer::bind("127.0.0.1:0", cluster.member(0), config).await.unwrap();
+    let mut o = options();
+    o.max_frame_len = 4096;
+    let c = ServiceClient::new([server.local_addr().to_string()], o).unwrap();
+    let r = c.get_prefix("p/").await;
+    assert!(matches!(r, Err(Error::FrameTooLarge { max: 4096, .. })), "{r:?}");
+    assert_eq!(c.get("p/1").await.unwrap().map(|v| v.len()), Some(2048));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_of_another_cluster_is_told_so_at_once() {
+    let cluster = FakeCluster::new(1);
+    let server = start(cluster.member(0)).await;
+    let mut o = options();
+    o.cluster_id = "elsewhere".into();
+    let c = ServiceClient::new([server.local_addr().to_string()], o).unwrap();
+    let r = c.get("k").await;
+    // The client's own codec refuses the answer, framed for the server's cluster.
+    assert!(matches!(r, Err(Error::ClusterMismatch { .. })), "{r:?}");
+    server.shutdown().await;
+}
