@@ -4,7 +4,8 @@
 
 use cluster_core::{Endpoints, Error, LeaderHint, MemberId};
 use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError, RaftError,
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError,
+    RaftError,
 };
 
 /// Converts an openraft error into the store's error.

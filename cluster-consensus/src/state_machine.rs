@@ -51,38 +51,79 @@ pub struct KvState {
     answered_index: HashMap<ClientRequestId, Result<WriteOutcome, Error>>,
 }
 
-/// The serialized form: bincode does not support `serde(skip)`.
-#[derive(Serialize, Deserialize)]
-struct KvStateRepr {
+/// The serialized form (bincode does not support `serde(skip)`). Values are
+/// written as byte strings, in one piece, not byte by byte.
+#[derive(Serialize)]
+struct KvStateOut<'a> {
+    last_applied: &'a Option<LogId>,
+    last_membership: &'a StoredMembership,
+    data: Vec<(&'a str, BytesOut<'a>)>,
+    revision: u64,
+    short_ids: &'a BTreeMap<MemberId, ShortId>,
+    answered: &'a VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
+}
+
+/// What [`KvStateOut`] reads back as.
+#[derive(Deserialize)]
+struct KvStateIn {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
-    data: BTreeMap<String, Vec<u8>>,
+    data: Vec<(String, BytesIn)>,
     revision: u64,
     short_ids: BTreeMap<MemberId, ShortId>,
     answered: VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
 }
 
+struct BytesOut<'a>(&'a [u8]);
+
+impl Serialize for BytesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct BytesIn(Vec<u8>);
+
+impl<'de> Deserialize<'de> for BytesIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BytesIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BytesIn, E> {
+                Ok(BytesIn(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<BytesIn, E> {
+                Ok(BytesIn(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 impl KvState {
     /// The state as bytes (a snapshot's data).
     pub fn to_bytes(&self) -> Result<Vec<u8>, std::io::Error> {
-        encode(&KvStateRepr {
-            last_applied: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            data: self.data.clone(),
+        encode(&KvStateOut {
+            last_applied: &self.last_applied,
+            last_membership: &self.last_membership,
+            data: self.data.iter().map(|(k, v)| (k.as_str(), BytesOut(v))).collect(),
             revision: self.revision,
-            short_ids: self.short_ids.clone(),
-            answered: self.answered.clone(),
+            short_ids: &self.short_ids,
+            answered: &self.answered,
         })
     }
 
     /// The state from bytes written by [`to_bytes`](Self::to_bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, std::io::Error> {
-        let repr: KvStateRepr = decode(bytes)?;
+        let repr: KvStateIn = decode(bytes)?;
         let answered_index = repr.answered.iter().cloned().collect();
         Ok(KvState {
             last_applied: repr.last_applied,
             last_membership: repr.last_membership,
-            data: repr.data,
+            data: repr.data.into_iter().map(|(k, v)| (k, v.0)).collect(),
             revision: repr.revision,
             short_ids: repr.short_ids,
             answered: repr.answered,
@@ -289,7 +330,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let s = self.state.read();
             (s.clone(), s.last_applied, s.last_membership.clone())
         };
-        let data = state.to_bytes().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        // CPU-heavy for large states: keep it off the async workers.
+        let (state, data) = tokio::task::spawn_blocking(move || {
+            let data = state.to_bytes();
+            (state, data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let data = data.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, state.revision),
             None => format!("none-{}", state.revision),
@@ -418,7 +466,7 @@ mod tests {
         let mut s = KvState::default();
         let id = ClientRequestId::generate();
         let first = s.apply_write(&set("a", b"1", Some(id))).0;
-        s.apply_write(&set("a", b"2", None));
+        let _ = s.apply_write(&set("a", b"2", None));
         let retry = s.apply_write(&set("a", b"1", Some(id)));
         assert_eq!(retry.0, first);
         assert!(retry.1.is_empty());
@@ -429,9 +477,9 @@ mod tests {
     fn remembered_requests_are_bounded_fifo() {
         let mut s = KvState::default();
         let first = ClientRequestId::generate();
-        s.apply_write(&set("k", b"x", Some(first)));
+        let _ = s.apply_write(&set("k", b"x", Some(first)));
         for i in 0..REMEMBERED_REQUESTS {
-            s.apply_write(&set(&format!("k{i}"), b"x", Some(ClientRequestId::generate())));
+            let _ = s.apply_write(&set(&format!("k{i}"), b"x", Some(ClientRequestId::generate())));
         }
         assert_eq!(s.answered.len(), REMEMBERED_REQUESTS);
         assert!(!s.answered_index.contains_key(&first));
@@ -457,8 +505,8 @@ mod tests {
     #[test]
     fn snapshot_bytes_restore_everything() {
         let mut s = KvState::default();
-        s.apply_write(&set("a", b"1", Some(ClientRequestId::generate())));
-        s.apply_write(&WriteRequest {
+        let _ = s.apply_write(&set("a", b"1", Some(ClientRequestId::generate())));
+        let _ = s.apply_write(&WriteRequest {
             op: WriteOp::AllocateShortId { member: MemberId::from(9) },
             request_id: None,
         });

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cluster_core::wire::WireCodec;
 use cluster_core::{
-    ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Error, LeaderHint, MemberId, Result, ShortId,
-    Watch, WatchEvent, WriteOutcome, WriteRequest,
+    ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Error, LeaderHint, MemberId, Result,
+    ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::error::IntoStoreError;
 use crate::log_store::LogStore;
-use crate::network::client::{ConnPool, NetworkFactory};
+use crate::network::client::{ConnPool, Limits, NetworkFactory};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
 use crate::state_machine::{SharedState, SnapshotVault, StateMachine};
@@ -35,6 +35,8 @@ const WATCH_CAPACITY: usize = 4096;
 const MIN_FRAME_LEN: usize = 64 * 1024;
 /// The largest snapshot chunk (openraft's default).
 const MAX_SNAPSHOT_CHUNK: usize = 3 * 1024 * 1024;
+/// The most bytes of log entries sent in one AppendEntries.
+const MAX_APPEND_BYTES: usize = 256 * 1024;
 /// How long `add_nonvoter` waits for the nonvoter to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -118,7 +120,11 @@ fn status_of(m: &RaftMetrics<MemberId, Endpoints>) -> ConsensusStatus {
 }
 
 fn advertised(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 fn wait_error(e: WaitError) -> Error {
@@ -149,7 +155,11 @@ impl RaftStore {
                     .map_err(|e| Error::Storage(e.to_string()))?;
                 (LogStore::durable(opened.log, opened.writer.clone()), sm, Some(opened.writer))
             }
-            None => (LogStore::in_memory(), StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?, None),
+            None => (
+                LogStore::in_memory(),
+                StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?,
+                None,
+            ),
         };
         #[cfg(not(feature = "durable"))]
         let (log_store, sm) = {
@@ -158,7 +168,8 @@ impl RaftStore {
                     "data_dir: durable storage needs the `durable` feature of cluster-consensus".to_owned(),
                 ));
             }
-            let sm = StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+            let sm =
+                StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?;
             (LogStore::in_memory(), sm)
         };
         let state = sm.shared();
@@ -173,14 +184,19 @@ impl RaftStore {
         };
 
         let cancel = CancellationToken::new();
-        let pool = ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
-        let network = NetworkFactory::new(member_id, pool.clone());
+        let pool =
+            ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
+        let limits = Limits { max_frame_len: config.max_frame_len, max_append_bytes: MAX_APPEND_BYTES };
+        let network = NetworkFactory::new(member_id, pool.clone(), limits);
         let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| e.into_store_error())?;
 
-        let server_ctx =
-            ServerContext { raft: raft.clone(), codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len) };
+        let server_ctx = ServerContext {
+            raft: raft.clone(),
+            state: state.clone(),
+            codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len),
+        };
         let server = tokio::spawn(serve(listener, server_ctx, cancel.clone()).instrument(span.clone()));
 
         let mut metrics = raft.metrics();
@@ -236,6 +252,17 @@ impl RaftStore {
         &self.inner.endpoints
     }
 
+    /// True once [`shutdown`](ConsensusStore::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// The index of the last log entry this member applied, exactly as its
+    /// local reads see it (the status may lag a little behind).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner.state.read().last_applied.map(|l| l.index)
+    }
+
     /// The revision of this member's applied state.
     pub fn revision(&self) -> u64 {
         self.inner.state.read().revision
@@ -246,8 +273,8 @@ impl RaftStore {
     fn complete_hint(&self, e: Error) -> Error {
         match e {
             Error::NotLeader(Some(LeaderHint { member_id, service_addr: None })) => {
-                let status = self.inner.status.borrow();
-                let service_addr = status
+                let service_addr = self
+                    .status()
                     .voters
                     .get(&member_id)
                     .map(|e| e.service_addr.clone())
@@ -265,11 +292,18 @@ impl RaftStore {
         }
     }
 
-    async fn change_membership(&self, what: &str, change: ChangeMembers<MemberId, Endpoints>, retain: bool) -> Result<()> {
+    async fn change_membership(
+        &self,
+        what: &str,
+        change: ChangeMembers<MemberId, Endpoints>,
+        retain: bool,
+    ) -> Result<()> {
         let raft = &self.inner.raft;
-        self.bounded(what, async { raft.change_membership(change, retain).await.map_err(|e| e.into_store_error()) })
-            .await
-            .map(|_| ())
+        self.bounded(what, async {
+            raft.change_membership(change, retain).await.map_err(|e| e.into_store_error())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Waits until `member` applied the log up to `index`, by asking it.
@@ -297,7 +331,8 @@ impl RaftStore {
             raft.add_learner(member, endpoints, false).await.map_err(|e| e.into_store_error())
         })
         .await?;
-        let target = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        // Everything this leader applied, the membership change included.
+        let target = self.applied_index().unwrap_or(0);
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         let metrics = raft
             .wait(Some(CATCH_UP_TIMEOUT))
@@ -337,7 +372,8 @@ impl ConsensusStore for RaftStore {
     }
 
     fn status(&self) -> ConsensusStatus {
-        self.inner.status.borrow().clone()
+        // Straight from raft's metrics: never behind `status_changes`.
+        status_of(&self.inner.raft.metrics().borrow())
     }
 
     fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {
@@ -433,11 +469,19 @@ impl ConsensusStore for RaftStore {
     async fn remove(&self, member: MemberId) -> Result<()> {
         let status = self.status();
         if status.voters.contains_key(&member) {
-            self.change_membership("removing a voter", ChangeMembers::RemoveVoters(BTreeSet::from([member])), false)
-                .await
+            self.change_membership(
+                "removing a voter",
+                ChangeMembers::RemoveVoters(BTreeSet::from([member])),
+                false,
+            )
+            .await
         } else if status.nonvoters.contains_key(&member) {
-            self.change_membership("removing a nonvoter", ChangeMembers::RemoveNodes(BTreeSet::from([member])), false)
-                .await
+            self.change_membership(
+                "removing a nonvoter",
+                ChangeMembers::RemoveNodes(BTreeSet::from([member])),
+                false,
+            )
+            .await
         } else {
             Ok(())
         }

@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_core::wire::{Frame, WireCodec};
-use cluster_core::{Endpoints, Error, MemberId};
+use cluster_core::{Endpoints, Error, MemberId, WriteOp};
 use futures::{SinkExt, StreamExt};
-use openraft::RPCTypes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -22,6 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{EntryPayload, RPCTypes};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{RaftRpc, RaftRpcReply};
-use crate::typecfg::TypeConfig;
+use crate::typecfg::{Entry, TypeConfig};
 
 /// Requests that may queue for one connection's socket.
 const REQUEST_QUEUE: usize = 1024;
@@ -130,6 +130,10 @@ async fn run_connection(
             _ = cancel.cancelled() => break,
             request = requests.recv() => {
                 let Some((rpc, reply)) = request else { break };
+                if reply.is_closed() {
+                    // The caller timed out: do not spend the encoding and the bandwidth.
+                    continue;
+                }
                 let id = next_id;
                 next_id = next_id.wrapping_add(1).max(1);
                 match framed.send(Frame { request_id: id, body: rpc }).await {
@@ -177,12 +181,42 @@ async fn run_connection(
 pub struct NetworkFactory {
     member_id: MemberId,
     pool: ConnPool,
+    limits: Limits,
+}
+
+/// Bounds of the raft transport.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest frame.
+    pub max_frame_len: usize,
+    /// The most bytes of entries in one AppendEntries (a single larger
+    /// entry still goes alone).
+    pub max_append_bytes: usize,
 }
 
 impl NetworkFactory {
     /// The factory of `member_id`, sending through `pool`.
-    pub fn new(member_id: MemberId, pool: ConnPool) -> Self {
-        NetworkFactory { member_id, pool }
+    pub fn new(member_id: MemberId, pool: ConnPool, limits: Limits) -> Self {
+        NetworkFactory { member_id, pool, limits }
+    }
+}
+
+/// Roughly the encoded size of an entry: enough to split batches early.
+fn approx_size(entry: &Entry) -> usize {
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        EntryPayload::Normal(req) => {
+            OVERHEAD
+                + match &req.op {
+                    WriteOp::Set { key, value } => key.len() + value.len(),
+                    WriteOp::CompareAndSet { key, expected, new } => {
+                        key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
+                    }
+                    other => other.key().map_or(0, str::len),
+                }
+        }
+        EntryPayload::Membership(m) => OVERHEAD * (1 + m.nodes().count()),
+        EntryPayload::Blank => OVERHEAD,
     }
 }
 
@@ -195,6 +229,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             pool: self.pool.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -205,6 +240,7 @@ pub struct PeerClient {
     target: MemberId,
     addr: String,
     pool: ConnPool,
+    limits: Limits,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<MemberId, Endpoints, RaftError<MemberId, E>>;
@@ -232,8 +268,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RpcErr> {
-        let ttl = option.hard_ttl();
         let entries = rpc.entries.len() as u64;
+        // openraft bounds an AppendEntries by the heartbeat interval: keep
+        // each request small enough to travel in that time.
+        let ttl = option.hard_ttl();
+        let size: usize = rpc.entries.iter().map(approx_size).sum();
+        if entries > 1 && size > self.limits.max_append_bytes {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)));
+        }
         match self.pool.call(&self.addr, RaftRpc::AppendEntries(rpc), ttl).await {
             Ok(RaftRpcReply::AppendEntries(Ok(r))) => Ok(r),
             Ok(RaftRpcReply::AppendEntries(Err(e))) => {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{RaftRpc, RaftRpcReply};
+use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
 
 /// How many answers may wait for the socket per connection.
@@ -29,6 +30,8 @@ const REPLY_QUEUE: usize = 256;
 pub struct ServerContext {
     /// The local raft.
     pub raft: Raft,
+    /// The applied state (for [`RaftRpc::AppliedIndex`]).
+    pub state: SharedState,
     /// The codec (cluster id and frame limit).
     pub codec: WireCodec<RaftRpcReply, RaftRpc>,
 }
@@ -71,7 +74,7 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
             }
         }
     };
-    let raft = Arc::new(ctx.raft);
+    let ctx = Arc::new(ctx);
     let mut handlers = JoinSet::new();
     let reader = async {
         loop {
@@ -83,11 +86,11 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
             match item {
                 None => break,
                 Some(Ok(Ok(frame))) => {
-                    let raft = raft.clone();
+                    let ctx = ctx.clone();
                     let tx = tx.clone();
                     handlers.spawn(
                         async move {
-                            let body = handle(&raft, frame.body).await;
+                            let body = handle(&ctx, frame.body).await;
                             let _ = tx.send(Frame { request_id: frame.request_id, body }).await;
                         }
                         .in_current_span(),
@@ -118,7 +121,8 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
     tokio::join!(reader, writer);
 }
 
-async fn handle(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
+async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
+    let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),
         RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),

@@ -1,0 +1,160 @@
+//! Shared helpers: configs with fast timing, a local cluster builder,
+//! waiting on a condition with a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cluster_consensus::RaftStore;
+use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+use cluster_core::{ConsensusConfig, ConsensusStore, MemberId, RaftTiming};
+
+/// Generous: the machine is small and shared.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Fast, but without spurious elections on a loaded 2-core machine.
+pub fn timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(400),
+        election_timeout_max: Duration::from_millis(800),
+        ..RaftTiming::default()
+    }
+}
+
+pub fn config(data_dir: Option<PathBuf>) -> ConsensusConfig {
+    ConsensusConfig {
+        member_id: MemberId::generate(),
+        cluster_id: "test-cluster".to_owned(),
+        raft_listen_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        advertise_host: "127.0.0.1".to_owned(),
+        service_addr: "127.0.0.1:1".to_owned(),
+        data_dir,
+        timing: timing(),
+        max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        rpc_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Polls `cond` until it holds, failing after `DEADLINE`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Retries an async check until it holds, failing after `DEADLINE`.
+pub async fn wait_until_async<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Members in one process on loopback.
+pub struct Cluster {
+    pub members: Vec<RaftStore>,
+    pub configs: Vec<ConsensusConfig>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// `voters` voters, durable or in memory, with `timing`.
+    pub async fn start(voters: usize, durable: bool, timing: RaftTiming) -> Cluster {
+        let mut cluster = Cluster { members: Vec::new(), configs: Vec::new(), dirs: Vec::new() };
+        for i in 0..voters {
+            let store = cluster.open_new(durable, timing.clone()).await;
+            if i == 0 {
+                store.bootstrap().await.expect("bootstrap");
+            } else {
+                let leader = cluster.leader().await;
+                leader
+                    .add_nonvoter(store.member_id(), store.endpoints().clone())
+                    .await
+                    .expect("add nonvoter");
+                leader.promote(store.member_id()).await.expect("promote");
+            }
+        }
+        cluster
+    }
+
+    /// Opens one more member (not yet in raft).
+    pub async fn open_new(&mut self, durable: bool, timing: RaftTiming) -> RaftStore {
+        let dir = if durable {
+            let d = tempfile::tempdir().expect("temp dir");
+            let path = d.path().to_path_buf();
+            self.dirs.push(d);
+            Some(path)
+        } else {
+            None
+        };
+        let mut cfg = config(dir);
+        cfg.timing = timing;
+        let store = RaftStore::open(cfg.clone()).await.expect("open");
+        // Reopen on the same port: the membership remembers the address.
+        cfg.raft_listen_addr = store.raft_addr();
+        self.configs.push(cfg);
+        self.members.push(store.clone());
+        store
+    }
+
+    /// The member every running member agrees leads.
+    pub async fn leader(&self) -> RaftStore {
+        let start = Instant::now();
+        loop {
+            let running: Vec<&RaftStore> = self.members.iter().filter(|m| !m.is_shut_down()).collect();
+            let leaders: Vec<_> = running.iter().filter(|m| m.status().is_leader()).collect();
+            if leaders.len() == 1 {
+                let id = leaders[0].member_id();
+                let voters = leaders[0].status().voters;
+                if running
+                    .iter()
+                    .filter(|m| voters.contains_key(&m.member_id()))
+                    .all(|m| m.status().leader == Some(id))
+                {
+                    return (*leaders[0]).clone();
+                }
+            }
+            assert!(start.elapsed() < DEADLINE, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every running member applied `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        for m in &self.members {
+            if m.is_shut_down() {
+                continue;
+            }
+            wait_until("applied", || m.applied_index() >= Some(index)).await;
+        }
+    }
+
+    /// Stops member `i` (its handle stays, stopped).
+    pub async fn stop(&self, i: usize) {
+        self.members[i].shutdown().await.expect("shutdown");
+    }
+
+    pub async fn shutdown(&self) {
+        for m in &self.members {
+            m.shutdown().await.expect("shutdown");
+        }
+    }
+}
+
+pub fn addr_of(store: &RaftStore) -> SocketAddr {
+    store.raft_addr()
+}
