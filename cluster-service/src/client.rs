@@ -16,12 +16,15 @@ use cluster_core::{
     WriteRequest,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::connection::{ConnectOptions, Pool};
 use crate::protocol::{self, Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
 
 /// How a [`ServiceClient`] connects and retries.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClientOptions {
     /// The cluster the members belong to; frames carry it.
     pub cluster_id: String,
@@ -37,6 +40,12 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// Requests queued per connection before callers wait.
     pub queue_len: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions::new("")
+    }
 }
 
 impl ClientOptions {

@@ -22,27 +22,65 @@
 //! retried at a new leader is applied at most once and answers as the first
 //! attempt did. Client and proxy share one retry loop ([`Backoff`]).
 //!
-//! ```no_run
+//! Bad input never panics a server: a frame it cannot read is answered with a
+//! typed error under its request id (a foreign cluster id, another protocol
+//! version, an unknown request kind; the connection goes on), or under
+//! [`protocol::CONNECTION_ERROR_ID`] before the connection is closed (garbage,
+//! a frame shorter than its header, a length over the limit). Each connection
+//! runs at most [`ServerConfig::max_in_flight_per_connection`] requests at
+//! once, so a client that stops reading cannot make the server grow.
+//!
+//! A one-member cluster (its store from `cluster-consensus`), served and used:
+//!
+//! ```
 //! use std::sync::Arc;
-//! use cluster_core::ConsensusStore;
-//! use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceClient, ClientOptions, ServiceServer};
+//! use std::time::Duration;
 //!
-//! async fn serve<S: ConsensusStore>(store: Arc<S>) -> cluster_core::Result<()> {
-//!     // On every member: serve the store on the service port…
-//!     let server = ServiceServer::bind("127.0.0.1:0", store.clone(), ServerConfig::new("prod")).await?;
-//!     // …and hand users a proxy: it works whoever leads.
-//!     let kv = Proxy::new(store, ProxyOptions::new("prod"));
-//!     assert!(kv.set("greeting", "hello").await?);
-//!     assert_eq!(kv.consistent_get("greeting").await?, Some(b"hello".to_vec()));
+//! use cluster_consensus::RaftStore;
+//! use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+//! use cluster_core::{ConsensusConfig, ConsensusStore, Error, MemberId, RaftTiming};
+//! use cluster_service::{ClientOptions, Proxy, ProxyOptions, ServerConfig, ServiceClient, ServiceServer};
+//! use tokio::net::TcpListener;
 //!
-//!     // From any program: a client with some members' service addresses.
-//!     let client = ServiceClient::new([server.local_addr().to_string()], ClientOptions::new("prod"))?;
-//!     assert_eq!(client.get("greeting").await?, Some(b"hello".to_vec()));
-//!     println!("leader: {:?}", client.status().await?.leader);
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> cluster_core::Result<()> {
+//! // Bind the service port first: the member's raft endpoints carry its address.
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let store = Arc::new(
+//!     RaftStore::open(ConsensusConfig {
+//!         member_id: MemberId::generate(),
+//!         cluster_id: "demo".into(),
+//!         raft_listen_addr: "127.0.0.1:0".parse().expect("an address"),
+//!         advertise_host: "127.0.0.1".into(),
+//!         service_addr: listener.local_addr()?.to_string(),
+//!         data_dir: None,
+//!         timing: RaftTiming::default(),
+//!         max_frame_len: DEFAULT_MAX_FRAME_LEN,
+//!         rpc_timeout: Duration::from_secs(1),
+//!     })
+//!     .await?,
+//! );
+//! store.bootstrap().await?;
 //!
-//!     server.shutdown().await;
-//!     Ok(())
-//! }
+//! // Every member serves its store on the service port…
+//! let server = ServiceServer::serve(listener, store.clone(), ServerConfig::new("demo"))?;
+//!
+//! // …and gives its users a proxy: it works whoever leads, and waits out elections.
+//! let kv = Proxy::new(store.clone(), ProxyOptions::new("demo"));
+//! assert!(kv.set("greeting", "hello").await?);
+//! assert_eq!(kv.consistent_get("greeting").await?, Some(b"hello".to_vec()));
+//! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
+//!
+//! // Any program reaches the cluster with some members' service addresses.
+//! let client = ServiceClient::new([server.local_addr().to_string()], ClientOptions::new("demo"))?;
+//! assert!(!client.set("greeting", "hi").await?);
+//! assert_eq!(client.consistent_get("greeting").await?, Some(b"hi".to_vec()));
+//! assert_eq!(client.status().await?.leader, Some(store.member_id()));
+//!
+//! server.shutdown().await;
+//! store.shutdown().await?;
+//! # Ok(())
+//! # }
 //! ```
 
 mod client;

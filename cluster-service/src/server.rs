@@ -15,6 +15,7 @@ use std::time::Duration;
 use cluster_core::wire::{DEFAULT_MAX_FRAME_LEN, Frame, FrameError};
 use cluster_core::{ConsensusStore, Error, MemberInfo, Result, keys};
 use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
@@ -26,7 +27,8 @@ use tracing::Instrument;
 use crate::protocol::{CONNECTION_ERROR_ID, Request, Response, ServerCodec};
 
 /// How the server runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServerConfig {
     /// Frames from other clusters are answered with [`Error::ClusterMismatch`].
     pub cluster_id: String,
@@ -39,6 +41,12 @@ pub struct ServerConfig {
     /// How long the store may take for one request before the answer is
     /// [`Error::Timeout`].
     pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::new("")
+    }
 }
 
 impl ServerConfig {
