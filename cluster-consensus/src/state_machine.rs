@@ -280,16 +280,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StateMachine {
     /// A state machine starting from `snapshot` (the last persisted one) or
-    /// empty, sending applied changes to `events`.
+    /// empty (fails if the snapshot does not decode), sending applied changes to `events`.
     pub fn new(
         snapshot: Option<StoredSnapshot>,
         vault: Option<Arc<dyn SnapshotVault>>,
         events: broadcast::Sender<WatchEvent>,
-    ) -> Result<Self, StorageError> {
+    ) -> Result<Self, std::io::Error> {
         let state = match &snapshot {
-            Some(s) => KvState::from_bytes(&s.data).map_err(|e| {
-                StorageError::from(StorageIOError::read_snapshot(Some(s.meta.signature()), &e))
-            })?,
+            Some(s) => KvState::from_bytes(&s.data)?,
             None => KvState::default(),
         };
         Ok(StateMachine {

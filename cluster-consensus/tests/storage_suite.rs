@@ -14,8 +14,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for InMemory {
 }
 
 #[test]
-fn in_memory_storage_passes_the_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(InMemory)
+fn in_memory_storage_passes_the_openraft_suite() {
+    Suite::test_all(InMemory).expect("the in-memory storage passes");
 }
 
 #[cfg(feature = "durable")]
@@ -32,13 +32,14 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Dur
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::read(&e))?;
         let opened = durable::open(&dir.path().join("raft.redb")).map_err(|e| StorageIOError::read(&e))?;
         let (events, _) = tokio::sync::broadcast::channel(16);
-        let sm = StateMachine::new(opened.snapshot, Some(Arc::new(opened.writer.clone())), events)?;
+        let sm = StateMachine::new(opened.snapshot, Some(Arc::new(opened.writer.clone())), events)
+            .map_err(|e| StorageIOError::read(&e))?;
         Ok((dir, LogStore::durable(opened.log, opened.writer), sm))
     }
 }
 
 #[cfg(feature = "durable")]
 #[test]
-fn durable_storage_passes_the_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(Durable)
+fn durable_storage_passes_the_openraft_suite() {
+    Suite::test_all(Durable).expect("the durable storage passes");
 }

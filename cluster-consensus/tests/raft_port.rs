@@ -1,0 +1,122 @@
+//! Bad input on the raft port: a typed refusal or a closed connection, and
+//! the member keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_core::wire::{Frame, WireCodec};
+use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
+use common::{Cluster, DEADLINE, timing};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Framed};
+
+const CLUSTER: &str = "test-cluster";
+
+/// Reads one answer frame (decoded as this cluster) from a raw stream, or `None` if closed.
+async fn read_reply(stream: &mut TcpStream) -> Option<Frame<RaftRpcReply>> {
+    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20);
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(item) = codec.decode(&mut buf).expect("a well-formed answer") {
+            return Some(item.expect("an answer of this cluster"));
+        }
+        let n = tokio::time::timeout(DEADLINE, stream.read_buf(&mut buf))
+            .await
+            .expect("an answer in time")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+fn raw_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32);
+    out.extend_from_slice(body);
+    out.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_are_refused_and_the_member_keeps_serving() {
+    common::init_tracing();
+    let cluster = Cluster::start(1, false, timing()).await;
+    let store = cluster.leader().await;
+    let addr = store.raft_addr();
+
+    // Garbage that looks like a frame: refused as not ours, connection stays usable.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&raw_frame(b"GARBAGE-GARBAGE-GARBAGE")).await.unwrap();
+    let reply = read_reply(&mut raw).await.expect("an answer");
+    assert!(matches!(reply.body, RaftRpcReply::Refused(Error::BadMagic)), "{:?}", reply.body);
+
+    // A frame of another cluster: refused with both cluster ids, with its request id.
+    let mut foreign = WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20);
+    let mut buf = BytesMut::new();
+    tokio_util::codec::Encoder::encode(
+        &mut foreign,
+        Frame { request_id: 42, body: RaftRpc::AppliedIndex },
+        &mut buf,
+    )
+    .unwrap();
+    raw.write_all(&buf).await.unwrap();
+    let reply = read_reply(&mut raw).await.expect("an answer");
+    assert_eq!(reply.request_id, 42);
+    match reply.body {
+        RaftRpcReply::Refused(Error::ClusterMismatch { expected, found }) => {
+            assert_eq!((expected.as_str(), found.as_str()), (CLUSTER, "another-cluster"));
+        }
+        other => panic!("expected a cluster mismatch, got {other:?}"),
+    }
+
+    // An oversized length: refused, then the connection is closed.
+    let mut big = TcpStream::connect(addr).await.unwrap();
+    big.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let reply = read_reply(&mut big).await.expect("an answer before closing");
+    assert!(matches!(reply.body, RaftRpcReply::Refused(Error::FrameTooLarge { .. })), "{:?}", reply.body);
+    assert!(read_reply(&mut big).await.is_none(), "the connection is closed");
+
+    // Random bytes, then a hang-up.
+    let mut noise = TcpStream::connect(addr).await.unwrap();
+    noise.write_all(&[0, 0, 0, 3, 1, 2, 3, 0xff, 0xff]).await.unwrap();
+    drop(noise);
+
+    // The member still serves raft RPC and writes.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut good = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20));
+    good.send(Frame { request_id: 7, body: RaftRpc::AppliedIndex }).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, good.next()).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(answer.request_id, 7);
+    assert!(matches!(answer.body, RaftRpcReply::AppliedIndex(Some(_))));
+    assert!(store.set("still", vec![1]).await.unwrap());
+    assert_eq!(store.consistent_get("still").await.unwrap(), Some(vec![1]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_cluster_is_unreachable() {
+    common::init_tracing();
+    let mut cluster = Cluster::start(1, false, timing()).await;
+    let leader = cluster.leader().await;
+    let mut cfg = common::config(None);
+    cfg.cluster_id = "another-cluster".to_owned();
+    let stranger = cluster_consensus::RaftStore::open(cfg).await.unwrap();
+    // The leader's frames are refused by the stranger: it never catches up.
+    let add = tokio::time::timeout(
+        Duration::from_secs(3),
+        leader.add_nonvoter(stranger.member_id(), stranger.endpoints().clone()),
+    )
+    .await;
+    assert!(!matches!(add, Ok(Ok(()))), "a foreign member cannot catch up");
+    assert_eq!(stranger.applied_index(), None);
+    stranger.shutdown().await.unwrap();
+    cluster.members.push(stranger);
+    leader.remove(cluster.members[1].member_id()).await.unwrap();
+    assert!(leader.set("k", vec![1]).await.unwrap());
+    cluster.shutdown().await;
+}
