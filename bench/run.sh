@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Carbon Grid Cluster side by side with etcd and serf (issue 9).
+#   bash bench/run.sh            # full run, results in bench/results/
+# Environment: REPS (default 3), SECS per load point (default 3), ONLY (figure
+# families: idle,kv,failover,join,gossip), SKIP_APT=1 to skip installing peers.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR_BENCH="${CARGO_TARGET_DIR_BENCH:-/work/target-bench}"
+REPS="${REPS:-3}"
+SECS="${SECS:-3}"
+ONLY="${ONLY:-idle,kv,failover,join,gossip}"
+OUT="$ROOT/bench/results"
+WORK="$(mktemp -d /tmp/carbon-bench.XXXXXX)"
+BENCH_PID=""
+
+cleanup() {
+    # The bench runs in its own process group: every agent and peer it started
+    # is in that group.
+    if [[ -n "$BENCH_PID" ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
+        kill -TERM -- "-$BENCH_PID" 2>/dev/null || true
+        sleep 1
+        kill -KILL -- "-$BENCH_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+say() { echo "== $*" >&2; }
+
+# 1. Peers, where the machine allows it (Debian packages; root).
+if [[ "${SKIP_APT:-0}" != 1 ]]; then
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+        say "installing etcd-server etcd-client serf protobuf-compiler"
+        apt-get update -q >/dev/null 2>&1 || say "apt-get update failed"
+        for p in etcd-server etcd-client serf protobuf-compiler; do
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$p" >/dev/null 2>&1 \
+                || say "could not install $p: its figures will say not measured"
+        done
+    else
+        say "no apt-get or not root: peers are used only if already installed"
+    fi
+fi
+command -v etcd >/dev/null || say "etcd missing: etcd figures not measured"
+command -v serf >/dev/null || say "serf missing: serf figures not measured"
+
+# 2. Release builds: our program (workspace) and the bench (its own project).
+say "building carbon (release)"
+cargo build --release --bin carbon
+CARBON="$ROOT/target/release/carbon"
+say "building the bench (release, target $CARGO_TARGET_DIR_BENCH)"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR_BENCH" cargo build --release --manifest-path bench/Cargo.toml
+BENCH="$CARGO_TARGET_DIR_BENCH/release/carbon-bench"
+
+# 3. Machine and versions.
+json_str() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'; }
+MEM_KIB="$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+CPU_MODEL="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | json_str)"
+MACHINE="{\"nproc\": $(nproc), \"mem_total_gib\": $(awk "BEGIN {printf \"%.1f\", $MEM_KIB/1048576}"), \"kernel\": $(uname -r | json_str), \"cpu\": $CPU_MODEL, \"data_fs\": $(df -T /tmp | awk 'NR==2 {print $2}' | json_str)}"
+OURS_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo '+dirty')"
+ETCD_V="$( (etcd --version 2>/dev/null | head -1) || echo 'not installed')"
+SERF_V="$( (serf version 2>/dev/null | head -1) || echo 'not installed')"
+SERF_PKG="$( (dpkg-query -W -f '${Version}' serf 2>/dev/null) || echo '')"
+ETCD_PKG="$( (dpkg-query -W -f '${Version}' etcd-server 2>/dev/null) || echo '')"
+RUSTC_V="$(rustc --version)"
+VERSIONS="{\"ours_git_rev\": $(echo "$OURS_REV" | json_str), \"etcd\": $(echo "$ETCD_V (deb $ETCD_PKG)" | json_str), \"serf\": $(echo "$SERF_V (deb $SERF_PKG)" | json_str), \"rustc\": $(echo "$RUSTC_V" | json_str)}"
+
+# 4. Run (own process group, so the trap can end every child).
+say "running figures ($ONLY), $REPS repetitions, $SECS s per load point; scratch $WORK"
+mkdir -p "$OUT"
+setsid "$BENCH" --carbon "$CARBON" --out "$OUT" --work-dir "$WORK" --reps "$REPS" --secs "$SECS" --only "$ONLY" \
+    --machine "$MACHINE" --versions "$VERSIONS" \
+    --command "bash bench/run.sh (REPS=$REPS SECS=$SECS ONLY=$ONLY)" \
+    --command "cargo build --release --bin carbon" \
+    --command "CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH cargo build --release --manifest-path bench/Cargo.toml" \
+    --command "$BENCH --carbon $CARBON --out $OUT --work-dir <tmp> --reps $REPS --secs $SECS --only $ONLY" \
+    --command "carbon agent --host 127.0.0.1 --cluster-id bench-<tag> --num-voters 3 --gossip-port 0 --raft-port 0 --service-port 0 --grid-port 0 [--data-dir <tmp>/<name>] [--seed <first gossip addr>]" \
+    --command "etcd --name <n> --data-dir <tmp>/<n> --listen-client-urls http://127.0.0.1:<c> --advertise-client-urls http://127.0.0.1:<c> --listen-peer-urls http://127.0.0.1:<p> --initial-advertise-peer-urls http://127.0.0.1:<p> --initial-cluster <3 members> --initial-cluster-state new --heartbeat-interval 100 --election-timeout 1000" \
+    --command "serf agent -bind 127.0.0.1:<p> -rpc-addr 127.0.0.1:<r> -node <n> -profile lan [-join <first bind>]" \
+    </dev/null &
+BENCH_PID=$!
+wait "$BENCH_PID"
+BENCH_PID=""
+say "results: $OUT/results.md and $OUT/results.json"

@@ -1,0 +1,302 @@
+//! Peer and agent processes on loopback: start, wait until ready, kill.
+//! Every child is killed when its handle drops (`kill_on_drop`), and its
+//! data lives in a temporary directory removed at the end of the run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cluster_service::{ClientOptions, ServiceClient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A free loopback port (TCP and UDP both free at the time of asking).
+pub fn free_port() -> Result<u16> {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port")
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::File::create(dir.join(format!("{name}.log"))).context("create log file")
+}
+
+// ---------------------------------------------------------------- carbon
+
+/// One `carbon agent` as its start line reports it.
+pub struct Agent {
+    pub proc: Proc,
+    pub member_id: String,
+    pub service: String,
+    pub gossip: String,
+}
+
+/// Three (or more) `carbon agent` processes forming one cluster.
+pub struct CarbonCluster {
+    pub agents: Vec<Agent>,
+    pub cluster_id: String,
+}
+
+impl CarbonCluster {
+    /// Starts `n` agents, the first forming the cluster and the others seeded on it,
+    /// durable (a data dir each under `dir`) or in memory; waits until every agent
+    /// reports the same leader and `n` voters.
+    pub async fn start(carbon: &Path, dir: &Path, n: usize, durable: bool, tag: &str) -> Result<Self> {
+        let cluster_id = format!("bench-{tag}");
+        let mut agents: Vec<Agent> = Vec::new();
+        for i in 0..n {
+            let name = format!("carbon-{tag}-{i}");
+            let mut cmd = Command::new(carbon);
+            cmd.arg("agent")
+                .args(["--host", "127.0.0.1", "--cluster-id", &cluster_id, "--num-voters", "3"])
+                .args(["--gossip-port", "0", "--raft-port", "0", "--service-port", "0", "--grid-port", "0"]);
+            if durable {
+                let d = dir.join(&name);
+                std::fs::create_dir_all(&d)?;
+                cmd.arg("--data-dir").arg(&d);
+            }
+            if let Some(first) = agents.first() {
+                cmd.args(["--seed", &first.gossip]);
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log_file(dir, &name)?)
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().with_context(|| format!("spawn {}", carbon.display()))?;
+            let stdout = child.stdout.take().context("agent stdout")?;
+            let mut lines = BufReader::new(stdout).lines();
+            let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+                .await
+                .map_err(|_| anyhow!("{name}: no start line within 40 s (see {}.log)", name))??
+                .ok_or_else(|| anyhow!("{name} exited before its start line"))?;
+            // member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr>
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let field = |k: &str| -> Result<String> {
+                let i = f.iter().position(|w| *w == k).ok_or_else(|| anyhow!("no `{k}` in {line:?}"))?;
+                f.get(i + 1).map(|s| s.to_string()).ok_or_else(|| anyhow!("no value of `{k}` in {line:?}"))
+            };
+            // Keep draining stdout so the agent never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            agents.push(Agent {
+                member_id: field("member")?,
+                service: field("service")?,
+                gossip: field("gossip")?,
+                proc: Proc { child, name },
+            });
+        }
+        let c = CarbonCluster { agents, cluster_id };
+        c.wait_ready(n.min(3), Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions::new(self.cluster_id.clone())
+    }
+
+    /// A client of the given agents' service ports.
+    pub fn client(&self, which: &[usize]) -> Result<ServiceClient> {
+        let addrs: Vec<String> = which.iter().map(|&i| self.agents[i].service.clone()).collect();
+        Ok(ServiceClient::new(addrs, self.client_options())?)
+    }
+
+    /// Index of the leader, as every live agent reports it.
+    pub async fn wait_ready(&self, voters: usize, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        let index: HashMap<&str, usize> =
+            self.agents.iter().enumerate().map(|(i, a)| (a.member_id.as_str(), i)).collect();
+        let client = self.client(&(0..self.agents.len()).collect::<Vec<_>>())?;
+        loop {
+            let mut leaders = Vec::new();
+            for a in &self.agents {
+                match client.status_of(&a.service).await {
+                    Ok(s) if s.voters.len() == voters => leaders.push(s.leader.map(|l| l.to_string())),
+                    _ => leaders.push(None),
+                }
+            }
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| x.as_deref() == Some(l.as_str())) {
+                    if let Some(&i) = index.get(l.as_str()) {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("carbon cluster not ready within {within:?}: leaders seen {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The leader's index now.
+    pub async fn leader(&self) -> Result<usize> {
+        self.wait_ready(3, Duration::from_secs(20)).await
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.agents.iter().filter_map(|a| a.proc.pid()).collect()
+    }
+}
+
+// ---------------------------------------------------------------- etcd
+
+pub struct EtcdMember {
+    pub proc: Proc,
+    pub client_url: String,
+}
+
+/// Three `etcd` processes forming one cluster, data on disk under `dir`.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+}
+
+/// etcd's election settings, stated in the results.
+pub const ETCD_HEARTBEAT_MS: u64 = 100;
+pub const ETCD_ELECTION_MS: u64 = 1000;
+
+impl EtcdCluster {
+    pub async fn start(dir: &Path, n: usize, tag: &str) -> Result<Self> {
+        let mut peers = Vec::new();
+        for i in 0..n {
+            peers.push((format!("etcd-{tag}-{i}"), free_port()?, free_port()?));
+        }
+        let initial: Vec<String> =
+            peers.iter().map(|(name, _, p)| format!("{name}=http://127.0.0.1:{p}")).collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        for (name, client_port, peer_port) in &peers {
+            let data = dir.join(name);
+            let client_url = format!("http://127.0.0.1:{client_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let child = Command::new("etcd")
+                .args(["--name", name])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &format!("bench-{tag}")])
+                .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
+                .args(["--election-timeout", &ETCD_ELECTION_MS.to_string()])
+                .args(["--logger", "zap", "--log-outputs", "stderr"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(dir, name)?)
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn etcd")?;
+            members.push(EtcdMember { proc: Proc { child, name: name.clone() }, client_url });
+        }
+        let c = EtcdCluster { members };
+        c.wait_leader(&[], Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    pub fn urls(&self, which: &[usize]) -> Vec<String> {
+        which.iter().map(|&i| self.members[i].client_url.clone()).collect()
+    }
+
+    /// Index of the leader all members (but `skip`) agree on.
+    pub async fn wait_leader(&self, skip: &[usize], within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ids = Vec::new(); // (member id, leader id)
+            for (i, m) in self.members.iter().enumerate() {
+                if skip.contains(&i) {
+                    continue;
+                }
+                let got = async {
+                    let opts = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_millis(500))
+                        .with_timeout(Duration::from_millis(500));
+                    let mut c = etcd_client::Client::connect([m.client_url.as_str()], Some(opts)).await?;
+                    let s = c.status().await?;
+                    Ok::<_, etcd_client::Error>((i, s.header().map_or(0, |h| h.member_id()), s.leader()))
+                }
+                .await;
+                ids.push(got.ok());
+            }
+            if ids.iter().all(Option::is_some) {
+                let ids: Vec<(usize, u64, u64)> = ids.into_iter().flatten().collect();
+                let leader = ids[0].2;
+                if leader != 0 && ids.iter().all(|x| x.2 == leader) {
+                    if let Some(x) = ids.iter().find(|x| x.1 == leader) {
+                        return Ok(x.0);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("etcd cluster has no agreed leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.proc.pid()).collect()
+    }
+}
+
+// ---------------------------------------------------------------- serf
+
+pub struct SerfAgent {
+    pub proc: Proc,
+    pub name: String,
+    pub bind: String,
+    pub rpc: String,
+}
+
+/// Spawns one `serf agent` (lan profile, the default).
+pub fn spawn_serf(dir: &Path, name: &str, join: Option<&str>) -> Result<SerfAgent> {
+    let bind = format!("127.0.0.1:{}", free_port()?);
+    let rpc = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = Command::new("serf");
+    cmd.arg("agent").args(["-bind", &bind, "-rpc-addr", &rpc, "-node", name, "-profile", "lan"]);
+    if let Some(j) = join {
+        cmd.args(["-join", j]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log_file(dir, name)?)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn serf")?;
+    Ok(SerfAgent { proc: Proc { child, name: name.to_string() }, name: name.to_string(), bind, rpc })
+}
+
+/// Whether an executable is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| is_exec(&d.join(program))))
+        .unwrap_or(false)
+}
+
+fn is_exec(p: &PathBuf) -> bool {
+    p.is_file()
+}
