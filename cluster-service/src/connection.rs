@@ -102,6 +102,10 @@ impl Connection {
             tokio::spawn(async move {
                 let error = loop {
                     match frames.next().await {
+                        // The server explains why it closes the connection.
+                        Some(Ok(Ok(Frame { request_id: CONNECTION_ERROR_ID, body: Response::Err(e) }))) => {
+                            break Error::Unreachable(format!("{addr} closed the connection: {e}"));
+                        }
                         Some(Ok(Ok(frame))) => deliver(&pending, frame.request_id, frame.body),
                         Some(Ok(Err(FrameError { request_id: Some(id), error })))
                             if id != CONNECTION_ERROR_ID =>

@@ -417,3 +417,26 @@ async fn a_client_of_another_cluster_is_told_so_at_once() {
     assert!(matches!(r, Err(Error::ClusterMismatch { .. })), "{r:?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_the_client_ends_its_connection() {
+    let cluster = FakeCluster::new(1);
+    let server = start(cluster.member(0)).await;
+    // A relay that shows when the client's side of the connection closes.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = ServiceClient::new([relay.local_addr().unwrap().to_string()], options()).unwrap();
+    let pending = tokio::spawn({
+        let c = c.clone();
+        async move { c.status().await }
+    });
+    let (mut from_client, _) = tokio::time::timeout(LONG, relay.accept()).await.unwrap().unwrap();
+    let mut to_server = TcpStream::connect(server.local_addr()).await.unwrap();
+    let relayed = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut from_client, &mut to_server).await;
+    });
+    assert!(pending.await.unwrap().is_ok());
+    drop(c);
+    // The relay ends once the client closed its side.
+    tokio::time::timeout(LONG, relayed).await.expect("the client closed its connection").unwrap();
+    server.shutdown().await;
+}
