@@ -52,6 +52,8 @@
 //!   re-applies the committed log after it.
 //! - [`network`]: raft RPC over TCP with core's wire codec (cluster id and
 //!   version checked, bounded frames), one multiplexed connection per peer.
+//! - writes are group-committed: concurrent writes on the leader share one
+//!   log entry (one fsync per member), answered one by one.
 //! - [`store`]: [`RaftStore`], the handle; an internal module maps openraft's errors to
 //!   `cluster_core::Error` variants a caller can act on (`NotLeader` with the
 //!   leader's service address, `Timeout`, `Unreachable`, `ShuttingDown`,
@@ -59,6 +61,7 @@
 //!
 //! Both storages pass openraft's own storage suite (`tests/storage_suite.rs`).
 
+mod batcher;
 mod encoding;
 mod error;
 pub mod log_store;

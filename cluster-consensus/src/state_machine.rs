@@ -375,15 +375,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 s.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => answers.push(WriteResponse(None)),
-                    EntryPayload::Normal(req) => {
-                        let (outcome, changed) = s.apply_write(&req);
-                        events.extend(changed);
-                        answers.push(WriteResponse(Some(outcome)));
+                    EntryPayload::Blank => answers.push(WriteResponse::default()),
+                    EntryPayload::Normal(batch) => {
+                        let mut outcomes = Vec::with_capacity(batch.0.len());
+                        for req in &batch.0 {
+                            let (outcome, changed) = s.apply_write(req);
+                            events.extend(changed);
+                            outcomes.push(outcome);
+                        }
+                        answers.push(WriteResponse(outcomes));
                     }
                     EntryPayload::Membership(m) => {
                         s.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                        answers.push(WriteResponse(None));
+                        answers.push(WriteResponse::default());
                     }
                 }
             }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::batcher::WriteBatcher;
 use crate::error::IntoStoreError;
 use crate::log_store::LogStore;
 use crate::network::client::{ConnPool, Limits, NetworkFactory};
@@ -60,6 +61,7 @@ struct Inner {
     raft_addr: SocketAddr,
     endpoints: Endpoints,
     pool: ConnPool,
+    batcher: WriteBatcher,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     #[cfg(feature = "durable")]
@@ -219,6 +221,7 @@ impl RaftStore {
             }
             .instrument(span.clone()),
         );
+        let (batcher, batcher_task) = WriteBatcher::spawn(raft.clone(), cancel.clone());
         tracing::info!(raft_addr = %endpoints.raft_addr, durable = config.data_dir.is_some(), "consensus store open");
 
         Ok(RaftStore {
@@ -231,8 +234,9 @@ impl RaftStore {
                 raft_addr,
                 endpoints,
                 pool,
+                batcher,
                 cancel,
-                tasks: Mutex::new(vec![server, status_task]),
+                tasks: Mutex::new(vec![server, status_task, batcher_task]),
                 #[cfg(feature = "durable")]
                 durable: Mutex::new(durable),
                 op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
@@ -431,14 +435,8 @@ impl ConsensusStore for RaftStore {
     }
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {
-        let raft = &self.inner.raft;
-        let response = self
-            .bounded("write", async { raft.client_write(request).await.map_err(|e| e.into_store_error()) })
-            .await?;
-        match response.data.0 {
-            Some(outcome) => outcome,
-            None => Err(Error::Internal("a write was answered as a raft entry".to_owned())),
-        }
+        let batcher = &self.inner.batcher;
+        self.bounded("write", batcher.write(request)).await
     }
 
     fn watch(&self, prefix: &str) -> Watch {

@@ -2,23 +2,29 @@
 //!
 //! The raft node id is the [`MemberId`] itself, the node data is core's
 //! [`Endpoints`] (raft address and service address), a log entry carries a
-//! core [`WriteRequest`] and the state machine answers a [`WriteResponse`].
+//! [`WriteBatch`] of core [`WriteRequest`]s (concurrent writes share one log
+//! entry, hence one fsync) and the state machine answers a [`WriteResponse`].
 
 use std::io::Cursor;
 
 use cluster_core::{Endpoints, Error, MemberId, WriteOutcome, WriteRequest};
 use serde::{Deserialize, Serialize};
 
-/// What the state machine answers for one log entry: the outcome of a
-/// write, the refusal of a write it could not apply (e.g. an operation this
-/// build does not know), or nothing for raft's own entries (blank, membership).
+/// The writes of one log entry, applied in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct WriteResponse(pub Option<Result<WriteOutcome, Error>>);
+pub struct WriteBatch(pub Vec<WriteRequest>);
+
+/// What the state machine answers for one log entry: per write of its batch,
+/// the outcome or the refusal of a write it could not apply (e.g. an
+/// operation this build does not know); empty for raft's own entries (blank,
+/// membership).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WriteResponse(pub Vec<Result<WriteOutcome, Error>>);
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the cluster's key-value store.
     pub TypeConfig:
-        D = WriteRequest,
+        D = WriteBatch,
         R = WriteResponse,
         NodeId = MemberId,
         Node = Endpoints,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_core::wire::{Frame, WireCodec};
-use cluster_core::{Endpoints, Error, MemberId, WriteOp};
+use cluster_core::{Endpoints, Error, MemberId};
 use futures::{SinkExt, StreamExt};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -202,19 +202,10 @@ impl NetworkFactory {
 }
 
 /// Roughly the encoded size of an entry: enough to split batches early.
-fn approx_size(entry: &Entry) -> usize {
+pub(crate) fn approx_size(entry: &Entry) -> usize {
     const OVERHEAD: usize = 64;
     match &entry.payload {
-        EntryPayload::Normal(req) => {
-            OVERHEAD
-                + match &req.op {
-                    WriteOp::Set { key, value } => key.len() + value.len(),
-                    WriteOp::CompareAndSet { key, expected, new } => {
-                        key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
-                    }
-                    other => other.key().map_or(0, str::len),
-                }
-        }
+        EntryPayload::Normal(batch) => batch.0.iter().map(crate::batcher::request_size).sum(),
         EntryPayload::Membership(m) => OVERHEAD * (1 + m.nodes().count()),
         EntryPayload::Blank => OVERHEAD,
     }
