@@ -255,9 +255,3 @@ impl Inner {
         }
     }
 }
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.pool.clear();
-    }
-}

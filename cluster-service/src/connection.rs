@@ -259,9 +259,4 @@ impl Pool {
         let conn = self.get(addr).await?;
         conn.call(request).await
     }
-
-    /// Closes every connection.
-    pub(crate) fn clear(&self) {
-        self.conns().clear();
-    }
 }
