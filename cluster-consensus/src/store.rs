@@ -27,7 +27,9 @@ use crate::log_store::LogStore;
 use crate::network::client::{ConnPool, Limits, NetworkFactory};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
-use crate::state_machine::{SharedState, SnapshotVault, StateMachine};
+#[cfg(feature = "durable")]
+use crate::state_machine::SnapshotVault;
+use crate::state_machine::{SharedState, StateMachine};
 use crate::typecfg::Raft;
 
 /// Capacity of the watch channel: a watcher further behind gets `Error::Lagged`.

@@ -12,8 +12,10 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+#[cfg(feature = "durable")]
+use openraft::StorageIOError;
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, RaftLogId, RaftLogReader, StorageIOError};
+use openraft::{LogState, RaftLogId, RaftLogReader};
 
 use crate::typecfg::{Entry, LogId, StorageError, TypeConfig, Vote};
 
