@@ -440,3 +440,27 @@ async fn dropping_the_client_ends_its_connection() {
     tokio::time::timeout(LONG, relayed).await.expect("the client closed its connection").unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_a_freed_place_is_reused() {
+    let cluster = FakeCluster::new(1);
+    let mut config = ServerConfig::new(CLUSTER);
+    config.max_connections = 1;
+    let server = ServiceServer::bind("127.0.0.1:0", cluster.member(0), config).await.unwrap();
+    let mut first = raw(&server).await;
+    first.send(Frame { request_id: 1, body: Request::Status }).await.unwrap();
+    next_answer(&mut first).await;
+    // The second is closed at once, without an answer.
+    let mut second = TcpStream::connect(server.local_addr()).await.unwrap();
+    assert!(answers_until_closed(&mut second).await.is_empty());
+    drop(first);
+    // Once the first is gone, its place is free again.
+    wait_until(LONG, "a new connection to be served", || async {
+        let mut o = options();
+        o.op_timeout = Duration::from_millis(200);
+        let c = ServiceClient::new([server.local_addr().to_string()], o).unwrap();
+        c.status().await.is_ok()
+    })
+    .await;
+    server.shutdown().await;
+}
