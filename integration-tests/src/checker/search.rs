@@ -59,6 +59,33 @@ impl<'a> Prepared<'a> {
         Ok(Prepared { ops, steps, values })
     }
 
+    /// Explains the first operation that observes a value no operation writes, if any:
+    /// a violation found without a search.
+    fn value_never_written(&self) -> Option<String> {
+        let mut written = vec![false; self.values.len()];
+        for step in &self.steps {
+            match *step {
+                Step::Set { value, .. } | Step::Cas { new: Some(value), .. } => {
+                    written[value as usize] = true
+                }
+                _ => {}
+            }
+        }
+        let observed = |step: &Step<u32>| match *step {
+            Step::Get { value } => value,
+            Step::Cas { result: Some((_, current)), .. } => current,
+            _ => None,
+        };
+        let (op, value) = self.ops.iter().zip(&self.steps).find_map(|(op, step)| {
+            observed(step).filter(|value| !written[*value as usize]).map(|value| (op, value))
+        })?;
+        Some(format!(
+            "this operation observes {}, a value that no operation of the key writes:\n    {}",
+            self.describe_state(Some(value)),
+            describe_op(op)
+        ))
+    }
+
     fn describe_state(&self, state: Option<u32>) -> String {
         describe_value(state.and_then(|id| self.values.get(id as usize).copied()))
     }
@@ -183,37 +210,40 @@ impl EntryList {
     }
 }
 
-/// Searches for a linearization of `prepared`, taking at most `max_steps` steps.
-pub(crate) fn search(prepared: &Prepared<'_>, max_steps: u64) -> Verdict {
+/// Searches for a linearization of `prepared`, taking steps from `budget` (one step:
+/// one candidate tried, or one backtrack) and giving up when it is spent.
+pub(crate) fn search(prepared: &Prepared<'_>, budget: &mut u64) -> Verdict {
+    if let Some(explanation) = prepared.value_never_written() {
+        return Verdict::Violation(explanation);
+    }
     let mut search = Search::new(prepared);
-    let mut steps = 0u64;
     let mut cursor = search.list.first();
     let mut new_level = true;
     loop {
-        steps += 1;
-        if steps > max_steps {
+        let Some(left) = budget.checked_sub(1) else {
             return Verdict::OutOfBudget;
-        }
+        };
+        *budget = left;
         // At a new state, an enabled read-only operation is taken first and alone: it
         // reads the state without changing it, so any completion that takes it later
         // also works with it taken now, and if taking it fails, so does this state.
         if new_level {
             new_level = false;
             if let Some(op) = search.enabled_read_only() {
-                match search.take(op, true) {
-                    Taken::Yes => {
-                        cursor = search.list.first();
-                        new_level = true;
-                    }
-                    Taken::No => match search.backtrack(op) {
+                if search.take(op, true) == Taken::Yes {
+                    cursor = search.list.first();
+                    new_level = true;
+                } else {
+                    match search.backtrack(op) {
                         Some(next) => cursor = next,
                         None => return Verdict::Violation(search.explain()),
-                    },
+                    }
                 }
                 continue;
             }
         }
         if cursor == NIL {
+            // Every return is consumed; unknown operations left over never took effect.
             return Verdict::Linearizable;
         }
         let Entry { op, is_return } = search.list.entries[cursor];
@@ -248,6 +278,8 @@ struct Frame {
     before: Option<u32>,
     /// Taken as the only option of its level (an enabled read-only operation).
     forced: bool,
+    /// The unknown steps tried at its level before it, itself included.
+    tried_unknown: Vec<Step<u32>>,
 }
 
 /// The state of the depth-first search.
@@ -260,6 +292,8 @@ struct Search<'p, 'a> {
     stack: Vec<Frame>,
     state: Option<u32>,
     dead_end: Option<DeadEnd>,
+    /// The unknown steps tried so far at the current level.
+    tried_unknown: Vec<Step<u32>>,
 }
 
 impl<'p, 'a> Search<'p, 'a> {
@@ -273,6 +307,7 @@ impl<'p, 'a> Search<'p, 'a> {
             stack: Vec::new(),
             state: None,
             dead_end: None,
+            tried_unknown: Vec::new(),
         }
     }
 
@@ -306,6 +341,14 @@ impl<'p, 'a> Search<'p, 'a> {
         if step.is_unknown() && after == self.state {
             return Taken::No;
         }
+        // Unknown operations with the same step are interchangeable, except that the one
+        // called first can take effect earlier: taking a later one never helps more.
+        if step.is_unknown() {
+            if self.tried_unknown.contains(step) {
+                return Taken::No;
+            }
+            self.tried_unknown.push(*step);
+        }
         set_bit(&mut self.linearized, op, true);
         encode_memo_key(&self.linearized, after, &mut self.memo_key);
         if self.memo.contains(self.memo_key.as_slice()) {
@@ -313,7 +356,8 @@ impl<'p, 'a> Search<'p, 'a> {
             return Taken::No;
         }
         self.memo.insert(self.memo_key.as_slice().into());
-        self.stack.push(Frame { op, before: self.state, forced });
+        let tried_unknown = std::mem::take(&mut self.tried_unknown);
+        self.stack.push(Frame { op, before: self.state, forced, tried_unknown });
         self.state = after;
         self.list.lift(op);
         Taken::Yes
@@ -332,6 +376,7 @@ impl<'p, 'a> Search<'p, 'a> {
             self.state = frame.before;
             set_bit(&mut self.linearized, frame.op, false);
             self.list.unlift(frame.op);
+            self.tried_unknown = frame.tried_unknown;
             // A forced operation was the only option of its level: the level failed too.
             if !frame.forced {
                 return Some(self.list.next[self.list.call_of[frame.op]]);
