@@ -21,7 +21,7 @@ const MAX_BATCH_WRITES: usize = 1024;
 /// Roughly the most bytes in one log entry (a larger single write goes alone).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Batches proposed and not yet answered.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 /// Writes waiting for a batch.
 const QUEUE: usize = 16 * 1024;
 
