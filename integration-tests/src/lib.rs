@@ -5,6 +5,10 @@
 //!   outcomes, unknown outcomes), with a thread-safe recorder and JSON dumps for replay.
 //! - [`checker`]: a linearizability checker for those histories, key by key
 //!   (Wing–Gong search with the Lowe/Porcupine optimizations).
+//! - [`harness`]: real `carbon agent` processes, network partitions with
+//!   namespaces, the client workload, the invariants, and a scenario runner; the
+//!   scenarios are in `tests/faults.rs`, the soak in `examples/soak.rs`.
 
 pub mod checker;
+pub mod harness;
 pub mod history;

@@ -1,0 +1,211 @@
+//! The invariants every fault scenario ends with, and the monitor that checks
+//! short ids throughout a run.
+//!
+//! - (a) the history is linearizable ([`check_history`], the [checker](crate::checker));
+//! - (b) no acknowledged write is lost: the final consistent reads are part of the
+//!   history (see [`final_reads`](super::client::final_reads)), so a lost write is a
+//!   violation; [`lost_write_keys`] names the keys whose history is linearizable
+//!   without the final reads and not with them;
+//! - (c) never two live members with the same short id: [`ShortIdMonitor`] polls the
+//!   member records every ~200 ms during the run, [`duplicate_short_ids`] judges
+//!   one answer, and [`live_start_line_duplicates`] compares what the live
+//!   processes themselves reported;
+//! - (d) the voter count returns to the configured number ([`wait_voters`]);
+//! - (e) every live member agrees on the live members ([`wait_members_agree`]).
+//!
+//! The waits are bounded and poll; they return how long recovery took.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use cluster_core::MemberInfo;
+use cluster_service::{ClientOptions, ServiceClient};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::client::FINAL_READ_CLIENT;
+use super::cluster::ProcessCluster;
+use crate::checker::{CheckOptions, CheckResult, check, check_key};
+use crate::history::History;
+
+/// (a): the checker's verdict, as an error with the witness if it is not linearizable.
+pub fn check_history(history: &History) -> std::result::Result<(), String> {
+    match check(history) {
+        CheckResult::Linearizable => Ok(()),
+        CheckResult::Violation { key, ops, explanation } => {
+            let witness: Vec<String> = ops.iter().map(|op| format!("  {op:?}")).collect();
+            Err(format!("not linearizable on key {key:?}: {explanation}\nwitness:\n{}", witness.join("\n")))
+        }
+        other => Err(other.to_string()),
+    }
+}
+
+/// (b): keys whose history is linearizable without the final reads but not with
+/// them: a write acknowledged during the run is missing from the final state.
+pub fn lost_write_keys(history: &History) -> Vec<String> {
+    let options = CheckOptions::default().with_shrink(false);
+    history
+        .by_key()
+        .into_iter()
+        .filter(|(_, ops)| {
+            let without: Vec<_> = ops.iter().copied().filter(|op| op.client != FINAL_READ_CLIENT).collect();
+            check_key(without, &options).is_linearizable()
+                && check_key(ops.iter().copied(), &options).is_violation()
+        })
+        .map(|(key, _)| key.to_owned())
+        .collect()
+}
+
+/// (c): the short ids held by more than one record of one answer, with the holders.
+pub fn duplicate_short_ids(records: &[MemberInfo]) -> BTreeMap<u64, Vec<String>> {
+    let mut holders: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for record in records {
+        if let Some(short_id) = record.short_id {
+            holders.entry(u64::from(u32::from(short_id))).or_default().push(record.member_id.to_string());
+        }
+    }
+    holders.retain(|_, members| members.len() > 1);
+    holders
+}
+
+/// (c): short ids that two live processes both reported in their start lines.
+pub fn live_start_line_duplicates(cluster: &mut ProcessCluster) -> BTreeMap<u64, Vec<String>> {
+    let mut holders: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for i in cluster.live() {
+        if let Some(line) = cluster.agent(i).start_line() {
+            holders.entry(line.short_id).or_default().push(line.member_id.clone());
+        }
+    }
+    holders.retain(|_, members| members.len() > 1);
+    holders
+}
+
+/// What the [`ShortIdMonitor`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorReport {
+    /// Polls made.
+    pub polls: u64,
+    /// Polls answered.
+    pub answered: u64,
+    /// Every duplicate seen, described (member asked, short id, holders).
+    pub duplicates: Vec<String>,
+}
+
+/// Polls the member records of one member after the other, every `interval`,
+/// and notes every duplicate short id.
+#[derive(Debug)]
+pub struct ShortIdMonitor {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<MonitorReport>,
+}
+
+impl ShortIdMonitor {
+    /// Starts polling the members at `addrs`.
+    pub fn start(addrs: &[String], cluster_id: &str, interval: Duration) -> Result<ShortIdMonitor> {
+        let mut options = ClientOptions::new(cluster_id);
+        options.connect_timeout = Duration::from_millis(300);
+        options.attempt_timeout = Duration::from_millis(500);
+        options.op_timeout = Duration::from_millis(500);
+        let clients = addrs
+            .iter()
+            .map(|a| ServiceClient::new([a.clone()], options.clone()).map_err(|e| anyhow::anyhow!("{e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let addrs = addrs.to_vec();
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut report = MonitorReport::default();
+            let mut next = 0usize;
+            loop {
+                let i = next % clients.len();
+                next += 1;
+                report.polls += 1;
+                if let Ok(Ok(records)) =
+                    tokio::time::timeout(Duration::from_secs(1), clients[i].members()).await
+                {
+                    report.answered += 1;
+                    for (short_id, holders) in duplicate_short_ids(&records) {
+                        report
+                            .duplicates
+                            .push(format!("{} lists short id {short_id} for {holders:?}", addrs[i]));
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop_rx.changed() => return report,
+                }
+            }
+        });
+        Ok(ShortIdMonitor { stop, task })
+    }
+
+    /// Stops polling and returns what was seen.
+    pub async fn stop(self) -> MonitorReport {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// (d): waits until a leader's view shows `min(num_voters, live members)` voters,
+/// every one of them live, and returns how long it took.
+pub async fn wait_voters(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = String::from("no leader");
+    loop {
+        let live = cluster.live_member_ids();
+        let want = cluster.spec().config.num_voters.min(live.len());
+        if let Some(leader) = cluster.leader().await {
+            match cluster.status_of(leader).await {
+                Ok(status) => {
+                    let voters: BTreeSet<String> = status.voters.keys().map(|m| m.to_string()).collect();
+                    if voters.len() == want && voters.iter().all(|v| live.contains(v)) {
+                        return Ok(start.elapsed());
+                    }
+                    last = format!("leader m{leader} sees voters {voters:?}, want {want} of live {live:?}");
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if start.elapsed() > deadline {
+            bail!("the voter count did not return within {deadline:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (e): waits until every live member's records name exactly the live members,
+/// each with a short id, and returns how long it took.
+pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let live = cluster.live();
+        let expected: BTreeSet<String> = cluster.live_member_ids().into_iter().collect();
+        let mut disagreement = None;
+        for &i in &live {
+            match cluster.members_of(i).await {
+                Ok(records) => {
+                    let seen: BTreeSet<String> = records.iter().map(|r| r.member_id.to_string()).collect();
+                    let unassigned = records.iter().filter(|r| r.short_id.is_none()).count();
+                    if seen != expected || unassigned > 0 {
+                        disagreement = Some(format!(
+                            "m{i} records {seen:?} ({unassigned} without short id), live {expected:?}"
+                        ));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    disagreement = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        match disagreement {
+            None => return Ok(start.elapsed()),
+            Some(why) if start.elapsed() > deadline => {
+                bail!("the members did not agree on the live members within {deadline:?}: {why}")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Fault scenarios against real `carbon agent` processes: each runs a recorded
+//! client workload while it injects faults one at a time, waits for the cluster to
+//! recover after each, and ends with the checker and every invariant (see
+//! `integration_tests::harness::invariants`).
+//!
+//! The scenarios run one at a time (2 cores); the partition scenario needs root
+//! and `ip netns` and skips with a message elsewhere. `RUST_LOG` is passed to the
+//! agents (their logs are kept with the history when a scenario fails).
+
+use std::time::Duration;
+
+use integration_tests::harness::cluster::ClusterSpec;
+use integration_tests::harness::netns::NetLab;
+use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// One scenario at a time: each runs five processes on a small machine.
+async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Pacing between faults: lets the workload run; never a correctness wait.
+const PACE: Duration = Duration::from_secs(2);
+
+fn spec(name: &str, members: usize, voters: usize) -> RunSpec {
+    let mut spec = RunSpec::new(name, ClusterSpec::new(members, voters));
+    spec.workload.clients = 4;
+    spec.workload.keys = 4;
+    spec.workload.pace = Duration::from_millis(10);
+    spec.workload.max_duration = Duration::from_secs(300);
+    spec
+}
+
+fn report(summary: &Summary) {
+    eprintln!("{summary}");
+    summary.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_repeatedly_under_load() {
+    let _serial = serial().await;
+    init_logs();
+    let mut run = FaultRun::start(spec("leader killed 3 times", 5, 3)).await.expect("cluster starts");
+    for _ in 0..3 {
+        run.pace(PACE).await;
+        let leader = run.wait_leader().await.expect("a leader");
+        run.kill(leader).expect("kill");
+        run.recover().await;
+        run.restart(leader).await.expect("restart");
+        run.recover().await;
+    }
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_member_killed_and_restarted() {
+    let _serial = serial().await;
+    init_logs();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let mut run = FaultRun::start(spec("random member killed and restarted", 5, 3)).await.expect("starts");
+    for _ in 0..2 {
+        run.pace(PACE).await;
+        let victim = rng.random_range(0..run.cluster.len());
+        run.kill(victim).expect("kill");
+        run.pace(PACE).await;
+        run.recover().await;
+        run.restart(victim).await.expect("restart");
+        run.recover().await;
+    }
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_paused_beyond_the_election_timeout() {
+    let _serial = serial().await;
+    init_logs();
+    let mut run = FaultRun::start(spec("leader, then a follower, paused 3 s", 5, 3)).await.expect("starts");
+    // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
+    let pause = Duration::from_secs(3);
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    run.pause(leader).expect("pause");
+    run.pace(pause).await;
+    run.resume(leader).expect("resume");
+    run.recover().await;
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let follower = (leader + 1) % run.cluster.len();
+    run.pause(follower).expect("pause");
+    run.pace(pause).await;
+    run.resume(follower).expect("resume");
+    run.recover().await;
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_and_majority_partitions_then_healed() {
+    if let Some(why) = NetLab::unavailable() {
+        eprintln!("skipped: needs root and ip netns ({why})");
+        return;
+    }
+    let _serial = serial().await;
+    init_logs();
+    let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
+    spec.cluster = spec.cluster.with_netns();
+    let mut run = FaultRun::start(spec).await.expect("starts");
+    let n = run.cluster.len();
+
+    // The leader alone on one side: the classic stale read of an isolated old leader.
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    run.partition(&[&[leader], &others]).expect("partition");
+    run.pace(Duration::from_secs(4)).await;
+    run.heal().expect("heal");
+    run.recover().await;
+
+    // Two members that do not lead cut off from the three others (the leader among them).
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let minority: Vec<usize> = (0..n).filter(|&i| i != leader).take(2).collect();
+    let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+    run.partition(&[&minority, &majority]).expect("partition");
+    run.pace(Duration::from_secs(4)).await;
+    run.heal().expect("heal");
+    run.recover().await;
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_killed_and_restarted_from_its_data() {
+    let _serial = serial().await;
+    init_logs();
+    let mut run = FaultRun::start(spec("whole cluster killed and restarted", 3, 3)).await.expect("starts");
+    for _ in 0..2 {
+        run.pace(PACE).await;
+        run.fault("kill every member");
+        run.cluster.kill_all().expect("kill all");
+        run.restart_stopped().await.expect("every member restarts");
+        run.recover().await;
+    }
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
