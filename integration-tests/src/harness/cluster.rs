@@ -73,32 +73,43 @@ impl ProcessCluster {
         std::fs::write(&config_file, spec.config.to_toml()).context("cannot write the agent config")?;
         let lab = if spec.netns { Some(NetLab::new(spec.members)?) } else { None };
         let mut cluster = ProcessCluster { spec, agents: Vec::new(), lab, dir, keep: false };
-        let mut seeds = Vec::new();
-        for i in 0..cluster.spec.members {
-            let (host, ports, wrapper) = match &cluster.lab {
-                Some(lab) => (lab.member_ip(i), NETNS_PORTS, lab.wrapper(i)),
-                None => (IpAddr::V4(Ipv4Addr::LOCALHOST), Ports::default(), Vec::new()),
-            };
-            let spec = AgentSpec {
-                name: format!("m{i}"),
-                host,
-                ports,
-                seeds: seeds.clone(),
-                data_dir: cluster.dir.path().join(format!("m{i}")),
-                config_file: config_file.clone(),
-                log_file: cluster.dir.path().join(format!("m{i}.log")),
-                wrapper,
-            };
-            let mut agent = Agent::spawn(spec)?;
-            let line = agent.wait_started(cluster.spec.start_timeout)?;
-            if seeds.is_empty() {
-                seeds.push(line.gossip.to_string());
-            }
-            cluster.agents.push(agent);
+        for _ in 0..cluster.spec.members {
+            cluster.add_member()?;
         }
-        // Restarted members seed from every other member, so any of them can rejoin.
-        cluster.refresh_seeds();
         Ok(cluster)
+    }
+
+    /// Starts one more member, joining the running ones (the first member forms
+    /// the cluster), and waits for its start line; returns its index. In network
+    /// namespaces, only the members the lab was made for can be added.
+    pub fn add_member(&mut self) -> Result<usize> {
+        let i = self.agents.len();
+        let (host, ports, wrapper) = match &self.lab {
+            Some(lab) if i < lab.len() => (lab.member_ip(i), NETNS_PORTS, lab.wrapper(i)),
+            Some(_) => bail!("the network lab has no namespace for a member m{i}"),
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), Ports::default(), Vec::new()),
+        };
+        let seeds: Vec<String> = self
+            .live()
+            .into_iter()
+            .filter_map(|j| self.agents[j].start_line().map(|s| s.gossip.to_string()))
+            .collect();
+        let spec = AgentSpec {
+            name: format!("m{i}"),
+            host,
+            ports,
+            seeds,
+            data_dir: self.dir.path().join(format!("m{i}")),
+            config_file: self.dir.path().join("agent.toml"),
+            log_file: self.dir.path().join(format!("m{i}.log")),
+            wrapper,
+        };
+        let mut agent = Agent::spawn(spec)?;
+        agent.wait_started(self.spec.start_timeout)?;
+        self.agents.push(agent);
+        // Restarted members seed from every other member, so any of them can rejoin.
+        self.refresh_seeds();
+        Ok(i)
     }
 
     fn refresh_seeds(&mut self) {
@@ -253,6 +264,18 @@ impl ProcessCluster {
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.agents[i].restart()?;
         self.agents[i].wait_started(self.spec.start_timeout)?;
+        Ok(())
+    }
+
+    /// Restarts member `i` from its data directory on new ports (loopback only)
+    /// and waits for its start line.
+    pub fn restart_on_new_ports(&mut self, i: usize) -> Result<()> {
+        if self.lab.is_some() {
+            bail!("members in namespaces keep their fixed ports");
+        }
+        self.agents[i].restart_on_new_ports()?;
+        self.agents[i].wait_started(self.spec.start_timeout)?;
+        self.refresh_seeds();
         Ok(())
     }
 

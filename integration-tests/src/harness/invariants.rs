@@ -11,7 +11,8 @@
 //!   one answer, and [`live_start_line_duplicates`] compares what the live
 //!   processes themselves reported;
 //! - (d) the voter count returns to the configured number ([`wait_voters`]);
-//! - (e) every live member agrees on the live members ([`wait_members_agree`]).
+//! - (e) every live member agrees on the live members ([`wait_members_agree`]) and
+//!   has caught up with the leader ([`wait_caught_up`]).
 //!
 //! The waits are bounded and poll; they return how long recovery took.
 
@@ -174,22 +175,77 @@ pub async fn wait_voters(cluster: &mut ProcessCluster, deadline: Duration) -> Re
     }
 }
 
+/// (e), the raft side: waits until every live member has applied what the leader
+/// had applied when the wait began (a member raft cannot reach never does), and
+/// returns how long it took.
+pub async fn wait_caught_up(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut target = None;
+    loop {
+        let mut behind = None;
+        if target.is_none()
+            && let Some(leader) = cluster.leader().await
+        {
+            target = cluster.status_of(leader).await.ok().and_then(|s| s.applied_index);
+        }
+        match target {
+            None => behind = Some("no leader's applied index yet".to_owned()),
+            Some(target) => {
+                for i in cluster.live() {
+                    let applied = cluster.status_of(i).await.ok().and_then(|s| s.applied_index);
+                    if applied.is_none_or(|a| a < target) {
+                        behind = Some(format!("m{i} applied {applied:?}, the leader had applied {target}"));
+                        break;
+                    }
+                }
+            }
+        }
+        match behind {
+            None => return Ok(start.elapsed()),
+            Some(why) if start.elapsed() > deadline => {
+                bail!("the live members did not catch up within {deadline:?}: {why}")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// (e): waits until every live member's records name exactly the live members,
-/// each with a short id, and returns how long it took.
+/// each with a short id and with the ports its process reported, and returns how
+/// long it took.
 pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
     let start = Instant::now();
     loop {
         let live = cluster.live();
         let expected: BTreeSet<String> = cluster.live_member_ids().into_iter().collect();
+        let ports: BTreeMap<String, (u16, u16)> = live
+            .iter()
+            .filter_map(|&i| {
+                cluster
+                    .agent(i)
+                    .start_line()
+                    .map(|s| (s.member_id.clone(), (s.raft.port(), s.service.port())))
+            })
+            .collect();
         let mut disagreement = None;
         for &i in &live {
             match cluster.members_of(i).await {
                 Ok(records) => {
                     let seen: BTreeSet<String> = records.iter().map(|r| r.member_id.to_string()).collect();
                     let unassigned = records.iter().filter(|r| r.short_id.is_none()).count();
-                    if seen != expected || unassigned > 0 {
+                    let stale: Vec<String> = records
+                        .iter()
+                        .filter(|r| {
+                            ports
+                                .get(&r.member_id.to_string())
+                                .is_some_and(|p| *p != (r.raft_port, r.service_port))
+                        })
+                        .map(|r| r.member_id.to_string())
+                        .collect();
+                    if seen != expected || unassigned > 0 || !stale.is_empty() {
                         disagreement = Some(format!(
-                            "m{i} records {seen:?} ({unassigned} without short id), live {expected:?}"
+                            "m{i} records {seen:?} ({unassigned} without short id, stale ports of {stale:?}), \
+                             live {expected:?}"
                         ));
                         break;
                     }
@@ -207,5 +263,34 @@ pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Op, Operation, Outcome};
+
+    fn op(client: u64, key: &str, (call, ret): (u64, u64), op: Op, outcome: Outcome) -> Operation {
+        Operation { client, key: key.into(), op, call, ret: Some(ret), outcome }
+    }
+
+    #[test]
+    fn a_final_read_missing_an_acknowledged_write_is_a_lost_write() {
+        let set = |v: &str| Op::Set { value: v.as_bytes().to_vec() };
+        let value = |v: &str| Some(v.as_bytes().to_vec());
+        let mut ops = vec![
+            op(1, "a", (0, 10), set("1"), Outcome::SetOk { created: true }),
+            op(1, "a", (20, 30), set("2"), Outcome::SetOk { created: false }),
+            op(2, "b", (0, 10), set("x"), Outcome::SetOk { created: true }),
+            op(FINAL_READ_CLIENT, "b", (40, 50), Op::Get, Outcome::GetOk(value("x"))),
+        ];
+        let good = History::new(ops.clone());
+        assert!(check_history(&good).is_ok());
+        assert!(lost_write_keys(&good).is_empty());
+        ops.push(op(FINAL_READ_CLIENT, "a", (40, 50), Op::Get, Outcome::GetOk(value("1"))));
+        let lost = History::new(ops);
+        assert!(check_history(&lost).is_err());
+        assert_eq!(lost_write_keys(&lost), ["a"]);
     }
 }

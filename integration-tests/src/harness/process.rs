@@ -424,6 +424,14 @@ impl Agent {
         }
     }
 
+    /// Starts the process again from its data directory on ports from the OS (new
+    /// ones, most likely). Wait with [`Agent::wait_started`].
+    pub fn restart_on_new_ports(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spec.ports = Ports::default();
+        self.spawn_process()
+    }
+
     /// Starts the process again from its data directory, on the ports of its last
     /// start (killing it first if it still runs). Wait with [`Agent::wait_started`].
     pub fn restart(&mut self) -> Result<()> {

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::client::{Workload, WorkloadSpec, WorkloadStats, final_reads};
 use super::cluster::{ClusterSpec, ProcessCluster};
 use super::invariants::{
-    ShortIdMonitor, check_history, live_start_line_duplicates, lost_write_keys, wait_members_agree,
-    wait_voters,
+    ShortIdMonitor, check_history, live_start_line_duplicates, lost_write_keys, wait_caught_up,
+    wait_members_agree, wait_voters,
 };
 use crate::history::{History, HistoryRecorder};
 
@@ -67,6 +67,8 @@ pub struct FaultRun {
     recoveries: Vec<Duration>,
     problems: Vec<String>,
     started: Instant,
+    /// When the last fault ended (or was injected, for one that does not end by itself).
+    fault_end: Option<Instant>,
 }
 
 impl FaultRun {
@@ -86,6 +88,7 @@ impl FaultRun {
             recoveries: Vec::new(),
             problems: Vec::new(),
             started: Instant::now(),
+            fault_end: None,
         };
         let deadline = run.spec.recovery_deadline;
         wait_voters(&mut run.cluster, deadline).await?;
@@ -102,6 +105,13 @@ impl FaultRun {
         let what = what.into();
         tracing::info!(fault = %what, "fault injected");
         self.faults.push(what);
+        self.fault_ended();
+    }
+
+    /// Notes that the last fault ended now (a heal, a resume, a restart): recovery
+    /// times count from here.
+    pub fn fault_ended(&mut self) {
+        self.fault_end = Some(Instant::now());
     }
 
     /// The faults injected so far.
@@ -134,19 +144,22 @@ impl FaultRun {
     }
 
     /// Waits until the cluster recovered from the last fault: (d) the voter count
-    /// is back, (e) the live members agree on the live members, and a write goes
-    /// through. Returns the time it took (from this call); a recovery that does
-    /// not happen in time is recorded as a failed invariant.
+    /// is back, (e) the live members agree on the live members, a write goes
+    /// through, and every live member applied it. Returns the recovery time, counted from the end of the last fault
+    /// ([`FaultRun::fault_ended`]); a recovery that does not happen within the
+    /// deadline (counted from this call) is recorded as a failed invariant.
     pub async fn recover(&mut self) -> Duration {
         let start = Instant::now();
+        let since = self.fault_end.take().unwrap_or(start);
         let deadline = self.spec.recovery_deadline;
         let result = async {
             wait_voters(&mut self.cluster, deadline).await?;
             wait_members_agree(&mut self.cluster, deadline.saturating_sub(start.elapsed())).await?;
-            self.probe_write(deadline.saturating_sub(start.elapsed())).await
+            self.probe_write(deadline.saturating_sub(start.elapsed())).await?;
+            wait_caught_up(&mut self.cluster, deadline.saturating_sub(start.elapsed())).await.map(|_| ())
         }
         .await;
-        let took = start.elapsed();
+        let took = since.elapsed();
         match result {
             Ok(()) => self.recoveries.push(took),
             Err(e) => {
@@ -176,6 +189,31 @@ impl FaultRun {
         blocking(|| self.cluster.restart(i))
     }
 
+    /// Restarts member `i` from its data directory on new ports (see
+    /// [`ProcessCluster::restart_on_new_ports`]).
+    pub async fn restart_on_new_ports(&mut self, i: usize) -> Result<()> {
+        self.fault(format!("restart m{i} on new ports"));
+        blocking(|| self.cluster.restart_on_new_ports(i))
+    }
+
+    /// Stops member `i` gracefully (SIGTERM: it leaves the cluster).
+    pub fn terminate(&mut self, i: usize) -> Result<()> {
+        self.fault(format!("graceful stop of m{i}"));
+        let timeout = Duration::from_millis(self.cluster.spec().config.leave_ms) + Duration::from_secs(30);
+        let status = blocking(|| self.cluster.agent(i).terminate(timeout))?;
+        if !status.success() {
+            self.problems.push(format!("m{i} exited with {status} after SIGTERM"));
+        }
+        Ok(())
+    }
+
+    /// Starts a new member that joins the cluster (loopback clusters), and returns
+    /// its index. The workload keeps its members; the invariants include the new one.
+    pub async fn join(&mut self) -> Result<usize> {
+        self.fault(format!("join of m{}", self.cluster.len()));
+        blocking(|| self.cluster.add_member())
+    }
+
     /// Restarts every stopped member at once and waits for their start lines.
     pub async fn restart_stopped(&mut self) -> Result<()> {
         self.fault("restart every stopped member");
@@ -190,6 +228,7 @@ impl FaultRun {
 
     /// Resumes member `i` (SIGCONT).
     pub fn resume(&mut self, i: usize) -> Result<()> {
+        self.fault_ended();
         self.cluster.agent(i).resume()
     }
 
@@ -201,6 +240,7 @@ impl FaultRun {
 
     /// Removes every network cut.
     pub fn heal(&mut self) -> Result<()> {
+        self.fault_ended();
         self.cluster.heal()
     }
 
