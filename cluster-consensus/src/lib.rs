@@ -20,7 +20,7 @@
 //!     raft_listen_addr: "127.0.0.1:0".parse().unwrap(), // 0: any free port
 //!     advertise_host: "127.0.0.1".to_owned(),
 //!     service_addr: "127.0.0.1:7001".to_owned(),
-//!     data_dir: None, // in memory; a directory makes it durable (redb)
+//!     data_dir: None, // in memory; a directory makes it durable
 //!     timing: RaftTiming::default(),
 //!     max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
 //!     rpc_timeout: Duration::from_secs(1),
@@ -46,8 +46,9 @@
 //!   the table of answered request ids (a retried write is applied at most
 //!   once, FIFO-bounded to [`state_machine::REMEMBERED_REQUESTS`]), the feed of
 //!   watchers, and snapshots that hold all of it.
-//! - [`log_store`]: the raft log in memory, written through to redb by one
-//!   writer thread that group-commits (feature `durable`, on by default). The
+//! - [`log_store`]: the raft log in memory, written through by one writer
+//!   thread that group-commits to its own segmented write-ahead log (one
+//!   `fdatasync` per batch; vote, purge point and snapshot in redb) (feature `durable`, on by default). The
 //!   state machine reloads from the persisted snapshot on open; raft then
 //!   re-applies the committed log after it.
 //! - [`network`]: raft RPC over TCP with core's wire codec (cluster id and

@@ -2,10 +2,17 @@
 //!
 //! [`LogStore`] keeps the log in memory (a `BTreeMap`, bounded by snapshots
 //! and purging) and, with a data directory, writes every change through the
-//! [`durable`] writer before reporting it durable. Reads never touch disk.
+//! [`durable`] writer before reporting it durable. Reads never touch disk:
+//! the in-memory map is the cache of the whole live log.
+//!
+//! - [`durable`]: the writer thread, the storage's files and recovery.
+//! - [`wal`]: the log's own append-only segmented file format (one
+//!   `fdatasync` per group commit; why not redb is explained there).
 
 #[cfg(feature = "durable")]
 pub mod durable;
+#[cfg(feature = "durable")]
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

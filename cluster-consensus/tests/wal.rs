@@ -1,0 +1,188 @@
+//! The write-ahead log of the durable storage: torn tails, segment rollover,
+//! purge and truncation across segments, corruption, reopening.
+
+#![cfg(feature = "durable")]
+
+use std::io::Write;
+use std::path::Path;
+
+use cluster_consensus::log_store::durable;
+use cluster_consensus::log_store::wal::{Framed, Record, Wal, WalError, WalOptions, frame};
+use cluster_consensus::typecfg::{Entry, LogId};
+use cluster_core::MemberId;
+use openraft::{CommittedLeaderId, EntryPayload};
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, MemberId::from(1u64)), index)
+}
+
+fn entry(index: u64) -> Entry {
+    Entry { log_id: log_id(index), payload: EntryPayload::Blank }
+}
+
+fn framed(index: u64) -> Framed {
+    Framed { index: Some(index), bytes: frame(&Record::Entry(entry(index))).expect("frames") }
+}
+
+fn small() -> WalOptions {
+    // About 6 entries per segment.
+    WalOptions { segment_size: 128 }
+}
+
+fn write_all(wal: &mut Wal, range: std::ops::RangeInclusive<u64>) {
+    for i in range {
+        wal.write(&framed(i)).expect("write");
+    }
+    wal.sync().expect("sync");
+}
+
+fn indexes(dir: &Path, options: WalOptions, purged: Option<u64>) -> (Vec<u64>, Wal) {
+    let (wal, recovered) = Wal::open(dir, options, purged).expect("reopen");
+    (recovered.entries.keys().copied().collect(), wal)
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open segment");
+    f.write_all(bytes).expect("append");
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_good_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default(), None).expect("open");
+    write_all(&mut wal, 1..=10);
+    drop(wal);
+
+    // Half a record, as a crash in the middle of a write leaves it.
+    let half = framed(11).bytes;
+    append_bytes(&last_segment(dir.path()), &half[..half.len() / 2]);
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
+    assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(recovered.torn_bytes, (half.len() / 2) as u64);
+    drop(wal);
+
+    // A whole record with a bad checksum, then garbage.
+    let mut bad = framed(11).bytes;
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF;
+    bad.extend_from_slice(&[0xAB; 37]);
+    append_bytes(&last_segment(dir.path()), &bad);
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
+    assert_eq!(recovered.entries.len(), 10);
+    assert_eq!(recovered.torn_bytes, bad.len() as u64);
+
+    // The log continues after the cut.
+    write_all(&mut wal, 11..=12);
+    drop(wal);
+    let (got, _) = indexes(dir.path(), WalOptions::default(), None);
+    assert_eq!(got, (1..=12).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_durable_storage_reopens_after_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wal_dir = dir.path().join(durable::WAL_DIR);
+    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default(), None).expect("open");
+    write_all(&mut wal, 0..=5);
+    wal.write_committed(Some(log_id(4))).expect("committed");
+    wal.sync().expect("sync");
+    drop(wal);
+    append_bytes(&last_segment(&wal_dir), &[9, 0, 0, 0, 1, 2]);
+
+    let opened = durable::open(&dir.path().join("raft.redb")).expect("open");
+    assert_eq!(opened.log.log.keys().copied().collect::<Vec<_>>(), (0..=5).collect::<Vec<_>>());
+    assert_eq!(opened.log.committed, Some(log_id(4)));
+    assert_eq!(opened.log.last_purged, None);
+    opened.writer.close();
+}
+
+#[test]
+fn segments_roll_over_and_purge_deletes_whole_purged_segments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
+    wal.write_committed(Some(log_id(3))).expect("committed");
+    write_all(&mut wal, 1..=50);
+    let before = wal.segment_ids();
+    assert!(before.len() >= 5, "rolled over: {before:?}");
+
+    wal.purge(30).expect("purge");
+    let after = wal.segment_ids();
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    assert!(after[0] > 1, "the oldest segments are gone: {after:?}");
+    let on_disk = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(on_disk, after.len(), "files match the segments");
+    drop(wal);
+
+    // Entries at or below the purge point left in a partly purged segment are skipped.
+    let (wal, recovered) = Wal::open(dir.path(), small(), Some(30)).expect("reopen");
+    assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (31..=50).collect::<Vec<_>>());
+    assert_eq!(recovered.committed, Some(Some(log_id(3))), "the committed id survives the purge");
+    assert_eq!(wal.segment_ids(), after);
+
+    // Purging everything keeps the active segment.
+    let mut wal = wal;
+    wal.purge(50).expect("purge all");
+    assert_eq!(wal.segment_ids().len(), 1);
+    write_all(&mut wal, 51..=52);
+    drop(wal);
+    let (got, _) = indexes(dir.path(), small(), Some(50));
+    assert_eq!(got, vec![51, 52]);
+}
+
+#[test]
+fn truncate_across_a_segment_boundary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
+    write_all(&mut wal, 1..=40);
+    wal.write_committed(Some(log_id(9))).expect("committed");
+    wal.sync().expect("sync");
+    let before = wal.segment_ids();
+
+    wal.truncate(12).expect("truncate");
+    let after = wal.segment_ids();
+    assert!(after.len() < before.len() - 2, "{before:?} -> {after:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), after.len());
+    drop(wal);
+
+    let (wal, recovered) = Wal::open(dir.path(), small(), None).expect("reopen");
+    assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>());
+    assert_eq!(recovered.committed, Some(Some(log_id(9))), "the committed id survives the truncation");
+
+    // New entries follow the cut, rolling over again.
+    let mut wal = wal;
+    write_all(&mut wal, 12..=30);
+    wal.truncate(30).expect("truncate the last entry");
+    wal.truncate(100).expect("truncating past the end does nothing");
+    drop(wal);
+    let (got, _) = indexes(dir.path(), small(), None);
+    assert_eq!(got, (1..=29).collect::<Vec<_>>());
+}
+
+#[test]
+fn corruption_before_the_last_segment_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
+    write_all(&mut wal, 1..=30);
+    let first = dir.path().join(format!("{:08}.wal", wal.segment_ids()[0]));
+    drop(wal);
+    let mut bytes = std::fs::read(&first).expect("read");
+    bytes[10] ^= 0x55;
+    std::fs::write(&first, bytes).expect("write");
+    match Wal::open(dir.path(), small(), None) {
+        Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, 0),
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    // Through the storage: an error, no panic.
+    let redb = tempfile::tempdir().expect("temp dir");
+    assert!(durable::open_with(&redb.path().join("raft.redb"), dir.path(), small()).is_err());
+}
