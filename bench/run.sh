@@ -45,12 +45,39 @@ fi
 command -v etcd >/dev/null || say "etcd missing: etcd figures not measured"
 command -v serf >/dev/null || say "serf missing: serf figures not measured"
 
-# 2. Release builds: our program (workspace) and the bench (its own project).
-say "building carbon (release)"
-cargo build --release --bin carbon
-CARBON="$ROOT/target/release/carbon"
+# 2. Release builds from a clean snapshot: the committed HEAD (others may be
+# editing the working tree) plus this working tree's bench/. The snapshot lives
+# at a stable path and only changed files are rewritten, so rebuilds stay small.
+SRC="$CARGO_TARGET_DIR_BENCH/src-snapshot"
+EXPORT="$(mktemp -d /tmp/carbon-bench-src.XXXXXX)"
+git archive HEAD | tar -x -C "$EXPORT"
+rm -rf "$EXPORT/bench" && mkdir -p "$EXPORT/bench"
+tar -C bench --exclude=results -cf - . | tar -x -C "$EXPORT/bench"
+python3 - "$EXPORT" "$SRC" <<'PY'
+import filecmp, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+want = set()
+for root, _, files in os.walk(src):
+    for f in files:
+        rel = os.path.relpath(os.path.join(root, f), src)
+        want.add(rel)
+        d = os.path.join(dst, rel)
+        if not (os.path.exists(d) and filecmp.cmp(os.path.join(src, rel), d, shallow=False)):
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            shutil.copy2(os.path.join(src, rel), d)
+            os.utime(d)
+for root, _, files in os.walk(dst):
+    for f in files:
+        rel = os.path.relpath(os.path.join(root, f), dst)
+        if rel not in want:
+            os.remove(os.path.join(dst, rel))
+PY
+rm -rf "$EXPORT"
+say "building carbon (release) from HEAD $(git rev-parse --short HEAD) in $SRC"
+(cd "$SRC" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR_BENCH" cargo build --release --bin carbon)
+CARBON="$CARGO_TARGET_DIR_BENCH/release/carbon"
 say "building the bench (release, target $CARGO_TARGET_DIR_BENCH)"
-CARGO_TARGET_DIR="$CARGO_TARGET_DIR_BENCH" cargo build --release --manifest-path bench/Cargo.toml
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR_BENCH" cargo build --release --manifest-path "$SRC/bench/Cargo.toml"
 BENCH="$CARGO_TARGET_DIR_BENCH/release/carbon-bench"
 
 # 3. Machine and versions.
@@ -58,7 +85,7 @@ json_str() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().stri
 MEM_KIB="$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
 CPU_MODEL="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | json_str)"
 MACHINE="{\"nproc\": $(nproc), \"mem_total_gib\": $(awk "BEGIN {printf \"%.1f\", $MEM_KIB/1048576}"), \"kernel\": $(uname -r | json_str), \"cpu\": $CPU_MODEL, \"data_fs\": $(df -T /tmp | awk 'NR==2 {print $2}' | json_str)}"
-OURS_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo '+dirty')"
+OURS_REV="$(git rev-parse --short HEAD) (clean snapshot of HEAD; bench/ from the working tree)"
 ETCD_V="$( (etcd --version 2>/dev/null | head -1) || echo 'not installed')"
 SERF_V="$( (serf version 2>/dev/null | head -1) || echo 'not installed')"
 SERF_PKG="$( (dpkg-query -W -f '${Version}' serf 2>/dev/null) || echo '')"
@@ -72,8 +99,8 @@ mkdir -p "$OUT"
 setsid "$BENCH" --carbon "$CARBON" --out "$OUT" --work-dir "$WORK" --reps "$REPS" --secs "$SECS" --only "$ONLY" \
     --machine "$MACHINE" --versions "$VERSIONS" \
     --command "bash bench/run.sh (REPS=$REPS SECS=$SECS ONLY=$ONLY)" \
-    --command "cargo build --release --bin carbon" \
-    --command "CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH cargo build --release --manifest-path bench/Cargo.toml" \
+    --command "cargo build --release --bin carbon (in a snapshot of HEAD, CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH)" \
+    --command "CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH cargo build --release --manifest-path <snapshot>/bench/Cargo.toml" \
     --command "$BENCH --carbon $CARBON --out $OUT --work-dir <tmp> --reps $REPS --secs $SECS --only $ONLY" \
     --command "carbon agent --host 127.0.0.1 --cluster-id bench-<tag> --num-voters 3 --gossip-port 0 --raft-port 0 --service-port 0 --grid-port 0 [--data-dir <tmp>/<name>] [--seed <first gossip addr>]" \
     --command "etcd --name <n> --data-dir <tmp>/<n> --listen-client-urls http://127.0.0.1:<c> --advertise-client-urls http://127.0.0.1:<c> --listen-peer-urls http://127.0.0.1:<p> --initial-advertise-peer-urls http://127.0.0.1:<p> --initial-cluster <3 members> --initial-cluster-state new --heartbeat-interval 100 --election-timeout 1000" \

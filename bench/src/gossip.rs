@@ -15,7 +15,7 @@ use cluster_gossip::{Gossip, GossipConfig};
 use rmpv::Value;
 
 use crate::Ctx;
-use crate::procs::{SerfAgent, spawn_serf};
+use crate::procs::{SerfAgent, spawn_serf, wait_listening};
 use crate::report::{Better, Measured, Row};
 
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
@@ -182,6 +182,8 @@ async fn serf_once(ctx: &Ctx, n: usize, rep: usize) -> Result<(f64, f64, f64)> {
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
     let mut agents: Vec<SerfAgent> = vec![spawn_serf(&dir, &format!("s{rep}-0"), None)?];
+    // Others join the first once it listens (serf exits when -join fails).
+    wait_listening(&agents[0].rpc, Duration::from_secs(10)).await?;
     let join = agents[0].bind.clone();
     for i in 1..n {
         agents.push(spawn_serf(&dir, &format!("s{rep}-{i}"), Some(&join))?);

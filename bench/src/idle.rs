@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 
 use crate::Ctx;
-use crate::procs::{CarbonCluster, EtcdCluster, SerfAgent, spawn_serf};
+use crate::procs::{CarbonCluster, EtcdCluster, SerfAgent, spawn_serf, wait_listening};
 use crate::report::{Better, Measured, Row};
 
 /// CPU ticks (utime + stime) of a process.
@@ -68,7 +68,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         for i in 0..3 {
             let join = v.first().map(|a: &SerfAgent| a.bind.clone());
             match spawn_serf(&dir, &format!("idle-{i}"), join.as_deref()) {
-                Ok(a) => v.push(a),
+                Ok(a) => {
+                    if i == 0 {
+                        let _ = wait_listening(&a.rpc, Duration::from_secs(10)).await;
+                    }
+                    v.push(a)
+                }
                 Err(e) => err = Some(format!("{e:#}")),
             }
         }

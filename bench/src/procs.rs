@@ -3,7 +3,7 @@
 //! data lives in a temporary directory removed at the end of the run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -13,11 +13,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A free loopback port (TCP and UDP both free at the time of asking).
+/// Never hands out the same port twice in one run.
 pub fn free_port() -> Result<u16> {
-    for _ in 0..50 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..200 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }
@@ -27,7 +31,6 @@ pub fn free_port() -> Result<u16> {
 /// A child process that is killed when dropped.
 pub struct Proc {
     pub child: Child,
-    pub name: String,
 }
 
 impl Proc {
@@ -107,7 +110,7 @@ impl CarbonCluster {
                 member_id: field("member")?,
                 service: field("service")?,
                 gossip: field("gossip")?,
-                proc: Proc { child, name },
+                proc: Proc { child },
             });
         }
         let c = CarbonCluster { agents, cluster_id };
@@ -210,7 +213,7 @@ impl EtcdCluster {
                 .kill_on_drop(true)
                 .spawn()
                 .context("spawn etcd")?;
-            members.push(EtcdMember { proc: Proc { child, name: name.clone() }, client_url });
+            members.push(EtcdMember { proc: Proc { child }, client_url });
         }
         let c = EtcdCluster { members };
         c.wait_leader(&[], Duration::from_secs(30)).await?;
@@ -287,7 +290,7 @@ pub fn spawn_serf(dir: &Path, name: &str, join: Option<&str>) -> Result<SerfAgen
         .kill_on_drop(true)
         .spawn()
         .context("spawn serf")?;
-    Ok(SerfAgent { proc: Proc { child, name: name.to_string() }, name: name.to_string(), bind, rpc })
+    Ok(SerfAgent { proc: Proc { child }, name: name.to_string(), bind, rpc })
 }
 
 /// Whether an executable is on PATH.
@@ -297,6 +300,20 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn is_exec(p: &PathBuf) -> bool {
+fn is_exec(p: &Path) -> bool {
     p.is_file()
+}
+
+/// Waits until a TCP port accepts connections (a serf agent's RPC port).
+pub async fn wait_listening(addr: &str, within: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if t.elapsed() > within {
+            bail!("{addr} not listening within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
