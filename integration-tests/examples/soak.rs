@@ -50,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
     spec.workload.keys = 6;
     spec.workload.seed = seed;
     spec.workload.pace = Duration::from_millis(2);
+    // Shorter than the tests' 10 s: more operations end unknown, as in Jepsen.
+    spec.workload.op_timeout = Duration::from_secs(4);
     spec.workload.max_ops = u64::MAX;
     spec.workload.max_duration = Duration::from_secs(secs + 600);
     spec.workload.rotate_keys_every = Some(Duration::from_secs(30));
