@@ -186,3 +186,42 @@ fn corruption_before_the_last_segment_is_an_error_not_a_panic() {
     let redb = tempfile::tempdir().expect("temp dir");
     assert!(durable::open_with(&redb.path().join("raft.redb"), dir.path(), small()).is_err());
 }
+
+#[test]
+fn a_redb_log_of_an_older_build_moves_to_the_write_ahead_log() {
+    use redb::{Database, TableDefinition};
+    const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+    const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft.redb");
+    {
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut log = txn.open_table(LOG).expect("log");
+            for i in 3..=9 {
+                log.insert(i, enc(&entry(i)).as_slice()).expect("insert");
+            }
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert("committed", enc(&Some(log_id(8))).as_slice()).expect("insert");
+            meta.insert("last_purged", enc(&log_id(4)).as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    for _ in 0..2 {
+        // The second open finds the log already moved.
+        let opened = durable::open(&path).expect("open");
+        assert_eq!(opened.log.log.keys().copied().collect::<Vec<_>>(), (5..=9).collect::<Vec<_>>());
+        assert_eq!(opened.log.committed, Some(log_id(8)));
+        assert_eq!(opened.log.last_purged, Some(log_id(4)));
+        opened.writer.close();
+    }
+    let (got, _) = indexes(&dir.path().join(durable::WAL_DIR), WalOptions::default(), None);
+    assert_eq!(got, (3..=9).collect::<Vec<_>>());
+}
+
+/// bincode as the older build stored values.
+fn enc<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encodes")
+}

@@ -115,19 +115,22 @@ pub fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Ope
             old_entries.push((k.value(), decode::<Entry>(v.value())?));
         }
         if !old_entries.is_empty() || old_committed.is_some() {
-            if log.log.is_empty() && committed.is_none() {
-                for (index, entry) in old_entries {
-                    wal.write(&Framed { index: Some(index), bytes: frame(&Record::Entry(entry.clone()))? })?;
-                    if log.last_purged.is_none_or(|p| index > p.index) {
-                        log.log.insert(index, entry);
-                    }
+            // The table is emptied only once the log holds its entries
+            // durably: whatever the log holds now is from a migration cut
+            // short, so it starts over.
+            wal.truncate(0)?;
+            log.log.clear();
+            for (index, entry) in old_entries {
+                wal.write(&Framed { index: Some(index), bytes: frame(&Record::Entry(entry.clone()))? })?;
+                if log.last_purged.is_none_or(|p| index > p.index) {
+                    log.log.insert(index, entry);
                 }
-                if let Some(c) = old_committed {
-                    wal.write_committed(c)?;
-                    committed = Some(c);
-                }
-                wal.sync()?;
             }
+            if let Some(c) = old_committed {
+                wal.write_committed(c)?;
+                committed = Some(c);
+            }
+            wal.sync()?;
             old_log.retain(|_, _| false).map_err(io)?;
             meta.remove(COMMITTED).map_err(io)?;
         }
@@ -175,10 +178,9 @@ impl Writer {
                 break;
             }
         }
-        // Appends queued behind a stop (none in practice) fail.
-        self.fail("the durable storage is closed".to_owned());
-        self.flush();
-        // `db` and the log files close here and can be reopened.
+        // Changes queued behind a stop (none in practice) are dropped
+        // unanswered: their askers see the storage closed. `db` and the log
+        // files close here and can be reopened.
     }
 
     fn fail(&mut self, error: String) {
