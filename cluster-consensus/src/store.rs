@@ -487,6 +487,13 @@ impl ConsensusStore for RaftStore {
         }
     }
 
+    async fn set_endpoints(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
+        // SetNodes only changes where a member is reached: its id, and so its
+        // vote and log, stay the same process's, which is what makes it safe.
+        let change = ChangeMembers::SetNodes(std::collections::BTreeMap::from([(member, endpoints)]));
+        self.change_membership("setting endpoints", change, true).await
+    }
+
     async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         inner.cancel.cancel();

@@ -349,6 +349,14 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
     /// Removes a member from raft (voter or nonvoter); on the leader only.
     fn remove(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
 
+    /// Changes where a member of raft is reached — it restarted on other
+    /// ports or another address — keeping its role; on the leader only.
+    fn set_endpoints(
+        &self,
+        member: MemberId,
+        endpoints: Endpoints,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Stops raft and closes storage.
     fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
 }

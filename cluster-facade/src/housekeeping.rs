@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
-    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, VoterChange, plan_records, plan_voters,
+    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, VoterChange, plan_endpoint_updates,
+    plan_records, plan_voters,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
@@ -195,6 +196,18 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 self.departures.entry(id).or_insert(Departure::Failed(now));
             }
         }
+        // A member that restarted on other ports is reached at the new ones.
+        let in_raft: BTreeMap<MemberId, Endpoints> =
+            status.voters.iter().chain(&status.nonvoters).map(|(id, e)| (*id, e.clone())).collect();
+        let live_infos: Vec<MemberInfo> = live.values().cloned().collect();
+        for (id, endpoints) in plan_endpoint_updates(&live_infos, &in_raft) {
+            info!(member = %self.me, of = %id, raft = %endpoints.raft_addr, "member moved: new raft endpoints");
+            if let Err(e) = self.store.set_endpoints(id, endpoints).await {
+                debug!(member = %self.me, error = %e, "endpoint update failed; next round retries");
+                return;
+            }
+        }
+        let status = self.store.status();
         if let Err(e) = self.balance_voters(&status, &live, now).await {
             debug!(member = %self.me, error = %e, "voter change failed; next round retries");
             return;

@@ -167,14 +167,20 @@ async fn a_restarted_member_keeps_its_member_id_and_short_id() {
     let l = leader(&members).unwrap();
     let i = (0..3).find(|i| *i != l).unwrap();
     let m = members.remove(i);
-    let (id, short) = (m.member_id(), m.short_id());
+    let (id, short, old_raft) = (m.member_id(), m.short_id(), m.addresses().raft);
     m.abort().await.unwrap();
     let seed = members[0].addresses().gossip.to_string();
     let back = Cluster::start(with_dir(i, vec![seed])).await.unwrap();
     assert_eq!((back.member_id(), back.short_id()), (id, short));
-    wait_until_async("the restarted member has the data", || {
+    // It came back on new ports: writes made after its return must reach it.
+    assert_ne!(back.addresses().raft, old_raft, "the restart picked new ports");
+    members[0].store().set("after", b"restart".to_vec()).await.unwrap();
+    wait_until_async("the restarted member has the data from before and after", || {
         let s = back.store().clone();
-        async move { s.get("kept").ok().flatten() == Some(b"yes".to_vec()) }
+        async move {
+            s.get("kept").ok().flatten() == Some(b"yes".to_vec())
+                && s.get("after").ok().flatten() == Some(b"restart".to_vec())
+        }
     })
     .await;
     members.push(back);

@@ -1,10 +1,12 @@
 //! Pure decision logic: no I/O, no clock. Facts go in, decisions come out;
 //! the facade's housekeeping only carries them out. Tested by simulation.
 
+pub mod endpoints;
 pub mod records;
 pub mod short_id;
 pub mod voters;
 
+pub use endpoints::plan_endpoint_updates;
 pub use records::{RecordChange, RecordFacts, plan_records};
 pub use short_id::lowest_free_short_id;
 pub use voters::{Health, PlanMember, RaftMembership, VoterChange, plan_voters};

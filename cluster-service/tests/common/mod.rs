@@ -288,6 +288,10 @@ impl ConsensusStore for FakeStore {
         Err(Error::Internal("not in the fake".into()))
     }
 
+    async fn set_endpoints(&self, _member: MemberId, _endpoints: Endpoints) -> Result<()> {
+        Err(Error::Internal("not in the fake".into()))
+    }
+
     async fn shutdown(&self) -> Result<()> {
         self.shut_down.store(true, Ordering::SeqCst);
         Ok(())
