@@ -411,6 +411,11 @@ impl Wal {
         Ok(())
     }
 
+    /// True if records were written since the last [`Wal::sync`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Closes the active segment (synced) and starts the next one, which
     /// begins with the committed id.
     fn roll(&mut self) -> Result<(), WalError> {
