@@ -20,10 +20,10 @@
 //!
 //! An agent started with port 0 takes ports from the OS and reports them in its start
 //! line (`member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr>`).
-//! A restart passes the ports of the first start explicitly: a member's raft address
-//! is recorded in raft's membership, and the leader's housekeeping does not re-add a
-//! member whose endpoints changed, so a restart on new ports would leave it unreachable
-//! for raft.
+//! [`Agent::restart`] passes the ports of the last start explicitly, so that seeds
+//! and the workload's addresses stay valid; [`Agent::restart_on_new_ports`] lets the
+//! OS choose again (the leader must then update the member's raft endpoints and
+//! record; a scenario checks it).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
