@@ -85,6 +85,9 @@ pub enum WalError {
     /// A record could not be encoded.
     #[error("cannot encode a log record: {0}")]
     Encode(std::io::Error),
+    /// The log has no active segment (a bug, never a file's fault).
+    #[error("the write-ahead log has no active segment")]
+    NoSegment,
     /// A record is larger than [`MAX_RECORD`].
     #[error("a log record of {0} bytes is larger than the limit of {MAX_RECORD}")]
     TooLarge(usize),
@@ -355,10 +358,12 @@ impl Wal {
         Ok((wal, recovered))
     }
 
-    fn active_segment(&mut self) -> &mut Segment {
-        // `segments` is never empty.
-        let last = self.segments.len() - 1;
-        &mut self.segments[last]
+    fn active_segment(&mut self) -> Result<&mut Segment, WalError> {
+        self.segments.last_mut().ok_or(WalError::NoSegment)
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.segments.last().map_or_else(|| self.dir.clone(), |s| s.path.clone())
     }
 
     /// Queues `record` at the end of the log, starting a new segment first
@@ -366,13 +371,13 @@ impl Wal {
     pub fn write(&mut self, record: &Framed) -> Result<(), WalError> {
         let limit = self.options.segment_size;
         let full = {
-            let seg = self.active_segment();
+            let seg = self.active_segment()?;
             seg.len >= limit && seg.len > 0
         };
         if full {
             self.roll()?;
         }
-        let seg = self.active_segment();
+        let seg = self.active_segment()?;
         if let Some(index) = record.index {
             seg.entries.push((index, seg.len));
         }
@@ -392,8 +397,8 @@ impl Wal {
 
     fn flush_buffer(&mut self) -> Result<(), WalError> {
         if !self.buffer.is_empty() {
-            let path = &self.segments[self.segments.len() - 1].path;
-            self.active.write_all(&self.buffer).map_err(io_err("writing", path))?;
+            let written = self.active.write_all(&self.buffer);
+            written.map_err(|source| WalError::Io { op: "writing", path: self.active_path(), source })?;
             self.buffer.clear();
         }
         Ok(())
@@ -405,8 +410,8 @@ impl Wal {
             return Ok(());
         }
         self.flush_buffer()?;
-        let path = &self.segments[self.segments.len() - 1].path;
-        self.active.sync_data().map_err(io_err("syncing", path))?;
+        let synced = self.active.sync_data();
+        synced.map_err(|source| WalError::Io { op: "syncing", path: self.active_path(), source })?;
         self.dirty = false;
         Ok(())
     }
@@ -420,7 +425,7 @@ impl Wal {
     /// begins with the committed id.
     fn roll(&mut self) -> Result<(), WalError> {
         self.sync()?;
-        let id = self.active_segment().id + 1;
+        let id = self.active_segment()?.id + 1;
         let path = segment_path(&self.dir, id);
         self.active = OpenOptions::new()
             .create(true)
@@ -449,7 +454,7 @@ impl Wal {
                 std::fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
             }
         }
-        let seg = &mut self.segments[pos];
+        let seg = self.segments.get_mut(pos).ok_or(WalError::NoSegment)?;
         let cut = seg.entries.iter().position(|&(i, _)| i >= index).unwrap_or(seg.entries.len());
         let offset = seg.entries.get(cut).map_or(seg.len, |&(_, o)| o);
         seg.entries.truncate(cut);
@@ -473,7 +478,9 @@ impl Wal {
     /// on recovery.
     pub fn purge(&mut self, index: u64) -> Result<(), WalError> {
         let mut removed = false;
-        while self.segments.len() > 1 && self.segments[0].entries.last().is_none_or(|&(i, _)| i <= index) {
+        while self.segments.len() > 1
+            && self.segments.first().is_some_and(|s| s.entries.last().is_none_or(|&(i, _)| i <= index))
+        {
             let seg = self.segments.remove(0);
             std::fs::remove_file(&seg.path).map_err(io_err("removing", &seg.path))?;
             removed = true;
