@@ -51,7 +51,8 @@ impl<M: Membership, S: ConsensusStore> Clone for ClusterOf<M, S> {
 
 struct Inner<M: Membership, S: ConsensusStore> {
     member_id: MemberId,
-    short_id: ShortId,
+    short_id: watch::Receiver<Option<ShortId>>,
+    first_short_id: ShortId,
     addresses: Addresses,
     config: ClusterConfig,
     membership: Arc<M>,
@@ -225,7 +226,9 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             interval: ms(config.timeouts.housekeeping_interval_ms),
         };
         let events = membership.subscribe();
-        let keeper = Housekeeper::new(membership.clone(), store.clone(), settings, grid.clone());
+        let (own_short_id, short_id_rx) = watch::channel(None);
+        let keeper =
+            Housekeeper::new(membership.clone(), store.clone(), settings, grid.clone(), own_short_id);
         let task = tokio::spawn(keeper.run(events, stop_rx).in_current_span());
         started.stop = Some(stop.clone());
         started.housekeeping = Some(task);
@@ -241,7 +244,8 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         Ok(ClusterOf {
             inner: Arc::new(Inner {
                 member_id,
-                short_id,
+                short_id: short_id_rx,
+                first_short_id: short_id,
                 addresses: Addresses {
                     gossip: gossip_addr,
                     raft: raft_addr,
@@ -265,9 +269,24 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         self.inner.member_id
     }
 
-    /// This member's short id.
+    /// This member's short id: the one its applied state machine holds for it.
+    ///
+    /// It is the id it started with unless this member was unreachable longer
+    /// than the reap timeout: then its id was freed (and may be another
+    /// member's now), and the leader gives it a new one when it is back.
+    /// While it holds none, this returns the id it started with;
+    /// [`watch_short_id`] tells the difference, and grid events report the
+    /// change.
+    ///
+    /// [`watch_short_id`]: Self::watch_short_id
     pub fn short_id(&self) -> ShortId {
-        self.inner.short_id
+        self.inner.short_id.borrow().unwrap_or(self.inner.first_short_id)
+    }
+
+    /// Every change of this member's short id: `None` while it holds none
+    /// (freed after a long absence, a new one not yet allocated).
+    pub fn watch_short_id(&self) -> watch::Receiver<Option<ShortId>> {
+        self.inner.short_id.clone()
     }
 
     /// The addresses this member is bound to.

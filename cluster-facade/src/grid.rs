@@ -1,14 +1,19 @@
-//! Grid events: which members with a short id are live, as every member
-//! sees them through gossip. Each subscriber first receives the live members
-//! as `Joined`, then every change; one that falls behind is brought up to
-//! date with the `Joined`/`Left` events of the difference, so it never
-//! misses a net change and never blocks the cluster.
+//! Grid events: which members with a short id are live. A member is live
+//! by gossip; its short id is the one this member's applied state machine
+//! holds for it — never a gossip tag, which a member that was away can still
+//! carry after its id was reaped and given to another. The state machine
+//! cannot hold one id twice, so neither can the grid view.
+//!
+//! Each subscriber first receives the live members as `Joined`, then every
+//! change; one that falls behind is brought up to date with the
+//! `Joined`/`Left` events of the difference, so it never misses a net change
+//! and never blocks the cluster.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use cluster_core::member::{join_host_port, tag};
 use cluster_core::{
-    EventHub, GridEventKind, GridMemberEvent, Member, MemberId, MembershipEvent, ShortId, Subscription,
+    EventHub, GridEventKind, GridMemberEvent, Member, MemberId, MemberState, ShortId, Subscription,
 };
 
 type Live = BTreeMap<MemberId, GridMemberEvent>;
@@ -32,9 +37,8 @@ pub(crate) fn hub(capacity: usize) -> GridHub {
     )
 }
 
-/// The grid view of a gossip member: its short id and grid address, once it has a short id.
-fn grid_entry(m: &Member) -> Option<GridMemberEvent> {
-    let short_id: ShortId = m.tags.get(tag::SHORT_ID)?.parse().ok()?;
+/// The grid view of a live gossip member holding `short_id`.
+fn grid_entry(m: &Member, short_id: ShortId) -> Option<GridMemberEvent> {
     let host = m.tags.get(tag::HOST)?;
     let port: u16 = m.tags.get(tag::GRID_PORT)?.parse().ok()?;
     Some(GridMemberEvent {
@@ -61,29 +65,16 @@ fn diff(from: &Live, to: &Live) -> Vec<GridMemberEvent> {
     out
 }
 
-/// Applies one membership event to the hub.
-pub(crate) fn apply(hub: &GridHub, event: &MembershipEvent) {
-    hub.publish(|live| {
-        let mut next = live.clone();
-        match event {
-            MembershipEvent::Joined(m) | MembershipEvent::Updated(m) => match grid_entry(m) {
-                Some(e) => {
-                    next.insert(m.id, e);
-                }
-                None => {
-                    next.remove(&m.id);
-                }
-            },
-            MembershipEvent::Left(m) | MembershipEvent::Failed(m) => {
-                next.remove(&m.id);
-            }
-            MembershipEvent::Resync(members) => {
-                next = members.iter().filter_map(|m| grid_entry(m).map(|e| (m.id, e))).collect();
-            }
-            _ => {}
-        }
-        let events = diff(live, &next).into_iter().map(Feed::Change).collect();
-        *live = next;
+/// Brings the hub in line with the live members and the short ids held.
+pub(crate) fn refresh(hub: &GridHub, live: &[Member], short_ids: &BTreeMap<MemberId, ShortId>) {
+    let next: Live = live
+        .iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .filter_map(|m| grid_entry(m, *short_ids.get(&m.id)?).map(|e| (m.id, e)))
+        .collect();
+    hub.publish(|current| {
+        let events = diff(current, &next).into_iter().map(Feed::Change).collect();
+        *current = next;
         (events, ())
     });
 }
@@ -139,11 +130,10 @@ impl GridEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cluster_core::{MemberInfo, MemberState};
+    use cluster_core::MemberInfo;
 
-    fn member(n: u64, short: Option<u32>) -> Member {
-        let mut info = MemberInfo::new(MemberId::from(n), "127.0.0.1", 1, 2, 3, 5000 + n as u16);
-        info.short_id = short.map(|s| ShortId::new(s).unwrap());
+    fn member(n: u64) -> Member {
+        let info = MemberInfo::new(MemberId::from(n), "127.0.0.1", 1, 2, 3, 5000 + n as u16);
         Member {
             id: info.member_id,
             generation: 1,
@@ -153,14 +143,18 @@ mod tests {
         }
     }
 
+    fn ids(pairs: &[(u64, u32)]) -> BTreeMap<MemberId, ShortId> {
+        pairs.iter().map(|(m, s)| (MemberId::from(*m), ShortId::new(*s).unwrap())).collect()
+    }
+
     #[tokio::test]
-    async fn joined_after_short_id_then_left() {
+    async fn joined_once_it_holds_a_short_id_then_left() {
         let h = hub(16);
         let mut sub = GridEvents::new(&h);
-        apply(&h, &MembershipEvent::Joined(member(1, None)));
-        apply(&h, &MembershipEvent::Updated(member(1, Some(1))));
-        apply(&h, &MembershipEvent::Updated(member(1, Some(1)))); // no change, no event
-        apply(&h, &MembershipEvent::Left(member(1, Some(1))));
+        refresh(&h, &[member(1)], &ids(&[]));
+        refresh(&h, &[member(1)], &ids(&[(1, 1)]));
+        refresh(&h, &[member(1)], &ids(&[(1, 1)])); // no change, no event
+        refresh(&h, &[], &ids(&[(1, 1)]));
         let e = sub.recv().await.unwrap();
         assert_eq!(
             (e.kind, e.short_id.get(), e.grid_addr.as_str()),
@@ -171,15 +165,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stale_short_id_tag_is_ignored() {
+        // Member 1 was away, its id 2 was reaped and given to member 2; it
+        // comes back still tagged 2. Only the state machine's ids count.
+        let h = hub(16);
+        let mut sub = GridEvents::new(&h);
+        let mut stale = member(1);
+        stale.tags.insert(tag::SHORT_ID.into(), "2".into());
+        refresh(&h, &[stale, member(2)], &ids(&[(2, 2)]));
+        let e = sub.recv().await.unwrap();
+        assert_eq!((e.member_id, e.short_id.get()), (MemberId::from(2), 2));
+        assert!(sub.sub.try_recv().is_none());
+    }
+
+    #[tokio::test]
     async fn late_and_slow_subscribers_see_the_net_changes() {
         let h = hub(2);
-        apply(&h, &MembershipEvent::Joined(member(1, Some(1))));
+        refresh(&h, &[member(1)], &ids(&[(1, 1)]));
         let mut late = GridEvents::new(&h);
         assert_eq!(late.recv().await.unwrap().member_id, MemberId::from(1));
-        // Fall behind: 1 leaves, 2..6 join.
-        apply(&h, &MembershipEvent::Failed(member(1, Some(1))));
-        for n in 2..7 {
-            apply(&h, &MembershipEvent::Joined(member(n, Some(n as u32))));
+        // Fall behind: 1 leaves, 2..6 join one by one.
+        let mut live = Vec::new();
+        let mut held = Vec::new();
+        refresh(&h, &live, &ids(&held));
+        for n in 2..7u64 {
+            live.push(member(n));
+            held.push((n, n as u32));
+            refresh(&h, &live, &ids(&held));
         }
         let mut got = Vec::new();
         for _ in 0..6 {

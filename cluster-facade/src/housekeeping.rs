@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 
 use crate::grid::{self, GridHub};
 
+/// How often grid events and the own short id are compared with the state machine.
+const GRID_REFRESH: Duration = Duration::from_millis(100);
+
 /// Settings of the housekeeping.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -50,11 +53,18 @@ pub(crate) struct Housekeeper<M, S> {
     grid: GridHub,
     departures: HashMap<MemberId, Departure>,
     published: (Option<RaftRole>, Option<ShortId>),
+    own_short_id: watch::Sender<Option<ShortId>>,
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
 }
 
 impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
-    pub(crate) fn new(membership: Arc<M>, store: Arc<S>, settings: Settings, grid: GridHub) -> Self {
+    pub(crate) fn new(
+        membership: Arc<M>,
+        store: Arc<S>,
+        settings: Settings,
+        grid: GridHub,
+        own_short_id: watch::Sender<Option<ShortId>>,
+    ) -> Self {
         Housekeeper {
             me: store.member_id(),
             membership,
@@ -63,6 +73,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             grid,
             departures: HashMap::new(),
             published: (None, None),
+            own_short_id,
             last_raft: None,
         }
     }
@@ -72,17 +83,22 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         let mut status = self.store.status_changes();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Short ids are applied with the log; a quick, cheap look keeps grid
+        // events close behind without waking on every write.
+        let mut grid_tick = tokio::time::interval(GRID_REFRESH);
+        grid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
                 event = events.recv() => match event {
-                    Some(event) => {
-                        grid::apply(&self.grid, &event);
-                        self.track(&event);
-                    }
+                    Some(event) => self.track(&event),
                     None => break,
                 },
+                _ = grid_tick.tick() => {
+                    self.refresh_short_ids();
+                    continue;
+                }
                 changed = status.changed() => {
                     if changed.is_err() {
                         break;
@@ -99,6 +115,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 }
                 _ = tick.tick() => {}
             }
+            self.refresh_short_ids();
             self.publish_own_tags().await;
             if self.store.status().is_leader() {
                 self.reconcile().await;
@@ -124,6 +141,19 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
             _ => {}
         }
+    }
+
+    /// Brings grid events and this member's own short id in line with the
+    /// short ids the state machine holds.
+    fn refresh_short_ids(&mut self) {
+        let Ok(short_ids) = self.store.short_ids() else { return };
+        grid::refresh(&self.grid, &self.membership.members(), &short_ids);
+        let mine = short_ids.get(&self.me).copied();
+        self.own_short_id.send_if_modified(|held| {
+            let changed = *held != mine;
+            *held = mine;
+            changed
+        });
     }
 
     /// Keeps this member's `raft_role` and `short_member_id` tags true.

@@ -204,8 +204,6 @@ async fn member_restarted_on_new_ports() {
 /// process keeps the old one (`Cluster::short_id()` is fixed at start), which the
 /// new member now holds too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: a member resumed after its short id was reaped and reassigned keeps reporting it \
-            (cluster-facade: Cluster::short_id() is fixed at start and never revoked)"]
 async fn short_id_of_a_paused_member_is_not_held_twice() {
     let _serial = serial().await;
     init_logs();
@@ -237,12 +235,17 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
     run.resume(paused).expect("resume");
     run.recover().await;
     let records = run.cluster.members_of(leader).await.unwrap_or_default();
-    let record = records.iter().find(|r| r.member_id.to_string() == line.member_id);
+    let recorded = records
+        .iter()
+        .find(|r| r.member_id.to_string() == line.member_id)
+        .and_then(|r| r.short_id)
+        .map(|s| u64::from(s.get()));
+    let reported = run.cluster.agent(paused).start_line().map(|s| s.short_id);
     eprintln!(
-        "after resuming, the cluster records m{paused} with short id {:?}; its process reported {}",
-        record.and_then(|r| r.short_id),
-        line.short_id
+        "after resuming, the cluster records m{paused} with short id {recorded:?}; it reports {reported:?}"
     );
+    assert_eq!(reported, recorded, "the resumed member reports the short id the cluster gave it");
+    assert_ne!(reported, joined_short_id, "two live members report the same short id");
     run.pace(PACE).await;
     report(&run.finish().await);
 }

@@ -114,7 +114,7 @@ impl ProcessCluster {
 
     fn refresh_seeds(&mut self) {
         let gossip: Vec<String> =
-            self.agents.iter().filter_map(|a| a.start_line().map(|s| s.gossip.to_string())).collect();
+            self.agents.iter().filter_map(|a| a.known_start_line().map(|s| s.gossip.to_string())).collect();
         for (i, agent) in self.agents.iter_mut().enumerate() {
             let others = gossip.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, g)| g.clone()).collect();
             agent.set_seeds(others);
@@ -183,7 +183,7 @@ impl ProcessCluster {
 
     /// The index of the member with this member id.
     pub fn index_of(&self, member_id: &str) -> Option<usize> {
-        self.agents.iter().position(|a| a.start_line().is_some_and(|s| s.member_id == member_id))
+        self.agents.iter().position(|a| a.known_start_line().is_some_and(|s| s.member_id == member_id))
     }
 
     /// A client of member `i` alone (status, members: that member's own view).

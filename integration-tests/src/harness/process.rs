@@ -297,24 +297,26 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            // The first line is the start line; later output is drained so the agent never blocks.
-            let mut first = true;
+            // The first line is the start line; the agent prints it again when
+            // its short id changes. Everything is drained so the agent never blocks.
             while let Some(Ok(line)) = lines.next() {
-                if first {
+                if line.starts_with("member ") {
                     let _ = tx.send(line);
-                    first = false;
                 }
             }
         });
         self.child = Some(child);
         self.pending = Some(rx);
+        self.start_line = None;
         self.paused = false;
         Ok(())
     }
 
     /// Waits up to `timeout` for the start line (at once if already read).
     pub fn wait_started(&mut self, timeout: Duration) -> Result<&StartLine> {
-        if let Some(rx) = self.pending.take() {
+        if self.start_line.is_none()
+            && let Some(rx) = self.pending.as_ref()
+        {
             let line = match rx.recv_timeout(timeout) {
                 Ok(line) => line,
                 Err(e) => {
@@ -334,8 +336,22 @@ impl Agent {
         self.start_line.as_ref().ok_or_else(|| anyhow!("{} was never started", self.spec.name))
     }
 
-    /// The last start line read, if any.
-    pub fn start_line(&self) -> Option<&StartLine> {
+    /// The last start line read, if any: the agent prints a new one when its
+    /// short id changes.
+    pub fn start_line(&mut self) -> Option<&StartLine> {
+        if let Some(rx) = self.pending.as_ref() {
+            while let Ok(line) = rx.try_recv() {
+                if let Ok(parsed) = StartLine::parse(&line) {
+                    self.start_line = Some(parsed);
+                }
+            }
+        }
+        self.start_line.as_ref()
+    }
+
+    /// The last start line read, without looking for a newer one (the member
+    /// id and the addresses never change within one run of the agent).
+    pub fn known_start_line(&self) -> Option<&StartLine> {
         self.start_line.as_ref()
     }
 

@@ -1,5 +1,6 @@
 //! `carbon agent`: runs one member until SIGINT or SIGTERM.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -93,17 +94,39 @@ impl AgentArgs {
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let config = args.config()?;
     let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
-    let a = cluster.addresses();
-    println!(
-        "member {} short_id {} gossip {} raft {} service {} grid {}",
-        cluster.member_id(),
-        cluster.short_id(),
-        a.gossip,
-        a.raft,
-        a.service,
-        a.grid
-    );
-    wait_for_signal().await.map_err(Failure::other)?;
+    let start_line = |short_id| {
+        let a = cluster.addresses();
+        let line = format!(
+            "member {} short_id {short_id} gossip {} raft {} service {} grid {}",
+            cluster.member_id(),
+            a.gossip,
+            a.raft,
+            a.service,
+            a.grid
+        );
+        // Whoever started us may have stopped reading: that must not stop the member.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    let mut printed = cluster.short_id();
+    start_line(printed);
+    // A member away longer than the reap timeout gets a new short id when it
+    // is back: say so in the same form, so scripts always know the current one.
+    let mut short_id = cluster.watch_short_id();
+    let announce = async {
+        while short_id.changed().await.is_ok() {
+            let now = *short_id.borrow_and_update();
+            if let Some(id) = now.filter(|id| *id != printed) {
+                printed = id;
+                start_line(id);
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        signal = wait_for_signal() => signal.map_err(Failure::other)?,
+        _ = announce => {}
+    }
     tracing::info!("signal received: leaving the cluster");
     cluster.shutdown().await.context("graceful shutdown failed").map_err(Failure::other)?;
     Ok(())
