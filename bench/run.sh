@@ -7,7 +7,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export CARGO_TARGET_DIR_BENCH="${CARGO_TARGET_DIR_BENCH:-/work/target-bench}"
+export CARGO_TARGET_DIR_BENCH="${CARGO_TARGET_DIR_BENCH:-$ROOT/target/bench}"
 REPS="${REPS:-3}"
 SECS="${SECS:-3}"
 ONLY="${ONLY:-idle,kv,failover,join,gossip}"
