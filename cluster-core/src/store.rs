@@ -79,6 +79,21 @@ impl WriteRequest {
     pub fn new(op: WriteOp) -> Self {
         WriteRequest { op, request_id: Some(ClientRequestId::generate()) }
     }
+
+    /// Set `key` to `value`.
+    pub fn set(key: &str, value: impl Into<Vec<u8>>) -> Self {
+        WriteRequest::new(WriteOp::Set { key: key.to_owned(), value: value.into() })
+    }
+
+    /// Delete `key`.
+    pub fn delete(key: &str) -> Self {
+        WriteRequest::new(WriteOp::Delete { key: key.to_owned() })
+    }
+
+    /// Compare-and-set; see [`WriteOp::CompareAndSet`].
+    pub fn compare_and_set(key: &str, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Self {
+        WriteRequest::new(WriteOp::CompareAndSet { key: key.to_owned(), expected, new })
+    }
 }
 
 /// The answer of a compare-and-set.
@@ -113,6 +128,48 @@ pub enum WriteOutcome {
         /// True if the member held a short id.
         held: bool,
     },
+}
+
+impl WriteOutcome {
+    /// The answer to a `Set`: whether the key was created.
+    pub fn into_created(self) -> Result<bool> {
+        match self {
+            WriteOutcome::Set { created } => Ok(created),
+            other => Err(unexpected("set", &other)),
+        }
+    }
+
+    /// The answer to a `Delete`: whether the key existed.
+    pub fn into_existed(self) -> Result<bool> {
+        match self {
+            WriteOutcome::Delete { existed } => Ok(existed),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// The answer to a `CompareAndSet`.
+    pub fn into_cas(self) -> Result<CasOutcome> {
+        match self {
+            WriteOutcome::CompareAndSet(o) => Ok(o),
+            other => Err(unexpected("compare-and-set", &other)),
+        }
+    }
+
+    /// The answer to an `AllocateShortId`.
+    pub fn into_short_id(self) -> Result<ShortId> {
+        match self {
+            WriteOutcome::ShortId(id) => Ok(id),
+            other => Err(unexpected("allocate short id", &other)),
+        }
+    }
+
+    /// The answer to a `ReleaseShortId`: whether the member held one.
+    pub fn into_released(self) -> Result<bool> {
+        match self {
+            WriteOutcome::Released { held } => Ok(held),
+            other => Err(unexpected("release short id", &other)),
+        }
+    }
 }
 
 /// One applied change, as a watcher sees it.
@@ -365,24 +422,14 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 pub trait ConsensusStoreExt: ConsensusStore {
     /// Sets `key`; true if it was created.
     fn set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<bool>> + Send {
-        let req = WriteRequest::new(WriteOp::Set { key: key.to_owned(), value });
-        async move {
-            match self.write(req).await? {
-                WriteOutcome::Set { created } => Ok(created),
-                other => Err(unexpected("set", &other)),
-            }
-        }
+        let req = WriteRequest::set(key, value);
+        async move { self.write(req).await?.into_created() }
     }
 
     /// Deletes `key`; true if it existed.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
-        let req = WriteRequest::new(WriteOp::Delete { key: key.to_owned() });
-        async move {
-            match self.write(req).await? {
-                WriteOutcome::Delete { existed } => Ok(existed),
-                other => Err(unexpected("delete", &other)),
-            }
-        }
+        let req = WriteRequest::delete(key);
+        async move { self.write(req).await?.into_existed() }
     }
 
     /// Compare-and-set; see [`WriteOp::CompareAndSet`].
@@ -392,35 +439,20 @@ pub trait ConsensusStoreExt: ConsensusStore {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<CasOutcome>> + Send {
-        let req = WriteRequest::new(WriteOp::CompareAndSet { key: key.to_owned(), expected, new });
-        async move {
-            match self.write(req).await? {
-                WriteOutcome::CompareAndSet(o) => Ok(o),
-                other => Err(unexpected("compare-and-set", &other)),
-            }
-        }
+        let req = WriteRequest::compare_and_set(key, expected, new);
+        async move { self.write(req).await?.into_cas() }
     }
 
     /// The short id of `member`, allocated if it holds none.
     fn allocate_short_id(&self, member: MemberId) -> impl Future<Output = Result<ShortId>> + Send {
         let req = WriteRequest::new(WriteOp::AllocateShortId { member });
-        async move {
-            match self.write(req).await? {
-                WriteOutcome::ShortId(id) => Ok(id),
-                other => Err(unexpected("allocate short id", &other)),
-            }
-        }
+        async move { self.write(req).await?.into_short_id() }
     }
 
     /// Frees the short id of `member`; true if it held one.
     fn release_short_id(&self, member: MemberId) -> impl Future<Output = Result<bool>> + Send {
         let req = WriteRequest::new(WriteOp::ReleaseShortId { member });
-        async move {
-            match self.write(req).await? {
-                WriteOutcome::Released { held } => Ok(held),
-                other => Err(unexpected("release short id", &other)),
-            }
-        }
+        async move { self.write(req).await?.into_released() }
     }
 }
 

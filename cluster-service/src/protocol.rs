@@ -9,9 +9,7 @@
 //! connection) when it was not.
 
 use cluster_core::wire::WireCodec;
-use cluster_core::{
-    CasOutcome, ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest, keys,
-};
+use cluster_core::{ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest, keys};
 use serde::{Deserialize, Serialize};
 
 /// The request id under which the server reports an error that belongs to no
@@ -154,39 +152,15 @@ impl Response {
     }
 }
 
-/// Typed shortcuts over [`WriteOutcome`], shared by the client and the proxy.
-pub(crate) fn created(outcome: WriteOutcome) -> Result<bool> {
-    match outcome {
-        WriteOutcome::Set { created } => Ok(created),
-        other => Err(cluster_core::store::unexpected("set", &other)),
-    }
-}
-
-/// See [`created`].
-pub(crate) fn existed(outcome: WriteOutcome) -> Result<bool> {
-    match outcome {
-        WriteOutcome::Delete { existed } => Ok(existed),
-        other => Err(cluster_core::store::unexpected("delete", &other)),
-    }
-}
-
-/// See [`created`].
-pub(crate) fn cas(outcome: WriteOutcome) -> Result<CasOutcome> {
-    match outcome {
-        WriteOutcome::CompareAndSet(o) => Ok(o),
-        other => Err(cluster_core::store::unexpected("compare-and-set", &other)),
-    }
-}
-
-/// Refuses a user operation on a key the cluster reserves for itself.
-pub(crate) fn check_user_key(key: &str) -> Result<()> {
-    if keys::is_reserved(key) {
-        return Err(Error::BadRequest(format!(
+/// A user's write, refused when it touches a key the cluster reserves for itself.
+pub(crate) fn user_write(request: WriteRequest) -> Result<WriteRequest> {
+    match request.op.key() {
+        Some(key) if keys::is_reserved(key) => Err(Error::BadRequest(format!(
             "key {key:?} is under {:?}, which the cluster reserves for itself",
             keys::RESERVED_PREFIX
-        )));
+        ))),
+        _ => Ok(request),
     }
-    Ok(())
 }
 
 #[cfg(test)]

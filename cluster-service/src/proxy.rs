@@ -10,7 +10,7 @@ use std::time::Duration;
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
     CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, Watch,
-    WriteOp, WriteOutcome, WriteRequest,
+    WriteOutcome, WriteRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,16 +150,12 @@ impl<S: ConsensusStore> Proxy<S> {
 
     /// Sets `key`; true if it was created.
     pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
-        protocol::check_user_key(key)?;
-        protocol::created(
-            self.write(WriteRequest::new(WriteOp::Set { key: key.into(), value: value.into() })).await?,
-        )
+        self.write(protocol::user_write(WriteRequest::set(key, value))?).await?.into_created()
     }
 
     /// Deletes `key`; true if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        protocol::check_user_key(key)?;
-        protocol::existed(self.write(WriteRequest::new(WriteOp::Delete { key: key.into() })).await?)
+        self.write(protocol::user_write(WriteRequest::delete(key))?).await?.into_existed()
     }
 
     /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
@@ -169,9 +165,8 @@ impl<S: ConsensusStore> Proxy<S> {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<CasOutcome> {
-        protocol::check_user_key(key)?;
-        let op = WriteOp::CompareAndSet { key: key.into(), expected, new };
-        protocol::cas(self.write(WriteRequest::new(op)).await?)
+        let request = WriteRequest::compare_and_set(key, expected, new);
+        self.write(protocol::user_write(request)?).await?.into_cas()
     }
 
     /// Any write, at the leader. A request without an id gets one; every
