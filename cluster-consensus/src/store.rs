@@ -138,6 +138,28 @@ fn wait_error(e: WaitError) -> Error {
     }
 }
 
+/// A restarted member never leads without an election.
+///
+/// openraft 0.9 restores a member whose persisted vote is committed for
+/// itself as leader at once, in the same term, and answers read-index reads
+/// from the committed index it persisted. That index may trail writes already
+/// acknowledged (openraft allows it to be persisted lazily, and the log store
+/// does so to save an fsync per write), so such a leader could serve a stale
+/// read — the fault tests caught one after the whole cluster was killed and
+/// restarted. The vote keeps its term and candidate, so voting stays safe,
+/// but is stored as not committed: the member starts as a follower, and
+/// whoever leads next wins a new term and commits a blank entry before it
+/// serves a read.
+async fn forget_leadership(log: &mut LogStore) -> Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.map_err(|e| Error::Storage(e.to_string()))?;
+    if let Some(mut vote) = vote.filter(|v| v.committed) {
+        vote.committed = false;
+        log.save_vote(&vote).await.map_err(|e| Error::Storage(e.to_string()))?;
+    }
+    Ok(())
+}
+
 impl RaftStore {
     async fn open_inner(config: ConsensusConfig, span: tracing::Span) -> Result<Self> {
         let raft_config = Arc::new(raft_config(&config)?);
@@ -192,6 +214,8 @@ impl RaftStore {
             ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
         let limits = Limits { max_frame_len: config.max_frame_len, max_append_bytes: MAX_APPEND_BYTES };
         let network = NetworkFactory::new(member_id, pool.clone(), limits);
+        let mut log_store = log_store;
+        forget_leadership(&mut log_store).await?;
         let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| e.into_store_error())?;

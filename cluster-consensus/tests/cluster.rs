@@ -181,6 +181,7 @@ async fn all_members_reopened_from_their_directories_keep_their_state() {
     let holder = leader.member_id();
     let id = leader.allocate_short_id(holder).await.unwrap();
     let index = applied(&leader);
+    let term_before = leader.status().term;
     cluster.wait_applied(index).await;
     cluster.shutdown().await;
 
@@ -194,6 +195,14 @@ async fn all_members_reopened_from_their_directories_keep_their_state() {
         m.bootstrap().await.unwrap(); // harmless when initialized
     }
     let leader = cluster.leader().await;
+    // Leadership after a restart comes from an election, never from the old
+    // leader resuming in its term: a resumed leader trusts a committed index
+    // persisted lazily, and can serve a stale read (found by the fault tests).
+    assert!(
+        leader.status().term > term_before,
+        "the leader resumed in term {} without an election",
+        leader.status().term
+    );
     cluster.wait_applied(index).await;
     for m in &cluster.members {
         assert_eq!(m.get_prefix("k").unwrap().len(), 80, "member {}", m.member_id());

@@ -200,9 +200,8 @@ async fn member_restarted_on_new_ports() {
 
 /// A member paused beyond the short-id reap time loses its short id to a new
 /// member; when it resumes, two live members must not both hold that short id.
-/// Today the cluster re-records the resumed member under a new short id, but its
-/// process keeps the old one (`Cluster::short_id()` is fixed at start), which the
-/// new member now holds too.
+/// The cluster gives the resumed member a new short id and its process reports
+/// it. (Found before 237d0ff: `Cluster::short_id()` was fixed at start.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_id_of_a_paused_member_is_not_held_twice() {
     let _serial = serial().await;
@@ -240,7 +239,16 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
         .find(|r| r.member_id.to_string() == line.member_id)
         .and_then(|r| r.short_id)
         .map(|s| u64::from(s.get()));
-    let reported = run.cluster.agent(paused).start_line().map(|s| s.short_id);
+    // The member learns its new id once it applied the leader's log, and says
+    // so on its next housekeeping tick: wait for that, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reported = loop {
+        let reported = run.cluster.agent(paused).start_line().map(|s| s.short_id);
+        if reported == recorded || tokio::time::Instant::now() > deadline {
+            break reported;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     eprintln!(
         "after resuming, the cluster records m{paused} with short id {recorded:?}; it reports {reported:?}"
     );
