@@ -157,9 +157,11 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
     }
 
     /// Keeps this member's `raft_role` and `short_member_id` tags true.
+    /// Runs after [`refresh_short_ids`](Self::refresh_short_ids), whose view
+    /// of this member's short id it publishes.
     async fn publish_own_tags(&mut self) {
         let role = self.store.status().role();
-        let short_id = self.store.short_ids().ok().and_then(|ids| ids.get(&self.me).copied());
+        let short_id = *self.own_short_id.borrow();
         if (role, short_id) == self.published {
             return;
         }
