@@ -83,6 +83,7 @@
 //! # }
 //! ```
 
+pub mod authz;
 mod client;
 mod connection;
 pub mod protocol;
