@@ -184,6 +184,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             gossip_interval: ms(config.gossip.interval_ms),
             failure_detection: config.gossip.failure_detection(),
             tags: me.to_tags(),
+            encryption: Default::default(),
         })
         .await
         .map_err(start_err("membership"))?;

@@ -56,17 +56,25 @@
 //! # }
 //! ```
 
+mod codec;
 mod config;
+mod datagram;
+mod drop_log;
 mod error;
 mod events;
 mod gossip;
+mod keyring;
 mod keys;
 mod leave;
 mod member;
+mod seal;
+mod socket;
 mod transport;
 
 pub use chitchat::transport::ChannelTransport;
 pub use config::{GossipConfig, GossipTransport, generation_now};
 pub use error::{GossipError, Result};
 pub use gossip::Gossip;
+pub use keyring::{GossipKey, KEY_LEN, KeyId, Keyring, KeyringHandle};
 pub use keys::{RESERVED_PREFIX, is_reserved};
+pub use socket::DatagramStats;
