@@ -4,7 +4,8 @@
 //! - `carbon agent --config node.toml` runs a member until SIGINT/SIGTERM;
 //! - `carbon members|status --service ADDR` show the cluster;
 //! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
-//! - `carbon demo` starts a local cluster and shows a leader failover.
+//! - `carbon demo` starts a local cluster and shows a leader failover;
+//! - `carbon keys generate` prints a fresh gossip encryption key.
 //!
 //! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
 //! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
@@ -13,6 +14,7 @@ mod agent;
 mod client;
 mod demo;
 mod exit;
+mod keys;
 mod table;
 
 use std::process::ExitCode;
@@ -40,6 +42,9 @@ enum Command {
     Kv(client::KvCommand),
     /// Start a local cluster and show what it does, a leader failover included.
     Demo(demo::DemoArgs),
+    /// Gossip encryption keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
             Command::Status(t) => client::status(t).await,
             Command::Kv(cmd) => client::kv(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Keys(cmd) => keys::run(cmd),
         }
     });
     match result {
