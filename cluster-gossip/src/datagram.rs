@@ -14,6 +14,8 @@
 
 use chitchat::{ChitchatId, ChitchatMessage, Deserializable};
 
+/// chitchat's largest datagram (its receive buffer; the IPv4 UDP maximum).
+pub(crate) const MAX_DATAGRAM: usize = 65_507;
 /// chitchat's magic number, the first two bytes (little endian).
 const MAGIC: u16 = 45_139;
 /// chitchat's block size for compressed streams (digests and deltas).
@@ -26,11 +28,16 @@ pub(crate) const MAX_BLOCKS: usize = 128;
 const NODE_DIGEST_LEN: usize = 24;
 
 /// Why a datagram was refused (for the rate-limited log).
-pub(crate) type Malformed = &'static str;
+pub(crate) type Refused = &'static str;
 
-/// Checks a plaintext chitchat datagram; `Ok` means chitchat parses it, at a
-/// bounded cost.
-pub(crate) fn check(datagram: &[u8]) -> Result<(), Malformed> {
+/// Checks a plaintext chitchat datagram for the member of `cluster_id`; `Ok`
+/// means chitchat parses it, at a bounded cost. Two well-formed messages are
+/// refused too, because chitchat writes a warning for each one: a Syn of
+/// another cluster, and BadCluster (a peer saying we are of another cluster).
+pub(crate) fn check(datagram: &[u8], cluster_id: &str) -> Result<(), Refused> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err("larger than chitchat's largest datagram");
+    }
     let mut buf = datagram;
     let header = take(&mut buf, 4).ok_or("shorter than a chitchat header")?;
     if u16::from_le_bytes([header[0], header[1]]) != MAGIC {
@@ -42,9 +49,9 @@ pub(crate) fn check(datagram: &[u8]) -> Result<(), Malformed> {
     match header[3] {
         0 => {
             digest(&mut buf)?;
-            let cluster_id = String::deserialize(&mut buf).map_err(|_| "bad cluster id in a Syn")?;
-            if cluster_id.starts_with(crate::codec::MARKER_PREFIX) {
-                return Err("a Syn with the codec's reserved cluster id");
+            let their_cluster_id = String::deserialize(&mut buf).map_err(|_| "bad cluster id in a Syn")?;
+            if their_cluster_id != cluster_id {
+                return Err("a Syn of another cluster id");
             }
         }
         1 => {
@@ -52,7 +59,7 @@ pub(crate) fn check(datagram: &[u8]) -> Result<(), Malformed> {
             delta(&mut buf)?;
         }
         2 => delta(&mut buf)?,
-        3 => {}
+        3 => return Err("a peer answered that this member is of another cluster id"),
         _ => return Err("unknown chitchat message type"),
     }
     if buf.is_empty() { Ok(()) } else { Err("trailing bytes after the chitchat message") }
@@ -67,7 +74,7 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(head)
 }
 
-fn digest(buf: &mut &[u8]) -> Result<(), Malformed> {
+fn digest(buf: &mut &[u8]) -> Result<(), Refused> {
     let count = u16::deserialize(buf).map_err(|_| "truncated digest")?;
     for _ in 0..count {
         ChitchatId::deserialize(buf).map_err(|_| "bad member id in a digest")?;
@@ -76,7 +83,7 @@ fn digest(buf: &mut &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
-fn delta(buf: &mut &[u8]) -> Result<(), Malformed> {
+fn delta(buf: &mut &[u8]) -> Result<(), Refused> {
     let mut walk = *buf;
     bounded_stream(&mut walk)?;
     // The bounds hold: let chitchat's own decoder check the content. The
@@ -97,7 +104,7 @@ fn parse_as<T: Deserializable>(
 
 /// Walks a chitchat compressed stream, decompressing each block into a
 /// bounded buffer; refuses a stream past the bounds.
-fn bounded_stream(buf: &mut &[u8]) -> Result<(), Malformed> {
+fn bounded_stream(buf: &mut &[u8]) -> Result<(), Refused> {
     let mut scratch = vec![0u8; BLOCK_MAX];
     let mut expanded = 0usize;
     for _ in 0..=MAX_BLOCKS {
@@ -133,23 +140,26 @@ mod tests {
     }
 
     #[test]
-    fn accepts_an_empty_ack_and_bad_cluster() {
+    fn accepts_an_empty_ack_refuses_bad_cluster() {
         let mut ack = header(2);
         ack.push(0);
-        assert_eq!(check(&ack), Ok(()));
-        assert_eq!(check(&header(3)), Ok(()));
+        assert_eq!(check(&ack, "c"), Ok(()));
+        assert!(check(&header(3), "c").is_err());
     }
 
     #[test]
     fn refuses_garbage_and_trailing_bytes() {
-        assert!(check(b"").is_err());
-        assert!(check(b"junk-junk").is_err());
+        assert!(check(b"", "c").is_err());
+        assert!(check(b"junk-junk", "c").is_err());
+        let mut huge = header(3);
+        huge.resize(MAX_DATAGRAM + 1, 0);
+        assert_eq!(check(&huge, "c"), Err("larger than chitchat's largest datagram"));
         let mut v1 = header(3);
         v1[2] = 1;
-        assert!(check(&v1).is_err());
+        assert!(check(&v1, "c").is_err());
         let mut trailing = header(3);
         trailing.push(9);
-        assert!(check(&trailing).is_err());
+        assert!(check(&trailing, "c").is_err());
     }
 
     /// The attack of issue 13: a datagram full of tiny zstd frames that each
@@ -165,7 +175,7 @@ mod tests {
         }
         bomb.push(0);
         let started = std::time::Instant::now();
-        assert!(check(&bomb).is_err());
+        assert!(check(&bomb, "c").is_err());
         assert!(started.elapsed() < std::time::Duration::from_millis(50), "took {:?}", started.elapsed());
         // Small blocks, but too many of them.
         let small = zstd::bulk::compress(&[0u8; 10], 1).unwrap_or_default();
@@ -176,15 +186,16 @@ mod tests {
             many.extend(&small);
         }
         many.push(0);
-        assert_eq!(check(&many), Err("a delta with too many blocks"));
+        assert_eq!(check(&many, "c"), Err("a delta with too many blocks"));
     }
 
     #[test]
-    fn accepts_a_syn() {
+    fn accepts_a_syn_of_its_own_cluster_only() {
         let mut syn = header(0);
         syn.extend(0u16.to_le_bytes());
         syn.extend((6u16).to_le_bytes());
         syn.extend(b"orders");
-        assert_eq!(check(&syn), Ok(()));
+        assert_eq!(check(&syn, "orders"), Ok(()));
+        assert_eq!(check(&syn, "billing"), Err("a Syn of another cluster id"));
     }
 }

@@ -22,6 +22,8 @@ use aes_gcm::aes::cipher::{BlockEncrypt, generic_array::GenericArray};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use tracing::info;
+
 use crate::error::{GossipError, Result};
 
 /// Bytes in a gossip key (AES-256).
@@ -293,18 +295,25 @@ impl KeyringHandle {
     /// Installs a key: datagrams sealed with it open from now on. Returns
     /// whether it was new.
     pub fn install(&self, key: GossipKey) -> Result<bool> {
-        self.change(|ring| Ok(ring.install(key)))
+        let id = key.id();
+        let changed = self.change(|ring| Ok(ring.install(key)))?;
+        info!(key = %id, changed, "gossip key installed");
+        Ok(changed)
     }
 
     /// Makes an installed key primary: every datagram is sealed with it from
     /// now on. Install it on every member first. Returns whether the primary changed.
     pub fn use_key(&self, key: &GossipKey) -> Result<bool> {
-        self.change(|ring| ring.use_key(key))
+        let changed = self.change(|ring| ring.use_key(key))?;
+        info!(key = %key.id(), changed, "gossip key is primary: it seals every datagram");
+        Ok(changed)
     }
 
     /// Removes a key that is not primary. Returns whether it was there.
     pub fn remove(&self, key: &GossipKey) -> Result<bool> {
-        self.change(|ring| ring.remove(key))
+        let changed = self.change(|ring| ring.remove(key))?;
+        info!(key = %key.id(), changed, "gossip key removed");
+        Ok(changed)
     }
 
     fn change(&self, f: impl FnOnce(&mut Keyring) -> Result<bool>) -> Result<bool> {

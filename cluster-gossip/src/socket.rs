@@ -36,7 +36,7 @@ use crate::keyring::KeyringHandle;
 use crate::seal;
 
 /// The largest UDP payload over IPv4.
-const MAX_UDP_PAYLOAD: usize = 65_507;
+const MAX_UDP_PAYLOAD: usize = datagram::MAX_DATAGRAM;
 
 /// Envelopes received and not yet taken by chitchat; past it, receiving waits
 /// (and the kernel drops, as UDP does).
@@ -53,8 +53,9 @@ pub struct DatagramStats {
     /// Dropped: encryption is on and no key of the ring opened them (no key,
     /// wrong key, another cluster, altered).
     pub unauthenticated: u64,
-    /// Dropped: not a well-formed chitchat datagram, or past the size bounds.
-    pub malformed: u64,
+    /// Dropped after authentication: not a well-formed chitchat datagram,
+    /// past the size bounds, or of another cluster id.
+    pub rejected: u64,
     /// Not sent: too large for one UDP datagram once sealed.
     pub oversized: u64,
 }
@@ -64,7 +65,7 @@ struct Counters {
     received: AtomicU64,
     accepted: AtomicU64,
     unauthenticated: AtomicU64,
-    malformed: AtomicU64,
+    rejected: AtomicU64,
     oversized: AtomicU64,
 }
 
@@ -89,7 +90,7 @@ impl Shared {
             received: get(&c.received),
             accepted: get(&c.accepted),
             unauthenticated: get(&c.unauthenticated),
-            malformed: get(&c.malformed),
+            rejected: get(&c.rejected),
             oversized: get(&c.oversized),
         }
     }
@@ -100,10 +101,10 @@ impl Shared {
         let line = self.drops.lock().unwrap_or_else(|p| p.into_inner()).record(from.ip(), Instant::now());
         if let Some(line) = line {
             warn!(
-                source = %line.source,
+                peer = %line.source,
                 dropped = line.dropped,
                 reason,
-                "dropped gossip datagrams (this source is reported at most every {}s)",
+                "dropped gossip datagrams (each peer address is reported at most every {}s)",
                 LOG_INTERVAL.as_secs()
             );
         }
@@ -126,8 +127,8 @@ impl Shared {
             },
             None => datagram.to_vec(),
         };
-        if let Err(reason) = datagram::check(&plaintext) {
-            self.dropped(&self.counters.malformed, from, reason);
+        if let Err(reason) = datagram::check(&plaintext, &self.cluster_id) {
+            self.dropped(&self.counters.rejected, from, reason);
             return None;
         }
         Some(plaintext)
@@ -234,11 +235,12 @@ async fn receive(
         let envelope = match decoder.decode(&plaintext).await {
             Ok(Some(envelope)) => envelope,
             Ok(None) => {
-                shared.dropped(&shared.counters.malformed, from, "chitchat could not read it");
+                shared.dropped(&shared.counters.rejected, from, "chitchat could not read it");
                 continue;
             }
             Err(e) => {
-                warn!(error = %e, "the loopback decoder failed; one gossip datagram lost");
+                debug!(error = %e, "the loopback decoder failed");
+                shared.dropped(&shared.counters.rejected, from, "the loopback decoder lost it");
                 continue;
             }
         };

@@ -42,7 +42,7 @@ async fn members_without_the_key_never_join_a_keyed_cluster() {
     .await;
     for g in &members {
         assert_eq!(view(g), keyed, "an outsider got in");
-        assert_eq!(g.datagram_stats().malformed, 0);
+        assert_eq!(g.datagram_stats().rejected, 0);
     }
     assert_eq!(view(&wrong_key), BTreeSet::from([wrong_key.member_id()]));
     assert_eq!(view(&no_key), BTreeSet::from([no_key.member_id()]));
@@ -137,7 +137,7 @@ async fn forged_syn_synack_and_ack_never_add_a_member() {
     .await;
     for g in &members {
         assert_eq!(view(g), keyed, "a forged member got in");
-        assert_eq!(g.datagram_stats().malformed, 0);
+        assert_eq!(g.datagram_stats().rejected, 0);
     }
     stop_all(&members).await;
 }

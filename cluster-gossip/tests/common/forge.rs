@@ -71,3 +71,8 @@ pub fn ack(fake: &ChitchatId) -> Vec<u8> {
     delta(&mut v, fake, FAKE_TAGS);
     v
 }
+
+/// BadCluster: "you are of another cluster".
+pub fn bad_cluster() -> Vec<u8> {
+    header(3)
+}
