@@ -268,7 +268,16 @@ impl KeyringHandle {
             None => None,
         };
         let ring = match (from_file, configured) {
-            (Some(ring), _) => ring,
+            (Some(ring), configured) => {
+                if let Some(c) = configured.filter(|c| !ring.keys().contains(c.primary())) {
+                    info!(
+                        configured = %c.primary().id(),
+                        primary = %ring.primary().id(),
+                        "the keyring file wins over the configured gossip key, which it does not hold"
+                    );
+                }
+                ring
+            }
             (None, Some(ring)) => {
                 if let Some(path) = &file {
                     ring.save(path)?;
