@@ -184,6 +184,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             gossip_interval: ms(config.gossip.interval_ms),
             failure_detection: config.gossip.failure_detection(),
             tags: me.to_tags(),
+            encryption: config.gossip_encryption(),
         })
         .await
         .map_err(start_err("membership"))?;
@@ -440,4 +441,16 @@ async fn wait_for_short_id<S: ConsensusStore>(
 
 fn free_tcp_port(host: IpAddr) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+#[cfg(feature = "gossip-chitchat")]
+impl<S: ConsensusStore> ClusterOf<cluster_gossip::Gossip, S> {
+    /// This member's live gossip keyring: list, install, use (make primary)
+    /// and remove keys, each change persisted to the keyring file when there
+    /// is one. `None` when gossip is not encrypted. It acts on this member
+    /// only: a rotation installs the new key on every member, then uses it on
+    /// every member, then removes the old one on every member.
+    pub fn gossip_keyring(&self) -> Option<cluster_gossip::KeyringHandle> {
+        self.inner.membership.keyring().cloned()
+    }
 }

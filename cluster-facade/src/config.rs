@@ -52,6 +52,40 @@ pub struct ClusterConfig {
     pub gossip: GossipSettings,
     /// Raft settings.
     pub raft: RaftSettings,
+    /// Gossip encryption keys, standard base64 of 32 random bytes each
+    /// (`carbon keys generate`); the first is primary. Empty: gossip is not
+    /// encrypted (unless the keyring file holds keys).
+    pub gossip_keys: GossipKeys,
+    /// Where the gossip keyring is kept (mode 0600). Default: `gossip-keyring.json`
+    /// in `data_dir` when there is one. When the file exists it wins over
+    /// `gossip_keys`: it holds the ring as the last rotation left it.
+    pub gossip_keyring_file: Option<PathBuf>,
+}
+
+/// Gossip keys in base64. Secret: `Debug` shows how many, never a key.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GossipKeys(pub Vec<String>);
+
+impl fmt::Debug for GossipKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GossipKeys({} keys)", self.0.len())
+    }
+}
+
+/// The keyring file's name in the data directory.
+pub const GOSSIP_KEYRING_FILE: &str = "gossip-keyring.json";
+
+/// One base64 gossip key as its 32 bytes; the error never repeats the key.
+pub fn decode_gossip_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "not standard base64 (generate one with `carbon keys generate`)".to_owned())?;
+    let len = bytes.len();
+    bytes
+        .try_into()
+        .map_err(|_| format!("{len} bytes after decoding, not 32 (generate one with `carbon keys generate`)"))
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +104,8 @@ impl Default for ClusterConfig {
             timeouts: Timeouts::default(),
             gossip: GossipSettings::default(),
             raft: RaftSettings::default(),
+            gossip_keys: GossipKeys::default(),
+            gossip_keyring_file: None,
         }
     }
 }
@@ -277,7 +313,28 @@ impl ClusterConfig {
         if r.max_frame_bytes < 64 * 1024 {
             bad("raft.max_frame_bytes", "must be at least 65536".into());
         }
+        for (i, key) in self.gossip_keys.0.iter().enumerate() {
+            if let Err(problem) = decode_gossip_key(key) {
+                bad(&format!("gossip_keys[{i}]"), problem);
+            }
+        }
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
+    }
+
+    /// The keyring file: the configured one, else the one in `data_dir`, else none.
+    pub fn gossip_keyring_path(&self) -> Option<PathBuf> {
+        self.gossip_keyring_file
+            .clone()
+            .or_else(|| self.data_dir.as_ref().map(|d| d.join(GOSSIP_KEYRING_FILE)))
+    }
+
+    /// Gossip encryption as the membership backend takes it (keys that do not
+    /// decode are left out: [`validate`](ClusterConfig::validate) reports them).
+    pub fn gossip_encryption(&self) -> cluster_core::GossipEncryption {
+        cluster_core::GossipEncryption {
+            keys: self.gossip_keys.0.iter().filter_map(|k| decode_gossip_key(k).ok()).collect(),
+            keyring_file: self.gossip_keyring_path(),
+        }
     }
 
     /// `Timeouts` as durations.
@@ -328,6 +385,29 @@ mod tests {
             assert!(fields.contains(&f), "{f} not named in {errs}");
         }
         assert!(errs.to_string().contains("num_voters: must be at least 1"));
+    }
+
+    #[test]
+    fn gossip_keys_are_checked_and_never_shown() {
+        let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = ClusterConfig {
+            gossip_keys: GossipKeys(vec![good.into(), "c2hvcnQ=".into(), "!!".into()]),
+            data_dir: Some("/var/lib/carbon".into()),
+            ..Default::default()
+        };
+        let errs = c.validate().unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["gossip_keys[1]", "gossip_keys[2]"]);
+        assert!(!format!("{c:?} {errs}").contains(good), "a key leaked");
+        let e = c.gossip_encryption();
+        assert_eq!(e.keys, vec![std::array::from_fn::<u8, 32, _>(|i| i as u8)]);
+        assert_eq!(e.keyring_file, Some(PathBuf::from("/var/lib/carbon").join(GOSSIP_KEYRING_FILE)));
+        let text = toml::to_string(&ClusterConfig {
+            gossip_keys: GossipKeys(vec![good.into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(toml::from_str::<ClusterConfig>(&text).unwrap().validate().is_ok());
     }
 
     #[test]

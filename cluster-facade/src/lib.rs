@@ -66,7 +66,10 @@ mod housekeeping;
 mod identity;
 
 pub use cluster::{Addresses, ClusterOf};
-pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
+pub use config::{
+    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings,
+    RaftSettings, Timeouts, decode_gossip_key,
+};
 pub use error::ClusterError;
 pub use grid::GridEvents;
 
@@ -75,6 +78,9 @@ pub use cluster_core::{
     GridMemberEvent, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch, WatchEvent,
 };
 pub use cluster_rpc as rpc;
+/// Gossip keys and the live keyring ([`ClusterOf::gossip_keyring`]).
+#[cfg(feature = "gossip-chitchat")]
+pub use cluster_gossip::{GossipKey, KeyringHandle};
 pub use cluster_service::{self as service, Proxy, ServiceClient};
 
 /// A member over the default backends: gossip on chitchat, consensus on openraft.

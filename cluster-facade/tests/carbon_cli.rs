@@ -211,3 +211,32 @@ fn the_demo_runs_to_its_end() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("Done"), "{stdout}");
 }
+
+#[test]
+fn a_member_on_a_network_address_needs_a_gossip_key_or_insecure() {
+    // 192.0.2.1 (TEST-NET-1) is never local: past the check, binding fails.
+    let out =
+        carbon().args(["agent", "--host", "192.0.2.1"]).env_remove("CARBON_GOSSIP_KEY").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("--gossip-key") && err.contains("--insecure"), "{err}");
+
+    let key = run(&["keys", "generate"]);
+    assert!(key.status.success());
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+    for args in [vec!["--gossip-key", key.as_str()], vec!["--insecure"]] {
+        let out = carbon()
+            .args(["agent", "--host", "192.0.2.1"])
+            .args(&args)
+            .env_remove("CARBON_GOSSIP_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "past the check, the bind fails: {err}");
+        assert!(!err.contains(&key), "the key leaked into the error: {err}");
+    }
+    let out = run(&["agent", "--gossip-key", "c2hvcnQ="]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cluster_facade::{Cluster, ClusterConfig};
+use cluster_facade::{Cluster, ClusterConfig, decode_gossip_key};
 
 use crate::exit::Failure;
 
@@ -41,6 +41,15 @@ pub(crate) struct AgentArgs {
     /// The cluster id; members of other clusters are refused.
     #[arg(long)]
     pub cluster_id: Option<String>,
+    /// The gossip encryption key (base64, from `carbon keys generate`); it
+    /// becomes the primary key. A keyring file already in the data directory
+    /// wins over it (it holds the ring as the last rotation left it).
+    #[arg(long, env = "CARBON_GOSSIP_KEY", hide_env_values = true, value_name = "KEY")]
+    pub gossip_key: Option<String>,
+    /// Run without the protections a member on a non-loopback address needs
+    /// (gossip encryption). For trusted networks and experiments only.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl AgentArgs {
@@ -82,12 +91,35 @@ impl AgentArgs {
         if let Some(v) = &self.cluster_id {
             config.cluster_id = v.clone();
         }
+        if let Some(key) = &self.gossip_key {
+            decode_gossip_key(key).map_err(|p| Failure::usage(format!("--gossip-key: {p}")))?;
+            config.gossip_keys.0.retain(|k| k.trim() != key.trim());
+            config.gossip_keys.0.insert(0, key.trim().to_owned());
+        }
         config.validate().map_err(|errs| {
             let lines: Vec<String> = errs.0.iter().map(|p| format!("  {p}")).collect();
             Failure::usage(format!("invalid configuration:\n{}", lines.join("\n")))
         })?;
+        if !self.insecure {
+            secure_enough(&config)?;
+        }
         Ok(config)
     }
+}
+
+/// Secure by default: a member others can reach over a network encrypts its
+/// gossip, or is told in one line what to pass.
+fn secure_enough(config: &ClusterConfig) -> Result<(), Failure> {
+    let loopback = config.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let keyring_on_disk = config.gossip_keyring_path().is_some_and(|p| p.exists());
+    if loopback || !config.gossip_keys.0.is_empty() || keyring_on_disk {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "host {} is not a loopback address and gossip is not encrypted: pass --gossip-key KEY \
+         (or CARBON_GOSSIP_KEY; make one with `carbon keys generate`), or --insecure",
+        config.host
+    )))
 }
 
 /// Runs the member until a signal, then leaves gracefully.

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cluster_facade::{Cluster, ClusterConfig, RaftRole};
+use cluster_facade::{Cluster, ClusterConfig, GossipKey, GossipKeys, RaftRole};
 
 use crate::exit::Failure;
 use crate::table::members_table;
@@ -36,9 +36,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     tour(args).await.map_err(Failure::other)
 }
 
+/// The demo cluster's gossip key, made fresh for each run.
+fn demo_key() -> &'static GossipKey {
+    static KEY: std::sync::OnceLock<GossipKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(GossipKey::generate)
+}
+
 fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
-    let mut c =
-        ClusterConfig { seeds, num_voters: voters, cluster_id: "carbon-demo".into(), ..Default::default() };
+    let mut c = ClusterConfig {
+        seeds,
+        num_voters: voters,
+        cluster_id: "carbon-demo".into(),
+        gossip_keys: GossipKeys(vec![demo_key().to_base64()]),
+        ..Default::default()
+    };
     // Quick failure handling, so the tour does not drag.
     c.timeouts.failure_grace_ms = 1_000;
     c.timeouts.leave_ms = 3_000;
@@ -93,6 +104,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
         "Carbon Grid Cluster demo: {} members, {} voters, in this process on 127.0.0.1",
         args.members, wanted
     );
+    println!("Gossip is encrypted with a key generated for this run (key id {}).", demo_key().id());
 
     step(1, total, &format!("Starting {} members", args.members));
     let started = Instant::now();

@@ -5,7 +5,8 @@
 //! - `carbon members|status --service ADDR` show the cluster;
 //! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
 //! - `carbon demo` starts a local cluster and shows a leader failover;
-//! - `carbon tls init DIR` makes a CA and certificates for mutual TLS.
+//! - `carbon tls init DIR` makes a CA and certificates for mutual TLS;
+//! - `carbon keys generate` prints a fresh gossip encryption key.
 //!
 //! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
 //! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
@@ -14,6 +15,7 @@ mod agent;
 mod client;
 mod demo;
 mod exit;
+mod keys;
 mod table;
 mod tls;
 
@@ -45,6 +47,9 @@ enum Command {
     /// Make the certificates of mutual TLS.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Gossip encryption keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
             Command::Kv(cmd) => client::kv(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Tls(cmd) => tls::run(cmd),
+            Command::Keys(cmd) => keys::run(cmd),
         }
     });
     match result {
