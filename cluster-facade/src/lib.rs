@@ -62,17 +62,24 @@ mod cluster;
 mod config;
 mod error;
 mod grid;
+mod health;
 mod housekeeping;
+mod http;
 mod identity;
+mod metrics;
+mod served;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
 pub use error::ClusterError;
 pub use grid::GridEvents;
+pub use health::{READY_MAX_APPLY_LAG, Readiness};
+pub use metrics::{ConsensusGauges, Metrics};
 
 pub use cluster_core::{
-    self as core, CasOutcome, ConsensusStatus, ConsensusStore, ConsensusStoreExt, GridEventKind,
-    GridMemberEvent, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch, WatchEvent,
+    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
+    GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch,
+    WatchEvent,
 };
 pub use cluster_service::{self as service, Proxy, ServiceClient};
 
