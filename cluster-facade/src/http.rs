@@ -228,7 +228,16 @@ async fn kv_get<M: Membership, S: ConsensusStore>(
             .collect();
         return axum::Json(Value::Array(list)).into_response();
     }
-    let value = if flag(&q, "stale") { store.get(&key) } else { store.consistent_get(&key).await };
+    let value = if flag(&q, "stale") {
+        store.get(&key)
+    } else {
+        let start = std::time::Instant::now();
+        let v = store.consistent_get(&key).await;
+        if v.is_ok() {
+            member.metrics().observe_read(start.elapsed());
+        }
+        v
+    };
     match value {
         Ok(Some(v)) if flag(&q, "raw") => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
@@ -246,7 +255,10 @@ async fn kv_put<M: Membership, S: ConsensusStore>(
 ) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_put");
-    match member.store().set(&key, body.to_vec()).await {
+    let start = std::time::Instant::now();
+    let r = member.store().set(&key, body.to_vec()).await;
+    member.metrics().observe_write(start.elapsed(), r.is_ok());
+    match r {
         Ok(created) => axum::Json(json!({ "key": key, "created": created })).into_response(),
         Err(e) => store_error(e),
     }
@@ -258,7 +270,10 @@ async fn kv_delete<M: Membership, S: ConsensusStore>(
 ) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
-    match member.store().delete(&key).await {
+    let start = std::time::Instant::now();
+    let r = member.store().delete(&key).await;
+    member.metrics().observe_write(start.elapsed(), r.is_ok());
+    match r {
         Ok(deleted) => axum::Json(json!({ "key": key, "deleted": deleted })).into_response(),
         Err(e) => store_error(e),
     }

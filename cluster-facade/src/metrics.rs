@@ -160,12 +160,12 @@ impl Metrics {
             r.register("raft_nonvoters", "Nonvoters of raft", inner.nonvoters.clone());
             r.register(
                 "store_write_seconds",
-                "Time to apply a write served by this member's store (as leader)",
+                "Time of a write served by this member, from request to answer: through its HTTP API, or its service port (as leader)",
                 inner.write_seconds.clone(),
             );
             r.register(
                 "store_read_seconds",
-                "Time of a linearizable read served by this member's store (as leader)",
+                "Time of a linearizable read served by this member: through its HTTP API, or its service port (as leader)",
                 inner.read_seconds.clone(),
             );
             r.register(
@@ -223,7 +223,8 @@ impl Metrics {
         }
     }
 
-    /// A write applied (or refused) by this member's store, and how long it took.
+    /// A write served by this member (its HTTP API, or its service as
+    /// leader), and how long it took; a failed one counts as an error too.
     pub fn observe_write(&self, took: Duration, ok: bool) {
         self.inner.write_seconds.observe(took.as_secs_f64());
         if !ok {
@@ -231,7 +232,7 @@ impl Metrics {
         }
     }
 
-    /// A linearizable read served by this member's store, and how long it took.
+    /// A linearizable read served by this member, and how long it took.
     pub fn observe_read(&self, took: Duration) {
         self.inner.read_seconds.observe(took.as_secs_f64());
     }
