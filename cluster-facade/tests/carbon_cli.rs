@@ -555,12 +555,23 @@ fn http_api_metrics_and_readiness() {
     wait_until("ready again after the quorum is back", || {
         https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
     });
+    // Leadership may have moved meanwhile: the survivor's elections raised the term.
+    let is_leader = |h: &str| http_json(h, "GET", "/v1/status", b"").1["role"] == "leader";
+    let mut leader = 0;
+    wait_until("a leader", || match https.iter().position(|h| is_leader(h)) {
+        Some(l) => {
+            leader = l;
+            true
+        }
+        None => false,
+    });
     for (i, a) in agents.iter().enumerate() {
         if i != leader {
             a.signal("STOP");
         }
     }
     let paused = Instant::now();
+    assert!(is_leader(&https[leader]), "leadership moved before the pause");
     while http(&https[leader], "GET", "/health/ready", b"").0 != 503 {
         assert!(paused.elapsed() < Duration::from_secs(10), "a leader without a quorum is still ready");
         std::thread::sleep(Duration::from_millis(50));
