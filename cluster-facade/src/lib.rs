@@ -48,6 +48,15 @@
 //! a reap timeout after a failure). Every decision comes from the pure
 //! planners of `cluster_core::plan`.
 //!
+//! ## Operating a member
+//!
+//! With [`ClusterConfig::http_port`] a member serves the operators' HTTP API:
+//! `/health/live`, `/health/ready` (see [`Readiness`]), `/v1/status`,
+//! `/v1/members`, a JSON key-value API under `/v1/kv/{key}` (values in
+//! base64, or raw with `?raw`), and `/metrics` in Prometheus text (see
+//! [`Metrics`]). [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
+//! [`ClusterOf::metrics`] give the same to a program that embeds the member.
+//!
 //! ## Features
 //!
 //! - `gossip-chitchat` (default): membership on chitchat (`cluster-gossip`).
