@@ -57,6 +57,6 @@ pub use membership::{
 };
 pub use role::RaftRole;
 pub use store::{
-    CasOutcome, ConsensusConfig, ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, RaftTiming,
-    Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
+    Endpoints, Entries, Liveness, RaftTiming, Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
 };

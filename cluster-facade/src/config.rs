@@ -28,16 +28,24 @@ use serde::{Deserialize, Serialize};
 pub struct ClusterConfig {
     /// Members of other clusters are refused, in gossip and on every TCP port.
     pub cluster_id: String,
-    /// The host others reach this member at; every port binds on it.
+    /// The address every port binds on; also the one others reach this
+    /// member at, unless `advertise_host` says otherwise.
     pub host: String,
+    /// The address others reach this member at, when `host` is not it: a
+    /// wildcard bind (`0.0.0.0`, `::`) needs one.
+    pub advertise_host: Option<String>,
     /// Gossip (UDP) port; 0 picks a free one.
     pub gossip_port: u16,
     /// Raft RPC (TCP) port; 0 picks a free one.
     pub raft_port: u16,
     /// Forwarding-service (TCP) port; 0 picks a free one.
     pub service_port: u16,
-    /// The data grid's port, published to the other members; 0 picks a free one.
+    /// The data grid's port, published to the other members; 0 picks a free
+    /// one and holds it until the grid takes it
+    /// ([`take_grid_listener`](crate::ClusterOf::take_grid_listener)).
     pub grid_port: u16,
+    /// The operators' HTTP API (health, metrics, JSON KV); none: off, 0: a free port.
+    pub http_port: Option<u16>,
     /// Gossip addresses (`host:port`) of members to join; empty forms a new cluster.
     pub seeds: Vec<String>,
     /// How many voters the cluster keeps; the other members are nonvoters.
@@ -93,10 +101,12 @@ impl Default for ClusterConfig {
         ClusterConfig {
             cluster_id: "carbon-grid".to_owned(),
             host: "127.0.0.1".to_owned(),
+            advertise_host: None,
             gossip_port: 0,
             raft_port: 0,
             service_port: 0,
             grid_port: 0,
+            http_port: None,
             seeds: Vec::new(),
             num_voters: 3,
             data_dir: None,
@@ -246,14 +256,34 @@ impl ClusterConfig {
         }
         if self.host.trim().is_empty() {
             bad("host", "must not be empty".into());
-        } else if self.host.parse::<std::net::IpAddr>().is_err() {
-            bad("host", format!("{:?} is not an IP address", self.host));
+        } else {
+            match self.host.parse::<std::net::IpAddr>() {
+                Err(_) => bad("host", format!("{:?} is not an IP address", self.host)),
+                Ok(ip) if ip.is_unspecified() && self.advertise_host.is_none() => bad(
+                    "host",
+                    format!(
+                        "{} binds every interface, so it says nothing about where others reach this member: set advertise_host",
+                        self.host
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(a) = &self.advertise_host {
+            match a.parse::<std::net::IpAddr>() {
+                Err(_) => bad("advertise_host", format!("{a:?} is not an IP address")),
+                Ok(ip) if ip.is_unspecified() => {
+                    bad("advertise_host", format!("{a} is a wildcard; name an address others can reach"))
+                }
+                Ok(_) => {}
+            }
         }
         let ports = [
             ("gossip_port", self.gossip_port),
             ("raft_port", self.raft_port),
             ("service_port", self.service_port),
             ("grid_port", self.grid_port),
+            ("http_port", self.http_port.unwrap_or(0)),
         ];
         for (i, (name, port)) in ports.iter().enumerate() {
             if *port != 0 && ports[..i].iter().any(|(_, p)| p == port) {
@@ -337,6 +367,11 @@ impl ClusterConfig {
         }
     }
 
+    /// The host others reach this member at: `advertise_host`, else `host`.
+    pub fn advertised_host(&self) -> &str {
+        self.advertise_host.as_deref().unwrap_or(&self.host)
+    }
+
     /// `Timeouts` as durations.
     pub(crate) fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
@@ -408,6 +443,19 @@ mod tests {
         })
         .unwrap();
         assert!(toml::from_str::<ClusterConfig>(&text).unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_host_needs_an_advertised_one() {
+        let c = ClusterConfig { host: "0.0.0.0".into(), ..Default::default() };
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].field, "host", "{errs}");
+        assert!(errs.to_string().contains("advertise_host"), "{errs}");
+        let c = ClusterConfig { advertise_host: Some("127.0.0.1".into()), ..c };
+        c.validate().unwrap();
+        assert_eq!(c.advertised_host(), "127.0.0.1");
+        let c = ClusterConfig { advertise_host: Some("::".into()), ..c };
+        assert_eq!(c.validate().unwrap_err().0[0].field, "advertise_host");
     }
 
     #[test]

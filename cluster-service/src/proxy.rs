@@ -5,6 +5,7 @@
 //! changes until the operation's deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
@@ -87,6 +88,8 @@ struct Inner<S> {
     store: Arc<S>,
     opts: ProxyOptions,
     pool: Pool,
+    /// Attempts sent to another member's service, for metrics.
+    forwarded: AtomicU64,
 }
 
 /// Where one attempt runs.
@@ -104,7 +107,7 @@ impl<S: ConsensusStore> Proxy<S> {
             connect_timeout: options.connect_timeout,
             queue_len: options.queue_len,
         });
-        Proxy { inner: Arc::new(Inner { store, opts: options, pool }) }
+        Proxy { inner: Arc::new(Inner { store, opts: options, pool, forwarded: AtomicU64::new(0) }) }
     }
 
     /// The local store.
@@ -115,6 +118,12 @@ impl<S: ConsensusStore> Proxy<S> {
     /// The options in use.
     pub fn options(&self) -> &ProxyOptions {
         &self.inner.opts
+    }
+
+    /// How many attempts (writes and consistent reads) this proxy sent to
+    /// another member because it did not lead; counts every retry.
+    pub fn forwarded(&self) -> u64 {
+        self.inner.forwarded.load(Ordering::Relaxed)
     }
 
     /// What this member knows about consensus now.
@@ -202,7 +211,10 @@ impl<S: ConsensusStore> Proxy<S> {
                             Response::Err(e) => Err(e),
                             answer => Ok(answer),
                         },
-                        Some((_, Target::Remote(addr))) => inner.pool.call(&addr, request).await,
+                        Some((_, Target::Remote(addr))) => {
+                            inner.forwarded.fetch_add(1, Ordering::Relaxed);
+                            inner.pool.call(&addr, request).await
+                        }
                         None => Err(Error::NotLeader(None)),
                     }
                 }

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use cluster_core::Error;
 use cluster_core::wire::{Frame, WireCodec};
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,6 +106,12 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
                     if tx.send(reply).await.is_err() {
                         break;
                     }
+                }
+                // A peer that stopped (a member leaving, a restart) resets its
+                // connections: nothing is wrong, and nothing to answer.
+                Some(Err(Error::Io(e))) => {
+                    tracing::debug!(error = %e, "raft connection ended");
+                    break;
                 }
                 Some(Err(fatal)) => {
                     // The stream cannot be resynchronized: answer, then close.

@@ -56,18 +56,32 @@ fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
     c
 }
 
+/// Colour and cursor codes only when stdout is a terminal: a file or a pipe
+/// gets plain text.
+fn tty() -> bool {
+    std::io::stdout().is_terminal()
+}
+
 fn step(n: usize, total: usize, text: &str) {
-    println!("\n\x1b[1m[{n}/{total}] {text}\x1b[0m");
+    if tty() {
+        println!("\n\x1b[1m[{n}/{total}] {text}\x1b[0m");
+    } else {
+        println!("\n[{n}/{total}] {text}");
+    }
 }
 
 fn ok(text: &str) {
-    println!("  \x1b[32m✓\x1b[0m {text}");
+    if tty() {
+        println!("  \x1b[32m✓\x1b[0m {text}");
+    } else {
+        println!("  ✓ {text}");
+    }
 }
 
 /// Waits until `cond` holds, showing what it waits for and for how long.
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let tty = std::io::stdout().is_terminal();
+    let tty = tty();
     if !tty {
         println!("  … {what}");
     }
@@ -134,7 +148,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     ok(&format!("balanced after {:.2} s", took.as_secs_f64()));
-    println!("{}", members_table(&members[0].members()?));
+    println!("{}", members_table(&members[0].members()?, &members[0].liveness()));
 
     let via = members
         .iter()
@@ -191,7 +205,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
     ok(&format!("{expect} voters again, {:.2} s after the crash", crash.elapsed().as_secs_f64()));
 
     step(5, total, "The cluster after the failover");
-    println!("{}", members_table(&members[new_leader].members()?));
+    println!("{}", members_table(&members[new_leader].members()?, &members[new_leader].liveness()));
     for k in 0..args.keys {
         let got = members[via].store().consistent_get(&format!("demo/key-{k:02}")).await?;
         if got != Some(format!("value-{k:02}").into_bytes()) {
