@@ -24,6 +24,9 @@ use crate::grid::{self, GridEvents, GridHub};
 use crate::housekeeping::{Housekeeper, Settings};
 use crate::identity;
 
+/// The directory of the raft state inside the data directory.
+pub(crate) const RAFT_DIR: &str = "raft";
+
 /// The addresses a member is bound to (the real ports when 0 was asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
@@ -148,7 +151,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             raft_listen_addr: SocketAddr::new(host, config.raft_port),
             advertise_host: config.host.clone(),
             service_addr: service_addr.to_string(),
-            data_dir: config.data_dir.as_ref().map(|d| d.join("raft")),
+            data_dir: config.data_dir.as_ref().map(|d| d.join(RAFT_DIR)),
             timing: config.raft.timing(),
             max_frame_len: config.raft.max_frame_bytes,
             rpc_timeout: ms(config.raft.election_timeout_max_ms),
@@ -158,7 +161,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let store = Arc::new(store);
         started.store = Some(store.clone());
         let raft_addr = store.raft_addr();
-        if config.seeds.is_empty() && !store.is_initialized().await.map_err(start_err("consensus"))? {
+        // A member whose raft state was reset rejoins the cluster that still
+        // counts it; it never bootstraps a new one beside it.
+        let reset_pending = store.status().reset_pending;
+        if config.seeds.is_empty()
+            && reset_pending.is_none()
+            && !store.is_initialized().await.map_err(start_err("consensus"))?
+        {
             info!("no seeds and no earlier state: forming a new cluster");
             store.bootstrap().await.map_err(start_err("consensus"))?;
         }
@@ -174,6 +183,10 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         );
         me.raft_role = store.status().role().unwrap_or(RaftRole::Nonvoter);
         me.extra_tags = config.tags.clone();
+        let mut tags = me.to_tags();
+        if let Some(id) = reset_pending {
+            tags.insert(tag::RAFT_RESET_PENDING.to_owned(), id);
+        }
         let membership = M::start(MembershipConfig {
             member_id,
             generation: identity::generation(),
@@ -183,7 +196,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             seeds: config.seeds.clone(),
             gossip_interval: ms(config.gossip.interval_ms),
             failure_detection: config.gossip.failure_detection(),
-            tags: me.to_tags(),
+            tags,
         })
         .await
         .map_err(start_err("membership"))?;

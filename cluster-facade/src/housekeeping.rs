@@ -55,6 +55,8 @@ pub(crate) struct Housekeeper<M, S> {
     published: (Option<RaftRole>, Option<ShortId>),
     own_short_id: watch::Sender<Option<ShortId>>,
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
+    /// The reset id last published in the own tags (`Some(None)`: none).
+    published_reset: Option<Option<String>>,
 }
 
 impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
@@ -75,6 +77,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             published: (None, None),
             own_short_id,
             last_raft: None,
+            published_reset: None,
         }
     }
 
@@ -117,6 +120,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
             self.refresh_short_ids();
             self.publish_own_tags().await;
+            self.publish_reset_tag().await;
             if self.store.status().is_leader() {
                 self.reconcile().await;
             }
@@ -181,6 +185,64 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         }
     }
 
+    /// Keeps this member's `raft_reset_pending` tag true: present with the
+    /// reset id while its raft state reset is pending, absent otherwise.
+    async fn publish_reset_tag(&mut self) {
+        let pending = self.store.status().reset_pending;
+        if self.published_reset.as_ref() == Some(&pending) {
+            return;
+        }
+        let result = match &pending {
+            Some(id) => {
+                self.membership.set_tags(BTreeMap::from([(tag::RAFT_RESET_PENDING.to_owned(), id.clone())])).await
+            }
+            None => self.membership.remove_tags(vec![tag::RAFT_RESET_PENDING.to_owned()]).await,
+        };
+        match result {
+            Ok(()) => self.published_reset = Some(pending),
+            Err(e) => warn!(member = %self.me, error = %e, "cannot publish the reset tag"),
+        }
+    }
+
+    /// The live members whose raft state reset is pending, with their reset ids.
+    fn pending_resets(&self) -> BTreeMap<MemberId, String> {
+        self.membership
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.me)
+            .filter_map(|m| m.tags.get(tag::RAFT_RESET_PENDING).map(|id| (m.id, id.clone())))
+            .collect()
+    }
+
+    /// The leader's part of a raft-safe reset (see `cluster_consensus::recovery`):
+    /// a member with a pending reset is taken out of the voters; once it is
+    /// a nonvoter, the note with its reset id tells it that it may vote
+    /// again; notes of members no longer pending are deleted.
+    async fn handle_resets(
+        &self,
+        pending: &BTreeMap<MemberId, String>,
+        status: &ConsensusStatus,
+    ) -> cluster_core::Result<()> {
+        for (id, reset_id) in pending {
+            if status.voters.contains_key(id) {
+                info!(member = %self.me, of = %id, reset = %reset_id, "raft state of a voter was reset: demoting it");
+                self.store.demote(*id).await?;
+            } else if status.nonvoters.contains_key(id) {
+                let key = keys::raft_reset_key(*id);
+                if self.store.get(&key)?.as_deref() != Some(reset_id.as_bytes()) {
+                    info!(member = %self.me, of = %id, reset = %reset_id, "reset member is out of the voters");
+                    self.store.set(&key, reset_id.clone().into_bytes()).await?;
+                }
+            }
+        }
+        for (key, _) in self.store.get_prefix(keys::RAFT_RESET_PREFIX)? {
+            if keys::parse_raft_reset_key(&key).is_ok_and(|id| !pending.contains_key(&id)) {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn health(&self, id: MemberId, live: &BTreeMap<MemberId, MemberInfo>, now: Instant) -> Health {
         if id == self.me || live.contains_key(&id) {
             return Health::Healthy;
@@ -240,7 +302,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
         }
         let status = self.store.status();
-        if let Err(e) = self.balance_voters(&status, &live, now).await {
+        let pending = self.pending_resets();
+        if let Err(e) = self.handle_resets(&pending, &status).await {
+            debug!(member = %self.me, error = %e, "reset handling failed; next round retries");
+            return;
+        }
+        let status = self.store.status();
+        if let Err(e) = self.balance_voters(&status, &live, &pending, now).await {
             debug!(member = %self.me, error = %e, "voter change failed; next round retries");
             return;
         }
@@ -266,6 +334,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         &self,
         status: &ConsensusStatus,
         live: &BTreeMap<MemberId, MemberInfo>,
+        pending: &BTreeMap<MemberId, String>,
         now: Instant,
     ) -> cluster_core::Result<()> {
         let ids: BTreeSet<MemberId> = live.keys().copied().chain(status.all_members()).collect();
@@ -280,7 +349,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 } else {
                     RaftMembership::Absent
                 },
-                health: self.health(id, live, now),
+                health: match self.health(id, live, now) {
+                    // In raft with a pending reset: kept, never promoted, not counted on.
+                    Health::Healthy if pending.contains_key(&id) && status.all_members().contains(&id) => {
+                        Health::Suspect
+                    }
+                    health => health,
+                },
             })
             .collect();
         for change in plan_voters(&members, self.settings.num_voters, self.me) {

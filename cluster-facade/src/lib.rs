@@ -64,10 +64,14 @@ mod error;
 mod grid;
 mod housekeeping;
 mod identity;
+#[cfg(feature = "consensus-openraft")]
+mod reset;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
 pub use error::ClusterError;
+#[cfg(feature = "consensus-openraft")]
+pub use reset::{ResetReport, reset_raft_state};
 pub use grid::GridEvents;
 
 pub use cluster_core::{

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cluster_facade::{Cluster, ClusterConfig};
+use cluster_facade::{Cluster, ClusterConfig, ClusterError};
 
 use crate::exit::Failure;
 
@@ -41,6 +41,13 @@ pub(crate) struct AgentArgs {
     /// The cluster id; members of other clusters are refused.
     #[arg(long)]
     pub cluster_id: Option<String>,
+    /// Before starting, move this member's raft state aside (renamed with a
+    /// timestamp, not deleted) and rejoin with an empty one, keeping the
+    /// member id: what to do when the member refused to start because its
+    /// raft state is corrupt (exit code 5). It does not vote until the
+    /// leader has taken it out of the voters; see docs/recovery.md.
+    #[arg(long)]
+    pub reset_raft_state: bool,
 }
 
 impl AgentArgs {
@@ -93,7 +100,27 @@ impl AgentArgs {
 /// Runs the member until a signal, then leaves gracefully.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let config = args.config()?;
-    let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
+    if args.reset_raft_state {
+        let report = cluster_facade::reset_raft_state(&config).map_err(|e| Failure::usage(e.to_string()))?;
+        let moved = match &report.moved_to {
+            Some(path) => format!("moved the old raft state to {}", path.display()),
+            None => "there was no raft state".to_owned(),
+        };
+        tracing::warn!(reset = %report.reset_id, "raft state reset: {moved}");
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "carbon: raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
+            report.reset_id
+        );
+    }
+    let cluster = match Cluster::start(config).await {
+        Ok(cluster) => cluster,
+        Err(ClusterError::Start { source: source @ cluster_core::Error::CorruptState { .. }, .. }) => {
+            return Err(Failure::corrupt(format!("cannot start the member: {source}")));
+        }
+        Err(e) => return Err(Failure::other(anyhow::Error::new(e).context("cannot start the member"))),
+    };
     let start_line = |short_id| {
         let a = cluster.addresses();
         let line = format!(
