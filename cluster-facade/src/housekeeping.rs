@@ -194,7 +194,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         }
         let result = match &pending {
             Some(id) => {
-                self.membership.set_tags(BTreeMap::from([(tag::RAFT_RESET_PENDING.to_owned(), id.clone())])).await
+                self.membership
+                    .set_tags(BTreeMap::from([(tag::RAFT_RESET_PENDING.to_owned(), id.clone())]))
+                    .await
             }
             None => self.membership.remove_tags(vec![tag::RAFT_RESET_PENDING.to_owned()]).await,
         };

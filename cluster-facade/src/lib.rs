@@ -70,9 +70,9 @@ mod reset;
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
 pub use error::ClusterError;
+pub use grid::GridEvents;
 #[cfg(feature = "consensus-openraft")]
 pub use reset::{ResetReport, reset_raft_state};
-pub use grid::GridEvents;
 
 pub use cluster_core::{
     self as core, CasOutcome, ConsensusStatus, ConsensusStore, ConsensusStoreExt, GridEventKind,
