@@ -294,7 +294,7 @@ mod tests {
     fn the_gate_refuses_while_pending() {
         let gate = VoteGate::new(Some("r1".into()));
         assert!(gate.refusal().unwrap().contains("reset"));
-        let mut changes = gate.subscribe();
+        let changes = gate.subscribe();
         gate.release();
         assert!(changes.has_changed().unwrap());
         assert_eq!(gate.refusal(), None);
