@@ -38,8 +38,10 @@
 //!
 //! 1. a configuration without it among the voters was **committed** (joint
 //!    consensus: by a majority of the old voters and a majority of the new
-//!    ones, none of which counts it), after the reset — the key carries a
-//!    reset id made at the reset, so no older configuration qualifies. Any
+//!    ones, none of which counts it) after it last voted — the leader took
+//!    it out (or had already removed it while it was down) and wrote the key
+//!    only after that, and the key carries a reset id made at the reset, so
+//!    no note from an older reset qualifies. Any
 //!    election its lost vote could have decided had a majority of the old
 //!    voters at that term or later, and that majority meets the majority
 //!    that committed the configuration: the leader that committed it, and

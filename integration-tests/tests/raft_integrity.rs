@@ -119,29 +119,46 @@ async fn assert_all_readable(client: &ServiceClient, acked: &BTreeMap<String, Ve
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_with_a_corrupt_log_refuses_then_rejoins_after_a_reset() -> Result<()> {
+/// Runs `scenario`; on failure, keeps the cluster's directory and shows the logs.
+async fn with_evidence<F>(scenario: F) -> Result<()>
+where
+    F: AsyncFnOnce(&mut ProcessCluster) -> Result<()>,
+{
     let _serial = serial().await;
     let mut cluster = ProcessCluster::start(ClusterSpec::new(3, 3))?;
-    wait_voters(&mut cluster, DEADLINE).await?;
-    let all = client(&mut cluster, &[0, 1, 2])?;
+    let result = scenario(&mut cluster).await;
+    if result.is_err() {
+        cluster.keep_dir();
+        eprintln!("{}", cluster.log_tails(40));
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_with_a_corrupt_log_refuses_then_rejoins_after_a_reset() -> Result<()> {
+    with_evidence(follower_scenario).await
+}
+
+async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
+    wait_voters(cluster, DEADLINE).await?;
+    let all = client(cluster, &[0, 1, 2])?;
     let mut acked = write_keys(&all, "before/", 400).await;
 
     let leader = cluster.leader().await.context("a leader")?;
     let follower = (leader + 1) % 3;
     let others: Vec<usize> = (0..3).filter(|&i| i != follower).collect();
+    let member_id = cluster.agent(follower).known_start_line().map(|s| s.member_id.clone());
     cluster.agent(follower).kill()?;
-    let segment = wal_segment(&mut cluster, follower)?;
+    let segment = wal_segment(cluster, follower)?;
     flip_middle(&segment)?;
 
-    expect_refusal(&mut cluster, follower, &segment)?;
+    expect_refusal(cluster, follower, &segment)?;
     // The other two keep serving every acknowledged write, and new ones.
-    let two = client(&mut cluster, &others)?;
+    let two = client(cluster, &others)?;
     assert_all_readable(&two, &acked).await?;
     acked.extend(write_keys(&two, "while-away/", 100).await);
 
     // The reset: same member id, state moved aside, rejoins as a nonvoter.
-    let member_id = cluster.agent(follower).known_start_line().map(|s| s.member_id.clone());
     cluster.agent(follower).restart_with_args(&["--reset-raft-state"])?;
     let line = cluster.agent(follower).wait_started(DEADLINE)?.clone();
     assert_eq!(Some(line.member_id.clone()), member_id, "the member id is kept");
@@ -204,19 +221,21 @@ async fn a_follower_with_a_corrupt_log_refuses_then_rejoins_after_a_reset() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_corrupt_logs_of_three_leave_the_cluster_unavailable_not_wrong() -> Result<()> {
-    let _serial = serial().await;
-    let mut cluster = ProcessCluster::start(ClusterSpec::new(3, 3))?;
-    wait_voters(&mut cluster, DEADLINE).await?;
-    let all = client(&mut cluster, &[0, 1, 2])?;
+    with_evidence(majority_scenario).await
+}
+
+async fn majority_scenario(cluster: &mut ProcessCluster) -> Result<()> {
+    wait_voters(cluster, DEADLINE).await?;
+    let all = client(cluster, &[0, 1, 2])?;
     let acked = write_keys(&all, "k/", 400).await;
     assert!(!acked.is_empty());
 
     cluster.kill_all()?;
     let (intact, corrupt) = (0usize, [1usize, 2]);
     for &i in &corrupt {
-        let segment = wal_segment(&mut cluster, i)?;
+        let segment = wal_segment(cluster, i)?;
         flip_middle(&segment)?;
-        expect_refusal(&mut cluster, i, &segment)?;
+        expect_refusal(cluster, i, &segment)?;
     }
     cluster.restart(intact)?;
     let alone = cluster.client_of(intact, cluster.probe_options()).map_err(|e| anyhow::anyhow!("{e}"))?;

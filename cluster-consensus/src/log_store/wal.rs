@@ -98,11 +98,7 @@ pub enum WalError {
     },
     /// The log holds a bad record that is not a torn tail (see the module
     /// doc): acknowledged entries would be lost, so the log refuses to open.
-    #[error(
-        "corrupt write-ahead log segment {} at byte offset {offset}: {reason}; the member must not \
-         rejoin with this log: reset its raft state (`carbon agent --reset-raft-state`, see docs/recovery.md)",
-        path.display()
-    )]
+    #[error("corrupt write-ahead log segment {} at byte offset {offset}: {reason}", path.display())]
     Corrupt {
         /// The segment.
         path: PathBuf,
