@@ -50,7 +50,9 @@ async fn a_reset_member_does_not_vote_until_the_leader_notes_it_is_out_of_the_vo
     assert_eq!(store.status().reset_pending, Some(report.reset_id.clone()));
     assert!(matches!(store.bootstrap().await, Err(Error::BadRequest(_))), "never a new cluster");
     match ask_vote(&store, 1_000).await {
-        RaftRpcReply::Refused(Error::BadRequest(reason)) => assert!(reason.contains("vote refused"), "{reason}"),
+        RaftRpcReply::Refused(Error::BadRequest(reason)) => {
+            assert!(reason.contains("vote refused"), "{reason}")
+        }
         other => panic!("a pending member answered a vote request: {other:?}"),
     }
 

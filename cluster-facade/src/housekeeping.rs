@@ -224,9 +224,18 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         &self,
         pending: &BTreeMap<MemberId, String>,
         status: &ConsensusStatus,
+        live: &BTreeMap<MemberId, MemberInfo>,
     ) -> cluster_core::Result<()> {
         for (id, reset_id) in pending {
             if status.voters.contains_key(id) {
+                // Only when the other voters can commit it alone: a change that
+                // cannot commit would stall every write behind it.
+                let others: Vec<&MemberId> = status.voters.keys().filter(|v| *v != id).collect();
+                let healthy = others.iter().filter(|v| **v == &self.me || live.contains_key(v)).count();
+                if healthy * 2 <= others.len() {
+                    debug!(member = %self.me, of = %id, "reset voter kept until the other voters are healthy");
+                    continue;
+                }
                 info!(member = %self.me, of = %id, reset = %reset_id, "raft state of a voter was reset: demoting it");
                 self.store.demote(*id).await?;
             } else if status.nonvoters.contains_key(id) {
@@ -305,9 +314,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         }
         let status = self.store.status();
         let pending = self.pending_resets();
-        if let Err(e) = self.handle_resets(&pending, &status).await {
+        if let Err(e) = self.handle_resets(&pending, &status, &live).await {
+            // The rest of the round does not depend on it.
             debug!(member = %self.me, error = %e, "reset handling failed; next round retries");
-            return;
         }
         let status = self.store.status();
         if let Err(e) = self.balance_voters(&status, &live, &pending, now).await {

@@ -48,6 +48,11 @@
 //! a reap timeout after a failure). Every decision comes from the pure
 //! planners of `cluster_core::plan`.
 //!
+//! A member whose raft state is corrupt refuses to start
+//! ([`cluster_core::Error::CorruptState`]); [`reset_raft_state`] moves that
+//! state aside, keeping the member id, and the leader takes the member out of
+//! the voters before it votes again (`docs/recovery.md`).
+//!
 //! ## Features
 //!
 //! - `gossip-chitchat` (default): membership on chitchat (`cluster-gossip`).
