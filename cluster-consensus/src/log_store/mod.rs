@@ -241,3 +241,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_core::MemberId;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, MemberId::from(1u64)), index)
+    }
+
+    fn store_with(indexes: std::ops::RangeInclusive<u64>) -> LogStore {
+        let store = LogStore::in_memory();
+        let mut c = store.lock();
+        for i in indexes {
+            c.log.insert(i, Entry { log_id: log_id(i), payload: EntryPayload::Blank });
+        }
+        drop(c);
+        store
+    }
+
+    #[tokio::test]
+    async fn a_reversed_range_is_a_storage_error_not_a_panic() {
+        let mut store = store_with(1..=10);
+        // What openraft asks for when the committed index went back below the applied one.
+        let (start, end) = (8u64, 5u64);
+        let reversed = store.try_get_log_entries(start..end).await;
+        assert!(reversed.is_err(), "{reversed:?}");
+        assert!(store.try_get_log_entries(5..5).await.unwrap().is_empty());
+        assert_eq!(store.try_get_log_entries(3..=4).await.unwrap().len(), 2);
+        assert_eq!(store.try_get_log_entries(9..).await.unwrap().len(), 2);
+        assert_eq!(bounds(&(start..end)), Err(LogStoreError::ReversedRange { start: 8, end: 5 }));
+    }
+
+    #[tokio::test]
+    async fn committed_entries_are_never_truncated() {
+        let mut store = store_with(1..=10);
+        store.save_committed(Some(log_id(6))).await.unwrap();
+        assert!(store.truncate(log_id(6)).await.is_err(), "entry 6 is committed");
+        assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 10, "nothing deleted");
+        store.truncate(log_id(7)).await.unwrap();
+        assert_eq!(store.try_get_log_entries(..).await.unwrap().len(), 6);
+    }
+}
