@@ -120,12 +120,12 @@ async fn assert_all_readable(client: &ServiceClient, acked: &BTreeMap<String, Ve
 }
 
 /// Runs `scenario`; on failure, keeps the cluster's directory and shows the logs.
-async fn with_evidence<F>(scenario: F) -> Result<()>
+async fn with_evidence<F>(spec: ClusterSpec, scenario: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut ProcessCluster) -> Result<()>,
 {
     let _serial = serial().await;
-    let mut cluster = ProcessCluster::start(ClusterSpec::new(3, 3))?;
+    let mut cluster = ProcessCluster::start(spec)?;
     let result = scenario(&mut cluster).await;
     if result.is_err() {
         cluster.keep_dir();
@@ -136,7 +136,18 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_with_a_corrupt_log_refuses_then_rejoins_after_a_reset() -> Result<()> {
-    with_evidence(follower_scenario).await
+    // The leader removes the dead follower after 1 s: it rejoins as a new nonvoter.
+    with_evidence(ClusterSpec::new(3, 3), follower_scenario).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reset_follower_still_a_voter_is_demoted_before_it_votes() -> Result<()> {
+    // The leader keeps the dead follower as a voter: the reset member comes
+    // back still counted, and must be demoted (it never clears otherwise).
+    let mut spec = ClusterSpec::new(3, 3);
+    spec.config.failure_grace_ms = 600_000;
+    spec.config.short_id_reap_ms = 600_000;
+    with_evidence(spec, follower_scenario).await
 }
 
 async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
@@ -221,7 +232,7 @@ async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_corrupt_logs_of_three_leave_the_cluster_unavailable_not_wrong() -> Result<()> {
-    with_evidence(majority_scenario).await
+    with_evidence(ClusterSpec::new(3, 3), majority_scenario).await
 }
 
 async fn majority_scenario(cluster: &mut ProcessCluster) -> Result<()> {
