@@ -60,6 +60,15 @@
 //!   leader's service address, `Timeout`, `Unreachable`, `ShuttingDown`,
 //!   `MembershipChange`, `Storage`).
 //!
+//! - [`recovery`]: the raft-safe reset of a member whose raft state is
+//!   corrupt: the state moved aside, votes refused until the leader has taken
+//!   the member out of the voters, and why that is safe.
+//!
+//! Opening durable storage checks its integrity: a corrupt write-ahead log
+//! record (not a torn tail), a snapshot that fails its checksum or a redb
+//! file that does not open fails with [`cluster_core::Error::CorruptState`],
+//! naming the file and what to do.
+//!
 //! Both storages pass openraft's own storage suite (`tests/storage_suite.rs`).
 
 mod batcher;
@@ -67,6 +76,7 @@ mod encoding;
 mod error;
 pub mod log_store;
 pub mod network;
+pub mod recovery;
 pub mod state_machine;
 pub mod store;
 pub mod typecfg;

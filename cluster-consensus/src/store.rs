@@ -27,6 +27,7 @@ use crate::log_store::LogStore;
 use crate::network::client::{ConnPool, Limits, NetworkFactory};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
+use crate::recovery::VoteGate;
 #[cfg(feature = "durable")]
 use crate::state_machine::SnapshotVault;
 use crate::state_machine::{SharedState, StateMachine};
@@ -69,6 +70,7 @@ struct Inner {
     #[cfg(feature = "durable")]
     durable: Mutex<Option<crate::log_store::durable::DurableWriter>>,
     op_timeout: Duration,
+    votes: VoteGate,
     span: tracing::Span,
 }
 
@@ -100,7 +102,7 @@ pub fn raft_config(config: &ConsensusConfig) -> Result<openraft::Config> {
     raft.validate().map_err(|e| Error::BadRequest(format!("timing: {e}")))
 }
 
-fn status_of(m: &RaftMetrics<MemberId, Endpoints>) -> ConsensusStatus {
+fn status_of(m: &RaftMetrics<MemberId, Endpoints>, reset_pending: Option<String>) -> ConsensusStatus {
     let membership = m.membership_config.membership();
     let voter_ids: BTreeSet<MemberId> = membership.voter_ids().collect();
     let mut voters = BTreeMap::new();
@@ -120,6 +122,7 @@ fn status_of(m: &RaftMetrics<MemberId, Endpoints>) -> ConsensusStatus {
         applied_index: m.last_applied.map(|l| l.index),
         voters,
         nonvoters,
+        reset_pending,
     }
 }
 
@@ -160,10 +163,70 @@ async fn forget_leadership(log: &mut LogStore) -> Result<()> {
     Ok(())
 }
 
+/// How often a member with a pending reset looks for the leader's note.
+const RESET_POLL: Duration = Duration::from_millis(100);
+
+/// Ends a pending reset once this member has applied the leader's note that
+/// it is out of the voters (see [`crate::recovery`]): removes the marker,
+/// lets votes through and allows elections again.
+async fn watch_reset(
+    raft: Raft,
+    state: SharedState,
+    votes: VoteGate,
+    reset_id: String,
+    dir: std::path::PathBuf,
+    cancel: CancellationToken,
+) {
+    let key = cluster_core::keys::raft_reset_key(raft.metrics().borrow().id);
+    let mut poll = tokio::time::interval(RESET_POLL);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = poll.tick() => {}
+        }
+        let noted = state.read().data.get(&key).is_some_and(|v| v.as_slice() == reset_id.as_bytes());
+        if !noted {
+            continue;
+        }
+        let cleared = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || crate::recovery::clear_reset(&dir)
+        })
+        .await;
+        match cleared {
+            Ok(Ok(())) => {
+                votes.release();
+                raft.runtime_config().elect(true);
+                tracing::info!(reset = %reset_id, "out of the voters and caught up: this member votes again");
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot end the pending reset; retrying"),
+            Err(e) => tracing::warn!(error = %e, "cannot end the pending reset; retrying"),
+        }
+    }
+}
+
 impl RaftStore {
     async fn open_inner(config: ConsensusConfig, span: tracing::Span) -> Result<Self> {
-        let raft_config = Arc::new(raft_config(&config)?);
+        let mut raft_config = raft_config(&config)?;
         let member_id = config.member_id;
+        let pending = match &config.data_dir {
+            Some(dir) => crate::recovery::pending_reset(dir).map_err(|e| match e {
+                crate::recovery::ResetError::BadMarker { path, reason } => Error::CorruptState {
+                    path: path.display().to_string(),
+                    offset: None,
+                    detail: format!("{reason}; run `carbon agent --reset-raft-state` again"),
+                },
+                other => Error::Storage(other.to_string()),
+            })?,
+            None => None,
+        };
+        if let Some(id) = &pending {
+            tracing::warn!(reset = %id, "raft state was reset: no votes and no elections until this member is out of the voters");
+            raft_config.enable_elect = false;
+        }
+        let votes = VoteGate::new(pending);
+        let raft_config = Arc::new(raft_config);
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
 
         #[cfg(feature = "durable")]
@@ -172,13 +235,32 @@ impl RaftStore {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
                 let path = dir.join("raft.redb");
+                let redb = path.clone();
                 let opened = tokio::task::spawn_blocking(move || crate::log_store::durable::open(&path))
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))?
-                    .map_err(|e| Error::Storage(format!("cannot open {}: {e}", dir.display())))?;
+                    .map_err(|e| match e.corruption() {
+                        Some((file, offset)) => {
+                            tracing::error!(file = %file.display(), ?offset, error = %e, "corrupt raft state: refusing to start");
+                            Error::CorruptState { path: file.display().to_string(), offset, detail: e.detail() }
+                        }
+                        None => Error::Storage(format!("cannot open {}: {e}", dir.display())),
+                    })?;
                 let vault: Arc<dyn SnapshotVault> = Arc::new(opened.writer.clone());
-                let sm = StateMachine::new(opened.snapshot, Some(vault), events.clone())
-                    .map_err(|e| Error::Storage(e.to_string()))?;
+                let sm = match StateMachine::new(opened.snapshot, Some(vault), events.clone()) {
+                    Ok(sm) => sm,
+                    Err(e) => {
+                        opened.writer.close();
+                        return Err(Error::CorruptState {
+                            path: redb.display().to_string(),
+                            offset: None,
+                            detail: format!(
+                                "the snapshot's state does not decode: {e}; {}",
+                                crate::log_store::durable::RECOVERY_HINT
+                            ),
+                        });
+                    }
+                };
                 (LogStore::durable(opened.log, opened.writer.clone()), sm, Some(opened.writer))
             }
             None => (
@@ -224,11 +306,13 @@ impl RaftStore {
             raft: raft.clone(),
             state: state.clone(),
             codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len),
+            votes: votes.clone(),
         };
         let server = tokio::spawn(serve(listener, server_ctx, cancel.clone()).instrument(span.clone()));
 
         let mut metrics = raft.metrics();
-        let (status_tx, status) = watch::channel(status_of(&metrics.borrow()));
+        let mut gate = votes.subscribe();
+        let (status_tx, status) = watch::channel(status_of(&metrics.borrow(), votes.pending()));
         let status_cancel = cancel.clone();
         let status_task = tokio::spawn(
             async move {
@@ -239,14 +323,32 @@ impl RaftStore {
                             if changed.is_err() {
                                 break;
                             }
-                            let now = status_of(&metrics.borrow_and_update());
-                            status_tx.send_if_modified(|s| if *s == now { false } else { *s = now; true });
+                        }
+                        changed = gate.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
                         }
                     }
+                    let now = status_of(&metrics.borrow_and_update(), gate.borrow_and_update().clone());
+                    status_tx.send_if_modified(|s| {
+                        if *s == now {
+                            false
+                        } else {
+                            *s = now;
+                            true
+                        }
+                    });
                 }
             }
             .instrument(span.clone()),
         );
+        let mut tasks = vec![server, status_task];
+        if let (Some(reset_id), Some(dir)) = (votes.pending(), config.data_dir.clone()) {
+            let watcher =
+                watch_reset(raft.clone(), state.clone(), votes.clone(), reset_id, dir, cancel.clone());
+            tasks.push(tokio::spawn(watcher.instrument(span.clone())));
+        }
         let (batcher, batcher_task) = WriteBatcher::spawn(raft.clone(), cancel.clone());
         tracing::info!(raft_addr = %endpoints.raft_addr, durable = config.data_dir.is_some(), "consensus store open");
 
@@ -262,10 +364,14 @@ impl RaftStore {
                 pool,
                 batcher,
                 cancel,
-                tasks: Mutex::new(vec![server, status_task, batcher_task]),
+                tasks: Mutex::new({
+                    tasks.push(batcher_task);
+                    tasks
+                }),
                 #[cfg(feature = "durable")]
                 durable: Mutex::new(durable),
                 op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
+                votes,
                 span,
             }),
         })
@@ -403,7 +509,7 @@ impl ConsensusStore for RaftStore {
 
     fn status(&self) -> ConsensusStatus {
         // Straight from raft's metrics: never behind `status_changes`.
-        status_of(&self.inner.raft.metrics().borrow())
+        status_of(&self.inner.raft.metrics().borrow(), self.inner.votes.pending())
     }
 
     fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {
@@ -416,6 +522,13 @@ impl ConsensusStore for RaftStore {
 
     async fn bootstrap(&self) -> Result<()> {
         let raft = &self.inner.raft;
+        if let Some(id) = self.inner.votes.pending() {
+            // Its old cluster still counts it: a new one beside it would split the brain.
+            return Err(Error::BadRequest(format!(
+                "the raft state of this member was reset (reset {id}): it rejoins its cluster through \
+                 seeds and never bootstraps a new one"
+            )));
+        }
         if self.is_initialized().await? {
             return Ok(());
         }

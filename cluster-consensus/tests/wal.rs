@@ -225,3 +225,214 @@ fn a_redb_log_of_an_older_build_moves_to_the_write_ahead_log() {
 fn enc<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("encodes")
 }
+
+/// A log of entries 1..=n in one segment; returns the segment and the
+/// offset of each entry record.
+fn one_segment(dir: &Path, n: u64) -> (std::path::PathBuf, Vec<u64>) {
+    let (mut wal, _) = Wal::open(dir, WalOptions::default(), None).expect("open");
+    let mut offsets = Vec::new();
+    let mut at = 0u64;
+    for i in 1..=n {
+        let f = framed(i);
+        offsets.push(at);
+        at += f.bytes.len() as u64;
+        wal.write(&f).expect("write");
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    (last_segment(dir), offsets)
+}
+
+fn flip(path: &Path, offset: usize, len: usize) {
+    let mut bytes = std::fs::read(path).expect("read");
+    for b in &mut bytes[offset..offset + len] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn flipped_bytes_before_valid_records_are_corruption_at_every_offset() {
+    let record = framed(1).bytes.len();
+    // In the length, the CRC, the payload, and across two records.
+    for within in [0, 2, 5, 9, record - 4, record - 2] {
+        for victim in [1usize, 10, 18] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (segment, offsets) = one_segment(dir.path(), 20);
+            let at = offsets[victim - 1] as usize + within;
+            flip(&segment, at, 4);
+            match Wal::open(dir.path(), WalOptions::default(), None) {
+                Err(WalError::Corrupt { path, offset, reason }) => {
+                    assert_eq!(path, segment);
+                    assert_eq!(
+                        offset,
+                        offsets[victim - 1],
+                        "the first bad record ({within} into {victim}): {reason}"
+                    );
+                    let message = WalError::Corrupt { path, offset, reason }.to_string();
+                    assert!(message.contains(&format!("byte offset {offset}")), "{message}");
+                }
+                other => {
+                    panic!("flip at {at} (entry {victim} + {within}): expected corruption, got {other:?}")
+                }
+            }
+            // Refused, not repaired: the file is untouched.
+            assert_eq!(std::fs::metadata(&segment).expect("meta").len(), (record * 20) as u64);
+        }
+    }
+}
+
+#[test]
+fn a_flipped_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (segment, offsets) = one_segment(dir.path(), 20);
+    flip(&segment, offsets[19] as usize + 9, 4);
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("a torn tail is cut");
+    assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=19).collect::<Vec<_>>());
+    assert_eq!(std::fs::metadata(&segment).expect("meta").len(), offsets[19]);
+    drop(wal);
+}
+
+#[test]
+fn truncation_anywhere_in_the_last_record_is_a_torn_tail() {
+    let record = framed(1).bytes.len() as u64;
+    for cut in [1, 4, 8, 9, record - 1] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (segment, offsets) = one_segment(dir.path(), 10);
+        let f = std::fs::OpenOptions::new().write(true).open(&segment).expect("open");
+        f.set_len(offsets[9] + cut).expect("truncate");
+        drop(f);
+        let (_, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
+        assert_eq!(recovered.entries.len(), 9, "cut {cut} bytes into the last record");
+        assert_eq!(recovered.torn_bytes, cut);
+    }
+}
+
+#[test]
+fn zeros_after_the_tail_are_not_corruption() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (segment, offsets) = one_segment(dir.path(), 10);
+    // Preallocated or zero-filled space, as after a crash that extended the file.
+    append_bytes(&segment, &vec![0u8; 64 * 1024]);
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("zeros are a torn tail");
+    assert_eq!(recovered.entries.len(), 10);
+    assert_eq!(recovered.torn_bytes, 64 * 1024);
+    drop(offsets);
+
+    // Zeros over a record in the middle, with records after it: corruption.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (segment, offsets) = one_segment(dir.path(), 10);
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let (from, to) = (offsets[3] as usize, offsets[5] as usize);
+    bytes[from..to].fill(0);
+    std::fs::write(&segment, bytes).expect("write");
+    match Wal::open(dir.path(), WalOptions::default(), None) {
+        Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, offsets[3]),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_segment_or_a_hole_between_entries_is_corruption() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
+    write_all(&mut wal, 1..=40);
+    let ids = wal.segment_ids();
+    drop(wal);
+    std::fs::remove_file(dir.path().join(format!("{:08}.wal", ids[2]))).expect("remove");
+    match Wal::open(dir.path(), small(), None) {
+        Err(WalError::Corrupt { reason, .. }) => assert!(reason.contains("missing"), "{reason}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+
+    // A record removed from the middle of a segment: its neighbours are whole.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (segment, offsets) = one_segment(dir.path(), 10);
+    let mut bytes = std::fs::read(&segment).expect("read");
+    drop(bytes.drain(offsets[4] as usize..offsets[5] as usize));
+    std::fs::write(&segment, bytes).expect("write");
+    match Wal::open(dir.path(), WalOptions::default(), None) {
+        Err(WalError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, offsets[4]);
+            assert!(reason.contains("entry 6 follows entry 4"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_durable_storage_refuses_a_corrupt_log_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wal_dir = dir.path().join(durable::WAL_DIR);
+    let (segment, offsets) = one_segment(&wal_dir, 12);
+    flip(&segment, offsets[5] as usize + 10, 4);
+    let err = match durable::open(&dir.path().join("raft.redb")) {
+        Err(e) => e,
+        Ok(_) => panic!("a corrupt log opened"),
+    };
+    assert_eq!(err.corruption(), Some((segment.as_path(), Some(offsets[5]))));
+    let message = err.to_string();
+    assert!(message.contains("--reset-raft-state"), "says what to do: {message}");
+}
+
+#[test]
+fn a_snapshot_that_fails_its_checksum_is_refused() {
+    use cluster_consensus::state_machine::{KvState, SnapshotVault, StoredSnapshot};
+    use cluster_consensus::typecfg::SnapshotMeta;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft.redb");
+    let state = KvState::default();
+    let snapshot = StoredSnapshot {
+        meta: SnapshotMeta { last_log_id: Some(log_id(3)), snapshot_id: "s".into(), ..Default::default() },
+        data: state.to_bytes().expect("encodes"),
+    };
+    {
+        let opened = durable::open(&path).expect("open");
+        opened.writer.save(&snapshot).expect("save");
+        opened.writer.close();
+    }
+    let opened = durable::open(&path).expect("reopen");
+    assert_eq!(opened.snapshot.expect("a snapshot").meta.snapshot_id, "s");
+    opened.writer.close();
+
+    // One bit of the sealed snapshot, changed in place in redb.
+    {
+        use redb::{Database, ReadableDatabase, TableDefinition};
+        const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+        let db = Database::create(&path).expect("db");
+        let mut sealed = {
+            let txn = db.begin_read().expect("txn");
+            let table = txn.open_table(META).expect("table");
+            table.get("snapshot_crc32").expect("get").expect("sealed snapshot").value().to_vec()
+        };
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META).expect("table").insert("snapshot_crc32", sealed.as_slice()).expect("insert");
+        txn.commit().expect("commit");
+    }
+    match durable::open(&path) {
+        Err(e) => {
+            assert_eq!(e.corruption(), Some((path.as_path(), None)));
+            assert!(e.to_string().contains("checksum"), "{e}");
+        }
+        Ok(_) => panic!("a snapshot that fails its checksum was accepted"),
+    }
+}
+
+#[test]
+fn a_redb_file_that_does_not_open_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("raft.redb");
+    durable::open(&path).expect("create").writer.close();
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[..64].fill(0x5A);
+    std::fs::write(&path, bytes).expect("write");
+    match durable::open(&path) {
+        Err(e) => {
+            assert_eq!(e.corruption(), Some((path.as_path(), None)), "{e}");
+            assert!(e.to_string().contains("raft.redb"), "{e}");
+        }
+        Ok(_) => panic!("a garbled redb file opened"),
+    }
+}

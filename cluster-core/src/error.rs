@@ -141,6 +141,21 @@ pub enum Error {
     /// The storage failed; the member cannot continue safely.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// This member's stored raft state is corrupt: a write-ahead log record
+    /// that is not a torn tail, a snapshot that fails its checksum, a state
+    /// file that does not open. Starting with it could lose acknowledged
+    /// writes or cast a second vote in a term, so the member refuses to
+    /// start; `detail` says what to do (reset the raft state, keeping the
+    /// member id). Retrying will not help.
+    #[error("corrupt raft state in {path}{}: {detail}", match .offset { Some(o) => format!(" at byte offset {o}"), None => String::new() })]
+    CorruptState {
+        /// The file.
+        path: String,
+        /// Where in it, when known.
+        offset: Option<u64>,
+        /// What is wrong and what to do.
+        detail: String,
+    },
     /// A watcher or subscriber fell behind and missed changes; read the
     /// current state again.
     #[error("fell behind and missed {missed} changes")]

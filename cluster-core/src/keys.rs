@@ -16,6 +16,12 @@ pub const VOTERS_PREFIX: &str = "carbon-grid/consensus_voters/";
 /// `carbon-grid/consensus_nonvoters/<member id>` → empty value.
 pub const NONVOTERS_PREFIX: &str = "carbon-grid/consensus_nonvoters/";
 
+/// `carbon-grid/raft_reset/<member id>` → the reset id of a member whose raft
+/// state was reset, written by the leader once that member is out of the
+/// voters: the member may vote again once it has applied it (see
+/// `cluster-consensus`'s `recovery` module).
+pub const RAFT_RESET_PREFIX: &str = "carbon-grid/raft_reset/";
+
 /// The key of a member's [`MemberInfo`](crate::MemberInfo).
 pub fn member_key(id: MemberId) -> String {
     format!("{MEMBERS_PREFIX}{id}")
@@ -29,6 +35,16 @@ pub fn voter_key(id: MemberId) -> String {
 /// The key that marks a member as a nonvoter.
 pub fn nonvoter_key(id: MemberId) -> String {
     format!("{NONVOTERS_PREFIX}{id}")
+}
+
+/// The key that tells a reset member it is out of the voters.
+pub fn raft_reset_key(id: MemberId) -> String {
+    format!("{RAFT_RESET_PREFIX}{id}")
+}
+
+/// The member id in a raft reset key.
+pub fn parse_raft_reset_key(key: &str) -> Result<MemberId> {
+    parse_under(key, RAFT_RESET_PREFIX, "a raft reset key")
 }
 
 /// True for keys that belong to the cluster, not to users.
@@ -75,6 +91,8 @@ pub enum KeyKind {
     Nonvoter(MemberId),
     /// The leader record.
     Leader,
+    /// The note that a reset member is out of the voters.
+    RaftReset(MemberId),
     /// A user key (not reserved).
     User,
 }
@@ -96,6 +114,9 @@ pub fn classify(key: &str) -> Result<KeyKind> {
     if key.starts_with(NONVOTERS_PREFIX) {
         return parse_nonvoter_key(key).map(KeyKind::Nonvoter);
     }
+    if key.starts_with(RAFT_RESET_PREFIX) {
+        return parse_raft_reset_key(key).map(KeyKind::RaftReset);
+    }
     Err(Error::BadKey { key: key.to_owned(), expected: "a key of the cluster's layout".to_owned() })
 }
 
@@ -111,6 +132,7 @@ mod tests {
         assert_eq!(classify(&voter_key(id)).unwrap(), KeyKind::Voter(id));
         assert_eq!(classify(&nonvoter_key(id)).unwrap(), KeyKind::Nonvoter(id));
         assert_eq!(classify(LEADER_KEY).unwrap(), KeyKind::Leader);
+        assert_eq!(classify(&raft_reset_key(id)).unwrap(), KeyKind::RaftReset(id));
         assert_eq!(classify("users/x").unwrap(), KeyKind::User);
         assert_eq!(parse_voter_key(&voter_key(id)).unwrap(), id);
         assert_eq!(parse_nonvoter_key(&nonvoter_key(id)).unwrap(), id);

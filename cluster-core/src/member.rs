@@ -26,7 +26,12 @@ pub mod tag {
     /// The short id, once assigned.
     pub const SHORT_ID: &str = "short_member_id";
 
-    /// Every tag name above; extra tags may not use them.
+    /// Set (to the reset id) while the member's raft state was reset and it
+    /// waits to be taken out of the voters; absent otherwise.
+    pub const RAFT_RESET_PENDING: &str = "raft_reset_pending";
+
+    /// Every tag name above but the optional [`RAFT_RESET_PENDING`]; extra
+    /// tags may not use them.
     pub const RESERVED: [&str; 7] =
         [HOST, GOSSIP_PORT, RAFT_PORT, SERVICE_PORT, GRID_PORT, RAFT_ROLE, SHORT_ID];
 }
@@ -183,7 +188,9 @@ impl MemberInfo {
             raft_role,
             extra_tags: tags
                 .iter()
-                .filter(|(k, _)| !tag::RESERVED.contains(&k.as_str()))
+                .filter(|(k, _)| {
+                    !tag::RESERVED.contains(&k.as_str()) && k.as_str() != tag::RAFT_RESET_PENDING
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })

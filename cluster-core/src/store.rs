@@ -243,6 +243,11 @@ pub struct ConsensusStatus {
     pub voters: BTreeMap<MemberId, Endpoints>,
     /// The nonvoters (learners) and where they are reached.
     pub nonvoters: BTreeMap<MemberId, Endpoints>,
+    /// The reset id while this member's raft state was reset and it waits
+    /// to be taken out of the voters: it neither votes nor stands for
+    /// election until then.
+    #[serde(default)]
+    pub reset_pending: Option<String>,
 }
 
 impl ConsensusStatus {

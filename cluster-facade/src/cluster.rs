@@ -28,6 +28,9 @@ use crate::identity;
 use crate::metrics::Metrics;
 use crate::served::{LivenessTable, ServedStore};
 
+/// The directory of the raft state inside the data directory.
+pub(crate) const RAFT_DIR: &str = "raft";
+
 /// Where others reach a member (the advertised host, with the real ports
 /// when 0 was asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +192,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             raft_listen_addr: SocketAddr::new(host, config.raft_port),
             advertise_host: advertised.to_string(),
             service_addr: service_addr.to_string(),
-            data_dir: config.data_dir.as_ref().map(|d| d.join("raft")),
+            data_dir: config.data_dir.as_ref().map(|d| d.join(RAFT_DIR)),
             timing: config.raft.timing(),
             max_frame_len: config.raft.max_frame_bytes,
             rpc_timeout: ms(config.raft.election_timeout_max_ms),
@@ -199,7 +202,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let store = Arc::new(store);
         started.store = Some(store.clone());
         let raft_addr = store.raft_addr();
-        if config.seeds.is_empty() && !store.is_initialized().await.map_err(start_err("consensus"))? {
+        // A member whose raft state was reset rejoins the cluster that still
+        // counts it; it never bootstraps a new one beside it.
+        let reset_pending = store.status().reset_pending;
+        if config.seeds.is_empty()
+            && reset_pending.is_none()
+            && !store.is_initialized().await.map_err(start_err("consensus"))?
+        {
             info!("no seeds and no earlier state: forming a new cluster");
             store.bootstrap().await.map_err(start_err("consensus"))?;
         }
@@ -215,6 +224,10 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         );
         me.raft_role = store.status().role().unwrap_or(RaftRole::Nonvoter);
         me.extra_tags = config.tags.clone();
+        let mut tags = me.to_tags();
+        if let Some(id) = reset_pending {
+            tags.insert(tag::RAFT_RESET_PENDING.to_owned(), id);
+        }
         let membership = M::start(MembershipConfig {
             member_id,
             generation: identity::generation(),
@@ -227,7 +240,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             seeds: config.seeds.clone(),
             gossip_interval: ms(config.gossip.interval_ms),
             failure_detection: config.gossip.failure_detection(),
-            tags: me.to_tags(),
+            tags,
             encryption: config.gossip_encryption(),
         })
         .await

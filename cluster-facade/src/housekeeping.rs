@@ -57,6 +57,8 @@ pub(crate) struct Housekeeper<M, S> {
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
     /// The last refusal reported per gossip member, so each is logged once.
     refused: HashMap<MemberId, String>,
+    /// The reset id last published in the own tags (`Some(None)`: none).
+    published_reset: Option<Option<String>>,
 }
 
 impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
@@ -78,6 +80,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             own_short_id,
             last_raft: None,
             refused: HashMap::new(),
+            published_reset: None,
         }
     }
 
@@ -120,6 +123,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
             self.refresh_short_ids();
             self.publish_own_tags().await;
+            self.publish_reset_tag().await;
             if self.store.status().is_leader() {
                 self.reconcile().await;
             }
@@ -184,6 +188,75 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         }
     }
 
+    /// Keeps this member's `raft_reset_pending` tag true: present with the
+    /// reset id while its raft state reset is pending, absent otherwise.
+    async fn publish_reset_tag(&mut self) {
+        let pending = self.store.status().reset_pending;
+        if self.published_reset.as_ref() == Some(&pending) {
+            return;
+        }
+        let result = match &pending {
+            Some(id) => {
+                self.membership
+                    .set_tags(BTreeMap::from([(tag::RAFT_RESET_PENDING.to_owned(), id.clone())]))
+                    .await
+            }
+            None => self.membership.remove_tags(vec![tag::RAFT_RESET_PENDING.to_owned()]).await,
+        };
+        match result {
+            Ok(()) => self.published_reset = Some(pending),
+            Err(e) => warn!(member = %self.me, error = %e, "cannot publish the reset tag"),
+        }
+    }
+
+    /// The live members whose raft state reset is pending, with their reset ids.
+    fn pending_resets(&self) -> BTreeMap<MemberId, String> {
+        self.membership
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.me)
+            .filter_map(|m| m.tags.get(tag::RAFT_RESET_PENDING).map(|id| (m.id, id.clone())))
+            .collect()
+    }
+
+    /// The leader's part of a raft-safe reset (see `cluster_consensus::recovery`):
+    /// a member with a pending reset is taken out of the voters; once it is
+    /// a nonvoter, the note with its reset id tells it that it may vote
+    /// again; notes of members no longer pending are deleted.
+    async fn handle_resets(
+        &self,
+        pending: &BTreeMap<MemberId, String>,
+        status: &ConsensusStatus,
+        live: &BTreeMap<MemberId, MemberInfo>,
+    ) -> cluster_core::Result<()> {
+        for (id, reset_id) in pending {
+            if status.voters.contains_key(id) {
+                // Only when the other voters can commit it alone: a change that
+                // cannot commit would stall every write behind it.
+                let others: Vec<&MemberId> = status.voters.keys().filter(|v| *v != id).collect();
+                let healthy = others.iter().filter(|v| **v == &self.me || live.contains_key(v)).count();
+                if healthy * 2 <= others.len() {
+                    debug!(member = %self.me, of = %id, "reset voter kept until the other voters are healthy");
+                    continue;
+                }
+                info!(member = %self.me, of = %id, reset = %reset_id, "raft state of a voter was reset: demoting it");
+                self.store.demote(*id).await?;
+            } else if status.nonvoters.contains_key(id) {
+                let key = keys::raft_reset_key(*id);
+                if self.store.get(&key)?.as_deref() != Some(reset_id.as_bytes()) {
+                    info!(member = %self.me, of = %id, reset = %reset_id, "reset member is out of the voters");
+                    self.store.set(&key, reset_id.clone().into_bytes()).await?;
+                }
+            }
+        }
+        for (key, _) in self.store.get_prefix(keys::RAFT_RESET_PREFIX)? {
+            if keys::parse_raft_reset_key(&key).is_ok_and(|id| !pending.contains_key(&id)) {
+                self.store.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn health(&self, id: MemberId, live: &BTreeMap<MemberId, MemberInfo>, now: Instant) -> Health {
         if id == self.me || live.contains_key(&id) {
             return Health::Healthy;
@@ -232,7 +305,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
         }
         let status = self.store.status();
-        if let Err(e) = self.balance_voters(&status, &live, now).await {
+        let pending = self.pending_resets();
+        if let Err(e) = self.handle_resets(&pending, &status, &live).await {
+            // The rest of the round does not depend on it.
+            debug!(member = %self.me, error = %e, "reset handling failed; next round retries");
+        }
+        let status = self.store.status();
+        if let Err(e) = self.balance_voters(&status, &live, &pending, now).await {
             debug!(member = %self.me, error = %e, "voter change failed; next round retries");
             return;
         }
@@ -286,6 +365,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         &self,
         status: &ConsensusStatus,
         live: &BTreeMap<MemberId, MemberInfo>,
+        pending: &BTreeMap<MemberId, String>,
         now: Instant,
     ) -> cluster_core::Result<()> {
         let ids: BTreeSet<MemberId> = live.keys().copied().chain(status.all_members()).collect();
@@ -300,7 +380,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 } else {
                     RaftMembership::Absent
                 },
-                health: self.health(id, live, now),
+                health: match self.health(id, live, now) {
+                    // In raft with a pending reset: kept, never promoted, not counted on.
+                    Health::Healthy if pending.contains_key(&id) && status.all_members().contains(&id) => {
+                        Health::Suspect
+                    }
+                    health => health,
+                },
             })
             .collect();
         for change in plan_voters(&members, self.settings.num_voters, self.me) {

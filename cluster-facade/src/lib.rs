@@ -57,6 +57,11 @@
 //! [`Metrics`]). [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
 //! [`ClusterOf::metrics`] give the same to a program that embeds the member.
 //!
+//! A member whose raft state is corrupt refuses to start
+//! ([`cluster_core::Error::CorruptState`]); [`reset_raft_state`] moves that
+//! state aside, keeping the member id, and the leader takes the member out of
+//! the voters before it votes again (`docs/recovery.md`).
+//!
 //! ## Features
 //!
 //! - `gossip-chitchat` (default): membership on chitchat (`cluster-gossip`).
@@ -76,6 +81,8 @@ mod housekeeping;
 mod http;
 mod identity;
 mod metrics;
+#[cfg(feature = "consensus-openraft")]
+mod reset;
 mod served;
 
 pub use cluster::{Addresses, ClusterOf};
@@ -87,6 +94,8 @@ pub use error::ClusterError;
 pub use grid::GridEvents;
 pub use health::{READY_MAX_APPLY_LAG, Readiness};
 pub use metrics::{ConsensusGauges, Metrics};
+#[cfg(feature = "consensus-openraft")]
+pub use reset::{ResetReport, reset_raft_state};
 
 pub use cluster_core::{
     self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,

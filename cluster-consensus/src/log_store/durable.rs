@@ -20,11 +20,21 @@
 //! 2–3× an append + `fdatasync` here; the vote changes once per election and
 //! the snapshot once per snapshot, so their cost does not matter.
 //!
+//! # Integrity on open
+//!
+//! Opening refuses, with an [`OpenError`] that names the file, what would
+//! otherwise be a silent loss: a write-ahead log record that is corrupt and
+//! not a torn tail ([`super::wal`]), a redb file that does not open or holds
+//! a value that does not decode, a snapshot whose CRC-32 does not match.
+//! Nothing falls back to an empty state: a member that restarted empty but
+//! still counted as a voter could vote twice in a term or help elect a
+//! leader without entries it had acknowledged. See `docs/recovery.md`.
+//!
 //! A data directory written by an older build that kept the log in redb
 //! (table `raft_log`) is migrated on open: the entries move to the
 //! write-ahead log, durably, before the table is emptied.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -34,7 +44,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::LogContents;
-use super::wal::{Framed, Record, Wal, WalOptions, frame};
+use super::wal::{Framed, Record, Wal, WalError, WalOptions, crc32, frame};
 use crate::encoding::{decode, encode};
 use crate::state_machine::{SnapshotVault, StoredSnapshot};
 use crate::typecfg::{Entry, LogId, TypeConfig, Vote};
@@ -46,7 +56,11 @@ const VOTE: &str = "vote";
 /// The committed id of older builds; now in the write-ahead log.
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// The snapshot of older builds, without a checksum: read only if there is
+/// no [`SEALED_SNAPSHOT`].
 const SNAPSHOT: &str = "snapshot";
+/// The current snapshot: its CRC-32 (4 bytes, little endian), then its bytes.
+const SEALED_SNAPSHOT: &str = "snapshot_crc32";
 /// The directory of the write-ahead log, next to the redb file.
 pub const WAL_DIR: &str = "raft-log";
 /// How long committed ids written without an append wait for one before
@@ -70,6 +84,127 @@ fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// What the message of every corruption error tells the operator to do.
+pub const RECOVERY_HINT: &str = "this member must not rejoin with it: stop it, run `carbon agent \
+     --reset-raft-state` with the same configuration (it keeps the member id and moves the raft state \
+     aside), then start it again; see docs/recovery.md";
+
+/// Why the durable storage did not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The write-ahead log is corrupt ([`WalError::Corrupt`]) or cannot be read.
+    #[error("{source}{}", if matches!(source, WalError::Corrupt { .. }) { format!("; {RECOVERY_HINT}") } else { String::new() })]
+    Wal {
+        /// The log's error.
+        #[from]
+        source: WalError,
+    },
+    /// The redb file holds something that is not a valid raft state: it
+    /// does not open as a database, a value does not decode, the snapshot
+    /// fails its checksum.
+    #[error("corrupt raft state file {}: {what}; {RECOVERY_HINT}", path.display())]
+    Corrupt {
+        /// The redb file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Another process holds the redb file open.
+    #[error("raft state file {} is in use by another process", path.display())]
+    InUse {
+        /// The redb file.
+        path: PathBuf,
+    },
+    /// The file system failed (permissions, space, …): not the files' fault.
+    #[error("cannot open the raft state in {}: {reason}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        reason: String,
+    },
+}
+
+impl OpenError {
+    /// What is wrong and what to do, without the file name (which
+    /// [`corruption`](Self::corruption) gives).
+    pub fn detail(&self) -> String {
+        match self {
+            OpenError::Wal { source: WalError::Corrupt { reason, .. } } => {
+                format!("{reason}; {RECOVERY_HINT}")
+            }
+            OpenError::Corrupt { what, .. } => format!("{what}; {RECOVERY_HINT}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// The file that is corrupt and where in it, if this is corruption
+    /// (and not, say, a full disk).
+    pub fn corruption(&self) -> Option<(&Path, Option<u64>)> {
+        match self {
+            OpenError::Wal { source: WalError::Corrupt { path, offset, .. } } => Some((path, Some(*offset))),
+            OpenError::Corrupt { path, .. } => Some((path, None)),
+            _ => None,
+        }
+    }
+}
+
+impl From<OpenError> for std::io::Error {
+    fn from(e: OpenError) -> Self {
+        let kind = if e.corruption().is_some() {
+            std::io::ErrorKind::InvalidData
+        } else {
+            std::io::ErrorKind::Other
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Opens the redb file, telling corruption from other failures. redb's
+/// debug builds panic on some corrupt pages instead of returning an error:
+/// that is caught and reported as corruption too.
+fn open_database(path: &Path) -> Result<Database, OpenError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(path)));
+    let corrupt = |what: String| OpenError::Corrupt { path: path.to_path_buf(), what };
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Err(_) => Err(corrupt("the database panicked while opening it".to_owned())),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            Err(OpenError::InUse { path: path.to_path_buf() })
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(what)))) => {
+            Err(corrupt(format!("not a valid database: {what}")))
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(corrupt(format!("not a valid database: {e}")))
+        }
+        Ok(Err(e)) => Err(OpenError::Io { path: path.to_path_buf(), reason: e.to_string() }),
+    }
+}
+
+/// A snapshot sealed with its CRC-32, as stored.
+fn seal(snapshot: &StoredSnapshot) -> Result<Vec<u8>, std::io::Error> {
+    let bytes = encode(snapshot)?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&crc32::checksum(&bytes).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(out)
+}
+
+/// The snapshot in `sealed`, if its CRC-32 matches and it decodes.
+pub fn unseal(sealed: &[u8]) -> Result<StoredSnapshot, String> {
+    let (crc, bytes) = sealed.split_at_checked(4).ok_or("the snapshot is shorter than its checksum")?;
+    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let actual = crc32::checksum(bytes);
+    if actual != crc {
+        return Err(format!("the snapshot fails its checksum (stored {crc:08x}, computed {actual:08x})"));
+    }
+    decode::<StoredSnapshot>(bytes).map_err(|e| format!("the snapshot does not decode: {e}"))
+}
+
 /// What was on disk when the storage opened.
 pub struct Opened {
     /// The log storage's contents.
@@ -82,46 +217,55 @@ pub struct Opened {
 
 /// Opens (or creates) the storage: the redb file at `path` and the
 /// write-ahead log in the directory [`WAL_DIR`] next to it.
-pub fn open(path: &Path) -> Result<Opened, std::io::Error> {
+pub fn open(path: &Path) -> Result<Opened, OpenError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     open_with(path, &dir.join(WAL_DIR), WalOptions::default())
 }
 
 /// Opens (or creates) the storage: the redb file at `path` and the
 /// write-ahead log in `wal_dir`, with `options`.
-pub fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Opened, std::io::Error> {
-    let db = Database::create(path).map_err(io)?;
+pub fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Opened, OpenError> {
+    let db = open_database(path)?;
+    let file_err =
+        |e: &dyn std::fmt::Display| OpenError::Io { path: path.to_path_buf(), reason: e.to_string() };
+    let corrupt = |what: String| OpenError::Corrupt { path: path.to_path_buf(), what };
     let mut log = LogContents::default();
-    let mut snapshot = None;
-    let txn = db.begin_write().map_err(io)?;
+    let snapshot;
+    let txn = db.begin_write().map_err(|e| file_err(&e))?;
     let wal = {
-        let mut meta = txn.open_table(META).map_err(io)?;
-        let get = |key: &str| -> Result<Option<Vec<u8>>, std::io::Error> {
-            Ok(meta.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        let mut meta = txn.open_table(META).map_err(|e| file_err(&e))?;
+        let get = |key: &str| -> Result<Option<Vec<u8>>, OpenError> {
+            Ok(meta.get(key).map_err(|e| file_err(&e))?.map(|v| v.value().to_vec()))
         };
-        if let Some(b) = get(VOTE)? {
-            log.vote = Some(decode::<Vote>(&b)?);
+        fn decoded<T: serde::de::DeserializeOwned>(
+            bytes: Option<Vec<u8>>,
+            what: &str,
+            corrupt: impl Fn(String) -> OpenError,
+        ) -> Result<Option<T>, OpenError> {
+            bytes
+                .map(|b| decode::<T>(&b).map_err(|e| corrupt(format!("the {what} does not decode: {e}"))))
+                .transpose()
         }
-        let old_committed = match get(COMMITTED)? {
-            Some(b) => Some(decode::<Option<LogId>>(&b)?),
-            None => None,
+        log.vote = decoded::<Vote>(get(VOTE)?, "vote", corrupt)?;
+        let old_committed = decoded::<Option<LogId>>(get(COMMITTED)?, "committed log id", corrupt)?;
+        log.last_purged = decoded::<LogId>(get(LAST_PURGED)?, "last purged log id", corrupt)?;
+        snapshot = match get(SEALED_SNAPSHOT)? {
+            Some(sealed) => Some(unseal(&sealed).map_err(corrupt)?),
+            None => decoded::<StoredSnapshot>(get(SNAPSHOT)?, "snapshot", corrupt)?,
         };
-        if let Some(b) = get(LAST_PURGED)? {
-            log.last_purged = Some(decode::<LogId>(&b)?);
-        }
-        if let Some(b) = get(SNAPSHOT)? {
-            snapshot = Some(decode::<StoredSnapshot>(&b)?);
-        }
         let (mut wal, recovered) = Wal::open(wal_dir, options, log.last_purged.map(|l| l.index))?;
         log.log = recovered.entries;
         let mut committed = recovered.committed;
 
         // Migrate the log of an older build.
-        let mut old_log = txn.open_table(LOG).map_err(io)?;
+        let mut old_log = txn.open_table(LOG).map_err(|e| file_err(&e))?;
         let mut old_entries = Vec::new();
-        for row in old_log.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            old_entries.push((k.value(), decode::<Entry>(v.value())?));
+        for row in old_log.iter().map_err(|e| file_err(&e))? {
+            let (k, v) = row.map_err(|e| file_err(&e))?;
+            let entry = decode::<Entry>(v.value()).map_err(|e| {
+                corrupt(format!("log entry {} of an older build does not decode: {e}", k.value()))
+            })?;
+            old_entries.push((k.value(), entry));
         }
         if !old_entries.is_empty() || old_committed.is_some() {
             // The table is emptied only once the log holds its entries
@@ -140,19 +284,19 @@ pub fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Ope
                 committed = Some(c);
             }
             wal.sync()?;
-            old_log.retain(|_, _| false).map_err(io)?;
-            meta.remove(COMMITTED).map_err(io)?;
+            old_log.retain(|_, _| false).map_err(|e| file_err(&e))?;
+            meta.remove(COMMITTED).map_err(|e| file_err(&e))?;
         }
         log.committed = committed.flatten();
         wal
     };
-    txn.commit().map_err(io)?;
+    txn.commit().map_err(|e| file_err(&e))?;
 
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("consensus-wal".to_owned())
         .spawn(move || Writer { db, wal, failed: None, pending: Vec::new() }.run(rx))
-        .map_err(io)?;
+        .map_err(|e| file_err(&e))?;
     let writer = DurableWriter { tx, thread: Arc::new(Mutex::new(Some(thread))) };
     Ok(Opened { log, snapshot, writer })
 }
@@ -369,9 +513,9 @@ impl DurableWriter {
 
 impl SnapshotVault for DurableWriter {
     fn save(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error> {
-        let value = encode(snapshot)?;
+        let value = seal(snapshot)?;
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Meta { key: SNAPSHOT, value, reply })?;
+        self.send(Cmd::Meta { key: SEALED_SNAPSHOT, value, reply })?;
         rx.blocking_recv().map_err(|_| io("the durable storage is closed"))?.map_err(io)
     }
 }

@@ -32,14 +32,39 @@
 //! segment begins with the current committed log id, if any, so that purging
 //! old segments never loses it.
 //!
-//! # Recovery
+//! # Recovery: a torn tail or corruption
 //!
-//! Segments are read in order. A short or corrupt record (bad length, bad
-//! CRC, payload that does not decode) in the **last** segment is a torn tail:
-//! it can only hold writes that were never reported durable, so the file is
-//! truncated there. The same in an earlier segment is real corruption (a
-//! segment is synced before the next one is created) and opening fails with
-//! [`WalError::Corrupt`] rather than drop acknowledged entries.
+//! Segments are read in order. At the first bad record (a short header, a
+//! bad length, a CRC mismatch, a payload that does not decode) recovery must
+//! tell two cases apart:
+//!
+//! - a **torn tail**: the last, partly written record of the last segment,
+//!   with nothing valid after it (zeros, the rest of a record, nothing). It
+//!   can only hold writes that were never reported durable — a write is
+//!   acknowledged only after the `fdatasync` that covers it, and a later
+//!   sync covers every byte before it — so the segment is cut there;
+//! - **corruption**: a bad record with a valid record anywhere after it (in
+//!   the same segment or in a later one), a bad record in a segment other
+//!   than the last (a segment is synced before the next one is created), a
+//!   missing segment, or a hole between log indexes. Bytes that were synced
+//!   changed or vanished, and cutting there would drop entries this member
+//!   acknowledged, which raft counted in a quorum. Opening fails with
+//!   [`WalError::Corrupt`], naming the file and the byte offset.
+//!
+//! "Anything valid after it" is checked by trying to read a record at every
+//! byte offset after the bad one (length in range, the payload inside the
+//! file, its CRC, its decoding), so a corrupted length field cannot hide the
+//! records behind it. Zeros never parse as a record (a length of 0 is
+//! refused), so preallocated or zero-filled space after the tail is a torn
+//! tail, not corruption. The scan has a work budget; past it the log is
+//! reported corrupt rather than cut on a guess.
+//!
+//! A process killed with `kill -9` never tears a synced record: the kernel
+//! keeps every byte it was handed. A power loss in the middle of a group
+//! commit may persist a later page of the unsynced write before an earlier
+//! one; that looks like corruption and is refused — a false alarm that the
+//! recovery procedure (`carbon agent --reset-raft-state`, see
+//! `docs/recovery.md`) handles safely, where guessing could lose data.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -71,9 +96,9 @@ pub enum WalError {
         /// The error.
         source: std::io::Error,
     },
-    /// A segment other than the last holds a bad record: acknowledged
-    /// entries may be lost, so the log refuses to open.
-    #[error("corrupt write-ahead log segment {} at offset {offset}: {reason}", path.display())]
+    /// The log holds a bad record that is not a torn tail (see the module
+    /// doc): acknowledged entries would be lost, so the log refuses to open.
+    #[error("corrupt write-ahead log segment {} at byte offset {offset}: {reason}", path.display())]
     Corrupt {
         /// The segment.
         path: PathBuf,
@@ -286,6 +311,56 @@ fn parse(bytes: &[u8]) -> Parsed {
     (records, None)
 }
 
+/// The most payload bytes [`scan_for_record`] checksums before it gives up.
+const SCAN_BUDGET: usize = 256 * 1024 * 1024;
+
+/// What [`scan_for_record`] found after a bad record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Nothing valid: a torn tail.
+    Nothing,
+    /// A valid record starts at this offset: corruption.
+    Found(usize),
+    /// The work budget ran out before the end: treated as corruption.
+    GaveUp(usize),
+}
+
+/// The record framed at `at` in `bytes`, if one is whole and valid there.
+fn record_at(bytes: &[u8], at: usize) -> Option<(usize, Record)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len_bytes = [header[0], header[1], header[2], header[3]];
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
+    if crc32::update(crc32::update(0, &len_bytes), payload) != crc {
+        return None;
+    }
+    decode::<Record>(payload).ok().map(|r| (HEADER + len, r))
+}
+
+/// Looks for a valid record at any offset after the bad one at `bad`.
+fn scan_for_record(bytes: &[u8], bad: usize) -> Scan {
+    let mut spent = 0usize;
+    for at in bad + 1..bytes.len().saturating_sub(HEADER - 1) {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        // Cheap filters first: most offsets fail on the length alone.
+        if len == 0 || len > MAX_RECORD || at + HEADER + len > bytes.len() {
+            continue;
+        }
+        spent += len;
+        if spent > SCAN_BUDGET {
+            return Scan::GaveUp(at);
+        }
+        if record_at(bytes, at).is_some() {
+            return Scan::Found(at);
+        }
+    }
+    Scan::Nothing
+}
+
 impl Wal {
     /// Opens the log in `dir` (created if missing), recovers what it holds
     /// and cuts a torn tail. Entries at or below `last_purged` are dropped
@@ -300,7 +375,24 @@ impl Wal {
         let mut recovered = Recovered::default();
         let mut segments = Vec::with_capacity(listed.len().max(1));
         let count = listed.len();
+        // The index of the last entry kept: kept entries follow each other
+        // without holes (a rewrite after a truncation restarts lower, never
+        // higher; purged entries may precede them with any index).
+        let mut previous: Option<u64> = None;
+        let mut expected_id: Option<u64> = None;
         for (n, (id, path)) in listed.into_iter().enumerate() {
+            if let Some(want) = expected_id
+                && id != want
+            {
+                // Purging removes the oldest segments, truncating the newest:
+                // a gap means a segment vanished.
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("segment {want} before it is missing"),
+                });
+            }
+            expected_id = Some(id + 1);
             let mut bytes = Vec::new();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -309,7 +401,32 @@ impl Wal {
             let mut len = bytes.len() as u64;
             if let Some((offset, reason)) = bad {
                 if n + 1 != count {
-                    return Err(WalError::Corrupt { path, offset, reason });
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset,
+                        reason: format!("{reason} in a segment that is not the last one"),
+                    });
+                }
+                match scan_for_record(&bytes, offset as usize) {
+                    Scan::Nothing => {}
+                    Scan::Found(at) => {
+                        return Err(WalError::Corrupt {
+                            path,
+                            offset,
+                            reason: format!(
+                                "{reason}, with a valid record after it at byte offset {at}: not a torn tail"
+                            ),
+                        });
+                    }
+                    Scan::GaveUp(at) => {
+                        return Err(WalError::Corrupt {
+                            path,
+                            offset,
+                            reason: format!(
+                                "{reason}; the bytes after it could not be checked past byte offset {at}"
+                            ),
+                        });
+                    }
                 }
                 tracing::warn!(segment = %path.display(), offset, %reason, "cutting a torn write-ahead log tail");
                 let f = OpenOptions::new().write(true).open(&path).map_err(io_err("opening", &path))?;
@@ -327,6 +444,18 @@ impl Wal {
                         // A rewrite of an index replaces it and everything after.
                         drop(recovered.entries.split_off(&index));
                         if last_purged.is_none_or(|p| index > p) {
+                            if let Some(prev) = previous
+                                && index > prev + 1
+                            {
+                                return Err(WalError::Corrupt {
+                                    path,
+                                    offset,
+                                    reason: format!(
+                                        "entry {index} follows entry {prev}: the entries between are missing"
+                                    ),
+                                });
+                            }
+                            previous = Some(index);
                             recovered.entries.insert(index, entry);
                         }
                     }

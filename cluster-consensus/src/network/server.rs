@@ -35,6 +35,8 @@ pub struct ServerContext {
     pub state: SharedState,
     /// The codec (cluster id and frame limit).
     pub codec: WireCodec<RaftRpcReply, RaftRpc>,
+    /// Closed while this member's raft state reset is pending: votes are refused.
+    pub votes: crate::recovery::VoteGate,
 }
 
 /// Accepts connections until `cancel` fires; then ends every connection task.
@@ -132,7 +134,11 @@ async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
     let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),
-        RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),
+        RaftRpc::Vote(req) => match ctx.votes.refusal() {
+            // A member that lost its raft state must not vote (see `recovery`).
+            Some(reason) => RaftRpcReply::Refused(cluster_core::Error::BadRequest(reason)),
+            None => RaftRpcReply::Vote(raft.vote(req).await),
+        },
         RaftRpc::InstallSnapshot(req) => RaftRpcReply::InstallSnapshot(raft.install_snapshot(req).await),
         RaftRpc::AppliedIndex => {
             RaftRpcReply::AppliedIndex(raft.metrics().borrow().last_applied.map(|l| l.index))

@@ -254,6 +254,11 @@ impl Agent {
     }
 
     fn spawn_process(&mut self) -> Result<()> {
+        self.spawn_process_with(&[])
+    }
+
+    /// Spawns the agent with `extra` arguments after the usual ones.
+    fn spawn_process_with(&mut self, extra: &[&str]) -> Result<()> {
         let binary = carbon_binary()?;
         let spec = &self.spec;
         std::fs::create_dir_all(&spec.data_dir)
@@ -284,6 +289,7 @@ impl Agent {
         for seed in &spec.seeds {
             cmd.args(["--seed", seed]);
         }
+        cmd.args(extra);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn,openraft=error");
         }
@@ -453,6 +459,31 @@ impl Agent {
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;
         self.spawn_process()
+    }
+
+    /// Like [`Agent::restart`], with `extra` arguments for this run only
+    /// (e.g. `--reset-raft-state`).
+    pub fn restart_with_args(&mut self, extra: &[&str]) -> Result<()> {
+        self.kill()?;
+        self.spawn_process_with(extra)
+    }
+
+    /// Waits up to `timeout` for the process to end by itself (a refused
+    /// start) and returns its exit status; kills it if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.spec.name))?;
+        loop {
+            if let Some(status) = child.try_wait().context("cannot wait for the agent")? {
+                return Ok(status);
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within {timeout:?}", self.spec.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

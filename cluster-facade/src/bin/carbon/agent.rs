@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cluster_facade::core::keys;
-use cluster_facade::{Cluster, ClusterConfig, decode_gossip_key};
+use cluster_facade::{Cluster, ClusterConfig, ClusterError, decode_gossip_key};
 
 use crate::exit::Failure;
 
@@ -58,6 +58,13 @@ pub(crate) struct AgentArgs {
     /// (gossip encryption). For trusted networks and experiments only.
     #[arg(long)]
     pub insecure: bool,
+    /// Before starting, move this member's raft state aside (renamed with a
+    /// timestamp, not deleted) and rejoin with an empty one, keeping the
+    /// member id: what to do when the member refused to start because its
+    /// raft state is corrupt (exit code 6). It does not vote until the
+    /// leader has taken it out of the voters; see docs/recovery.md.
+    #[arg(long)]
+    pub reset_raft_state: bool,
 }
 
 impl AgentArgs {
@@ -153,7 +160,27 @@ fn say(line: &str) {
 /// before a quorum is back; the second only with it.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let config = args.config()?;
-    let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
+    if args.reset_raft_state {
+        let report = cluster_facade::reset_raft_state(&config).map_err(|e| Failure::usage(e.to_string()))?;
+        let moved = match &report.moved_to {
+            Some(path) => format!("moved the old raft state to {}", path.display()),
+            None => "there was no raft state".to_owned(),
+        };
+        tracing::warn!(reset = %report.reset_id, "raft state reset: {moved}");
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "carbon: raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
+            report.reset_id
+        );
+    }
+    let cluster = match Cluster::start(config).await {
+        Ok(cluster) => cluster,
+        Err(ClusterError::Start { source: source @ cluster_core::Error::CorruptState { .. }, .. }) => {
+            return Err(Failure::corrupt(format!("cannot start the member: {source}")));
+        }
+        Err(e) => return Err(Failure::other(anyhow::Error::new(e).context("cannot start the member"))),
+    };
     let start_line = |short_id| {
         let a = cluster.addresses();
         let http = a.http.map(|h| format!(" http {h}")).unwrap_or_default();

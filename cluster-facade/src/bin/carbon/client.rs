@@ -270,7 +270,7 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
         return Ok(());
     }
     let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-    let rows = vec![
+    let mut rows = vec![
         vec!["member".into(), s.member_id.to_string()],
         vec!["role".into(), s.role().map(|r| r.to_string()).unwrap_or_else(|| "not in raft".into())],
         vec!["leader".into(), s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into())],
@@ -280,6 +280,10 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
         vec!["voters".into(), s.voters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["nonvoters".into(), s.nonvoters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
     ];
+    if let Some(reset) = &s.reset_pending {
+        // Raft state reset; no votes until out of the voters (docs/recovery.md).
+        rows.push(vec!["reset pending".into(), reset.clone()]);
+    }
     println!("{}", render(&["", ""], &rows).lines().skip(1).collect::<Vec<_>>().join("\n"));
     Ok(())
 }

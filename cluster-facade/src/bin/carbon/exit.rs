@@ -12,6 +12,9 @@ pub(crate) const USAGE: u8 = 2;
 pub(crate) const UNREACHABLE: u8 = 3;
 /// Anything else.
 pub(crate) const OTHER: u8 = 4;
+/// `carbon agent` only: the member's stored raft state is corrupt; it did
+/// not start. Recover with `carbon agent --reset-raft-state` (docs/recovery.md).
+pub(crate) const CORRUPT: u8 = 6;
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
@@ -36,6 +39,11 @@ impl Failure {
     /// Exit code 3.
     pub(crate) fn unreachable(message: impl Into<String>) -> Self {
         Failure { code: UNREACHABLE, message: message.into() }
+    }
+
+    /// Exit code 6.
+    pub(crate) fn corrupt(message: impl Into<String>) -> Self {
+        Failure { code: CORRUPT, message: message.into() }
     }
 
     /// Exit code 4, with the whole error chain.

@@ -15,7 +15,9 @@
 //! and `CARBON_CLUSTER_ID` when not given.
 //!
 //! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
-//! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
+//! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else,
+//! 5 (`agent` only) the member's raft state is corrupt: run
+//! `carbon agent --reset-raft-state` (docs/recovery.md).
 
 mod agent;
 mod client;
