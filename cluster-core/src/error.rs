@@ -105,7 +105,9 @@ pub enum Error {
     },
     /// A frame from another cluster. The message never names the cluster the
     /// member belongs to: an outsider must not learn it from an error reply.
-    #[error("frame from cluster {found:?} refused: this member belongs to another cluster (check the cluster id)")]
+    #[error(
+        "frame from cluster {found:?} refused: this member belongs to another cluster (check the cluster id)"
+    )]
     ClusterMismatch {
         /// The cluster id the frame carried.
         found: String,

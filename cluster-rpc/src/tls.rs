@@ -1,5 +1,6 @@
 //! Mutual TLS (placeholder: being written).
 /// placeholder
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// member
     Member,
