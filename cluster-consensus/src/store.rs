@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_core::wire::WireCodec;
 use cluster_core::{
     ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Error, LeaderHint, MemberId, Result,
     ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
@@ -24,7 +23,7 @@ use tracing::Instrument;
 use crate::batcher::WriteBatcher;
 use crate::error::IntoStoreError;
 use crate::log_store::LogStore;
-use crate::network::client::{ConnPool, Limits, NetworkFactory};
+use crate::network::client::{BatchLimits, NetworkFactory, RaftClient};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
 #[cfg(feature = "durable")]
@@ -62,7 +61,8 @@ struct Inner {
     status: watch::Receiver<ConsensusStatus>,
     raft_addr: SocketAddr,
     endpoints: Endpoints,
-    pool: ConnPool,
+    client: RaftClient,
+    server: Mutex<Option<cluster_rpc::Server>>,
     batcher: WriteBatcher,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -210,22 +210,28 @@ impl RaftStore {
         };
 
         let cancel = CancellationToken::new();
-        let pool =
-            ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
-        let limits = Limits { max_frame_len: config.max_frame_len, max_append_bytes: MAX_APPEND_BYTES };
-        let network = NetworkFactory::new(member_id, pool.clone(), limits);
+        let mut settings = cluster_rpc::Settings::from_transport(&config.transport)
+            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
+        settings.limits.max_frame_len = config.max_frame_len;
+        let client = RaftClient::new(cluster_rpc::ClientConfig {
+            cluster_id: config.cluster_id.clone(),
+            limits: settings.limits.clone(),
+            security: settings.security.clone(),
+        });
+        let limits = BatchLimits { max_append_bytes: MAX_APPEND_BYTES };
+        let network = NetworkFactory::new(member_id, client.clone(), limits);
         let mut log_store = log_store;
         forget_leadership(&mut log_store).await?;
         let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| e.into_store_error())?;
 
-        let server_ctx = ServerContext {
-            raft: raft.clone(),
-            state: state.clone(),
-            codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len),
+        let server_ctx = ServerContext { raft: raft.clone(), state: state.clone() };
+        let server = {
+            let _entered = span.enter();
+            serve(listener, server_ctx, &config.cluster_id, &settings)
+                .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?
         };
-        let server = tokio::spawn(serve(listener, server_ctx, cancel.clone()).instrument(span.clone()));
 
         let mut metrics = raft.metrics();
         let (status_tx, status) = watch::channel(status_of(&metrics.borrow()));
@@ -259,10 +265,11 @@ impl RaftStore {
                 status,
                 raft_addr,
                 endpoints,
-                pool,
+                client,
+                server: Mutex::new(Some(server)),
                 batcher,
                 cancel,
-                tasks: Mutex::new(vec![server, status_task, batcher_task]),
+                tasks: Mutex::new(vec![status_task, batcher_task]),
                 #[cfg(feature = "durable")]
                 durable: Mutex::new(durable),
                 op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
@@ -345,7 +352,7 @@ impl RaftStore {
             }
             let ttl = left.min(Duration::from_secs(1));
             if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) =
-                self.inner.pool.call(addr, RaftRpc::AppliedIndex, ttl).await
+                crate::network::client::call(&self.inner.client, addr, RaftRpc::AppliedIndex, ttl).await
                 && applied >= index
             {
                 return Ok(());
@@ -521,9 +528,14 @@ impl ConsensusStore for RaftStore {
     async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         inner.cancel.cancel();
+        let server = inner.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
         if let Err(e) = inner.raft.shutdown().await {
             tracing::warn!(parent: &inner.span, error = %e, "raft ended with an error");
         }
+        inner.client.close();
         let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;
