@@ -26,9 +26,10 @@
 //! typed error under its request id (a foreign cluster id, another protocol
 //! version, an unknown request kind; the connection goes on), or under
 //! [`protocol::CONNECTION_ERROR_ID`] before the connection is closed (garbage,
-//! a frame shorter than its header, a length over the limit). Each connection
-//! runs at most [`ServerConfig::max_in_flight_per_connection`] requests at
-//! once, so a client that stops reading cannot make the server grow.
+//! a frame shorter than its header, a length over the limit). Connections are the RPC layer's
+//! (`cluster-rpc`): bounded in number (in total, per address, for clients),
+//! in requests in flight, frame size and time ([`ServerConfig::limits`]), so a
+//! client that stops reading or trickles bytes cannot make the server grow.
 //!
 //! A one-member cluster (its store from `cluster-consensus`), served and used:
 //!
@@ -85,7 +86,6 @@
 //! ```
 
 mod client;
-mod connection;
 pub mod protocol;
 mod proxy;
 mod retry;

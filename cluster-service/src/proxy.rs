@@ -12,15 +12,16 @@ use cluster_core::{
     CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, Watch,
     WriteOutcome, WriteRequest,
 };
+use cluster_rpc::Security;
 use serde::{Deserialize, Serialize};
 
-use crate::connection::{ConnectOptions, Pool};
+use crate::client::{ServiceRpc, call, rpc_client};
 use crate::protocol::{self, Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
 use crate::server;
 
 /// How a [`Proxy`] forwards and retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProxyOptions {
     /// The cluster id carried by forwarded frames.
@@ -35,8 +36,9 @@ pub struct ProxyOptions {
     pub op_timeout: Duration,
     /// The pauses between attempts; a pause ends early when a new leader is known.
     pub backoff: Backoff,
-    /// Forwarded requests queued per connection before callers wait.
-    pub queue_len: usize,
+    /// Plain TCP or mutual TLS to the leader's service (not in config files).
+    #[serde(skip)]
+    pub security: Security,
 }
 
 impl Default for ProxyOptions {
@@ -48,7 +50,7 @@ impl Default for ProxyOptions {
             attempt_timeout: Duration::from_secs(3),
             op_timeout: Duration::from_secs(15),
             backoff: Backoff::default(),
-            queue_len: 256,
+            security: Security::default(),
         }
     }
 }
@@ -86,7 +88,7 @@ impl<S> std::fmt::Debug for Proxy<S> {
 struct Inner<S> {
     store: Arc<S>,
     opts: ProxyOptions,
-    pool: Pool,
+    rpc: ServiceRpc,
 }
 
 /// Where one attempt runs.
@@ -98,13 +100,8 @@ enum Target {
 impl<S: ConsensusStore> Proxy<S> {
     /// A proxy over this member's `store`.
     pub fn new(store: Arc<S>, options: ProxyOptions) -> Self {
-        let pool = Pool::new(ConnectOptions {
-            cluster_id: options.cluster_id.as_str().into(),
-            max_frame_len: options.max_frame_len,
-            connect_timeout: options.connect_timeout,
-            queue_len: options.queue_len,
-        });
-        Proxy { inner: Arc::new(Inner { store, opts: options, pool }) }
+        let rpc = rpc_client(&options.cluster_id, options.max_frame_len, options.connect_timeout, &options.security);
+        Proxy { inner: Arc::new(Inner { store, opts: options, rpc }) }
     }
 
     /// The local store.
@@ -202,7 +199,9 @@ impl<S: ConsensusStore> Proxy<S> {
                             Response::Err(e) => Err(e),
                             answer => Ok(answer),
                         },
-                        Some((_, Target::Remote(addr))) => inner.pool.call(&addr, request).await,
+                        Some((_, Target::Remote(addr))) => {
+                            call(&inner.rpc, &addr, &request, inner.opts.attempt_timeout).await
+                        }
                         None => Err(Error::NotLeader(None)),
                     }
                 }
