@@ -59,7 +59,8 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
     // A frame of another cluster: refused with its request id, answered under
     // the sender's cluster id, never naming ours; the connection goes on.
     let stream = TcpStream::connect(addr).await.unwrap();
-    let mut foreign = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20));
+    let mut foreign =
+        Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20));
     foreign.send(Frame { request_id: 42, body: RaftRpc::AppliedIndex }).await.unwrap();
     let reply = tokio::time::timeout(DEADLINE, foreign.next()).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(reply.request_id, 42);

@@ -52,6 +52,13 @@ pub struct ClusterConfig {
     pub gossip: GossipSettings,
     /// Raft settings.
     pub raft: RaftSettings,
+    /// Bounds of the raft and service ports and of their clients (the frame
+    /// limit is `raft.max_frame_bytes`, the request timeout `timeouts.operation_ms`).
+    pub limits: cluster_rpc::Limits,
+    /// Plain TCP or mutual TLS on the raft and service ports (built from the
+    /// TLS options, not read from the config file).
+    #[serde(skip)]
+    pub security: cluster_rpc::Security,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +77,8 @@ impl Default for ClusterConfig {
             timeouts: Timeouts::default(),
             gossip: GossipSettings::default(),
             raft: RaftSettings::default(),
+            limits: cluster_rpc::Limits::default(),
+            security: cluster_rpc::Security::default(),
         }
     }
 }
@@ -276,6 +285,12 @@ impl ClusterConfig {
         }
         if r.max_frame_bytes < 64 * 1024 {
             bad("raft.max_frame_bytes", "must be at least 65536".into());
+        }
+        for problem in self.limits.problems() {
+            match problem.split_once(": ") {
+                Some((field, problem)) => bad(&format!("limits.{field}"), problem.to_owned()),
+                None => bad("limits", problem),
+            }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
     }

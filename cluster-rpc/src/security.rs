@@ -29,6 +29,13 @@ impl std::fmt::Debug for Security {
     }
 }
 
+impl PartialEq for Security {
+    /// Compares the kind (plain or TLS), not the certificates.
+    fn eq(&self, other: &Self) -> bool {
+        self.is_tls() == other.is_tls()
+    }
+}
+
 impl Security {
     /// True when connections are authenticated (TLS).
     pub fn is_tls(&self) -> bool {

@@ -25,7 +25,12 @@ pub(crate) type ServiceRpc = cluster_rpc::Client<Request, Response>;
 
 /// Sends `request` to `addr` over `rpc` within `timeout`. An error answer
 /// comes back as `Err`; a member that is shutting down counts as unreachable.
-pub(crate) async fn call(rpc: &ServiceRpc, addr: &str, request: &Request, timeout: Duration) -> Result<Response> {
+pub(crate) async fn call(
+    rpc: &ServiceRpc,
+    addr: &str,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response> {
     match rpc.call(addr, request, timeout).await {
         Ok(Response::Err(Error::ShuttingDown)) => Err(Error::Unreachable(format!("{addr} is shutting down"))),
         Ok(Response::Err(e)) => Err(e),
@@ -135,7 +140,12 @@ impl ServiceClient {
         if addrs.is_empty() {
             return Err(Error::BadRequest("a service client needs at least one member address".into()));
         }
-        let rpc = rpc_client(&options.cluster_id, options.max_frame_len, options.connect_timeout, &options.security);
+        let rpc = rpc_client(
+            &options.cluster_id,
+            options.max_frame_len,
+            options.connect_timeout,
+            &options.security,
+        );
         let inner = Inner { addrs, opts: options, rpc, leader: Mutex::new(None), next: AtomicUsize::new(0) };
         Ok(ServiceClient { inner: Arc::new(inner) })
     }
@@ -210,7 +220,8 @@ impl ServiceClient {
                 let request = request.clone();
                 async move {
                     let addr = self.inner.target(&attempt, needs_leader);
-                    let answer = call(&self.inner.rpc, &addr, &request, self.inner.opts.attempt_timeout).await;
+                    let answer =
+                        call(&self.inner.rpc, &addr, &request, self.inner.opts.attempt_timeout).await;
                     self.inner.learn(&addr, needs_leader, &answer);
                     answer
                 }

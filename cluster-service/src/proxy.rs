@@ -100,7 +100,12 @@ enum Target {
 impl<S: ConsensusStore> Proxy<S> {
     /// A proxy over this member's `store`.
     pub fn new(store: Arc<S>, options: ProxyOptions) -> Self {
-        let rpc = rpc_client(&options.cluster_id, options.max_frame_len, options.connect_timeout, &options.security);
+        let rpc = rpc_client(
+            &options.cluster_id,
+            options.max_frame_len,
+            options.connect_timeout,
+            &options.security,
+        );
         Proxy { inner: Arc::new(Inner { store, opts: options, rpc }) }
     }
 

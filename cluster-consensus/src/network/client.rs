@@ -40,7 +40,12 @@ pub enum CallError {
 }
 
 /// Sends `rpc` to `addr` and waits for its answer, at most `ttl`.
-pub async fn call(client: &RaftClient, addr: &str, rpc: RaftRpc, ttl: Duration) -> Result<RaftRpcReply, CallError> {
+pub async fn call(
+    client: &RaftClient,
+    addr: &str,
+    rpc: RaftRpc,
+    ttl: Duration,
+) -> Result<RaftRpcReply, CallError> {
     match client.call(addr, &rpc, ttl).await {
         Ok(RaftRpcReply::Refused(e)) => Err(CallError::Refused(e)),
         Ok(reply) => Ok(reply),
