@@ -152,6 +152,12 @@ pub enum Error {
     /// Something this member did not expect; a bug worth reporting.
     #[error("internal error: {0}")]
     Internal(String),
+
+    // ---- authorization: use other credentials ----
+    /// The caller's credentials do not allow the operation (a client writing
+    /// a key the cluster reserves, an operation only members may issue).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl Error {

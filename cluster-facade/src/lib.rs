@@ -74,6 +74,7 @@ pub use cluster_core::{
     self as core, CasOutcome, ConsensusStatus, ConsensusStore, ConsensusStoreExt, GridEventKind,
     GridMemberEvent, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch, WatchEvent,
 };
+pub use cluster_rpc as rpc;
 pub use cluster_service::{self as service, Proxy, ServiceClient};
 
 /// A member over the default backends: gossip on chitchat, consensus on openraft.

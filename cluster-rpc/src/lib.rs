@@ -94,7 +94,7 @@ pub use limits::{Limits, MAX_FRAME_LEN_CEILING};
 pub use log_limit::RateLimitedLog;
 pub use security::Security;
 pub use server::{Access, Caller, Handler, HandlerFuture, Reply, Server, ServerConfig, serve};
-pub use tls::{Role, Tls, TlsError, TlsFiles};
+pub use tls::{Role, Tls, TlsError, TlsFiles, peer_role};
 
 /// What a backend needs to run its servers and clients: the limits and the
 /// security. The facade hands it down through core's configs inside a

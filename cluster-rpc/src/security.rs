@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::Role;
+use crate::{Role, Tls};
 
 /// A connection's byte stream, plain or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -19,12 +19,18 @@ pub enum Security {
     /// Plain TCP: no authentication; for loopback, tests and `--insecure`.
     #[default]
     Plain,
+    /// Mutual TLS: servers need a member certificate and verify every
+    /// caller's certificate against the cluster's CA; clients verify that the
+    /// server holds a member certificate. Reloaded certificates are used by
+    /// new connections.
+    Tls(Tls),
 }
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Security::Plain => f.write_str("Plain"),
+            Security::Tls(tls) => write!(f, "Tls({})", tls.role()),
         }
     }
 }
@@ -51,6 +57,20 @@ impl Security {
     ) -> std::io::Result<(Box<dyn Io>, Option<Role>)> {
         match self {
             Security::Plain => Ok((Box::new(tcp), None)),
+            Security::Tls(tls) => {
+                // The current configuration: a reloaded certificate serves new connections.
+                let acceptor = tls.acceptor().map_err(std::io::Error::other)?;
+                let stream = acceptor.accept(tcp).await?;
+                let role = crate::tls::peer_role(stream.get_ref().1);
+                if role.is_none() {
+                    // The CA verified the certificate, but it states no role we know.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "the peer's certificate carries no role",
+                    ));
+                }
+                Ok((Box::new(stream), role))
+            }
         }
     }
 
@@ -58,6 +78,10 @@ impl Security {
     pub(crate) async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
         match self {
             Security::Plain => Ok(Box::new(tcp)),
+            Security::Tls(tls) => {
+                let stream = tls.connector().connect(Tls::server_name(), tcp).await?;
+                Ok(Box::new(stream))
+            }
         }
     }
 }

@@ -348,7 +348,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
 
     if let Some(why) = refusal {
         shared.log.note(ip, "connection refused", &why);
-        if let Ok(bytes) = refuse(0, Error::BadRequest(why.to_owned())) {
+        if let Ok(bytes) = refuse(0, Error::Forbidden(why.to_owned())) {
             let _ = out.send(bytes).await;
         }
     } else {

@@ -85,6 +85,7 @@
 //! # }
 //! ```
 
+pub mod authz;
 mod client;
 pub mod protocol;
 mod proxy;

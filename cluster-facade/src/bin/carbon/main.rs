@@ -4,7 +4,8 @@
 //! - `carbon agent --config node.toml` runs a member until SIGINT/SIGTERM;
 //! - `carbon members|status --service ADDR` show the cluster;
 //! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
-//! - `carbon demo` starts a local cluster and shows a leader failover.
+//! - `carbon demo` starts a local cluster and shows a leader failover;
+//! - `carbon tls init DIR` makes a CA and certificates for mutual TLS.
 //!
 //! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
 //! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
@@ -14,6 +15,7 @@ mod client;
 mod demo;
 mod exit;
 mod table;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,9 @@ enum Command {
     Kv(client::KvCommand),
     /// Start a local cluster and show what it does, a leader failover included.
     Demo(demo::DemoArgs),
+    /// Make the certificates of mutual TLS.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
             Command::Status(t) => client::status(t).await,
             Command::Kv(cmd) => client::kv(cmd).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Tls(cmd) => tls::run(cmd),
         }
     });
     match result {

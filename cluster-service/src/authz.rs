@@ -1,0 +1,143 @@
+//! Who may ask what of the service: the server decides, whatever the
+//! client library does.
+//!
+//! - Users' keys: anyone who reached the service (a client or a member
+//!   certificate with TLS; anyone over plain TCP).
+//! - The cluster's own state — keys under
+//!   [`RESERVED_PREFIX`](cluster_core::keys::RESERVED_PREFIX), short-id
+//!   operations — and operator commands: members only, proven by a member
+//!   certificate. Over plain TCP nobody can prove it, so nobody gets them
+//!   over the wire: a member's own process changes its cluster's records
+//!   through its local store, never through a service port.
+//! - Reads are open to every caller: the records are what `carbon members`
+//!   shows, and they carry no secret.
+//! - An empty key is nobody's.
+
+use cluster_core::keys::{RESERVED_PREFIX, is_reserved};
+use cluster_core::{Error, Result, WriteOp};
+use cluster_rpc::Role;
+
+use crate::protocol::Request;
+
+/// What a request needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any caller that reached the service.
+    Anyone,
+    /// A caller with a member certificate.
+    Member,
+}
+
+/// The access `request` needs; an error for a request nobody may make.
+pub fn required_access(request: &Request) -> Result<Access> {
+    let key_access = |key: &str| {
+        if key.is_empty() {
+            Err(Error::BadRequest("the empty key is not a key".into()))
+        } else if is_reserved(key) {
+            Ok(Access::Member)
+        } else {
+            Ok(Access::Anyone)
+        }
+    };
+    match request {
+        Request::Get { key } | Request::ConsistentGet { key } => {
+            if key.is_empty() {
+                return Err(Error::BadRequest("the empty key is not a key".into()));
+            }
+            Ok(Access::Anyone)
+        }
+        Request::GetPrefix { .. } | Request::Members | Request::Status => Ok(Access::Anyone),
+        Request::Write(write) => match &write.op {
+            WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
+                key_access(key)
+            }
+            WriteOp::AllocateShortId { .. } | WriteOp::ReleaseShortId { .. } => Ok(Access::Member),
+            // An operation this policy does not know yet: members only until it is.
+            _ => Ok(Access::Member),
+        },
+        // Requests added later (operator commands) are members-only unless listed above.
+        #[allow(unreachable_patterns)]
+        _ => Ok(Access::Member),
+    }
+}
+
+/// Refuses `request` unless the caller's role allows it. `role` is the role
+/// of the caller's verified certificate; `None` over plain TCP.
+pub fn authorize(role: Option<Role>, request: &Request) -> Result<()> {
+    match (required_access(request)?, role) {
+        (Access::Anyone, _) | (Access::Member, Some(Role::Member)) => Ok(()),
+        (Access::Member, Some(Role::Client)) => Err(Error::Forbidden(format!(
+            "{} {} needs a member certificate; this caller holds a client certificate",
+            request.kind(),
+            what(request)
+        ))),
+        (Access::Member, None) => Err(Error::Forbidden(format!(
+            "{} {} is refused over a connection without TLS: only members, proven by a member certificate, may ask it",
+            request.kind(),
+            what(request)
+        ))),
+    }
+}
+
+fn what(request: &Request) -> String {
+    match request {
+        Request::Write(w) => match w.op.key() {
+            Some(key) => format!("of {key:?} (under {RESERVED_PREFIX:?}, reserved for the cluster)"),
+            None => "(a short-id operation)".to_owned(),
+        },
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cluster_core::{MemberId, WriteRequest, keys};
+
+    use super::*;
+
+    fn write(op: WriteOp) -> Request {
+        Request::Write(WriteRequest::new(op))
+    }
+
+    #[test]
+    fn users_keys_are_open_to_every_caller() {
+        let set = write(WriteOp::Set { key: "user/a".into(), value: vec![1] });
+        for role in [None, Some(Role::Client), Some(Role::Member)] {
+            assert_eq!(authorize(role, &set), Ok(()));
+            assert_eq!(authorize(role, &Request::Get { key: "carbon-grid/members/x".into() }), Ok(()));
+            assert_eq!(authorize(role, &Request::GetPrefix { prefix: String::new() }), Ok(()));
+            assert_eq!(authorize(role, &Request::Status), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_clusters_own_state_is_for_members_only() {
+        let member = MemberId::generate();
+        let reserved = [
+            write(WriteOp::Set { key: keys::member_key(member), value: vec![] }),
+            write(WriteOp::Set { key: keys::LEADER_KEY.into(), value: vec![] }),
+            write(WriteOp::Delete { key: keys::voter_key(member) }),
+            write(WriteOp::CompareAndSet { key: "carbon-grid/x".into(), expected: None, new: Some(vec![]) }),
+            write(WriteOp::AllocateShortId { member }),
+            write(WriteOp::ReleaseShortId { member }),
+        ];
+        for request in &reserved {
+            assert!(matches!(authorize(None, request), Err(Error::Forbidden(_))), "{request:?}");
+            assert!(
+                matches!(authorize(Some(Role::Client), request), Err(Error::Forbidden(_))),
+                "{request:?}"
+            );
+            assert_eq!(authorize(Some(Role::Member), request), Ok(()), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn the_empty_key_is_refused_to_everyone() {
+        for role in [None, Some(Role::Client), Some(Role::Member)] {
+            let set = write(WriteOp::Set { key: String::new(), value: vec![] });
+            assert!(matches!(authorize(role, &set), Err(Error::BadRequest(_))));
+            let get = Request::ConsistentGet { key: String::new() };
+            assert!(matches!(authorize(role, &get), Err(Error::BadRequest(_))));
+        }
+    }
+}
