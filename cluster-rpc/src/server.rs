@@ -285,6 +285,26 @@ impl Drop for AbortOnDrop {
 async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot<H>, shared: Arc<Shared<H>>) {
     let _ = tcp.set_nodelay(true);
     let limits = &shared.config.limits;
+    if shared.config.security.is_tls() {
+        // A plain-TCP caller of a TLS port is told so in its own terms, so it
+        // gets a clear error instead of a failed handshake.
+        if let Ok(Some(found)) = tokio::time::timeout(limits.handshake_timeout, plain_frame(&tcp)).await {
+            shared.log.note(peer.ip(), "plain TCP on a TLS port", &"refused");
+            let error =
+                Error::Forbidden("this port requires TLS: connect with the cluster's certificates".into());
+            let refusal =
+                frame::encode(FrameKind::Message, &found, 0, H::Answer::refused(error), limits.max_frame_len);
+            if let Ok(bytes) = refusal {
+                let mut tcp = tcp;
+                let _ = tokio::time::timeout(DRAIN, async {
+                    tcp.write_all(&bytes).await?;
+                    tcp.shutdown().await
+                })
+                .await;
+            }
+            return;
+        }
+    }
     let secured =
         tokio::time::timeout(limits.handshake_timeout, shared.config.security.accept(tcp, peer)).await;
     let (io, role) = match secured {
@@ -304,15 +324,42 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
     };
     let refusal = match role {
         Some(Role::Member) | None => None,
-        Some(Role::Client) if shared.config.access == Access::MembersOnly => {
-            Some("this port accepts members only; a client certificate was presented")
+        Some(Role::Client) if shared.config.access == Access::MembersOnly => Some(Error::Forbidden(
+            "this port accepts members only; a client certificate was presented".to_owned(),
+        )),
+        Some(Role::Client) if !slot.make_client() => {
+            Some(Error::Unreachable("too many client connections; retry later".to_owned()))
         }
-        Some(Role::Client) if !slot.make_client() => Some("too many client connections"),
         Some(Role::Client) => None,
     };
     let caller = Caller { addr: peer, role };
     run(io, caller, &shared, refusal).await;
     drop(slot);
+}
+
+/// The cluster id of a plain frame at the start of `tcp` (peeked, not read),
+/// or `None` when the peer starts a TLS handshake or anything else.
+async fn plain_frame(tcp: &TcpStream) -> Option<String> {
+    const HEADER: usize = wire::LEN_PREFIX + 15;
+    let mut buf = [0u8; HEADER + wire::MAX_CLUSTER_ID_LEN];
+    loop {
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 || buf[0] == 0x16 {
+            // Closed, or a TLS record (handshake).
+            return None;
+        }
+        if n >= wire::LEN_PREFIX + 4 && buf[wire::LEN_PREFIX..wire::LEN_PREFIX + 4] != wire::MAGIC {
+            return None;
+        }
+        if n >= HEADER {
+            let end = HEADER + usize::from(buf[HEADER - 1]);
+            if n >= end {
+                return Some(String::from_utf8_lossy(&buf[HEADER..end]).into_owned());
+            }
+        }
+        // Peek returns at once while bytes wait: give the rest a moment to arrive.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// One request's progress, as its stream yields it.
@@ -326,7 +373,7 @@ enum Part<A> {
 
 type Outgoing<A> = BoxStream<'static, (u64, Part<A>)>;
 
-async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, refusal: Option<&str>) {
+async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, refusal: Option<Error>) {
     let config = &shared.config;
     let limits = &config.limits;
     let cluster = config.cluster_id.as_str();
@@ -348,7 +395,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
 
     if let Some(why) = refusal {
         shared.log.note(ip, "connection refused", &why);
-        if let Ok(bytes) = refuse(0, Error::Forbidden(why.to_owned())) {
+        if let Ok(bytes) = refuse(0, why) {
             let _ = out.send(bytes).await;
         }
     } else {
