@@ -468,10 +468,10 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 ),
                                 _ => refuse(id, bad.error),
                             };
-                            if let Ok(bytes) = refused {
-                                if out.send(bytes).await.is_err() {
-                                    break;
-                                }
+                            if let Ok(bytes) = refused
+                                && out.send(bytes).await.is_err()
+                            {
+                                break;
                             }
                             // Without a readable header the peer does not speak our protocol.
                             if bad.request_id.is_none() {
@@ -527,15 +527,12 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
 
 /// The parts of one request: its answer or its stream, bounded in time until
 /// the first answer, cut by `cancel`, always followed by `Done`.
-fn progress<A: Send + 'static>(
+fn progress<A: Answer>(
     id: u64,
     future: HandlerFuture<A>,
     timeout: Duration,
     cancel: CancellationToken,
-) -> Outgoing<A>
-where
-    A: Answer,
-{
+) -> Outgoing<A> {
     let reply = async move {
         match tokio::time::timeout(timeout, future).await {
             Ok(reply) => reply,
