@@ -24,6 +24,7 @@
 //!     timing: RaftTiming::default(),
 //!     max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
 //!     rpc_timeout: Duration::from_secs(1),
+//!     transport: Default::default(),
 //! })
 //! .await?;
 //! store.bootstrap().await?; // a one-voter cluster; others join with `add_nonvoter` + `promote`

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_core::wire::WireCodec;
 use cluster_core::{
     ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error,
     LeaderHint, MemberId, Result, ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
@@ -24,7 +23,7 @@ use tracing::Instrument;
 use crate::batcher::WriteBatcher;
 use crate::error::IntoStoreError;
 use crate::log_store::LogStore;
-use crate::network::client::{ConnPool, Limits, NetworkFactory};
+use crate::network::client::{BatchLimits, NetworkFactory, RaftClient};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
 use crate::recovery::VoteGate;
@@ -63,7 +62,8 @@ struct Inner {
     status: watch::Receiver<ConsensusStatus>,
     raft_addr: SocketAddr,
     endpoints: Endpoints,
-    pool: ConnPool,
+    client: RaftClient,
+    server: Mutex<Option<cluster_rpc::Server>>,
     batcher: WriteBatcher,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -292,23 +292,28 @@ impl RaftStore {
         };
 
         let cancel = CancellationToken::new();
-        let pool =
-            ConnPool::new(WireCodec::new(config.cluster_id.as_str(), config.max_frame_len), cancel.clone());
-        let limits = Limits { max_frame_len: config.max_frame_len, max_append_bytes: MAX_APPEND_BYTES };
-        let network = NetworkFactory::new(member_id, pool.clone(), limits);
+        let mut settings = cluster_rpc::Settings::from_transport(&config.transport)
+            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
+        settings.limits.max_frame_len = config.max_frame_len;
+        let client = RaftClient::new(cluster_rpc::ClientConfig {
+            cluster_id: config.cluster_id.clone(),
+            limits: settings.limits.clone(),
+            security: settings.security.clone(),
+        });
+        let limits = BatchLimits { max_append_bytes: MAX_APPEND_BYTES };
+        let network = NetworkFactory::new(member_id, client.clone(), limits);
         let mut log_store = log_store;
         forget_leadership(&mut log_store).await?;
         let raft = Raft::new(member_id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| e.into_store_error())?;
 
-        let server_ctx = ServerContext {
-            raft: raft.clone(),
-            state: state.clone(),
-            codec: WireCodec::new(config.cluster_id.as_str(), config.max_frame_len),
-            votes: votes.clone(),
+        let server_ctx = ServerContext { raft: raft.clone(), state: state.clone(), votes: votes.clone() };
+        let server = {
+            let _entered = span.enter();
+            serve(listener, server_ctx, &config.cluster_id, &settings)
+                .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?
         };
-        let server = tokio::spawn(serve(listener, server_ctx, cancel.clone()).instrument(span.clone()));
 
         let mut metrics = raft.metrics();
         let mut gate = votes.subscribe();
@@ -343,7 +348,7 @@ impl RaftStore {
             }
             .instrument(span.clone()),
         );
-        let mut tasks = vec![server, status_task];
+        let mut tasks = vec![status_task];
         if let (Some(reset_id), Some(dir)) = (votes.pending(), config.data_dir.clone()) {
             let watcher =
                 watch_reset(raft.clone(), state.clone(), votes.clone(), reset_id, dir, cancel.clone());
@@ -361,7 +366,8 @@ impl RaftStore {
                 status,
                 raft_addr,
                 endpoints,
-                pool,
+                client,
+                server: Mutex::new(Some(server)),
                 batcher,
                 cancel,
                 tasks: Mutex::new({
@@ -451,7 +457,7 @@ impl RaftStore {
             }
             let ttl = left.min(Duration::from_secs(1));
             if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) =
-                self.inner.pool.call(addr, RaftRpc::AppliedIndex, ttl).await
+                crate::network::client::call(&self.inner.client, addr, RaftRpc::AppliedIndex, ttl).await
                 && applied >= index
             {
                 return Ok(());
@@ -664,9 +670,14 @@ impl ConsensusStore for RaftStore {
     async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         inner.cancel.cancel();
+        let server = inner.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
         if let Err(e) = inner.raft.shutdown().await {
             tracing::warn!(parent: &inner.span, error = %e, "raft ended with an error");
         }
+        inner.client.close();
         let tasks = std::mem::take(&mut *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;

@@ -49,30 +49,31 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
     let store = cluster.leader().await;
     let addr = store.raft_addr();
 
-    // Garbage that looks like a frame: refused as not ours, connection stays usable.
+    // Garbage that looks like a frame: refused as not ours, then the connection is closed.
     let mut raw = TcpStream::connect(addr).await.unwrap();
     raw.write_all(&raw_frame(b"GARBAGE-GARBAGE-GARBAGE")).await.unwrap();
     let reply = read_reply(&mut raw).await.expect("an answer");
     assert!(matches!(reply.body, RaftRpcReply::Refused(Error::BadMagic)), "{:?}", reply.body);
+    assert!(read_reply(&mut raw).await.is_none(), "the connection is closed");
 
-    // A frame of another cluster: refused with both cluster ids, with its request id.
-    let mut foreign = WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20);
-    let mut buf = BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut foreign,
-        Frame { request_id: 42, body: RaftRpc::AppliedIndex },
-        &mut buf,
-    )
-    .unwrap();
-    raw.write_all(&buf).await.unwrap();
-    let reply = read_reply(&mut raw).await.expect("an answer");
+    // A frame of another cluster: refused with its request id, answered under
+    // the sender's cluster id, never naming ours; the connection goes on.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut foreign =
+        Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20));
+    foreign.send(Frame { request_id: 42, body: RaftRpc::AppliedIndex }).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, foreign.next()).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(reply.request_id, 42);
-    match reply.body {
-        RaftRpcReply::Refused(Error::ClusterMismatch { expected, found }) => {
-            assert_eq!((expected.as_str(), found.as_str()), (CLUSTER, "another-cluster"));
+    match &reply.body {
+        RaftRpcReply::Refused(e @ Error::ClusterMismatch { found }) => {
+            assert_eq!(found, "another-cluster");
+            assert!(!e.to_string().contains(CLUSTER), "the refusal names our cluster: {e}");
         }
         other => panic!("expected a cluster mismatch, got {other:?}"),
     }
+    foreign.send(Frame { request_id: 43, body: RaftRpc::AppliedIndex }).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, foreign.next()).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(reply.request_id, 43);
 
     // An oversized length: refused, then the connection is closed.
     let mut big = TcpStream::connect(addr).await.unwrap();
@@ -118,5 +119,86 @@ async fn a_member_of_another_cluster_is_unreachable() {
     cluster.members.push(stranger);
     leader.remove(cluster.members[1].member_id()).await.unwrap();
     assert!(leader.set("k", vec![1]).await.unwrap());
+    cluster.shutdown().await;
+}
+
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("a number") * 1024
+}
+
+async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((source, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Two rows of the table on the raft port: thousands of idle
+/// connections from another host, and 200,000 small valid requests pipelined
+/// with answers never read. The member keeps replicating and answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
+    common::init_tracing();
+    let cluster = Cluster::start(3, false, timing()).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("a follower");
+    let addr = follower.raft_addr();
+
+    // 2,000 idle connections from one other host: at most 256 are held.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(connect_from([127, 0, 0, 2], addr).await);
+    }
+    let closed =
+        futures::future::join_all(idle.iter_mut().map(|s| closed_within(s, Duration::from_secs(3)))).await;
+    assert_eq!(closed.iter().filter(|c| !**c).count(), 256, "connections held from one address");
+    assert!(leader.set("during-flood", vec![1]).await.unwrap());
+
+    // 200,000 valid requests, answers never read.
+    let before = rss();
+    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20);
+    let mut pipeline = BytesMut::new();
+    for id in 1..=200_000u64 {
+        tokio_util::codec::Encoder::encode(
+            &mut codec,
+            Frame { request_id: id, body: RaftRpc::AppliedIndex },
+            &mut pipeline,
+        )
+        .unwrap();
+    }
+    let mut unread = connect_from([127, 0, 0, 3], addr).await;
+    let writer = tokio::spawn(async move {
+        let _ = unread.write_all(&pipeline).await;
+        unread
+    });
+    let mut peak = rss();
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < watch_until {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        peak = peak.max(rss());
+    }
+    let growth = peak.saturating_sub(before) >> 20;
+    eprintln!("raft port, unread pipeline: resident growth {growth} MiB");
+    assert!(growth <= 100, "resident memory grew by {growth} MiB");
+    // The follower still replicates: a write through the leader reaches it.
+    assert!(leader.set("during-pipeline", vec![2]).await.unwrap());
+    let index = leader.applied_index();
+    common::wait_until("the follower to apply", || follower.applied_index() >= index).await;
+    assert_eq!(follower.get("during-pipeline").unwrap(), Some(vec![2]));
+    writer.abort();
+    drop(idle);
     cluster.shutdown().await;
 }

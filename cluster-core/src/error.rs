@@ -103,12 +103,13 @@ pub enum Error {
         /// The peer's version.
         found: u16,
     },
-    /// A frame from another cluster.
-    #[error("frame from cluster {found:?}, this member belongs to cluster {expected:?}")]
+    /// A frame from another cluster. The message never names the cluster the
+    /// member belongs to: an outsider must not learn it from an error reply.
+    #[error(
+        "frame from cluster {found:?} refused: this member belongs to another cluster (check the cluster id)"
+    )]
     ClusterMismatch {
-        /// This member's cluster id.
-        expected: String,
-        /// The peer's cluster id.
+        /// The cluster id the frame carried.
         found: String,
     },
     /// A frame whose body does not decode.

@@ -7,6 +7,11 @@
 //! magic "CGCW" | version u16 LE | request id u64 LE | cluster id len u8 | cluster id | bincode payload
 //! ```
 //!
+//! The magic also tells the frame's [`FrameKind`]: `CGCW` is a message (a
+//! request, or the one answer to it), `CGCS` a part of a streamed answer (or a
+//! caller's cancel of one). [`WireCodec`] speaks messages only; the RPC layer
+//! (`cluster-rpc`) reads both kinds with [`decode_head`] and [`decode_payload`].
+//!
 //! The request id lets one connection carry many requests at once: an answer
 //! carries the id of its request. Decoding never panics and never allocates
 //! more than the frame limit: a frame that is too long, too short, of another
@@ -49,15 +54,36 @@ use crate::error::{Error, Result};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// The first bytes of every frame body.
+/// The first bytes of every message frame body.
 pub const MAGIC: [u8; 4] = *b"CGCW";
+/// The first bytes of every stream frame body.
+pub const STREAM_MAGIC: [u8; 4] = *b"CGCS";
 /// The longest cluster id a frame can carry.
 pub const MAX_CLUSTER_ID_LEN: usize = 255;
 /// A sensible default frame limit: 16 MiB (raft snapshot chunks are 3 MiB).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
-
-const LEN_PREFIX: usize = 4;
+/// The bytes of the length prefix before every frame body.
+pub const LEN_PREFIX: usize = 4;
 const FIXED_HEADER: usize = MAGIC.len() + 2 + 8 + 1;
+
+/// What a frame carries, told by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// A request, or the one answer to a request ([`MAGIC`]).
+    Message,
+    /// A part of a streamed answer, or a caller's cancel of a stream ([`STREAM_MAGIC`]).
+    Stream,
+}
+
+impl FrameKind {
+    /// The magic bytes that start a frame of this kind.
+    pub fn magic(self) -> [u8; 4] {
+        match self {
+            FrameKind::Message => MAGIC,
+            FrameKind::Stream => STREAM_MAGIC,
+        }
+    }
+}
 
 /// One message with the id that pairs a request with its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +112,23 @@ fn bincode_config() -> bincode::config::Configuration<
     bincode::config::standard()
 }
 
-/// Encodes one frame body (without the length prefix).
+/// Encodes one message frame body (without the length prefix).
 pub fn encode_body<T: Serialize>(cluster_id: &str, frame: &Frame<T>, max_len: usize) -> Result<Vec<u8>> {
+    encode_kind(FrameKind::Message, cluster_id, frame, max_len)
+}
+
+/// Encodes one frame body of `kind` (without the length prefix).
+pub fn encode_kind<T: Serialize>(
+    kind: FrameKind,
+    cluster_id: &str,
+    frame: &Frame<T>,
+    max_len: usize,
+) -> Result<Vec<u8>> {
     if cluster_id.len() > MAX_CLUSTER_ID_LEN {
         return Err(Error::Encode(format!("cluster id longer than {MAX_CLUSTER_ID_LEN} bytes")));
     }
     let mut out = Vec::with_capacity(FIXED_HEADER + cluster_id.len() + 64);
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&kind.magic());
     out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     out.extend_from_slice(&frame.request_id.to_le_bytes());
     out.push(cluster_id.len() as u8);
@@ -105,13 +141,43 @@ pub fn encode_body<T: Serialize>(cluster_id: &str, frame: &Frame<T>, max_len: us
     Ok(out)
 }
 
-/// Decodes one frame body (without the length prefix), checking magic,
-/// version and cluster id, and that the payload uses every byte.
+/// Decodes one message frame body (without the length prefix), checking
+/// magic, version and cluster id, and that the payload uses every byte.
 pub fn decode_body<T: DeserializeOwned>(
     cluster_id: &str,
     body: &[u8],
     max_len: usize,
 ) -> std::result::Result<Frame<T>, FrameError> {
+    let (head, payload) = decode_head(cluster_id, body, max_len)?;
+    if head.kind != FrameKind::Message {
+        return Err(FrameError {
+            request_id: Some(head.request_id),
+            error: Error::Malformed("a stream frame where a message was expected".to_owned()),
+        });
+    }
+    let body = decode_payload(head.request_id, payload)?;
+    Ok(Frame { request_id: head.request_id, body })
+}
+
+/// The header of a frame: its kind and request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Message or stream part.
+    pub kind: FrameKind,
+    /// The request id.
+    pub request_id: u64,
+}
+
+/// Checks a frame body's header (length, magic, version, cluster id) and
+/// returns it with the payload that follows.
+///
+/// A frame of another cluster is refused without naming this member's
+/// cluster: error replies never reveal it.
+pub fn decode_head<'a>(
+    cluster_id: &str,
+    body: &'a [u8],
+    max_len: usize,
+) -> std::result::Result<(Head, &'a [u8]), FrameError> {
     let fail = |request_id, error| FrameError { request_id, error };
     if body.len() > max_len {
         return Err(fail(None, Error::FrameTooLarge { len: body.len(), max: max_len }));
@@ -119,9 +185,11 @@ pub fn decode_body<T: DeserializeOwned>(
     if body.len() < FIXED_HEADER {
         return Err(fail(None, Error::TruncatedFrame { len: body.len(), needed: FIXED_HEADER }));
     }
-    if body[..4] != MAGIC {
-        return Err(fail(None, Error::BadMagic));
-    }
+    let kind = match [body[0], body[1], body[2], body[3]] {
+        MAGIC => FrameKind::Message,
+        STREAM_MAGIC => FrameKind::Stream,
+        _ => return Err(fail(None, Error::BadMagic)),
+    };
     let version = u16::from_le_bytes([body[4], body[5]]);
     let mut id = [0u8; 8];
     id.copy_from_slice(&body[6..14]);
@@ -141,24 +209,80 @@ pub fn decode_body<T: DeserializeOwned>(
     if cid != cluster_id.as_bytes() {
         return Err(fail(
             Some(request_id),
-            Error::ClusterMismatch {
-                expected: cluster_id.to_owned(),
-                found: String::from_utf8_lossy(cid).into_owned(),
-            },
+            Error::ClusterMismatch { found: String::from_utf8_lossy(cid).into_owned() },
         ));
     }
-    let payload = &body[needed..];
+    Ok((Head { kind, request_id }, &body[needed..]))
+}
+
+/// Decodes a frame's bincode payload, which must use every byte.
+pub fn decode_payload<T: DeserializeOwned>(
+    request_id: u64,
+    payload: &[u8],
+) -> std::result::Result<T, FrameError> {
+    let fail = |error| FrameError { request_id: Some(request_id), error };
     // The payload cannot claim more than the frame holds: bincode checks every
     // length against the remaining input before allocating.
     let (value, read) = bincode::serde::decode_from_slice::<T, _>(payload, bincode_config())
-        .map_err(|e| fail(Some(request_id), Error::Malformed(e.to_string())))?;
+        .map_err(|e| fail(Error::Malformed(e.to_string())))?;
     if read != payload.len() {
-        return Err(fail(
-            Some(request_id),
-            Error::Malformed(format!("{} trailing bytes after the payload", payload.len() - read)),
-        ));
+        return Err(fail(Error::Malformed(format!(
+            "{} trailing bytes after the payload",
+            payload.len() - read
+        ))));
     }
-    Ok(Frame { request_id, body: value })
+    Ok(value)
+}
+
+/// How a backend's TCP protocols are bounded and secured, handed from the
+/// facade through core's configs to the backend.
+///
+/// Core knows no network, so it cannot name the settings (`cluster-rpc`'s
+/// limits and TLS); it carries them unopened. The facade puts them in with
+/// [`Transport::new`]; the backend takes them out with [`Transport::get`] and
+/// must refuse a value of a type it does not know rather than fall back to
+/// plain TCP. [`Transport::default`] means the backend's defaults.
+#[derive(Clone, Default)]
+pub struct Transport(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Transport {
+    /// Transport settings of type `T`.
+    pub fn new<T: std::any::Any + Send + Sync>(settings: T) -> Self {
+        Transport(Some(Arc::new(settings)))
+    }
+
+    /// True when settings were given.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The settings, `Ok(None)` when none were given, `Err` when they are
+    /// not a `T` (a backend that does not understand them).
+    pub fn get<T: std::any::Any>(&self) -> Result<Option<&T>> {
+        match &self.0 {
+            None => Ok(None),
+            Some(any) => any.downcast_ref::<T>().map(Some).ok_or_else(|| {
+                Error::BadRequest(format!("transport: settings are not {}", std::any::type_name::<T>()))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() { "Transport(set)" } else { "Transport(default)" })
+    }
+}
+
+impl PartialEq for Transport {
+    /// Equal when both are the backend's defaults or the same settings.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// A `tokio_util` codec that sends `Frame<Out>` and receives `Frame<In>`.
@@ -200,7 +324,9 @@ impl<Out, In: DeserializeOwned> Decoder for WireCodec<Out, In> {
             return Err(Error::FrameTooLarge { len, max: self.max_frame_len });
         }
         if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
+            // No reserve of the announced length: the buffer grows only as
+            // bytes arrive, so a peer that announces 16 MiB and sends 10 bytes
+            // costs 10 bytes.
             return Ok(None);
         }
         src.advance(LEN_PREFIX);
@@ -273,6 +399,28 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_length_is_never_reserved() {
+        let mut c = WireCodec::<Msg, Msg>::new("c", 16 << 20);
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(15 << 20);
+        buf.extend_from_slice(&[0; 10]);
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "capacity {} grew to the announced length", buf.capacity());
+    }
+
+    #[test]
+    fn stream_frames_have_their_own_magic() {
+        let frame = Frame { request_id: 4, body: Msg::Ping(2) };
+        let body = encode_kind(FrameKind::Stream, "c", &frame, MAX).unwrap();
+        assert_eq!(body[..4], STREAM_MAGIC);
+        let (head, payload) = decode_head("c", &body, MAX).unwrap();
+        assert_eq!(head, Head { kind: FrameKind::Stream, request_id: 4 });
+        assert_eq!(decode_payload::<Msg>(4, payload).unwrap(), Msg::Ping(2));
+        // A message decoder refuses it with its request id.
+        assert_eq!(decode_body::<Msg>("c", &body, MAX).unwrap_err().request_id, Some(4));
+    }
+
+    #[test]
     fn oversized_length_ends_the_stream() {
         let mut buf = BytesMut::new();
         buf.put_u32(MAX as u32 + 1);
@@ -318,7 +466,8 @@ mod tests {
         assert_eq!(e.request_id, Some(9));
 
         let e = item_error(encoded("other", 9, Msg::Ping(1)));
-        assert_eq!(e.error, Error::ClusterMismatch { expected: "c".into(), found: "other".into() });
+        assert_eq!(e.error, Error::ClusterMismatch { found: "other".into() });
+        assert!(!e.error.to_string().contains("\"c\""), "never names our cluster: {}", e.error);
         assert_eq!(e.request_id, Some(9));
 
         let mut short_cid = body[..FIXED_HEADER].to_vec();

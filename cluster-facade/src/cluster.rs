@@ -196,6 +196,11 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             timing: config.raft.timing(),
             max_frame_len: config.raft.max_frame_bytes,
             rpc_timeout: ms(config.raft.election_timeout_max_ms),
+            transport: cluster_rpc::Settings {
+                limits: config.limits.clone(),
+                security: config.security.clone(),
+            }
+            .into_transport(),
         })
         .await
         .map_err(start_err("consensus"))?;
@@ -265,9 +270,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             service_listener,
             Arc::new(served),
             ServerConfig {
-                max_frame_len: config.raft.max_frame_bytes,
-                request_timeout: ms(config.timeouts.operation_ms),
-                ..ServerConfig::new(config.cluster_id.clone())
+                cluster_id: config.cluster_id.clone(),
+                limits: cluster_rpc::Limits {
+                    max_frame_len: config.raft.max_frame_bytes,
+                    request_timeout: ms(config.timeouts.operation_ms),
+                    ..config.limits.clone()
+                },
+                security: config.security.clone(),
             },
         )
         .map_err(start_err("service"))?;
@@ -277,6 +286,8 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             ProxyOptions {
                 op_timeout: ms(config.timeouts.operation_ms),
                 max_frame_len: config.raft.max_frame_bytes,
+                connect_timeout: config.limits.connect_timeout,
+                security: config.security.clone(),
                 ..ProxyOptions::new(config.cluster_id.clone())
             },
         );

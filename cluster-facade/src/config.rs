@@ -68,6 +68,13 @@ pub struct ClusterConfig {
     /// in `data_dir` when there is one. When the file exists it wins over
     /// `gossip_keys`: it holds the ring as the last rotation left it.
     pub gossip_keyring_file: Option<PathBuf>,
+    /// Bounds of the raft and service ports and of their clients (the frame
+    /// limit is `raft.max_frame_bytes`, the request timeout `timeouts.operation_ms`).
+    pub limits: cluster_rpc::Limits,
+    /// Plain TCP or mutual TLS on the raft and service ports (built from the
+    /// TLS options, not read from the config file).
+    #[serde(skip)]
+    pub security: cluster_rpc::Security,
 }
 
 /// Gossip keys in base64. Secret: `Debug` shows how many, never a key.
@@ -116,6 +123,8 @@ impl Default for ClusterConfig {
             raft: RaftSettings::default(),
             gossip_keys: GossipKeys::default(),
             gossip_keyring_file: None,
+            limits: cluster_rpc::Limits::default(),
+            security: cluster_rpc::Security::default(),
         }
     }
 }
@@ -346,6 +355,12 @@ impl ClusterConfig {
         for (i, key) in self.gossip_keys.0.iter().enumerate() {
             if let Err(problem) = decode_gossip_key(key) {
                 bad(&format!("gossip_keys[{i}]"), problem);
+            }
+        }
+        for problem in self.limits.problems() {
+            match problem.split_once(": ") {
+                Some((field, problem)) => bad(&format!("limits.{field}"), problem.to_owned()),
+                None => bad("limits", problem),
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }

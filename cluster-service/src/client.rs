@@ -14,15 +14,47 @@ use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
     CasOutcome, ClientRequestId, ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest,
 };
-
+use cluster_rpc::{Limits, Security};
 use serde::{Deserialize, Serialize};
 
-use crate::connection::{ConnectOptions, Pool};
 use crate::protocol::{self, Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
 
+/// The RPC client of the service port: one multiplexed connection per member address.
+pub(crate) type ServiceRpc = cluster_rpc::Client<Request, Response>;
+
+/// Sends `request` to `addr` over `rpc` within `timeout`. An error answer
+/// comes back as `Err`; a member that is shutting down counts as unreachable.
+pub(crate) async fn call(
+    rpc: &ServiceRpc,
+    addr: &str,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response> {
+    match rpc.call(addr, request, timeout).await {
+        Ok(Response::Err(Error::ShuttingDown)) => Err(Error::Unreachable(format!("{addr} is shutting down"))),
+        Ok(Response::Err(e)) => Err(e),
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(e.into_core()),
+    }
+}
+
+/// The RPC client for a cluster id, frame limit, connect timeout and security.
+pub(crate) fn rpc_client(
+    cluster_id: &str,
+    max_frame_len: usize,
+    connect_timeout: Duration,
+    security: &Security,
+) -> ServiceRpc {
+    ServiceRpc::new(cluster_rpc::ClientConfig {
+        cluster_id: cluster_id.to_owned(),
+        limits: Limits { max_frame_len, connect_timeout, ..Limits::default() },
+        security: security.clone(),
+    })
+}
+
 /// How a [`ServiceClient`] connects and retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClientOptions {
     /// The cluster the members belong to; frames carry it.
@@ -37,8 +69,9 @@ pub struct ClientOptions {
     pub op_timeout: Duration,
     /// The pauses between attempts.
     pub backoff: Backoff,
-    /// Requests queued per connection before callers wait.
-    pub queue_len: usize,
+    /// Plain TCP or mutual TLS (not in config files: built from the TLS options).
+    #[serde(skip)]
+    pub security: Security,
 }
 
 impl Default for ClientOptions {
@@ -57,16 +90,7 @@ impl ClientOptions {
             attempt_timeout: Duration::from_secs(3),
             op_timeout: Duration::from_secs(15),
             backoff: Backoff::default(),
-            queue_len: 256,
-        }
-    }
-
-    pub(crate) fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions {
-            cluster_id: self.cluster_id.as_str().into(),
-            max_frame_len: self.max_frame_len,
-            connect_timeout: self.connect_timeout,
-            queue_len: self.queue_len,
+            security: Security::default(),
         }
     }
 
@@ -95,7 +119,7 @@ pub struct ServiceClient {
 struct Inner {
     addrs: Vec<String>,
     opts: ClientOptions,
-    pool: Pool,
+    rpc: ServiceRpc,
     /// The leader's service address as last learnt.
     leader: Mutex<Option<String>>,
     /// The member tried next for reads that any member serves.
@@ -116,8 +140,13 @@ impl ServiceClient {
         if addrs.is_empty() {
             return Err(Error::BadRequest("a service client needs at least one member address".into()));
         }
-        let pool = Pool::new(options.connect_options());
-        let inner = Inner { addrs, opts: options, pool, leader: Mutex::new(None), next: AtomicUsize::new(0) };
+        let rpc = rpc_client(
+            &options.cluster_id,
+            options.max_frame_len,
+            options.connect_timeout,
+            &options.security,
+        );
+        let inner = Inner { addrs, opts: options, rpc, leader: Mutex::new(None), next: AtomicUsize::new(0) };
         Ok(ServiceClient { inner: Arc::new(inner) })
     }
 
@@ -177,11 +206,7 @@ impl ServiceClient {
 
     /// What the member at `addr` knows about consensus; one attempt.
     pub async fn status_of(&self, addr: &str) -> Result<ConsensusStatus> {
-        let call = self.inner.pool.call(addr, Request::Status);
-        match tokio::time::timeout(self.inner.opts.attempt_timeout, call).await {
-            Ok(answer) => answer?.into_status(),
-            Err(_) => Err(Error::Timeout(format!("status of {addr}"))),
-        }
+        call(&self.inner.rpc, addr, &Request::Status, self.inner.opts.attempt_timeout).await?.into_status()
     }
 
     /// Sends `request` where it can be served (the leader when
@@ -195,7 +220,8 @@ impl ServiceClient {
                 let request = request.clone();
                 async move {
                     let addr = self.inner.target(&attempt, needs_leader);
-                    let answer = self.inner.pool.call(&addr, request).await;
+                    let answer =
+                        call(&self.inner.rpc, &addr, &request, self.inner.opts.attempt_timeout).await;
                     self.inner.learn(&addr, needs_leader, &answer);
                     answer
                 }

@@ -26,9 +26,10 @@
 //! typed error under its request id (a foreign cluster id, another protocol
 //! version, an unknown request kind; the connection goes on), or under
 //! [`protocol::CONNECTION_ERROR_ID`] before the connection is closed (garbage,
-//! a frame shorter than its header, a length over the limit). Each connection
-//! runs at most [`ServerConfig::max_in_flight_per_connection`] requests at
-//! once, so a client that stops reading cannot make the server grow.
+//! a frame shorter than its header, a length over the limit). Connections are the RPC layer's
+//! (`cluster-rpc`): bounded in number (in total, per address, for clients),
+//! in requests in flight, frame size and time ([`ServerConfig::limits`]), so a
+//! client that stops reading or trickles bytes cannot make the server grow.
 //!
 //! A one-member cluster (its store from `cluster-consensus`), served and used:
 //!
@@ -57,6 +58,7 @@
 //!         timing: RaftTiming::default(),
 //!         max_frame_len: DEFAULT_MAX_FRAME_LEN,
 //!         rpc_timeout: Duration::from_secs(1),
+//!         transport: Default::default(),
 //!     })
 //!     .await?,
 //! );
@@ -85,7 +87,6 @@
 
 pub mod authz;
 mod client;
-mod connection;
 pub mod protocol;
 mod proxy;
 mod retry;

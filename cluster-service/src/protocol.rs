@@ -142,6 +142,19 @@ pub struct ForceLeft {
     pub had_record: bool,
 }
 
+impl cluster_rpc::Answer for Response {
+    fn refused(error: Error) -> Self {
+        Response::Err(error)
+    }
+
+    fn into_refusal(self) -> Result<Error, Self> {
+        match self {
+            Response::Err(e) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
 /// The codec of the server side: sends [`Response`]s, receives [`Request`]s.
 pub type ServerCodec = WireCodec<Response, Request>;
 /// The codec of the client side: sends [`Request`]s, receives [`Response`]s.

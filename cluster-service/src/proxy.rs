@@ -13,15 +13,16 @@ use cluster_core::{
     CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, Watch,
     WriteOutcome, WriteRequest,
 };
+use cluster_rpc::Security;
 use serde::{Deserialize, Serialize};
 
-use crate::connection::{ConnectOptions, Pool};
+use crate::client::{ServiceRpc, call, rpc_client};
 use crate::protocol::{self, Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
 use crate::server;
 
 /// How a [`Proxy`] forwards and retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProxyOptions {
     /// The cluster id carried by forwarded frames.
@@ -36,8 +37,9 @@ pub struct ProxyOptions {
     pub op_timeout: Duration,
     /// The pauses between attempts; a pause ends early when a new leader is known.
     pub backoff: Backoff,
-    /// Forwarded requests queued per connection before callers wait.
-    pub queue_len: usize,
+    /// Plain TCP or mutual TLS to the leader's service (not in config files).
+    #[serde(skip)]
+    pub security: Security,
 }
 
 impl Default for ProxyOptions {
@@ -49,7 +51,7 @@ impl Default for ProxyOptions {
             attempt_timeout: Duration::from_secs(3),
             op_timeout: Duration::from_secs(15),
             backoff: Backoff::default(),
-            queue_len: 256,
+            security: Security::default(),
         }
     }
 }
@@ -87,7 +89,7 @@ impl<S> std::fmt::Debug for Proxy<S> {
 struct Inner<S> {
     store: Arc<S>,
     opts: ProxyOptions,
-    pool: Pool,
+    rpc: ServiceRpc,
     /// Attempts sent to another member's service, for metrics.
     forwarded: AtomicU64,
 }
@@ -101,13 +103,13 @@ enum Target {
 impl<S: ConsensusStore> Proxy<S> {
     /// A proxy over this member's `store`.
     pub fn new(store: Arc<S>, options: ProxyOptions) -> Self {
-        let pool = Pool::new(ConnectOptions {
-            cluster_id: options.cluster_id.as_str().into(),
-            max_frame_len: options.max_frame_len,
-            connect_timeout: options.connect_timeout,
-            queue_len: options.queue_len,
-        });
-        Proxy { inner: Arc::new(Inner { store, opts: options, pool, forwarded: AtomicU64::new(0) }) }
+        let rpc = rpc_client(
+            &options.cluster_id,
+            options.max_frame_len,
+            options.connect_timeout,
+            &options.security,
+        );
+        Proxy { inner: Arc::new(Inner { store, opts: options, rpc, forwarded: AtomicU64::new(0) }) }
     }
 
     /// The local store.
@@ -213,7 +215,7 @@ impl<S: ConsensusStore> Proxy<S> {
                         },
                         Some((_, Target::Remote(addr))) => {
                             inner.forwarded.fetch_add(1, Ordering::Relaxed);
-                            inner.pool.call(&addr, request).await
+                            call(&inner.rpc, &addr, &request, inner.opts.attempt_timeout).await
                         }
                         None => Err(Error::NotLeader(None)),
                     }

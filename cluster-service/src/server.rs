@@ -1,73 +1,58 @@
 //! The service server: every member runs one on its service port and serves
-//! its whole consensus store with it.
+//! its whole consensus store with it, as a [`Handler`] of the RPC layer
+//! (`cluster-rpc`), which owns the connections, their limits and TLS.
 //!
-//! Per connection, a reader task decodes requests and runs each in its own
-//! task; a writer task sends the answers in the order they are ready. At most
-//! [`ServerConfig::max_in_flight_per_connection`] requests of one connection
-//! run or wait to be written at once: a client that stops reading its answers
-//! stops the server from reading its requests (TCP pushes back), so it cannot
-//! make the server grow without bound.
+//! A connection runs at most [`Limits::max_in_flight_per_connection`]
+//! requests at once; a client that stops reading its answers stops the server
+//! from reading its requests (TCP pushes back), so it cannot make the server
+//! grow without bound.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use cluster_core::wire::{DEFAULT_MAX_FRAME_LEN, Frame, FrameError};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, MemberInfo, Result, keys};
-use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::codec::{FramedRead, FramedWrite};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
+use tokio::net::{TcpListener, ToSocketAddrs};
 
-use crate::protocol::{CONNECTION_ERROR_ID, ForceLeft, Request, Response, ServerCodec};
+use crate::protocol::{ForceLeft, Request, Response};
 
 /// How the server runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     /// Frames from other clusters are answered with [`Error::ClusterMismatch`].
     pub cluster_id: String,
-    /// The largest frame accepted or sent.
-    pub max_frame_len: usize,
-    /// Requests of one connection that may run or wait to be written at once.
-    pub max_in_flight_per_connection: usize,
-    /// Connections served at once; further ones are closed at once.
-    pub max_connections: usize,
-    /// How long the store may take for one request before the answer is
-    /// [`Error::Timeout`].
-    pub request_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig::new("")
-    }
+    /// Connections, requests in flight, frame size, timeouts (the request
+    /// timeout bounds each store operation).
+    pub limits: Limits,
+    /// Plain TCP or mutual TLS (members and clients are both accepted).
+    pub security: Security,
 }
 
 impl ServerConfig {
     /// The defaults, for `cluster_id`.
     pub fn new(cluster_id: impl Into<String>) -> Self {
-        ServerConfig {
-            cluster_id: cluster_id.into(),
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_in_flight_per_connection: 256,
-            max_connections: 1024,
-            request_timeout: Duration::from_secs(10),
-        }
+        ServerConfig { cluster_id: cluster_id.into(), ..ServerConfig::default() }
     }
 }
 
 /// A running service server. Dropping it stops it too, without waiting.
 #[derive(Debug)]
 pub struct ServiceServer {
-    local_addr: SocketAddr,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: Server,
+}
+
+struct ServiceHandler<S> {
+    store: Arc<S>,
+}
+
+impl<S: ConsensusStore> Handler for ServiceHandler<S> {
+    type Request = Request;
+    type Answer = Response;
+
+    fn handle(&self, _caller: Caller, request: Request) -> HandlerFuture<Response> {
+        let store = self.store.clone();
+        Box::pin(async move { Reply::One(execute(&*store, request).await) })
+    }
 }
 
 impl ServiceServer {
@@ -87,179 +72,33 @@ impl ServiceServer {
         store: Arc<S>,
         config: ServerConfig,
     ) -> Result<Self> {
-        if config.max_in_flight_per_connection == 0 || config.max_connections == 0 {
-            return Err(Error::BadRequest("service limits must be at least 1".into()));
-        }
         let local_addr = listener.local_addr()?;
-        let cancel = CancellationToken::new();
         let span = tracing::info_span!("service", member = %store.member_id(), addr = %local_addr);
-        let task =
-            tokio::spawn(accept_loop(listener, store, Arc::new(config), cancel.clone()).instrument(span));
+        let rpc = cluster_rpc::ServerConfig {
+            cluster_id: config.cluster_id,
+            limits: config.limits,
+            security: config.security,
+            access: Access::Anyone,
+        };
+        // The server's tasks run in the member's span.
+        let server = span
+            .in_scope(|| cluster_rpc::serve(listener, ServiceHandler { store }, rpc))
+            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         tracing::info!(%local_addr, "service listening");
-        Ok(ServiceServer { local_addr, cancel, task: Some(task) })
+        Ok(ServiceServer { server })
     }
 
     /// The address bound (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
     /// Stops accepting, ends every connection and waits until all tasks ended.
     /// Callers with requests in flight see the connection close and retry
     /// elsewhere; writes carry request ids, so a retry is applied at most once.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
-}
-
-impl Drop for ServiceServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn accept_loop<S: ConsensusStore>(
-    listener: TcpListener,
-    store: Arc<S>,
-    config: Arc<ServerConfig>,
-    cancel: CancellationToken,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Usually out of file descriptors: pause instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                }
-            }
-        };
-        if connections.len() >= config.max_connections {
-            tracing::warn!(%peer, max = config.max_connections, "too many connections, closing a new one");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let span = tracing::debug_span!("connection", %peer);
-        connections.spawn(serve_connection(stream, store.clone(), config.clone()).instrument(span));
-    }
-    drop(listener);
-    // Aborts every connection task, and with them their request tasks.
-    connections.shutdown().await;
-    tracing::info!("service stopped");
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn serve_connection<S: ConsensusStore>(stream: TcpStream, store: Arc<S>, config: Arc<ServerConfig>) {
-    let codec = ServerCodec::new(config.cluster_id.as_str(), config.max_frame_len);
-    // Separate halves: a frame is encoded when fed, so an answer too large
-    // for a frame fails at once, attributed to its own request.
-    let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, codec.clone());
-    let sink = FramedWrite::new(write, codec);
-    let in_flight = config.max_in_flight_per_connection;
-    let (tx, rx) = mpsc::channel::<Frame<Response>>(in_flight);
-    let writer = AbortOnDrop(tokio::spawn(write_answers(sink, rx).in_current_span()));
-    let permits = Arc::new(Semaphore::new(in_flight));
-    let mut requests = JoinSet::new();
-    loop {
-        while requests.try_join_next().is_some() {}
-        // Waits while `in_flight` answers are not yet written: backpressure.
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let item = tokio::select! {
-            item = frames.next() => item,
-            _ = tx.closed() => break,
-        };
-        match item {
-            Some(Ok(Ok(Frame { request_id, body }))) => {
-                let store = store.clone();
-                let tx = tx.clone();
-                let timeout = config.request_timeout;
-                requests.spawn(
-                    async move {
-                        let kind = body.kind();
-                        let answer = match tokio::time::timeout(timeout, execute(&*store, body)).await {
-                            Ok(answer) => answer,
-                            Err(_) => {
-                                Response::Err(Error::Timeout(format!("{kind} took longer than {timeout:?}")))
-                            }
-                        };
-                        let _ = tx.send(Frame { request_id, body: answer }).await;
-                        drop(permit);
-                    }
-                    .in_current_span(),
-                );
-            }
-            // A frame of a foreign cluster or version, or a request this build does
-            // not know: answer it, and go on with the next frame.
-            Some(Ok(Err(FrameError { request_id: Some(id), error }))) if id != CONNECTION_ERROR_ID => {
-                tracing::debug!(id, %error, "bad request frame");
-                if tx.send(Frame { request_id: id, body: Response::Err(error) }).await.is_err() {
-                    break;
-                }
-            }
-            // Not our protocol: say why, and close.
-            Some(Ok(Err(FrameError { error, .. }))) | Some(Err(error)) => {
-                tracing::debug!(%error, "closing a connection that does not speak the service protocol");
-                if !matches!(error, Error::Io(_)) {
-                    let _ =
-                        tx.send(Frame { request_id: CONNECTION_ERROR_ID, body: Response::Err(error) }).await;
-                }
-                break;
-            }
-            None => break,
-        }
-    }
-    drop(tx);
-    // Requests already running are answered (each bounded by the request
-    // timeout); the writer ends once the last answer is written.
-    while requests.join_next().await.is_some() {}
-    // A reader that stopped reading gets a little time, then the connection closes.
-    let mut writer = writer;
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer.0).await;
-}
-
-type AnswerSink = FramedWrite<OwnedWriteHalf, ServerCodec>;
-
-async fn write_answers(mut sink: AnswerSink, mut rx: mpsc::Receiver<Frame<Response>>) {
-    while let Some(frame) = rx.recv().await {
-        let request_id = frame.request_id;
-        let sent = match sink.feed(frame).await {
-            // The answer alone does not fit a frame (a huge prefix read): say so instead.
-            Err(e @ (Error::FrameTooLarge { .. } | Error::Encode(_))) => {
-                sink.feed(Frame { request_id, body: Response::Err(e) }).await
-            }
-            other => other,
-        };
-        // Write out when no further answer is ready, to batch busy connections.
-        let sent = match sent {
-            Ok(()) if rx.is_empty() => sink.flush().await,
-            other => other,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "cannot write answers, closing the connection");
-            return;
-        }
-    }
-    let _ = sink.close().await;
 }
 
 /// Runs one request against the local store. Writes and consistent reads are

@@ -1,6 +1,9 @@
-//! Raft RPC over TCP with core's [`WireCodec`](cluster_core::wire::WireCodec):
-//! the messages ([`RaftRpc`], [`RaftRpcReply`]), the multiplexed client
-//! ([`client`]) and the listener ([`server`]).
+//! Raft RPC over the project's one RPC layer (`cluster-rpc`): the messages
+//! ([`RaftRpc`], [`RaftRpcReply`]), openraft's network over the RPC client
+//! ([`client`]) and the raft port's handler ([`server`]).
+//!
+//! The raft port accepts members only when TLS is on; its limits (connections,
+//! requests in flight, frame size and timeouts) are the RPC layer's.
 
 pub mod client;
 pub mod server;
@@ -41,6 +44,19 @@ pub enum RaftRpcReply {
     InstallSnapshot(Result<InstallSnapshotResponse<MemberId>, RaftError<MemberId, InstallSnapshotError>>),
     /// Answer to [`RaftRpc::AppliedIndex`].
     AppliedIndex(Option<u64>),
-    /// The frame was refused (another cluster or version, malformed, too large…).
+    /// The frame was refused (another cluster or version, malformed, too large, timed out…).
     Refused(Error),
+}
+
+impl cluster_rpc::Answer for RaftRpcReply {
+    fn refused(error: Error) -> Self {
+        RaftRpcReply::Refused(error)
+    }
+
+    fn into_refusal(self) -> Result<Error, Self> {
+        match self {
+            RaftRpcReply::Refused(e) => Ok(e),
+            other => Err(other),
+        }
+    }
 }

@@ -1,30 +1,14 @@
-//! The raft RPC listener: one task accepts, one task per connection reads
-//! frames, hands each request to raft concurrently and writes answers back in
-//! completion order, tagged with their request ids.
-//!
-//! A bad frame (another cluster or version, malformed) is answered with
-//! [`RaftRpcReply::Refused`] and the connection goes on; a frame longer than
-//! the limit cannot be skipped safely, so it is answered and the connection
-//! closed. The listener keeps serving either way.
+//! The raft port: a [`Handler`] of the RPC layer that hands each request to
+//! the local raft. [`handle`] is the one place a raft request is dispatched.
 
 use std::sync::Arc;
 
-use cluster_core::Error;
-use cluster_core::wire::{Frame, WireCodec};
-use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Reply, RpcError, Server, ServerConfig, Settings};
+use tokio::net::TcpListener;
 
 use super::{RaftRpc, RaftRpcReply};
 use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
-
-/// How many answers may wait for the socket per connection.
-const REPLY_QUEUE: usize = 256;
 
 /// What the server needs to serve.
 #[derive(Clone)]
@@ -33,104 +17,41 @@ pub struct ServerContext {
     pub raft: Raft,
     /// The applied state (for [`RaftRpc::AppliedIndex`]).
     pub state: SharedState,
-    /// The codec (cluster id and frame limit).
-    pub codec: WireCodec<RaftRpcReply, RaftRpc>,
     /// Closed while this member's raft state reset is pending: votes are refused.
     pub votes: crate::recovery::VoteGate,
 }
 
-/// Accepts connections until `cancel` fires; then ends every connection task.
-pub async fn serve(listener: TcpListener, ctx: ServerContext, cancel: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let span = tracing::debug_span!("raft_conn", %peer);
-                    connections.spawn(serve_connection(stream, ctx.clone(), cancel.clone()).instrument(span));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "raft listener accept failed");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                    }
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+struct RaftHandler(Arc<ServerContext>);
+
+impl Handler for RaftHandler {
+    type Request = RaftRpc;
+    type Answer = RaftRpcReply;
+
+    fn handle(&self, _caller: Caller, rpc: RaftRpc) -> HandlerFuture<RaftRpcReply> {
+        let ctx = self.0.clone();
+        Box::pin(async move { Reply::One(handle(&ctx, rpc).await) })
     }
-    drop(listener);
-    connections.shutdown().await;
 }
 
-async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: CancellationToken) {
-    let (mut sink, mut frames) = Framed::new(stream, ctx.codec.clone()).split();
-    let (tx, mut rx) = mpsc::channel::<Frame<RaftRpcReply>>(REPLY_QUEUE);
-    let writer = async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(e) = sink.send(frame).await {
-                tracing::debug!(error = %e, "raft connection write failed");
-                break;
-            }
-        }
+/// Serves raft RPC on `listener` (members only when TLS is on) until the
+/// returned server is shut down.
+pub fn serve(
+    listener: TcpListener,
+    ctx: ServerContext,
+    cluster_id: &str,
+    settings: &Settings,
+) -> Result<Server, RpcError> {
+    let config = ServerConfig {
+        cluster_id: cluster_id.to_owned(),
+        limits: settings.limits.clone(),
+        security: settings.security.clone(),
+        access: Access::MembersOnly,
     };
-    let ctx = Arc::new(ctx);
-    let mut handlers = JoinSet::new();
-    let reader = async {
-        loop {
-            let item = tokio::select! {
-                _ = cancel.cancelled() => break,
-                item = frames.next() => item,
-                Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
-            };
-            match item {
-                None => break,
-                Some(Ok(Ok(frame))) => {
-                    let ctx = ctx.clone();
-                    let tx = tx.clone();
-                    handlers.spawn(
-                        async move {
-                            let body = handle(&ctx, frame.body).await;
-                            let _ = tx.send(Frame { request_id: frame.request_id, body }).await;
-                        }
-                        .in_current_span(),
-                    );
-                }
-                Some(Ok(Err(bad))) => {
-                    tracing::warn!(error = %bad, "refused a raft frame");
-                    let reply = Frame {
-                        request_id: bad.request_id.unwrap_or(0),
-                        body: RaftRpcReply::Refused(bad.error),
-                    };
-                    if tx.send(reply).await.is_err() {
-                        break;
-                    }
-                }
-                // A peer that stopped (a member leaving, a restart) resets its
-                // connections: nothing is wrong, and nothing to answer.
-                Some(Err(Error::Io(e))) => {
-                    tracing::debug!(error = %e, "raft connection ended");
-                    break;
-                }
-                Some(Err(fatal)) => {
-                    // The stream cannot be resynchronized: answer, then close.
-                    tracing::warn!(error = %fatal, "closing a raft connection");
-                    let _ = tx.send(Frame { request_id: 0, body: RaftRpcReply::Refused(fatal) }).await;
-                    break;
-                }
-            }
-        }
-        handlers.shutdown().await;
-        drop(tx);
-    };
-    // The writer ends once the reader dropped its sender and the queue drained.
-    tokio::join!(reader, writer);
+    cluster_rpc::serve(listener, RaftHandler(Arc::new(ctx)), config)
 }
 
-async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
+/// Runs one raft request against the local raft.
+pub async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
     let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),

@@ -1,0 +1,60 @@
+//! Raft over mutual TLS: members replicate with member certificates handed
+//! down through `ConsensusConfig::transport`; a client certificate is refused
+//! on the raft port.
+
+mod common;
+
+use std::time::Duration;
+
+use cluster_consensus::RaftStore;
+use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
+use cluster_rpc::tls::generate::CertificateAuthority;
+use cluster_rpc::{Client, ClientConfig, Limits, Role, RpcError, Security, Settings, Tls};
+use common::{DEADLINE, config, wait_until};
+
+fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
+    let issued = ca.issue(role, name).expect("issue");
+    Tls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("load")
+}
+
+async fn open(ca: &CertificateAuthority, name: &str) -> RaftStore {
+    let mut cfg = config(None);
+    cfg.transport =
+        Settings { limits: Limits::default(), security: Security::Tls(tls(ca, Role::Member, name)) }
+            .into_transport();
+    RaftStore::open(cfg).await.expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_replicate_over_tls_and_a_client_certificate_is_refused() {
+    common::init_tracing();
+    let ca = CertificateAuthority::generate("test-cluster").expect("ca");
+    let first = open(&ca, "m1").await;
+    first.bootstrap().await.expect("bootstrap");
+    let second = open(&ca, "m2").await;
+    wait_until("a leader", || first.status().is_leader()).await;
+    first.add_nonvoter(second.member_id(), second.endpoints().clone()).await.expect("add over TLS");
+    first.promote(second.member_id()).await.expect("promote");
+    assert!(first.set("over-tls", vec![7]).await.expect("write"));
+    let index = first.applied_index();
+    wait_until("the second member to apply", || second.applied_index() >= index).await;
+    assert_eq!(second.get("over-tls").expect("read"), Some(vec![7]));
+
+    // A client certificate of the same CA: refused on the raft port, clearly.
+    let client: Client<RaftRpc, RaftRpcReply> = Client::new(ClientConfig {
+        cluster_id: "test-cluster".into(),
+        limits: Limits::default(),
+        security: Security::Tls(tls(&ca, Role::Client, "c1")),
+    });
+    let r = client.call(&second.raft_addr().to_string(), &RaftRpc::AppliedIndex, DEADLINE).await;
+    assert!(matches!(r, Err(RpcError::Refused { error: Error::Forbidden(_), .. })), "{r:?}");
+    // Plain TCP: refused too.
+    let plain: Client<RaftRpc, RaftRpcReply> =
+        Client::new(ClientConfig { cluster_id: "test-cluster".into(), ..ClientConfig::default() });
+    let r = plain.call(&second.raft_addr().to_string(), &RaftRpc::AppliedIndex, Duration::from_secs(5)).await;
+    assert!(matches!(r, Err(RpcError::Refused { error: Error::Forbidden(_), .. })), "{r:?}");
+
+    second.shutdown().await.expect("shutdown");
+    first.shutdown().await.expect("shutdown");
+}

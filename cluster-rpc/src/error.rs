@@ -1,0 +1,114 @@
+//! [`RpcError`]: what can go wrong on a call, grouped by what the caller can do.
+
+use std::time::Duration;
+
+/// Why a call or a stream failed. Variants keep their source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The TCP connection could not be made: the member is down or the
+    /// address is wrong. Nothing was sent.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed: a plain-TCP peer, a certificate of another
+    /// CA, an expired one, or a role the server does not accept. Nothing was sent.
+    #[error("TLS handshake with {addr} failed (check the CA, the certificate and its role)")]
+    Handshake {
+        /// The address dialled.
+        addr: String,
+        /// The TLS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection ended before the answer came; the request may or may
+    /// not have been served.
+    #[error("connection to {addr} closed: {reason}")]
+    Closed {
+        /// The peer.
+        addr: String,
+        /// What ended it.
+        reason: String,
+    },
+    /// The peer refused the connection with a typed error (it does not speak
+    /// this protocol version, a bad frame, too many connections…).
+    #[error("{addr} refused the connection")]
+    Refused {
+        /// The peer.
+        addr: String,
+        /// The peer's reason.
+        #[source]
+        error: cluster_core::Error,
+    },
+    /// No answer within the deadline; the request may or may not have been served.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The peer.
+        addr: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The request could not be encoded (too large for a frame, …). Nothing was sent.
+    #[error("request cannot be sent")]
+    Encode(#[source] cluster_core::Error),
+    /// The peer's answer could not be read.
+    #[error("bad answer from {addr}")]
+    BadAnswer {
+        /// The peer.
+        addr: String,
+        /// What was wrong with it.
+        #[source]
+        error: cluster_core::Error,
+    },
+    /// A stream's reader fell behind by more answers than the stream buffers;
+    /// the stream was cancelled. Start it again from where it stopped.
+    #[error("stream from {addr} fell behind and was cancelled")]
+    Lagged {
+        /// The peer.
+        addr: String,
+    },
+    /// A configuration that cannot work; every problem with its field's name.
+    #[error("invalid RPC configuration: {0}")]
+    Config(String),
+}
+
+impl RpcError {
+    /// True when the request certainly did not reach the handler, so any
+    /// request (a non-idempotent one too) may be sent again elsewhere.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, RpcError::Connect { .. } | RpcError::Handshake { .. } | RpcError::Encode(_))
+    }
+
+    /// The project-wide error for this failure: unreachable, timeout, or the
+    /// refusal's own error.
+    pub fn into_core(self) -> cluster_core::Error {
+        use cluster_core::Error;
+        match self {
+            RpcError::Timeout { .. } => Error::Timeout(self.to_string()),
+            RpcError::Encode(e) => e,
+            RpcError::Refused {
+                error: e @ (Error::ClusterMismatch { .. } | Error::VersionMismatch { .. }),
+                ..
+            } => e,
+            RpcError::Config(m) => Error::BadRequest(m),
+            other => Error::Unreachable(chain(&other)),
+        }
+    }
+}
+
+/// The error and its sources, one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,148 @@
+//! [`Limits`]: every bound of the RPC layer in one config, so that no server
+//! of the project can be exhausted from outside and none drifts from another.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest frame limit [`Limits::validate`] accepts.
+pub const MAX_FRAME_LEN_CEILING: usize = 64 * 1024 * 1024;
+
+/// The bounds of one server (and of the clients that talk to it).
+///
+/// Defaults suit a member: 1,024 connections in total of which at most 768
+/// may hold client certificates (the rest stay free for members' forwarding
+/// and raft), 256 per peer address (over plain TCP the per-address cap is
+/// what keeps members' own traffic served), 64 requests in flight per
+/// connection, frames up to 16 MiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Connections served at once; a further one is closed as soon as accepted.
+    pub max_connections: usize,
+    /// Connections of callers with a client certificate (known after the TLS
+    /// handshake). Below `max_connections`, so clients can never take the
+    /// slots members need.
+    pub max_client_connections: usize,
+    /// Connections from one peer IP address.
+    pub max_connections_per_ip: usize,
+    /// Requests (and open streams) of one connection served at once; when
+    /// reached the server stops reading that connection until one ends
+    /// (backpressure through TCP, no queue or task beyond this bound).
+    pub max_in_flight_per_connection: usize,
+    /// The largest frame sent or accepted, in bytes (at most 64 MiB).
+    pub max_frame_len: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// A connection with no request in flight and no byte received for this
+    /// long is closed; so is one whose answers the peer does not read for this long.
+    pub idle_timeout: Duration,
+    /// A frame that started must be complete within this time: a peer that
+    /// trickles bytes is closed.
+    pub frame_timeout: Duration,
+    /// How long the handler may take for one answer before the caller gets
+    /// a timeout error (streams are not bounded).
+    pub request_timeout: Duration,
+    /// How long a client may take to connect (TCP, and TLS handshake).
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_client_connections: 768,
+            max_connections_per_ip: 256,
+            max_in_flight_per_connection: 64,
+            max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+            frame_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Limits {
+    /// Every problem of this config, each with its field's name; empty when valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut at_least_one = |name: &str, value: usize| {
+            if value == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        };
+        at_least_one("max_connections", self.max_connections);
+        at_least_one("max_client_connections", self.max_client_connections);
+        at_least_one("max_connections_per_ip", self.max_connections_per_ip);
+        at_least_one("max_in_flight_per_connection", self.max_in_flight_per_connection);
+        if self.max_client_connections >= self.max_connections && self.max_connections > 1 {
+            problems.push(format!(
+                "max_client_connections: {} must be below max_connections ({}) so members always find a slot",
+                self.max_client_connections, self.max_connections
+            ));
+        }
+        if self.max_frame_len < 1024 || self.max_frame_len > MAX_FRAME_LEN_CEILING {
+            problems.push(format!(
+                "max_frame_len: {} bytes is outside 1 KiB..={} MiB",
+                self.max_frame_len,
+                MAX_FRAME_LEN_CEILING >> 20
+            ));
+        }
+        for (name, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("frame_timeout", self.frame_timeout),
+            ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name}: must be longer than zero"));
+            }
+        }
+        problems
+    }
+
+    /// `Ok` when valid, else every problem (see [`problems`](Self::problems)).
+    pub fn validate(&self) -> Result<(), crate::RpcError> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(crate::RpcError::Config(problems.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Limits::default().problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let limits = Limits {
+            max_connections: 10,
+            max_client_connections: 10,
+            max_in_flight_per_connection: 0,
+            max_frame_len: 65 << 20,
+            frame_timeout: Duration::ZERO,
+            ..Limits::default()
+        };
+        let problems = limits.problems().join("\n");
+        for field in
+            ["max_client_connections", "max_in_flight_per_connection", "max_frame_len", "frame_timeout"]
+        {
+            assert!(problems.contains(field), "{field} missing in {problems}");
+        }
+        assert!(limits.validate().is_err());
+    }
+
+    #[test]
+    fn loads_from_partial_toml_like_json() {
+        let limits: Limits = serde_json::from_str(r#"{"max_connections": 10, "max_client_connections": 5}"#)
+            .expect("partial config");
+        assert_eq!((limits.max_connections, limits.max_frame_len), (10, Limits::default().max_frame_len));
+    }
+}

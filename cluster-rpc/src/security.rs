@@ -1,0 +1,87 @@
+//! [`Security`]: plain TCP or mutual TLS, for servers and clients alike, and
+//! the byte stream either gives.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::{Role, Tls};
+
+/// A connection's byte stream, plain or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// How connections are secured.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Security {
+    /// Plain TCP: no authentication; for loopback, tests and `--insecure`.
+    #[default]
+    Plain,
+    /// Mutual TLS: servers need a member certificate and verify every
+    /// caller's certificate against the cluster's CA; clients verify that the
+    /// server holds a member certificate. Reloaded certificates are used by
+    /// new connections.
+    Tls(Tls),
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::Plain => f.write_str("Plain"),
+            Security::Tls(tls) => write!(f, "Tls({})", tls.role()),
+        }
+    }
+}
+
+impl PartialEq for Security {
+    /// Compares the kind (plain or TLS), not the certificates.
+    fn eq(&self, other: &Self) -> bool {
+        self.is_tls() == other.is_tls()
+    }
+}
+
+impl Security {
+    /// True when connections are authenticated (TLS).
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Security::Plain)
+    }
+
+    /// The server side of a new connection: its stream and the peer's role
+    /// (`None` over plain TCP).
+    pub(crate) async fn accept(
+        &self,
+        tcp: TcpStream,
+        _peer: SocketAddr,
+    ) -> std::io::Result<(Box<dyn Io>, Option<Role>)> {
+        match self {
+            Security::Plain => Ok((Box::new(tcp), None)),
+            Security::Tls(tls) => {
+                // The current configuration: a reloaded certificate serves new connections.
+                let acceptor = tls.acceptor().map_err(std::io::Error::other)?;
+                let stream = acceptor.accept(tcp).await?;
+                let role = crate::tls::peer_role(stream.get_ref().1);
+                if role.is_none() {
+                    // The CA verified the certificate, but it states no role we know.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "the peer's certificate carries no role",
+                    ));
+                }
+                Ok((Box::new(stream), role))
+            }
+        }
+    }
+
+    /// The client side of a new connection.
+    pub(crate) async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+        match self {
+            Security::Plain => Ok(Box::new(tcp)),
+            Security::Tls(tls) => {
+                let stream = tls.connector().connect(Tls::server_name(), tcp).await?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Mutual TLS through the RPC layer, with real sockets: who gets in, who is
+//! refused and how, and certificates reloaded without a restart.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use cluster_rpc::tls::generate::CertificateAuthority;
+use cluster_rpc::{Access, Limits, Role, RpcError, Security, Tls, TlsFiles};
+use common::*;
+
+fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
+    let issued = ca.issue(role, name).expect("issue");
+    Tls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("load")
+}
+
+fn call_error(r: Result<Said, RpcError>) -> RpcError {
+    match r {
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_clients_get_in_with_their_role() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let (server, _) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    let addr = server.local_addr().to_string();
+    for role in [Role::Member, Role::Client] {
+        let c = client(Security::Tls(tls(&ca, role, "caller")));
+        let answer = c.call(&addr, &Ask::WhoAmI, DEADLINE).await.expect("an answer");
+        assert_eq!(answer, Said::Caller(Some(role)));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_tcp_client_is_refused_with_a_clear_error() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let (server, counters) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    let e = call_error(
+        client(Security::Plain).call(&server.local_addr().to_string(), &Ask::WhoAmI, DEADLINE).await,
+    );
+    match &e {
+        RpcError::Refused { error: cluster_core::Error::Forbidden(m), .. } => {
+            assert!(m.contains("TLS"), "{m}")
+        }
+        other => panic!("expected a refusal that says TLS is needed, got {other:?}"),
+    }
+    assert_eq!(counters.started.load(Ordering::SeqCst), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_another_ca_is_refused() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let other = CertificateAuthority::generate(CLUSTER).expect("another ca");
+    let (server, counters) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    let addr = server.local_addr().to_string();
+    // A caller whose certificate and trust are of another CA.
+    let stranger = client(Security::Tls(tls(&other, Role::Member, "intruder")));
+    let e = call_error(stranger.call(&addr, &Ask::WhoAmI, DEADLINE).await);
+    assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
+    // A caller that trusts our CA but shows a certificate of another.
+    let issued = other.issue(Role::Member, "forger").expect("issue");
+    let forger = Tls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("load");
+    let r = client(Security::Tls(forger)).call(&addr, &Ask::WhoAmI, DEADLINE).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(counters.started.load(Ordering::SeqCst), 0, "no request reached the handler");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_refused_on_a_members_only_port() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let security = Security::Tls(tls(&ca, Role::Member, "m1"));
+    let (server, counters) = start_with(Limits::default(), security, Access::MembersOnly).await;
+    let addr = server.local_addr().to_string();
+    let e = call_error(
+        client(Security::Tls(tls(&ca, Role::Client, "c1"))).call(&addr, &Ask::WhoAmI, DEADLINE).await,
+    );
+    assert!(matches!(e, RpcError::Refused { error: cluster_core::Error::Forbidden(_), .. }), "{e:?}");
+    let member = client(Security::Tls(tls(&ca, Role::Member, "m2")));
+    assert_eq!(
+        member.call(&addr, &Ask::WhoAmI, DEADLINE).await.expect("in"),
+        Said::Caller(Some(Role::Member))
+    );
+    assert_eq!(counters.started.load(Ordering::SeqCst), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let (server, counters) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    let day = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let old = ca.issue_valid(Role::Member, "old", now - 3 * day, now - day).expect("issue");
+    let expired = Tls::from_pem(ca.cert_pem(), &old.cert_pem, &old.key_pem).expect("load");
+    let r =
+        client(Security::Tls(expired)).call(&server.local_addr().to_string(), &Ask::WhoAmI, DEADLINE).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(counters.started.load(Ordering::SeqCst), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_serves_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = TlsFiles {
+        ca_cert: dir.path().join("ca.pem"),
+        cert: dir.path().join("m.pem"),
+        key: dir.path().join("m.key"),
+    };
+    let write = |ca: &CertificateAuthority| {
+        let issued = ca.issue(Role::Member, "m1").expect("issue");
+        std::fs::write(&files.ca_cert, ca.cert_pem()).expect("write");
+        std::fs::write(&files.cert, &issued.cert_pem).expect("write");
+        std::fs::write(&files.key, &issued.key_pem).expect("write");
+    };
+    let first = CertificateAuthority::generate(CLUSTER).expect("ca");
+    write(&first);
+    let server_tls = Tls::from_files(files.clone()).expect("load");
+    let (server, _) = start(Limits::default(), Security::Tls(server_tls.clone())).await;
+    let addr = server.local_addr().to_string();
+    // A caller of the next CA is refused until the server reloads.
+    let next = CertificateAuthority::generate(CLUSTER).expect("next ca");
+    let caller = client(Security::Tls(tls(&next, Role::Member, "m2")));
+    assert!(caller.call(&addr, &Ask::WhoAmI, DEADLINE).await.is_err());
+    write(&next);
+    assert!(server_tls.reload().expect("reload"));
+    caller.close();
+    let answer = caller.call(&addr, &Ask::WhoAmI, DEADLINE).await.expect("served after the reload");
+    assert_eq!(answer, Said::Caller(Some(Role::Member)));
+    server.shutdown().await;
+}
