@@ -24,6 +24,7 @@
 //!     timing: RaftTiming::default(),
 //!     max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
 //!     rpc_timeout: Duration::from_secs(1),
+//!     limits: Default::default(), // quotas: key, value and store bytes
 //! })
 //! .await?;
 //! store.bootstrap().await?; // a one-voter cluster; others join with `add_nonvoter` + `promote`
@@ -52,7 +53,12 @@
 //!   state machine reloads from the persisted snapshot on open; raft then
 //!   re-applies the committed log after it.
 //! - [`network`]: raft RPC over TCP with core's wire codec (cluster id and
-//!   version checked, bounded frames), one multiplexed connection per peer.
+//!   version checked, bounded frames), one multiplexed connection per peer;
+//!   [`network::guard`] checks every request before openraft sees it
+//!   (bounded terms and indexes, the sender's membership, snapshot offsets
+//!   and size).
+//! - [`quota`]: the key, value and store quotas, checked before a write is
+//!   proposed, and the constant bounds checked in apply.
 //! - writes are group-committed: concurrent writes on the leader share one
 //!   log entry (one fsync per member), answered one by one.
 //! - [`store`]: [`RaftStore`], the handle; an internal module maps openraft's errors to
@@ -67,6 +73,7 @@ mod encoding;
 mod error;
 pub mod log_store;
 pub mod network;
+pub mod quota;
 pub mod state_machine;
 pub mod store;
 pub mod typecfg;

@@ -55,6 +55,10 @@ pub const MAGIC: [u8; 4] = *b"CGCW";
 pub const MAX_CLUSTER_ID_LEN: usize = 255;
 /// A sensible default frame limit: 16 MiB (raft snapshot chunks are 3 MiB).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+/// The highest frame limit a configuration may set: 64 MiB. The length
+/// prefix is a `u32`, and a peer may make a member buffer one whole frame
+/// per connection, so a larger limit only makes memory easier to exhaust.
+pub const MAX_FRAME_LEN_CEILING: usize = 64 * 1024 * 1024;
 
 const LEN_PREFIX: usize = 4;
 const FIXED_HEADER: usize = MAGIC.len() + 2 + 8 + 1;

@@ -152,6 +152,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             timing: config.raft.timing(),
             max_frame_len: config.raft.max_frame_bytes,
             rpc_timeout: ms(config.raft.election_timeout_max_ms),
+            limits: config.quota.clone(),
         })
         .await
         .map_err(start_err("consensus"))?;

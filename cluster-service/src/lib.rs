@@ -57,6 +57,7 @@
 //!         timing: RaftTiming::default(),
 //!         max_frame_len: DEFAULT_MAX_FRAME_LEN,
 //!         rpc_timeout: Duration::from_secs(1),
+//!         limits: Default::default(),
 //!     })
 //!     .await?,
 //! );

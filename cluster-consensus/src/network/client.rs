@@ -104,6 +104,9 @@ impl ConnPool {
             })?;
             match reply_rx.await {
                 Ok(Ok(RaftRpcReply::Refused(e))) => Err(CallError::Unreachable(e)),
+                Ok(Ok(RaftRpcReply::Guarded(e))) => {
+                    Err(CallError::Unreachable(Error::BadRequest(e.to_string())))
+                }
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e @ (Error::FrameTooLarge { .. } | Error::Encode(_)))) => Err(CallError::TooLarge(e)),
                 Ok(Err(e)) => Err(CallError::Unreachable(e)),

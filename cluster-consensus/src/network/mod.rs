@@ -1,8 +1,10 @@
 //! Raft RPC over TCP with core's [`WireCodec`](cluster_core::wire::WireCodec):
 //! the messages ([`RaftRpc`], [`RaftRpcReply`]), the multiplexed client
-//! ([`client`]) and the listener ([`server`]).
+//! ([`client`]), the listener ([`server`]) and the checks every request
+//! passes before openraft sees it ([`guard`]).
 
 pub mod client;
+pub mod guard;
 pub mod server;
 
 use cluster_core::{Error, MemberId};
@@ -43,4 +45,6 @@ pub enum RaftRpcReply {
     AppliedIndex(Option<u64>),
     /// The frame was refused (another cluster or version, malformed, too large…).
     Refused(Error),
+    /// The request was refused by the [`guard`](guard::RaftGuard) before raft saw it.
+    Guarded(guard::GuardError),
 }

@@ -7,6 +7,7 @@
 //! the limit cannot be skipped safely, so it is answered and the connection
 //! closed. The listener keeps serving either way.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use cluster_core::wire::{Frame, WireCodec};
@@ -18,6 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::guard::RaftGuard;
 use super::{RaftRpc, RaftRpcReply};
 use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
@@ -34,6 +36,8 @@ pub struct ServerContext {
     pub state: SharedState,
     /// The codec (cluster id and frame limit).
     pub codec: WireCodec<RaftRpcReply, RaftRpc>,
+    /// Checks every request before raft sees it.
+    pub guard: Arc<RaftGuard>,
 }
 
 /// Accepts connections until `cancel` fires; then ends every connection task.
@@ -46,7 +50,7 @@ pub async fn serve(listener: TcpListener, ctx: ServerContext, cancel: Cancellati
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let span = tracing::debug_span!("raft_conn", %peer);
-                    connections.spawn(serve_connection(stream, ctx.clone(), cancel.clone()).instrument(span));
+                    connections.spawn(serve_connection(stream, peer.ip(), ctx.clone(), cancel.clone()).instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "raft listener accept failed");
@@ -63,7 +67,7 @@ pub async fn serve(listener: TcpListener, ctx: ServerContext, cancel: Cancellati
     connections.shutdown().await;
 }
 
-async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: CancellationToken) {
+async fn serve_connection(stream: TcpStream, peer: IpAddr, ctx: ServerContext, cancel: CancellationToken) {
     let (mut sink, mut frames) = Framed::new(stream, ctx.codec.clone()).split();
     let (tx, mut rx) = mpsc::channel::<Frame<RaftRpcReply>>(REPLY_QUEUE);
     let writer = async move {
@@ -90,7 +94,7 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
                     let tx = tx.clone();
                     handlers.spawn(
                         async move {
-                            let body = handle(&ctx, frame.body).await;
+                            let body = handle(&ctx, peer, frame.body).await;
                             let _ = tx.send(Frame { request_id: frame.request_id, body }).await;
                         }
                         .in_current_span(),
@@ -121,7 +125,10 @@ async fn serve_connection(stream: TcpStream, ctx: ServerContext, cancel: Cancell
     tokio::join!(reader, writer);
 }
 
-async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
+async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
+    if let Err(refused) = ctx.guard.check(peer, &rpc) {
+        return RaftRpcReply::Guarded(refused);
+    }
     let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),

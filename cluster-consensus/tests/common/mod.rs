@@ -43,6 +43,7 @@ pub fn config(data_dir: Option<PathBuf>) -> ConsensusConfig {
         timing: timing(),
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
+        limits: Default::default(),
     }
 }
 

@@ -200,6 +200,7 @@ impl ConsensusStore for FakeStore {
             applied_index: Some(s.revision),
             voters: s.endpoints.clone(),
             nonvoters: BTreeMap::new(),
+            ..Default::default()
         }
     }
 

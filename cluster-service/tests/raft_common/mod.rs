@@ -195,6 +195,7 @@ pub async fn open_member() -> Member {
         timing: timing(),
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
+        limits: Default::default(),
     };
     let store = RaftStore::open(config).await.expect("open");
     let shared = Arc::new(store.clone());
