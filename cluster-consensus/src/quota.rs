@@ -23,7 +23,17 @@
 //!   later change may do that, as etcd replicates its NOSPACE alarm.)
 //!
 //! Deletes, compare-and-sets that delete, and writes that do not grow the
-//! store are always admitted, so a full store can be emptied.
+//! store are always admitted, so a full store can be emptied. The cluster's
+//! own keys (under `carbon-grid/`) are exempt from the store quota, not from
+//! the key and value limits: they are a few hundred bytes per member, and a
+//! store filled by users must not keep a member from joining or a departed
+//! one from being cleaned up (who may write them is the service's
+//! authorization, not a quota).
+//!
+//! The **quota alarm** ([`alarm`]) is on when the store is within one
+//! largest write of its quota, which every member with the same limits sees
+//! alike, or when this member refused a write for the store quota since the
+//! store last shrank.
 
 use cluster_core::{ConsensusLimits, Error, Quota, WriteOp};
 
@@ -92,6 +102,9 @@ pub fn admit(limits: &ConsensusLimits, state: &KvState, op: &WriteOp) -> Result<
     for v in values.into_iter().flatten() {
         too_long(Quota::ValueBytes, v.len(), limits.max_value_bytes)?;
     }
+    if cluster_core::keys::is_reserved(key) {
+        return Ok(());
+    }
     let grows = growth(state, op);
     let after = state.store_bytes.saturating_add(grows);
     if grows > 0 && after > limits.max_store_bytes {
@@ -102,6 +115,13 @@ pub fn admit(limits: &ConsensusLimits, state: &KvState, op: &WriteOp) -> Result<
         });
     }
     Ok(())
+}
+
+/// The store quota alarm (see the module doc); `refused` says whether this
+/// member refused a write for the store quota since the store last shrank.
+pub fn alarm(limits: &ConsensusLimits, store_bytes: u64, refused: bool) -> bool {
+    let largest_write = (limits.max_key_bytes as u64).saturating_add(limits.max_value_bytes as u64);
+    refused || store_bytes.saturating_add(largest_write) > limits.max_store_bytes
 }
 
 #[cfg(test)]
@@ -165,6 +185,21 @@ mod tests {
         let s = state_with(&[set("a", 99), set("b", 99), WriteOp::Delete { key: "a".into() }]);
         assert_eq!(s.store_bytes, 100);
         assert_eq!(admit(&l, &s, &set("c", 50)), Ok(()));
+        // The cluster's own keys are not held back by users filling the store.
+        let full = state_with(&[set("a", 99), set("b", 99)]);
+        assert_eq!(admit(&l, &full, &set("carbon-grid/x", 20)), Ok(()));
+        assert!(matches!(
+            admit(&l, &full, &set("carbon-grid/x", 101)),
+            Err(Error::QuotaExceeded { quota: Quota::ValueBytes, .. })
+        ));
+    }
+
+    #[test]
+    fn the_alarm_is_on_within_one_largest_write_of_the_quota() {
+        let l = limits(); // largest write: 8 + 100 bytes of 200
+        assert!(!alarm(&l, 92, false));
+        assert!(alarm(&l, 93, false));
+        assert!(alarm(&l, 0, true));
     }
 
     #[test]

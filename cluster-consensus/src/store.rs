@@ -128,7 +128,9 @@ impl QuotaAlarm {
         self.raised_at.store(Self::NONE, Ordering::Relaxed);
     }
 
-    fn is_on(&self, store_bytes: u64) -> bool {
+    /// Whether this member refused a write for the store quota since the
+    /// store last shrank below its size then.
+    fn refused(&self, store_bytes: u64) -> bool {
         let at = self.raised_at.load(Ordering::Relaxed);
         at != Self::NONE && store_bytes >= at
     }
@@ -137,6 +139,7 @@ impl QuotaAlarm {
 fn status_of(
     m: &RaftMetrics<MemberId, Endpoints>,
     state: &SharedState,
+    limits: &ConsensusLimits,
     alarm: &QuotaAlarm,
 ) -> ConsensusStatus {
     let store_bytes = state.read().store_bytes;
@@ -160,7 +163,7 @@ fn status_of(
         voters,
         nonvoters,
         store_bytes,
-        quota_alarm: alarm.is_on(store_bytes),
+        quota_alarm: crate::quota::alarm(limits, store_bytes, alarm.refused(store_bytes)),
     }
 }
 
@@ -272,9 +275,11 @@ impl RaftStore {
 
         let mut metrics = raft.metrics();
         let alarm = Arc::new(QuotaAlarm { raised_at: AtomicU64::new(QuotaAlarm::NONE) });
-        let (status_tx, status) = watch::channel(status_of(&metrics.borrow(), &state, &alarm));
+        let (status_tx, status) =
+            watch::channel(status_of(&metrics.borrow(), &state, &config.limits, &alarm));
         let status_cancel = cancel.clone();
-        let (status_state, status_alarm) = (state.clone(), alarm.clone());
+        let (status_state, status_limits, status_alarm) =
+            (state.clone(), config.limits.clone(), alarm.clone());
         let status_task = tokio::spawn(
             async move {
                 loop {
@@ -284,7 +289,7 @@ impl RaftStore {
                             if changed.is_err() {
                                 break;
                             }
-                            let now = status_of(&metrics.borrow_and_update(), &status_state, &status_alarm);
+                            let now = status_of(&metrics.borrow_and_update(), &status_state, &status_limits, &status_alarm);
                             status_tx.send_if_modified(|s| if *s == now { false } else { *s = now; true });
                         }
                     }
@@ -470,7 +475,12 @@ impl ConsensusStore for RaftStore {
 
     fn status(&self) -> ConsensusStatus {
         // Straight from raft's metrics: never behind `status_changes`.
-        status_of(&self.inner.raft.metrics().borrow(), &self.inner.state, &self.inner.alarm)
+        status_of(
+            &self.inner.raft.metrics().borrow(),
+            &self.inner.state,
+            &self.inner.limits,
+            &self.inner.alarm,
+        )
     }
 
     fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {

@@ -246,8 +246,10 @@ pub struct ConsensusStatus {
     /// The bytes of every key and value in this member's applied state
     /// (what the store quota counts).
     pub store_bytes: u64,
-    /// The store quota alarm: this member refused a write because the store
-    /// is full, and nothing was deleted since. Reads and deletes still work.
+    /// The store quota alarm: the store is within one largest write of its
+    /// quota, or this member refused a write because the store is full and
+    /// nothing was deleted since. Writes that grow the store may be refused;
+    /// reads and deletes still work.
     pub quota_alarm: bool,
 }
 

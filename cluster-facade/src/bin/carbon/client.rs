@@ -90,6 +90,7 @@ fn failed(e: Error) -> Failure {
         | Error::NotLeader(_)
         | Error::ShuttingDown => Failure::unreachable(format!("cannot reach the cluster: {e}")),
         Error::BadRequest(_) => Failure::usage(e.to_string()),
+        Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
         other => Failure::other(anyhow::Error::new(other)),
     }
 }
@@ -130,6 +131,16 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
         vec!["applied index".into(), opt(s.applied_index)],
         vec!["voters".into(), s.voters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["nonvoters".into(), s.nonvoters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
+        vec!["store bytes".into(), s.store_bytes.to_string()],
+        vec![
+            "quota alarm".into(),
+            if s.quota_alarm {
+                "ON: the store is full, writes are refused; delete keys to make room"
+            } else {
+                "off"
+            }
+            .into(),
+        ],
     ];
     println!("{}", render(&["", ""], &rows).lines().skip(1).collect::<Vec<_>>().join("\n"));
     Ok(())

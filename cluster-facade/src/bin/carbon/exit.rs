@@ -12,6 +12,9 @@ pub(crate) const USAGE: u8 = 2;
 pub(crate) const UNREACHABLE: u8 = 3;
 /// Anything else.
 pub(crate) const OTHER: u8 = 4;
+/// A write refused by a quota (key, value or store bytes): shrink it, or
+/// delete keys to make room. Reads and deletes still work.
+pub(crate) const QUOTA: u8 = 5;
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
@@ -36,6 +39,11 @@ impl Failure {
     /// Exit code 3.
     pub(crate) fn unreachable(message: impl Into<String>) -> Self {
         Failure { code: UNREACHABLE, message: message.into() }
+    }
+
+    /// Exit code 5.
+    pub(crate) fn quota(message: impl Into<String>) -> Self {
+        Failure { code: QUOTA, message: message.into() }
     }
 
     /// Exit code 4, with the whole error chain.
