@@ -46,7 +46,8 @@
 //! - [`state_machine`]: the ordered map with its revision, the short-id table,
 //!   the table of answered request ids (a retried write is applied at most
 //!   once, FIFO-bounded to [`state_machine::REMEMBERED_REQUESTS`]), the feed of
-//!   watchers, and snapshots that hold all of it.
+//!   watchers, and snapshots that hold all of it; [`snapshot_data`] holds a
+//!   snapshot's bytes and checks a received one before raft installs it.
 //! - [`log_store`]: the raft log in memory, written through by one writer
 //!   thread that group-commits to its own segmented write-ahead log (one
 //!   `fdatasync` per batch; vote, purge point and snapshot in redb) (feature `durable`, on by default). The
@@ -74,6 +75,7 @@ mod error;
 pub mod log_store;
 pub mod network;
 pub mod quota;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod store;
 pub mod typecfg;

@@ -187,6 +187,8 @@ mod tests {
         assert_eq!(admit(&l, &s, &set("c", 50)), Ok(()));
         // The cluster's own keys are not held back by users filling the store.
         let full = state_with(&[set("a", 99), set("b", 99)]);
+        let l = ConsensusLimits { max_key_bytes: 64, ..l };
+        assert!(matches!(admit(&l, &full, &set("x", 20)), Err(Error::QuotaExceeded { .. })));
         assert_eq!(admit(&l, &full, &set("carbon-grid/x", 20)), Ok(()));
         assert!(matches!(
             admit(&l, &full, &set("carbon-grid/x", 101)),

@@ -9,7 +9,6 @@
 //! not load snapshots into the state machine by itself).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cluster_core::plan::lowest_free_short_id;
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::encoding::{decode, encode};
+use crate::snapshot_data::SnapshotData;
 use crate::typecfg::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, WriteResponse,
 };
@@ -361,7 +361,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         }
         let data = stored.data.clone();
         *lock(&self.current) = Some(stored);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::new(data)) })
     }
 }
 
@@ -410,14 +410,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::receiving()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let mut new_state = KvState::from_bytes(&data)
@@ -446,9 +446,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(lock(&self.current)
-            .as_ref()
-            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
+        Ok(lock(&self.current).as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(SnapshotData::new(s.data.clone())),
+        }))
     }
 }
 

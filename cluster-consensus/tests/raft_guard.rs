@@ -166,6 +166,19 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
 
     let grown = rss().saturating_sub(before);
     assert!(grown < 256 << 20, "memory grew by {grown} bytes");
+
+    // A whole forged snapshot that does not decode: refused when its last
+    // chunk arrives, before the state machine (whose error would stop raft).
+    let garbage = RaftRpc::InstallSnapshot(InstallSnapshotRequest::<TypeConfig> {
+        vote,
+        meta: SnapshotMeta { snapshot_id: "garbage".into(), ..meta.clone() },
+        offset: 0,
+        data: b"not a snapshot".to_vec(),
+        done: true,
+    });
+    let reply = call(follower.raft_addr(), garbage).await;
+    assert!(matches!(reply, RaftRpcReply::InstallSnapshot(Err(_))), "{reply:?}");
+    assert!(raft_alive(&follower));
     every_member_serves(&cluster, "after-snapshot-chunks").await;
     cluster.shutdown().await;
 }
