@@ -33,7 +33,10 @@
 //!   second reaches 2^63 in 290,000 years. No relative bound: a new learner
 //!   at index 0 legitimately hears of a leader's log millions of entries ahead.
 //! - **Shape of AppendEntries**: entries must follow `prev_log_id` one index
-//!   at a time with non-decreasing terms (openraft asserts it), and every
+//!   at a time with non-decreasing terms (openraft asserts it); a log id at
+//!   an index this member already applied may not be greater than its last
+//!   applied log id (log ids only grow along a log, so a leader's entry there
+//!   never is; openraft asserts it for the committed part); and every
 //!   membership (in an entry or a snapshot) must have one or two non-empty
 //!   configs whose voters all have an address.
 //! - **Who may send** (the sender is the member id in the request's vote;
@@ -52,13 +55,17 @@
 //!   - an **AppendEntries** or **InstallSnapshot** comes from a member of
 //!     the membership (voter or nonvoter), or reaches a member that has no
 //!     membership yet (the leader that adds it: raft itself needs that), or
-//!     carries a term above this member's current term. That last case is a
-//!     leader elected under a membership this member has not received yet:
-//!     a member that lagged behind a membership change has no other way to
-//!     learn it, and refusing would strand it (etcd refuses only ids it saw
-//!     removed, for the same reason). So for these two RPCs the membership
-//!     check refuses stale or made-up leaders at this member's term or
-//!     below; higher terms are bounded as above.
+//!     comes from a leader this member must hear to catch up: one with a
+//!     term above this member's, or the one it already follows in its term.
+//!     Those are leaders elected under a membership this member has not
+//!     received yet, or whose entries will replace an uncommitted membership
+//!     in its log (a lagging member, or one that holds the last entries of a
+//!     crashed leader): refusing them would strand it (etcd refuses only ids
+//!     it saw removed, for the same reason). So for these two RPCs the
+//!     membership check refuses stale or made-up leaders that openraft's
+//!     vote check would refuse too, but before they reach openraft (a
+//!     snapshot chunk never reaches its buffer); higher terms are bounded as
+//!     above.
 //! - **Snapshot chunks**: the offset must be 0 (a new or restarted
 //!   snapshot), the bytes received so far of the snapshot in progress, or
 //!   the offset of its last chunk again (openraft resends a chunk whose
@@ -130,6 +137,14 @@ pub enum GuardError {
         /// The vote's term.
         vote_term: u64,
     },
+    /// A log id at an applied index that is greater than the last applied one.
+    #[error("{what} {log_id} is above this member's last applied log id at that index")]
+    AboveApplied {
+        /// Which part of the request.
+        what: String,
+        /// The log id.
+        log_id: String,
+    },
     /// Entries that do not follow the previous log id one by one.
     #[error("entries out of order: {0}")]
     EntriesOutOfOrder(String),
@@ -196,6 +211,11 @@ pub struct View<'a> {
     pub member_id: MemberId,
     /// Its current term.
     pub current_term: u64,
+    /// The member its vote is for in that term (the leader it follows, or
+    /// the candidate it voted for), if any.
+    pub voted_for: Option<MemberId>,
+    /// The last log id it applied.
+    pub last_applied: Option<LogId>,
     /// Its effective membership (the last in its log, joint or not).
     pub membership: &'a Membership<MemberId, Endpoints>,
 }
@@ -265,6 +285,16 @@ pub fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), Guard
     Ok(())
 }
 
+fn check_applied(view: &View<'_>, what: &str, log_id: Option<&LogId>) -> Result<(), GuardError> {
+    if let (Some(log_id), Some(applied)) = (log_id, view.last_applied.as_ref())
+        && log_id.index <= applied.index
+        && log_id > applied
+    {
+        return Err(GuardError::AboveApplied { what: what.to_owned(), log_id: log_id.to_string() });
+    }
+    Ok(())
+}
+
 fn is_member(view: &View<'_>, id: &MemberId) -> bool {
     view.membership.get_node(id).is_some() || view.membership.voter_ids().any(|v| v == *id)
 }
@@ -276,7 +306,9 @@ fn has_membership(view: &View<'_>) -> bool {
 /// Who may send a replication RPC (AppendEntries, InstallSnapshot): see the module doc.
 fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
     let leader = vote.leader_id().node_id;
-    if !has_membership(view) || is_member(view, &leader) || vote.leader_id().term > view.current_term {
+    let term = vote.leader_id().term;
+    let follows = term == view.current_term && view.voted_for == Some(leader);
+    if !has_membership(view) || is_member(view, &leader) || term > view.current_term || follows {
         Ok(())
     } else {
         Err(GuardError::NotAMember { rpc: rpc.to_owned(), member: leader })
@@ -309,9 +341,11 @@ pub fn check_rpc(
             check_vote(view, "vote", &req.vote)?;
             check_log_id(&req.vote, "previous log id", req.prev_log_id.as_ref())?;
             check_log_id(&req.vote, "leader commit", req.leader_commit.as_ref())?;
+            check_applied(view, "previous log id", req.prev_log_id.as_ref())?;
             let mut prev = req.prev_log_id;
             for entry in &req.entries {
                 check_log_id(&req.vote, "entry", Some(&entry.log_id))?;
+                check_applied(view, "entry", Some(&entry.log_id))?;
                 let expected = prev.map_or(0, |p| p.index + 1);
                 if entry.log_id.index != expected {
                     return Err(GuardError::EntriesOutOfOrder(format!(
@@ -450,6 +484,8 @@ impl RaftGuard {
             let view = View {
                 member_id: metrics.id,
                 current_term: metrics.current_term,
+                voted_for: metrics.vote.leader_id().voted_for(),
+                last_applied: metrics.last_applied,
                 membership: metrics.membership_config.membership(),
             };
             let mut progress = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
@@ -536,7 +572,8 @@ mod tests {
     #[test]
     fn terms_are_bounded_relative_to_ours_and_absolutely() {
         let m = membership(&[1, 2, 3], &[]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         assert_eq!(check(&view, &vote(6, 2)), Ok(()));
         assert_eq!(check(&view, &vote(5 + TERM_STEP, 2)), Ok(()));
         assert!(matches!(check(&view, &vote(6 + TERM_STEP, 2)), Err(GuardError::TermTooHigh { .. })));
@@ -558,11 +595,23 @@ mod tests {
     #[test]
     fn log_ids_are_bounded_by_index_and_by_the_vote_term() {
         let m = membership(&[1, 2, 3], &[]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         let huge = append(5, 2, Some(log_id(5, 2, u64::MAX)), vec![]);
         assert!(matches!(check(&view, &huge), Err(GuardError::IndexTooHigh { .. })));
         let above = append(5, 2, Some(log_id(6, 2, 3)), vec![]);
         assert!(matches!(check(&view, &above), Err(GuardError::LogAboveVote { .. })));
+        // At an applied index, nothing above what was applied there.
+        let applied = View { last_applied: Some(log_id(4, 2, 10)), ..view };
+        let ok = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(4, 2, 10))]);
+        assert_eq!(check(&applied, &ok), Ok(()));
+        assert_eq!(check(&applied, &append(5, 2, Some(log_id(3, 2, 9)), vec![])), Ok(()));
+        let above = append(5, 2, Some(log_id(5, 2, 9)), vec![]);
+        assert!(matches!(check(&applied, &above), Err(GuardError::AboveApplied { .. })));
+        let above = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(5, 2, 10))]);
+        assert!(matches!(check(&applied, &above), Err(GuardError::AboveApplied { .. })));
+        let next = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(5, 2, 11))]);
+        assert_eq!(check(&applied, &next), Ok(()));
         let candidate =
             RaftRpc::Vote(VoteRequest { vote: Vote::new(6, id(2)), last_log_id: Some(log_id(7, 2, 1)) });
         assert!(matches!(check(&view, &candidate), Err(GuardError::LogAboveVote { .. })));
@@ -571,7 +620,8 @@ mod tests {
     #[test]
     fn entries_must_follow_the_previous_log_id() {
         let m = membership(&[1, 2, 3], &[]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         let prev = Some(log_id(4, 2, 7));
         let good = append(5, 2, prev, vec![normal(log_id(4, 2, 8)), blank(log_id(5, 2, 9))]);
         assert_eq!(check(&view, &good), Ok(()));
@@ -602,7 +652,8 @@ mod tests {
     #[test]
     fn votes_come_from_voters_only() {
         let m = membership(&[1, 2, 3], &[4]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         assert_eq!(check(&view, &vote(6, 3)), Ok(()));
         assert_eq!(check(&view, &vote(6, 4)), Err(GuardError::NotAVoter { member: id(4) }));
         assert_eq!(check(&view, &vote(6, 99)), Err(GuardError::NotAVoter { member: id(99) }));
@@ -630,7 +681,8 @@ mod tests {
     #[test]
     fn replication_comes_from_members_or_a_newer_term() {
         let m = membership(&[1, 2, 3], &[4]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
         assert_eq!(check(&view, &append(5, 4, None, vec![])), Ok(()), "a nonvoter is a member");
         assert_eq!(
@@ -640,10 +692,21 @@ mod tests {
         assert!(matches!(check(&view, &chunk(99, "s", 0, 10, false)), Err(GuardError::NotAMember { .. })));
         // A leader elected under a membership this member has not received yet.
         assert_eq!(check(&view, &append(6, 99, None, vec![])), Ok(()));
+        // The leader this member already follows in its term, whose entries
+        // will replace an uncommitted membership that lacks it.
+        let following = View { voted_for: Some(id(99)), ..view };
+        assert_eq!(check(&following, &append(5, 99, None, vec![])), Ok(()));
+        assert!(check(&following, &append(4, 99, None, vec![])).is_err());
         assert_eq!(check(&view, &append(5, 1, None, vec![])), Err(GuardError::FromSelf));
         // The member waiting to be added accepts the leader that adds it.
         let none = Membership::default();
-        let waiting = View { member_id: id(7), current_term: 0, membership: &none };
+        let waiting = View {
+            member_id: id(7),
+            current_term: 0,
+            voted_for: None,
+            last_applied: None,
+            membership: &none,
+        };
         assert_eq!(check(&waiting, &append(5, 2, None, vec![])), Ok(()));
         assert_eq!(check(&waiting, &chunk(2, "s", 0, 10, false)), Ok(()));
     }
@@ -651,7 +714,8 @@ mod tests {
     #[test]
     fn snapshot_chunks_follow_the_bytes_received() {
         let m = membership(&[1, 2, 3], &[]);
-        let view = View { member_id: id(1), current_term: 5, membership: &m };
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
         let mut p = None;
         let mut run = |rpc: &RaftRpc| check_rpc(&view, &LIMITS, &mut p, rpc);
         assert!(matches!(
