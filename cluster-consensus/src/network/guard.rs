@@ -35,8 +35,15 @@
 //! - **Shape of AppendEntries**: entries must follow `prev_log_id` one index
 //!   at a time with non-decreasing terms (openraft asserts it); a log id at
 //!   an index this member already applied may not be greater than its last
-//!   applied log id (log ids only grow along a log, so a leader's entry there
-//!   never is; openraft asserts it for the committed part); and every
+//!   applied log id, nor one at a later index below it, nor another at its
+//!   index (log ids only grow along a log, and a leader's log holds what this
+//!   member applied; openraft asserts it for the committed part, and takes a
+//!   previous log id at a committed index as matching without comparing);
+//!   a log id of a
+//!   term names that term's leader (the sender's, for the sender's term; the
+//!   one of this member's last applied entry, for that term), since raft
+//!   elects one leader per term and openraft's invariants (committed ≤ last
+//!   log id) fail otherwise; and every
 //!   membership (in an entry or a snapshot) must have one or two non-empty
 //!   configs whose voters all have an address.
 //! - **Who may send** (the sender is the member id in the request's vote;
@@ -52,7 +59,8 @@
 //!     member is added as a nonvoter and catches up before it is promoted,
 //!     and a member that lost its log must not vote (raft's safety). A
 //!     candidate's vote is never committed; a committed one is refused;
-//!   - an **AppendEntries** or **InstallSnapshot** comes from a member of
+//!   - an **AppendEntries** or **InstallSnapshot** carries a committed vote
+//!     (a leader's always is; openraft asserts it), and comes from a member of
 //!     the membership (voter or nonvoter), or reaches a member that has no
 //!     membership yet (the leader that adds it: raft itself needs that), or
 //!     comes from a leader this member must hear to catch up: one with a
@@ -137,9 +145,18 @@ pub enum GuardError {
         /// The vote's term.
         vote_term: u64,
     },
-    /// A log id at an applied index that is greater than the last applied one.
-    #[error("{what} {log_id} is above this member's last applied log id at that index")]
+    /// A log id out of order with this member's last applied one: greater
+    /// at an earlier index, smaller at a later one, or another at its index.
+    #[error("{what} {log_id} is out of order with this member's last applied log id")]
     AboveApplied {
+        /// Which part of the request.
+        what: String,
+        /// The log id.
+        log_id: String,
+    },
+    /// A log id whose term had another leader (raft elects one per term).
+    #[error("{what} {log_id} names another leader for its term")]
+    TwoLeadersInTerm {
         /// Which part of the request.
         what: String,
         /// The log id.
@@ -164,6 +181,14 @@ pub enum GuardError {
     #[error("vote request from {member} carries a committed vote")]
     CommittedVoteRequest {
         /// The candidate.
+        member: MemberId,
+    },
+    /// A replication request whose vote is not committed (a leader's always is).
+    #[error("{rpc} from {member} carries a vote that is not committed")]
+    UncommittedLeaderVote {
+        /// The RPC.
+        rpc: String,
+        /// The claimed sender.
         member: MemberId,
     },
     /// A replication request from a member outside the membership, at a
@@ -285,12 +310,31 @@ pub fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), Guard
     Ok(())
 }
 
-fn check_applied(view: &View<'_>, what: &str, log_id: Option<&LogId>) -> Result<(), GuardError> {
-    if let (Some(log_id), Some(applied)) = (log_id, view.last_applied.as_ref())
-        && log_id.index <= applied.index
-        && log_id > applied
-    {
-        return Err(GuardError::AboveApplied { what: what.to_owned(), log_id: log_id.to_string() });
+/// Checks `log_id` against what this member and the request know of the
+/// log: one leader per term (the vote's leader for its term, the leader of
+/// this member's last applied entry for that term), and nothing above the
+/// last applied log id at an applied index.
+fn check_against_log(
+    view: &View<'_>,
+    vote: &Vote,
+    what: &str,
+    log_id: Option<&LogId>,
+) -> Result<(), GuardError> {
+    let Some(log_id) = log_id else { return Ok(()) };
+    let known = [Some(LogId::new(vote.leader_id().clone(), 0)), view.last_applied];
+    for leader in known.iter().flatten().map(|l| &l.leader_id) {
+        if log_id.leader_id.term == leader.term && log_id.leader_id.node_id != leader.node_id {
+            return Err(GuardError::TwoLeadersInTerm { what: what.to_owned(), log_id: log_id.to_string() });
+        }
+    }
+    if let Some(applied) = view.last_applied.as_ref() {
+        // Log ids grow along a log, and a leader's log holds what was applied.
+        let before = log_id.index < applied.index && log_id > applied;
+        let after = log_id.index >= applied.index && log_id < applied;
+        let at = log_id.index == applied.index && log_id != applied;
+        if before || after || at {
+            return Err(GuardError::AboveApplied { what: what.to_owned(), log_id: log_id.to_string() });
+        }
     }
     Ok(())
 }
@@ -306,6 +350,9 @@ fn has_membership(view: &View<'_>) -> bool {
 /// Who may send a replication RPC (AppendEntries, InstallSnapshot): see the module doc.
 fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
     let leader = vote.leader_id().node_id;
+    if !vote.is_committed() {
+        return Err(GuardError::UncommittedLeaderVote { rpc: rpc.to_owned(), member: leader });
+    }
     let term = vote.leader_id().term;
     let follows = term == view.current_term && view.voted_for == Some(leader);
     if !has_membership(view) || is_member(view, &leader) || term > view.current_term || follows {
@@ -328,6 +375,7 @@ pub fn check_rpc(
         RaftRpc::Vote(req) => {
             check_vote(view, "vote", &req.vote)?;
             check_log_id(&req.vote, "last log id", req.last_log_id.as_ref())?;
+            check_against_log(view, &req.vote, "last log id", req.last_log_id.as_ref())?;
             let member = req.vote.leader_id().node_id;
             if req.vote.is_committed() {
                 return Err(GuardError::CommittedVoteRequest { member });
@@ -341,11 +389,12 @@ pub fn check_rpc(
             check_vote(view, "vote", &req.vote)?;
             check_log_id(&req.vote, "previous log id", req.prev_log_id.as_ref())?;
             check_log_id(&req.vote, "leader commit", req.leader_commit.as_ref())?;
-            check_applied(view, "previous log id", req.prev_log_id.as_ref())?;
+            check_against_log(view, &req.vote, "previous log id", req.prev_log_id.as_ref())?;
+            check_against_log(view, &req.vote, "leader commit", req.leader_commit.as_ref())?;
             let mut prev = req.prev_log_id;
             for entry in &req.entries {
                 check_log_id(&req.vote, "entry", Some(&entry.log_id))?;
-                check_applied(view, "entry", Some(&entry.log_id))?;
+                check_against_log(view, &req.vote, "entry", Some(&entry.log_id))?;
                 let expected = prev.map_or(0, |p| p.index + 1);
                 if entry.log_id.index != expected {
                     return Err(GuardError::EntriesOutOfOrder(format!(
@@ -377,6 +426,9 @@ pub fn check_rpc(
                 req.meta.last_membership.log_id().as_ref(),
             )?;
             check_membership(req.meta.last_membership.membership())?;
+            check_against_log(view, &req.vote, "snapshot last log id", req.meta.last_log_id.as_ref())?;
+            let membership_log_id = req.meta.last_membership.log_id().as_ref();
+            check_against_log(view, &req.vote, "snapshot membership log id", membership_log_id)?;
             check_leader(view, "install snapshot", &req.vote)?;
             let snapshot_id = &req.meta.snapshot_id;
             let len = req.data.len() as u64;
@@ -606,6 +658,10 @@ mod tests {
         let ok = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(4, 2, 10))]);
         assert_eq!(check(&applied, &ok), Ok(()));
         assert_eq!(check(&applied, &append(5, 2, Some(log_id(3, 2, 9)), vec![])), Ok(()));
+        let below = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(3, 2, 11))]);
+        assert!(matches!(check(&applied, &below), Err(GuardError::AboveApplied { .. })));
+        let other = append(5, 2, Some(log_id(3, 2, 10)), vec![]);
+        assert!(matches!(check(&applied, &other), Err(GuardError::AboveApplied { .. })));
         let above = append(5, 2, Some(log_id(5, 2, 9)), vec![]);
         assert!(matches!(check(&applied, &above), Err(GuardError::AboveApplied { .. })));
         let above = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(5, 2, 10))]);
@@ -615,6 +671,30 @@ mod tests {
         let candidate =
             RaftRpc::Vote(VoteRequest { vote: Vote::new(6, id(2)), last_log_id: Some(log_id(7, 2, 1)) });
         assert!(matches!(check(&view, &candidate), Err(GuardError::LogAboveVote { .. })));
+    }
+
+    #[test]
+    fn a_term_has_one_leader() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            last_applied: Some(log_id(4, 3, 10)),
+            membership: &m,
+        };
+        // The sender's term names the sender; an applied term names its leader.
+        let other = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 3, 11))]);
+        assert!(matches!(check(&view, &other), Err(GuardError::TwoLeadersInTerm { .. })));
+        let commit = RaftRpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(5, id(2)),
+            prev_log_id: Some(log_id(4, 3, 10)),
+            entries: vec![],
+            leader_commit: Some(log_id(4, 2, 9)),
+        });
+        assert!(matches!(check(&view, &commit), Err(GuardError::TwoLeadersInTerm { .. })));
+        let good = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 2, 11))]);
+        assert_eq!(check(&view, &good), Ok(()));
     }
 
     #[test]

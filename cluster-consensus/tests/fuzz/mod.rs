@@ -89,8 +89,20 @@ pub struct Report {
     pub reconnects: u64,
 }
 
-/// Valid request bodies that look like what `target`'s cluster sends it now.
-pub fn templates(target: &RaftStore, cluster_id: &str) -> Vec<Vec<u8>> {
+/// Valid requests that look like what `target`'s cluster sends it now.
+pub struct Templates {
+    /// The requests.
+    pub rpcs: Vec<RaftRpc>,
+    /// Their encoded frame bodies.
+    pub bodies: Vec<Vec<u8>>,
+    /// The members of the cluster.
+    pub members: Vec<MemberId>,
+    /// The cluster id.
+    pub cluster_id: String,
+}
+
+/// Valid requests that look like what `target`'s cluster sends it now.
+pub fn templates(target: &RaftStore, cluster_id: &str) -> Templates {
     let m = target.raft().metrics().borrow().clone();
     let me = m.id;
     let leader = m.current_leader.unwrap_or(me);
@@ -143,11 +155,98 @@ pub fn templates(target: &RaftStore, cluster_id: &str) -> Vec<Vec<u8>> {
         }),
         RaftRpc::AppliedIndex,
     ];
-    rpcs.into_iter()
+    let bodies = rpcs
+        .iter()
         .map(|body| {
             encode_body(cluster_id, &Frame { request_id: 1, body }, 1 << 20).expect("a template encodes")
         })
-        .collect()
+        .collect();
+    let members = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+    Templates { rpcs, bodies, members, cluster_id: cluster_id.to_owned() }
+}
+
+/// A term, index or offset that raft's arithmetic and the guard's bounds find interesting.
+fn number(rng: &mut Rng, near: u64) -> u64 {
+    match rng.below(9) {
+        0 => 0,
+        1 => near,
+        2 => near.saturating_add(1),
+        3 => near.saturating_sub(1),
+        4 => near.saturating_add(1 << 32),
+        5 => u64::MAX,
+        6 => u64::MAX / 2 + rng.below(3) as u64,
+        7 => 1 << 40,
+        _ => rng.next(),
+    }
+}
+
+fn member(rng: &mut Rng, t: &Templates) -> MemberId {
+    if rng.below(4) == 0 { MemberId::from(rng.next()) } else { t.members[rng.below(t.members.len())] }
+}
+
+fn log_id_like(rng: &mut Rng, t: &Templates, l: Option<LogId>) -> Option<LogId> {
+    if rng.below(6) == 0 {
+        return None;
+    }
+    let base = l.unwrap_or_default();
+    let term = number(rng, base.leader_id.term);
+    Some(LogId::new(openraft::CommittedLeaderId::new(term, member(rng, t)), number(rng, base.index)))
+}
+
+fn vote_like(rng: &mut Rng, t: &Templates, v: &Vote) -> Vote {
+    let term = number(rng, v.leader_id().term);
+    let who = if rng.below(2) == 0 { v.leader_id().node_id } else { member(rng, t) };
+    if rng.below(2) == 0 { Vote::new_committed(term, who) } else { Vote::new(term, who) }
+}
+
+/// A valid request with some of its numbers and members changed: it
+/// decodes, so it reaches the guard and, if let through, openraft.
+fn structured(rng: &mut Rng, t: &Templates) -> Vec<u8> {
+    let mut rpc = t.rpcs[rng.below(t.rpcs.len())].clone();
+    match &mut rpc {
+        RaftRpc::AppendEntries(req) => {
+            if rng.below(2) == 0 {
+                req.vote = vote_like(rng, t, &req.vote);
+            }
+            if rng.below(2) == 0 {
+                req.prev_log_id = log_id_like(rng, t, req.prev_log_id);
+            }
+            if rng.below(3) == 0 {
+                req.leader_commit = log_id_like(rng, t, req.leader_commit);
+            }
+            for e in req.entries.iter_mut() {
+                if rng.below(3) == 0 {
+                    e.log_id = log_id_like(rng, t, Some(e.log_id)).unwrap_or(e.log_id);
+                }
+            }
+            if rng.below(4) == 0 && !req.entries.is_empty() {
+                let i = rng.below(req.entries.len());
+                req.entries.remove(i);
+            }
+        }
+        RaftRpc::Vote(req) => {
+            req.vote = vote_like(rng, t, &req.vote);
+            if rng.below(2) == 0 {
+                req.last_log_id = log_id_like(rng, t, req.last_log_id);
+            }
+        }
+        RaftRpc::InstallSnapshot(req) => {
+            if rng.below(2) == 0 {
+                req.vote = vote_like(rng, t, &req.vote);
+            }
+            req.offset = number(rng, req.offset);
+            req.done = rng.below(2) == 0;
+            if rng.below(3) == 0 {
+                req.meta.last_log_id = log_id_like(rng, t, req.meta.last_log_id);
+            }
+            if rng.below(3) == 0 {
+                req.meta.snapshot_id = format!("s{}", rng.below(3));
+            }
+        }
+        _ => {}
+    }
+    encode_body(&t.cluster_id, &Frame { request_id: 1, body: rpc }, 1 << 20)
+        .expect("a changed template encodes")
 }
 
 /// Bytes of the header before the bincode body.
@@ -240,7 +339,7 @@ async fn connect(addr: SocketAddr, cluster_id: &str) -> (Replies, tokio::net::tc
 pub async fn feed(
     addr: SocketAddr,
     cluster_id: &str,
-    templates: &[Vec<u8>],
+    templates: &Templates,
     seed: u64,
     random: u64,
     mutated: u64,
@@ -248,7 +347,7 @@ pub async fn feed(
     const WINDOW: u64 = 32;
     let mut rng = Rng::new(seed);
     let header = header_len(cluster_id);
-    let valid_header = templates[0][..header].to_vec();
+    let valid_header = templates.bodies[0][..header].to_vec();
     let mut report = Report::default();
     let (mut replies, mut writer) = connect(addr, cluster_id).await;
     while report.random < random || report.mutated < mutated {
@@ -261,8 +360,13 @@ pub async fn feed(
                 random_frame(&mut rng, &valid_header)
             } else {
                 report.mutated += 1;
-                let template = &templates[rng.below(templates.len())];
-                mutate(&mut rng, template, header)
+                // Half byte-level (mostly fails to decode), half structured.
+                if rng.below(2) == 0 {
+                    let template = &templates.bodies[rng.below(templates.bodies.len())];
+                    mutate(&mut rng, template, header)
+                } else {
+                    structured(&mut rng, templates)
+                }
             };
             // A fresh request id for each frame, where the header holds one.
             if body.len() >= 14 {
@@ -299,32 +403,41 @@ pub async fn feed(
 }
 
 /// Retries a write at whoever leads until one commits (the fuzzing may have
-/// caused elections), then checks every member applied it.
+/// caused elections), then waits for every member to apply it. Returns the
+/// members that did not apply it in time: a forged frame that claims the
+/// leader's identity can make a follower's log diverge (raft cannot tell it
+/// from the leader without authentication), but a committed write means a
+/// majority applied it.
 pub async fn cluster_still_serves(
     members: &[RaftStore],
     key: &str,
     deadline: Duration,
-) -> Result<(), String> {
+) -> Result<Vec<MemberId>, String> {
     let start = std::time::Instant::now();
     loop {
         for m in members {
-            if m.status().is_leader()
-                && let Ok(outcome) = m
-                    .write(WriteRequest {
-                        op: WriteOp::Set { key: key.into(), value: vec![1] },
-                        request_id: None,
-                    })
-                    .await
-            {
-                let _ = outcome;
+            if !m.status().is_leader() {
+                continue;
+            }
+            let write =
+                WriteRequest { op: WriteOp::Set { key: key.into(), value: vec![1] }, request_id: None };
+            if m.write(write).await.is_ok() {
                 let index = m.applied_index().unwrap_or(0);
-                while members.iter().any(|o| o.applied_index().unwrap_or(0) < index) {
-                    if start.elapsed() > deadline {
-                        return Err("a member did not apply the write".into());
+                let behind = || {
+                    members
+                        .iter()
+                        .filter(|o| o.applied_index().unwrap_or(0) < index)
+                        .map(|o| o.member_id())
+                        .collect()
+                };
+                while start.elapsed() < deadline {
+                    let lagging: Vec<MemberId> = behind();
+                    if lagging.is_empty() {
+                        return Ok(lagging);
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                return Ok(());
+                return Ok(behind());
             }
         }
         if start.elapsed() > deadline {
