@@ -321,7 +321,7 @@ fn check_against_log(
     log_id: Option<&LogId>,
 ) -> Result<(), GuardError> {
     let Some(log_id) = log_id else { return Ok(()) };
-    let known = [Some(LogId::new(vote.leader_id().clone(), 0)), view.last_applied];
+    let known = [Some(LogId::new(*vote.leader_id(), 0)), view.last_applied];
     for leader in known.iter().flatten().map(|l| &l.leader_id) {
         if log_id.leader_id.term == leader.term && log_id.leader_id.node_id != leader.node_id {
             return Err(GuardError::TwoLeadersInTerm { what: what.to_owned(), log_id: log_id.to_string() });
