@@ -148,7 +148,7 @@ pub enum GuardError {
     /// A log id out of order with this member's last applied one: greater
     /// at an earlier index, smaller at a later one, or another at its index.
     #[error("{what} {log_id} is out of order with this member's last applied log id")]
-    AboveApplied {
+    ConflictsWithApplied {
         /// Which part of the request.
         what: String,
         /// The log id.
@@ -333,7 +333,10 @@ fn check_against_log(
         let after = log_id.index >= applied.index && log_id < applied;
         let at = log_id.index == applied.index && log_id != applied;
         if before || after || at {
-            return Err(GuardError::AboveApplied { what: what.to_owned(), log_id: log_id.to_string() });
+            return Err(GuardError::ConflictsWithApplied {
+                what: what.to_owned(),
+                log_id: log_id.to_string(),
+            });
         }
     }
     Ok(())
@@ -659,13 +662,13 @@ mod tests {
         assert_eq!(check(&applied, &ok), Ok(()));
         assert_eq!(check(&applied, &append(5, 2, Some(log_id(3, 2, 9)), vec![])), Ok(()));
         let below = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(3, 2, 11))]);
-        assert!(matches!(check(&applied, &below), Err(GuardError::AboveApplied { .. })));
+        assert!(matches!(check(&applied, &below), Err(GuardError::ConflictsWithApplied { .. })));
         let other = append(5, 2, Some(log_id(3, 2, 10)), vec![]);
-        assert!(matches!(check(&applied, &other), Err(GuardError::AboveApplied { .. })));
+        assert!(matches!(check(&applied, &other), Err(GuardError::ConflictsWithApplied { .. })));
         let above = append(5, 2, Some(log_id(5, 2, 9)), vec![]);
-        assert!(matches!(check(&applied, &above), Err(GuardError::AboveApplied { .. })));
+        assert!(matches!(check(&applied, &above), Err(GuardError::ConflictsWithApplied { .. })));
         let above = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(5, 2, 10))]);
-        assert!(matches!(check(&applied, &above), Err(GuardError::AboveApplied { .. })));
+        assert!(matches!(check(&applied, &above), Err(GuardError::ConflictsWithApplied { .. })));
         let next = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(5, 2, 11))]);
         assert_eq!(check(&applied, &next), Ok(()));
         let candidate =
