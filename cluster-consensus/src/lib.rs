@@ -25,6 +25,7 @@
 //!     max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
 //!     rpc_timeout: Duration::from_secs(1),
 //!     transport: Default::default(),
+//!     limits: Default::default(), // quotas: key, value and store bytes
 //! })
 //! .await?;
 //! store.bootstrap().await?; // a one-voter cluster; others join with `add_nonvoter` + `promote`
@@ -46,14 +47,20 @@
 //! - [`state_machine`]: the ordered map with its revision, the short-id table,
 //!   the table of answered request ids (a retried write is applied at most
 //!   once, FIFO-bounded to [`state_machine::REMEMBERED_REQUESTS`]), the feed of
-//!   watchers, and snapshots that hold all of it.
+//!   watchers, and snapshots that hold all of it; [`snapshot_data`] holds a
+//!   snapshot's bytes and checks a received one before raft installs it.
 //! - [`log_store`]: the raft log in memory, written through by one writer
 //!   thread that group-commits to its own segmented write-ahead log (one
 //!   `fdatasync` per batch; vote, purge point and snapshot in redb) (feature `durable`, on by default). The
 //!   state machine reloads from the persisted snapshot on open; raft then
 //!   re-applies the committed log after it.
 //! - [`network`]: raft RPC over TCP with core's wire codec (cluster id and
-//!   version checked, bounded frames), one multiplexed connection per peer.
+//!   version checked, bounded frames), one multiplexed connection per peer;
+//!   [`network::guard`] checks every request before openraft sees it
+//!   (bounded terms and indexes, the sender's membership, snapshot offsets
+//!   and size).
+//! - [`quota`]: the key, value and store quotas, checked before a write is
+//!   proposed, and the constant bounds checked in apply.
 //! - writes are group-committed: concurrent writes on the leader share one
 //!   log entry (one fsync per member), answered one by one.
 //! - [`store`]: [`RaftStore`], the handle; an internal module maps openraft's errors to
@@ -77,7 +84,9 @@ mod encoding;
 mod error;
 pub mod log_store;
 pub mod network;
+pub mod quota;
 pub mod recovery;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod store;
 pub mod typecfg;

@@ -9,7 +9,6 @@
 //! not load snapshots into the state machine by itself).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cluster_core::plan::lowest_free_short_id;
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::encoding::{decode, encode};
+use crate::snapshot_data::SnapshotData;
 use crate::typecfg::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, WriteResponse,
 };
@@ -49,6 +49,10 @@ pub struct KvState {
     answered: VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
     /// Index of `answered` (rebuilt on load, never serialized).
     answered_index: HashMap<ClientRequestId, Result<WriteOutcome, Error>>,
+    /// The bytes of every key and value in `data`, as the store quota counts
+    /// them (kept up to date by every change, recomputed on load, never
+    /// serialized: every member computes the same from the same log).
+    pub store_bytes: u64,
 }
 
 /// The serialized form (bincode does not support `serde(skip)`). Values are
@@ -120,10 +124,13 @@ impl KvState {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, std::io::Error> {
         let repr: KvStateIn = decode(bytes)?;
         let answered_index = repr.answered.iter().cloned().collect();
+        let data: BTreeMap<String, Vec<u8>> = repr.data.into_iter().map(|(k, v)| (k, v.0)).collect();
+        let store_bytes = data.iter().map(|(k, v)| crate::quota::entry_bytes(k, v)).sum();
         Ok(KvState {
+            store_bytes,
             last_applied: repr.last_applied,
             last_membership: repr.last_membership,
-            data: repr.data.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            data,
             revision: repr.revision,
             short_ids: repr.short_ids,
             answered: repr.answered,
@@ -159,18 +166,21 @@ impl KvState {
 
     fn change(&mut self, key: &str, value: Option<Vec<u8>>, events: &mut Vec<WatchEvent>) {
         self.revision += 1;
-        match &value {
+        let old = match &value {
             Some(v) => {
-                self.data.insert(key.to_owned(), v.clone());
+                self.store_bytes = self.store_bytes.saturating_add(crate::quota::entry_bytes(key, v));
+                self.data.insert(key.to_owned(), v.clone())
             }
-            None => {
-                self.data.remove(key);
-            }
+            None => self.data.remove(key),
+        };
+        if let Some(old) = old {
+            self.store_bytes = self.store_bytes.saturating_sub(crate::quota::entry_bytes(key, &old));
         }
         events.push(WatchEvent { key: key.to_owned(), value, revision: self.revision });
     }
 
     fn apply_op(&mut self, op: &WriteOp, events: &mut Vec<WatchEvent>) -> Result<WriteOutcome, Error> {
+        crate::quota::check_entry(op)?;
         match op {
             WriteOp::Set { key, value } => {
                 let created = !self.data.contains_key(key);
@@ -351,7 +361,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         }
         let data = stored.data.clone();
         *lock(&self.current) = Some(stored);
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::new(data)) })
     }
 }
 
@@ -400,14 +410,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::receiving()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let mut new_state = KvState::from_bytes(&data)
@@ -436,9 +446,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(lock(&self.current)
-            .as_ref()
-            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
+        Ok(lock(&self.current).as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(SnapshotData::new(s.data.clone())),
+        }))
     }
 }
 

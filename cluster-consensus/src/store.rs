@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_core::{
-    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error,
-    LeaderHint, MemberId, Result, ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
+    ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries,
+    Error, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -24,6 +25,7 @@ use crate::batcher::WriteBatcher;
 use crate::error::IntoStoreError;
 use crate::log_store::LogStore;
 use crate::network::client::{BatchLimits, NetworkFactory, RaftClient};
+use crate::network::guard::{GuardLimits, RaftGuard};
 use crate::network::server::{ServerContext, serve};
 use crate::network::{RaftRpc, RaftRpcReply};
 use crate::recovery::VoteGate;
@@ -71,6 +73,8 @@ struct Inner {
     durable: Mutex<Option<crate::log_store::durable::DurableWriter>>,
     op_timeout: Duration,
     votes: VoteGate,
+    limits: ConsensusLimits,
+    alarm: Arc<QuotaAlarm>,
     span: tracing::Span,
 }
 
@@ -80,11 +84,15 @@ fn ms(d: Duration) -> u64 {
 
 /// The openraft configuration for `config`, validated.
 pub fn raft_config(config: &ConsensusConfig) -> Result<openraft::Config> {
-    if config.max_frame_len < MIN_FRAME_LEN {
+    let ceiling = cluster_core::wire::MAX_FRAME_LEN_CEILING;
+    if config.max_frame_len < MIN_FRAME_LEN || config.max_frame_len > ceiling {
         return Err(Error::BadRequest(format!(
-            "max_frame_len: {} bytes is below the minimum of {MIN_FRAME_LEN}",
+            "max_frame_len: {} bytes is not between {MIN_FRAME_LEN} and {ceiling}",
             config.max_frame_len
         )));
+    }
+    if let Some((field, problem)) = config.limits.problems().into_iter().next() {
+        return Err(Error::BadRequest(format!("limits.{field}: {problem}")));
     }
     let t = &config.timing;
     let raft = openraft::Config {
@@ -102,7 +110,42 @@ pub fn raft_config(config: &ConsensusConfig) -> Result<openraft::Config> {
     raft.validate().map_err(|e| Error::BadRequest(format!("timing: {e}")))
 }
 
-fn status_of(m: &RaftMetrics<MemberId, Endpoints>, reset_pending: Option<String>) -> ConsensusStatus {
+/// The store quota alarm: raised when a write is refused because the store
+/// is full, lowered once the store shrank below its size then (something
+/// was deleted) or a growing write was admitted.
+#[derive(Debug)]
+struct QuotaAlarm {
+    /// The store size when a write was last refused; `u64::MAX`: no alarm.
+    raised_at: AtomicU64,
+}
+
+impl QuotaAlarm {
+    const NONE: u64 = u64::MAX;
+
+    fn raise(&self, store_bytes: u64) {
+        self.raised_at.store(store_bytes, Ordering::Relaxed);
+    }
+
+    fn lower(&self) {
+        self.raised_at.store(Self::NONE, Ordering::Relaxed);
+    }
+
+    /// Whether this member refused a write for the store quota since the
+    /// store last shrank below its size then.
+    fn refused(&self, store_bytes: u64) -> bool {
+        let at = self.raised_at.load(Ordering::Relaxed);
+        at != Self::NONE && store_bytes >= at
+    }
+}
+
+fn status_of(
+    m: &RaftMetrics<MemberId, Endpoints>,
+    reset_pending: Option<String>,
+    state: &SharedState,
+    limits: &ConsensusLimits,
+    alarm: &QuotaAlarm,
+) -> ConsensusStatus {
+    let store_bytes = state.read().store_bytes;
     let membership = m.membership_config.membership();
     let voter_ids: BTreeSet<MemberId> = membership.voter_ids().collect();
     let mut voters = BTreeMap::new();
@@ -123,6 +166,8 @@ fn status_of(m: &RaftMetrics<MemberId, Endpoints>, reset_pending: Option<String>
         voters,
         nonvoters,
         reset_pending,
+        store_bytes,
+        quota_alarm: crate::quota::alarm(limits, store_bytes, alarm.refused(store_bytes)),
     }
 }
 
@@ -308,7 +353,13 @@ impl RaftStore {
             .await
             .map_err(|e| e.into_store_error())?;
 
-        let server_ctx = ServerContext { raft: raft.clone(), state: state.clone(), votes: votes.clone() };
+        let guard_limits = GuardLimits { max_snapshot_bytes: config.limits.max_snapshot_bytes };
+        let server_ctx = ServerContext {
+            raft: raft.clone(),
+            state: state.clone(),
+            votes: votes.clone(),
+            guard: Arc::new(RaftGuard::new(raft.metrics(), guard_limits)),
+        };
         let server = {
             let _entered = span.enter();
             serve(listener, server_ctx, &config.cluster_id, &settings)
@@ -317,8 +368,12 @@ impl RaftStore {
 
         let mut metrics = raft.metrics();
         let mut gate = votes.subscribe();
-        let (status_tx, status) = watch::channel(status_of(&metrics.borrow(), votes.pending()));
+        let alarm = Arc::new(QuotaAlarm { raised_at: AtomicU64::new(QuotaAlarm::NONE) });
+        let (status_tx, status) =
+            watch::channel(status_of(&metrics.borrow(), votes.pending(), &state, &config.limits, &alarm));
         let status_cancel = cancel.clone();
+        let (status_state, status_limits, status_alarm) =
+            (state.clone(), config.limits.clone(), alarm.clone());
         let status_task = tokio::spawn(
             async move {
                 loop {
@@ -335,7 +390,13 @@ impl RaftStore {
                             }
                         }
                     }
-                    let now = status_of(&metrics.borrow_and_update(), gate.borrow_and_update().clone());
+                    let now = status_of(
+                        &metrics.borrow_and_update(),
+                        gate.borrow_and_update().clone(),
+                        &status_state,
+                        &status_limits,
+                        &status_alarm,
+                    );
                     status_tx.send_if_modified(|s| {
                         if *s == now {
                             false
@@ -378,6 +439,8 @@ impl RaftStore {
                 durable: Mutex::new(durable),
                 op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
                 votes,
+                limits: config.limits.clone(),
+                alarm,
                 span,
             }),
         })
@@ -408,6 +471,26 @@ impl RaftStore {
     /// The revision of this member's applied state.
     pub fn revision(&self) -> u64 {
         self.inner.state.read().revision
+    }
+
+    /// The quota check before proposing (see [`crate::quota`]); raises or
+    /// lowers the store quota alarm.
+    fn admit(&self, op: &cluster_core::WriteOp) -> Result<()> {
+        let state = self.inner.state.read();
+        match crate::quota::admit(&self.inner.limits, &state, op) {
+            Err(e @ Error::QuotaExceeded { quota: Quota::StoreBytes, .. }) => {
+                self.inner.alarm.raise(state.store_bytes);
+                tracing::warn!(parent: &self.inner.span, store_bytes = state.store_bytes, "store quota alarm: write refused");
+                Err(e)
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                if crate::quota::growth(&state, op) > 0 {
+                    self.inner.alarm.lower();
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Completes a leader hint with the leader's service address from the
@@ -515,7 +598,13 @@ impl ConsensusStore for RaftStore {
 
     fn status(&self) -> ConsensusStatus {
         // Straight from raft's metrics: never behind `status_changes`.
-        status_of(&self.inner.raft.metrics().borrow(), self.inner.votes.pending())
+        status_of(
+            &self.inner.raft.metrics().borrow(),
+            self.inner.votes.pending(),
+            &self.inner.state,
+            &self.inner.limits,
+            &self.inner.alarm,
+        )
     }
 
     fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {
@@ -610,6 +699,7 @@ impl ConsensusStore for RaftStore {
     }
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {
+        self.admit(&request.op)?;
         let batcher = &self.inner.batcher;
         self.bounded("write", batcher.write(request)).await
     }

@@ -5,8 +5,6 @@
 //! [`WriteBatch`] of core [`WriteRequest`]s (concurrent writes share one log
 //! entry, hence one fsync) and the state machine answers a [`WriteResponse`].
 
-use std::io::Cursor;
-
 use cluster_core::{Endpoints, Error, MemberId, WriteOutcome, WriteRequest};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +27,7 @@ openraft::declare_raft_types!(
         NodeId = MemberId,
         Node = Endpoints,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
 );
 
 /// The raft instance of this crate.

@@ -173,6 +173,42 @@ pub enum Error {
     /// a key the cluster reserves, an operation only members may issue).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    // ---- quota: shrink the write or free space; retrying as is will not help ----
+    // (Last, so that the variants before keep their wire numbers.)
+    /// A write past one of the store's quotas: a key or value too long, or
+    /// a store too full. Reads and deletes still work; deleting keys makes
+    /// room again for the store quota.
+    #[error("quota exceeded: {quota} would be {size} bytes, the limit is {limit}")]
+    QuotaExceeded {
+        /// Which quota.
+        quota: Quota,
+        /// The size the write asked for (key, value, or the store after the write).
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+}
+
+/// The quotas of the consensus store (see [`Error::QuotaExceeded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Quota {
+    /// The bytes of one key.
+    KeyBytes,
+    /// The bytes of one value.
+    ValueBytes,
+    /// The bytes of every key and value in the store.
+    StoreBytes,
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quota::KeyBytes => "the key",
+            Quota::ValueBytes => "the value",
+            Quota::StoreBytes => "the store",
+        })
+    }
 }
 
 impl Error {

@@ -46,7 +46,7 @@ pub mod role;
 pub mod store;
 pub mod wire;
 
-pub use error::{Error, LeaderHint, Result};
+pub use error::{Error, LeaderHint, Quota, Result};
 pub use event::{GridEventKind, GridMemberEvent};
 pub use hub::{EventHub, Subscription};
 pub use id::{ClientRequestId, MemberId, ShortId};
@@ -57,6 +57,7 @@ pub use membership::{
 };
 pub use role::RaftRole;
 pub use store::{
-    CasOutcome, ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
-    Endpoints, Entries, Liveness, RaftTiming, Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
+    ConsensusStoreExt, Endpoints, Entries, Liveness, RaftTiming, Watch, WatchEvent, WriteOp, WriteOutcome,
+    WriteRequest,
 };

@@ -248,6 +248,14 @@ pub struct ConsensusStatus {
     /// election until then.
     #[serde(default)]
     pub reset_pending: Option<String>,
+    /// The bytes of every key and value in this member's applied state
+    /// (what the store quota counts).
+    pub store_bytes: u64,
+    /// The store quota alarm: the store is within one largest write of its
+    /// quota, or this member refused a write because the store is full and
+    /// nothing was deleted since. Writes that grow the store may be refused;
+    /// reads and deletes still work.
+    pub quota_alarm: bool,
 }
 
 impl ConsensusStatus {
@@ -360,6 +368,64 @@ impl Default for RaftTiming {
     }
 }
 
+/// The store's quotas and input bounds, like etcd's `--max-request-bytes`
+/// and `--quota-backend-bytes`.
+///
+/// A write past one fails with [`Error::QuotaExceeded`]; reads and deletes
+/// always work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsensusLimits {
+    /// The longest key, in bytes. Default 4 KiB: keys read like paths
+    /// (the cluster's own are under 100 bytes, Kubernetes' etcd keys under
+    /// 600); a key is copied into every watch event, snapshot and index, so
+    /// it stays small, with room for deep user hierarchies.
+    pub max_key_bytes: usize,
+    /// The longest value, in bytes. Default 1.5 MiB, etcd's request limit.
+    pub max_value_bytes: usize,
+    /// The most bytes of keys and values in the store. Default 2 GiB,
+    /// etcd's default backend quota.
+    pub max_store_bytes: u64,
+    /// The largest snapshot this member receives from a leader. Default
+    /// 4 GiB: twice the store quota, to cover the snapshot's own overhead
+    /// (the answers it remembers, lengths, membership).
+    pub max_snapshot_bytes: u64,
+}
+
+impl ConsensusLimits {
+    /// The highest `max_key_bytes` or `max_value_bytes` accepted: the same
+    /// bound is applied to every log entry, so it must not depend on one
+    /// member's configuration (see the consensus crate's state machine).
+    pub const MAX_ENTRY_FIELD_BYTES: usize = 64 * 1024 * 1024;
+
+    /// Every problem with these limits, with the field's name.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let max = Self::MAX_ENTRY_FIELD_BYTES;
+        if self.max_key_bytes == 0 || self.max_key_bytes > max {
+            out.push(("max_key_bytes", format!("must be between 1 and {max}")));
+        }
+        if self.max_value_bytes > max {
+            out.push(("max_value_bytes", format!("must be at most {max}")));
+        }
+        if self.max_snapshot_bytes < self.max_store_bytes {
+            out.push(("max_snapshot_bytes", "must be at least max_store_bytes".to_owned()));
+        }
+        out
+    }
+}
+
+impl Default for ConsensusLimits {
+    fn default() -> Self {
+        ConsensusLimits {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1536 * 1024,
+            max_store_bytes: 2 << 30,
+            max_snapshot_bytes: 4 << 30,
+        }
+    }
+}
+
 /// What a consensus backend needs to open.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsensusConfig {
@@ -385,6 +451,8 @@ pub struct ConsensusConfig {
     /// defines them (the frame limit stays `max_frame_len`);
     /// [`Transport::default`](crate::wire::Transport) for plain TCP with default limits.
     pub transport: crate::wire::Transport,
+    /// Quotas and input bounds.
+    pub limits: ConsensusLimits,
 }
 
 /// A strongly consistent key-value store with raft membership control.

@@ -64,6 +64,10 @@ pub const MAX_CLUSTER_ID_LEN: usize = 255;
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// The bytes of the length prefix before every frame body.
 pub const LEN_PREFIX: usize = 4;
+/// The highest frame limit a configuration may set: 64 MiB. The length
+/// prefix is a `u32`, and a peer may make a member buffer one whole frame
+/// per connection, so a larger limit only makes memory easier to exhaust.
+pub const MAX_FRAME_LEN_CEILING: usize = 64 * 1024 * 1024;
 const FIXED_HEADER: usize = MAGIC.len() + 2 + 8 + 1;
 
 /// What a frame carries, told by its magic bytes.
@@ -104,12 +108,20 @@ pub struct FrameError {
     pub error: Error,
 }
 
+/// What decoding one frame may claim, in bytes of memory. Without a limit
+/// bincode allocates a string or byte vector of the length a body states
+/// before it finds the body shorter: a length of 2^64 - 1 panicked the
+/// connection's task (capacity overflow) and one of 2^38 aborted the process
+/// allocating. Four times the largest frame leaves room for containers that
+/// take more memory than wire bytes.
+const DECODE_LIMIT: usize = 4 * MAX_FRAME_LEN_CEILING;
+
 fn bincode_config() -> bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::NoLimit,
+    bincode::config::Limit<DECODE_LIMIT>,
 > {
-    bincode::config::standard()
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 /// Encodes one message frame body (without the length prefix).
@@ -387,6 +399,21 @@ mod tests {
         assert_eq!(f.request_id, 2);
         assert!(buf.is_empty());
         assert!(decode_one(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_huge_string_length_inside_a_body_is_malformed_not_a_panic() {
+        // Msg::Put (variant 1) with a key of 2^64 - 1 bytes, then of 2^38.
+        for len in [[0xFF; 8], (1u64 << 38).to_le_bytes()] {
+            let mut body = encode_body("c", &Frame { request_id: 3, body: Msg::Ping(0) }, MAX).unwrap();
+            body.truncate(body.len() - 2);
+            body.extend_from_slice(&[1, 0xFD]);
+            body.extend_from_slice(&len);
+            body.extend_from_slice(b"short");
+            let err = decode_body::<Msg>("c", &body, MAX).unwrap_err();
+            assert!(matches!(err.error, Error::Malformed(_)), "{err}");
+            assert_eq!(err.request_id, Some(3));
+        }
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
                 security: config.security.clone(),
             }
             .into_transport(),
+            limits: config.quota.clone(),
         })
         .await
         .map_err(start_err("consensus"))?;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster_core::{FailureDetection, RaftTiming};
+use cluster_core::{ConsensusLimits, FailureDetection, RaftTiming};
 use serde::{Deserialize, Serialize};
 
 /// The configuration of one member. Durations are in milliseconds so that
@@ -75,6 +75,9 @@ pub struct ClusterConfig {
     /// TLS options, not read from the config file).
     #[serde(skip)]
     pub security: cluster_rpc::Security,
+    /// The store's quotas (`[quota]` in TOML): key, value and store bytes,
+    /// and the largest snapshot received.
+    pub quota: ConsensusLimits,
 }
 
 /// Gossip keys in base64. Secret: `Debug` shows how many, never a key.
@@ -125,6 +128,7 @@ impl Default for ClusterConfig {
             gossip_keyring_file: None,
             limits: cluster_rpc::Limits::default(),
             security: cluster_rpc::Security::default(),
+            quota: ConsensusLimits::default(),
         }
     }
 }
@@ -349,8 +353,19 @@ impl ClusterConfig {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             bad("raft.election_timeout_max_ms", "must be greater than raft.election_timeout_min_ms".into());
         }
-        if r.max_frame_bytes < 64 * 1024 {
-            bad("raft.max_frame_bytes", "must be at least 65536".into());
+        let ceiling = cluster_core::wire::MAX_FRAME_LEN_CEILING;
+        if r.max_frame_bytes < 64 * 1024 || r.max_frame_bytes > ceiling {
+            bad("raft.max_frame_bytes", format!("must be between 65536 and {ceiling}"));
+        }
+        for (name, problem) in self.quota.problems() {
+            bad(&format!("quota.{name}"), problem);
+        }
+        if self.quota.max_value_bytes.saturating_add(self.quota.max_key_bytes) > r.max_frame_bytes / 2 {
+            // A write travels in one frame on the service and raft ports.
+            bad(
+                "quota.max_value_bytes",
+                "with quota.max_key_bytes must fit in half of raft.max_frame_bytes".into(),
+            );
         }
         for (i, key) in self.gossip_keys.0.iter().enumerate() {
             if let Err(problem) = decode_gossip_key(key) {
@@ -419,6 +434,8 @@ mod tests {
         c.tags.insert("raft_role".into(), "x".into());
         c.raft.election_timeout_min_ms = 10;
         c.timeouts.short_id_reap_ms = 1;
+        c.raft.max_frame_bytes = 1 << 32;
+        c.quota.max_key_bytes = 0;
         let errs = c.validate().unwrap_err();
         let fields: Vec<_> = errs.0.iter().map(|p| p.field.as_str()).collect();
         for f in [
@@ -431,6 +448,8 @@ mod tests {
             "tags.raft_role",
             "raft.election_timeout_min_ms",
             "timeouts.short_id_reap_ms",
+            "raft.max_frame_bytes",
+            "quota.max_key_bytes",
         ] {
             assert!(fields.contains(&f), "{f} not named in {errs}");
         }

@@ -804,3 +804,60 @@ fn a_member_on_a_network_address_needs_a_gossip_key_or_insecure() {
     let out = run(&["agent", "--gossip-key", "c2hvcnQ="]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_write_past_a_quota_exits_5_and_status_shows_the_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quota.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+cluster_id = "{CLUSTER}"
+host = "127.0.0.1"
+num_voters = 1
+[quota]
+max_key_bytes = 64
+max_value_bytes = 1000
+max_store_bytes = 6000
+"#
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&path, &[]);
+    let svc = agent.service.clone();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--service", &svc, "--cluster-id", CLUSTER]);
+        run(&all)
+    };
+    let status = || json(&run(&["status", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
+    let value = "v".repeat(1000);
+
+    let big = kv(&["set", "big", &"v".repeat(1001)]);
+    assert_eq!(big.status.code(), Some(5), "{}", String::from_utf8_lossy(&big.stderr));
+    assert!(String::from_utf8_lossy(&big.stderr).contains("quota exceeded"));
+    let mut written = 0;
+    loop {
+        let out = kv(&["set", &format!("k{written}"), &value]);
+        if out.status.code() == Some(5) {
+            break;
+        }
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        written += 1;
+        assert!(written < 10, "the store quota never refused a write");
+    }
+    assert!(written >= 2, "only {written} writes fit");
+    assert_eq!(status()["quota_alarm"], true);
+    let text =
+        String::from_utf8(run(&["status", "--service", &svc, "--cluster-id", CLUSTER]).stdout).unwrap();
+    assert!(text.contains("quota alarm") && text.contains("ON"), "{text}");
+    // Reads and deletes still work, and make room again.
+    assert_eq!(String::from_utf8(kv(&["get", "k0"]).stdout).unwrap().trim(), value);
+    assert!(kv(&["delete", "k0"]).status.success());
+    assert!(kv(&["delete", "k1"]).status.success());
+    assert_eq!(status()["quota_alarm"], false);
+    assert!(kv(&["set", "again", &value]).status.success());
+    assert!(agent.stop().success());
+}

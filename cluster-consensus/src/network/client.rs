@@ -48,6 +48,7 @@ pub async fn call(
 ) -> Result<RaftRpcReply, CallError> {
     match client.call(addr, &rpc, ttl).await {
         Ok(RaftRpcReply::Refused(e)) => Err(CallError::Refused(e)),
+        Ok(RaftRpcReply::Guarded(e)) => Err(CallError::Refused(Error::BadRequest(e.to_string()))),
         Ok(reply) => Ok(reply),
         Err(RpcError::Timeout { .. }) => Err(CallError::Timeout),
         Err(e @ RpcError::Encode(_)) => Err(CallError::TooLarge(e)),

@@ -1,11 +1,13 @@
 //! Raft RPC over the project's one RPC layer (`cluster-rpc`): the messages
 //! ([`RaftRpc`], [`RaftRpcReply`]), openraft's network over the RPC client
-//! ([`client`]) and the raft port's handler ([`server`]).
+//! ([`client`]), the raft port's handler ([`server`]) and the checks every
+//! request passes before openraft sees it ([`guard`]).
 //!
 //! The raft port accepts members only when TLS is on; its limits (connections,
 //! requests in flight, frame size and timeouts) are the RPC layer's.
 
 pub mod client;
+pub mod guard;
 pub mod server;
 
 use cluster_core::{Error, MemberId};
@@ -46,6 +48,8 @@ pub enum RaftRpcReply {
     AppliedIndex(Option<u64>),
     /// The frame was refused (another cluster or version, malformed, too large, timed out…).
     Refused(Error),
+    /// The request was refused by the [`guard`](guard::RaftGuard) before raft saw it.
+    Guarded(guard::GuardError),
 }
 
 impl cluster_rpc::Answer for RaftRpcReply {

@@ -1,11 +1,13 @@
 //! The raft port: a [`Handler`] of the RPC layer that hands each request to
 //! the local raft. [`handle`] is the one place a raft request is dispatched.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Reply, RpcError, Server, ServerConfig, Settings};
 use tokio::net::TcpListener;
 
+use super::guard::RaftGuard;
 use super::{RaftRpc, RaftRpcReply};
 use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
@@ -19,6 +21,8 @@ pub struct ServerContext {
     pub state: SharedState,
     /// Closed while this member's raft state reset is pending: votes are refused.
     pub votes: crate::recovery::VoteGate,
+    /// Checks every request before raft sees it.
+    pub guard: Arc<RaftGuard>,
 }
 
 struct RaftHandler(Arc<ServerContext>);
@@ -27,9 +31,9 @@ impl Handler for RaftHandler {
     type Request = RaftRpc;
     type Answer = RaftRpcReply;
 
-    fn handle(&self, _caller: Caller, rpc: RaftRpc) -> HandlerFuture<RaftRpcReply> {
+    fn handle(&self, caller: Caller, rpc: RaftRpc) -> HandlerFuture<RaftRpcReply> {
         let ctx = self.0.clone();
-        Box::pin(async move { Reply::One(handle(&ctx, rpc).await) })
+        Box::pin(async move { Reply::One(handle(&ctx, caller.addr.ip(), rpc).await) })
     }
 }
 
@@ -51,7 +55,10 @@ pub fn serve(
 }
 
 /// Runs one raft request against the local raft.
-pub async fn handle(ctx: &ServerContext, rpc: RaftRpc) -> RaftRpcReply {
+pub async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
+    if let Err(refused) = ctx.guard.check(peer, &rpc) {
+        return RaftRpcReply::Guarded(refused);
+    }
     let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),

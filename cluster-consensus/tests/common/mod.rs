@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cluster_consensus::RaftStore;
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
-use cluster_core::{ConsensusConfig, ConsensusStore, MemberId, RaftTiming};
+use cluster_core::{ConsensusConfig, ConsensusLimits, ConsensusStore, MemberId, RaftTiming};
 
 /// Generous: the machine is small and shared.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -44,6 +44,7 @@ pub fn config(data_dir: Option<PathBuf>) -> ConsensusConfig {
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
         transport: Default::default(),
+        limits: Default::default(),
     }
 }
 
@@ -75,9 +76,19 @@ pub struct Cluster {
 impl Cluster {
     /// `voters` voters, durable or in memory, with `timing`.
     pub async fn start(voters: usize, durable: bool, timing: RaftTiming) -> Cluster {
+        Self::start_with_limits(voters, durable, timing, ConsensusLimits::default()).await
+    }
+
+    /// `voters` voters with these quotas.
+    pub async fn start_with_limits(
+        voters: usize,
+        durable: bool,
+        timing: RaftTiming,
+        limits: ConsensusLimits,
+    ) -> Cluster {
         let mut cluster = Cluster { members: Vec::new(), configs: Vec::new(), dirs: Vec::new() };
         for i in 0..voters {
-            let store = cluster.open_new(durable, timing.clone()).await;
+            let store = cluster.open_new_with(durable, timing.clone(), limits.clone()).await;
             if i == 0 {
                 store.bootstrap().await.expect("bootstrap");
             } else {
@@ -94,6 +105,16 @@ impl Cluster {
 
     /// Opens one more member (not yet in raft).
     pub async fn open_new(&mut self, durable: bool, timing: RaftTiming) -> RaftStore {
+        self.open_new_with(durable, timing, ConsensusLimits::default()).await
+    }
+
+    /// Opens one more member with these quotas (not yet in raft).
+    pub async fn open_new_with(
+        &mut self,
+        durable: bool,
+        timing: RaftTiming,
+        limits: ConsensusLimits,
+    ) -> RaftStore {
         let dir = if durable {
             let d = tempfile::tempdir().expect("temp dir");
             let path = d.path().to_path_buf();
@@ -104,6 +125,7 @@ impl Cluster {
         };
         let mut cfg = config(dir);
         cfg.timing = timing;
+        cfg.limits = limits;
         let store = RaftStore::open(cfg.clone()).await.expect("open");
         // Reopen on the same port: the membership remembers the address.
         cfg.raft_listen_addr = store.raft_addr();

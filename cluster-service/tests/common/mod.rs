@@ -200,7 +200,7 @@ impl ConsensusStore for FakeStore {
             applied_index: Some(s.revision),
             voters: s.endpoints.clone(),
             nonvoters: BTreeMap::new(),
-            reset_pending: None,
+            ..Default::default()
         }
     }
 

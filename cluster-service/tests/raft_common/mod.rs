@@ -196,6 +196,7 @@ pub async fn open_member() -> Member {
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
         transport: Default::default(),
+        limits: Default::default(),
     };
     let store = RaftStore::open(config).await.expect("open");
     let shared = Arc::new(store.clone());

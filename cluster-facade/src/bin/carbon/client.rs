@@ -162,6 +162,7 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
             Failure::usage(not_a_service_port(t).await)
         }
         Error::BadRequest(_) => Failure::usage(e.to_string()),
+        Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
         other => Failure::other(anyhow::Error::new(other)),
     }
 }
@@ -279,6 +280,16 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
         vec!["applied index".into(), opt(s.applied_index)],
         vec!["voters".into(), s.voters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["nonvoters".into(), s.nonvoters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
+        vec!["store bytes".into(), s.store_bytes.to_string()],
+        vec![
+            "quota alarm".into(),
+            if s.quota_alarm {
+                "ON: the store is full, writes are refused; delete keys to make room"
+            } else {
+                "off"
+            }
+            .into(),
+        ],
     ];
     if let Some(reset) = &s.reset_pending {
         // Raft state reset; no votes until out of the voters (docs/recovery.md).

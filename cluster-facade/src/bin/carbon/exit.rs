@@ -15,6 +15,9 @@ pub(crate) const OTHER: u8 = 4;
 /// `carbon agent` only: the member's stored raft state is corrupt; it did
 /// not start. Recover with `carbon agent --reset-raft-state` (docs/recovery.md).
 pub(crate) const CORRUPT: u8 = 6;
+/// A write refused by a quota (key, value or store bytes): shrink it, or
+/// delete keys to make room. Reads and deletes still work.
+pub(crate) const QUOTA: u8 = 5;
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
@@ -44,6 +47,11 @@ impl Failure {
     /// Exit code 6.
     pub(crate) fn corrupt(message: impl Into<String>) -> Self {
         Failure { code: CORRUPT, message: message.into() }
+    }
+
+    /// Exit code 5.
+    pub(crate) fn quota(message: impl Into<String>) -> Self {
+        Failure { code: QUOTA, message: message.into() }
     }
 
     /// Exit code 4, with the whole error chain.

@@ -1,0 +1,64 @@
+//! Feeds a member's raft port random frames and mutated valid frames (from a
+//! seeded generator) and prints how many panics they caused: 0 is the only
+//! good answer. The cluster must still commit writes afterwards.
+//!
+//! ```sh
+//! cargo run -p cluster-consensus --example raft_fuzz -- [SEED] [FRAMES_PER_KIND]
+//! ```
+//!
+//! Defaults: seed 1, 100,000 random and 100,000 mutated frames, half sent to
+//! a follower, half to the leader. `tests/raft_fuzz.rs` runs a short version.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/fuzz/mod.rs"]
+mod fuzz;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cluster_core::ConsensusStore;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let per_kind: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    fuzz::count_panics();
+    let cluster = common::Cluster::start(3, false, common::timing()).await;
+    let leader = cluster.leader().await;
+    let follower =
+        cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("3 members").clone();
+    let started = Instant::now();
+    let mut total = fuzz::Report::default();
+    for (i, target) in [follower, leader].iter().enumerate() {
+        let templates = fuzz::templates(target, "test-cluster");
+        let half = |n: u64| if i == 0 { n / 2 } else { n - n / 2 };
+        let r = fuzz::feed(
+            target.raft_addr(),
+            "test-cluster",
+            &templates,
+            seed.wrapping_add(i as u64),
+            half(per_kind),
+            half(per_kind),
+        )
+        .await;
+        println!("target {} ({}): {r:?}", target.member_id(), if i == 0 { "follower" } else { "leader" });
+        total.random += r.random;
+        total.mutated += r.mutated;
+        total.answered += r.answered;
+    }
+    let serves = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", Duration::from_secs(60)).await;
+    let stopped = fuzz::stopped(&cluster.members);
+    let panics = fuzz::PANICS.load(Ordering::SeqCst);
+    println!(
+        "seed {seed}: {} random + {} mutated frames, {} answered in {:.1?}; panics: {panics}; raft stopped on: {stopped:?}; cluster serves: {serves:?}",
+        total.random,
+        total.mutated,
+        total.answered,
+        started.elapsed()
+    );
+    cluster.shutdown().await;
+    if panics == 0 && stopped.is_empty() && serves.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

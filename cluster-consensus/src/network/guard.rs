@@ -1,0 +1,856 @@
+//! The raft guard: every raft RPC is checked here before openraft sees it.
+//!
+//! openraft trusts its peers. Fed a hostile or corrupt frame it panics
+//! (`term + 1` overflows once a vote of term `u64::MAX` is persisted, so the
+//! raft core dies again on every restart; a debug assertion fires on entries
+//! that do not follow `prev_log_id`), or it aborts the process (a snapshot
+//! chunk at offset 2^40 makes the receiving buffer seek and grow to 1 TiB).
+//! [`RaftGuard::check`] refuses such frames with a typed [`GuardError`],
+//! which the server answers to the caller instead of calling openraft, and
+//! logs at most once per [`LOG_INTERVAL`] per source, with a count.
+//!
+//! # What is refused, and why the bounds are safe
+//!
+//! - **Terms.** A term grows by one per election, at most once per election
+//!   timeout (≥ 150 ms in practice), so a legitimate term is tiny: 2^32
+//!   elections take 20 years at one per 150 ms. A term is refused if it is
+//!   more than [`TERM_STEP`] (2^32) above this member's current term, or above
+//!   [`MAX_TERM`] (`u64::MAX / 2`), whichever is lower. The relative bound
+//!   keeps one forged frame from moving the cluster's term far; the absolute
+//!   one makes overflow unreachable even for a peer that ratchets the term up
+//!   2^32 at a time: a member that accepted [`MAX_TERM`] still has 2^63
+//!   elections before `term + 1` overflows. The price: a peer that could
+//!   forge 2^31 accepted frames could pin the term at the ceiling, after which
+//!   elections above it are refused (the cluster stops electing, no member
+//!   panics); and a member that missed such a ratchet while down may find the
+//!   leader's term more than 2^32 above its own. Both need frames that pass
+//!   openraft's own vote checks, i.e. a peer with member credentials.
+//!   Every log id in a request (previous, entries, commit, last log of a
+//!   candidate, snapshot) must also have a term no higher than the sender's
+//!   vote: raft never creates a log entry above its leader's term.
+//! - **Indexes** above [`MAX_INDEX`] (`u64::MAX / 2`): openraft computes
+//!   `index + 1` in many places; a legitimate log at a million entries a
+//!   second reaches 2^63 in 290,000 years. No relative bound: a new learner
+//!   at index 0 legitimately hears of a leader's log millions of entries ahead.
+//! - **Shape of AppendEntries**: entries must follow `prev_log_id` one index
+//!   at a time with non-decreasing terms (openraft asserts it); a log id at
+//!   an index this member already applied may not be greater than its last
+//!   applied log id, nor one at a later index below it, nor another at its
+//!   index (log ids only grow along a log, and a leader's log holds what this
+//!   member applied; openraft asserts it for the committed part, and takes a
+//!   previous log id at a committed index as matching without comparing);
+//!   a log id of a
+//!   term names that term's leader (the sender's, for the sender's term; the
+//!   one of this member's last applied entry, for that term), since raft
+//!   elects one leader per term and openraft's invariants (committed ≤ last
+//!   log id) fail otherwise; and every
+//!   membership (in an entry or a snapshot) must have one or two non-empty
+//!   configs whose voters all have an address.
+//! - **Who may send** (the sender is the member id in the request's vote;
+//!   without TLS it is a claim, with member certificates the transport ties
+//!   it to the peer):
+//!   - nothing claims to come from this member itself (a member never sends
+//!     raft RPC to itself; a frame that did would make the leader follow its
+//!     own forged entries);
+//!   - a **Vote** comes from a voter of this member's membership (any config
+//!     of a joint one): only voters campaign. A member with no membership
+//!     yet (waiting to be added, or one that lost its log) refuses every
+//!     Vote: its vote is not needed by any legitimate candidate, since a
+//!     member is added as a nonvoter and catches up before it is promoted,
+//!     and a member that lost its log must not vote (raft's safety). A
+//!     candidate's vote is never committed; a committed one is refused;
+//!   - an **AppendEntries** or **InstallSnapshot** carries a committed vote
+//!     (a leader's always is; openraft asserts it), and comes from a member of
+//!     the membership (voter or nonvoter), or reaches a member that has no
+//!     membership yet (the leader that adds it: raft itself needs that), or
+//!     comes from a leader this member must hear to catch up: one with a
+//!     term above this member's, or the one it already follows in its term.
+//!     Those are leaders elected under a membership this member has not
+//!     received yet, or whose entries will replace an uncommitted membership
+//!     in its log (a lagging member, or one that holds the last entries of a
+//!     crashed leader): refusing them would strand it (etcd refuses only ids
+//!     it saw removed, for the same reason). So for these two RPCs the
+//!     membership check refuses stale or made-up leaders that openraft's
+//!     vote check would refuse too, but before they reach openraft (a
+//!     snapshot chunk never reaches its buffer); higher terms are bounded as
+//!     above.
+//! - **Snapshot chunks**: the offset must be 0 (a new or restarted
+//!   snapshot), the bytes received so far of the snapshot in progress, or
+//!   the offset of its last chunk again (openraft resends a chunk whose
+//!   answer was lost). The end of a chunk may not pass
+//!   [`GuardLimits::max_snapshot_bytes`]. Like openraft's own receiving
+//!   buffer, the guard follows one snapshot at a time, so its memory is
+//!   bounded.
+//!
+//! The decision is a pure function ([`check_rpc`]) of the request, what this
+//! member knows ([`View`]) and the snapshot in progress; [`RaftGuard`] feeds
+//! it from raft's metrics and keeps the snapshot progress and the log
+//! counters.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cluster_core::{Endpoints, MemberId};
+use openraft::{EntryPayload, Membership, RaftMetrics};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::RaftRpc;
+use crate::typecfg::{LogId, Vote};
+
+/// How far above this member's current term a request's term may be.
+pub const TERM_STEP: u64 = 1 << 32;
+/// No term above this is accepted (see the module doc).
+pub const MAX_TERM: u64 = u64::MAX / 2;
+/// No log index above this is accepted.
+pub const MAX_INDEX: u64 = u64::MAX / 2;
+/// Repeated refusals from one source are logged at most once per interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Sources whose refusals are counted separately; more share one counter.
+const LOGGED_SOURCES: usize = 1024;
+
+/// Why a raft RPC was refused. It travels back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// A term too far above this member's, or past the ceiling.
+    #[error("{what} has term {term}, above the limit of {limit}")]
+    TermTooHigh {
+        /// Which part of the request.
+        what: String,
+        /// The term found.
+        term: u64,
+        /// The highest term accepted now.
+        limit: u64,
+    },
+    /// A log index past the ceiling.
+    #[error("{what} has index {index}, above the limit of {limit}")]
+    IndexTooHigh {
+        /// Which part of the request.
+        what: String,
+        /// The index found.
+        index: u64,
+        /// The highest index accepted.
+        limit: u64,
+    },
+    /// A log id with a term above the sender's vote.
+    #[error("{what} has term {term}, above the sender's vote term {vote_term}")]
+    LogAboveVote {
+        /// Which part of the request.
+        what: String,
+        /// The log id's term.
+        term: u64,
+        /// The vote's term.
+        vote_term: u64,
+    },
+    /// A log id out of order with this member's last applied one: greater
+    /// at an earlier index, smaller at a later one, or another at its index.
+    #[error("{what} {log_id} is out of order with this member's last applied log id")]
+    ConflictsWithApplied {
+        /// Which part of the request.
+        what: String,
+        /// The log id.
+        log_id: String,
+    },
+    /// A log id whose term had another leader (raft elects one per term).
+    #[error("{what} {log_id} names another leader for its term")]
+    TwoLeadersInTerm {
+        /// Which part of the request.
+        what: String,
+        /// The log id.
+        log_id: String,
+    },
+    /// Entries that do not follow the previous log id one by one.
+    #[error("entries out of order: {0}")]
+    EntriesOutOfOrder(String),
+    /// A membership raft cannot work with.
+    #[error("malformed membership: {0}")]
+    BadMembership(String),
+    /// The request claims to come from this member.
+    #[error("request claims to come from this member")]
+    FromSelf,
+    /// A vote request from a member that is not a voter here.
+    #[error("vote request from {member}, which is not a voter of this member's membership")]
+    NotAVoter {
+        /// The candidate.
+        member: MemberId,
+    },
+    /// A vote request with a committed vote (candidates never send one).
+    #[error("vote request from {member} carries a committed vote")]
+    CommittedVoteRequest {
+        /// The candidate.
+        member: MemberId,
+    },
+    /// A replication request whose vote is not committed (a leader's always is).
+    #[error("{rpc} from {member} carries a vote that is not committed")]
+    UncommittedLeaderVote {
+        /// The RPC.
+        rpc: String,
+        /// The claimed sender.
+        member: MemberId,
+    },
+    /// A replication request from a member outside the membership, at a
+    /// term this member already knows.
+    #[error("{rpc} from {member}, which is not in this member's membership")]
+    NotAMember {
+        /// The RPC.
+        rpc: String,
+        /// The claimed sender.
+        member: MemberId,
+    },
+    /// A snapshot chunk not at the bytes received so far.
+    #[error("snapshot {snapshot_id:?} chunk at offset {offset}, expected {expected}")]
+    SnapshotOffset {
+        /// The snapshot.
+        snapshot_id: String,
+        /// The chunk's offset.
+        offset: u64,
+        /// The offset expected (0 if no such snapshot is in progress).
+        expected: u64,
+    },
+    /// A snapshot past the size bound.
+    #[error("snapshot {snapshot_id:?} would reach {end} bytes, above the limit of {max}")]
+    SnapshotTooLarge {
+        /// The snapshot.
+        snapshot_id: String,
+        /// Where the chunk would end (saturated).
+        end: u64,
+        /// The bound.
+        max: u64,
+    },
+}
+
+/// The bounds the guard enforces that come from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardLimits {
+    /// The largest snapshot received.
+    pub max_snapshot_bytes: u64,
+}
+
+/// What this member knows that the decision depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// This member.
+    pub member_id: MemberId,
+    /// Its current term.
+    pub current_term: u64,
+    /// The member its vote is for in that term (the leader it follows, or
+    /// the candidate it voted for), if any.
+    pub voted_for: Option<MemberId>,
+    /// The last log id it applied.
+    pub last_applied: Option<LogId>,
+    /// Its effective membership (the last in its log, joint or not).
+    pub membership: &'a Membership<MemberId, Endpoints>,
+}
+
+/// The snapshot being received: whose, which, and how far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// The leader sending it.
+    pub leader: MemberId,
+    /// Its id.
+    pub snapshot_id: String,
+    /// Bytes received so far (the end of the furthest chunk).
+    pub received: u64,
+    /// The offset of the last chunk (a resend of it is accepted).
+    pub last_offset: u64,
+}
+
+fn term_limit(current_term: u64) -> u64 {
+    current_term.saturating_add(TERM_STEP).min(MAX_TERM)
+}
+
+fn check_vote(view: &View<'_>, what: &str, vote: &Vote) -> Result<(), GuardError> {
+    let limit = term_limit(view.current_term);
+    let term = vote.leader_id().term;
+    if term > limit {
+        return Err(GuardError::TermTooHigh { what: what.to_owned(), term, limit });
+    }
+    if vote.leader_id().node_id == view.member_id {
+        return Err(GuardError::FromSelf);
+    }
+    Ok(())
+}
+
+fn check_log_id(vote: &Vote, what: &str, log_id: Option<&LogId>) -> Result<(), GuardError> {
+    let Some(log_id) = log_id else { return Ok(()) };
+    if log_id.index > MAX_INDEX {
+        return Err(GuardError::IndexTooHigh {
+            what: what.to_owned(),
+            index: log_id.index,
+            limit: MAX_INDEX,
+        });
+    }
+    let vote_term = vote.leader_id().term;
+    if log_id.leader_id.term > vote_term {
+        return Err(GuardError::LogAboveVote {
+            what: what.to_owned(),
+            term: log_id.leader_id.term,
+            vote_term,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that raft can work with `m`: one or two non-empty configs, every
+/// voter with an address.
+pub fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), GuardError> {
+    let configs = m.get_joint_config();
+    if configs.is_empty() || configs.len() > 2 {
+        return Err(GuardError::BadMembership(format!("{} configs, expected 1 or 2", configs.len())));
+    }
+    if configs.iter().any(|c| c.is_empty()) {
+        return Err(GuardError::BadMembership("an empty config".to_owned()));
+    }
+    if let Some(v) = m.voter_ids().find(|v| m.get_node(v).is_none()) {
+        return Err(GuardError::BadMembership(format!("voter {v} has no address")));
+    }
+    Ok(())
+}
+
+/// Checks `log_id` against what this member and the request know of the
+/// log: one leader per term (the vote's leader for its term, the leader of
+/// this member's last applied entry for that term), and nothing above the
+/// last applied log id at an applied index.
+fn check_against_log(
+    view: &View<'_>,
+    vote: &Vote,
+    what: &str,
+    log_id: Option<&LogId>,
+) -> Result<(), GuardError> {
+    let Some(log_id) = log_id else { return Ok(()) };
+    let known = [Some(LogId::new(*vote.leader_id(), 0)), view.last_applied];
+    for leader in known.iter().flatten().map(|l| &l.leader_id) {
+        if log_id.leader_id.term == leader.term && log_id.leader_id.node_id != leader.node_id {
+            return Err(GuardError::TwoLeadersInTerm { what: what.to_owned(), log_id: log_id.to_string() });
+        }
+    }
+    if let Some(applied) = view.last_applied.as_ref() {
+        // Log ids grow along a log, and a leader's log holds what was applied.
+        let before = log_id.index < applied.index && log_id > applied;
+        let after = log_id.index >= applied.index && log_id < applied;
+        let at = log_id.index == applied.index && log_id != applied;
+        if before || after || at {
+            return Err(GuardError::ConflictsWithApplied {
+                what: what.to_owned(),
+                log_id: log_id.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_member(view: &View<'_>, id: &MemberId) -> bool {
+    view.membership.get_node(id).is_some() || view.membership.voter_ids().any(|v| v == *id)
+}
+
+fn has_membership(view: &View<'_>) -> bool {
+    view.membership.voter_ids().next().is_some()
+}
+
+/// Who may send a replication RPC (AppendEntries, InstallSnapshot): see the module doc.
+fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
+    let leader = vote.leader_id().node_id;
+    if !vote.is_committed() {
+        return Err(GuardError::UncommittedLeaderVote { rpc: rpc.to_owned(), member: leader });
+    }
+    let term = vote.leader_id().term;
+    let follows = term == view.current_term && view.voted_for == Some(leader);
+    if !has_membership(view) || is_member(view, &leader) || term > view.current_term || follows {
+        Ok(())
+    } else {
+        Err(GuardError::NotAMember { rpc: rpc.to_owned(), member: leader })
+    }
+}
+
+/// The decision for one RPC: `Ok` lets it through to openraft. Updates
+/// `progress` for an accepted snapshot chunk.
+pub fn check_rpc(
+    view: &View<'_>,
+    limits: &GuardLimits,
+    progress: &mut Option<SnapshotProgress>,
+    rpc: &RaftRpc,
+) -> Result<(), GuardError> {
+    match rpc {
+        RaftRpc::AppliedIndex => Ok(()),
+        RaftRpc::Vote(req) => {
+            check_vote(view, "vote", &req.vote)?;
+            check_log_id(&req.vote, "last log id", req.last_log_id.as_ref())?;
+            check_against_log(view, &req.vote, "last log id", req.last_log_id.as_ref())?;
+            let member = req.vote.leader_id().node_id;
+            if req.vote.is_committed() {
+                return Err(GuardError::CommittedVoteRequest { member });
+            }
+            if !view.membership.voter_ids().any(|v| v == member) {
+                return Err(GuardError::NotAVoter { member });
+            }
+            Ok(())
+        }
+        RaftRpc::AppendEntries(req) => {
+            check_vote(view, "vote", &req.vote)?;
+            check_log_id(&req.vote, "previous log id", req.prev_log_id.as_ref())?;
+            check_log_id(&req.vote, "leader commit", req.leader_commit.as_ref())?;
+            check_against_log(view, &req.vote, "previous log id", req.prev_log_id.as_ref())?;
+            check_against_log(view, &req.vote, "leader commit", req.leader_commit.as_ref())?;
+            let mut prev = req.prev_log_id;
+            for entry in &req.entries {
+                check_log_id(&req.vote, "entry", Some(&entry.log_id))?;
+                check_against_log(view, &req.vote, "entry", Some(&entry.log_id))?;
+                let expected = prev.map_or(0, |p| p.index + 1);
+                if entry.log_id.index != expected {
+                    return Err(GuardError::EntriesOutOfOrder(format!(
+                        "entry {} where {expected} was expected",
+                        entry.log_id.index
+                    )));
+                }
+                if let Some(p) = prev
+                    && entry.log_id.leader_id < p.leader_id
+                {
+                    return Err(GuardError::EntriesOutOfOrder(format!(
+                        "entry {} has a lower leader than the one before",
+                        entry.log_id.index
+                    )));
+                }
+                if let EntryPayload::Membership(m) = &entry.payload {
+                    check_membership(m)?;
+                }
+                prev = Some(entry.log_id);
+            }
+            check_leader(view, "append entries", &req.vote)
+        }
+        RaftRpc::InstallSnapshot(req) => {
+            check_vote(view, "vote", &req.vote)?;
+            check_log_id(&req.vote, "snapshot last log id", req.meta.last_log_id.as_ref())?;
+            check_log_id(
+                &req.vote,
+                "snapshot membership log id",
+                req.meta.last_membership.log_id().as_ref(),
+            )?;
+            check_membership(req.meta.last_membership.membership())?;
+            check_against_log(view, &req.vote, "snapshot last log id", req.meta.last_log_id.as_ref())?;
+            let membership_log_id = req.meta.last_membership.log_id().as_ref();
+            check_against_log(view, &req.vote, "snapshot membership log id", membership_log_id)?;
+            check_leader(view, "install snapshot", &req.vote)?;
+            let snapshot_id = &req.meta.snapshot_id;
+            let len = req.data.len() as u64;
+            let end = req.offset.saturating_add(len);
+            if end > limits.max_snapshot_bytes {
+                return Err(GuardError::SnapshotTooLarge {
+                    snapshot_id: snapshot_id.clone(),
+                    end,
+                    max: limits.max_snapshot_bytes,
+                });
+            }
+            let leader = req.vote.leader_id().node_id;
+            let next = if req.offset == 0 {
+                SnapshotProgress { leader, snapshot_id: snapshot_id.clone(), received: end, last_offset: 0 }
+            } else {
+                match progress.as_ref() {
+                    Some(p) if p.leader == leader && &p.snapshot_id == snapshot_id => {
+                        if req.offset == p.received {
+                            SnapshotProgress { received: end, last_offset: req.offset, ..p.clone() }
+                        } else if req.offset == p.last_offset {
+                            SnapshotProgress { received: p.received.max(end), ..p.clone() }
+                        } else {
+                            return Err(GuardError::SnapshotOffset {
+                                snapshot_id: snapshot_id.clone(),
+                                offset: req.offset,
+                                expected: p.received,
+                            });
+                        }
+                    }
+                    _ => {
+                        return Err(GuardError::SnapshotOffset {
+                            snapshot_id: snapshot_id.clone(),
+                            offset: req.offset,
+                            expected: 0,
+                        });
+                    }
+                }
+            };
+            *progress = if req.done { None } else { Some(next) };
+            Ok(())
+        }
+    }
+}
+
+/// Counts refusals per source so that each is logged once per interval.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    sources: HashMap<IpAddr, (Instant, u64)>,
+    /// Refusals from sources past [`LOGGED_SOURCES`], since the last report.
+    others: u64,
+}
+
+impl RefusalLog {
+    /// Records one refusal; returns how many refusals to report now
+    /// (including this one), or `None` to stay quiet.
+    fn record(&mut self, source: IpAddr, now: Instant) -> Option<u64> {
+        if !self.sources.contains_key(&source) && self.sources.len() >= LOGGED_SOURCES {
+            self.sources.retain(|_, (since, _)| now.duration_since(*since) < LOG_INTERVAL);
+            if self.sources.len() >= LOGGED_SOURCES {
+                self.others += 1;
+                return None;
+            }
+        }
+        match self.sources.get_mut(&source) {
+            Some((since, count)) if now.duration_since(*since) < LOG_INTERVAL => {
+                *count += 1;
+                None
+            }
+            Some((since, count)) => {
+                let report = *count + 1;
+                *since = now;
+                *count = 0;
+                Some(report)
+            }
+            None => {
+                self.sources.insert(source, (now, 0));
+                Some(1)
+            }
+        }
+    }
+}
+
+/// The guard of one member's raft port. Shared by every connection.
+pub struct RaftGuard {
+    metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>,
+    limits: GuardLimits,
+    snapshot: Mutex<Option<SnapshotProgress>>,
+    log: Mutex<RefusalLog>,
+}
+
+impl RaftGuard {
+    /// A guard that reads term and membership from `metrics` (raft's own).
+    pub fn new(metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>, limits: GuardLimits) -> Self {
+        RaftGuard { metrics, limits, snapshot: Mutex::new(None), log: Mutex::new(RefusalLog::default()) }
+    }
+
+    /// Checks `rpc` from `source` before raft sees it; a refusal is logged
+    /// (rate-limited per source) and returned for the caller.
+    pub fn check(&self, source: IpAddr, rpc: &RaftRpc) -> Result<(), GuardError> {
+        if matches!(rpc, RaftRpc::AppliedIndex) {
+            return Ok(());
+        }
+        let result = {
+            let metrics = self.metrics.borrow();
+            let view = View {
+                member_id: metrics.id,
+                current_term: metrics.current_term,
+                voted_for: metrics.vote.leader_id().voted_for(),
+                last_applied: metrics.last_applied,
+                membership: metrics.membership_config.membership(),
+            };
+            let mut progress = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            check_rpc(&view, &self.limits, &mut progress, rpc)
+        };
+        if let Err(e) = &result {
+            let report = self.log.lock().unwrap_or_else(|p| p.into_inner()).record(source, Instant::now());
+            if let Some(count) = report {
+                tracing::warn!(%source, refused = count, error = %e, "refused raft input");
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, Entry, SnapshotMeta, StoredMembership};
+
+    use super::*;
+    use crate::typecfg::{TypeConfig, WriteBatch};
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+    fn id(n: u64) -> MemberId {
+        MemberId::from(n)
+    }
+
+    fn membership(voters: &[u64], learners: &[u64]) -> Membership<MemberId, Endpoints> {
+        let nodes: BTreeMap<MemberId, Endpoints> =
+            voters.iter().chain(learners).map(|n| (id(*n), Endpoints::default())).collect();
+        Membership::new(vec![voters.iter().map(|n| id(*n)).collect::<BTreeSet<_>>()], nodes)
+    }
+
+    const LIMITS: GuardLimits = GuardLimits { max_snapshot_bytes: 1 << 20 };
+
+    fn log_id(term: u64, leader: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, id(leader)), index)
+    }
+
+    fn check(view: &View<'_>, rpc: &RaftRpc) -> Result<(), GuardError> {
+        check_rpc(view, &LIMITS, &mut None, rpc)
+    }
+
+    fn append(term: u64, leader: u64, prev: Option<LogId>, entries: Vec<Entry<TypeConfig>>) -> RaftRpc {
+        RaftRpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(term, id(leader)),
+            prev_log_id: prev,
+            entries,
+            leader_commit: None,
+        })
+    }
+
+    fn blank(log_id: LogId) -> Entry<TypeConfig> {
+        Entry { log_id, payload: EntryPayload::Blank }
+    }
+
+    fn normal(log_id: LogId) -> Entry<TypeConfig> {
+        Entry { log_id, payload: EntryPayload::Normal(WriteBatch::default()) }
+    }
+
+    fn vote(term: u64, candidate: u64) -> RaftRpc {
+        RaftRpc::Vote(VoteRequest { vote: Vote::new(term, id(candidate)), last_log_id: None })
+    }
+
+    fn chunk(leader: u64, snapshot: &str, offset: u64, len: usize, done: bool) -> RaftRpc {
+        RaftRpc::InstallSnapshot(InstallSnapshotRequest {
+            vote: Vote::new_committed(5, id(leader)),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(5, leader, 10)),
+                last_membership: StoredMembership::new(
+                    Some(log_id(1, leader, 1)),
+                    membership(&[1, 2, 3], &[]),
+                ),
+                snapshot_id: snapshot.to_owned(),
+            },
+            offset,
+            data: vec![0; len],
+            done,
+        })
+    }
+
+    #[test]
+    fn terms_are_bounded_relative_to_ours_and_absolutely() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        assert_eq!(check(&view, &vote(6, 2)), Ok(()));
+        assert_eq!(check(&view, &vote(5 + TERM_STEP, 2)), Ok(()));
+        assert!(matches!(check(&view, &vote(6 + TERM_STEP, 2)), Err(GuardError::TermTooHigh { .. })));
+        assert!(matches!(
+            check(&view, &append(u64::MAX, 2, None, vec![])),
+            Err(GuardError::TermTooHigh { .. })
+        ));
+        let high = View { current_term: MAX_TERM - 1, ..view };
+        assert_eq!(check(&high, &vote(MAX_TERM, 2)), Ok(()));
+        assert!(matches!(
+            check(&high, &vote(MAX_TERM + 1, 2)),
+            Err(GuardError::TermTooHigh { limit: MAX_TERM, .. })
+        ));
+        // A member already at u64::MAX (restored before the guard existed) does not overflow.
+        let top = View { current_term: u64::MAX, ..view };
+        assert!(check(&top, &vote(u64::MAX, 2)).is_err());
+    }
+
+    #[test]
+    fn log_ids_are_bounded_by_index_and_by_the_vote_term() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let huge = append(5, 2, Some(log_id(5, 2, u64::MAX)), vec![]);
+        assert!(matches!(check(&view, &huge), Err(GuardError::IndexTooHigh { .. })));
+        let above = append(5, 2, Some(log_id(6, 2, 3)), vec![]);
+        assert!(matches!(check(&view, &above), Err(GuardError::LogAboveVote { .. })));
+        // At an applied index, nothing above what was applied there.
+        let applied = View { last_applied: Some(log_id(4, 2, 10)), ..view };
+        let ok = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(4, 2, 10))]);
+        assert_eq!(check(&applied, &ok), Ok(()));
+        assert_eq!(check(&applied, &append(5, 2, Some(log_id(3, 2, 9)), vec![])), Ok(()));
+        let below = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(3, 2, 11))]);
+        assert!(matches!(check(&applied, &below), Err(GuardError::ConflictsWithApplied { .. })));
+        let other = append(5, 2, Some(log_id(3, 2, 10)), vec![]);
+        assert!(matches!(check(&applied, &other), Err(GuardError::ConflictsWithApplied { .. })));
+        let above = append(5, 2, Some(log_id(5, 2, 9)), vec![]);
+        assert!(matches!(check(&applied, &above), Err(GuardError::ConflictsWithApplied { .. })));
+        let above = append(5, 2, Some(log_id(4, 2, 9)), vec![normal(log_id(5, 2, 10))]);
+        assert!(matches!(check(&applied, &above), Err(GuardError::ConflictsWithApplied { .. })));
+        let next = append(5, 2, Some(log_id(4, 2, 10)), vec![normal(log_id(5, 2, 11))]);
+        assert_eq!(check(&applied, &next), Ok(()));
+        let candidate =
+            RaftRpc::Vote(VoteRequest { vote: Vote::new(6, id(2)), last_log_id: Some(log_id(7, 2, 1)) });
+        assert!(matches!(check(&view, &candidate), Err(GuardError::LogAboveVote { .. })));
+    }
+
+    #[test]
+    fn a_term_has_one_leader() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            last_applied: Some(log_id(4, 3, 10)),
+            membership: &m,
+        };
+        // The sender's term names the sender; an applied term names its leader.
+        let other = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 3, 11))]);
+        assert!(matches!(check(&view, &other), Err(GuardError::TwoLeadersInTerm { .. })));
+        let commit = RaftRpc::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(5, id(2)),
+            prev_log_id: Some(log_id(4, 3, 10)),
+            entries: vec![],
+            leader_commit: Some(log_id(4, 2, 9)),
+        });
+        assert!(matches!(check(&view, &commit), Err(GuardError::TwoLeadersInTerm { .. })));
+        let good = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 2, 11))]);
+        assert_eq!(check(&view, &good), Ok(()));
+    }
+
+    #[test]
+    fn entries_must_follow_the_previous_log_id() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let prev = Some(log_id(4, 2, 7));
+        let good = append(5, 2, prev, vec![normal(log_id(4, 2, 8)), blank(log_id(5, 2, 9))]);
+        assert_eq!(check(&view, &good), Ok(()));
+        let from_start = append(5, 2, None, vec![blank(log_id(1, 2, 0)), blank(log_id(1, 2, 1))]);
+        assert_eq!(check(&view, &from_start), Ok(()));
+        let gap = append(5, 2, prev, vec![normal(log_id(4, 2, 9))]);
+        assert!(matches!(check(&view, &gap), Err(GuardError::EntriesOutOfOrder(_))));
+        let back = append(5, 2, prev, vec![normal(log_id(3, 2, 8))]);
+        assert!(matches!(check(&view, &back), Err(GuardError::EntriesOutOfOrder(_))));
+        let empty = Membership::new(vec![BTreeSet::new()], ());
+        let bad = append(
+            5,
+            2,
+            prev,
+            vec![Entry { log_id: log_id(5, 2, 8), payload: EntryPayload::Membership(empty) }],
+        );
+        assert!(matches!(check(&view, &bad), Err(GuardError::BadMembership(_))));
+        let none = Membership::new(vec![], ());
+        let bad = append(
+            5,
+            2,
+            prev,
+            vec![Entry { log_id: log_id(5, 2, 8), payload: EntryPayload::Membership(none) }],
+        );
+        assert!(matches!(check(&view, &bad), Err(GuardError::BadMembership(_))));
+    }
+
+    #[test]
+    fn votes_come_from_voters_only() {
+        let m = membership(&[1, 2, 3], &[4]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        assert_eq!(check(&view, &vote(6, 3)), Ok(()));
+        assert_eq!(check(&view, &vote(6, 4)), Err(GuardError::NotAVoter { member: id(4) }));
+        assert_eq!(check(&view, &vote(6, 99)), Err(GuardError::NotAVoter { member: id(99) }));
+        assert_eq!(check(&view, &vote(6, 1)), Err(GuardError::FromSelf));
+        let committed = RaftRpc::Vote(VoteRequest { vote: Vote::new_committed(6, id(2)), last_log_id: None });
+        assert_eq!(check(&view, &committed), Err(GuardError::CommittedVoteRequest { member: id(2) }));
+        // Joint config: a voter of either config may campaign.
+        let joint = Membership::new(
+            vec![BTreeSet::from([id(1), id(2)]), BTreeSet::from([id(1), id(5)])],
+            BTreeMap::from([
+                (id(1), Endpoints::default()),
+                (id(2), Endpoints::default()),
+                (id(5), Endpoints::default()),
+            ]),
+        );
+        let view = View { membership: &joint, ..view };
+        assert_eq!(check(&view, &vote(6, 2)), Ok(()));
+        assert_eq!(check(&view, &vote(6, 5)), Ok(()));
+        // A member waiting to be added (no membership) never votes.
+        let none = Membership::default();
+        let waiting = View { membership: &none, ..view };
+        assert_eq!(check(&waiting, &vote(6, 2)), Err(GuardError::NotAVoter { member: id(2) }));
+    }
+
+    #[test]
+    fn replication_comes_from_members_or_a_newer_term() {
+        let m = membership(&[1, 2, 3], &[4]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
+        assert_eq!(check(&view, &append(5, 4, None, vec![])), Ok(()), "a nonvoter is a member");
+        assert_eq!(
+            check(&view, &append(5, 99, None, vec![])),
+            Err(GuardError::NotAMember { rpc: "append entries".into(), member: id(99) })
+        );
+        assert!(matches!(check(&view, &chunk(99, "s", 0, 10, false)), Err(GuardError::NotAMember { .. })));
+        // A leader elected under a membership this member has not received yet.
+        assert_eq!(check(&view, &append(6, 99, None, vec![])), Ok(()));
+        // The leader this member already follows in its term, whose entries
+        // will replace an uncommitted membership that lacks it.
+        let following = View { voted_for: Some(id(99)), ..view };
+        assert_eq!(check(&following, &append(5, 99, None, vec![])), Ok(()));
+        assert!(check(&following, &append(4, 99, None, vec![])).is_err());
+        assert_eq!(check(&view, &append(5, 1, None, vec![])), Err(GuardError::FromSelf));
+        // The member waiting to be added accepts the leader that adds it.
+        let none = Membership::default();
+        let waiting = View {
+            member_id: id(7),
+            current_term: 0,
+            voted_for: None,
+            last_applied: None,
+            membership: &none,
+        };
+        assert_eq!(check(&waiting, &append(5, 2, None, vec![])), Ok(()));
+        assert_eq!(check(&waiting, &chunk(2, "s", 0, 10, false)), Ok(()));
+    }
+
+    #[test]
+    fn snapshot_chunks_follow_the_bytes_received() {
+        let m = membership(&[1, 2, 3], &[]);
+        let view =
+            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let mut p = None;
+        let mut run = |rpc: &RaftRpc| check_rpc(&view, &LIMITS, &mut p, rpc);
+        assert!(matches!(
+            run(&chunk(2, "s", 100, 10, false)),
+            Err(GuardError::SnapshotOffset { expected: 0, .. })
+        ));
+        assert_eq!(run(&chunk(2, "s", 0, 100, false)), Ok(()));
+        assert_eq!(
+            run(&chunk(2, "s", 1 << 40, 10, false)),
+            Err(GuardError::SnapshotTooLarge { snapshot_id: "s".into(), end: (1 << 40) + 10, max: 1 << 20 })
+        );
+        assert!(matches!(
+            run(&chunk(2, "s", 150, 10, false)),
+            Err(GuardError::SnapshotOffset { expected: 100, .. })
+        ));
+        assert!(matches!(
+            run(&chunk(3, "s", 100, 10, false)),
+            Err(GuardError::SnapshotOffset { expected: 0, .. })
+        ));
+        assert!(matches!(
+            run(&chunk(2, "t", 100, 10, false)),
+            Err(GuardError::SnapshotOffset { expected: 0, .. })
+        ));
+        assert_eq!(run(&chunk(2, "s", 100, 50, false)), Ok(()));
+        assert_eq!(run(&chunk(2, "s", 100, 50, false)), Ok(()), "a resent chunk");
+        assert_eq!(run(&chunk(2, "s", 150, 50, true)), Ok(()));
+        // Done: the next chunk of it has nothing to follow.
+        assert!(matches!(
+            run(&chunk(2, "s", 200, 10, false)),
+            Err(GuardError::SnapshotOffset { expected: 0, .. })
+        ));
+        assert!(matches!(run(&chunk(2, "s", u64::MAX, 10, false)), Err(GuardError::SnapshotTooLarge { .. })));
+        // A restart at offset 0 replaces the snapshot in progress.
+        assert_eq!(run(&chunk(2, "s", 0, 10, false)), Ok(()));
+        assert_eq!(run(&chunk(3, "u", 0, 10, false)), Ok(()));
+        assert!(matches!(run(&chunk(2, "s", 10, 10, false)), Err(GuardError::SnapshotOffset { .. })));
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_interval_per_source() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(log.record(a, t0), Some(1));
+        assert_eq!(log.record(a, t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.record(b, t0 + Duration::from_secs(1)), Some(1));
+        assert_eq!(log.record(a, t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.record(a, t0 + LOG_INTERVAL + Duration::from_secs(1)), Some(3));
+        for i in 0..LOGGED_SOURCES as u32 * 2 {
+            let _ = log.record(IpAddr::from(std::net::Ipv4Addr::from(i + 1000)), t0);
+        }
+        assert!(log.sources.len() <= LOGGED_SOURCES);
+    }
+}

@@ -1,0 +1,295 @@
+//! Hostile raft input, sent as raw frames built with core's wire codec, to a
+//! real 3-member cluster: forged terms, snapshot chunks far past what was
+//! received, votes from made-up members; and writes past the quotas. Each is
+//! refused with a typed answer, and every member keeps serving (also after a
+//! restart, for the durable cluster).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use cluster_consensus::RaftStore;
+use cluster_consensus::network::guard::{GuardError, TERM_STEP};
+use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_consensus::typecfg::{LogId, TypeConfig, Vote};
+use cluster_core::wire::{Frame, WireCodec};
+use cluster_core::{ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota};
+use common::{Cluster, DEADLINE, timing};
+use futures::{SinkExt, StreamExt};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::{CommittedLeaderId, SnapshotMeta};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+const CLUSTER: &str = "test-cluster";
+
+/// Sends one request on a fresh connection and reads its answer.
+async fn call(addr: SocketAddr, rpc: RaftRpc) -> RaftRpcReply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut framed = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24));
+    framed.send(Frame { request_id: 1, body: rpc }).await.expect("send");
+    let answer = tokio::time::timeout(DEADLINE, framed.next()).await.expect("an answer in time");
+    answer.expect("an answer").expect("a frame").expect("of this cluster").body
+}
+
+/// The bytes of `rpc` as a frame on the wire.
+fn frame_len(rpc: RaftRpc) -> usize {
+    let mut buf = bytes::BytesMut::new();
+    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24);
+    tokio_util::codec::Encoder::encode(&mut codec, Frame { request_id: 1, body: rpc }, &mut buf).unwrap();
+    buf.len()
+}
+
+fn guarded(reply: &RaftRpcReply) -> Option<&GuardError> {
+    match reply {
+        RaftRpcReply::Guarded(e) => Some(e),
+        _ => None,
+    }
+}
+
+fn log_id(term: u64, leader: MemberId, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, leader), index)
+}
+
+/// The resident memory of this process (Linux), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn raft_alive(m: &RaftStore) -> bool {
+    m.raft().metrics().borrow().running_state.is_ok()
+}
+
+/// Every member is alive, with a sane term, and applies a new write.
+async fn every_member_serves(cluster: &Cluster, key: &str) {
+    let leader = cluster.leader().await;
+    assert!(leader.set(key, vec![1]).await.expect("a write after the attack"));
+    let index = leader.applied_index().unwrap();
+    cluster.wait_applied(index).await;
+    for m in &cluster.members {
+        assert!(raft_alive(m), "raft of {} stopped", m.member_id());
+        assert!(m.status().term < 1000, "term of {} moved to {}", m.member_id(), m.status().term);
+        assert_eq!(m.get(key).unwrap(), Some(vec![1]));
+    }
+}
+
+#[cfg(feature = "durable")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_of_u64_max_are_refused_by_every_member_and_survive_a_restart() {
+    common::init_tracing();
+    let mut cluster = Cluster::start(3, true, timing()).await;
+    let ids: Vec<MemberId> = cluster.members.iter().map(|m| m.member_id()).collect();
+    for (i, m) in cluster.members.iter().enumerate() {
+        let other = ids[(i + 1) % ids.len()];
+        // The 61-byte heartbeat that used to panic every raft core for good.
+        let append = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(u64::MAX, other),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        });
+        assert!(frame_len(append.clone()) < 100);
+        let reply = call(m.raft_addr(), append).await;
+        assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { term: u64::MAX, .. })), "{reply:?}");
+        // A vote for a candidate whose log is far ahead: openraft would grant and persist it.
+        let vote = RaftRpc::Vote(VoteRequest {
+            vote: Vote::new(u64::MAX, other),
+            last_log_id: Some(log_id(u64::MAX, other, u64::MAX / 4)),
+        });
+        let reply = call(m.raft_addr(), vote).await;
+        assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { .. })), "{reply:?}");
+        // Just past the relative bound.
+        let term = m.status().term + TERM_STEP + 1;
+        let vote = RaftRpc::Vote(VoteRequest { vote: Vote::new(term, other), last_log_id: None });
+        assert!(guarded(&call(m.raft_addr(), vote).await).is_some());
+    }
+    every_member_serves(&cluster, "after-attack").await;
+
+    cluster.shutdown().await;
+    let mut reopened = Vec::new();
+    for cfg in &cluster.configs {
+        reopened.push(RaftStore::open(cfg.clone()).await.expect("reopen"));
+    }
+    cluster.members = reopened;
+    every_member_serves(&cluster, "after-restart").await;
+    cluster.shutdown().await;
+}
+
+fn chunk(
+    vote: Vote,
+    meta: &SnapshotMeta<MemberId, cluster_core::Endpoints>,
+    offset: u64,
+    len: usize,
+) -> RaftRpc {
+    RaftRpc::InstallSnapshot(InstallSnapshotRequest::<TypeConfig> {
+        vote,
+        meta: meta.clone(),
+        offset,
+        data: vec![0xAB; len],
+        done: false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating() {
+    common::init_tracing();
+    let cluster = Cluster::start(3, false, timing()).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().clone();
+    let metrics = leader.raft().metrics().borrow().clone();
+    let vote = Vote::new_committed(metrics.current_term, leader.member_id());
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(metrics.current_term, leader.member_id(), 1_000_000)),
+        last_membership: (*metrics.membership_config).clone(),
+        snapshot_id: "forged".to_owned(),
+    };
+    let before = rss();
+
+    let first = call(follower.raft_addr(), chunk(vote, &meta, 0, 1024)).await;
+    assert!(guarded(&first).is_none(), "a first chunk from the leader goes through: {first:?}");
+    let far = call(follower.raft_addr(), chunk(vote, &meta, 1 << 40, 1024)).await;
+    assert!(matches!(guarded(&far), Some(GuardError::SnapshotTooLarge { .. })), "{far:?}");
+    let gap = call(follower.raft_addr(), chunk(vote, &meta, 4096, 1024)).await;
+    assert_eq!(
+        guarded(&gap),
+        Some(&GuardError::SnapshotOffset { snapshot_id: "forged".into(), offset: 4096, expected: 1024 })
+    );
+    // From a made-up member at the current term.
+    let stranger = Vote::new_committed(metrics.current_term, MemberId::generate());
+    let reply = call(follower.raft_addr(), chunk(stranger, &meta, 0, 1024)).await;
+    // Refused as not a member, or because its term already has a leader.
+    let refused = guarded(&reply);
+    assert!(
+        matches!(refused, Some(GuardError::NotAMember { .. } | GuardError::TwoLeadersInTerm { .. })),
+        "{reply:?}"
+    );
+
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 256 << 20, "memory grew by {grown} bytes");
+
+    // A whole forged snapshot that does not decode: refused when its last
+    // chunk arrives, before the state machine (whose error would stop raft).
+    let garbage = RaftRpc::InstallSnapshot(InstallSnapshotRequest::<TypeConfig> {
+        vote,
+        meta: SnapshotMeta { snapshot_id: "garbage".into(), ..meta.clone() },
+        offset: 0,
+        data: b"not a snapshot".to_vec(),
+        done: true,
+    });
+    let reply = call(follower.raft_addr(), garbage).await;
+    assert!(matches!(reply, RaftRpcReply::InstallSnapshot(Err(_))), "{reply:?}");
+    assert!(raft_alive(&follower));
+    every_member_serves(&cluster, "after-snapshot-chunks").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_and_entries_from_made_up_members_are_refused() {
+    common::init_tracing();
+    let cluster = Cluster::start(3, false, timing()).await;
+    let leader = cluster.leader().await;
+    let term = leader.status().term;
+    let stranger = MemberId::generate();
+    for m in &cluster.members {
+        let vote = RaftRpc::Vote(VoteRequest {
+            vote: Vote::new(m.status().term + 1, stranger),
+            // A log far ahead: openraft would grant this vote.
+            last_log_id: Some(log_id(term, leader.member_id(), 1_000_000)),
+        });
+        let reply = call(m.raft_addr(), vote).await;
+        assert_eq!(guarded(&reply), Some(&GuardError::NotAVoter { member: stranger }), "{reply:?}");
+        let append = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(m.status().term, stranger),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        });
+        let reply = call(m.raft_addr(), append).await;
+        assert!(matches!(guarded(&reply), Some(GuardError::NotAMember { .. })), "{reply:?}");
+    }
+    assert_eq!(cluster.leader().await.member_id(), leader.member_id(), "no election was caused");
+    every_member_serves(&cluster, "after-strangers").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_4_mib_are_refused_and_nothing_reaches_the_log() {
+    common::init_tracing();
+    let cluster = Cluster::start(3, false, timing()).await;
+    let leader = cluster.leader().await;
+    let log_before = leader.status().last_log_index;
+    let before = rss();
+    let value = vec![0x5A; 4 << 20];
+    for i in 0..40 {
+        let refused = leader.set(&format!("big{i}"), value.clone()).await;
+        assert_eq!(
+            refused,
+            Err(Error::QuotaExceeded {
+                quota: Quota::ValueBytes,
+                size: 4 << 20,
+                limit: ConsensusLimits::default().max_value_bytes as u64
+            })
+        );
+    }
+    drop(value);
+    assert_eq!(leader.status().last_log_index, log_before, "nothing was proposed");
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 128 << 20, "memory grew by {grown} bytes");
+    // A value under the limit still goes through.
+    assert!(leader.set("under-limit", vec![1; 64 << 10]).await.unwrap());
+    let too_long_key = "k".repeat(ConsensusLimits::default().max_key_bytes + 1);
+    assert!(matches!(
+        leader.set(&too_long_key, vec![1]).await,
+        Err(Error::QuotaExceeded { quota: Quota::KeyBytes, .. })
+    ));
+    assert!(matches!(leader.set("", vec![1]).await, Err(Error::BadRequest(_))));
+    every_member_serves(&cluster, "after-big-values").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_writes_keeps_reads_and_deletes_and_recovers() {
+    common::init_tracing();
+    let limits = ConsensusLimits {
+        max_key_bytes: 64,
+        max_value_bytes: 1000,
+        max_store_bytes: 20_000,
+        ..ConsensusLimits::default()
+    };
+    let cluster = Cluster::start_with_limits(3, false, timing(), limits).await;
+    let leader = cluster.leader().await;
+    let mut written = 0;
+    let refused = loop {
+        match leader.set(&format!("k{written:03}"), vec![7; 1000]).await {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 100, "the store quota never refused a write");
+    };
+    assert!(
+        matches!(refused, Error::QuotaExceeded { quota: Quota::StoreBytes, limit: 20_000, .. }),
+        "{refused}"
+    );
+    assert_eq!(written, 19, "19 × 1004 bytes fit in 20,000");
+    assert!(leader.status().quota_alarm);
+    assert!(leader.status().store_bytes <= 20_000);
+    let index = leader.applied_index().unwrap();
+    cluster.wait_applied(index).await;
+    for m in &cluster.members {
+        assert!(m.status().quota_alarm, "member {} shows the alarm", m.member_id());
+    }
+    // Reads and deletes work; writes that do not grow the store too.
+    assert_eq!(leader.consistent_get("k000").await.unwrap(), Some(vec![7; 1000]));
+    assert_eq!(cluster.members[1].get("k001").unwrap(), Some(vec![7; 1000]));
+    assert!(!leader.set("k000", vec![8; 10]).await.unwrap(), "a shrinking write is admitted");
+    assert!(leader.delete("k001").await.unwrap());
+    assert!(leader.delete("k002").await.unwrap());
+    assert!(!leader.status().quota_alarm, "the alarm is lowered once there is room");
+    assert!(leader.set("after", vec![7; 1000]).await.unwrap());
+    cluster.shutdown().await;
+}
