@@ -85,7 +85,7 @@ pub fn line(path: &Path, labels: &Labels<'_>, points: &[Point]) -> Result<()> {
             .axis_desc_style(("sans-serif", 16))
             .label_style(("sans-serif", 14))
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| short(*y))
+            .y_label_formatter(&|y| axis(*y, y_max))
             .draw()?;
         let blue = RGBColor(31, 94, 168);
         chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.x, p.median)), blue.stroke_width(2)))?;
@@ -95,8 +95,10 @@ pub fn line(path: &Path, labels: &Labels<'_>, points: &[Point]) -> Result<()> {
                 .filter(|p| p.max > p.min)
                 .map(|p| ErrorBar::new_vertical(p.x, p.min, p.median, p.max, blue.stroke_width(1), 8)),
         )?;
+        // Each median written beside its point, up and to the right of the marker.
         chart.draw_series(pts.iter().map(|p| {
-            Text::new(short(p.median), (p.x, p.median), ("sans-serif", 13).into_font().color(&BLACK))
+            EmptyElement::at((p.x, p.median))
+                + Text::new(short(p.median), (7, -18), ("sans-serif", 13).into_font().color(&BLACK))
         }))?;
         root.present()?;
         Ok(())
@@ -104,7 +106,20 @@ pub fn line(path: &Path, labels: &Labels<'_>, points: &[Point]) -> Result<()> {
     draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("drawing {}", path.display()))
 }
 
-/// A number as an axis or point label: few digits, no trailing noise.
+/// An axis label: as many decimals as the axis's range needs, the same for every tick.
+fn axis(y: f64, top: f64) -> String {
+    if top >= 50.0 {
+        format!("{y:.0}")
+    } else if top >= 5.0 {
+        format!("{y:.1}")
+    } else if top >= 0.5 {
+        format!("{y:.2}")
+    } else {
+        format!("{y:.3}")
+    }
+}
+
+/// A number as a point label: few digits, no trailing noise.
 fn short(y: f64) -> String {
     let a = y.abs();
     if a >= 1000.0 {
