@@ -46,6 +46,11 @@ struct Sized {
     p50: Vec<f64>,
     p99: Vec<f64>,
     leader_cpu: Vec<f64>,
+    /// Leader CPU time per acknowledged write, µs: what the leader spends per
+    /// write whether or not it shares its cores with the other members.
+    leader_us_per_write: Vec<f64>,
+    /// CPU time of all members together per acknowledged write, µs.
+    cluster_us_per_write: Vec<f64>,
     voter_cpu: Vec<f64>,
     nonvoter_cpu: Vec<f64>,
     rss: Vec<f64>,
@@ -104,6 +109,11 @@ async fn one_size(ctx: &Ctx, n: usize, out: &mut Sized) -> Result<()> {
         out.errors += point.errors;
         if let Some(l) = cpu[leader] {
             out.leader_cpu.push(l);
+            if point.ops_per_s > 0.0 {
+                out.leader_us_per_write.push(l / 100.0 * 1e6 / point.ops_per_s);
+                let all: f64 = cpu.iter().flatten().sum();
+                out.cluster_us_per_write.push(all / 100.0 * 1e6 / point.ops_per_s);
+            }
         }
         let others = |voter: bool| {
             cpu.iter()
@@ -325,6 +335,22 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             &|s| &s.leader_cpu,
         ),
         curve(
+            "scale-leader-cpu-per-write.png",
+            "leader CPU per acknowledged write",
+            "µs",
+            Better::Lower,
+            per_rep,
+            &|s| &s.leader_us_per_write,
+        ),
+        curve(
+            "scale-cluster-cpu-per-write.png",
+            "CPU of all members per acknowledged write",
+            "µs",
+            Better::Lower,
+            per_rep,
+            &|s| &s.cluster_us_per_write,
+        ),
+        curve(
             "scale-voter-cpu.png",
             "follower voter CPU (mean)",
             "% of a core",
@@ -403,8 +429,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
          nonvoters (raft learners that receive every entry from the leader); {CLIENTS} clients write to \
          the leader back to back ({} s per repetition after a 0.3 s warm-up, {} repetitions); CPU from \
          /proc/<pid>/stat utime+stime over each load window (100 % = one core; the machine has {} cores \
-         shared by every process); join = spawn of one more agent → its start line (it holds a short id), \
-         then it leaves gracefully.",
+         shared by every process, so past a few members the members compete for them: CPU per write \
+         is the figure that carries over to one member per machine); join = spawn of one more agent → \
+         its start line (it holds a short id), then it leaves gracefully.",
         ctx.secs,
         ctx.reps,
         std::thread::available_parallelism().map_or(0, |n| n.get())
