@@ -132,3 +132,18 @@ fn short(y: f64) -> String {
         format!("{y:.3}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{axis, short};
+
+    #[test]
+    fn axis_labels_share_one_precision_chosen_by_the_range() {
+        assert_eq!(axis(500.0, 4000.0), "500");
+        assert_eq!(axis(0.0, 4000.0), "0");
+        assert_eq!(axis(2.5, 30.0), "2.5");
+        assert_eq!(axis(0.1, 0.6), "0.10");
+        assert_eq!(short(3904.4), "3904");
+        assert_eq!(short(0.4851), "0.485");
+    }
+}

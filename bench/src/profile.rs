@@ -121,3 +121,19 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     ctx.report.sections.push(("Profile of the durable write path (syscalls)".into(), md));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_strace;
+
+    #[test]
+    fn reads_calls_per_syscall_with_and_without_errors_and_skips_the_total() {
+        let t = "% time     seconds  usecs/call     calls    errors syscall\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n \
+                 56.96    1.279908          95     13409       569 futex\n  \
+                 6.32    0.142014         124      1143           fdatasync\n\
+                 ------ ----------- ----------- --------- --------- ----------------\n\
+                 100.00    2.247071          60     37055       756 total\n";
+        assert_eq!(parse_strace(t), vec![("futex".to_string(), 13409), ("fdatasync".to_string(), 1143)]);
+    }
+}
