@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_core::{
-    ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Error, LeaderHint, MemberId, Result,
-    ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
+    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error,
+    LeaderHint, MemberId, Result, ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -445,13 +445,43 @@ impl ConsensusStore for RaftStore {
     }
 
     fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.get_prefix_with_revision(prefix)?.1)
+    }
+
+    fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
+        // One read guard: the entries and the revision are of the same state.
         let state = self.inner.state.read();
-        Ok(state
+        let entries = state
             .data
             .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        Ok((state.revision, entries))
+    }
+
+    async fn progress(&self) -> ConsensusProgress {
+        let (snapshot_index, quorum_ack_age) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            let age = if m.state == ServerState::Leader {
+                m.millis_since_quorum_ack.map(Duration::from_millis)
+            } else {
+                None
+            };
+            (m.snapshot.map(|l| l.index), age)
+        };
+        // The commit index is not in openraft 0.9's metrics; ask the core,
+        // bounded, as a stuck core must not stall a health check.
+        let committed = tokio::time::timeout(
+            Duration::from_millis(500),
+            self.inner.raft.with_raft_state(|st| st.committed.map(|l| l.index)),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
+        ConsensusProgress { committed_index: committed, snapshot_index, quorum_ack_age }
     }
 
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {

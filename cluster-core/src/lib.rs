@@ -52,11 +52,11 @@ pub use hub::{EventHub, Subscription};
 pub use id::{ClientRequestId, MemberId, ShortId};
 pub use member::MemberInfo;
 pub use membership::{
-    FailureDetection, Member, MemberState, MemberTable, Membership, MembershipConfig, MembershipEvent,
-    MembershipEvents,
+    FailureDetection, GossipEncryption, Member, MemberState, MemberTable, Membership, MembershipConfig,
+    MembershipEvent, MembershipEvents,
 };
 pub use role::RaftRole;
 pub use store::{
-    CasOutcome, ConsensusConfig, ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, RaftTiming,
-    Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
+    Endpoints, Entries, Liveness, RaftTiming, Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
 };

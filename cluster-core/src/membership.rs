@@ -98,6 +98,27 @@ impl Default for FailureDetection {
     }
 }
 
+/// Gossip encryption as configured: raw keys (a backend brings the cipher)
+/// and where the keyring is persisted. `Debug` shows how many keys, never a key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct GossipEncryption {
+    /// 32-byte AES-256 keys, the first primary. Empty and no keyring file
+    /// holding keys: gossip is not encrypted.
+    pub keys: Vec<[u8; 32]>,
+    /// The keyring file; when it exists it wins over `keys` (it holds the
+    /// ring as the last rotation left it).
+    pub keyring_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for GossipEncryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipEncryption")
+            .field("keys", &self.keys.len())
+            .field("keyring_file", &self.keyring_file)
+            .finish()
+    }
+}
+
 /// What a membership backend needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipConfig {
@@ -119,6 +140,8 @@ pub struct MembershipConfig {
     pub failure_detection: FailureDetection,
     /// The tags to publish from the start.
     pub tags: BTreeMap<String, String>,
+    /// Gossip encryption (default: none).
+    pub encryption: GossipEncryption,
 }
 
 /// A gossip membership backend.

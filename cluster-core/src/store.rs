@@ -281,6 +281,51 @@ impl ConsensusStatus {
     }
 }
 
+/// Entries of the store, `(key, value)` in key order.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
+/// How far along consensus is on a member, beyond [`ConsensusStatus`]: what
+/// readiness checks and metrics need. Read on demand, never pushed: some
+/// fields (the quorum acknowledgement's age) change on every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConsensusProgress {
+    /// Index of the last entry known committed, if the backend knows it.
+    pub committed_index: Option<u64>,
+    /// Index of the last entry in the newest snapshot, if any.
+    pub snapshot_index: Option<u64>,
+    /// On the leader: how long ago a quorum of voters last acknowledged it.
+    /// `None` on other members, and on a leader no quorum acknowledged yet.
+    /// A leader that lost its quorum sees this grow without bound.
+    pub quorum_ack_age: Option<Duration>,
+}
+
+/// How a member is doing in gossip, as the member asked sees it, for
+/// operators: gossip's [`MemberState`](crate::MemberState) plus `Suspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// Heartbeats arrive.
+    Alive,
+    /// The failure detector gave up on it, and the leader has not taken it
+    /// out of raft yet: it may be paused or cut off, and may come back.
+    Suspect,
+    /// The failure detector gave up on it and it is out of raft.
+    Failed,
+    /// It announced that it leaves.
+    Left,
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "alive",
+            Liveness::Suspect => "suspect",
+            Liveness::Failed => "failed",
+            Liveness::Left => "left",
+        })
+    }
+}
+
 /// Raft timing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -384,6 +429,26 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 
     /// Local read of every key starting with `prefix`, in key order.
     fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Like [`get_prefix`](ConsensusStore::get_prefix), with the revision
+    /// of the state it read: the entries are exactly the store's at that
+    /// revision. A backend without revisions answers 0.
+    fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
+        Ok((0, self.get_prefix(prefix)?))
+    }
+
+    /// How far along consensus is here (commit index, snapshot, quorum
+    /// contact); a backend that does not know answers the default.
+    fn progress(&self) -> impl Future<Output = ConsensusProgress> + Send {
+        std::future::ready(ConsensusProgress::default())
+    }
+
+    /// Gossip's view of the members, when a running member serves this
+    /// store (the facade supplies it to its forwarding service); a bare
+    /// backend knows no gossip and answers an empty map.
+    fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
+        BTreeMap::new()
+    }
 
     /// The short ids held now, by this member's applied state.
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>>;

@@ -21,10 +21,15 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::grid::{self, GridEvents, GridHub};
+use crate::health::Readiness;
 use crate::housekeeping::{Housekeeper, Settings};
+use crate::http::HttpServer;
 use crate::identity;
+use crate::metrics::Metrics;
+use crate::served::{LivenessTable, ServedStore};
 
-/// The addresses a member is bound to (the real ports when 0 was asked).
+/// Where others reach a member (the advertised host, with the real ports
+/// when 0 was asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addresses {
     /// Gossip (UDP).
@@ -35,6 +40,8 @@ pub struct Addresses {
     pub service: SocketAddr,
     /// The data grid's port, as published to the other members.
     pub grid: SocketAddr,
+    /// The operators' HTTP API, when it is on.
+    pub http: Option<SocketAddr>,
 }
 
 /// One member of a Carbon Grid cluster, over a membership backend `M` and a
@@ -49,7 +56,7 @@ impl<M: Membership, S: ConsensusStore> Clone for ClusterOf<M, S> {
     }
 }
 
-struct Inner<M: Membership, S: ConsensusStore> {
+pub(crate) struct Inner<M: Membership, S: ConsensusStore> {
     member_id: MemberId,
     short_id: watch::Receiver<Option<ShortId>>,
     first_short_id: ShortId,
@@ -62,6 +69,11 @@ struct Inner<M: Membership, S: ConsensusStore> {
     grid: GridHub,
     stop: watch::Sender<bool>,
     housekeeping: Mutex<Option<JoinHandle<()>>>,
+    /// The grid port picked for the grid, held until the grid takes it.
+    grid_listener: Mutex<Option<std::net::TcpListener>>,
+    liveness: LivenessTable,
+    metrics: Metrics,
+    http: Mutex<Option<HttpServer>>,
 }
 
 /// What was started so far, so that a failed start stops it again.
@@ -71,10 +83,14 @@ struct Started<M, S> {
     service: Option<ServiceServer>,
     stop: Option<watch::Sender<bool>>,
     housekeeping: Option<JoinHandle<()>>,
+    http: Option<HttpServer>,
 }
 
 impl<M: Membership, S: ConsensusStore> Started<M, S> {
     async fn unwind(self) {
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
         if let Some(stop) = self.stop {
             let _ = stop.send(true);
         }
@@ -108,8 +124,14 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         config.validate()?;
         let member_id = identity::load_or_create(config.data_dir.as_deref())?;
         let span = info_span!("member", id = %member_id);
-        let mut started =
-            Started { store: None, membership: None, service: None, stop: None, housekeeping: None };
+        let mut started = Started {
+            store: None,
+            membership: None,
+            service: None,
+            stop: None,
+            housekeeping: None,
+            http: None,
+        };
         match Self::choreography(config, member_id, &mut started).instrument(span).await {
             Ok(cluster) => Ok(cluster),
             Err(e) => {
@@ -125,20 +147,39 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         started: &mut Started<M, S>,
     ) -> Result<Self, ClusterError> {
         // Checked by validate().
-        let host: IpAddr = config.host.parse().map_err(|_| ClusterError::Start {
+        let bad_host = |field: &str| ClusterError::Start {
             stage: "config",
-            source: cluster_core::Error::BadRequest("bad host".into()),
-        })?;
+            source: cluster_core::Error::BadRequest(format!("bad {field}")),
+        };
+        let host: IpAddr = config.host.parse().map_err(|_| bad_host("host"))?;
+        let advertised: IpAddr = config.advertised_host().parse().map_err(|_| bad_host("advertise_host"))?;
         let ms = ClusterConfig::ms;
 
         // The service address goes into raft's node data, so bind it first.
-        let service_listener = TcpListener::bind((host, config.service_port))
-            .await
-            .map_err(|e| start_err("service")(e.into()))?;
-        let service_addr = service_listener.local_addr().map_err(|e| start_err("service")(e.into()))?;
-        let grid_port = match config.grid_port {
-            0 => free_tcp_port(host).map_err(|e| start_err("grid port")(e.into()))?,
-            p => p,
+        let service_listener = bind_tcp(host, config.service_port, "service").await?;
+        let service_port = service_listener.local_addr().map_err(|e| start_err("service")(e.into()))?.port();
+        let service_addr = SocketAddr::new(advertised, service_port);
+        // A port picked for the grid stays bound until the grid takes it:
+        // dropped, the next member started here could pick it too.
+        let (grid_port, grid_listener) = match config.grid_port {
+            0 => {
+                let l = std::net::TcpListener::bind((host, 0))
+                    .map_err(|e| start_err("grid port")(listen_error(host, 0, "grid", &e)))?;
+                let port = l.local_addr().map_err(|e| start_err("grid port")(e.into()))?.port();
+                (port, Some(l))
+            }
+            p => (p, None),
+        };
+        let http_listener = match config.http_port {
+            Some(port) => Some(bind_tcp(host, port, "http").await?),
+            None => None,
+        };
+        let http_addr = match &http_listener {
+            Some(l) => Some(SocketAddr::new(
+                advertised,
+                l.local_addr().map_err(|e| start_err("http")(e.into()))?.port(),
+            )),
+            None => None,
         };
 
         // 1. consensus.
@@ -146,7 +187,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             member_id,
             cluster_id: config.cluster_id.clone(),
             raft_listen_addr: SocketAddr::new(host, config.raft_port),
-            advertise_host: config.host.clone(),
+            advertise_host: advertised.to_string(),
             service_addr: service_addr.to_string(),
             data_dir: config.data_dir.as_ref().map(|d| d.join("raft")),
             timing: config.raft.timing(),
@@ -171,7 +212,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         // 2. membership.
         let mut me = MemberInfo::new(
             member_id,
-            config.host.clone(),
+            advertised.to_string(),
             config.gossip_port,
             raft_addr.port(),
             service_addr.port(),
@@ -184,11 +225,15 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             generation: identity::generation(),
             cluster_id: config.cluster_id.clone(),
             listen_addr: SocketAddr::new(host, config.gossip_port),
-            advertise_addr: None,
+            advertise_addr: config
+                .advertise_host
+                .as_ref()
+                .map(|_| SocketAddr::new(advertised, config.gossip_port)),
             seeds: config.seeds.clone(),
             gossip_interval: ms(config.gossip.interval_ms),
             failure_detection: config.gossip.failure_detection(),
             tags: me.to_tags(),
+            encryption: config.gossip_encryption(),
         })
         .await
         .map_err(start_err("membership"))?;
@@ -200,10 +245,17 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             membership.set_tags(port).await.map_err(start_err("membership"))?;
         }
 
-        // 3. the forwarding service.
+        // 3. the forwarding service, with gossip's view of the members.
+        let (stop, stop_rx) = watch::channel(false);
+        started.stop = Some(stop.clone());
+        let liveness = LivenessTable::default();
+        let liveness_task = tokio::spawn(liveness.clone().follow(membership.subscribe(), stop_rx.clone()));
+        let metrics = Metrics::new();
+        let served =
+            ServedStore { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() };
         let service = ServiceServer::serve(
             service_listener,
-            store.clone(),
+            Arc::new(served),
             ServerConfig {
                 cluster_id: config.cluster_id.clone(),
                 limits: cluster_rpc::Limits {
@@ -229,7 +281,6 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         // Housekeeping: grid events, own tags, and the leader's duties.
         let grid = grid::hub(1024);
-        let (stop, stop_rx) = watch::channel(false);
         let settings = Settings {
             num_voters: config.num_voters,
             failure_grace: ms(config.timeouts.failure_grace_ms),
@@ -240,8 +291,11 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let (own_short_id, short_id_rx) = watch::channel(None);
         let keeper =
             Housekeeper::new(membership.clone(), store.clone(), settings, grid.clone(), own_short_id);
-        let task = tokio::spawn(keeper.run(events, stop_rx).in_current_span());
-        started.stop = Some(stop.clone());
+        let keeper_task = tokio::spawn(keeper.run(events, stop_rx).in_current_span());
+        let task = tokio::spawn(async move {
+            let _ = keeper_task.await;
+            let _ = liveness_task.await;
+        });
         started.housekeeping = Some(task);
 
         // 4. wait for the short id.
@@ -251,28 +305,90 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         let housekeeping = started.housekeeping.take();
         let service = started.service.take();
-        *started = Started { store: None, membership: None, service: None, stop: None, housekeeping: None };
-        Ok(ClusterOf {
-            inner: Arc::new(Inner {
-                member_id,
-                short_id: short_id_rx,
-                first_short_id: short_id,
-                addresses: Addresses {
-                    gossip: gossip_addr,
-                    raft: raft_addr,
-                    service: service_addr,
-                    grid: SocketAddr::new(host, grid_port),
-                },
-                config,
-                membership,
-                store,
-                proxy,
-                service: Mutex::new(service),
-                grid,
-                stop,
-                housekeeping: Mutex::new(housekeeping),
-            }),
-        })
+        *started = Started {
+            store: None,
+            membership: None,
+            service: None,
+            stop: None,
+            housekeeping: None,
+            http: None,
+        };
+        let inner = Arc::new(Inner {
+            member_id,
+            short_id: short_id_rx,
+            first_short_id: short_id,
+            addresses: Addresses {
+                gossip: gossip_addr,
+                raft: SocketAddr::new(advertised, raft_addr.port()),
+                service: service_addr,
+                grid: SocketAddr::new(advertised, grid_port),
+                http: http_addr,
+            },
+            config,
+            membership,
+            store,
+            proxy,
+            service: Mutex::new(service),
+            grid,
+            stop,
+            housekeeping: Mutex::new(housekeeping),
+            grid_listener: Mutex::new(grid_listener),
+            liveness,
+            metrics,
+            http: Mutex::new(None),
+        });
+        let cluster = ClusterOf { inner };
+        if let Some(listener) = http_listener {
+            let server = HttpServer::serve(listener, crate::http::router(Arc::downgrade(&cluster.inner)))
+                .map_err(|e| start_err("http")(e.into()));
+            let server = match server {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = cluster.clone().shutdown().await;
+                    return Err(e);
+                }
+            };
+            *cluster.inner.http.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        }
+        Ok(cluster)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner<M, S>>) -> Self {
+        ClusterOf { inner }
+    }
+
+    /// The listener of the grid port this member picked (when `grid_port`
+    /// was 0), for the data grid to accept on. Until taken, the member holds
+    /// it so that no other process gets the same port; `None` once taken or
+    /// when the port was configured.
+    pub fn take_grid_listener(&self) -> Option<std::net::TcpListener> {
+        self.inner.grid_listener.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// This member's metrics; the transport feeds its hooks.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Gossip's view of every member this member heard of.
+    pub fn liveness(&self) -> BTreeMap<MemberId, cluster_core::Liveness> {
+        self.inner.liveness.liveness(&self.inner.store.status())
+    }
+
+    /// How far along consensus is on this member.
+    pub async fn consensus_progress(&self) -> cluster_core::ConsensusProgress {
+        self.inner.store.progress().await
+    }
+
+    /// Whether this member can serve now: it holds its short id, knows a
+    /// leader that has a quorum, and applied nearly all that is committed.
+    pub async fn readiness(&self) -> Readiness {
+        let status = self.inner.store.status();
+        let progress = self.inner.store.progress().await;
+        let short_id = *self.inner.short_id.borrow();
+        let lost_after = ClusterConfig::ms(self.inner.config.raft.election_timeout_max_ms * 3)
+            .max(Duration::from_millis(500));
+        Readiness::assess(short_id, &status, &progress, lost_after)
     }
 
     /// This member's permanent id.
@@ -362,6 +478,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let inner = &self.inner;
         let me = inner.member_id;
         let leave_wait = ClusterConfig::ms(inner.config.timeouts.leave_ms);
+        self.stop_http().await;
         self.stop_housekeeping().await;
         if let Err(e) = inner.membership.leave().await {
             warn!(member = %me, error = %e, "gossip leave failed; peers will see a failure");
@@ -391,11 +508,19 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     /// Stops at once without telling anyone, as a crash would: peers see a
     /// failure. For tests and emergencies; prefer [`shutdown`](Self::shutdown).
     pub async fn abort(self) -> Result<(), ClusterError> {
+        self.stop_http().await;
         self.stop_housekeeping().await;
         self.inner.membership.stop().await?;
         self.stop_service().await;
         self.inner.store.shutdown().await?;
         Ok(())
+    }
+
+    async fn stop_http(&self) {
+        let http = self.inner.http.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(http) = http {
+            http.shutdown().await;
+        }
     }
 
     async fn stop_service(&self) {
@@ -449,6 +574,26 @@ async fn wait_for_short_id<S: ConsensusStore>(
     }
 }
 
-fn free_tcp_port(host: IpAddr) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+/// An error binding `port` of `host` for `what`, naming both once.
+fn listen_error(host: IpAddr, port: u16, what: &str, e: &std::io::Error) -> cluster_core::Error {
+    cluster_core::Error::Io(format!(
+        "cannot listen on {} for the {what} port: {e}",
+        SocketAddr::new(host, port)
+    ))
+}
+
+async fn bind_tcp(host: IpAddr, port: u16, what: &'static str) -> Result<TcpListener, ClusterError> {
+    TcpListener::bind((host, port)).await.map_err(|e| start_err(what)(listen_error(host, port, what, &e)))
+}
+
+#[cfg(feature = "gossip-chitchat")]
+impl<S: ConsensusStore> ClusterOf<cluster_gossip::Gossip, S> {
+    /// This member's live gossip keyring: list, install, use (make primary)
+    /// and remove keys, each change persisted to the keyring file when there
+    /// is one. `None` when gossip is not encrypted. It acts on this member
+    /// only: a rotation installs the new key on every member, then uses it on
+    /// every member, then removes the old one on every member.
+    pub fn gossip_keyring(&self) -> Option<cluster_gossip::KeyringHandle> {
+        self.inner.membership.keyring().cloned()
+    }
 }

@@ -28,16 +28,24 @@ use serde::{Deserialize, Serialize};
 pub struct ClusterConfig {
     /// Members of other clusters are refused, in gossip and on every TCP port.
     pub cluster_id: String,
-    /// The host others reach this member at; every port binds on it.
+    /// The address every port binds on; also the one others reach this
+    /// member at, unless `advertise_host` says otherwise.
     pub host: String,
+    /// The address others reach this member at, when `host` is not it: a
+    /// wildcard bind (`0.0.0.0`, `::`) needs one.
+    pub advertise_host: Option<String>,
     /// Gossip (UDP) port; 0 picks a free one.
     pub gossip_port: u16,
     /// Raft RPC (TCP) port; 0 picks a free one.
     pub raft_port: u16,
     /// Forwarding-service (TCP) port; 0 picks a free one.
     pub service_port: u16,
-    /// The data grid's port, published to the other members; 0 picks a free one.
+    /// The data grid's port, published to the other members; 0 picks a free
+    /// one and holds it until the grid takes it
+    /// ([`take_grid_listener`](crate::ClusterOf::take_grid_listener)).
     pub grid_port: u16,
+    /// The operators' HTTP API (health, metrics, JSON KV); none: off, 0: a free port.
+    pub http_port: Option<u16>,
     /// Gossip addresses (`host:port`) of members to join; empty forms a new cluster.
     pub seeds: Vec<String>,
     /// How many voters the cluster keeps; the other members are nonvoters.
@@ -59,6 +67,40 @@ pub struct ClusterConfig {
     /// TLS options, not read from the config file).
     #[serde(skip)]
     pub security: cluster_rpc::Security,
+    /// Gossip encryption keys, standard base64 of 32 random bytes each
+    /// (`carbon keys generate`); the first is primary. Empty: gossip is not
+    /// encrypted (unless the keyring file holds keys).
+    pub gossip_keys: GossipKeys,
+    /// Where the gossip keyring is kept (mode 0600). Default: `gossip-keyring.json`
+    /// in `data_dir` when there is one. When the file exists it wins over
+    /// `gossip_keys`: it holds the ring as the last rotation left it.
+    pub gossip_keyring_file: Option<PathBuf>,
+}
+
+/// Gossip keys in base64. Secret: `Debug` shows how many, never a key.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GossipKeys(pub Vec<String>);
+
+impl fmt::Debug for GossipKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GossipKeys({} keys)", self.0.len())
+    }
+}
+
+/// The keyring file's name in the data directory.
+pub const GOSSIP_KEYRING_FILE: &str = "gossip-keyring.json";
+
+/// One base64 gossip key as its 32 bytes; the error never repeats the key.
+pub fn decode_gossip_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "not standard base64 (generate one with `carbon keys generate`)".to_owned())?;
+    let len = bytes.len();
+    bytes
+        .try_into()
+        .map_err(|_| format!("{len} bytes after decoding, not 32 (generate one with `carbon keys generate`)"))
 }
 
 impl Default for ClusterConfig {
@@ -66,10 +108,12 @@ impl Default for ClusterConfig {
         ClusterConfig {
             cluster_id: "carbon-grid".to_owned(),
             host: "127.0.0.1".to_owned(),
+            advertise_host: None,
             gossip_port: 0,
             raft_port: 0,
             service_port: 0,
             grid_port: 0,
+            http_port: None,
             seeds: Vec::new(),
             num_voters: 3,
             data_dir: None,
@@ -79,6 +123,8 @@ impl Default for ClusterConfig {
             raft: RaftSettings::default(),
             limits: cluster_rpc::Limits::default(),
             security: cluster_rpc::Security::default(),
+            gossip_keys: GossipKeys::default(),
+            gossip_keyring_file: None,
         }
     }
 }
@@ -219,14 +265,34 @@ impl ClusterConfig {
         }
         if self.host.trim().is_empty() {
             bad("host", "must not be empty".into());
-        } else if self.host.parse::<std::net::IpAddr>().is_err() {
-            bad("host", format!("{:?} is not an IP address", self.host));
+        } else {
+            match self.host.parse::<std::net::IpAddr>() {
+                Err(_) => bad("host", format!("{:?} is not an IP address", self.host)),
+                Ok(ip) if ip.is_unspecified() && self.advertise_host.is_none() => bad(
+                    "host",
+                    format!(
+                        "{} binds every interface, so it says nothing about where others reach this member: set advertise_host",
+                        self.host
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(a) = &self.advertise_host {
+            match a.parse::<std::net::IpAddr>() {
+                Err(_) => bad("advertise_host", format!("{a:?} is not an IP address")),
+                Ok(ip) if ip.is_unspecified() => {
+                    bad("advertise_host", format!("{a} is a wildcard; name an address others can reach"))
+                }
+                Ok(_) => {}
+            }
         }
         let ports = [
             ("gossip_port", self.gossip_port),
             ("raft_port", self.raft_port),
             ("service_port", self.service_port),
             ("grid_port", self.grid_port),
+            ("http_port", self.http_port.unwrap_or(0)),
         ];
         for (i, (name, port)) in ports.iter().enumerate() {
             if *port != 0 && ports[..i].iter().any(|(_, p)| p == port) {
@@ -292,7 +358,33 @@ impl ClusterConfig {
                 None => bad("limits", problem),
             }
         }
+        for (i, key) in self.gossip_keys.0.iter().enumerate() {
+            if let Err(problem) = decode_gossip_key(key) {
+                bad(&format!("gossip_keys[{i}]"), problem);
+            }
+        }
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
+    }
+
+    /// The keyring file: the configured one, else the one in `data_dir`, else none.
+    pub fn gossip_keyring_path(&self) -> Option<PathBuf> {
+        self.gossip_keyring_file
+            .clone()
+            .or_else(|| self.data_dir.as_ref().map(|d| d.join(GOSSIP_KEYRING_FILE)))
+    }
+
+    /// Gossip encryption as the membership backend takes it (keys that do not
+    /// decode are left out: [`validate`](ClusterConfig::validate) reports them).
+    pub fn gossip_encryption(&self) -> cluster_core::GossipEncryption {
+        cluster_core::GossipEncryption {
+            keys: self.gossip_keys.0.iter().filter_map(|k| decode_gossip_key(k).ok()).collect(),
+            keyring_file: self.gossip_keyring_path(),
+        }
+    }
+
+    /// The host others reach this member at: `advertise_host`, else `host`.
+    pub fn advertised_host(&self) -> &str {
+        self.advertise_host.as_deref().unwrap_or(&self.host)
     }
 
     /// `Timeouts` as durations.
@@ -343,6 +435,42 @@ mod tests {
             assert!(fields.contains(&f), "{f} not named in {errs}");
         }
         assert!(errs.to_string().contains("num_voters: must be at least 1"));
+    }
+
+    #[test]
+    fn gossip_keys_are_checked_and_never_shown() {
+        let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = ClusterConfig {
+            gossip_keys: GossipKeys(vec![good.into(), "c2hvcnQ=".into(), "!!".into()]),
+            data_dir: Some("/var/lib/carbon".into()),
+            ..Default::default()
+        };
+        let errs = c.validate().unwrap_err();
+        let fields: Vec<_> = errs.0.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["gossip_keys[1]", "gossip_keys[2]"]);
+        assert!(!format!("{c:?} {errs}").contains(good), "a key leaked");
+        let e = c.gossip_encryption();
+        assert_eq!(e.keys, vec![std::array::from_fn::<u8, 32, _>(|i| i as u8)]);
+        assert_eq!(e.keyring_file, Some(PathBuf::from("/var/lib/carbon").join(GOSSIP_KEYRING_FILE)));
+        let text = toml::to_string(&ClusterConfig {
+            gossip_keys: GossipKeys(vec![good.into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(toml::from_str::<ClusterConfig>(&text).unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_host_needs_an_advertised_one() {
+        let c = ClusterConfig { host: "0.0.0.0".into(), ..Default::default() };
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].field, "host", "{errs}");
+        assert!(errs.to_string().contains("advertise_host"), "{errs}");
+        let c = ClusterConfig { advertise_host: Some("127.0.0.1".into()), ..c };
+        c.validate().unwrap();
+        assert_eq!(c.advertised_host(), "127.0.0.1");
+        let c = ClusterConfig { advertise_host: Some("::".into()), ..c };
+        assert_eq!(c.validate().unwrap_err().0[0].field, "advertise_host");
     }
 
     #[test]

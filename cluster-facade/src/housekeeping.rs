@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
-    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, VoterChange, plan_endpoint_updates,
-    plan_records, plan_voters,
+    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal, VoterChange, admit,
+    plan_endpoint_updates, plan_records, plan_voters,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
@@ -55,6 +55,8 @@ pub(crate) struct Housekeeper<M, S> {
     published: (Option<RaftRole>, Option<ShortId>),
     own_short_id: watch::Sender<Option<ShortId>>,
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
+    /// The last refusal reported per gossip member, so each is logged once.
+    refused: HashMap<MemberId, String>,
 }
 
 impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
@@ -75,6 +77,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             published: (None, None),
             own_short_id,
             last_raft: None,
+            refused: HashMap::new(),
         }
     }
 
@@ -208,18 +211,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
     /// One round of the leader's housekeeping.
     async fn reconcile(&mut self) {
         let now = Instant::now();
-        let live: BTreeMap<MemberId, MemberInfo> = self
-            .membership
-            .members()
-            .into_iter()
-            .filter_map(|m| match MemberInfo::from_tags(m.id, &m.tags) {
-                Ok(info) => Some((m.id, info)),
-                Err(e) => {
-                    debug!(member = %m.id, error = %e, "member without usable tags yet");
-                    None
-                }
-            })
-            .collect();
+        let live = self.admitted();
         let status = self.store.status();
         // A member in raft that gossip does not show, and whose departure this
         // member never saw (it became leader later): its clock starts now.
@@ -260,6 +252,34 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         let status = self.store.status();
         let short_ids = self.store.short_ids().unwrap_or_default();
         self.departures.retain(|id, _| status.all_members().contains(id) || short_ids.contains_key(id));
+    }
+
+    /// The live gossip members that pass admission ([`admit`]): only they
+    /// can become raft members, hold short ids or have records. A refusal is
+    /// logged once per member and reason; missing tags (a member starting) only at debug.
+    fn admitted(&mut self) -> BTreeMap<MemberId, MemberInfo> {
+        let mut admitted = BTreeMap::new();
+        let mut refused = HashMap::new();
+        for m in self.membership.members() {
+            match admit(&m) {
+                Ok(info) => {
+                    admitted.insert(m.id, info);
+                }
+                Err(refusal) => {
+                    let reason = refusal.to_string();
+                    if self.refused.get(&m.id) != Some(&reason) {
+                        if matches!(refusal, Refusal::Tags(_)) {
+                            debug!(member = %self.me, of = %m.id, %reason, "gossip member not admitted yet");
+                        } else {
+                            warn!(member = %self.me, of = %m.id, %reason, "gossip member refused");
+                        }
+                    }
+                    refused.insert(m.id, reason);
+                }
+            }
+        }
+        self.refused = refused;
+        admitted
     }
 
     async fn balance_voters(
@@ -317,6 +337,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             .get_prefix(keys::MEMBERS_PREFIX)?
             .into_iter()
             .filter_map(|(k, v)| Some((keys::parse_member_key(&k).ok()?, MemberInfo::from_bytes(&v).ok()?)))
+            // A record filed under another member's id is not that member's:
+            // treated as absent, the planner rewrites it.
+            .filter(|(id, info): &(MemberId, MemberInfo)| info.member_id == *id)
             .collect();
         let leader_key = self
             .store

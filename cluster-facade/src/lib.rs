@@ -48,6 +48,15 @@
 //! a reap timeout after a failure). Every decision comes from the pure
 //! planners of `cluster_core::plan`.
 //!
+//! ## Operating a member
+//!
+//! With [`ClusterConfig::http_port`] a member serves the operators' HTTP API:
+//! `/health/live`, `/health/ready` (see [`Readiness`]), `/v1/status`,
+//! `/v1/members`, a JSON key-value API under `/v1/kv/{key}` (values in
+//! base64, or raw with `?raw`), and `/metrics` in Prometheus text (see
+//! [`Metrics`]). [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
+//! [`ClusterOf::metrics`] give the same to a program that embeds the member.
+//!
 //! ## Features
 //!
 //! - `gossip-chitchat` (default): membership on chitchat (`cluster-gossip`).
@@ -62,18 +71,31 @@ mod cluster;
 mod config;
 mod error;
 mod grid;
+mod health;
 mod housekeeping;
+mod http;
 mod identity;
+mod metrics;
+mod served;
 
 pub use cluster::{Addresses, ClusterOf};
-pub use config::{ClusterConfig, ConfigErrors, ConfigProblem, GossipSettings, RaftSettings, Timeouts};
+pub use config::{
+    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings,
+    RaftSettings, Timeouts, decode_gossip_key,
+};
 pub use error::ClusterError;
 pub use grid::GridEvents;
+pub use health::{READY_MAX_APPLY_LAG, Readiness};
+pub use metrics::{ConsensusGauges, Metrics};
 
 pub use cluster_core::{
-    self as core, CasOutcome, ConsensusStatus, ConsensusStore, ConsensusStoreExt, GridEventKind,
-    GridMemberEvent, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch, WatchEvent,
+    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
+    GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch,
+    WatchEvent,
 };
+/// Gossip keys and the live keyring ([`ClusterOf::gossip_keyring`]).
+#[cfg(feature = "gossip-chitchat")]
+pub use cluster_gossip::{GossipKey, KeyringHandle};
 pub use cluster_rpc as rpc;
 pub use cluster_service::{self as service, Proxy, ServiceClient};
 

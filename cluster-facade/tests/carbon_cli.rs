@@ -21,44 +21,84 @@ struct Agent {
     child: Child,
     service: String,
     gossip: String,
+    raft: String,
+    grid: String,
+    http: Option<String>,
     member_id: String,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Agent {
     fn start(config: &Path, seeds: &[&str]) -> Agent {
-        let mut cmd = carbon();
-        cmd.args(["agent", "--config"]).arg(config);
+        let mut args = vec!["--config".to_owned(), config.display().to_string()];
         for s in seeds {
-            cmd.args(["--seed", s]);
+            args.extend(["--seed".to_owned(), (*s).to_owned()]);
         }
+        Agent::spawn(&args)
+    }
+
+    /// `carbon agent ARGS`, once it printed its start line.
+    fn spawn(args: &[String]) -> Agent {
+        let mut cmd = carbon();
+        cmd.arg("agent").args(args);
         let mut child =
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("carbon agent starts");
         let stdout = child.stdout.take().unwrap();
-        // The first line names the member and its addresses.
-        let (tx, rx) = mpsc::channel();
+        // Every line, read as it comes (the agent never blocks on its stdout).
+        let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = match rx.recv_timeout(DEADLINE) {
+        let line = match lines.recv_timeout(DEADLINE) {
             Ok(line) if !line.is_empty() => line,
             other => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("carbon agent printed no start line: {other:?}");
             }
         };
         let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |k: &str| words.iter().position(|w| *w == k).map(|i| words[i + 1].to_owned()).unwrap();
+        let after = |k: &str| words.iter().position(|w| *w == k).map(|i| words[i + 1].to_owned());
         assert_eq!(words[0], "member", "{line}");
         for k in ["short_id", "gossip", "raft", "service", "grid"] {
             assert!(words.contains(&k), "start line lacks {k}: {line}");
         }
-        Agent { member_id: words[1].to_owned(), service: after("service"), gossip: after("gossip"), child }
+        Agent {
+            member_id: words[1].to_owned(),
+            service: after("service").unwrap(),
+            gossip: after("gossip").unwrap(),
+            raft: after("raft").unwrap(),
+            grid: after("grid").unwrap(),
+            http: after("http"),
+            child,
+            lines,
+        }
+    }
+
+    /// Waits for the line that says the member can serve a write.
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("ready ") => return,
+                Ok(_) => continue,
+                Err(e) => panic!("no ready line: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.signal("TERM");
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -73,6 +113,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
+            // A paused agent must run again to die of SIGKILL cleanly.
+            self.signal("CONT");
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -138,6 +180,11 @@ fn every_command_against_a_cluster_of_agents() {
             && members.as_array().is_some_and(|m| m.len() == 4 && m.iter().all(|m| !m["short_id"].is_null()))
     });
     let members = json(&run(&["members", "--service", &any, "--cluster-id", CLUSTER, "--json"]));
+    // By short id, each alive in gossip.
+    let shorts: Vec<u64> =
+        members.as_array().unwrap().iter().map(|m| m["short_id"].as_u64().unwrap()).collect();
+    assert!(shorts.windows(2).all(|w| w[0] < w[1]), "members not sorted by short id: {shorts:?}");
+    assert!(members.as_array().unwrap().iter().all(|m| m["liveness"] == "alive"), "{members}");
     for m in members.as_array().unwrap() {
         let id = m["member_id"].as_str().unwrap();
         let role = m["raft_role"].as_str().unwrap();
@@ -208,6 +255,552 @@ fn bad_configuration_exits_2_naming_every_problem() {
 fn the_demo_runs_to_its_end() {
     let out = run(&["demo", "--members", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("Done"), "{stdout}");
+    // Not a terminal: no colour or cursor codes. A normal leave warns of nothing.
+    assert!(!stdout.contains('\x1b'), "escape codes in piped output: {stdout:?}");
+    assert!(!stderr.contains("reset by peer"), "{stderr}");
+}
+
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+/// One HTTP/1.1 request; the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("http connects");
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+    let status_line = String::from_utf8_lossy(&out[..split]).lines().next().unwrap_or("").to_owned();
+    let status = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status");
+    (status, out[split + 4..].to_vec())
+}
+
+fn http_json(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, body) = http(addr, method, path, body);
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The first problems a new user met (issue 16), against two agents.
+#[test]
+fn what_a_new_user_tripped_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let cfg = config.display().to_string();
+    let a = Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
+    let b = Agent::spawn(&[s("--config"), cfg, s("--seed"), a.gossip.clone()]);
+
+    // Two members never share a grid port, and each port stays held.
+    assert_ne!(a.grid, b.grid);
+    for grid in [&a.grid, &b.grid] {
+        let taken = std::net::TcpListener::bind(grid.as_str());
+        assert!(taken.is_err(), "grid port {grid} is not held by its member");
+    }
+
+    let svc = a.service.clone();
+    let base = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([s("--service"), svc.clone(), s("--cluster-id"), s(CLUSTER)]);
+        all
+    };
+    let run_s = |args: Vec<String>| carbon().args(args).output().unwrap();
+
+    // A bad address is a usage error at once.
+    let t = Instant::now();
+    let out = run(&["members", "--service", "notanaddress"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+
+    // A dead address: exit 3 after the timeout, saying so.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let out = run(&["status", "--service", &dead, "--timeout", "2s"]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "took {took:?}");
+    assert!(stderr(&out).contains("2s"), "{}", stderr(&out));
+
+    // The raft port is not the service port.
+    let out = run(&["status", "--service", &a.raft, "--cluster-id", CLUSTER]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a service port"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("UnexpectedVariant"), "{}", stderr(&out));
+
+    // Another cluster id: a configuration error that names the flag, not the cluster's id.
+    let out = run(&["status", "--service", &svc, "--cluster-id", "another"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--cluster-id \"another\""), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(CLUSTER), "the cluster's id leaked: {}", stderr(&out));
+
+    // Defaults from the environment.
+    let out = carbon()
+        .args(["status", "--json"])
+        .env("CARBON_SERVICE", format!("{dead},{svc}"))
+        .env("CARBON_CLUSTER_ID", CLUSTER)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Keys: empty refused, missing as JSON null, non-UTF-8 as base64, internal records hidden.
+    let out = run_s(base(&["kv", "set", "", "x"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = run_s(base(&["kv", "get", "missing", "--json", "--consistent"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!({"key": "missing", "value": null})
+    );
+    let http_a = a.http.clone().expect("http address in the start line");
+    let binary = [0xffu8, 0xfe, 0, 1, b'x'];
+    let (code, put) = http_json(&http_a, "PUT", "/v1/kv/bin/one", &binary);
+    assert_eq!((code, &put["created"]), (200, &Value::Bool(true)), "{put}");
+    assert!(run_s(base(&["kv", "set", "text", "plain"])).status.success());
+    let mut list = Value::Null;
+    wait_until("member a applied both writes", || {
+        let out = run_s(base(&["kv", "list", "", "--json"]));
+        list = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array().is_some_and(|l| l.len() == 2)
+    });
+    let keys: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["bin/one", "text"], "internal records shown: {list}");
+    assert_eq!(list[0]["value_base64"], "//4AAXg=", "{list}");
+    assert!(list[0].get("value").is_none());
+    assert_eq!(list[1]["value"], "plain");
+    let all = json(&run_s(base(&["kv", "list", "", "--json", "--all"])));
+    assert!(all.as_array().unwrap().iter().any(|e| e["key"].as_str().unwrap().starts_with("carbon-grid/")));
+
+    // Log lines: plain text off a terminal, JSON when asked.
+    let out = carbon()
+        .args(["status", "--service", &dead, "--timeout", "1s"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains('\x1b'), "colour codes off a terminal: {:?}", stderr(&out));
+    let out = carbon()
+        .args(["status", "--service", &dead, "--timeout", "1s", "--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let logs: Vec<String> =
+        stderr(&out).lines().filter(|l| !l.starts_with("carbon:")).map(str::to_owned).collect();
+    assert!(!logs.is_empty(), "no debug logs");
+    for l in &logs {
+        assert!(serde_json::from_str::<Value>(l).is_ok(), "not a JSON log line: {l}");
+    }
+    drop(b);
+    drop(a);
+}
+
+#[test]
+fn a_taken_port_is_named_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["agent", "--service-port", &port]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = stderr(&out);
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("service"), "{err}");
+}
+
+#[test]
+fn a_wildcard_bind_advertises_another_address() {
+    let out = run(&["agent", "--host", "0.0.0.0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("advertise_host"), "{}", stderr(&out));
+
+    let a = Agent::spawn(&[
+        s("--host"),
+        s("0.0.0.0"),
+        s("--advertise-host"),
+        s("127.0.0.1"),
+        s("--cluster-id"),
+        s(CLUSTER),
+    ]);
+    for addr in [&a.service, &a.gossip, &a.raft, &a.grid] {
+        assert!(addr.starts_with("127.0.0.1:"), "advertised {addr}");
+    }
+    let b = Agent::spawn(&[s("--cluster-id"), s(CLUSTER), s("--seed"), a.gossip.clone()]);
+    wait_until("both members recorded", || {
+        let out = run(&["members", "--service", &a.service, "--cluster-id", CLUSTER, "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|m| m.as_array().is_some_and(|m| m.len() == 2))
+    });
+    let out = run(&["kv", "set", "k", "v", "--service", &b.service, "--cluster-id", CLUSTER]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Three agents with the HTTP API: metrics, binary KV, readiness through a quorum loss.
+#[test]
+fn http_api_metrics_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let cfg = config.display().to_string();
+    let a = Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
+    let mut agents = vec![a];
+    for _ in 0..2 {
+        let seed = agents[0].gossip.clone();
+        agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0"), s("--seed"), seed]));
+    }
+    let https: Vec<String> = agents.iter().map(|a| a.http.clone().unwrap()).collect();
+    wait_until("every member ready", || https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200));
+    assert_eq!(http(&https[0], "GET", "/health/live", b"").0, 200);
+
+    // KV round trip of binary values, across members.
+    let value: Vec<u8> = (0..=255u8).collect();
+    let (code, _) = http(&https[1], "PUT", "/v1/kv/blob/a", &value);
+    assert_eq!(code, 200);
+    let (code, got) = http_json(&https[2], "GET", "/v1/kv/blob/a", b"");
+    assert_eq!(code, 200);
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(got["value"].as_str().unwrap()).unwrap();
+    assert_eq!(decoded, value);
+    assert_eq!(http(&https[2], "GET", "/v1/kv/blob/a?raw", b"").1, value);
+    assert_eq!(http(&https[0], "GET", "/v1/kv/nothing", b"").0, 404);
+    assert_eq!(http(&https[0], "PUT", "/v1/kv/carbon-grid/x", b"no").0, 400);
+    let (code, del) = http_json(&https[0], "DELETE", "/v1/kv/blob/a", b"");
+    assert_eq!((code, &del["deleted"]), (200, &Value::Bool(true)));
+    let (_, members) = http_json(&https[0], "GET", "/v1/members", b"");
+    assert_eq!(members.as_array().map(|m| m.len()), Some(3), "{members}");
+    assert!(members.as_array().unwrap().iter().all(|m| m["liveness"] == "alive"), "{members}");
+    let (_, status) = http_json(&https[0], "GET", "/v1/status", b"");
+    assert!(status["leader"].is_string(), "{status}");
+
+    // A scrape parses as Prometheus text and moves after writes.
+    let scrape = |h: &str| {
+        let text = String::from_utf8(http(h, "GET", "/metrics", b"").1).unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        prometheus_parse::Scrape::parse(lines).expect("a Prometheus scrape")
+    };
+    let value_of = |scrape: &prometheus_parse::Scrape, name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name} not in the scrape"))
+    };
+    let before = scrape(&https[0]);
+    for i in 0..5 {
+        assert_eq!(http(&https[0], "PUT", &format!("/v1/kv/m/{i}"), b"v").0, 200);
+    }
+    let after = scrape(&https[0]);
+    for name in ["carbon_raft_applied_index", "carbon_raft_last_log_index"] {
+        assert!(value_of(&after, name) >= value_of(&before, name) + 5.0, "{name} did not move");
+    }
+    assert_eq!(value_of(&after, "carbon_raft_term"), value_of(&before, "carbon_raft_term"));
+    assert_eq!(value_of(&after, "carbon_raft_voters"), 3.0);
+    assert!(after.samples.iter().any(|s| s.metric == "carbon_gossip_members"
+        && s.labels.get("state") == Some("alive")
+        && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 3.0)));
+    let leader = agents.iter().position(|a| {
+        scrape(a.http.as_deref().unwrap()).samples.iter().any(|s| {
+            s.metric == "carbon_raft_is_leader"
+                && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)
+        })
+    });
+    let leader = leader.expect("one member leads");
+    let writes = scrape(&https[0])
+        .samples
+        .iter()
+        .find(|s| s.metric == "carbon_store_write_seconds")
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            _ => 0.0,
+        })
+        .unwrap_or(0.0);
+    assert!(writes >= 5.0, "the member timed {writes} writes");
+
+    // Quorum lost: two of three paused; the third says 503 within 2 s.
+    let survivor = (leader + 1) % 3;
+    for (i, a) in agents.iter().enumerate() {
+        if i != survivor {
+            a.signal("STOP");
+        }
+    }
+    let paused = Instant::now();
+    let h = &https[survivor];
+    while http(h, "GET", "/health/ready", b"").0 != 503 {
+        assert!(paused.elapsed() < Duration::from_secs(10), "still ready without a quorum");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = paused.elapsed();
+    assert!(took < Duration::from_secs(2), "503 only after {took:?}");
+    eprintln!("a follower without a quorum answered 503 after {took:?}");
+    // The leader too, once it is the survivor's turn: pause all but the leader.
+    for a in &agents {
+        a.signal("CONT");
+    }
+    wait_until("ready again after the quorum is back", || {
+        https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
+    });
+    // Leadership may have moved meanwhile: the survivor's elections raised the term.
+    let is_leader = |h: &str| http_json(h, "GET", "/v1/status", b"").1["role"] == "leader";
+    let mut leader = 0;
+    wait_until("a leader", || match https.iter().position(|h| is_leader(h)) {
+        Some(l) => {
+            leader = l;
+            true
+        }
+        None => false,
+    });
+    for (i, a) in agents.iter().enumerate() {
+        if i != leader {
+            a.signal("STOP");
+        }
+    }
+    let paused = Instant::now();
+    assert!(is_leader(&https[leader]), "leadership moved before the pause");
+    while http(&https[leader], "GET", "/health/ready", b"").0 != 503 {
+        assert!(paused.elapsed() < Duration::from_secs(10), "a leader without a quorum is still ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = paused.elapsed();
+    assert!(took < Duration::from_secs(2), "the leader said 503 only after {took:?}");
+    eprintln!("a leader without a quorum answered 503 after {took:?}");
+    for a in &agents {
+        a.signal("CONT");
+    }
+    wait_until("ready again after the quorum is back", || {
+        https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
+    });
+}
+
+/// A dead member forced out frees its short id for the next joiner.
+#[test]
+fn force_leave_frees_the_short_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let first = Agent::start(&config, &[]);
+    let seed = first.gossip.clone();
+    let mut agents = vec![first];
+    for _ in 0..3 {
+        agents.push(Agent::start(&config, &[&seed]));
+    }
+    let svc = agents[0].service.clone();
+    let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
+    wait_until("4 members with short ids", || {
+        members().as_array().is_some_and(|m| m.len() == 4 && m.iter().all(|m| !m["short_id"].is_null()))
+    });
+    let list = members();
+    let two = list.as_array().unwrap().iter().find(|m| m["short_id"] == 2).unwrap()["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim = agents.iter().position(|a| a.member_id == two).unwrap();
+    let victim_agent = agents.remove(victim);
+    let svc = agents[0].service.clone();
+    let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
+    drop(victim_agent); // SIGKILL: no leave
+    wait_until("gossip no longer sees #2 alive", || {
+        members().as_array().unwrap().iter().any(|m| m["short_id"] == 2 && m["liveness"] != "alive")
+    });
+    let out = run(&["force-leave", "#2", "--service", &svc, "--cluster-id", CLUSTER, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(left["held_short_id"], true, "{left}");
+    assert!(members().as_array().unwrap().iter().all(|m| m["member_id"] != two.as_str()));
+    let out = run(&["force-leave", &two, "--service", &svc, "--cluster-id", CLUSTER]);
+    assert_eq!(out.status.code(), Some(1), "a second force-leave finds nothing: {}", stderr(&out));
+    let out = run(&["force-leave", "#x", "--service", &svc, "--cluster-id", CLUSTER]);
+    assert_eq!(out.status.code(), Some(2));
+    let newcomer = Agent::start(&config, &[&seed_of(&agents)]);
+    wait_until("the newcomer recorded", || {
+        members().as_array().unwrap().iter().any(|m| m["member_id"] == newcomer.member_id.as_str())
+    });
+    let list = members();
+    let short = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member_id"] == newcomer.member_id.as_str())
+        .unwrap()["short_id"]
+        .clone();
+    assert_eq!(short, 2, "the freed short id goes to the next joiner: {list}");
+}
+
+fn seed_of(agents: &[Agent]) -> String {
+    agents[0].gossip.clone()
+}
+
+/// save → wipe → restore gives the same keys; a corrupt backup is refused.
+#[test]
+fn snapshot_save_wipe_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = |data: &Path| {
+        vec![
+            s("--cluster-id"),
+            s(CLUSTER),
+            s("--data-dir"),
+            data.display().to_string(),
+            s("--http-port"),
+            s("0"),
+        ]
+    };
+    let a = Agent::spawn(&args(&data));
+    a.wait_ready();
+    let svc = a.service.clone();
+    for (k, v) in [("a", "1"), ("b/c", "two"), ("z", "")] {
+        let out = run(&["kv", "set", k, v, "--service", &svc, "--cluster-id", CLUSTER]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let h = a.http.clone().unwrap();
+    assert_eq!(http(&h, "PUT", "/v1/kv/bin", &[0xff, 0x00, 0x80]).0, 200);
+    let list =
+        |svc: &str| json(&run(&["kv", "list", "", "--json", "--service", svc, "--cluster-id", CLUSTER]));
+    let before = list(&svc);
+    assert_eq!(before.as_array().unwrap().len(), 4);
+    let backup = dir.path().join("backup.snap");
+    let out =
+        run(&["snapshot", "save", backup.to_str().unwrap(), "--service", &svc, "--cluster-id", CLUSTER]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(a.stop().success());
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // A corrupt backup exits 2 and writes nothing.
+    let mut bytes = std::fs::read(&backup).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    let corrupt = dir.path().join("corrupt.snap");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let restored = dir.path().join("restored");
+    let out =
+        run(&["snapshot", "restore", corrupt.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+    assert!(!restored.exists());
+
+    let out = run(&[
+        "snapshot",
+        "restore",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "--cluster-id",
+        CLUSTER,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b = Agent::spawn(&args(&restored));
+    b.wait_ready();
+    assert_eq!(list(&b.service), before);
+}
+
+/// After every member was killed and restarted, the ready line means a write works.
+#[test]
+fn after_a_whole_cluster_restart_ready_means_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let cfg = config.display().to_string();
+    let data = |i: usize| dir.path().join(format!("m{i}")).display().to_string();
+    let first = Agent::spawn(&[s("--config"), cfg.clone(), s("--data-dir"), data(0)]);
+    let mut agents = vec![first];
+    for i in 1..3 {
+        let seed = agents[0].gossip.clone();
+        agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--data-dir"), data(i), s("--seed"), seed]));
+    }
+    let svc = agents[0].service.clone();
+    wait_until("3 voters", || {
+        let st = json(&run(&["status", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
+        st["voters"].as_object().map(|v| v.len()) == Some(3)
+    });
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.to_owned();
+    let ports: Vec<[String; 3]> =
+        agents.iter().map(|a| [port(&a.gossip), port(&a.raft), port(&a.service)]).collect();
+    let gossips: Vec<String> = agents.iter().map(|a| a.gossip.clone()).collect();
+    drop(agents); // SIGKILL, all of them
+    let restarted: Vec<Agent> = (0..3)
+        .map(|i| {
+            let [g, r, sv] = ports[i].clone();
+            let mut args = vec![
+                s("--config"),
+                cfg.clone(),
+                s("--data-dir"),
+                data(i),
+                s("--gossip-port"),
+                g,
+                s("--raft-port"),
+                r,
+                s("--service-port"),
+                sv,
+            ];
+            for (j, seed) in gossips.iter().enumerate() {
+                if j != i {
+                    args.extend([s("--seed"), seed.clone()]);
+                }
+            }
+            args
+        })
+        // Started together, not one by one: none can be ready alone.
+        .map(|args| std::thread::spawn(move || Agent::spawn(&args)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("agent restarts"))
+        .collect();
+    for a in &restarted {
+        a.wait_ready();
+        let out = run(&[
+            "kv",
+            "set",
+            "after",
+            "restart",
+            "--service",
+            &a.service,
+            "--cluster-id",
+            CLUSTER,
+            "--timeout",
+            "3s",
+        ]);
+        assert!(out.status.success(), "a write right after the ready line failed: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_member_on_a_network_address_needs_a_gossip_key_or_insecure() {
+    // 192.0.2.1 (TEST-NET-1) is never local: past the check, binding fails.
+    let out =
+        carbon().args(["agent", "--host", "192.0.2.1"]).env_remove("CARBON_GOSSIP_KEY").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("--gossip-key") && err.contains("--insecure"), "{err}");
+
+    let key = run(&["keys", "generate"]);
+    assert!(key.status.success());
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+    for args in [vec!["--gossip-key", key.as_str()], vec!["--insecure"]] {
+        let out = carbon()
+            .args(["agent", "--host", "192.0.2.1"])
+            .args(&args)
+            .env_remove("CARBON_GOSSIP_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "past the check, the bind fails: {err}");
+        assert!(!err.contains(&key), "the key leaked into the error: {err}");
+    }
+    let out = run(&["agent", "--gossip-key", "c2hvcnQ="]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::ChannelTransport;
 use cluster_core::{FailureDetection, MemberId, MembershipConfig};
 
 use crate::error::GossipError;
+use crate::keyring::{GossipKey, Keyring};
 use crate::keys::{RESERVED_PREFIX, is_reserved};
 
 /// How members exchange gossip.
@@ -84,6 +86,15 @@ pub struct GossipConfig {
     pub tombstone_grace: Duration,
     /// Events buffered per subscriber before it receives a `Resync`. Default 1024.
     pub event_buffer: usize,
+    /// Encryption: every datagram is sealed with the ring's primary key and
+    /// only datagrams a key of the ring opens are read. `None` (the default,
+    /// for tests and quick starts): plaintext gossip, which anyone who can
+    /// reach the port can read and join. Needs the UDP transport.
+    pub keyring: Option<Keyring>,
+    /// Where the keyring is persisted (mode 0600, replaced atomically on
+    /// every change). When the file exists it wins over `keyring`: it holds
+    /// the ring as the last rotation left it.
+    pub keyring_file: Option<PathBuf>,
 }
 
 impl Default for GossipConfig {
@@ -102,6 +113,8 @@ impl Default for GossipConfig {
             leave_timeout: Duration::from_secs(3),
             tombstone_grace: Duration::from_secs(15 * 60),
             event_buffer: 1024,
+            keyring: None,
+            keyring_file: None,
         }
     }
 }
@@ -124,6 +137,8 @@ impl From<MembershipConfig> for GossipConfig {
             gossip_interval: c.gossip_interval,
             failure_detection: c.failure_detection,
             tags: c.tags,
+            keyring: Keyring::from_keys(c.encryption.keys.into_iter().map(GossipKey::from_bytes)).ok(),
+            keyring_file: c.encryption.keyring_file,
             ..GossipConfig::default()
         }
     }
@@ -196,6 +211,18 @@ impl GossipConfig {
         self
     }
 
+    /// Encrypts gossip with `keyring` (its primary key seals).
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// Persists the keyring in `path` (and reads it from there when it exists).
+    pub fn with_keyring_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.keyring_file = Some(path.into());
+        self
+    }
+
     /// Checks the configuration; the error lists every problem with its field.
     pub fn validate(&self) -> Result<(), GossipError> {
         let mut problems = Vec::new();
@@ -235,6 +262,14 @@ impl GossipConfig {
         if self.event_buffer == 0 {
             problems.push("event_buffer: must be at least 1".to_owned());
         }
+        if matches!(self.transport, GossipTransport::Channel(_))
+            && (self.keyring.is_some() || self.keyring_file.is_some())
+        {
+            problems.push(
+                "keyring: encryption needs the UDP transport (the channel transport carries no bytes to seal)"
+                    .to_owned(),
+            );
+        }
         if problems.is_empty() { Ok(()) } else { Err(GossipError::InvalidConfig { problems }) }
     }
 }
@@ -270,6 +305,7 @@ mod tests {
             gossip_interval: Duration::from_millis(10),
             failure_detection: FailureDetection::default(),
             tags: BTreeMap::from([("a".into(), "b".into())]),
+            encryption: cluster_core::GossipEncryption { keys: vec![[3; 32], [4; 32]], keyring_file: None },
         };
         let g = GossipConfig::from(m.clone());
         assert_eq!(
@@ -277,5 +313,7 @@ mod tests {
             (m.member_id, 7, m.cluster_id, m.seeds)
         );
         assert_eq!(g.tags, m.tags);
+        let ring = g.keyring.unwrap_or_else(|| panic!("keys were given"));
+        assert_eq!(ring.keys(), [GossipKey::from_bytes([3; 32]), GossipKey::from_bytes([4; 32])]);
     }
 }

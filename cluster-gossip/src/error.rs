@@ -2,6 +2,7 @@
 //! [`cluster_core::Error`] for callers that use the [`Membership`](cluster_core::Membership) trait.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Result alias with [`GossipError`].
 pub type Result<T, E = GossipError> = std::result::Result<T, E>;
@@ -32,6 +33,35 @@ pub enum GossipError {
         /// The reserved prefix.
         prefix: &'static str,
     },
+    /// A gossip key that is not 32 bytes of standard base64. The message never
+    /// repeats the key.
+    #[error(
+        "invalid gossip key: {reason} (expected 32 random bytes in standard base64, e.g. from `carbon keys generate`)"
+    )]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A keyring operation names a key the keyring does not hold.
+    #[error("gossip key {key_id} is not in the keyring; install it first")]
+    KeyNotInstalled {
+        /// The key's id (not the key).
+        key_id: String,
+    },
+    /// The primary key cannot be removed: make another key primary first.
+    #[error("gossip key {key_id} is the primary key; `use` another key before removing it")]
+    RemovePrimary {
+        /// The key's id (not the key).
+        key_id: String,
+    },
+    /// The keyring file could not be read, parsed or written.
+    #[error("keyring file {}: {reason}", path.display())]
+    KeyringFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (the io error, or what is wrong with its content).
+        reason: String,
+    },
     /// The member was stopped or left; start a new one.
     #[error("the gossip member is stopped")]
     Stopped,
@@ -43,10 +73,14 @@ pub enum GossipError {
 impl From<GossipError> for cluster_core::Error {
     fn from(e: GossipError) -> Self {
         match e {
-            GossipError::InvalidConfig { .. } | GossipError::ReservedTag { .. } => {
-                cluster_core::Error::BadRequest(e.to_string())
+            GossipError::InvalidConfig { .. }
+            | GossipError::ReservedTag { .. }
+            | GossipError::InvalidKey { .. }
+            | GossipError::KeyNotInstalled { .. }
+            | GossipError::RemovePrimary { .. } => cluster_core::Error::BadRequest(e.to_string()),
+            GossipError::Bind { .. } | GossipError::KeyringFile { .. } => {
+                cluster_core::Error::Io(e.to_string())
             }
-            GossipError::Bind { .. } => cluster_core::Error::Io(e.to_string()),
             GossipError::Stopped => cluster_core::Error::ShuttingDown,
             GossipError::Internal(m) => cluster_core::Error::Internal(m),
         }

@@ -22,8 +22,10 @@ use crate::config::GossipConfig;
 use crate::error::{GossipError, Result};
 use crate::events::diff::Tracker;
 use crate::events::task::EventsTask;
+use crate::keyring::KeyringHandle;
 use crate::keys::{RESERVED_PREFIX, is_reserved};
 use crate::leave::announce_and_wait;
+use crate::socket::{DatagramStats, Shared};
 use crate::transport;
 
 /// The background parts of a running member.
@@ -42,6 +44,8 @@ pub struct Gossip {
     generation: u64,
     gossip_addr: SocketAddr,
     leave_timeout: Duration,
+    keyring: Option<KeyringHandle>,
+    socket: Arc<Shared>,
     chitchat: Arc<Mutex<Chitchat>>,
     /// `None` once stopped; taken out before any `.await`.
     running: StdMutex<Option<Running>>,
@@ -56,6 +60,7 @@ impl std::fmt::Debug for Gossip {
             .field("generation", &self.generation)
             .field("gossip_addr", &self.gossip_addr)
             .field("running", &self.is_running())
+            .field("encrypted", &self.keyring.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +74,11 @@ impl Gossip {
     /// seeds, and publishes the initial tags.
     pub async fn start(config: GossipConfig) -> Result<Gossip> {
         config.validate()?;
-        let (socket, bound) = transport::open(&config.transport, config.listen_addr).await?;
+        let keyring = KeyringHandle::open(config.keyring.clone(), config.keyring_file.clone())?;
+        let span = info_span!("gossip", member = %config.member_id);
+        let shared = Shared::new(keyring.clone(), config.cluster_id.clone());
+        let (socket, bound) =
+            transport::open(&config.transport, config.listen_addr, shared.clone(), span.clone()).await?;
         let mut advertise = config.advertise_addr.unwrap_or(bound);
         if advertise.port() == 0 {
             advertise.set_port(bound.port());
@@ -101,7 +110,6 @@ impl Gossip {
         let live = chitchat.lock().await.live_nodes_watcher();
         let hub = membership_hub(config.event_buffer);
         let (stop_events, stop_rx) = oneshot::channel();
-        let span = info_span!("gossip", member = %config.member_id);
         let task = EventsTask {
             self_id: config.member_id,
             chitchat: chitchat.clone(),
@@ -111,12 +119,23 @@ impl Gossip {
             housekeeping: Duration::from_secs(1).max(config.gossip_interval),
         };
         let events = tokio::spawn(task.run(stop_rx).instrument(span.clone()));
-        span.in_scope(|| info!(addr = %advertise, cluster = %config.cluster_id, "gossip member started"));
+        let primary = keyring.as_ref().map(|k| k.keys().primary().id().to_string());
+        span.in_scope(|| {
+            info!(
+                addr = %advertise,
+                cluster = %config.cluster_id,
+                encryption = primary.as_deref().map_or("off", |_| "on"),
+                primary_key = primary.as_deref().unwrap_or("-"),
+                "gossip member started"
+            )
+        });
         Ok(Gossip {
             member_id: config.member_id,
             generation: config.generation,
             gossip_addr: advertise,
             leave_timeout: config.leave_timeout,
+            keyring,
+            socket: shared,
             chitchat,
             running: StdMutex::new(Some(Running { chitchat: handle, events, stop_events })),
             hub: StdMutex::new(Some(hub)),
@@ -136,6 +155,19 @@ impl Gossip {
     /// The address peers gossip with this member at (the real port when 0 was asked).
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip_addr
+    }
+
+    /// The live keyring (list, install, use, remove keys), or `None` when
+    /// gossip is not encrypted. Encryption cannot be turned on or off on a
+    /// running member: that would cut it off from the others.
+    pub fn keyring(&self) -> Option<&KeyringHandle> {
+        self.keyring.as_ref()
+    }
+
+    /// Counts of datagrams received, handed to chitchat, dropped (and why)
+    /// and not sent, since the member started. Zero on the channel transport.
+    pub fn datagram_stats(&self) -> DatagramStats {
+        self.socket.stats()
     }
 
     /// Whether the member still gossips (neither stopped nor left).

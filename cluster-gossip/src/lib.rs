@@ -20,7 +20,26 @@
 //!   member, reported `Joined` again;
 //! - graceful leave, which chitchat lacks: a reserved key (see
 //!   [`RESERVED_PREFIX`]) announces it, peers acknowledge it, and peers report
-//!   the member `Left` rather than `Failed`.
+//!   the member `Left` rather than `Failed`;
+//! - the UDP socket under chitchat, and with it **encryption**, which chitchat
+//!   lacks too. With a [`Keyring`] in [`GossipConfig::keyring`], every
+//!   datagram is sealed with AES-256-GCM under the ring's primary key (a
+//!   random 96-bit nonce each; the key id and the cluster id bound as
+//!   associated data), and a datagram no key of the ring opens is dropped
+//!   before anything decompresses or parses it. Keys rotate without downtime
+//!   like serf's: [`KeyringHandle::install`] the new key on every member,
+//!   [`use_key`](KeyringHandle::use_key) it on every member, then
+//!   [`remove`](KeyringHandle::remove) the old one; with
+//!   [`GossipConfig::keyring_file`] the ring survives restarts;
+//! - checks on every datagram, encrypted or not, before chitchat sees it: its
+//!   structure, and a bound on what its zstd blocks expand to (chitchat's own
+//!   decoder has none). Dropped datagrams are counted
+//!   ([`Gossip::datagram_stats`]) and logged at most once per 10 s per source.
+//!
+//! Without a keyring, anyone who can send to the gossip port can read the
+//! members' tags and join: chitchat compares the cluster id of a Syn only,
+//! and applies a SynAck or an Ack from anyone. Use a keyring on any network
+//! you do not fully trust (`examples/encrypted.rs`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -56,17 +75,25 @@
 //! # }
 //! ```
 
+mod codec;
 mod config;
+mod datagram;
+mod drop_log;
 mod error;
 mod events;
 mod gossip;
+mod keyring;
 mod keys;
 mod leave;
 mod member;
+mod seal;
+mod socket;
 mod transport;
 
 pub use chitchat::transport::ChannelTransport;
 pub use config::{GossipConfig, GossipTransport, generation_now};
 pub use error::{GossipError, Result};
 pub use gossip::Gossip;
+pub use keyring::{GossipKey, KEY_LEN, KeyId, Keyring, KeyringHandle};
 pub use keys::{RESERVED_PREFIX, is_reserved};
+pub use socket::DatagramStats;

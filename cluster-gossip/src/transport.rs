@@ -1,5 +1,7 @@
 //! Opening the gossip socket before chitchat starts, so that the real bound
 //! address is known (port 0) and can be advertised in the member's chitchat id.
+//! UDP goes through this crate's own [`GossipSocket`] (sealing, checks,
+//! rate-limited logs); the channel transport is chitchat's, for tests.
 //!
 //! chitchat opens its socket itself inside `spawn_chitchat`, after the chitchat
 //! id (with its advertised address) is fixed. So we open the socket first on the
@@ -9,21 +11,27 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use chitchat::transport::{Socket, Transport, UdpTransport};
+use chitchat::transport::{Socket, Transport};
+use tracing::Span;
 
 use crate::config::GossipTransport;
 use crate::error::GossipError;
+use crate::socket::{GossipSocket, Shared};
 
 /// Opens the socket of `choice` on `listen_addr`; returns it with its bound address.
 pub(crate) async fn open(
     choice: &GossipTransport,
     listen_addr: SocketAddr,
+    shared: Arc<Shared>,
+    span: Span,
 ) -> Result<(OpenedSocket, SocketAddr), GossipError> {
     let bind_err = |e: anyhow::Error| GossipError::Bind { addr: listen_addr, reason: format!("{e:#}") };
-    let socket = match choice {
-        GossipTransport::Udp => UdpTransport.open(listen_addr).await.map_err(bind_err)?,
+    let socket: Box<dyn Socket> = match choice {
+        GossipTransport::Udp => {
+            Box::new(GossipSocket::open(listen_addr, shared, span).await.map_err(bind_err)?)
+        }
         GossipTransport::Channel(t) => t.open(listen_addr).await.map_err(bind_err)?,
     };
     let bound = socket.local_addr().map_err(bind_err)?;

@@ -322,6 +322,7 @@ async fn port_zero_reserved_tags_and_the_membership_trait() {
         gossip_interval: base.gossip_interval,
         failure_detection: base.failure_detection.clone(),
         tags: BTreeMap::from([("a".to_owned(), "1".to_owned())]),
+        encryption: Default::default(),
     };
     let g = <Gossip as Membership>::start(config.clone()).await.expect("starts");
     assert_ne!(Membership::gossip_addr(&g).port(), 0);

@@ -9,7 +9,11 @@
 //! connection) when it was not.
 
 use cluster_core::wire::WireCodec;
-use cluster_core::{ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest, keys};
+use std::collections::BTreeMap;
+
+use cluster_core::{
+    ConsensusStatus, Error, Liveness, MemberId, MemberInfo, Result, WriteOutcome, WriteRequest, keys,
+};
 use serde::{Deserialize, Serialize};
 
 /// The request id under which the server reports an error that belongs to no
@@ -42,6 +46,18 @@ pub enum Request {
     Members,
     /// What the member knows about consensus.
     Status,
+    /// The whole store with its revision, read linearizably; served by the
+    /// leader only. For backups (`carbon snapshot save`).
+    Export,
+    /// Removes a member from raft now, frees its short id and drops its
+    /// records, without waiting for the failure grace or the reap timeout;
+    /// served by the leader only. For members that will not come back.
+    ForceLeave {
+        /// The member to remove.
+        member: MemberId,
+    },
+    /// Gossip's view of the members, as the member asked sees it.
+    Liveness,
 }
 
 impl Request {
@@ -54,12 +70,18 @@ impl Request {
             Request::Write(_) => "write",
             Request::Members => "members",
             Request::Status => "status",
+            Request::Export => "export",
+            Request::ForceLeave { .. } => "force leave",
+            Request::Liveness => "liveness",
         }
     }
 
     /// True if only the leader can serve it.
     pub fn needs_leader(&self) -> bool {
-        matches!(self, Request::ConsistentGet { .. } | Request::Write(_))
+        matches!(
+            self,
+            Request::ConsistentGet { .. } | Request::Write(_) | Request::Export | Request::ForceLeave { .. }
+        )
     }
 }
 
@@ -77,6 +99,17 @@ pub enum Response {
     Members(Vec<MemberInfo>),
     /// Answer to `Status`.
     Status(Box<ConsensusStatus>),
+    /// Answer to `Export`: every entry of the store at `revision`.
+    Export {
+        /// The store's revision the entries are of.
+        revision: u64,
+        /// Every entry, in key order, the cluster's own records included.
+        entries: Vec<(String, Vec<u8>)>,
+    },
+    /// Answer to `ForceLeave`: what there was to remove.
+    ForceLeft(ForceLeft),
+    /// Answer to `Liveness`.
+    Liveness(BTreeMap<MemberId, Liveness>),
     /// The request failed; [`Error::NotLeader`] carries the leader the member knows.
     Err(Error),
 }
@@ -90,6 +123,9 @@ impl Response {
             Response::Written(_) => "written",
             Response::Members(_) => "members",
             Response::Status(_) => "status",
+            Response::Export { .. } => "export",
+            Response::ForceLeft(_) => "force left",
+            Response::Liveness(_) => "liveness",
             Response::Err(_) => "error",
         }
     }
@@ -106,6 +142,17 @@ impl cluster_rpc::Answer for Response {
             other => Err(other),
         }
     }
+}
+
+/// What a forced leave found to remove; all false: no such member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForceLeft {
+    /// It was a voter or nonvoter of raft.
+    pub was_in_raft: bool,
+    /// It held a short id, now free.
+    pub held_short_id: bool,
+    /// The cluster had a member record of it.
+    pub had_record: bool,
 }
 
 /// The codec of the server side: sends [`Response`]s, receives [`Request`]s.
@@ -165,9 +212,11 @@ impl Response {
     }
 }
 
-/// A user's write, refused when it touches a key the cluster reserves for itself.
+/// A user's write, refused when its key is empty or one the cluster
+/// reserves for itself.
 pub(crate) fn user_write(request: WriteRequest) -> Result<WriteRequest> {
     match request.op.key() {
+        Some("") => Err(Error::BadRequest("the key must not be empty".into())),
         Some(key) if keys::is_reserved(key) => Err(Error::BadRequest(format!(
             "key {key:?} is under {:?}, which the cluster reserves for itself",
             keys::RESERVED_PREFIX
@@ -195,6 +244,9 @@ mod tests {
             Request::Write(WriteRequest::new(WriteOp::Set { key: "k".into(), value: vec![1] })),
             Request::Members,
             Request::Status,
+            Request::Export,
+            Request::ForceLeave { member: MemberId::generate() },
+            Request::Liveness,
         ];
         let mut buf = BytesMut::new();
         for (i, r) in requests.iter().enumerate() {

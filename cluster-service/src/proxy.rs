@@ -5,6 +5,7 @@
 //! changes until the operation's deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
@@ -89,6 +90,8 @@ struct Inner<S> {
     store: Arc<S>,
     opts: ProxyOptions,
     rpc: ServiceRpc,
+    /// Attempts sent to another member's service, for metrics.
+    forwarded: AtomicU64,
 }
 
 /// Where one attempt runs.
@@ -106,7 +109,7 @@ impl<S: ConsensusStore> Proxy<S> {
             options.connect_timeout,
             &options.security,
         );
-        Proxy { inner: Arc::new(Inner { store, opts: options, rpc }) }
+        Proxy { inner: Arc::new(Inner { store, opts: options, rpc, forwarded: AtomicU64::new(0) }) }
     }
 
     /// The local store.
@@ -117,6 +120,12 @@ impl<S: ConsensusStore> Proxy<S> {
     /// The options in use.
     pub fn options(&self) -> &ProxyOptions {
         &self.inner.opts
+    }
+
+    /// How many attempts (writes and consistent reads) this proxy sent to
+    /// another member because it did not lead; counts every retry.
+    pub fn forwarded(&self) -> u64 {
+        self.inner.forwarded.load(Ordering::Relaxed)
     }
 
     /// What this member knows about consensus now.
@@ -205,6 +214,7 @@ impl<S: ConsensusStore> Proxy<S> {
                             answer => Ok(answer),
                         },
                         Some((_, Target::Remote(addr))) => {
+                            inner.forwarded.fetch_add(1, Ordering::Relaxed);
                             call(&inner.rpc, &addr, &request, inner.opts.attempt_timeout).await
                         }
                         None => Err(Error::NotLeader(None)),

@@ -10,11 +10,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_core::{ConsensusStore, Error, MemberInfo, Result, keys};
+use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, MemberInfo, Result, keys};
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-use crate::protocol::{Request, Response};
+use crate::protocol::{ForceLeft, Request, Response};
 
 /// How the server runs.
 #[derive(Debug, Clone, Default)]
@@ -112,8 +112,46 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::Write(write) => store.write(write).await.map(Response::Written),
         Request::Members => members(store).map(Response::Members),
         Request::Status => Ok(Response::Status(Box::new(store.status()))),
+        Request::Export => export(store).await,
+        Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
+        Request::Liveness => Ok(Response::Liveness(store.liveness())),
     };
     result.unwrap_or_else(Response::Err)
+}
+
+/// The whole store, read after the leader confirmed its leadership with a
+/// quorum: nothing acknowledged before the request is missing.
+async fn export<S: ConsensusStore>(store: &S) -> Result<Response> {
+    store.consistent_get(keys::LEADER_KEY).await?;
+    let (revision, entries) = store.get_prefix_with_revision("")?;
+    Ok(Response::Export { revision, entries })
+}
+
+/// Takes `member` out of raft, frees its short id and drops its records, on
+/// the leader. A member still alive in gossip is added back by the leader's
+/// housekeeping as a new joiner would be: stop it first.
+async fn force_leave<S: ConsensusStore>(store: &S, member: MemberId) -> Result<ForceLeft> {
+    let status = store.status();
+    if !status.is_leader() {
+        let hint = status.leader.map(|member_id| cluster_core::LeaderHint {
+            member_id,
+            service_addr: status.leader_service_addr().map(str::to_owned),
+        });
+        return Err(Error::NotLeader(hint));
+    }
+    if member == status.member_id {
+        return Err(Error::BadRequest(format!(
+            "member {member} is the leader answering this request: stop it, and force the leave through another member"
+        )));
+    }
+    let was_in_raft = status.all_members().contains(&member);
+    store.remove(member).await?;
+    let held_short_id = store.release_short_id(member).await?;
+    let had_record = store.delete(&keys::member_key(member)).await?;
+    store.delete(&keys::voter_key(member)).await?;
+    store.delete(&keys::nonvoter_key(member)).await?;
+    tracing::info!(%member, was_in_raft, held_short_id, "forced leave");
+    Ok(ForceLeft { was_in_raft, held_short_id, had_record })
 }
 
 /// Every [`MemberInfo`] in the local store, in member-id order. Entries that

@@ -3,12 +3,14 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod forge;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
 use cluster_core::{FailureDetection, MemberId, MembershipEvent, MembershipEvents};
-use cluster_gossip::{Gossip, GossipConfig, GossipTransport};
+use cluster_gossip::{Gossip, GossipConfig, GossipTransport, Keyring};
 
 /// Generous: the machine may be loaded. Only failures wait this long.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -31,6 +33,19 @@ pub async fn start_cluster(n: usize, cluster_id: &str, transport: GossipTranspor
     let mut members: Vec<Gossip> = Vec::new();
     for i in 0..n {
         let mut c = fast_config(cluster_id).with_tag("n", i.to_string()).with_transport(transport.clone());
+        if let Some(first) = members.first() {
+            c = c.with_seeds([first.gossip_addr().to_string()]);
+        }
+        members.push(Gossip::start(c).await.expect("member starts"));
+    }
+    members
+}
+
+/// Starts `n` members on loopback UDP sealing with `keyring`, seeded on member 0.
+pub async fn start_keyed(n: usize, cluster_id: &str, keyring: &Keyring) -> Vec<Gossip> {
+    let mut members: Vec<Gossip> = Vec::new();
+    for i in 0..n {
+        let mut c = fast_config(cluster_id).with_tag("n", i.to_string()).with_keyring(keyring.clone());
         if let Some(first) = members.first() {
             c = c.with_seeds([first.gossip_addr().to_string()]);
         }

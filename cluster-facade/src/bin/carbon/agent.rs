@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cluster_facade::{Cluster, ClusterConfig};
+use cluster_facade::core::keys;
+use cluster_facade::{Cluster, ClusterConfig, decode_gossip_key};
 
 use crate::exit::Failure;
 
@@ -14,9 +15,16 @@ pub(crate) struct AgentArgs {
     /// A TOML configuration file (see the README for every field).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The host (IP address) others reach this member at.
+    /// The address (IP) every port binds on; `0.0.0.0` or `::` binds all
+    /// interfaces and needs --advertise-host.
     #[arg(long)]
     pub host: Option<String>,
+    /// The address (IP) others reach this member at, when --host is not it.
+    #[arg(long, value_name = "IP")]
+    pub advertise_host: Option<String>,
+    /// The operators' HTTP API (health, metrics, JSON KV); 0 picks a free port.
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
     /// Gossip (UDP) port; 0 picks a free one.
     #[arg(long)]
     pub gossip_port: Option<u16>,
@@ -41,6 +49,15 @@ pub(crate) struct AgentArgs {
     /// The cluster id; members of other clusters are refused.
     #[arg(long)]
     pub cluster_id: Option<String>,
+    /// The gossip encryption key (base64, from `carbon keys generate`); it
+    /// becomes the primary key. A keyring file already in the data directory
+    /// wins over it (it holds the ring as the last rotation left it).
+    #[arg(long, env = "CARBON_GOSSIP_KEY", hide_env_values = true, value_name = "KEY")]
+    pub gossip_key: Option<String>,
+    /// Run without the protections a member on a non-loopback address needs
+    /// (gossip encryption). For trusted networks and experiments only.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl AgentArgs {
@@ -57,6 +74,12 @@ impl AgentArgs {
         };
         if let Some(v) = &self.host {
             config.host = v.clone();
+        }
+        if let Some(v) = &self.advertise_host {
+            config.advertise_host = Some(v.clone());
+        }
+        if let Some(v) = self.http_port {
+            config.http_port = Some(v);
         }
         if let Some(v) = self.gossip_port {
             config.gossip_port = v;
@@ -82,31 +105,66 @@ impl AgentArgs {
         if let Some(v) = &self.cluster_id {
             config.cluster_id = v.clone();
         }
+        if let Some(key) = &self.gossip_key {
+            decode_gossip_key(key).map_err(|p| Failure::usage(format!("--gossip-key: {p}")))?;
+            config.gossip_keys.0.retain(|k| k.trim() != key.trim());
+            config.gossip_keys.0.insert(0, key.trim().to_owned());
+        }
         config.validate().map_err(|errs| {
             let lines: Vec<String> = errs.0.iter().map(|p| format!("  {p}")).collect();
             Failure::usage(format!("invalid configuration:\n{}", lines.join("\n")))
         })?;
+        if !self.insecure {
+            secure_enough(&config)?;
+        }
         Ok(config)
     }
 }
 
+/// Secure by default: a member others can reach over a network encrypts its
+/// gossip, or is told in one line what to pass.
+fn secure_enough(config: &ClusterConfig) -> Result<(), Failure> {
+    let loopback = config.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let keyring_on_disk = config.gossip_keyring_path().is_some_and(|p| p.exists());
+    if loopback || !config.gossip_keys.0.is_empty() || keyring_on_disk {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "host {} is not a loopback address and gossip is not encrypted: pass --gossip-key KEY \
+         (or CARBON_GOSSIP_KEY; make one with `carbon keys generate`), or --insecure",
+        config.host
+    )))
+}
+
+/// Prints one line and flushes it. Whoever started us may have stopped
+/// reading: that must not stop the member.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// Runs the member until a signal, then leaves gracefully.
+///
+/// It prints a start line once it holds its short id
+/// (`member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr> [http <addr>]`),
+/// again whenever its short id changes, and `ready member <id> leader <id>`
+/// once a linearizable read through the leader succeeded: from then on a
+/// write can be served. After a whole-cluster restart the first line comes
+/// before a quorum is back; the second only with it.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let config = args.config()?;
     let cluster = Cluster::start(config).await.context("cannot start the member").map_err(Failure::other)?;
     let start_line = |short_id| {
         let a = cluster.addresses();
-        let line = format!(
-            "member {} short_id {short_id} gossip {} raft {} service {} grid {}",
+        let http = a.http.map(|h| format!(" http {h}")).unwrap_or_default();
+        say(&format!(
+            "member {} short_id {short_id} gossip {} raft {} service {} grid {}{http}",
             cluster.member_id(),
             a.gossip,
             a.raft,
             a.service,
             a.grid
-        );
-        // Whoever started us may have stopped reading: that must not stop the member.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        ));
     };
     let mut printed = cluster.short_id();
     start_line(printed);
@@ -123,9 +181,23 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         }
         std::future::pending::<()>().await
     };
+    let ready = async {
+        // The proxy retries across elections until its operation timeout;
+        // keep asking until a leader with a quorum answers.
+        loop {
+            match cluster.store().consistent_get(keys::LEADER_KEY).await {
+                Ok(_) => break,
+                Err(e) => tracing::info!(error = %e, "not ready to serve writes yet"),
+            }
+        }
+        let leader = cluster.consensus_status().leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        say(&format!("ready member {} leader {leader}", cluster.member_id()));
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         signal = wait_for_signal() => signal.map_err(Failure::other)?,
         _ = announce => {}
+        _ = ready => {}
     }
     tracing::info!("signal received: leaving the cluster");
     cluster.shutdown().await.context("graceful shutdown failed").map_err(Failure::other)?;

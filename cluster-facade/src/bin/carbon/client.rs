@@ -1,8 +1,15 @@
-//! `carbon members | status | kv …`: talk to any member's service port.
+//! `carbon members | status | kv | force-leave …`: talk to any member's
+//! service port.
 
-use cluster_facade::core::{Error, MemberInfo};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use cluster_facade::core::{Error, MemberInfo, keys};
 use cluster_facade::service::ClientOptions;
-use cluster_facade::{ConsensusStatus, ServiceClient};
+use cluster_facade::service::protocol::{Request, Response};
+use cluster_facade::{ConsensusStatus, Liveness, MemberId, ServiceClient};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -11,15 +18,52 @@ use crate::table::{members_table, render};
 /// Where and how to reach the cluster.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Target {
-    /// A member's service address (`host:port`); repeat to name several.
-    #[arg(long = "service", value_name = "ADDR", required = true)]
+    /// A member's service address (`host:port`); repeat (or separate with
+    /// commas in `CARBON_SERVICE`) to name several.
+    #[arg(long = "service", value_name = "ADDR", env = "CARBON_SERVICE", value_delimiter = ',', required = true, value_parser = service_addr)]
     pub services: Vec<String>,
     /// The cluster id the members were started with.
-    #[arg(long, default_value = "carbon-grid")]
+    #[arg(long, env = "CARBON_CLUSTER_ID", default_value = "carbon-grid")]
     pub cluster_id: String,
+    /// Give up after this long, retries included (`500ms`, `2s`, `1m`; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
+    pub timeout: Duration,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `host:port` with a port in 1..=65535; anything else is a usage error at once.
+fn service_addr(s: &str) -> Result<String, String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} has no port (1-65535)")),
+    }
+}
+
+/// `500ms`, `2s`, `1m`, or a bare number of seconds.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 500ms, 2s or 1m");
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e7) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `carbon kv` operations.
@@ -37,7 +81,7 @@ pub(crate) enum KvCommand {
     },
     /// Set a key.
     Set {
-        /// The key.
+        /// The key (not empty).
         key: String,
         /// The value.
         value: String,
@@ -51,11 +95,15 @@ pub(crate) enum KvCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// List the keys under a prefix with their values.
+    /// List the keys under a prefix with their values (the cluster's own
+    /// `carbon-grid/` records only with `--all`).
     List {
         /// The prefix ("" lists every key).
         #[arg(default_value = "")]
         prefix: String,
+        /// Also list the records the cluster keeps for itself under `carbon-grid/`.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -76,46 +124,147 @@ pub(crate) enum KvCommand {
     },
 }
 
-fn client(t: &Target) -> Result<ServiceClient, Failure> {
-    ServiceClient::new(t.services.iter().cloned(), ClientOptions::new(t.cluster_id.clone()))
-        .map_err(|e| Failure::usage(e.to_string()))
+/// Flags of `carbon force-leave`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ForceLeaveArgs {
+    /// The member: its member id, or `#N` for short id N.
+    pub member: String,
+    #[command(flatten)]
+    pub target: Target,
 }
 
-/// Maps a store error to the exit code scripts rely on.
-fn failed(e: Error) -> Failure {
+pub(crate) fn client(t: &Target) -> Result<ServiceClient, Failure> {
+    let mut options = ClientOptions::new(t.cluster_id.clone());
+    options.op_timeout = t.timeout;
+    options.attempt_timeout = options.attempt_timeout.min(t.timeout);
+    options.connect_timeout = options.connect_timeout.min(t.timeout);
+    ServiceClient::new(t.services.iter().cloned(), options).map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// Maps a store error to the exit code scripts rely on, with a message that
+/// says what the user can do.
+pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
     match e {
         Error::Unreachable(_)
         | Error::Timeout(_)
         | Error::Io(_)
         | Error::NotLeader(_)
-        | Error::ShuttingDown => Failure::unreachable(format!("cannot reach the cluster: {e}")),
+        | Error::ShuttingDown => Failure::unreachable(format!(
+            "cannot reach the cluster within the timeout of {:?} (--timeout): {e}",
+            t.timeout
+        )),
+        Error::ClusterMismatch { .. } => Failure::usage(format!(
+            "{} belongs to another cluster than --cluster-id {:?} (or CARBON_CLUSTER_ID): use the id the members were started with",
+            t.services.join(", "),
+            t.cluster_id
+        )),
+        Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. } => {
+            Failure::usage(not_a_service_port(t).await)
+        }
         Error::BadRequest(_) => Failure::usage(e.to_string()),
         other => Failure::other(anyhow::Error::new(other)),
     }
 }
 
-fn text(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).into_owned()
+/// Names the addresses that do not speak the service protocol.
+async fn not_a_service_port(t: &Target) -> String {
+    let Ok(c) = client(t) else { return "not a service port".into() };
+    let mut wrong = Vec::new();
+    for addr in &t.services {
+        if matches!(
+            c.status_of(addr).await,
+            Err(Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. })
+        ) {
+            wrong.push(addr.as_str());
+        }
+    }
+    let which = if wrong.is_empty() { t.services.join(", ") } else { wrong.join(", ") };
+    format!(
+        "{which}: this is not a service port (it does not answer in the service protocol; the raft port?): \
+         use the address after `service` in the agent's start line"
+    )
 }
 
-fn print_json(v: serde_json::Value) {
+/// A value for people: the text when it is UTF-8, else base64 with a marker.
+fn text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("(base64) {}", BASE64.encode(v)),
+    }
+}
+
+/// A value in JSON: `"value"` when it is UTF-8, else `"value_base64"`.
+fn json_entry(key: &str, v: Option<&[u8]>) -> serde_json::Value {
+    match v {
+        None => json!({ "key": key, "value": null }),
+        Some(v) => match std::str::from_utf8(v) {
+            Ok(s) => json!({ "key": key, "value": s }),
+            Err(_) => json!({ "key": key, "value_base64": BASE64.encode(v) }),
+        },
+    }
+}
+
+pub(crate) fn print_json(v: serde_json::Value) {
     println!("{v}");
+}
+
+/// Sends one request through the client, mapping its errors.
+pub(crate) async fn ask(t: &Target, c: &ServiceClient, r: Request) -> Result<Response, Failure> {
+    match c.request(r).await {
+        Ok(Response::Err(e)) | Err(e) => Err(failed(t, e).await),
+        Ok(answer) => Ok(answer),
+    }
+}
+
+fn unexpected(what: &str, r: &Response) -> Failure {
+    Failure::other(anyhow::anyhow!("{what} was answered with {}", r.kind()))
+}
+
+/// The members, by short id (members without one last), with gossip's liveness.
+async fn members_with_liveness(
+    t: &Target,
+    c: &ServiceClient,
+) -> Result<(Vec<MemberInfo>, BTreeMap<MemberId, Liveness>), Failure> {
+    let mut members = match c.members().await {
+        Ok(m) => m,
+        Err(e) => return Err(failed(t, e).await),
+    };
+    members.sort_by_key(|m| (m.short_id.is_none(), m.short_id, m.member_id));
+    let liveness = match ask(t, c, Request::Liveness).await? {
+        Response::Liveness(l) => l,
+        other => return Err(unexpected("liveness", &other)),
+    };
+    Ok((members, liveness))
 }
 
 /// `carbon members`.
 pub(crate) async fn members(t: Target) -> Result<(), Failure> {
-    let members: Vec<MemberInfo> = client(&t)?.members().await.map_err(failed)?;
+    let c = client(&t)?;
+    let (members, liveness) = members_with_liveness(&t, &c).await?;
     if t.json {
-        print_json(serde_json::to_value(&members).map_err(|e| Failure::other(e.into()))?);
+        let list: Vec<serde_json::Value> = members
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                if let serde_json::Value::Object(o) = &mut v {
+                    o.insert("liveness".into(), json!(liveness.get(&m.member_id).map(ToString::to_string)));
+                }
+                v
+            })
+            .collect();
+        print_json(serde_json::Value::Array(list));
     } else {
-        println!("{}", members_table(&members));
+        println!("{}", members_table(&members, &liveness));
     }
     Ok(())
 }
 
 /// `carbon status`.
 pub(crate) async fn status(t: Target) -> Result<(), Failure> {
-    let s: ConsensusStatus = client(&t)?.status().await.map_err(failed)?;
+    let s: ConsensusStatus = match client(&t)?.status().await {
+        Ok(s) => s,
+        Err(e) => return Err(failed(&t, e).await),
+    };
     if t.json {
         print_json(serde_json::to_value(&s).map_err(|e| Failure::other(e.into()))?);
         return Ok(());
@@ -140,16 +289,28 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
     match cmd {
         KvCommand::Get { key, consistent, target } => {
             let c = client(&target)?;
-            let v =
-                if consistent { c.consistent_get(&key).await } else { c.get(&key).await }.map_err(failed)?;
-            match v {
-                Some(v) if target.json => print_json(json!({ "key": key, "value": text(&v) })),
-                Some(v) => println!("{}", text(&v)),
-                None => return Err(Failure::not_found(format!("key {key:?} not found"))),
+            let v = if consistent { c.consistent_get(&key).await } else { c.get(&key).await };
+            let v = match v {
+                Ok(v) => v,
+                Err(e) => return Err(failed(&target, e).await),
+            };
+            if target.json {
+                print_json(json_entry(&key, v.as_deref()));
+            } else if let Some(v) = &v {
+                println!("{}", text(v));
+            }
+            if v.is_none() {
+                return Err(Failure::not_found(format!("key {key:?} not found")));
             }
         }
         KvCommand::Set { key, value, target } => {
-            let created = client(&target)?.set(&key, value.into_bytes()).await.map_err(failed)?;
+            if key.is_empty() {
+                return Err(Failure::usage("the key must not be empty"));
+            }
+            let created = match client(&target)?.set(&key, value.into_bytes()).await {
+                Ok(c) => c,
+                Err(e) => return Err(failed(&target, e).await),
+            };
             if target.json {
                 print_json(json!({ "key": key, "created": created }));
             } else {
@@ -157,7 +318,10 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
             }
         }
         KvCommand::Delete { key, target } => {
-            let existed = client(&target)?.delete(&key).await.map_err(failed)?;
+            let existed = match client(&target)?.delete(&key).await {
+                Ok(e) => e,
+                Err(e) => return Err(failed(&target, e).await),
+            };
             if target.json {
                 print_json(json!({ "key": key, "deleted": existed }));
             }
@@ -168,23 +332,27 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
                 println!("deleted");
             }
         }
-        KvCommand::List { prefix, target } => {
-            let kvs = client(&target)?.get_prefix(&prefix).await.map_err(failed)?;
+        KvCommand::List { prefix, all, target } => {
+            let kvs = match client(&target)?.get_prefix(&prefix).await {
+                Ok(kvs) => kvs,
+                Err(e) => return Err(failed(&target, e).await),
+            };
+            let shown = kvs.iter().filter(|(k, _)| all || !keys::is_reserved(k));
             if target.json {
-                let items: Vec<_> = kvs.iter().map(|(k, v)| json!({ "key": k, "value": text(v) })).collect();
+                let items: Vec<_> = shown.map(|(k, v)| json_entry(k, Some(v))).collect();
                 print_json(serde_json::Value::Array(items));
             } else {
-                for (k, v) in kvs {
-                    println!("{k}\t{}", text(&v));
+                for (k, v) in shown {
+                    println!("{k}\t{}", text(v));
                 }
             }
         }
         KvCommand::Cas { key, new, expect, absent, target } => {
             let expected = if absent { None } else { expect.map(String::into_bytes) };
-            let out = client(&target)?
-                .compare_and_set(&key, expected, Some(new.into_bytes()))
-                .await
-                .map_err(failed)?;
+            let out = match client(&target)?.compare_and_set(&key, expected, Some(new.into_bytes())).await {
+                Ok(o) => o,
+                Err(e) => return Err(failed(&target, e).await),
+            };
             let current = out.current.as_deref().map(text);
             if target.json {
                 print_json(json!({ "key": key, "succeeded": out.succeeded, "current": current }));
@@ -200,4 +368,70 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `carbon force-leave`.
+pub(crate) async fn force_leave(args: ForceLeaveArgs) -> Result<(), Failure> {
+    let t = &args.target;
+    let c = client(t)?;
+    let member = match args.member.strip_prefix('#') {
+        Some(n) => {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| Failure::usage(format!("{:?} is not #N with a short id N", args.member)))?;
+            let (members, _) = members_with_liveness(t, &c).await?;
+            members
+                .iter()
+                .find(|m| m.short_id.is_some_and(|s| s.get() == n))
+                .map(|m| m.member_id)
+                .ok_or_else(|| Failure::not_found(format!("no member holds short id #{n}")))?
+        }
+        None => args
+            .member
+            .parse::<MemberId>()
+            .map_err(|e| Failure::usage(format!("{e}: give a member id or #N for a short id")))?,
+    };
+    let left = match ask(t, &c, Request::ForceLeave { member }).await? {
+        Response::ForceLeft(l) => l,
+        other => return Err(unexpected("force leave", &other)),
+    };
+    if t.json {
+        print_json(json!({
+            "member_id": member.to_string(),
+            "was_in_raft": left.was_in_raft,
+            "held_short_id": left.held_short_id,
+            "had_record": left.had_record,
+        }));
+    }
+    if !(left.was_in_raft || left.held_short_id || left.had_record) {
+        return Err(Failure::not_found(format!("the cluster knows no member {member}")));
+    }
+    if !t.json {
+        println!(
+            "member {member} removed{}{}",
+            if left.was_in_raft { " from raft" } else { "" },
+            if left.held_short_id { "; its short id is free" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_addresses_parse_or_are_refused() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "x", "-1s", "0", "2h"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+        assert!(service_addr("127.0.0.1:7000").is_ok());
+        assert!(service_addr("[::1]:7000").is_ok());
+        for bad in ["notanaddress", "host:0", ":7000", "host:x", "host:70000"] {
+            assert!(service_addr(bad).is_err(), "{bad}");
+        }
+    }
 }

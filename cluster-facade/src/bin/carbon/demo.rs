@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cluster_facade::{Cluster, ClusterConfig, RaftRole};
+use cluster_facade::{Cluster, ClusterConfig, GossipKey, GossipKeys, RaftRole};
 
 use crate::exit::Failure;
 use crate::table::members_table;
@@ -36,27 +36,52 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     tour(args).await.map_err(Failure::other)
 }
 
+/// The demo cluster's gossip key, made fresh for each run.
+fn demo_key() -> &'static GossipKey {
+    static KEY: std::sync::OnceLock<GossipKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(GossipKey::generate)
+}
+
 fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
-    let mut c =
-        ClusterConfig { seeds, num_voters: voters, cluster_id: "carbon-demo".into(), ..Default::default() };
+    let mut c = ClusterConfig {
+        seeds,
+        num_voters: voters,
+        cluster_id: "carbon-demo".into(),
+        gossip_keys: GossipKeys(vec![demo_key().to_base64()]),
+        ..Default::default()
+    };
     // Quick failure handling, so the tour does not drag.
     c.timeouts.failure_grace_ms = 1_000;
     c.timeouts.leave_ms = 3_000;
     c
 }
 
+/// Colour and cursor codes only when stdout is a terminal: a file or a pipe
+/// gets plain text.
+fn tty() -> bool {
+    std::io::stdout().is_terminal()
+}
+
 fn step(n: usize, total: usize, text: &str) {
-    println!("\n\x1b[1m[{n}/{total}] {text}\x1b[0m");
+    if tty() {
+        println!("\n\x1b[1m[{n}/{total}] {text}\x1b[0m");
+    } else {
+        println!("\n[{n}/{total}] {text}");
+    }
 }
 
 fn ok(text: &str) {
-    println!("  \x1b[32m✓\x1b[0m {text}");
+    if tty() {
+        println!("  \x1b[32m✓\x1b[0m {text}");
+    } else {
+        println!("  ✓ {text}");
+    }
 }
 
 /// Waits until `cond` holds, showing what it waits for and for how long.
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let tty = std::io::stdout().is_terminal();
+    let tty = tty();
     if !tty {
         println!("  … {what}");
     }
@@ -93,6 +118,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
         "Carbon Grid Cluster demo: {} members, {} voters, in this process on 127.0.0.1",
         args.members, wanted
     );
+    println!("Gossip is encrypted with a key generated for this run (key id {}).", demo_key().id());
 
     step(1, total, &format!("Starting {} members", args.members));
     let started = Instant::now();
@@ -122,7 +148,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await?;
     ok(&format!("balanced after {:.2} s", took.as_secs_f64()));
-    println!("{}", members_table(&members[0].members()?));
+    println!("{}", members_table(&members[0].members()?, &members[0].liveness()));
 
     let via = members
         .iter()
@@ -179,7 +205,7 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
     ok(&format!("{expect} voters again, {:.2} s after the crash", crash.elapsed().as_secs_f64()));
 
     step(5, total, "The cluster after the failover");
-    println!("{}", members_table(&members[new_leader].members()?));
+    println!("{}", members_table(&members[new_leader].members()?, &members[new_leader].liveness()));
     for k in 0..args.keys {
         let got = members[via].store().consistent_get(&format!("demo/key-{k:02}")).await?;
         if got != Some(format!("value-{k:02}").into_bytes()) {

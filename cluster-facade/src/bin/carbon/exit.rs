@@ -40,12 +40,49 @@ impl Failure {
 
     /// Exit code 4, with the whole error chain.
     pub(crate) fn other(error: anyhow::Error) -> Self {
-        Failure { code: OTHER, message: format!("{error:#}") }
+        Failure { code: OTHER, message: chain(&error) }
     }
+}
+
+/// The error and its causes, joined by `: `, each cause said once: many
+/// errors repeat their source's text in their own message.
+pub(crate) fn chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting service failed: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_repeated_by_its_error_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use (os error 98)");
+        let e = anyhow::Error::new(Outer(io)).context("cannot start the member");
+        let m = chain(&e);
+        assert_eq!(
+            m,
+            "cannot start the member: starting service failed: Address already in use (os error 98)"
+        );
     }
 }

@@ -5,7 +5,14 @@
 //! - `carbon members|status --service ADDR` show the cluster;
 //! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
 //! - `carbon demo` starts a local cluster and shows a leader failover;
-//! - `carbon tls init DIR` makes a CA and certificates for mutual TLS.
+//! - `carbon tls init DIR` makes a CA and certificates for mutual TLS;
+//! - `carbon keys generate` prints a fresh gossip encryption key;
+//! - `carbon force-leave MEMBER` removes a dead member at once;
+//! - `carbon snapshot save|restore` back the store up and start a new
+//!   cluster from a backup.
+//!
+//! Client commands take `--service` and `--cluster-id` from `CARBON_SERVICE`
+//! and `CARBON_CLUSTER_ID` when not given.
 //!
 //! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
 //! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else.
@@ -14,9 +21,12 @@ mod agent;
 mod client;
 mod demo;
 mod exit;
+mod keys;
+mod snapshot;
 mod table;
 mod tls;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -25,8 +35,21 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "carbon", version, about, propagate_version = true)]
 struct Cli {
+    /// How log lines on stderr look: `text` (colours only on a terminal) or
+    /// `json` (one object per line, for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CARBON_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The form of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,11 +63,19 @@ enum Command {
     /// Read and write the consistent key-value store.
     #[command(subcommand)]
     Kv(client::KvCommand),
+    /// Remove a member that will not come back from raft now, and free its short id.
+    ForceLeave(client::ForceLeaveArgs),
+    /// Back the store up, or start a new cluster from a backup.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Start a local cluster and show what it does, a leader failover included.
     Demo(demo::DemoArgs),
     /// Make the certificates of mutual TLS.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Gossip encryption keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,13 +86,13 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -75,8 +106,11 @@ fn main() -> ExitCode {
             Command::Members(t) => client::members(t).await,
             Command::Status(t) => client::status(t).await,
             Command::Kv(cmd) => client::kv(cmd).await,
+            Command::ForceLeave(args) => client::force_leave(args).await,
+            Command::Snapshot(cmd) => snapshot::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Tls(cmd) => tls::run(cmd),
+            Command::Keys(cmd) => keys::run(cmd),
         }
     });
     match result {

@@ -1,6 +1,8 @@
 //! Plain-text tables for the terminal.
 
-use cluster_facade::{MemberInfo, RaftRole};
+use std::collections::BTreeMap;
+
+use cluster_facade::{Liveness, MemberId, MemberInfo, RaftRole};
 
 /// Renders rows as aligned columns under a header.
 pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -19,8 +21,9 @@ pub(crate) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-/// The members table: short id, role, member id and addresses.
-pub(crate) fn members_table(members: &[MemberInfo]) -> String {
+/// The members table: short id, role, gossip liveness, member id and
+/// addresses, in the order given.
+pub(crate) fn members_table(members: &[MemberInfo], liveness: &BTreeMap<MemberId, Liveness>) -> String {
     let rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
@@ -31,6 +34,7 @@ pub(crate) fn members_table(members: &[MemberInfo]) -> String {
             vec![
                 m.short_id.map(|s| format!("#{s}")).unwrap_or_else(|| "-".into()),
                 role,
+                liveness.get(&m.member_id).map(ToString::to_string).unwrap_or_else(|| "?".into()),
                 m.member_id.to_string(),
                 m.gossip_addr(),
                 m.raft_addr(),
@@ -39,7 +43,7 @@ pub(crate) fn members_table(members: &[MemberInfo]) -> String {
             ]
         })
         .collect();
-    render(&["ID", "ROLE", "MEMBER ID", "GOSSIP", "RAFT", "SERVICE", "GRID"], &rows)
+    render(&["ID", "ROLE", "GOSSIP STATE", "MEMBER ID", "GOSSIP", "RAFT", "SERVICE", "GRID"], &rows)
 }
 
 #[cfg(test)]
