@@ -419,6 +419,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_configuration_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("its end");
+        let config: ClusterConfig = toml::from_str(&readme[start..end]).expect("the README's TOML parses");
+        config.validate().expect("the README's configuration is valid");
+    }
+
+    #[test]
     fn default_is_valid_and_roundtrips_through_toml() {
         let c = ClusterConfig::default();
         c.validate().unwrap();

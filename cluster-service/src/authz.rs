@@ -4,7 +4,7 @@
 //! - Users' keys: anyone who reached the service (a client or a member
 //!   certificate with TLS; anyone over plain TCP).
 //! - The cluster's own state — keys under
-//!   [`RESERVED_PREFIX`](cluster_core::keys::RESERVED_PREFIX), short-id
+//!   [`RESERVED_PREFIX`], short-id
 //!   operations: members only, proven by a member certificate. Over plain
 //!   TCP nobody can prove it, so nobody gets them over the wire: a member's
 //!   own process changes its cluster's records through its local store,
