@@ -792,7 +792,22 @@ fn a_member_on_a_network_address_needs_a_gossip_key_or_insecure() {
     assert!(key.status.success());
     let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
     assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
-    for args in [vec!["--gossip-key", key.as_str()], vec!["--insecure"]] {
+    // With a key and mutual TLS (or --insecure) the check passes.
+    let certs = tempfile::tempdir().unwrap();
+    assert!(carbon().args(["tls", "init", "--members", "1"]).arg(certs.path()).status().unwrap().success());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let (ca, cert, cert_key) = (file("ca.pem"), file("member-1.pem"), file("member-1-key.pem"));
+    let secured = vec![
+        "--gossip-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        cert_key.as_str(),
+    ];
+    for args in [secured, vec!["--insecure"]] {
         let out = carbon()
             .args(["agent", "--host", "192.0.2.1"])
             .args(&args)

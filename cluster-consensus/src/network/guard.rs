@@ -60,20 +60,13 @@
 //!     and a member that lost its log must not vote (raft's safety). A
 //!     candidate's vote is never committed; a committed one is refused;
 //!   - an **AppendEntries** or **InstallSnapshot** carries a committed vote
-//!     (a leader's always is; openraft asserts it), and comes from a member of
-//!     the membership (voter or nonvoter), or reaches a member that has no
-//!     membership yet (the leader that adds it: raft itself needs that), or
-//!     comes from a leader this member must hear to catch up: one with a
-//!     term above this member's, or the one it already follows in its term.
-//!     Those are leaders elected under a membership this member has not
-//!     received yet, or whose entries will replace an uncommitted membership
-//!     in its log (a lagging member, or one that holds the last entries of a
-//!     crashed leader): refusing them would strand it (etcd refuses only ids
-//!     it saw removed, for the same reason). So for these two RPCs the
-//!     membership check refuses stale or made-up leaders that openraft's
-//!     vote check would refuse too, but before they reach openraft (a
-//!     snapshot chunk never reaches its buffer); higher terms are bounded as
-//!     above.
+//!     (a leader's always is; openraft asserts it), and once this member
+//!     knows the leader of its term, no other member may claim that term.
+//!     Membership is deliberately not checked: a member's view of it lags
+//!     (a newly elected leader it has not heard of yet; a removed, paused
+//!     leader that must hear this member's higher vote in openraft's answer
+//!     to step down). Refusing those stranded members in the fault tests;
+//!     who may reach the raft port at all is mutual TLS's job (members only).
 //! - **Snapshot chunks**: the offset must be 0 (a new or restarted
 //!   snapshot), the bytes received so far of the snapshot in progress, or
 //!   the offset of its last chunk again (openraft resends a chunk whose
@@ -171,12 +164,6 @@ pub enum GuardError {
     /// The request claims to come from this member.
     #[error("request claims to come from this member")]
     FromSelf,
-    /// A vote request from a member that is not a voter here.
-    #[error("vote request from {member}, which is not a voter of this member's membership")]
-    NotAVoter {
-        /// The candidate.
-        member: MemberId,
-    },
     /// A vote request with a committed vote (candidates never send one).
     #[error("vote request from {member} carries a committed vote")]
     CommittedVoteRequest {
@@ -186,15 +173,6 @@ pub enum GuardError {
     /// A replication request whose vote is not committed (a leader's always is).
     #[error("{rpc} from {member} carries a vote that is not committed")]
     UncommittedLeaderVote {
-        /// The RPC.
-        rpc: String,
-        /// The claimed sender.
-        member: MemberId,
-    },
-    /// A replication request from a member outside the membership, at a
-    /// term this member already knows.
-    #[error("{rpc} from {member}, which is not in this member's membership")]
-    NotAMember {
         /// The RPC.
         rpc: String,
         /// The claimed sender.
@@ -239,6 +217,8 @@ pub struct View<'a> {
     /// The member its vote is for in that term (the leader it follows, or
     /// the candidate it voted for), if any.
     pub voted_for: Option<MemberId>,
+    /// Whether that vote is committed: a leader of `current_term` is known.
+    pub leader_committed: bool,
     /// The last log id it applied.
     pub last_applied: Option<LogId>,
     /// Its effective membership (the last in its log, joint or not).
@@ -342,27 +322,24 @@ fn check_against_log(
     Ok(())
 }
 
-fn is_member(view: &View<'_>, id: &MemberId) -> bool {
-    view.membership.get_node(id).is_some() || view.membership.voter_ids().any(|v| v == *id)
-}
-
-fn has_membership(view: &View<'_>) -> bool {
-    view.membership.voter_ids().next().is_some()
-}
-
 /// Who may send a replication RPC (AppendEntries, InstallSnapshot): see the module doc.
 fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
     let leader = vote.leader_id().node_id;
     if !vote.is_committed() {
         return Err(GuardError::UncommittedLeaderVote { rpc: rpc.to_owned(), member: leader });
     }
+    // Raft elects at most one leader per term: once this member knows the
+    // leader of its term, another one claiming it is forged. A stale leader
+    // (a lower term) and a newer one (a higher term) go through: openraft's
+    // answer makes the first step down and this member follow the second.
     let term = vote.leader_id().term;
-    let follows = term == view.current_term && view.voted_for == Some(leader);
-    if !has_membership(view) || is_member(view, &leader) || term > view.current_term || follows {
-        Ok(())
-    } else {
-        Err(GuardError::NotAMember { rpc: rpc.to_owned(), member: leader })
+    if term == view.current_term && view.leader_committed && view.voted_for != Some(leader) {
+        return Err(GuardError::TwoLeadersInTerm {
+            what: rpc.to_owned(),
+            log_id: format!("leader {leader} of term {term}"),
+        });
     }
+    Ok(())
 }
 
 /// The decision for one RPC: `Ok` lets it through to openraft. Updates
@@ -383,9 +360,9 @@ pub fn check_rpc(
             if req.vote.is_committed() {
                 return Err(GuardError::CommittedVoteRequest { member });
             }
-            if !view.membership.voter_ids().any(|v| v == member) {
-                return Err(GuardError::NotAVoter { member });
-            }
+            // A candidate outside this member's membership is openraft's to
+            // answer: its answer carries this member's vote, which is how a
+            // removed or lagging member learns the term and stops campaigning.
             Ok(())
         }
         RaftRpc::AppendEntries(req) => {
@@ -540,6 +517,7 @@ impl RaftGuard {
                 member_id: metrics.id,
                 current_term: metrics.current_term,
                 voted_for: metrics.vote.leader_id().voted_for(),
+                leader_committed: metrics.vote.is_committed(),
                 last_applied: metrics.last_applied,
                 membership: metrics.membership_config.membership(),
             };
@@ -627,8 +605,14 @@ mod tests {
     #[test]
     fn terms_are_bounded_relative_to_ours_and_absolutely() {
         let m = membership(&[1, 2, 3], &[]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+            membership: &m,
+        };
         assert_eq!(check(&view, &vote(6, 2)), Ok(()));
         assert_eq!(check(&view, &vote(5 + TERM_STEP, 2)), Ok(()));
         assert!(matches!(check(&view, &vote(6 + TERM_STEP, 2)), Err(GuardError::TermTooHigh { .. })));
@@ -650,8 +634,14 @@ mod tests {
     #[test]
     fn log_ids_are_bounded_by_index_and_by_the_vote_term() {
         let m = membership(&[1, 2, 3], &[]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+            membership: &m,
+        };
         let huge = append(5, 2, Some(log_id(5, 2, u64::MAX)), vec![]);
         assert!(matches!(check(&view, &huge), Err(GuardError::IndexTooHigh { .. })));
         let above = append(5, 2, Some(log_id(6, 2, 3)), vec![]);
@@ -683,6 +673,7 @@ mod tests {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
+            leader_committed: false,
             last_applied: Some(log_id(4, 3, 10)),
             membership: &m,
         };
@@ -703,8 +694,14 @@ mod tests {
     #[test]
     fn entries_must_follow_the_previous_log_id() {
         let m = membership(&[1, 2, 3], &[]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+            membership: &m,
+        };
         let prev = Some(log_id(4, 2, 7));
         let good = append(5, 2, prev, vec![normal(log_id(4, 2, 8)), blank(log_id(5, 2, 9))]);
         assert_eq!(check(&view, &good), Ok(()));
@@ -733,72 +730,69 @@ mod tests {
     }
 
     #[test]
-    fn votes_come_from_voters_only() {
+    fn votes_are_openraft_s_to_weigh_but_never_from_self_or_committed() {
         let m = membership(&[1, 2, 3], &[4]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+            membership: &m,
+        };
         assert_eq!(check(&view, &vote(6, 3)), Ok(()));
-        assert_eq!(check(&view, &vote(6, 4)), Err(GuardError::NotAVoter { member: id(4) }));
-        assert_eq!(check(&view, &vote(6, 99)), Err(GuardError::NotAVoter { member: id(99) }));
+        // Outside this member's (possibly stale) membership: openraft answers
+        // with this member's vote, which tells a removed member the term.
+        assert_eq!(check(&view, &vote(6, 99)), Ok(()));
         assert_eq!(check(&view, &vote(6, 1)), Err(GuardError::FromSelf));
         let committed = RaftRpc::Vote(VoteRequest { vote: Vote::new_committed(6, id(2)), last_log_id: None });
         assert_eq!(check(&view, &committed), Err(GuardError::CommittedVoteRequest { member: id(2) }));
-        // Joint config: a voter of either config may campaign.
-        let joint = Membership::new(
-            vec![BTreeSet::from([id(1), id(2)]), BTreeSet::from([id(1), id(5)])],
-            BTreeMap::from([
-                (id(1), Endpoints::default()),
-                (id(2), Endpoints::default()),
-                (id(5), Endpoints::default()),
-            ]),
-        );
-        let view = View { membership: &joint, ..view };
-        assert_eq!(check(&view, &vote(6, 2)), Ok(()));
-        assert_eq!(check(&view, &vote(6, 5)), Ok(()));
-        // A member waiting to be added (no membership) never votes.
-        let none = Membership::default();
-        let waiting = View { membership: &none, ..view };
-        assert_eq!(check(&waiting, &vote(6, 2)), Err(GuardError::NotAVoter { member: id(2) }));
     }
 
     #[test]
-    fn replication_comes_from_members_or_a_newer_term() {
+    fn replication_needs_a_committed_leader_vote_not_a_known_member() {
         let m = membership(&[1, 2, 3], &[4]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
-        assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
-        assert_eq!(check(&view, &append(5, 4, None, vec![])), Ok(()), "a nonvoter is a member");
-        assert_eq!(
-            check(&view, &append(5, 99, None, vec![])),
-            Err(GuardError::NotAMember { rpc: "append entries".into(), member: id(99) })
-        );
-        assert!(matches!(check(&view, &chunk(99, "s", 0, 10, false)), Err(GuardError::NotAMember { .. })));
-        // A leader elected under a membership this member has not received yet.
-        assert_eq!(check(&view, &append(6, 99, None, vec![])), Ok(()));
-        // The leader this member already follows in its term, whose entries
-        // will replace an uncommitted membership that lacks it.
-        let following = View { voted_for: Some(id(99)), ..view };
-        assert_eq!(check(&following, &append(5, 99, None, vec![])), Ok(()));
-        assert!(check(&following, &append(4, 99, None, vec![])).is_err());
-        assert_eq!(check(&view, &append(5, 1, None, vec![])), Err(GuardError::FromSelf));
-        // The member waiting to be added accepts the leader that adds it.
-        let none = Membership::default();
-        let waiting = View {
-            member_id: id(7),
-            current_term: 0,
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
             voted_for: None,
+            leader_committed: false,
             last_applied: None,
-            membership: &none,
+            membership: &m,
         };
-        assert_eq!(check(&waiting, &append(5, 2, None, vec![])), Ok(()));
-        assert_eq!(check(&waiting, &chunk(2, "s", 0, 10, false)), Ok(()));
+        assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
+        // A leader elected under a membership this member has not received
+        // yet, or a stale one that must hear this member's vote to step down.
+        assert_eq!(check(&view, &append(5, 99, None, vec![])), Ok(()));
+        assert_eq!(check(&view, &append(4, 99, None, vec![])), Ok(()));
+        // But once the leader of the term is known, another one is forged.
+        let known = View { voted_for: Some(id(2)), leader_committed: true, ..view };
+        assert_eq!(check(&known, &append(5, 2, None, vec![])), Ok(()));
+        assert!(matches!(
+            check(&known, &append(5, 99, None, vec![])),
+            Err(GuardError::TwoLeadersInTerm { .. })
+        ));
+        assert_eq!(check(&known, &append(6, 99, None, vec![])), Ok(()));
+        let uncommitted = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new(5, id(2)),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        });
+        assert!(matches!(check(&view, &uncommitted), Err(GuardError::UncommittedLeaderVote { .. })));
     }
 
     #[test]
     fn snapshot_chunks_follow_the_bytes_received() {
         let m = membership(&[1, 2, 3], &[]);
-        let view =
-            View { member_id: id(1), current_term: 5, voted_for: None, last_applied: None, membership: &m };
+        let view = View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+            membership: &m,
+        };
         let mut p = None;
         let mut run = |rpc: &RaftRpc| check_rpc(&view, &LIMITS, &mut p, rpc);
         assert!(matches!(

@@ -56,17 +56,18 @@ pub fn serve(
 
 /// Runs one raft request against the local raft.
 pub async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
+    // A member that lost its raft state must not vote (see `recovery`),
+    // whoever asks: said first, as the reason that holds for every candidate.
+    if let (RaftRpc::Vote(_), Some(reason)) = (&rpc, ctx.votes.refusal()) {
+        return RaftRpcReply::Refused(cluster_core::Error::BadRequest(reason));
+    }
     if let Err(refused) = ctx.guard.check(peer, &rpc) {
         return RaftRpcReply::Guarded(refused);
     }
     let raft = &ctx.raft;
     match rpc {
         RaftRpc::AppendEntries(req) => RaftRpcReply::AppendEntries(raft.append_entries(req).await),
-        RaftRpc::Vote(req) => match ctx.votes.refusal() {
-            // A member that lost its raft state must not vote (see `recovery`).
-            Some(reason) => RaftRpcReply::Refused(cluster_core::Error::BadRequest(reason)),
-            None => RaftRpcReply::Vote(raft.vote(req).await),
-        },
+        RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),
         RaftRpc::InstallSnapshot(req) => RaftRpcReply::InstallSnapshot(raft.install_snapshot(req).await),
         RaftRpc::AppliedIndex => {
             RaftRpcReply::AppliedIndex(raft.metrics().borrow().last_applied.map(|l| l.index))

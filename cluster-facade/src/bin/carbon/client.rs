@@ -165,6 +165,9 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
             Failure::usage(not_a_service_port(t).await)
         }
         Error::BadRequest(_) => Failure::usage(e.to_string()),
+        // Credentials that do not allow it (no TLS to a TLS cluster, a client
+        // certificate for the cluster's records): fix the configuration.
+        Error::Forbidden(_) => Failure::usage(e.to_string()),
         Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
         other => Failure::other(anyhow::Error::new(other)),
     }
