@@ -46,7 +46,11 @@ pub fn required_access(request: &Request) -> Result<Access> {
             }
             Ok(Access::Anyone)
         }
-        Request::GetPrefix { .. } | Request::Members | Request::Status => Ok(Access::Anyone),
+        Request::GetPrefix { .. }
+        | Request::GetPrefixWithRevision { .. }
+        | Request::Watch { .. }
+        | Request::Members
+        | Request::Status => Ok(Access::Anyone),
         Request::Write(write) => match &write.op {
             WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
                 key_access(key)
