@@ -172,7 +172,7 @@ impl ServiceClient {
     /// The entries under `prefix` at some member, in key order, with the
     /// revision they are of: a [`watch`](Self::watch) from that revision + 1
     /// misses and repeats nothing.
-    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Vec<(String, Vec<u8>)>)> {
+    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
         self.request(Request::GetPrefixWithRevision { prefix: prefix.to_owned() }).await?.into_entries_at()
     }
 

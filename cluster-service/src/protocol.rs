@@ -217,7 +217,7 @@ impl Response {
     }
 
     /// The typed answer to `GetPrefixWithRevision`.
-    pub(crate) fn into_entries_at(self) -> Result<(u64, Vec<(String, Vec<u8>)>)> {
+    pub(crate) fn into_entries_at(self) -> Result<(u64, cluster_core::Entries)> {
         match self {
             Response::EntriesAt { revision, entries } => Ok((revision, entries)),
             Response::Err(e) => Err(e),

@@ -146,7 +146,7 @@ impl<S: ConsensusStore> Proxy<S> {
 
     /// The local entries under `prefix` with the revision they are of: a
     /// [`watch`](Self::watch) from that revision + 1 misses and repeats nothing.
-    pub fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Vec<(String, Vec<u8>)>)> {
+    pub fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
         self.inner.store.get_prefix_with_revision(prefix)
     }
 
