@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_core::{FailureDetection, MemberId};
-use cluster_gossip::{Gossip, GossipConfig};
+use cluster_gossip::{Gossip, GossipConfig, GossipTransport};
 use rmpv::Value;
 
 use crate::Ctx;
 use crate::procs::{SerfAgent, spawn_serf, wait_listening};
 use crate::report::{Better, Measured, Row};
 
-const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(5);
 const DEADLINE: Duration = Duration::from_secs(40);
 
@@ -43,12 +43,12 @@ fn config(cluster: &str) -> GossipConfig {
         })
 }
 
-async fn time_until(since: Instant, mut cond: impl FnMut() -> bool) -> Result<f64> {
+async fn time_until(since: Instant, poll: Duration, mut cond: impl FnMut() -> bool) -> Result<f64> {
     while !cond() {
         if since.elapsed() > DEADLINE {
             bail!("not within {DEADLINE:?}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
     Ok(since.elapsed().as_secs_f64())
 }
@@ -58,7 +58,20 @@ fn sees(g: &Gossip, id: MemberId) -> bool {
 }
 
 async fn ours_once(n: usize, rep: usize) -> Result<(f64, f64, f64)> {
-    let cluster = format!("bench-gossip-{n}-{rep}");
+    ours_once_with(n, &format!("{rep}"), GossipTransport::Udp, POLL).await
+}
+
+/// `n` gossip members in this process over `transport`, views polled every
+/// `poll`: (all see all from the first start, all others drop an abruptly
+/// stopped member, all others drop a member that left), in seconds.
+pub async fn ours_once_with(
+    n: usize,
+    tag: &str,
+    transport: GossipTransport,
+    poll: Duration,
+) -> Result<(f64, f64, f64)> {
+    let cluster = format!("bench-gossip-{n}-{tag}");
+    let config = |cluster: &str| config(cluster).with_transport(transport.clone());
     let started = Instant::now();
     let first = Gossip::start(config(&cluster)).await?;
     let seed = first.gossip_addr().to_string();
@@ -66,20 +79,20 @@ async fn ours_once(n: usize, rep: usize) -> Result<(f64, f64, f64)> {
     for _ in 1..n {
         members.push(Gossip::start(config(&cluster).with_seeds([seed.clone()])).await?);
     }
-    let converge = time_until(started, || members.iter().all(|g| g.members().len() == n)).await;
+    let converge = time_until(started, poll, || members.iter().all(|g| g.members().len() == n)).await;
     let result = async {
         let converge = converge.context("converge")?;
         let stopped = members.pop().ok_or_else(|| anyhow!("no member"))?;
         let id = stopped.member_id();
         let t = Instant::now();
         stopped.stop().await?;
-        let failed = time_until(t, || members.iter().all(|g| !sees(g, id))).await.context("failure")?;
+        let failed = time_until(t, poll, || members.iter().all(|g| !sees(g, id))).await.context("failure")?;
         let leaver = members.pop().ok_or_else(|| anyhow!("no member"))?;
         let id = leaver.member_id();
         let t = Instant::now();
         let leave = leaver.leave();
         let others = &members;
-        let (_, left) = tokio::join!(leave, time_until(t, || others.iter().all(|g| !sees(g, id))));
+        let (_, left) = tokio::join!(leave, time_until(t, poll, || others.iter().all(|g| !sees(g, id))));
         Ok::<_, anyhow::Error>((converge, failed, left.context("leave")?))
     }
     .await;
@@ -146,10 +159,7 @@ impl SerfRpc {
     fn members(&mut self) -> Result<HashMap<String, String>> {
         let body = self.call("members", None, true)?.ok_or_else(|| anyhow!("no body"))?;
         let list = get(&body, "Members").and_then(Value::as_array).ok_or_else(|| anyhow!("no Members"))?;
-        Ok(list
-            .iter()
-            .filter_map(|m| Some((text(get(m, "Name")?), text(get(m, "Status")?))))
-            .collect())
+        Ok(list.iter().filter_map(|m| Some((text(get(m, "Name")?), text(get(m, "Status")?)))).collect())
     }
 }
 
@@ -266,7 +276,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             }
             ctx.log(format!(
                 "gossip n={n} rep {rep}: ours {:?}/{:?}/{:?} {:?}; serf {:?}/{:?}/{:?} {:?}",
-                ours.converge, ours.failed, ours.left, ours.errors, serf.converge, serf.failed, serf.left, serf.errors
+                ours.converge,
+                ours.failed,
+                ours.left,
+                ours.errors,
+                serf.converge,
+                serf.failed,
+                serf.left,
+                serf.errors
             ));
         }
         let m = |v: &[f64], t: &Times, what: &str| {
@@ -277,7 +294,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             }
         };
         let peer = |v: &[f64], what: &str| {
-            Some(if ctx.have_serf { m(v, &serf, what) } else { Measured::NotMeasured("serf not installed".into()) })
+            Some(if ctx.have_serf {
+                m(v, &serf, what)
+            } else {
+                Measured::NotMeasured("serf not installed".into())
+            })
         };
         let mut note = String::new();
         if !ours.errors.is_empty() || !serf.errors.is_empty() {

@@ -11,7 +11,7 @@ use crate::procs::{CarbonCluster, EtcdCluster, SerfAgent, spawn_serf, wait_liste
 use crate::report::{Better, Measured, Row};
 
 /// CPU ticks (utime + stime) of a process.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = s.rsplit_once(')').ok_or_else(|| anyhow!("bad stat"))?.1;
@@ -22,7 +22,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(ut + st)
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
+pub fn rss_mib(pid: u32) -> Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS")?;
     let kb: f64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
@@ -104,7 +104,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             (None, Some(Err(e))) => {
                 (Measured::NotMeasured(format!("{e:#}")), Measured::NotMeasured(format!("{e:#}")))
             }
-            (None, None) => (Measured::NotMeasured("no sample".into()), Measured::NotMeasured("no sample".into())),
+            (None, None) => {
+                (Measured::NotMeasured("no sample".into()), Measured::NotMeasured("no sample".into()))
+            }
         }
     };
     let ours_why = ours.as_ref().err().map(|e| format!("{e:#}"));

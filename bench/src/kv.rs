@@ -264,12 +264,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                     ctx.log(format!("rep {rep} ours {}: {r:?}", s.case));
                     ours_c[i].add(r);
                 }
-                if with_etcd {
-                    if let Some(kv) = &s.etcd {
-                        let r = drive(kv, s.op, s.clients, secs).await;
-                        ctx.log(format!("rep {rep} etcd {}: {r:?}", s.peer_case));
-                        etcd_c[i].add(r);
-                    }
+                if with_etcd && let Some(kv) = &s.etcd {
+                    let r = drive(kv, s.op, s.clients, secs).await;
+                    ctx.log(format!("rep {rep} etcd {}: {r:?}", s.peer_case));
+                    etcd_c[i].add(r);
                 }
             }
         }
@@ -285,14 +283,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                 }
             };
             let mut note = String::new();
-            if s.case.contains("to a follower") || s.case.contains("at a follower") {
-                if s.op == Op::Write {
-                    note.push_str(
-                        "ours: the follower answers not-leader with the leader's address and the \
-                         client re-sends to the leader (a redirect, not a server-side forward); etcd's \
-                         follower forwards the proposal itself. ",
-                    );
-                }
+            if (s.case.contains("to a follower") || s.case.contains("at a follower")) && s.op == Op::Write {
+                note.push_str(
+                    "ours: the follower answers not-leader with the leader's address and the \
+                     client re-sends to the leader (a redirect, not a server-side forward); etcd's \
+                     follower forwards the proposal itself. ",
+                );
             }
             if ours_c[i].errors > 0 || etcd_c[i].errors > 0 {
                 note.push_str(&format!("errors: ours {}, etcd {}", ours_c[i].errors, etcd_c[i].errors));
@@ -310,7 +306,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                 note,
             };
             let (o, e) = (&ours_c[i], &etcd_c[i]);
-            let pe = |w: &dyn Fn(&Collected) -> &Vec<f64>, what| if with_etcd { peer_for(e, w, what) } else { None };
+            let pe = |w: &dyn Fn(&Collected) -> &Vec<f64>, what| {
+                if with_etcd { peer_for(e, w, what) } else { None }
+            };
             let peer_ops = pe(&|c| &c.ops, "throughput");
             let peer_p50 = pe(&|c| &c.p50, "p50");
             let peer_p99 = pe(&|c| &c.p99, "p99");

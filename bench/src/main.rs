@@ -2,13 +2,16 @@
 //! Run through `bash bench/run.sh`, which builds everything, installs the peers
 //! and passes the paths; see the README's "Benchmarks" section.
 
+mod chart;
 mod failover;
 mod gossip;
 mod idle;
 mod join;
 mod kv;
 mod procs;
+mod profile;
 mod report;
+mod scale;
 mod stats;
 
 use std::path::PathBuf;
@@ -37,9 +40,28 @@ struct Args {
     /// Seconds per load point (figures 1 and 2).
     #[arg(long, default_value_t = 3.0)]
     secs: f64,
-    /// Figure families to run (comma separated): idle, kv, failover, join, gossip.
-    #[arg(long, default_value = "idle,kv,failover,join,gossip")]
+    /// Figure families to run (comma separated): idle, kv, failover, join, gossip, scale; and
+    /// profile (strace of the durable write path, not in the default run).
+    #[arg(long, default_value = "idle,kv,failover,join,gossip,scale")]
     only: String,
+    /// Scale family: cluster sizes of `carbon agent` processes (comma separated).
+    #[arg(long, default_value = "3,10,30,50")]
+    scale_sizes: String,
+    /// Scale family: sizes of the in-process gossip clusters (comma separated).
+    #[arg(long, default_value = "10,50,100")]
+    gossip_sizes: String,
+    /// Scale family: gossip over `udp` (loopback sockets) or `channel` (chitchat's in-memory transport).
+    #[arg(long, default_value = "udp")]
+    gossip_transport: String,
+    /// Failover family: also measure under busy loops on every core, and count spurious elections.
+    #[arg(long)]
+    cpu_hog: bool,
+    /// Failover family: the window in which spurious elections are counted under the CPU hog.
+    #[arg(long, default_value_t = 180.0)]
+    hog_secs: f64,
+    /// Failover family: other raft timing to measure too, `heartbeat,min,max` in ms, several separated by `;`.
+    #[arg(long, default_value = "")]
+    raft_timing: String,
     /// The command lines that produced this run, recorded in the results.
     #[arg(long = "command")]
     commands: Vec<String>,
@@ -53,6 +75,14 @@ struct Args {
 /// What every figure family shares.
 pub struct Ctx {
     pub carbon: PathBuf,
+    /// Where results.md goes (the scale charts go beside it).
+    pub out: PathBuf,
+    pub scale_sizes: Vec<usize>,
+    pub gossip_sizes: Vec<usize>,
+    pub gossip_transport: String,
+    pub cpu_hog: bool,
+    pub hog_secs: f64,
+    pub raft_timings: Vec<failover::Timing>,
     pub dir: PathBuf,
     pub reps: usize,
     pub secs: f64,
@@ -94,8 +124,35 @@ async fn main() -> Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     let carbon = std::fs::canonicalize(&args.carbon).with_context(|| format!("{}", args.carbon.display()))?;
+    let sizes = |s: &str, what: &str| -> Result<Vec<usize>> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<usize>().with_context(|| format!("{what}: {x:?}")))
+            .collect()
+    };
+    let mut raft_timings = Vec::new();
+    for t in args.raft_timing.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+        let v = sizes(t, "--raft-timing")?;
+        match v[..] {
+            [h, a, b] if h < a && a < b => raft_timings.push((h as u64, a as u64, b as u64)),
+            _ => {
+                anyhow::bail!("--raft-timing {t:?}: want heartbeat,min,max in ms with heartbeat < min < max")
+            }
+        }
+    }
+    if !matches!(args.gossip_transport.as_str(), "udp" | "channel") {
+        anyhow::bail!("--gossip-transport: udp or channel, not {:?}", args.gossip_transport);
+    }
     let mut ctx = Ctx {
         carbon,
+        out: args.out.clone(),
+        scale_sizes: sizes(&args.scale_sizes, "--scale-sizes")?,
+        gossip_sizes: sizes(&args.gossip_sizes, "--gossip-sizes")?,
+        gossip_transport: args.gossip_transport.clone(),
+        cpu_hog: args.cpu_hog,
+        hog_secs: args.hog_secs.max(1.0),
+        raft_timings,
         dir,
         reps: args.reps.max(1),
         secs: args.secs,
@@ -134,8 +191,15 @@ async fn main() -> Result<()> {
             .into(),
     ];
     let only: Vec<&str> = args.only.split(',').map(str::trim).collect();
-    let families: [(&str, &str); 5] =
-        [("idle", "6 idle"), ("kv", "1–2 kv"), ("failover", "3 failover"), ("join", "4 join"), ("gossip", "5 gossip")];
+    let families: [(&str, &str); 7] = [
+        ("idle", "6 idle"),
+        ("kv", "1–2 kv"),
+        ("failover", "3 failover"),
+        ("join", "4 join"),
+        ("gossip", "5 gossip"),
+        ("scale", "7 scale"),
+        ("profile", "8 profile"),
+    ];
     for (name, title) in families {
         if !only.contains(&name) {
             continue;
@@ -146,6 +210,8 @@ async fn main() -> Result<()> {
             "kv" => kv::run(&mut ctx).await,
             "failover" => failover::run(&mut ctx).await,
             "join" => join::run(&mut ctx).await,
+            "scale" => scale::run(&mut ctx).await,
+            "profile" => profile::run(&mut ctx).await,
             _ => gossip::run(&mut ctx).await,
         };
         if let Err(e) = r {

@@ -3,7 +3,7 @@
 //! data lives in a temporary directory removed at the end of the run.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,13 @@ pub struct Agent {
 pub struct CarbonCluster {
     pub agents: Vec<Agent>,
     pub cluster_id: String,
+    carbon: PathBuf,
+    dir: PathBuf,
+    durable: bool,
+    tag: String,
+    config: Option<PathBuf>,
+    /// Agents spawned so far (names stay unique when agents come and go).
+    spawned: usize,
 }
 
 impl CarbonCluster {
@@ -70,52 +77,136 @@ impl CarbonCluster {
     /// durable (a data dir each under `dir`) or in memory; waits until every agent
     /// reports the same leader and `n` voters.
     pub async fn start(carbon: &Path, dir: &Path, n: usize, durable: bool, tag: &str) -> Result<Self> {
-        let cluster_id = format!("bench-{tag}");
-        let mut agents: Vec<Agent> = Vec::new();
-        for i in 0..n {
-            let name = format!("carbon-{tag}-{i}");
-            let mut cmd = Command::new(carbon);
-            cmd.arg("agent")
-                .args(["--host", "127.0.0.1", "--cluster-id", &cluster_id, "--num-voters", "3"])
-                .args(["--gossip-port", "0", "--raft-port", "0", "--service-port", "0", "--grid-port", "0"]);
-            if durable {
-                let d = dir.join(&name);
-                std::fs::create_dir_all(&d)?;
-                cmd.arg("--data-dir").arg(&d);
-            }
-            if let Some(first) = agents.first() {
-                cmd.args(["--seed", &first.gossip]);
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log_file(dir, &name)?)
-                .env("RUST_LOG", "warn")
-                .kill_on_drop(true);
-            let mut child = cmd.spawn().with_context(|| format!("spawn {}", carbon.display()))?;
-            let stdout = child.stdout.take().context("agent stdout")?;
-            let mut lines = BufReader::new(stdout).lines();
-            let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
-                .await
-                .map_err(|_| anyhow!("{name}: no start line within 40 s (see {}.log)", name))??
-                .ok_or_else(|| anyhow!("{name} exited before its start line"))?;
-            // member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr>
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let field = |k: &str| -> Result<String> {
-                let i = f.iter().position(|w| *w == k).ok_or_else(|| anyhow!("no `{k}` in {line:?}"))?;
-                f.get(i + 1).map(|s| s.to_string()).ok_or_else(|| anyhow!("no value of `{k}` in {line:?}"))
-            };
-            // Keep draining stdout so the agent never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            agents.push(Agent {
-                member_id: field("member")?,
-                service: field("service")?,
-                gossip: field("gossip")?,
-                proc: Proc { child },
-            });
+        Self::start_with(carbon, dir, n, durable, tag, None).await
+    }
+
+    /// [`start`](Self::start), every agent also given `--config <config>` (a
+    /// TOML file, e.g. other raft timing).
+    pub async fn start_with(
+        carbon: &Path,
+        dir: &Path,
+        n: usize,
+        durable: bool,
+        tag: &str,
+        config: Option<PathBuf>,
+    ) -> Result<Self> {
+        let mut c = CarbonCluster {
+            agents: Vec::new(),
+            cluster_id: format!("bench-{tag}"),
+            carbon: carbon.to_path_buf(),
+            dir: dir.to_path_buf(),
+            durable,
+            tag: tag.to_string(),
+            config,
+            spawned: 0,
+        };
+        for _ in 0..n {
+            c.add().await?;
         }
-        let c = CarbonCluster { agents, cluster_id };
         c.wait_ready(n.min(3), Duration::from_secs(30)).await?;
         Ok(c)
+    }
+
+    /// Spawns one more agent, seeded on the first, and waits for its start line
+    /// (printed once it holds its short id); returns the time from spawn to it.
+    pub async fn add(&mut self) -> Result<Duration> {
+        let name = format!("carbon-{}-{}", self.tag, self.spawned);
+        self.spawned += 1;
+        let mut cmd = Command::new(&self.carbon);
+        cmd.arg("agent");
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(["--host", "127.0.0.1", "--cluster-id", &self.cluster_id, "--num-voters", "3"]).args([
+            "--gossip-port",
+            "0",
+            "--raft-port",
+            "0",
+            "--service-port",
+            "0",
+            "--grid-port",
+            "0",
+        ]);
+        if self.durable {
+            let d = self.dir.join(&name);
+            std::fs::create_dir_all(&d)?;
+            cmd.arg("--data-dir").arg(&d);
+        }
+        if let Some(first) = self.agents.first() {
+            cmd.args(["--seed", &first.gossip]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&self.dir, &name)?)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        let t = Instant::now();
+        let mut child = cmd.spawn().with_context(|| format!("spawn {}", self.carbon.display()))?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("{name}: no start line within 40 s (see {name}.log)"))??
+            .ok_or_else(|| anyhow!("{name} exited before its start line"))?;
+        let took = t.elapsed();
+        // member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr>
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let field = |k: &str| -> Result<String> {
+            let i = f.iter().position(|w| *w == k).ok_or_else(|| anyhow!("no `{k}` in {line:?}"))?;
+            f.get(i + 1).map(|s| s.to_string()).ok_or_else(|| anyhow!("no value of `{k}` in {line:?}"))
+        };
+        let agent = Agent {
+            member_id: field("member")?,
+            service: field("service")?,
+            gossip: field("gossip")?,
+            proc: Proc { child },
+        };
+        // Keep draining stdout so the agent never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.agents.push(agent);
+        Ok(took)
+    }
+
+    /// Stops agent `i` with SIGTERM (a graceful leave), waits for it to exit
+    /// (SIGKILL after 10 s), and forgets it.
+    pub async fn leave(&mut self, i: usize) -> Result<()> {
+        let mut agent = self.agents.remove(i);
+        if let Some(pid) = agent.proc.pid() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), agent.proc.child.wait()).await.is_err() {
+            agent.proc.kill9().await;
+            bail!("{} did not exit within 10 s of SIGTERM", agent.member_id);
+        }
+        Ok(())
+    }
+
+    /// Waits until the leader's view holds exactly `n` raft members (voters
+    /// and nonvoters), `min(n, 3)` of them voters.
+    pub async fn wait_members(&self, n: usize, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let client = self.client(&(0..self.agents.len().min(3)).collect::<Vec<_>>())?;
+        let mut seen = (0, 0);
+        loop {
+            let addr = match client.status().await {
+                Ok(s) => s.leader.and_then(|leader| {
+                    self.agents.iter().find(|a| a.member_id == leader.to_string()).map(|a| a.service.clone())
+                }),
+                Err(_) => None,
+            };
+            if let Some(addr) = addr
+                && let Ok(l) = client.status_of(&addr).await
+            {
+                seen = (l.voters.len(), l.nonvoters.len());
+                if seen.0 == n.min(3) && seen.0 + seen.1 == n {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("raft does not hold {n} members within {within:?} (voters, nonvoters seen: {seen:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn client_options(&self) -> ClientOptions {
@@ -142,12 +233,11 @@ impl CarbonCluster {
                     _ => leaders.push(None),
                 }
             }
-            if let Some(Some(l)) = leaders.first() {
-                if leaders.iter().all(|x| x.as_deref() == Some(l.as_str())) {
-                    if let Some(&i) = index.get(l.as_str()) {
-                        return Ok(i);
-                    }
-                }
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| x.as_deref() == Some(l.as_str()))
+                && let Some(&i) = index.get(l.as_str())
+            {
+                return Ok(i);
             }
             if Instant::now() > deadline {
                 bail!("carbon cluster not ready within {within:?}: leaders seen {leaders:?}");
@@ -247,10 +337,11 @@ impl EtcdCluster {
             if ids.iter().all(Option::is_some) {
                 let ids: Vec<(usize, u64, u64)> = ids.into_iter().flatten().collect();
                 let leader = ids[0].2;
-                if leader != 0 && ids.iter().all(|x| x.2 == leader) {
-                    if let Some(x) = ids.iter().find(|x| x.1 == leader) {
-                        return Ok(x.0);
-                    }
+                if leader != 0
+                    && ids.iter().all(|x| x.2 == leader)
+                    && let Some(x) = ids.iter().find(|x| x.1 == leader)
+                {
+                    return Ok(x.0);
                 }
             }
             if Instant::now() > deadline {

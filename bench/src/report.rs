@@ -51,9 +51,7 @@ impl Measured {
 
 fn fmt_num(x: f64) -> String {
     let a = x.abs();
-    if a >= 1000.0 {
-        format!("{:.0}", x)
-    } else if a >= 100.0 {
+    if a >= 100.0 {
         format!("{:.0}", x)
     } else if a >= 10.0 {
         format!("{:.1}", x)
@@ -97,6 +95,8 @@ pub struct Report {
     pub settings: Vec<String>,
     pub commands: Vec<String>,
     pub rows: Vec<Row>,
+    /// Sections of their own after the main table: (title, markdown body).
+    pub sections: Vec<(String, String)>,
     pub problems: Vec<String>,
 }
 
@@ -120,7 +120,10 @@ impl Report {
             "Each cell: median (min–max) over repetitions. Ratio = ours / peer (medians); \
              the last column says which direction is better.\n"
         );
-        let _ = writeln!(md, "| figure | case | metric | ours | peer | peer case | peer value | ours/peer | better |");
+        let _ = writeln!(
+            md,
+            "| figure | case | metric | ours | peer | peer case | peer value | ours/peer | better |"
+        );
         let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for r in &self.rows {
             let peer = r.peer.as_ref().map_or_else(|| "—".to_string(), |p| p.cell(&r.unit));
@@ -149,6 +152,9 @@ impl Report {
             for r in notes {
                 let _ = writeln!(md, "- {} / {} / {}: {}", r.figure, r.case, r.metric, r.note);
             }
+        }
+        for (title, body) in &self.sections {
+            let _ = writeln!(md, "\n## {title}\n\n{body}");
         }
         let _ = writeln!(md, "\n## Settings\n");
         for s in &self.settings {

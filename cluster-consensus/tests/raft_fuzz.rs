@@ -23,7 +23,10 @@ async fn random_and_mutated_frames_cause_no_panic() {
         let templates = fuzz::templates(&target, "test-cluster");
         let report = fuzz::feed(target.raft_addr(), "test-cluster", &templates, seed, 500, 500).await;
         assert_eq!(report.random + report.mutated, 1000);
-        assert_eq!(report.answered + report.reconnects, 1000, "{report:?}");
+        // Every frame is answered, or was on a connection the server closed
+        // after a frame whose header it could not read.
+        assert_eq!(report.answered + report.unanswered, 1000, "{report:?}");
+        assert!(report.unanswered <= 32 * report.reconnects, "{report:?}");
         assert!(report.refused > 0 && !report.guarded.is_empty() && report.by_raft > 0, "{report:?}");
     }
     assert_eq!(fuzz::PANICS.load(Ordering::SeqCst), 0, "panics while fuzzing");

@@ -157,6 +157,14 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let host: IpAddr = config.host.parse().map_err(|_| bad_host("host"))?;
         let advertised: IpAddr = config.advertised_host().parse().map_err(|_| bad_host("advertise_host"))?;
         let ms = ClusterConfig::ms;
+        let mut config = config;
+        if let (cluster_rpc::Security::Plain, Some(files)) = (&config.security, &config.tls) {
+            let tls = cluster_rpc::Tls::from_files(files.clone()).map_err(|e| ClusterError::Start {
+                stage: "tls",
+                source: cluster_core::Error::BadRequest(cluster_rpc::chain(&e)),
+            })?;
+            config.security = cluster_rpc::Security::Tls(tls);
+        }
 
         // The service address goes into raft's node data, so bind it first.
         let service_listener = bind_tcp(host, config.service_port, "service").await?;

@@ -71,8 +71,13 @@ pub struct ClusterConfig {
     /// Bounds of the raft and service ports and of their clients (the frame
     /// limit is `raft.max_frame_bytes`, the request timeout `timeouts.operation_ms`).
     pub limits: cluster_rpc::Limits,
-    /// Plain TCP or mutual TLS on the raft and service ports (built from the
-    /// TLS options, not read from the config file).
+    /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key`, in
+    /// PEM; `carbon tls init` makes them). Loaded at start into
+    /// [`security`](ClusterConfig::security) unless that is set already.
+    pub tls: Option<cluster_rpc::TlsFiles>,
+    /// Plain TCP or mutual TLS on the raft and service ports, given in code
+    /// (certificates made in memory, a [`Tls`](cluster_rpc::Tls) the program
+    /// reloads itself). Not read from the config file: see [`tls`](ClusterConfig::tls).
     #[serde(skip)]
     pub security: cluster_rpc::Security,
     /// The store's quotas (`[quota]` in TOML): key, value and store bytes,
@@ -127,6 +132,7 @@ impl Default for ClusterConfig {
             gossip_keys: GossipKeys::default(),
             gossip_keyring_file: None,
             limits: cluster_rpc::Limits::default(),
+            tls: None,
             security: cluster_rpc::Security::default(),
             quota: ConsensusLimits::default(),
         }
@@ -411,6 +417,15 @@ impl ClusterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_configuration_parses_and_validates() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + readme[start..].find("```").expect("its end");
+        let config: ClusterConfig = toml::from_str(&readme[start..end]).expect("the README's TOML parses");
+        config.validate().expect("the README's configuration is valid");
+    }
 
     #[test]
     fn default_is_valid_and_roundtrips_through_toml() {

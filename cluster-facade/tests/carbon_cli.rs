@@ -441,6 +441,8 @@ fn a_wildcard_bind_advertises_another_address() {
         s("127.0.0.1"),
         s("--cluster-id"),
         s(CLUSTER),
+        // A wildcard bind is not loopback: secure by default wants TLS and a gossip key.
+        s("--insecure"),
     ]);
     for addr in [&a.service, &a.gossip, &a.raft, &a.grid] {
         assert!(addr.starts_with("127.0.0.1:"), "advertised {addr}");

@@ -65,3 +65,146 @@ fn tls_init_refuses_zero_members() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("x").exists());
 }
+
+/// One `carbon agent` with TLS flags; killed on drop.
+struct Agent {
+    child: std::process::Child,
+    service: String,
+    gossip: String,
+}
+
+impl Agent {
+    fn spawn(args: &[String]) -> Agent {
+        use std::io::{BufRead, BufReader};
+        let mut child = carbon()
+            .arg("agent")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("carbon agent starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no start line: {e}");
+            }
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |k: &str| words.iter().position(|w| *w == k).map(|i| words[i + 1].to_owned()).unwrap();
+        Agent { service: after("service"), gossip: after("gossip"), child }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_flags(dir: &std::path::Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        dir.join("ca.pem").display().to_string(),
+        "--tls-cert".into(),
+        dir.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".into(),
+        dir.join(format!("{name}-key.pem")).display().to_string(),
+    ]
+}
+
+fn client_cmd(args: &[&str], service: &str, tls: &[String]) -> std::process::Output {
+    client_within(args, service, tls, "20s")
+}
+
+fn client_within(args: &[&str], service: &str, tls: &[String], timeout: &str) -> std::process::Output {
+    carbon()
+        .args(args)
+        .args(["--service", service, "--cluster-id", "tls-test", "--timeout", timeout])
+        .args(tls)
+        .env_remove("CARBON_TLS_CA")
+        .env_remove("CARBON_TLS_CERT")
+        .env_remove("CARBON_TLS_KEY")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn agents_speak_mutual_tls_and_refuse_callers_without_a_certificate_of_their_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let other = dir.path().join("other");
+    assert!(carbon().args(["tls", "init", "--members", "2"]).arg(&certs).status().unwrap().success());
+    assert!(carbon().args(["tls", "init", "--members", "1"]).arg(&other).status().unwrap().success());
+    let base = |name: &str| {
+        let mut a: Vec<String> =
+            ["--host", "127.0.0.1", "--cluster-id", "tls-test"].iter().map(|s| s.to_string()).collect();
+        a.extend(tls_flags(&certs, name));
+        a
+    };
+    let first = Agent::spawn(&base("member-1"));
+    let mut second_args = base("member-2");
+    second_args.extend(["--seed".to_owned(), first.gossip.clone()]);
+    let second = Agent::spawn(&second_args);
+
+    // A client with the cluster's client certificate reads and writes, through either member.
+    let client = tls_flags(&certs, "client");
+    let set = client_cmd(&["kv", "set", "color", "blue"], &second.service, &client);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let get = client_cmd(&["kv", "get", "color", "--consistent"], &first.service, &client);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "blue");
+
+    // Without a certificate, or with another CA's, the member refuses: exit 3, saying why.
+    let plain = client_within(&["kv", "get", "color"], &first.service, &[], "3s");
+    assert_eq!(plain.status.code(), Some(3), "{}", String::from_utf8_lossy(&plain.stderr));
+    let foreign = client_within(&["kv", "get", "color"], &first.service, &tls_flags(&other, "client"), "3s");
+    assert_eq!(foreign.status.code(), Some(3), "{}", String::from_utf8_lossy(&foreign.stderr));
+
+    // A client certificate may not write the cluster's own records, whatever the client sends.
+    let reserved = client_cmd(&["kv", "set", "carbon-grid/members/x", "y"], &first.service, &client);
+    assert_ne!(reserved.status.code(), Some(0));
+
+    // Only some of the three TLS flags is a usage error.
+    let partial = client_cmd(&["kv", "get", "color"], &first.service, &client[..2]);
+    assert_eq!(partial.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&partial.stderr).contains("--tls-key"));
+}
+
+#[test]
+fn a_member_on_a_network_address_needs_tls_and_a_gossip_key_or_insecure() {
+    let out = carbon()
+        .args(["agent", "--host", "0.0.0.0", "--advertise-host", "127.0.0.1"])
+        .env_remove("CARBON_TLS_CA")
+        .env_remove("CARBON_TLS_CERT")
+        .env_remove("CARBON_TLS_KEY")
+        .env_remove("CARBON_GOSSIP_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-ca") && err.contains("--gossip-key") && err.contains("--insecure"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // A client certificate cannot run a member.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(carbon().args(["tls", "init", "--members", "1"]).arg(dir.path()).status().unwrap().success());
+    let out = carbon()
+        .args(["agent", "--host", "127.0.0.1"])
+        .args(tls_flags(dir.path(), "client"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client certificate"));
+}

@@ -91,10 +91,10 @@ impl RpcError {
         match self {
             RpcError::Timeout { .. } => Error::Timeout(self.to_string()),
             RpcError::Encode(e) => e,
-            RpcError::Refused {
-                error: e @ (Error::ClusterMismatch { .. } | Error::VersionMismatch { .. }),
-                ..
-            } => e,
+            // The peer's own words: another cluster, another protocol, forbidden…
+            RpcError::Refused { error, .. } => error,
+            // An answer that does not decode: the peer speaks something else.
+            RpcError::BadAnswer { error, .. } => error,
             RpcError::Config(m) => Error::BadRequest(m),
             other => Error::Unreachable(chain(&other)),
         }

@@ -4,11 +4,14 @@
 //! - Users' keys: anyone who reached the service (a client or a member
 //!   certificate with TLS; anyone over plain TCP).
 //! - The cluster's own state — keys under
-//!   [`RESERVED_PREFIX`](cluster_core::keys::RESERVED_PREFIX), short-id
-//!   operations — and operator commands: members only, proven by a member
-//!   certificate. Over plain TCP nobody can prove it, so nobody gets them
-//!   over the wire: a member's own process changes its cluster's records
-//!   through its local store, never through a service port.
+//!   [`RESERVED_PREFIX`], short-id
+//!   operations: members only, proven by a member certificate. Over plain
+//!   TCP nobody can prove it, so nobody gets them over the wire: a member's
+//!   own process changes its cluster's records through its local store,
+//!   never through a service port.
+//! - Operator commands (a forced leave): a member certificate with TLS;
+//!   without TLS, anyone who reaches the port — a cluster without TLS has
+//!   chosen to trust its network (loopback, or `--insecure`).
 //! - Reads are open to every caller: the records are what `carbon members`
 //!   shows, and they carry no secret.
 //! - An empty key is nobody's.
@@ -24,7 +27,9 @@ use crate::protocol::Request;
 pub enum Access {
     /// Any caller that reached the service.
     Anyone,
-    /// A caller with a member certificate.
+    /// An operator: a member certificate with TLS, anyone without TLS.
+    Operator,
+    /// A caller with a member certificate (never over plain TCP).
     Member,
 }
 
@@ -46,11 +51,16 @@ pub fn required_access(request: &Request) -> Result<Access> {
             }
             Ok(Access::Anyone)
         }
+        // An export reads what `GetPrefix` reads, after a leader check; a
+        // watch streams what `GetPrefix` reads, as it changes.
         Request::GetPrefix { .. }
         | Request::GetPrefixWithRevision { .. }
         | Request::Watch { .. }
         | Request::Members
-        | Request::Status => Ok(Access::Anyone),
+        | Request::Status
+        | Request::Liveness
+        | Request::Export => Ok(Access::Anyone),
+        Request::ForceLeave { .. } => Ok(Access::Operator),
         Request::Write(write) => match &write.op {
             WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
                 key_access(key)
@@ -69,8 +79,10 @@ pub fn required_access(request: &Request) -> Result<Access> {
 /// of the caller's verified certificate; `None` over plain TCP.
 pub fn authorize(role: Option<Role>, request: &Request) -> Result<()> {
     match (required_access(request)?, role) {
-        (Access::Anyone, _) | (Access::Member, Some(Role::Member)) => Ok(()),
-        (Access::Member, Some(Role::Client)) => Err(Error::Forbidden(format!(
+        (Access::Anyone, _)
+        | (Access::Operator, None | Some(Role::Member))
+        | (Access::Member, Some(Role::Member)) => Ok(()),
+        (Access::Member | Access::Operator, Some(Role::Client)) => Err(Error::Forbidden(format!(
             "{} {} needs a member certificate; this caller holds a client certificate",
             request.kind(),
             what(request)
@@ -132,6 +144,17 @@ mod tests {
                 "{request:?}"
             );
             assert_eq!(authorize(Some(Role::Member), request), Ok(()), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn operator_commands_need_a_member_certificate_once_tls_is_on() {
+        let leave = Request::ForceLeave { member: MemberId::generate() };
+        assert_eq!(authorize(None, &leave), Ok(()));
+        assert_eq!(authorize(Some(Role::Member), &leave), Ok(()));
+        assert!(matches!(authorize(Some(Role::Client), &leave), Err(Error::Forbidden(_))));
+        for read in [Request::Export, Request::Liveness, Request::Members] {
+            assert_eq!(authorize(Some(Role::Client), &read), Ok(()));
         }
     }
 

@@ -49,7 +49,12 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
     type Request = Request;
     type Answer = Response;
 
-    fn handle(&self, _caller: Caller, request: Request) -> HandlerFuture<Response> {
+    fn handle(&self, caller: Caller, request: Request) -> HandlerFuture<Response> {
+        // The server decides who may ask what, whatever the client library does.
+        if let Err(refused) = crate::authz::authorize(caller.role, &request) {
+            tracing::debug!(peer = %caller.addr, kind = request.kind(), %refused, "request refused");
+            return Box::pin(std::future::ready(Reply::One(Response::Err(refused))));
+        }
         let store = self.store.clone();
         if let Request::Watch { prefix, from_revision } = request {
             return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cluster_core::wire::{Frame, WireCodec};
-use cluster_core::{Error, MemberId, MemberInfo, WriteOp, WriteOutcome, WriteRequest, keys};
+use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteOutcome, WriteRequest, keys};
 use cluster_service::protocol::{CONNECTION_ERROR_ID, ClientCodec};
 use cluster_service::{
     Backoff, ClientOptions, Request, Response, ServerConfig, ServiceClient, ServiceServer,
@@ -93,15 +93,20 @@ async fn every_request_kind_roundtrips() {
     assert!(c.delete("b").await.unwrap());
     assert!(!c.delete("b").await.unwrap());
 
-    // Reserved keys are refused to users, allowed to the cluster's own writes.
+    // Reserved keys are refused to users; the cluster writes them through the
+    // leader's own store, and over plain TCP the server refuses them to anyone.
     assert!(matches!(c.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
     let info = MemberInfo::new(MemberId::generate(), "127.0.0.1", 1, 2, 3, 4);
     let op = WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() };
-    c.write(WriteRequest::new(op)).await.unwrap();
+    assert!(matches!(c.write(WriteRequest::new(op.clone())).await, Err(Error::Forbidden(_))));
+    let leader = cluster.member(0);
+    leader.write(WriteRequest::new(op)).await.unwrap();
     let garbage = WriteOp::Set { key: keys::member_key(MemberId::generate()), value: vec![1, 2, 3] };
-    c.write(WriteRequest::new(garbage)).await.unwrap();
+    leader.write(WriteRequest::new(garbage)).await.unwrap();
     assert_eq!(c.members().await.unwrap(), vec![info]);
-    let short = c.write(WriteRequest::new(WriteOp::AllocateShortId { member: cluster.member(0).id })).await;
+    let short = c.write(WriteRequest::new(WriteOp::AllocateShortId { member: leader.id })).await;
+    assert!(matches!(short, Err(Error::Forbidden(_))), "{short:?}");
+    let short = leader.write(WriteRequest::new(WriteOp::AllocateShortId { member: leader.id })).await;
     assert!(matches!(short, Ok(WriteOutcome::ShortId(_))));
 
     let status = c.status().await.unwrap();

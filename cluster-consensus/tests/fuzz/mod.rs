@@ -87,6 +87,9 @@ pub struct Report {
     pub by_raft: u64,
     /// Connections the server closed (then reopened).
     pub reconnects: u64,
+    /// Frames sent on a connection the server closed before answering them
+    /// (it closes after a frame whose header it cannot read).
+    pub unanswered: u64,
 }
 
 /// Valid requests that look like what `target`'s cluster sends it now.
@@ -379,10 +382,11 @@ pub async fn feed(
         }
         if writer.write_all(&out).await.is_err() {
             report.reconnects += 1;
+            report.unanswered += sent;
             (replies, writer) = connect(addr, cluster_id).await;
             continue;
         }
-        for _ in 0..sent {
+        for k in 0..sent {
             match tokio::time::timeout(Duration::from_secs(30), replies.next()).await {
                 Ok(Some(Ok(Ok(frame)))) => {
                     report.answered += 1;
@@ -392,6 +396,7 @@ pub async fn feed(
                 Ok(Some(Err(e))) => panic!("the member's answers broke the stream: {e}"),
                 Ok(None) => {
                     report.reconnects += 1;
+                    report.unanswered += sent - k;
                     (replies, writer) = connect(addr, cluster_id).await;
                     break;
                 }

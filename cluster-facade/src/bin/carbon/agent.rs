@@ -55,9 +55,11 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "CARBON_GOSSIP_KEY", hide_env_values = true, value_name = "KEY")]
     pub gossip_key: Option<String>,
     /// Run without the protections a member on a non-loopback address needs
-    /// (gossip encryption). For trusted networks and experiments only.
+    /// (mutual TLS, gossip encryption). For trusted networks and experiments only.
     #[arg(long)]
     pub insecure: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Before starting, move this member's raft state aside (renamed with a
     /// timestamp, not deleted) and rejoin with an empty one, keeping the
     /// member id: what to do when the member refused to start because its
@@ -117,6 +119,9 @@ impl AgentArgs {
             config.gossip_keys.0.retain(|k| k.trim() != key.trim());
             config.gossip_keys.0.insert(0, key.trim().to_owned());
         }
+        if let Some(files) = self.tls.files()? {
+            config.tls = Some(files);
+        }
         config.validate().map_err(|errs| {
             let lines: Vec<String> = errs.0.iter().map(|p| format!("  {p}")).collect();
             Failure::usage(format!("invalid configuration:\n{}", lines.join("\n")))
@@ -132,14 +137,24 @@ impl AgentArgs {
 /// gossip, or is told in one line what to pass.
 fn secure_enough(config: &ClusterConfig) -> Result<(), Failure> {
     let loopback = config.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
     let keyring_on_disk = config.gossip_keyring_path().is_some_and(|p| p.exists());
-    if loopback || !config.gossip_keys.0.is_empty() || keyring_on_disk {
+    let mut missing = Vec::new();
+    if config.tls.is_none() && matches!(config.security, cluster_facade::rpc::Security::Plain) {
+        missing.push("--tls-ca/--tls-cert/--tls-key (make them with `carbon tls init DIR`)");
+    }
+    if config.gossip_keys.0.is_empty() && !keyring_on_disk {
+        missing.push("--gossip-key KEY (make one with `carbon keys generate`)");
+    }
+    if missing.is_empty() {
         return Ok(());
     }
     Err(Failure::usage(format!(
-        "host {} is not a loopback address and gossip is not encrypted: pass --gossip-key KEY \
-         (or CARBON_GOSSIP_KEY; make one with `carbon keys generate`), or --insecure",
-        config.host
+        "host {} is not a loopback address: pass {}, or --insecure",
+        config.host,
+        missing.join(" and ")
     )))
 }
 
@@ -173,6 +188,21 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             "carbon: raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
             report.reset_id
         );
+    }
+    // TLS from files: loaded here (a bad file is a usage error naming it) and
+    // reloaded on SIGHUP or when the files change, for new connections.
+    let mut config = config;
+    let reload = tokio_util::sync::CancellationToken::new();
+    let _stop_reloading = reload.clone().drop_guard();
+    if let Some(files) = config.tls.clone() {
+        let tls = cluster_facade::rpc::Tls::from_files(files).map_err(|e| Failure::usage(e.to_string()))?;
+        if tls.role() != cluster_facade::rpc::Role::Member {
+            return Err(Failure::usage(
+                "--tls-cert is a client certificate: a member needs a member certificate (carbon tls init)",
+            ));
+        }
+        tls.spawn_reloader(std::time::Duration::from_secs(5), reload.clone());
+        config.security = cluster_facade::rpc::Security::Tls(tls);
     }
     let cluster = match Cluster::start(config).await {
         Ok(cluster) => cluster,

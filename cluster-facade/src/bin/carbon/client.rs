@@ -31,6 +31,8 @@ pub(crate) struct Target {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// `host:port` with a port in 1..=65535; anything else is a usage error at once.
@@ -156,6 +158,7 @@ pub(crate) fn client(t: &Target) -> Result<ServiceClient, Failure> {
     options.op_timeout = t.timeout;
     options.attempt_timeout = options.attempt_timeout.min(t.timeout);
     options.connect_timeout = options.connect_timeout.min(t.timeout);
+    options.security = t.tls.security()?;
     ServiceClient::new(t.services.iter().cloned(), options).map_err(|e| Failure::usage(e.to_string()))
 }
 

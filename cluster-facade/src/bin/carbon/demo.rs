@@ -5,6 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cluster_facade::rpc::tls::generate::CertificateAuthority;
+use cluster_facade::rpc::{Role, Security, Tls};
 use cluster_facade::{Cluster, ClusterConfig, GossipKey, GossipKeys, RaftRole};
 
 use crate::exit::Failure;
@@ -42,8 +44,22 @@ fn demo_key() -> &'static GossipKey {
     KEY.get_or_init(GossipKey::generate)
 }
 
+/// The demo cluster's certificate authority, made in memory for each run.
+fn demo_ca() -> &'static CertificateAuthority {
+    static CA: std::sync::OnceLock<CertificateAuthority> = std::sync::OnceLock::new();
+    CA.get_or_init(|| CertificateAuthority::generate("carbon-demo").expect("a CA can be made in memory"))
+}
+
+/// Mutual TLS with a member certificate of its own for each member.
+fn member_tls() -> anyhow::Result<Security> {
+    let ca = demo_ca();
+    let cert = ca.issue(Role::Member, "demo-member")?;
+    Ok(Security::Tls(Tls::from_pem(ca.cert_pem(), &cert.cert_pem, &cert.key_pem)?))
+}
+
 fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
     let mut c = ClusterConfig {
+        security: member_tls().expect("a member certificate can be made in memory"),
         seeds,
         num_voters: voters,
         cluster_id: "carbon-demo".into(),
@@ -119,6 +135,9 @@ async fn tour(args: DemoArgs) -> anyhow::Result<()> {
         args.members, wanted
     );
     println!("Gossip is encrypted with a key generated for this run (key id {}).", demo_key().id());
+    println!(
+        "Raft and the service speak mutual TLS, with a CA and certificates made in memory for this run."
+    );
 
     step(1, total, &format!("Starting {} members", args.members));
     let started = Instant::now();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use cluster_facade::rpc::tls::TlsFiles;
 use cluster_facade::rpc::tls::generate::write_bundle;
+use cluster_facade::rpc::{Security, Tls};
 
 use crate::exit::Failure;
 
@@ -68,4 +69,57 @@ fn init(dir: &Path, members: usize, cluster_id: &str) -> Result<(), Failure> {
     println!();
     println!("Keep {} off the members: whoever holds it can make members.", bundle.ca_key.display());
     Ok(())
+}
+
+/// The TLS options every command that talks to members takes: the three
+/// files together, as flags or from `CARBON_TLS_*`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsArgs {
+    /// The cluster CA's certificate (PEM). With --tls-cert and --tls-key it
+    /// turns mutual TLS on (`carbon tls init` makes all three).
+    #[arg(long = "tls-ca", env = "CARBON_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This member's or client's certificate (PEM).
+    #[arg(long = "tls-cert", env = "CARBON_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "CARBON_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when all three are given; a usage error naming what is
+    /// missing when only some are.
+    pub(crate) fn files(&self) -> Result<Option<TlsFiles>, Failure> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some(TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() }))
+            }
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--tls-ca", &self.tls_ca),
+                    ("--tls-cert", &self.tls_cert),
+                    ("--tls-key", &self.tls_key),
+                ]
+                .into_iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(name, _)| name)
+                .collect();
+                Err(Failure::usage(format!(
+                    "TLS needs --tls-ca, --tls-cert and --tls-key together; missing {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// Plain TCP without files, mutual TLS with them (loaded now: a bad file
+    /// is a usage error naming it).
+    pub(crate) fn security(&self) -> Result<Security, Failure> {
+        Ok(match self.files()? {
+            None => Security::Plain,
+            Some(files) => Security::Tls(Tls::from_files(files).map_err(|e| Failure::usage(e.to_string()))?),
+        })
+    }
 }

@@ -1,0 +1,163 @@
+//! Random and mutated service frames against a service server, for the
+//! short test (`tests/service_fuzz.rs`) and the long run
+//! (`examples/service_fuzz.rs`). Frames go over real TCP connections; a
+//! connection the server closes (garbage it cannot resynchronize) is opened
+//! again. Panics anywhere in the process are counted by a hook.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use cluster_core::wire::{Frame, encode_body};
+use cluster_core::{MemberId, WriteOp, WriteRequest, keys};
+use cluster_service::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Panics seen by the hook installed with [`count_panics`].
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts every panic of the process (the first few are printed).
+pub fn count_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        if PANICS.fetch_add(1, Ordering::SeqCst) < 5 {
+            eprintln!("PANIC: {info}");
+        }
+    }));
+}
+
+/// splitmix64: seeded, the same sequence everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Valid frame bodies of every request kind, the cluster's reserved ones included.
+pub fn templates(cluster_id: &str) -> Vec<Vec<u8>> {
+    let member = MemberId::generate();
+    let write = |op| Request::Write(WriteRequest::new(op));
+    let requests = [
+        Request::Get { key: "k".into() },
+        Request::ConsistentGet { key: "k".into() },
+        Request::GetPrefix { prefix: String::new() },
+        write(WriteOp::Set { key: "user/a".into(), value: vec![1, 2, 3] }),
+        write(WriteOp::Delete { key: "user/a".into() }),
+        write(WriteOp::CompareAndSet { key: "user/b".into(), expected: None, new: Some(vec![9]) }),
+        write(WriteOp::Set { key: keys::member_key(member), value: vec![0; 8] }),
+        write(WriteOp::AllocateShortId { member }),
+        write(WriteOp::ReleaseShortId { member }),
+        Request::Members,
+        Request::Status,
+        Request::Export,
+        Request::Liveness,
+        Request::ForceLeave { member },
+    ];
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            encode_body(cluster_id, &Frame { request_id: i as u64 + 1, body: r.clone() }, 1 << 20).unwrap()
+        })
+        .collect()
+}
+
+fn mutate(rng: &mut Rng, template: &[u8]) -> Vec<u8> {
+    let mut body = template.to_vec();
+    match rng.below(4) {
+        // Flip a few bytes anywhere.
+        0 => {
+            for _ in 0..=rng.below(4) {
+                let i = rng.below(body.len());
+                body[i] ^= (rng.next() as u8) | 1;
+            }
+        }
+        // Cut it short.
+        1 => body.truncate(rng.below(body.len())),
+        // Grow it with garbage (trailing bytes, lying lengths inside).
+        2 => body.extend((0..=rng.below(16)).map(|_| rng.next() as u8)),
+        // Overwrite the payload's bytes after the header (the header stays valid).
+        _ => {
+            let start = 15.min(body.len());
+            for b in &mut body[start..] {
+                if rng.below(3) == 0 {
+                    *b = rng.next() as u8;
+                }
+            }
+        }
+    }
+    body
+}
+
+/// What was sent and what became of it.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Frames of random bytes sent.
+    pub random: u64,
+    /// Mutated valid frames sent.
+    pub mutated: u64,
+    /// Frames answered.
+    pub answered: u64,
+    /// Connections the server closed, or that waited for more bytes (we
+    /// opened a new one).
+    pub reconnects: u64,
+}
+
+/// Sends `random` random and `mutated` mutated frames to the service at
+/// `addr`, one at a time, reading the answer to each (or seeing the
+/// connection closed, after which a new one is opened).
+pub async fn feed(addr: SocketAddr, cluster_id: &str, seed: u64, random: u64, mutated: u64) -> Report {
+    let templates = templates(cluster_id);
+    let mut rng = Rng(seed);
+    let mut report = Report::default();
+    let mut conn = TcpStream::connect(addr).await.expect("the service accepts");
+    while report.random < random || report.mutated < mutated {
+        let body: Vec<u8> = if report.mutated >= mutated || (report.random < random && rng.below(2) == 0) {
+            report.random += 1;
+            let len = rng.below(64);
+            (0..len).map(|_| rng.next() as u8).collect()
+        } else {
+            report.mutated += 1;
+            let template = &templates[rng.below(templates.len())];
+            mutate(&mut rng, template)
+        };
+        let mut out = BytesMut::with_capacity(body.len() + 4);
+        out.put_u32(body.len() as u32);
+        out.extend_from_slice(&body);
+        let answered = conn.write_all(&out).await.is_ok() && read_answer(&mut conn).await;
+        if answered {
+            report.answered += 1;
+        } else {
+            report.reconnects += 1;
+            conn = TcpStream::connect(addr).await.expect("the service still accepts");
+        }
+    }
+    report
+}
+
+/// Reads one answer frame; false when the connection closed instead (or a
+/// frame never came: the server waits for the rest of a frame that a cut
+/// length announced, and the frame timeout would end it).
+async fn read_answer(conn: &mut TcpStream) -> bool {
+    let read = async {
+        let len = conn.read_u32().await.ok()? as usize;
+        let mut body = vec![0u8; len.min(1 << 20)];
+        conn.read_exact(&mut body).await.ok()?;
+        Some(())
+    };
+    matches!(tokio::time::timeout(Duration::from_millis(200), read).await, Ok(Some(())))
+}
