@@ -13,12 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use cluster_core::plan::lowest_free_short_id;
 use cluster_core::{
-    ClientRequestId, Error, MemberId, ShortId, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
+    ClientRequestId, Error, MemberId, ShortId, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use crate::encoding::{decode, encode};
 use crate::snapshot_data::SnapshotData;
@@ -281,7 +280,7 @@ pub struct StateMachine {
     state: SharedState,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     vault: Option<Arc<dyn SnapshotVault>>,
-    events: broadcast::Sender<WatchEvent>,
+    events: Arc<WatchLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,16 +289,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StateMachine {
     /// A state machine starting from `snapshot` (the last persisted one) or
-    /// empty (fails if the snapshot does not decode), sending applied changes to `events`.
+    /// empty (fails if the snapshot does not decode), recording applied
+    /// changes in `events` (which replays from the starting state on).
     pub fn new(
         snapshot: Option<StoredSnapshot>,
         vault: Option<Arc<dyn SnapshotVault>>,
-        events: broadcast::Sender<WatchEvent>,
+        events: Arc<WatchLog>,
     ) -> Result<Self, std::io::Error> {
         let state = match &snapshot {
             Some(s) => KvState::from_bytes(&s.data)?,
             None => KvState::default(),
         };
+        events.restart_at(state.revision, Vec::new());
         Ok(StateMachine {
             state: SharedState(Arc::new(RwLock::new(state))),
             current: Arc::new(Mutex::new(snapshot)),
@@ -308,14 +309,13 @@ impl StateMachine {
         })
     }
 
-    /// An empty in-memory state machine with its own event channel.
+    /// An empty in-memory state machine with its own watch log.
     pub fn in_memory() -> Self {
-        let (events, _) = broadcast::channel(1024);
         StateMachine {
             state: SharedState(Arc::new(RwLock::new(KvState::default()))),
             current: Arc::new(Mutex::new(None)),
             vault: None,
-            events,
+            events: Arc::new(WatchLog::new(0, 1024, 1024, 1 << 20)),
         }
     }
 
@@ -325,10 +325,7 @@ impl StateMachine {
     }
 
     fn publish(&self, events: Vec<WatchEvent>) {
-        for e in events {
-            // No receiver is fine: nobody watches.
-            let _ = self.events.send(e);
-        }
+        self.events.publish(events);
     }
 }
 
@@ -434,14 +431,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &e))?
                 .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e))?;
         }
-        let events = {
+        let (revision, events) = {
             let mut s = self.state.write();
             let events = s.diff_to(&new_state);
+            let revision = new_state.revision;
             *s = new_state;
-            events
+            (revision, events)
         };
         *lock(&self.current) = Some(stored);
-        self.publish(events);
+        // The revisions the snapshot skipped over cannot be replayed.
+        self.events.restart_at(revision, events);
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cluster_core::{
     ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries,
-    Error, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchEvent, WriteOutcome, WriteRequest,
+    Error, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchLog, WriteOutcome, WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -36,6 +36,11 @@ use crate::typecfg::Raft;
 
 /// Capacity of the watch channel: a watcher further behind gets `Error::Lagged`.
 const WATCH_CAPACITY: usize = 4096;
+/// How many past changes a member keeps for watches from an old revision;
+/// older ones get `Error::Compacted`.
+const WATCH_HISTORY_EVENTS: usize = 10_000;
+/// The most bytes of keys and values kept for watches from an old revision.
+const WATCH_HISTORY_BYTES: usize = 16 << 20;
 /// The smallest frame limit that still carries useful snapshot chunks.
 const MIN_FRAME_LEN: usize = 64 * 1024;
 /// The largest snapshot chunk (openraft's default).
@@ -60,7 +65,7 @@ struct Inner {
     member_id: MemberId,
     raft: Raft,
     state: SharedState,
-    events: Mutex<Option<broadcast::Sender<WatchEvent>>>,
+    events: Arc<WatchLog>,
     status: watch::Receiver<ConsensusStatus>,
     raft_addr: SocketAddr,
     endpoints: Endpoints,
@@ -272,7 +277,7 @@ impl RaftStore {
         }
         let votes = VoteGate::new(pending);
         let raft_config = Arc::new(raft_config);
-        let (events, _) = broadcast::channel(WATCH_CAPACITY);
+        let events = Arc::new(WatchLog::new(0, WATCH_CAPACITY, WATCH_HISTORY_EVENTS, WATCH_HISTORY_BYTES));
 
         #[cfg(feature = "durable")]
         let (log_store, sm, durable) = match &config.data_dir {
@@ -423,7 +428,7 @@ impl RaftStore {
                 member_id,
                 raft,
                 state,
-                events: Mutex::new(Some(events)),
+                events,
                 status,
                 raft_addr,
                 endpoints,
@@ -705,13 +710,16 @@ impl ConsensusStore for RaftStore {
     }
 
     fn watch(&self, prefix: &str) -> Watch {
-        let events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = match events.as_ref() {
-            Some(tx) => tx.subscribe(),
-            // Stopped: a watch that ends at once.
-            None => broadcast::channel(1).1,
-        };
-        Watch::new(prefix, rx)
+        match self.inner.events.watch(prefix, None) {
+            Ok(watch) => watch,
+            // Never happens (a watch from now has nothing to replay); a
+            // watch that ends at once is the answer of a stopped store.
+            Err(_) => Watch::new(prefix, broadcast::channel(1).1),
+        }
+    }
+
+    fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
+        self.inner.events.watch(prefix, from_revision)
     }
 
     async fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
@@ -772,7 +780,7 @@ impl ConsensusStore for RaftStore {
         for t in tasks {
             let _ = t.await;
         }
-        drop(inner.events.lock().unwrap_or_else(|p| p.into_inner()).take());
+        inner.events.close();
         #[cfg(feature = "durable")]
         {
             let durable = inner.durable.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -31,7 +31,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Dur
 
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::read(&e))?;
         let opened = durable::open(&dir.path().join("raft.redb")).map_err(|e| StorageIOError::read(&e))?;
-        let (events, _) = tokio::sync::broadcast::channel(16);
+        let events = Arc::new(cluster_core::WatchLog::new(0, 16, 16, 1 << 16));
         let sm = StateMachine::new(opened.snapshot, Some(Arc::new(opened.writer.clone())), events)
             .map_err(|e| StorageIOError::read(&e))?;
         Ok((dir, LogStore::durable(opened.log, opened.writer), sm))

@@ -187,6 +187,17 @@ pub enum Error {
         /// The configured limit.
         limit: u64,
     },
+    // ---- watch history: start from a newer revision ----
+    /// A watch asked to start at a revision older than the member still
+    /// remembers (like etcd's "compacted"): read the prefix again (its
+    /// revision says where to watch from) and watch from there.
+    #[error("revision {requested} is compacted: this member replays changes from revision {oldest} on")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision the member can replay.
+        oldest: u64,
+    },
 }
 
 /// The quotas of the consensus store (see [`Error::QuotaExceeded`]).

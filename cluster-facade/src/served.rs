@@ -176,6 +176,10 @@ impl<S: ConsensusStore> ConsensusStore for ServedStore<S> {
         self.store.watch(prefix)
     }
 
+    fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
+        self.store.watch_from(prefix, from_revision)
+    }
+
     async fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
         self.store.add_nonvoter(member, endpoints).await
     }

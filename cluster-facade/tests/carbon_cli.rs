@@ -212,7 +212,9 @@ fn every_command_against_a_cluster_of_agents() {
     assert_eq!(json(&kv(&["cas", "color", "red", "--expect", "blue", "--json"]))["succeeded"], true);
     assert_eq!(json(&kv(&["cas", "shape", "round", "--absent", "--json"]))["succeeded"], true);
     let list = json(&kv(&["list", "", "--json"]));
-    let keys: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert!(list["revision"].as_u64().is_some_and(|r| r > 0), "{list}");
+    let keys: Vec<&str> =
+        list["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert!(keys.contains(&"color") && keys.contains(&"shape"), "{keys:?}");
     assert!(kv(&["delete", "color"]).status.success());
     let missing = kv(&["get", "color", "--consistent"]);
@@ -376,7 +378,7 @@ fn what_a_new_user_tripped_on() {
     let mut list = Value::Null;
     wait_until("member a applied both writes", || {
         let out = run_s(base(&["kv", "list", "", "--json"]));
-        list = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)["entries"].take();
         list.as_array().is_some_and(|l| l.len() == 2)
     });
     let keys: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
@@ -385,7 +387,13 @@ fn what_a_new_user_tripped_on() {
     assert!(list[0].get("value").is_none());
     assert_eq!(list[1]["value"], "plain");
     let all = json(&run_s(base(&["kv", "list", "", "--json", "--all"])));
-    assert!(all.as_array().unwrap().iter().any(|e| e["key"].as_str().unwrap().starts_with("carbon-grid/")));
+    assert!(
+        all["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["key"].as_str().unwrap().starts_with("carbon-grid/"))
+    );
 
     // Log lines: plain text off a terminal, JSON when asked.
     let out = carbon()
@@ -670,8 +678,9 @@ fn snapshot_save_wipe_restore() {
     }
     let h = a.http.clone().unwrap();
     assert_eq!(http(&h, "PUT", "/v1/kv/bin", &[0xff, 0x00, 0x80]).0, 200);
-    let list =
-        |svc: &str| json(&run(&["kv", "list", "", "--json", "--service", svc, "--cluster-id", CLUSTER]));
+    let list = |svc: &str| {
+        json(&run(&["kv", "list", "", "--json", "--service", svc, "--cluster-id", CLUSTER]))["entries"].take()
+    };
     let before = list(&svc);
     assert_eq!(before.as_array().unwrap().len(), 4);
     let backup = dir.path().join("backup.snap");
@@ -877,4 +886,85 @@ max_store_bytes = 6000
     assert_eq!(status()["quota_alarm"], false);
     assert!(kv(&["set", "again", &value]).status.success());
     assert!(agent.stop().success());
+}
+
+/// `kv watch` prints each change once, goes on at the next `--service` when
+/// its member is killed, and exits 0 on SIGINT.
+#[test]
+fn kv_watch_follows_changes_across_a_killed_member_and_exits_0_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let first = Agent::start(&config, &[]);
+    let seed = first.gossip.clone();
+    let mut agents = vec![first];
+    for _ in 0..2 {
+        agents.push(Agent::start(&config, &[&seed]));
+    }
+    let (a, b) = (agents[0].service.clone(), agents[1].service.clone());
+    wait_until("3 voters", || {
+        let status = json(&run(&["status", "--service", &b, "--cluster-id", CLUSTER, "--json"]));
+        status["voters"].as_object().map(|v| v.len()) == Some(3) && !status["leader"].is_null()
+    });
+    let set = |k: &str, v: &str| {
+        let out = run(&["kv", "set", k, v, "--service", &b, "--cluster-id", CLUSTER]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    set("w/before", "0");
+    let list = json(&run(&["kv", "list", "w/", "--json", "--service", &a, "--cluster-id", CLUSTER]));
+    let revision = list["revision"].as_u64().expect("a revision");
+    assert_eq!(list["entries"][0]["key"], "w/before", "{list}");
+
+    let from = (revision + 1).to_string();
+    let mut watch = carbon()
+        .args(["kv", "watch", "w/", "--from-revision", &from, "--json", "--service", &a, "--service", &b])
+        .args(["--cluster-id", CLUSTER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("carbon kv watch starts");
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = lines.recv_timeout(DEADLINE).expect("a watch line");
+        serde_json::from_str(&line).expect("a JSON line")
+    };
+
+    set("w/1", "one");
+    let first_event = next();
+    assert_eq!(first_event["key"], "w/1", "{first_event}");
+    assert_eq!(first_event["value"], "one", "{first_event}");
+    // Kill the member the watch reads from; the next write comes from another.
+    drop(agents.remove(0));
+    set("w/2", "two");
+    run(&["kv", "delete", "w/1", "--service", &b, "--cluster-id", CLUSTER]);
+    let second = next();
+    let third = next();
+    assert_eq!(second["key"], "w/2", "{second}");
+    assert_eq!(third["key"], "w/1", "{third}");
+    assert_eq!(third["deleted"], true, "{third}");
+    let revisions: Vec<u64> =
+        [&first_event, &second, &third].iter().map(|e| e["revision"].as_u64().unwrap()).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
+    assert!(revisions[0] > revision, "{revisions:?} after the list's {revision}");
+
+    let _ = Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "kv watch did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "SIGINT exits 0: {status:?}");
+    reader.join().unwrap();
+    assert!(lines.try_recv().is_err(), "no repeated event");
 }

@@ -51,8 +51,11 @@ pub fn required_access(request: &Request) -> Result<Access> {
             }
             Ok(Access::Anyone)
         }
-        // An export reads what `GetPrefix` reads, after a leader check.
+        // An export reads what `GetPrefix` reads, after a leader check; a
+        // watch streams what `GetPrefix` reads, as it changes.
         Request::GetPrefix { .. }
+        | Request::GetPrefixWithRevision { .. }
+        | Request::Watch { .. }
         | Request::Members
         | Request::Status
         | Request::Liveness

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
-    CasOutcome, ClientRequestId, ConsensusStatus, Error, MemberInfo, Result, WriteOutcome, WriteRequest,
+    CasOutcome, ClientRequestId, ConsensusStatus, Error, MemberInfo, Result, WatchEvent, WriteOutcome,
+    WriteRequest,
 };
 use cluster_rpc::{Limits, Security};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::protocol::{self, Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
@@ -166,6 +169,44 @@ impl ServiceClient {
         self.request(Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
     }
 
+    /// The entries under `prefix` at some member, in key order, with the
+    /// revision they are of: a [`watch`](Self::watch) from that revision + 1
+    /// misses and repeats nothing.
+    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
+        self.request(Request::GetPrefixWithRevision { prefix: prefix.to_owned() }).await?.into_entries_at()
+    }
+
+    /// Every change under `prefix`, from `from_revision` on (`None`: from
+    /// now), in revision order, as the members apply them.
+    ///
+    /// The stream outlives the member that serves it: when that member dies,
+    /// stops or drops a slow reader, the stream goes on at another member's
+    /// service, from the last revision it yielded + 1, with no gap and no
+    /// repeat. It fails (and ends) with [`Error::Compacted`] when no member
+    /// remembers the revision to go on from (a watcher far behind: list the
+    /// prefix again with [`get_prefix_with_revision`](Self::get_prefix_with_revision)
+    /// and watch from there), and with the last error when no member could be
+    /// watched for [`ClientOptions::op_timeout`].
+    pub fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> impl futures::Stream<Item = Result<WatchEvent>> + Send + 'static {
+        let watcher = Watcher {
+            client: self.clone(),
+            prefix: prefix.to_owned(),
+            next: from_revision,
+            stream: None,
+            failing_since: None,
+            failures: 0,
+            done: false,
+        };
+        futures::stream::unfold(watcher, |mut watcher| async move {
+            let item = watcher.next_event().await?;
+            Some((item, watcher))
+        })
+    }
+
     /// Sets `key`; true if it was created.
     pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
         self.write(protocol::user_write(WriteRequest::set(key, value))?).await?.into_created()
@@ -274,4 +315,130 @@ impl Inner {
             _ => {}
         }
     }
+}
+
+/// A watch that resumes at another member: the state behind
+/// [`ServiceClient::watch`].
+struct Watcher {
+    client: ServiceClient,
+    prefix: String,
+    /// The first revision still wanted: the last one yielded + 1.
+    next: Option<u64>,
+    /// The member's stream and when it was opened.
+    stream: Option<(cluster_rpc::AnswerStream<Response>, Instant)>,
+    /// The first of the failures since the last stream that worked.
+    failing_since: Option<Instant>,
+    /// Failures in a row, for the backoff.
+    failures: u32,
+    done: bool,
+}
+
+impl Watcher {
+    /// The next event, or the error that ends the watch.
+    async fn next_event(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some((stream, opened)) = self.stream.as_mut() else {
+                if let Err(e) = self.open().await
+                    && let Some(end) = self.fail(e).await
+                {
+                    return end;
+                }
+                continue;
+            };
+            let opened = *opened;
+            let why = match stream.next().await {
+                Some(Ok(Response::Event(event))) => {
+                    // A resumed watch starts at `next`: anything older was yielded.
+                    if self.next.is_some_and(|next| event.revision < next) {
+                        continue;
+                    }
+                    self.next = Some(event.revision + 1);
+                    self.failing_since = None;
+                    self.failures = 0;
+                    return Some(Ok(event));
+                }
+                Some(Ok(Response::Err(e))) if resumable(&e) => e,
+                Some(Ok(Response::Err(e))) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(other)) => {
+                    self.done = true;
+                    return Some(Err(protocol::unexpected("watch", &other)));
+                }
+                Some(Err(e)) => e.into_core(),
+                None => Error::Unreachable("the member ended the watch".to_owned()),
+            };
+            self.stream = None;
+            tracing::debug!(error = %why, "watch stream broke, resuming at another member");
+            // A stream that worked for a while counts as a success: the
+            // failures start anew.
+            if opened.elapsed() >= self.client.inner.opts.attempt_timeout {
+                self.failing_since = None;
+                self.failures = 0;
+            }
+            if let Some(end) = self.fail(why).await {
+                return end;
+            }
+        }
+    }
+
+    /// Opens the stream at the next member, from `next`. A watch from now
+    /// first learns the member's revision, so that a resume misses nothing
+    /// that happened after the watch began.
+    async fn open(&mut self) -> Result<()> {
+        let inner = &self.client.inner;
+        let addr = inner.addrs[inner.next.load(Ordering::Relaxed) % inner.addrs.len()].clone();
+        let timeout = inner.opts.attempt_timeout;
+        if self.next.is_none() {
+            // Only the revision is wanted: a prefix that no key starts with.
+            let probe = Request::GetPrefixWithRevision { prefix: REVISION_PROBE.to_owned() };
+            let (revision, _) = call(&inner.rpc, &addr, &probe, timeout).await?.into_entries_at()?;
+            self.next = Some(revision + 1);
+        }
+        let request = Request::Watch { prefix: self.prefix.clone(), from_revision: self.next };
+        let stream = match tokio::time::timeout(timeout, inner.rpc.stream(&addr, &request)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(e.into_core()),
+            Err(_) => return Err(Error::Timeout(format!("watch: {addr} did not answer within {timeout:?}"))),
+        };
+        self.stream = Some((stream, Instant::now()));
+        Ok(())
+    }
+
+    /// After a failure: the error that ends the watch, or `None` once it is
+    /// time to try the next member.
+    async fn fail(&mut self, error: Error) -> Option<Option<Result<WatchEvent>>> {
+        if !resumable(&error) {
+            self.done = true;
+            return Some(Some(Err(error)));
+        }
+        let opts = &self.client.inner.opts;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= opts.op_timeout {
+            self.done = true;
+            return Some(Some(Err(Error::Unreachable(format!(
+                "watch: no member could be watched within {:?}, the last error: {error}",
+                opts.op_timeout
+            )))));
+        }
+        self.client.inner.next.fetch_add(1, Ordering::Relaxed);
+        // The first retry goes at once, to the next member.
+        if self.failures > 0 {
+            tokio::time::sleep(opts.backoff.delay(self.failures - 1)).await;
+        }
+        self.failures += 1;
+        None
+    }
+}
+
+/// A prefix no key starts with, to read only a member's revision.
+const REVISION_PROBE: &str = "\u{0}";
+
+/// True for errors after which a watch goes on at another member.
+fn resumable(error: &Error) -> bool {
+    error.is_retryable() || matches!(error, Error::Lagged { .. } | Error::ShuttingDown)
 }

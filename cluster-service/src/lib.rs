@@ -14,6 +14,12 @@
 //!   [`ProxyOptions::op_timeout`].
 //! - [`ServiceClient`] reaches a cluster from any program, given some members'
 //!   service addresses.
+//! - Watches: [`ServiceClient::watch`] streams the changes under a prefix
+//!   from a revision on (a streamed [`Request::Watch`]) and goes on at another
+//!   member when its member dies, from the last revision seen + 1;
+//!   [`Proxy::watch`] does the same from the member's own store. A revision a
+//!   member no longer remembers is refused with
+//!   [`Error::Compacted`](cluster_core::Error::Compacted), never skipped.
 //! - [`protocol`] is what travels: [`Request`] and [`Response`] in core's
 //!   [wire frames](cluster_core::wire) (cluster id, version, size limit, request ids).
 //!

@@ -12,7 +12,8 @@ use cluster_core::wire::WireCodec;
 use std::collections::BTreeMap;
 
 use cluster_core::{
-    ConsensusStatus, Error, Liveness, MemberId, MemberInfo, Result, WriteOutcome, WriteRequest, keys,
+    ConsensusStatus, Error, Liveness, MemberId, MemberInfo, Result, WatchEvent, WriteOutcome, WriteRequest,
+    keys,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,24 @@ pub enum Request {
     },
     /// Gossip's view of the members, as the member asked sees it.
     Liveness,
+    /// A stream of [`Response::Event`]s: every change under `prefix` applied
+    /// by the member asked, from `from_revision` on (`None`: from now),
+    /// replaying past changes first. It fails with
+    /// [`Error::Compacted`] when the member no longer remembers
+    /// `from_revision`, and ends with [`Error::Lagged`] when the caller fell
+    /// too far behind: watch again from the last revision seen + 1.
+    Watch {
+        /// The prefix.
+        prefix: String,
+        /// The first revision wanted.
+        from_revision: Option<u64>,
+    },
+    /// Like `GetPrefix`, with the revision the entries are of: a watch from
+    /// that revision + 1 misses and repeats nothing.
+    GetPrefixWithRevision {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 impl Request {
@@ -73,6 +92,8 @@ impl Request {
             Request::Export => "export",
             Request::ForceLeave { .. } => "force leave",
             Request::Liveness => "liveness",
+            Request::Watch { .. } => "watch",
+            Request::GetPrefixWithRevision { .. } => "get prefix with revision",
         }
     }
 
@@ -112,6 +133,15 @@ pub enum Response {
     Liveness(BTreeMap<MemberId, Liveness>),
     /// The request failed; [`Error::NotLeader`] carries the leader the member knows.
     Err(Error),
+    /// One part of the answer to `Watch`.
+    Event(WatchEvent),
+    /// Answer to `GetPrefixWithRevision`.
+    EntriesAt {
+        /// The store's revision the entries are of.
+        revision: u64,
+        /// The entries under the prefix, in key order.
+        entries: Vec<(String, Vec<u8>)>,
+    },
 }
 
 impl Response {
@@ -127,6 +157,8 @@ impl Response {
             Response::ForceLeft(_) => "force left",
             Response::Liveness(_) => "liveness",
             Response::Err(_) => "error",
+            Response::Event(_) => "event",
+            Response::EntriesAt { .. } => "entries at",
         }
     }
 }
@@ -181,6 +213,15 @@ impl Response {
             Response::Entries(v) => Ok(v),
             Response::Err(e) => Err(e),
             other => Err(unexpected("get prefix", &other)),
+        }
+    }
+
+    /// The typed answer to `GetPrefixWithRevision`.
+    pub(crate) fn into_entries_at(self) -> Result<(u64, cluster_core::Entries)> {
+        match self {
+            Response::EntriesAt { revision, entries } => Ok((revision, entries)),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("get prefix with revision", &other)),
         }
     }
 
@@ -247,6 +288,8 @@ mod tests {
             Request::Export,
             Request::ForceLeave { member: MemberId::generate() },
             Request::Liveness,
+            Request::Watch { prefix: "w/".into(), from_revision: Some(7) },
+            Request::GetPrefixWithRevision { prefix: "p/".into() },
         ];
         let mut buf = BytesMut::new();
         for (i, r) in requests.iter().enumerate() {

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
-    CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, Watch,
-    WriteOutcome, WriteRequest,
+    CasOutcome, ClientRequestId, ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result,
+    WatchEvent, WriteOutcome, WriteRequest,
 };
 use cluster_rpc::Security;
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ServiceRpc, call, rpc_client};
@@ -143,9 +144,34 @@ impl<S: ConsensusStore> Proxy<S> {
         self.inner.store.get_prefix(prefix)
     }
 
-    /// Every change applied under `prefix`, as this member applies it.
-    pub fn watch(&self, prefix: &str) -> Watch {
-        self.inner.store.watch(prefix)
+    /// The local entries under `prefix` with the revision they are of: a
+    /// [`watch`](Self::watch) from that revision + 1 misses and repeats nothing.
+    pub fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
+        self.inner.store.get_prefix_with_revision(prefix)
+    }
+
+    /// Every change under `prefix` as this member applies it, from
+    /// `from_revision` on (`None`: from now), past ones replayed first; read
+    /// locally, so it works on every member, whoever leads.
+    ///
+    /// The stream fails with [`Error::Compacted`] (at once) when this member
+    /// no longer remembers `from_revision`, and with [`Error::Lagged`] when
+    /// its reader fell too far behind; both end it. It ends when the store stops.
+    pub fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static {
+        let first = self.inner.store.watch_from(prefix, from_revision);
+        futures::stream::unfold(Some(first), |state| async move {
+            match state? {
+                Err(e) => Some((Err(e), None)),
+                Ok(mut watch) => match watch.recv().await? {
+                    Ok(event) => Some((Ok(event), Some(Ok(watch)))),
+                    Err(e) => Some((Err(e), None)),
+                },
+            }
+        })
     }
 
     /// The [`MemberInfo`] of every member in the local store.

@@ -56,6 +56,9 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
             return Box::pin(std::future::ready(Reply::One(Response::Err(refused))));
         }
         let store = self.store.clone();
+        if let Request::Watch { prefix, from_revision } = request {
+            return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));
+        }
         Box::pin(async move { Reply::One(execute(&*store, request).await) })
     }
 }
@@ -120,8 +123,42 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::Export => export(store).await,
         Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
         Request::Liveness => Ok(Response::Liveness(store.liveness())),
+        Request::GetPrefixWithRevision { prefix } => store
+            .get_prefix_with_revision(&prefix)
+            .map(|(revision, entries)| Response::EntriesAt { revision, entries }),
+        Request::Watch { .. } => {
+            Err(Error::BadRequest("a watch is answered with a stream: ask for one".to_owned()))
+        }
     };
     result.unwrap_or_else(Response::Err)
+}
+
+/// The answer to a watch: its events as the store applies them, ended by
+/// [`Error::Lagged`] when the caller reads too slowly.
+///
+/// Memory stays bounded whoever the caller is: the RPC layer pulls the next
+/// event only once the previous one is written to the connection, so a
+/// caller that does not read leaves its events in the store's shared, bounded
+/// watch channel, which drops it ([`Error::Lagged`]) once that is full.
+pub(crate) fn watch_reply<S: ConsensusStore>(
+    store: &S,
+    prefix: &str,
+    from_revision: Option<u64>,
+) -> Reply<Response> {
+    let watch = match store.watch_from(prefix, from_revision) {
+        Ok(watch) => watch,
+        Err(e) => return Reply::One(Response::Err(e)),
+    };
+    let events = futures::stream::unfold(Some(watch), |watch| async move {
+        let mut watch = watch?;
+        match watch.recv().await {
+            Some(Ok(event)) => Some((Response::Event(event), Some(watch))),
+            // The last answer: the caller resumes from what it saw.
+            Some(Err(e)) => Some((Response::Err(e), None)),
+            None => None,
+        }
+    });
+    Reply::stream(events)
 }
 
 /// The whole store, read after the leader confirmed its leadership with a

@@ -65,9 +65,9 @@ async fn the_leader_runs_operations_locally() {
     assert!(proxy.set("k", "v").await.unwrap());
     assert_eq!(proxy.consistent_get("k").await.unwrap(), Some(b"v".to_vec()));
     let watch_proxy = proxy.clone();
-    let mut watch = watch_proxy.watch("k");
+    let mut watch = std::pin::pin!(watch_proxy.watch("k", None));
     assert!(!proxy.set("k", "w").await.unwrap());
-    assert_eq!(watch.recv().await.unwrap().unwrap().value, Some(b"w".to_vec()));
+    assert_eq!(futures::StreamExt::next(&mut watch).await.unwrap().unwrap().value, Some(b"w".to_vec()));
 }
 
 #[tokio::test]

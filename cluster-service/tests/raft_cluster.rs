@@ -84,7 +84,7 @@ async fn a_stream_of_writes_through_a_follower_survives_the_leaders_stop() {
     let follower = cluster.follower().await;
     let proxy = cluster.members[follower].proxy.clone();
     // Every applied change under the prefix, as the follower applies it.
-    let mut watch = proxy.watch("s/");
+    let mut watch = std::pin::pin!(proxy.watch("s/", None));
 
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 60;
@@ -124,8 +124,11 @@ async fn a_stream_of_writes_through_a_follower_survives_the_leaders_stop() {
     assert!(proxy.set("s/~end", "").await.unwrap());
     let mut changes: BTreeMap<String, usize> = BTreeMap::new();
     loop {
-        let event =
-            tokio::time::timeout(DEADLINE, watch.recv()).await.expect("in time").expect("open").unwrap();
+        let event = tokio::time::timeout(DEADLINE, futures::StreamExt::next(&mut watch))
+            .await
+            .expect("in time")
+            .expect("open")
+            .unwrap();
         if event.key == "s/~end" {
             break;
         }

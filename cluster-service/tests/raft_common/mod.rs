@@ -183,6 +183,11 @@ impl RaftCluster {
 /// Opens a member with its service server on a free port (bound first, so
 /// its address is in the member's raft endpoints).
 pub async fn open_member() -> Member {
+    open_member_with(timing()).await
+}
+
+/// Like [`open_member`], with its own raft timing (snapshots, say).
+pub async fn open_member_with(timing: RaftTiming) -> Member {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let service_addr = listener.local_addr().expect("addr").to_string();
     let config = ConsensusConfig {
@@ -192,7 +197,7 @@ pub async fn open_member() -> Member {
         advertise_host: "127.0.0.1".to_owned(),
         service_addr: service_addr.clone(),
         data_dir: None,
-        timing: timing(),
+        timing,
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
         transport: Default::default(),

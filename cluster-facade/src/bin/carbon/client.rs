@@ -109,6 +109,24 @@ pub(crate) enum KvCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Print every change under a prefix, one line each, until interrupted
+    /// (Ctrl-C exits 0). Goes on at another `--service` when a member dies,
+    /// missing and repeating nothing.
+    Watch {
+        /// The prefix ("" watches every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start at this revision, replaying the changes since (`kv list
+        /// --json` gives the revision it read at: watch from it + 1).
+        /// Without it, changes from now on.
+        #[arg(long, value_name = "R")]
+        from_revision: Option<u64>,
+        /// Also the records the cluster keeps for itself under `carbon-grid/`.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Compare-and-set: set KEY to NEW only if it holds OLD (or is absent); exit 1 if not.
     Cas {
         /// The key.
@@ -354,19 +372,22 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
             }
         }
         KvCommand::List { prefix, all, target } => {
-            let kvs = match client(&target)?.get_prefix(&prefix).await {
-                Ok(kvs) => kvs,
+            let (revision, kvs) = match client(&target)?.get_prefix_with_revision(&prefix).await {
+                Ok(answer) => answer,
                 Err(e) => return Err(failed(&target, e).await),
             };
             let shown = kvs.iter().filter(|(k, _)| all || !keys::is_reserved(k));
             if target.json {
                 let items: Vec<_> = shown.map(|(k, v)| json_entry(k, Some(v))).collect();
-                print_json(serde_json::Value::Array(items));
+                print_json(json!({ "revision": revision, "entries": items }));
             } else {
                 for (k, v) in shown {
                     println!("{k}\t{}", text(v));
                 }
             }
+        }
+        KvCommand::Watch { prefix, from_revision, all, target } => {
+            return watch(&prefix, from_revision, all, &target).await;
         }
         KvCommand::Cas { key, new, expect, absent, target } => {
             let expected = if absent { None } else { expect.map(String::into_bytes) };
@@ -389,6 +410,42 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `carbon kv watch`: one line per change until Ctrl-C (exit 0) or an error.
+async fn watch(prefix: &str, from_revision: Option<u64>, all: bool, t: &Target) -> Result<(), Failure> {
+    use futures::StreamExt;
+
+    let c = client(t)?;
+    let mut events = std::pin::pin!(c.watch(prefix, from_revision));
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let event = tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            event = events.next() => event,
+        };
+        let event = match event {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => return Err(failed(t, e).await),
+            None => return Ok(()),
+        };
+        if !all && keys::is_reserved(&event.key) {
+            continue;
+        }
+        if t.json {
+            let mut line = json_entry(&event.key, event.value.as_deref());
+            if let serde_json::Value::Object(o) = &mut line {
+                o.insert("revision".into(), json!(event.revision));
+                o.insert("deleted".into(), json!(event.value.is_none()));
+            }
+            print_json(line);
+        } else {
+            match &event.value {
+                Some(v) => println!("{}\tset\t{}\t{}", event.revision, event.key, text(v)),
+                None => println!("{}\tdelete\t{}", event.revision, event.key),
+            }
+        }
+    }
 }
 
 /// `carbon force-leave`.

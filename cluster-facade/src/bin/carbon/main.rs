@@ -3,7 +3,7 @@
 //!
 //! - `carbon agent --config node.toml` runs a member until SIGINT/SIGTERM;
 //! - `carbon members|status --service ADDR` show the cluster;
-//! - `carbon kv get|set|delete|list|cas … --service ADDR` use the store;
+//! - `carbon kv get|set|delete|list|watch|cas … --service ADDR` use the store;
 //! - `carbon demo` starts a local cluster and shows a leader failover;
 //! - `carbon tls init DIR` makes a CA and certificates for mutual TLS;
 //! - `carbon keys generate` prints a fresh gossip encryption key;
