@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::ServiceClient;
 use integration_tests::harness::cluster::{ClusterSpec, ProcessCluster};
 use integration_tests::harness::invariants::wait_voters;
 use tokio::sync::{Mutex, MutexGuard};
@@ -43,7 +43,7 @@ fn client(cluster: &mut ProcessCluster, members: &[usize]) -> Result<ServiceClie
             format!("{}:{}", spec.host, spec.ports.service)
         })
         .collect();
-    let mut options = ClientOptions::new(cluster.cluster_id());
+    let mut options = integration_tests::harness::security::client_options(cluster.cluster_id());
     options.op_timeout = Duration::from_secs(10);
     ServiceClient::new(addrs, options).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -204,7 +204,7 @@ async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
     }
     // Every acknowledged write is in its own applied state (a local read).
     let own = cluster
-        .client_of(follower, ClientOptions::new(cluster.cluster_id()))
+        .client_of(follower, integration_tests::harness::security::client_options(cluster.cluster_id()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = Instant::now();
     loop {

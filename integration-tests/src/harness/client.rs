@@ -150,7 +150,7 @@ impl Workload {
         recorder: HistoryRecorder,
         spec: WorkloadSpec,
     ) -> Result<Workload> {
-        let mut options = ClientOptions::new(cluster_id);
+        let mut options = crate::harness::security::client_options(cluster_id);
         options.op_timeout = spec.op_timeout;
         options.attempt_timeout = spec.op_timeout.min(Duration::from_secs(3));
         let clients = clients_by_member(addrs, &options)?;
@@ -309,7 +309,7 @@ pub async fn final_reads(
     keys: usize,
     deadline: Duration,
 ) -> Result<BTreeMap<String, Option<Vec<u8>>>> {
-    let mut options = ClientOptions::new(cluster_id);
+    let mut options = crate::harness::security::client_options(cluster_id);
     options.op_timeout = Duration::from_secs(5);
     let client = ServiceClient::new(addrs.to_vec(), options).map_err(|e| anyhow!("{e}"))?;
     let until = Instant::now() + deadline;

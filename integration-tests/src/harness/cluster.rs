@@ -194,7 +194,7 @@ impl ProcessCluster {
 
     /// One-attempt client options with short timeouts, for probes.
     pub fn probe_options(&self) -> ClientOptions {
-        let mut options = ClientOptions::new(self.cluster_id());
+        let mut options = crate::harness::security::client_options(self.cluster_id());
         options.connect_timeout = Duration::from_millis(500);
         options.attempt_timeout = Duration::from_secs(1);
         options.op_timeout = Duration::from_secs(1);

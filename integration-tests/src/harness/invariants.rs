@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use cluster_core::MemberInfo;
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::ServiceClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -105,7 +105,7 @@ pub struct ShortIdMonitor {
 impl ShortIdMonitor {
     /// Starts polling the members at `addrs`.
     pub fn start(addrs: &[String], cluster_id: &str, interval: Duration) -> Result<ShortIdMonitor> {
-        let mut options = ClientOptions::new(cluster_id);
+        let mut options = crate::harness::security::client_options(cluster_id);
         options.connect_timeout = Duration::from_millis(300);
         options.attempt_timeout = Duration::from_millis(500);
         options.op_timeout = Duration::from_millis(500);

@@ -34,3 +34,4 @@ pub mod invariants;
 pub mod netns;
 pub mod process;
 pub mod run;
+pub mod security;

@@ -133,8 +133,9 @@ impl AgentConfig {
     /// The TOML text of this configuration (host, ports, seeds and data directory
     /// are passed as flags).
     pub fn to_toml(&self) -> String {
-        format!(
-            "cluster_id = {:?}\nnum_voters = {}\n\n[timeouts]\nstart_ms = {}\noperation_ms = {}\n\
+        let (keys, tables) = super::security::agent_toml();
+        let text = format!(
+            "cluster_id = {:?}\nnum_voters = {}\n{keys}\n[timeouts]\nstart_ms = {}\noperation_ms = {}\n\
              failure_grace_ms = {}\nshort_id_reap_ms = {}\nleave_ms = {}\n\n[raft]\nheartbeat_ms = {}\n\
              election_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n",
             self.cluster_id,
@@ -147,7 +148,8 @@ impl AgentConfig {
             self.heartbeat_ms,
             self.election_timeout_min_ms,
             self.election_timeout_max_ms,
-        )
+        );
+        text + &tables
     }
 }
 
@@ -289,6 +291,7 @@ impl Agent {
         for seed in &spec.seeds {
             cmd.args(["--seed", seed]);
         }
+        cmd.args(super::security::agent_flags());
         cmd.args(extra);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn,openraft=error");

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::ServiceClient;
 use tokio::time::Instant;
 
 use super::client::{Workload, WorkloadSpec, WorkloadStats, final_reads};
@@ -171,7 +171,7 @@ impl FaultRun {
     }
 
     async fn probe_write(&self, deadline: Duration) -> Result<()> {
-        let mut options = ClientOptions::new(self.cluster.cluster_id());
+        let mut options = crate::harness::security::client_options(self.cluster.cluster_id());
         options.op_timeout = deadline.max(Duration::from_secs(1));
         let client = ServiceClient::new(self.cluster.service_addrs(), options).map_err(|e| anyhow!("{e}"))?;
         client.set("probe", b"x".to_vec()).await.map(|_| ()).map_err(|e| anyhow!("probe write failed: {e}"))
