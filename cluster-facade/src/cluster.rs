@@ -361,8 +361,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         });
         let cluster = ClusterOf { inner };
         if let Some(listener) = http_listener {
-            let server = HttpServer::serve(listener, crate::http::router(Arc::downgrade(&cluster.inner)))
-                .map_err(|e| start_err("http")(e.into()));
+            let router = crate::http::router(Arc::downgrade(&cluster.inner));
+            let server = match &cluster.inner.config.security {
+                cluster_rpc::Security::Tls(tls) => crate::http_tls::TlsListener::new(listener, tls.clone())
+                    .and_then(|tls_listener| HttpServer::serve(tls_listener, router)),
+                _ => HttpServer::serve(listener, router),
+            }
+            .map_err(|e| start_err("http")(e.into()));
             let server = match server {
                 Ok(s) => s,
                 Err(e) => {

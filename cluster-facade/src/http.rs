@@ -11,8 +11,9 @@
 //! | `DELETE /v1/kv/{key}` | `{"deleted"}` |
 //! | `GET /metrics` | Prometheus text ([`Metrics`](crate::Metrics)) |
 //!
-//! The server runs on any [`axum::serve::Listener`]: plain TCP now; TLS
-//! plugs in as a listener whose `accept` completes the handshake.
+//! The server runs on any [`axum::serve::Listener`]: plain TCP, or mutual
+//! TLS with the member's certificates when the cluster runs on TLS
+//! ([`TlsListener`](crate::http_tls::TlsListener)).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -79,6 +79,7 @@ mod grid;
 mod health;
 mod housekeeping;
 mod http;
+mod http_tls;
 mod identity;
 mod metrics;
 #[cfg(feature = "consensus-openraft")]
