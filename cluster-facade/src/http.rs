@@ -310,6 +310,7 @@ async fn metrics<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>)
     }
     m.set_gossip_members(&by_state.into_iter().collect::<Vec<_>>());
     m.set_forwarded(member.store().forwarded());
+    m.set_rpc(&cluster_rpc::stats());
     m.http_request("metrics");
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
         .into_response()

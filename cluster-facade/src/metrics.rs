@@ -3,10 +3,10 @@
 //!
 //! Counters and histograms are fed where things happen (the store a member
 //! serves, the HTTP API); the gauges of consensus and gossip are set from
-//! the member's state at each scrape, so they are never stale. The transport
-//! (connections, rejected frames) has its hooks here too: whoever runs the
-//! TCP servers increments them through [`Metrics::connection_opened`] and
-//! [`Metrics::frame_rejected`].
+//! the member's state at each scrape, so they are never stale. The transport's
+//! figures (connections, refusals by reason) come from the RPC layer's
+//! counters at each scrape ([`Metrics::set_rpc`]); other TCP servers can use
+//! the hooks [`Metrics::connection_opened`] and [`Metrics::frame_rejected`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -246,6 +246,22 @@ impl Metrics {
         }
     }
 
+    /// Brings the transport's figures up to the RPC layer's counters: open
+    /// connections, connections accepted, refusals by reason.
+    pub fn set_rpc(&self, stats: &cluster_rpc::RpcStats) {
+        self.inner.connections_open.set(i64::try_from(stats.open).unwrap_or(i64::MAX));
+        let total = &self.inner.connections_total;
+        if stats.accepted > total.get() {
+            total.inc_by(stats.accepted - total.get());
+        }
+        for (reason, &count) in &stats.refused {
+            let c = self.inner.rejected_frames.get_or_create(&vec![("reason", (*reason).to_owned())]);
+            if count > c.get() {
+                c.inc_by(count - c.get());
+            }
+        }
+    }
+
     /// Hook for the transport: a connection was accepted.
     pub fn connection_opened(&self) {
         self.inner.connections_total.inc();
@@ -281,6 +297,25 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transport_figures_follow_the_rpc_counters() {
+        let m = Metrics::new();
+        let mut stats = cluster_rpc::RpcStats { accepted: 5, open: 3, ..Default::default() };
+        stats.refused.insert("frame over the limit", 2);
+        m.set_rpc(&stats);
+        stats.refused.insert("frame over the limit", 7);
+        m.set_rpc(&stats);
+        let text = m.encode();
+        let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+        assert!(
+            line("carbon_connections_open ").or(line("connections_open ")).is_some_and(|l| l.ends_with(" 3")),
+            "{text}"
+        );
+        let refused =
+            text.lines().find(|l| l.contains("frame over the limit")).expect("the reason is a label");
+        assert!(refused.ends_with(" 7"), "{refused}");
+    }
 
     #[test]
     fn encodes_what_was_set() {

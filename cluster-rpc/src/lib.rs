@@ -85,6 +85,7 @@ mod limits;
 mod log_limit;
 mod security;
 mod server;
+pub mod stats;
 pub mod tls;
 
 pub use client::{AnswerStream, Client, ClientConfig};
@@ -94,6 +95,7 @@ pub use limits::{Limits, MAX_FRAME_LEN_CEILING};
 pub use log_limit::RateLimitedLog;
 pub use security::Security;
 pub use server::{Access, Caller, Handler, HandlerFuture, Reply, Server, ServerConfig, serve};
+pub use stats::{RpcStats, stats};
 pub use tls::{Role, Tls, TlsError, TlsFiles, peer_role};
 
 /// What a backend needs to run its servers and clients: the limits and the

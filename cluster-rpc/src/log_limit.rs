@@ -35,6 +35,7 @@ impl RateLimitedLog {
     /// logged within the interval. Returns whether it logged, and how many
     /// occurrences the line reports as suppressed since the last one.
     pub fn note(&self, source: IpAddr, what: &'static str, detail: &dyn std::fmt::Display) -> Option<u64> {
+        crate::stats::refused(what);
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() >= MAX_SOURCES {

@@ -207,6 +207,7 @@ impl<H> Slot<H> {
         }
         *here += 1;
         a.total += 1;
+        crate::stats::connection_opened();
         Ok(Slot { shared: shared.clone(), ip, client: false })
     }
 
@@ -224,6 +225,7 @@ impl<H> Slot<H> {
 
 impl<H> Drop for Slot<H> {
     fn drop(&mut self) {
+        crate::stats::connection_closed();
         let mut a = self.shared.admission();
         a.total -= 1;
         if self.client {
