@@ -434,19 +434,7 @@ impl Agent {
             self.resume()?;
         }
         self.signal("-TERM")?;
-        let started = Instant::now();
-        let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.spec.name))?;
-        loop {
-            if let Some(status) = child.try_wait().context("cannot wait for the agent")? {
-                return Ok(status);
-            }
-            if started.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} did not stop within {timeout:?} of SIGTERM", self.spec.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.await_exit(timeout, &format!("stop within {timeout:?} of SIGTERM"))
     }
 
     /// Starts the process again from its data directory on ports from the OS (new
@@ -474,6 +462,12 @@ impl Agent {
     /// Waits up to `timeout` for the process to end by itself (a refused
     /// start) and returns its exit status; kills it if it is still running then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.await_exit(timeout, &format!("exit within {timeout:?}"))
+    }
+
+    /// Polls the process until it exits or `timeout` passes; kills it then and
+    /// fails with "<name> did not <what>".
+    fn await_exit(&mut self, timeout: Duration, what: &str) -> Result<ExitStatus> {
         let started = Instant::now();
         let mut child = self.child.take().ok_or_else(|| anyhow!("{} is not running", self.spec.name))?;
         loop {
@@ -483,7 +477,7 @@ impl Agent {
             if started.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{} did not exit within {timeout:?}", self.spec.name);
+                bail!("{} did not {what}", self.spec.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
