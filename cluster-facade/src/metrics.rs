@@ -239,26 +239,19 @@ impl Metrics {
 
     /// Sets the count of requests this member forwarded to the leader.
     pub fn set_forwarded(&self, total: u64) {
-        let c = &self.inner.forwarded;
-        let now = c.get();
-        if total > now {
-            c.inc_by(total - now);
-        }
+        raise_to(&self.inner.forwarded, total);
     }
 
     /// Brings the transport's figures up to the RPC layer's counters: open
     /// connections, connections accepted, refusals by reason.
     pub fn set_rpc(&self, stats: &cluster_rpc::RpcStats) {
         self.inner.connections_open.set(i64::try_from(stats.open).unwrap_or(i64::MAX));
-        let total = &self.inner.connections_total;
-        if stats.accepted > total.get() {
-            total.inc_by(stats.accepted - total.get());
-        }
+        raise_to(&self.inner.connections_total, stats.accepted);
         for (reason, &count) in &stats.refused {
-            let c = self.inner.rejected_frames.get_or_create(&vec![("reason", (*reason).to_owned())]);
-            if count > c.get() {
-                c.inc_by(count - c.get());
-            }
+            raise_to(
+                &self.inner.rejected_frames.get_or_create(&vec![("reason", (*reason).to_owned())]),
+                count,
+            );
         }
     }
 
@@ -291,6 +284,14 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+/// Brings a counter up to a total counted elsewhere (counters only grow).
+fn raise_to(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
     }
 }
 
