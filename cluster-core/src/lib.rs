@@ -44,6 +44,8 @@ pub mod membership;
 pub mod plan;
 pub mod role;
 pub mod store;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 pub mod wire;
 
 pub use error::{Error, LeaderHint, Quota, Result};
