@@ -4,3 +4,13 @@
 //! contract suites that hold real backends and fakes to the same guarantees, condition
 //! waits with deadlines and tracing set-up. Nothing here is compiled into a release
 //! build unless the feature is asked for.
+
+// The kit's general tools (waits, logs, hostile connections, fuzzing).
+pub mod fuzz;
+pub mod net;
+pub mod rng;
+pub mod trace;
+pub mod wait;
+
+pub use trace::init_tracing;
+pub use wait::{DEADLINE, wait_until, wait_until_blocking};
