@@ -15,16 +15,13 @@ mod common;
 mod fuzz;
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_core::ConsensusStore;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let per_kind: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let (seed, per_kind) = cluster_core::testsuite::fuzz::seed_and_frames(100_000);
     fuzz::count_panics();
     let cluster = common::Cluster::start(3, false, common::timing()).await;
     let leader = cluster.leader().await;
@@ -51,7 +48,7 @@ async fn main() -> ExitCode {
     }
     let serves = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", Duration::from_secs(60)).await;
     let stopped = fuzz::stopped(&cluster.members);
-    let panics = fuzz::PANICS.load(Ordering::SeqCst);
+    let panics = fuzz::panics();
     println!(
         "seed {seed}: {} random + {} mutated frames, {} answered in {:.1?}; panics: {panics}; raft stopped on: {stopped:?}; cluster serves: {serves:?}",
         total.random,

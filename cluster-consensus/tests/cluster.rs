@@ -5,6 +5,7 @@ mod common;
 use cluster_consensus::RaftStore;
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, RaftRole, RaftTiming, WriteOp, WriteRequest};
 use common::{Cluster, DEADLINE, timing, wait_until};
+use std::future::ready;
 
 fn applied(store: &RaftStore) -> u64 {
     store.applied_index().unwrap_or(0)
@@ -86,11 +87,11 @@ async fn a_nonvoter_receives_the_data_but_does_not_vote() {
     // Promote, demote, remove.
     let id = nonvoter.member_id();
     leader.promote(id).await.unwrap();
-    wait_until("promoted", || leader.status().voters.contains_key(&id)).await;
+    wait_until(DEADLINE, "promoted", || ready(leader.status().voters.contains_key(&id))).await;
     leader.demote(id).await.unwrap();
-    wait_until("demoted", || leader.status().nonvoters.contains_key(&id)).await;
+    wait_until(DEADLINE, "demoted", || ready(leader.status().nonvoters.contains_key(&id))).await;
     leader.remove(id).await.unwrap();
-    wait_until("removed", || !leader.status().all_members().contains(&id)).await;
+    wait_until(DEADLINE, "removed", || ready(!leader.status().all_members().contains(&id))).await;
     let follower = cluster
         .members
         .iter()
@@ -98,7 +99,7 @@ async fn a_nonvoter_receives_the_data_but_does_not_vote() {
         .unwrap()
         .clone();
     leader.remove(follower.member_id()).await.unwrap();
-    wait_until("one voter left", || leader.status().voters.len() == 1).await;
+    wait_until(DEADLINE, "one voter left", || ready(leader.status().voters.len() == 1)).await;
     cluster.shutdown().await;
 }
 

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::ready;
 use std::io::Write;
 use std::process::Command;
 
@@ -87,7 +88,8 @@ fn acknowledged_writes_survive_an_abort() {
         let store = RaftStore::open(cfg).await.expect("reopen");
         assert!(store.is_initialized().await.unwrap());
         store.bootstrap().await.unwrap();
-        common::wait_until("leader after restart", || store.status().is_leader()).await;
+        common::wait_until(common::DEADLINE, "leader after restart", || ready(store.status().is_leader()))
+            .await;
         // A read-index read: everything committed before the crash is applied.
         let _ = store.consistent_get("k").await.unwrap();
         let present: BTreeSet<String> = store.get_prefix("k/").unwrap().into_iter().map(|(k, _)| k).collect();
@@ -136,7 +138,10 @@ fn flipped_bytes_mid_log_after_an_abort_lose_nothing_silently() {
             Ok(store) => {
                 // Opened: then nothing acknowledged may be missing.
                 store.bootstrap().await.unwrap();
-                common::wait_until("leader after restart", || store.status().is_leader()).await;
+                common::wait_until(common::DEADLINE, "leader after restart", || {
+                    ready(store.status().is_leader())
+                })
+                .await;
                 let _ = store.consistent_get("k").await.unwrap();
                 let present: BTreeSet<String> =
                     store.get_prefix("k/").unwrap().into_iter().map(|(k, _)| k).collect();

@@ -7,8 +7,6 @@
 mod common;
 mod fuzz;
 
-use std::sync::atomic::Ordering;
-
 use cluster_core::ConsensusStore;
 use common::{Cluster, DEADLINE, timing};
 
@@ -29,7 +27,7 @@ async fn random_and_mutated_frames_cause_no_panic() {
         assert!(report.unanswered <= 32 * report.reconnects, "{report:?}");
         assert!(report.refused > 0 && !report.guarded.is_empty() && report.by_raft > 0, "{report:?}");
     }
-    assert_eq!(fuzz::PANICS.load(Ordering::SeqCst), 0, "panics while fuzzing");
+    assert_eq!(fuzz::panics(), 0, "panics while fuzzing");
     assert_eq!(fuzz::stopped(&cluster.members), vec![]);
     let lagging = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", DEADLINE).await.unwrap();
     assert!(lagging.len() <= 1, "a write commits, so a majority applies it: {lagging:?}");

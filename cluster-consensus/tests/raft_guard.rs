@@ -12,6 +12,7 @@ use cluster_consensus::RaftStore;
 use cluster_consensus::network::guard::{GuardError, TERM_STEP};
 use cluster_consensus::network::{RaftRpc, RaftRpcReply};
 use cluster_consensus::typecfg::{LogId, TypeConfig, Vote};
+use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota};
 use common::{Cluster, DEADLINE, timing};
@@ -49,16 +50,6 @@ fn guarded(reply: &RaftRpcReply) -> Option<&GuardError> {
 
 fn log_id(term: u64, leader: MemberId, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, leader), index)
-}
-
-/// The resident memory of this process (Linux), in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn raft_alive(m: &RaftStore) -> bool {
@@ -148,7 +139,7 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
         last_membership: (*metrics.membership_config).clone(),
         snapshot_id: "forged".to_owned(),
     };
-    let before = rss();
+    let before = resident_memory().expect("procfs");
 
     let first = call(follower.raft_addr(), chunk(vote, &meta, 0, 1024)).await;
     assert!(guarded(&first).is_none(), "a first chunk from the leader goes through: {first:?}");
@@ -165,7 +156,7 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
     // Refused: its term already has a leader.
     assert!(matches!(guarded(&reply), Some(GuardError::TwoLeadersInTerm { .. })), "{reply:?}");
 
-    let grown = rss().saturating_sub(before);
+    let grown = resident_memory().expect("procfs").saturating_sub(before);
     assert!(grown < 256 << 20, "memory grew by {grown} bytes");
 
     // A whole forged snapshot that does not decode: refused when its last
@@ -221,7 +212,7 @@ async fn values_of_4_mib_are_refused_and_nothing_reaches_the_log() {
     let cluster = Cluster::start(3, false, timing()).await;
     let leader = cluster.leader().await;
     let log_before = leader.status().last_log_index;
-    let before = rss();
+    let before = resident_memory().expect("procfs");
     let value = vec![0x5A; 4 << 20];
     for i in 0..40 {
         let refused = leader.set(&format!("big{i}"), value.clone()).await;
@@ -236,7 +227,7 @@ async fn values_of_4_mib_are_refused_and_nothing_reaches_the_log() {
     }
     drop(value);
     assert_eq!(leader.status().last_log_index, log_before, "nothing was proposed");
-    let grown = rss().saturating_sub(before);
+    let grown = resident_memory().expect("procfs").saturating_sub(before);
     assert!(grown < 128 << 20, "memory grew by {grown} bytes");
     // A value under the limit still goes through.
     assert!(leader.set("under-limit", vec![1; 64 << 10]).await.unwrap());

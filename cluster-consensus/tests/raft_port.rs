@@ -3,10 +3,12 @@
 
 mod common;
 
+use std::future::ready;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_core::testsuite::net::{connect_from, held_open, idle_connections, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
 use common::{Cluster, DEADLINE, timing};
@@ -122,30 +124,6 @@ async fn a_member_of_another_cluster_is_unreachable() {
     cluster.shutdown().await;
 }
 
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("a number") * 1024
-}
-
-async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::from((source, 0))).unwrap();
-    socket.connect(to).await.unwrap()
-}
-
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// Two rows of the table on the raft port: thousands of idle
 /// connections from another host, and 200,000 small valid requests pipelined
 /// with answers never read. The member keeps replicating and answering.
@@ -158,17 +136,13 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
     let addr = follower.raft_addr();
 
     // 2,000 idle connections from one other host: at most 256 are held.
-    let mut idle = Vec::new();
-    for _ in 0..2000 {
-        idle.push(connect_from([127, 0, 0, 2], addr).await);
-    }
-    let closed =
-        futures::future::join_all(idle.iter_mut().map(|s| closed_within(s, Duration::from_secs(3)))).await;
-    assert_eq!(closed.iter().filter(|c| !**c).count(), 256, "connections held from one address");
+    let mut idle = idle_connections([127, 0, 0, 2], addr, 2000).await.expect("connect");
+    let held = held_open(&mut idle, Duration::from_secs(3)).await;
+    assert_eq!(held, 256, "connections held from one address");
     assert!(leader.set("during-flood", vec![1]).await.unwrap());
 
     // 200,000 valid requests, answers never read.
-    let before = rss();
+    let before = resident_memory().expect("procfs");
     let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20);
     let mut pipeline = BytesMut::new();
     for id in 1..=200_000u64 {
@@ -179,16 +153,16 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
         )
         .unwrap();
     }
-    let mut unread = connect_from([127, 0, 0, 3], addr).await;
+    let mut unread = connect_from([127, 0, 0, 3], addr).await.expect("connect");
     let writer = tokio::spawn(async move {
         let _ = unread.write_all(&pipeline).await;
         unread
     });
-    let mut peak = rss();
+    let mut peak = resident_memory().expect("procfs");
     let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < watch_until {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        peak = peak.max(rss());
+        peak = peak.max(resident_memory().expect("procfs"));
     }
     let growth = peak.saturating_sub(before) >> 20;
     eprintln!("raft port, unread pipeline: resident growth {growth} MiB");
@@ -196,7 +170,10 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
     // The follower still replicates: a write through the leader reaches it.
     assert!(leader.set("during-pipeline", vec![2]).await.unwrap());
     let index = leader.applied_index();
-    common::wait_until("the follower to apply", || follower.applied_index() >= index).await;
+    common::wait_until(common::DEADLINE, "the follower to apply", || {
+        ready(follower.applied_index() >= index)
+    })
+    .await;
     assert_eq!(follower.get("during-pipeline").unwrap(), Some(vec![2]));
     writer.abort();
     drop(idle);

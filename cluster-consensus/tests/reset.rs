@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::future::ready;
 use std::time::SystemTime;
 
 use cluster_consensus::RaftStore;
@@ -58,20 +59,20 @@ async fn a_reset_member_does_not_vote_until_the_leader_notes_it_is_out_of_the_vo
 
     // It catches up from the leader all the same.
     let target = leader.applied_index();
-    wait_until("caught up", || store.applied_index() >= target).await;
+    wait_until(DEADLINE, "caught up", || ready(store.applied_index() >= target)).await;
     assert_eq!(store.get_prefix("k/").unwrap().len(), 40);
 
     // A note of another reset is not for it.
     leader.set(&keys::raft_reset_key(id), b"an-older-reset".to_vec()).await.unwrap();
     let target = leader.applied_index();
-    wait_until("note applied", || store.applied_index() >= target).await;
+    wait_until(DEADLINE, "note applied", || ready(store.applied_index() >= target)).await;
     assert_eq!(store.status().reset_pending, Some(report.reset_id.clone()));
     assert!(matches!(ask_vote(&store, 1_001).await, RaftRpcReply::Refused(_)));
 
     // The leader's part: out of the voters, then the note with its reset id.
     leader.demote(id).await.unwrap();
     leader.set(&keys::raft_reset_key(id), report.reset_id.clone().into_bytes()).await.unwrap();
-    wait_until("reset ended", || store.status().reset_pending.is_none()).await;
+    wait_until(DEADLINE, "reset ended", || ready(store.status().reset_pending.is_none())).await;
     assert_eq!(pending_reset(&dir).unwrap(), None, "the marker is gone");
     assert!(matches!(ask_vote(&store, 0).await, RaftRpcReply::Vote(_)), "it answers votes again");
 
@@ -80,7 +81,7 @@ async fn a_reset_member_does_not_vote_until_the_leader_notes_it_is_out_of_the_vo
     assert!(leader.status().voters.contains_key(&id));
     assert!(leader.set("after", vec![1]).await.unwrap());
     let target = leader.applied_index();
-    wait_until("applied after", || store.applied_index() >= target).await;
+    wait_until(DEADLINE, "applied after", || ready(store.applied_index() >= target)).await;
     assert_eq!(store.get("after").unwrap(), Some(vec![1]));
     cluster.shutdown().await;
 }

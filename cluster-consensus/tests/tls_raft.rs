@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::ready;
 use std::time::Duration;
 
 use cluster_consensus::RaftStore;
@@ -33,12 +34,12 @@ async fn members_replicate_over_tls_and_a_client_certificate_is_refused() {
     let first = open(&ca, "m1").await;
     first.bootstrap().await.expect("bootstrap");
     let second = open(&ca, "m2").await;
-    wait_until("a leader", || first.status().is_leader()).await;
+    wait_until(DEADLINE, "a leader", || ready(first.status().is_leader())).await;
     first.add_nonvoter(second.member_id(), second.endpoints().clone()).await.expect("add over TLS");
     first.promote(second.member_id()).await.expect("promote");
     assert!(first.set("over-tls", vec![7]).await.expect("write"));
     let index = first.applied_index();
-    wait_until("the second member to apply", || second.applied_index() >= index).await;
+    wait_until(DEADLINE, "the second member to apply", || ready(second.applied_index() >= index)).await;
     assert_eq!(second.get("over-tls").expect("read"), Some(vec![7]));
 
     // A client certificate of the same CA: refused on the raft port, clearly.

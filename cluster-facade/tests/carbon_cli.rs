@@ -1,125 +1,19 @@
 //! The `carbon` program against a real local cluster of `carbon agent`
 //! processes: every command, its JSON output, and its exit codes.
 
+mod agent;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use agent::{Agent, carbon};
+use cluster_core::testsuite::{DEADLINE, wait_until_blocking};
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const CLUSTER: &str = "cli-test";
-
-fn carbon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_carbon"))
-}
-
-/// One `carbon agent` process; stopped with SIGTERM (then SIGKILL) on drop.
-struct Agent {
-    child: Child,
-    service: String,
-    gossip: String,
-    raft: String,
-    grid: String,
-    http: Option<String>,
-    member_id: String,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Agent {
-    fn start(config: &Path, seeds: &[&str]) -> Agent {
-        let mut args = vec!["--config".to_owned(), config.display().to_string()];
-        for s in seeds {
-            args.extend(["--seed".to_owned(), (*s).to_owned()]);
-        }
-        Agent::spawn(&args)
-    }
-
-    /// `carbon agent ARGS`, once it printed its start line.
-    fn spawn(args: &[String]) -> Agent {
-        let mut cmd = carbon();
-        cmd.arg("agent").args(args);
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("carbon agent starts");
-        let stdout = child.stdout.take().unwrap();
-        // Every line, read as it comes (the agent never blocks on its stdout).
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = match lines.recv_timeout(DEADLINE) {
-            Ok(line) if !line.is_empty() => line,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("carbon agent printed no start line: {other:?}");
-            }
-        };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |k: &str| words.iter().position(|w| *w == k).map(|i| words[i + 1].to_owned());
-        assert_eq!(words[0], "member", "{line}");
-        for k in ["short_id", "gossip", "raft", "service", "grid"] {
-            assert!(words.contains(&k), "start line lacks {k}: {line}");
-        }
-        Agent {
-            member_id: words[1].to_owned(),
-            service: after("service").unwrap(),
-            gossip: after("gossip").unwrap(),
-            raft: after("raft").unwrap(),
-            grid: after("grid").unwrap(),
-            http: after("http"),
-            child,
-            lines,
-        }
-    }
-
-    /// Waits for the line that says the member can serve a write.
-    fn wait_ready(&self) {
-        let start = Instant::now();
-        loop {
-            let left = DEADLINE.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("ready ") => return,
-                Ok(_) => continue,
-                Err(e) => panic!("no ready line: {e}"),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < DEADLINE, "agent did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // A paused agent must run again to die of SIGKILL cleanly.
-            self.signal("CONT");
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn run(args: &[&str]) -> Output {
     carbon().args(args).output().expect("carbon runs")
@@ -128,14 +22,6 @@ fn run(args: &[&str]) -> Output {
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("valid JSON")
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
@@ -172,7 +58,7 @@ fn every_command_against_a_cluster_of_agents() {
 
     // status and members agree: 3 voters, 1 nonvoter, every member recorded.
     let mut status = Value::Null;
-    wait_until("3 voters, 1 nonvoter, 4 members recorded", || {
+    wait_until_blocking(DEADLINE, "3 voters, 1 nonvoter, 4 members recorded", || {
         status = json(&run(&["status", "--service", &any, "--cluster-id", CLUSTER, "--json"]));
         let members = json(&run(&["members", "--service", &any, "--cluster-id", CLUSTER, "--json"]));
         status["voters"].as_object().map(|v| v.len()) == Some(3)
@@ -204,7 +90,9 @@ fn every_command_against_a_cluster_of_agents() {
     // kv round trips through the nonvoter.
     assert_eq!(json(&kv(&["set", "color", "blue", "--json"]))["created"], true);
     assert_eq!(String::from_utf8(kv(&["get", "color", "--consistent"]).stdout).unwrap().trim(), "blue");
-    wait_until("the nonvoter applied the write", || kv(&["get", "color"]).status.success());
+    wait_until_blocking(DEADLINE, "the nonvoter applied the write", || {
+        kv(&["get", "color"]).status.success()
+    });
     assert_eq!(json(&kv(&["get", "color", "--json"]))["value"], "blue");
     let cas = kv(&["cas", "color", "red", "--expect", "green", "--json"]);
     assert_eq!(cas.status.code(), Some(1), "a failed compare-and-set exits 1");
@@ -376,7 +264,7 @@ fn what_a_new_user_tripped_on() {
     assert_eq!((code, &put["created"]), (200, &Value::Bool(true)), "{put}");
     assert!(run_s(base(&["kv", "set", "text", "plain"])).status.success());
     let mut list = Value::Null;
-    wait_until("member a applied both writes", || {
+    wait_until_blocking(DEADLINE, "member a applied both writes", || {
         let out = run_s(base(&["kv", "list", "", "--json"]));
         list = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)["entries"].take();
         list.as_array().is_some_and(|l| l.len() == 2)
@@ -448,7 +336,7 @@ fn a_wildcard_bind_advertises_another_address() {
         assert!(addr.starts_with("127.0.0.1:"), "advertised {addr}");
     }
     let b = Agent::spawn(&[s("--cluster-id"), s(CLUSTER), s("--seed"), a.gossip.clone()]);
-    wait_until("both members recorded", || {
+    wait_until_blocking(DEADLINE, "both members recorded", || {
         let out = run(&["members", "--service", &a.service, "--cluster-id", CLUSTER, "--json"]);
         serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|m| m.as_array().is_some_and(|m| m.len() == 2))
     });
@@ -469,7 +357,9 @@ fn http_api_metrics_and_readiness() {
         agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0"), s("--seed"), seed]));
     }
     let https: Vec<String> = agents.iter().map(|a| a.http.clone().unwrap()).collect();
-    wait_until("every member ready", || https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200));
+    wait_until_blocking(DEADLINE, "every member ready", || {
+        https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
+    });
     assert_eq!(http(&https[0], "GET", "/health/live", b"").0, 200);
 
     // KV round trip of binary values, across members.
@@ -562,13 +452,13 @@ fn http_api_metrics_and_readiness() {
     for a in &agents {
         a.signal("CONT");
     }
-    wait_until("ready again after the quorum is back", || {
+    wait_until_blocking(DEADLINE, "ready again after the quorum is back", || {
         https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
     });
     // Leadership may have moved meanwhile: the survivor's elections raised the term.
     let is_leader = |h: &str| http_json(h, "GET", "/v1/status", b"").1["role"] == "leader";
     let mut leader = 0;
-    wait_until("a leader", || match https.iter().position(|h| is_leader(h)) {
+    wait_until_blocking(DEADLINE, "a leader", || match https.iter().position(|h| is_leader(h)) {
         Some(l) => {
             leader = l;
             true
@@ -592,7 +482,7 @@ fn http_api_metrics_and_readiness() {
     for a in &agents {
         a.signal("CONT");
     }
-    wait_until("ready again after the quorum is back", || {
+    wait_until_blocking(DEADLINE, "ready again after the quorum is back", || {
         https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
     });
 }
@@ -610,7 +500,7 @@ fn force_leave_frees_the_short_id() {
     }
     let svc = agents[0].service.clone();
     let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
-    wait_until("4 members with short ids", || {
+    wait_until_blocking(DEADLINE, "4 members with short ids", || {
         members().as_array().is_some_and(|m| m.len() == 4 && m.iter().all(|m| !m["short_id"].is_null()))
     });
     let list = members();
@@ -623,7 +513,7 @@ fn force_leave_frees_the_short_id() {
     let svc = agents[0].service.clone();
     let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
     drop(victim_agent); // SIGKILL: no leave
-    wait_until("gossip no longer sees #2 alive", || {
+    wait_until_blocking(DEADLINE, "gossip no longer sees #2 alive", || {
         members().as_array().unwrap().iter().any(|m| m["short_id"] == 2 && m["liveness"] != "alive")
     });
     let out = run(&["force-leave", "#2", "--service", &svc, "--cluster-id", CLUSTER, "--json"]);
@@ -636,7 +526,7 @@ fn force_leave_frees_the_short_id() {
     let out = run(&["force-leave", "#x", "--service", &svc, "--cluster-id", CLUSTER]);
     assert_eq!(out.status.code(), Some(2));
     let newcomer = Agent::start(&config, &[&seed_of(&agents)]);
-    wait_until("the newcomer recorded", || {
+    wait_until_blocking(DEADLINE, "the newcomer recorded", || {
         members().as_array().unwrap().iter().any(|m| m["member_id"] == newcomer.member_id.as_str())
     });
     let list = members();
@@ -732,7 +622,7 @@ fn after_a_whole_cluster_restart_ready_means_writable() {
         agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--data-dir"), data(i), s("--seed"), seed]));
     }
     let svc = agents[0].service.clone();
-    wait_until("3 voters", || {
+    wait_until_blocking(DEADLINE, "3 voters", || {
         let st = json(&run(&["status", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
         st["voters"].as_object().map(|v| v.len()) == Some(3)
     });
@@ -901,7 +791,7 @@ fn kv_watch_follows_changes_across_a_killed_member_and_exits_0_on_sigint() {
         agents.push(Agent::start(&config, &[&seed]));
     }
     let (a, b) = (agents[0].service.clone(), agents[1].service.clone());
-    wait_until("3 voters", || {
+    wait_until_blocking(DEADLINE, "3 voters", || {
         let status = json(&run(&["status", "--service", &b, "--cluster-id", CLUSTER, "--json"]));
         status["voters"].as_object().map(|v| v.len()) == Some(3) && !status["leader"].is_null()
     });

@@ -1,10 +1,8 @@
 //! `carbon tls init`: the files it writes, their modes, and its refusals.
 
-use std::process::Command;
+mod agent;
 
-fn carbon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_carbon"))
-}
+use agent::{Agent, carbon};
 
 #[test]
 fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
@@ -64,54 +62,6 @@ fn tls_init_refuses_zero_members() {
     let out = carbon().args(["tls", "init", "--members", "0"]).arg(dir.path().join("x")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("x").exists());
-}
-
-/// One `carbon agent` with TLS flags; killed on drop.
-struct Agent {
-    child: std::process::Child,
-    service: String,
-    gossip: String,
-}
-
-impl Agent {
-    fn spawn(args: &[String]) -> Agent {
-        use std::io::{BufRead, BufReader};
-        let mut child = carbon()
-            .arg("agent")
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("carbon agent starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no start line: {e}");
-            }
-        };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |k: &str| words.iter().position(|w| *w == k).map(|i| words[i + 1].to_owned()).unwrap();
-        Agent { service: after("service"), gossip: after("gossip"), child }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn tls_flags(dir: &std::path::Path, name: &str) -> Vec<String> {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::ready;
 
 use cluster_facade::core::keys;
 use cluster_facade::{Cluster, ClusterError, GridEventKind, RaftRole, ShortId};
@@ -15,11 +16,11 @@ fn short_ids(members: &[Cluster]) -> BTreeSet<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_members_get_ids_1_and_2_and_both_vote() {
-    init_logs();
+    init_tracing();
     let members = start_cluster(2, 3).await;
     assert_eq!(short_ids(&members), BTreeSet::from([1, 2]));
     assert_eq!(members[0].short_id(), ShortId::new(1).unwrap());
-    wait_until("both members vote and are recorded", || settled(&members, 2, 0)).await;
+    wait_until(DEADLINE, "both members vote and are recorded", || ready(settled(&members, 2, 0))).await;
     // The leader key names the first member, which formed the cluster.
     let leader_key = members[1].store().get(keys::LEADER_KEY).unwrap().unwrap();
     assert_eq!(String::from_utf8(leader_key).unwrap(), members[0].member_id().to_string());
@@ -29,7 +30,7 @@ async fn two_members_get_ids_1_and_2_and_both_vote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grid_events_show_joins_with_ids_and_addresses_then_leaves() {
-    init_logs();
+    init_tracing();
     let mut members = start_cluster(2, 3).await;
     let mut events = members[0].grid_events();
     let mut joined = BTreeSet::new();
@@ -51,7 +52,10 @@ async fn grid_events_show_joins_with_ids_and_addresses_then_leaves() {
 async fn leader_failover(n: usize) {
     let mut members = start_cluster(n, 3).await;
     let voters_wanted = 3.min(n);
-    wait_until("the cluster settles", || settled(&members, voters_wanted, n - voters_wanted)).await;
+    wait_until(DEADLINE, "the cluster settles", || {
+        ready(settled(&members, voters_wanted, n - voters_wanted))
+    })
+    .await;
     let before: Vec<_> = members.iter().map(|m| (m.member_id(), m.raft_role())).collect();
     for i in 0..20 {
         members[0].store().set(&format!("before/{i}"), vec![i]).await.unwrap();
@@ -62,10 +66,12 @@ async fn leader_failover(n: usize) {
     old.abort().await.unwrap();
 
     let left = members.len();
-    wait_until("a new leader, the old one removed, voters restored", || {
-        leader(&members).is_some_and(|l| {
-            let s = members[l].consensus_status();
-            !s.all_members().contains(&old_id) && s.voters.len() == voters_wanted.min(left)
+    wait_until(DEADLINE, "a new leader, the old one removed, voters restored", || {
+        ready({
+            leader(&members).is_some_and(|l| {
+                let s = members[l].consensus_status();
+                !s.all_members().contains(&old_id) && s.voters.len() == voters_wanted.min(left)
+            })
         })
     })
     .await;
@@ -83,9 +89,11 @@ async fn leader_failover(n: usize) {
     for i in 0..20 {
         assert_eq!(members[0].store().consistent_get(&format!("before/{i}")).await.unwrap(), Some(vec![i]));
     }
-    wait_until("the old leader's record is gone", || {
-        leader(&members)
-            .is_some_and(|l| members[l].members().is_ok_and(|r| r.iter().all(|m| m.member_id != old_id)))
+    wait_until(DEADLINE, "the old leader's record is gone", || {
+        ready({
+            leader(&members)
+                .is_some_and(|l| members[l].members().is_ok_and(|r| r.iter().all(|m| m.member_id != old_id)))
+        })
     })
     .await;
     shutdown_all(members).await;
@@ -93,21 +101,21 @@ async fn leader_failover(n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_stopped_in_a_cluster_of_voters() {
-    init_logs();
+    init_tracing();
     leader_failover(3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_stopped_with_nonvoters_promotes_one() {
-    init_logs();
+    init_tracing();
     leader_failover(5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seven_members_three_voters_and_a_failed_voter_is_replaced() {
-    init_logs();
+    init_tracing();
     let mut members = start_cluster(7, 3).await;
-    wait_until("3 voters and 4 nonvoters", || settled(&members, 3, 4)).await;
+    wait_until(DEADLINE, "3 voters and 4 nonvoters", || ready(settled(&members, 3, 4))).await;
     assert_eq!(short_ids(&members).len(), 7, "short ids are distinct");
     // A voter that does not lead fails.
     let l = leader(&members).unwrap();
@@ -115,10 +123,12 @@ async fn seven_members_three_voters_and_a_failed_voter_is_replaced() {
     let failed = members.remove(v);
     let failed_id = failed.member_id();
     failed.abort().await.unwrap();
-    wait_until("back to 3 voters without the failed one", || {
-        leader(&members).is_some_and(|l| {
-            let s = members[l].consensus_status();
-            s.voters.len() == 3 && !s.all_members().contains(&failed_id) && s.nonvoters.len() == 3
+    wait_until(DEADLINE, "back to 3 voters without the failed one", || {
+        ready({
+            leader(&members).is_some_and(|l| {
+                let s = members[l].consensus_status();
+                s.voters.len() == 3 && !s.all_members().contains(&failed_id) && s.nonvoters.len() == 3
+            })
         })
     })
     .await;
@@ -127,15 +137,17 @@ async fn seven_members_three_voters_and_a_failed_voter_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_graceful_leave_frees_the_short_id_for_the_next_member() {
-    init_logs();
+    init_tracing();
     let mut members = start_cluster(3, 3).await;
-    wait_until("3 voters", || settled(&members, 3, 0)).await;
+    wait_until(DEADLINE, "3 voters", || ready(settled(&members, 3, 0))).await;
     let leaving = members.pop().unwrap();
     let (freed, gone_id) = (leaving.short_id(), leaving.member_id());
     leaving.shutdown().await.unwrap();
-    wait_until("the short id is freed", || {
-        members[0].consensus_status().voters.len() == 2
-            && members[0].members().is_ok_and(|r| r.iter().all(|m| m.member_id != gone_id))
+    wait_until(DEADLINE, "the short id is freed", || {
+        ready({
+            members[0].consensus_status().voters.len() == 2
+                && members[0].members().is_ok_and(|r| r.iter().all(|m| m.member_id != gone_id))
+        })
     })
     .await;
     let seed = members[0].addresses().gossip.to_string();
@@ -147,7 +159,7 @@ async fn a_graceful_leave_frees_the_short_id_for_the_next_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_member_keeps_its_member_id_and_short_id() {
-    init_logs();
+    init_tracing();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let with_dir = |i: usize, seeds: Vec<String>| {
         let mut c = config(seeds, 3);
@@ -160,7 +172,7 @@ async fn a_restarted_member_keeps_its_member_id_and_short_id() {
     for i in 1..3 {
         members.push(Cluster::start(with_dir(i, vec![seed.clone()])).await.unwrap());
     }
-    wait_until("3 voters", || settled(&members, 3, 0)).await;
+    wait_until(DEADLINE, "3 voters", || ready(settled(&members, 3, 0))).await;
     members[0].store().set("kept", b"yes".to_vec()).await.unwrap();
     // A voter that does not lead crashes and comes back from its directory
     // before its grace period runs out.
@@ -175,7 +187,7 @@ async fn a_restarted_member_keeps_its_member_id_and_short_id() {
     // It came back on new ports: writes made after its return must reach it.
     assert_ne!(back.addresses().raft, old_raft, "the restart picked new ports");
     members[0].store().set("after", b"restart".to_vec()).await.unwrap();
-    wait_until_async("the restarted member has the data from before and after", || {
+    wait_until(DEADLINE, "the restarted member has the data from before and after", || {
         let s = back.store().clone();
         async move {
             s.get("kept").ok().flatten() == Some(b"yes".to_vec())

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,13 +21,13 @@ fn keyed(seeds: Vec<String>, key: Option<&GossipKey>) -> ClusterConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_without_the_key_never_reach_raft_or_the_records() {
-    init_logs();
+    init_tracing();
     let key = GossipKey::generate();
     let first = Cluster::start(keyed(vec![], Some(&key))).await.expect("starts");
     let seed = first.addresses().gossip.to_string();
     let second = Cluster::start(keyed(vec![seed.clone()], Some(&key))).await.expect("joins");
     let members = vec![first, second];
-    wait_until("two keyed members vote and are recorded", || settled(&members, 2, 0)).await;
+    wait_until(DEADLINE, "two keyed members vote and are recorded", || ready(settled(&members, 2, 0))).await;
 
     let outsider = |key: Option<GossipKey>| {
         let mut c = keyed(vec![seed.clone()], key.as_ref());
@@ -49,7 +50,7 @@ async fn members_without_the_key_never_reach_raft_or_the_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_rotation_under_writes_fails_no_write_and_loses_no_member() {
-    init_logs();
+    init_tracing();
     let old = GossipKey::generate();
     let first = Cluster::start(keyed(vec![], Some(&old))).await.expect("starts");
     let seed = first.addresses().gossip.to_string();
@@ -57,7 +58,7 @@ async fn a_key_rotation_under_writes_fails_no_write_and_loses_no_member() {
     for _ in 0..2 {
         members.push(Cluster::start(keyed(vec![seed.clone()], Some(&old))).await.expect("joins"));
     }
-    wait_until("three members vote and are recorded", || settled(&members, 3, 0)).await;
+    wait_until(DEADLINE, "three members vote and are recorded", || ready(settled(&members, 3, 0))).await;
     let mut events: Vec<_> = members.iter().map(Cluster::grid_events).collect();
 
     // Writes through a voter that is not necessarily the leader, all along.
@@ -80,7 +81,9 @@ async fn a_key_rotation_under_writes_fails_no_write_and_loses_no_member() {
     let progress = |n: u64| {
         let written = written.clone();
         let from = written.load(Ordering::Relaxed);
-        async move { wait_until("writes go on", || written.load(Ordering::Relaxed) >= from + n).await }
+        async move {
+            wait_until(DEADLINE, "writes go on", || ready(written.load(Ordering::Relaxed) >= from + n)).await
+        }
     };
     progress(20).await;
     let new = GossipKey::generate();

@@ -38,7 +38,7 @@ async fn get_over_tls(addr: std::net::SocketAddr, client: &Tls) -> Result<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_on_tls_serves_certificates_of_the_clusters_ca_only() {
-    common::init_logs();
+    common::init_tracing();
     let ca = CertificateAuthority::generate("http-tls").unwrap();
     let member = Cluster::start(ClusterConfig {
         http_port: Some(0),

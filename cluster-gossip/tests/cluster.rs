@@ -209,7 +209,7 @@ async fn clusters_with_different_ids_never_merge() {
         let v = round.to_string();
         a[0].set_tag("round", &v).await.expect("tag set");
         b[0].set_tag("round", &v).await.expect("tag set");
-        wait_until("both clusters saw the round", || async {
+        wait_until(DEADLINE, "both clusters saw the round", || async {
             let seen = |g: &Gossip, from: MemberId| {
                 g.members().iter().any(|m| m.id == from && m.tags.get("round") == Some(&v))
             };
@@ -267,12 +267,12 @@ async fn a_slow_subscriber_gets_a_resync() {
     let mut config = fast_config("resync");
     config.event_buffer = 2;
     let g = Gossip::start(config).await.expect("starts");
-    wait_until("the member sees itself", || async { g.members().len() == 1 }).await;
+    wait_until(DEADLINE, "the member sees itself", || async { g.members().len() == 1 }).await;
     let mut slow = g.subscribe();
     for i in 0..5 {
         let v = i.to_string();
         g.set_tag("i", &v).await.expect("tag set");
-        wait_until("the change is published", || async {
+        wait_until(DEADLINE, "the change is published", || async {
             g.members().first().and_then(|m| m.tags.get("i").cloned()) == Some(v.clone())
         })
         .await;

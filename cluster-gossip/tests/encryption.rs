@@ -36,7 +36,7 @@ async fn members_without_the_key_never_join_a_keyed_cluster() {
     let keyed = ids(&members);
     wait_converged(&members.iter().collect::<Vec<_>>(), &keyed).await;
     // Both outsiders keep knocking: wait until the seed dropped plenty of their datagrams.
-    wait_until("the seed dropped 20 unauthenticated datagrams", || async {
+    wait_until(DEADLINE, "the seed dropped 20 unauthenticated datagrams", || async {
         members[0].datagram_stats().unauthenticated >= 20
     })
     .await;
@@ -81,7 +81,7 @@ async fn forged_syn_synack_and_ack_never_add_a_member() {
     };
     tokio::select! {
         () = sender => {}
-        () = wait_until("the plaintext member reports the fake member", || async { view(&open).contains(&fake_id) }) => {}
+        () = wait_until(DEADLINE, "the plaintext member reports the fake member", || async { view(&open).contains(&fake_id) }) => {}
     }
     open.stop().await.expect("stops");
 
@@ -98,23 +98,8 @@ async fn forged_syn_synack_and_ack_never_add_a_member() {
     knock(&attacker, target, 50, |hb| forge::syn(cluster_id, &fake, hb)).await;
     knock(&attacker, target, 50, |_| forge::ack(&fake)).await;
 
-    // A sealed datagram captured off the wire: a keyed member that has the
-    // attacker's socket as a seed sends it Syns.
-    let spy = UdpSocket::bind("127.0.0.1:0").await.expect("binds");
-    let talker = Gossip::start(
-        fast_config(cluster_id)
-            .with_keyring(ring.clone())
-            .with_seeds([spy.local_addr().expect("addr").to_string()]),
-    )
-    .await
-    .expect("starts");
-    let mut captured = vec![0u8; 65_536];
-    let (n, _) = tokio::time::timeout(DEADLINE, spy.recv_from(&mut captured))
-        .await
-        .expect("a Syn came")
-        .expect("recv");
-    captured.truncate(n);
-    talker.stop().await.expect("stops");
+    // A sealed datagram captured off the wire.
+    let captured = capture_sealed(cluster_id, &ring).await;
     assert!(captured.len() > 33, "a sealed datagram has a header, a body and a tag");
     knock(&attacker, target, 50, |i| {
         let mut d = captured.clone();
@@ -131,7 +116,7 @@ async fn forged_syn_synack_and_ack_never_add_a_member() {
         d
     })
     .await;
-    wait_until("the target counted every forgery as unauthenticated", || async {
+    wait_until(DEADLINE, "the target counted every forgery as unauthenticated", || async {
         members[0].datagram_stats().unauthenticated >= 250
     })
     .await;
@@ -162,7 +147,7 @@ async fn rotating_the_key_loses_no_member_and_fails_nothing() {
         let before: Vec<u64> = members.iter().map(|g| g.datagram_stats().accepted).collect();
         let members = &members;
         async move {
-            wait_until(what, || async {
+            wait_until(DEADLINE, what, || async {
                 members.iter().zip(&before).all(|(g, b)| g.datagram_stats().accepted >= b + 20)
             })
             .await
@@ -200,7 +185,10 @@ async fn rotating_the_key_loses_no_member_and_fails_nothing() {
     )
     .await
     .expect("starts");
-    wait_until("the old key is refused", || async { members[0].datagram_stats().unauthenticated >= 5 }).await;
+    wait_until(DEADLINE, "the old key is refused", || async {
+        members[0].datagram_stats().unauthenticated >= 5
+    })
+    .await;
     assert_eq!(view(&members[0]), all);
     late.stop().await.expect("stops");
     stop_all(&members).await;

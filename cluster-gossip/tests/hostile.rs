@@ -83,25 +83,6 @@ fn mutated(valid: &[u8], rng: &mut StdRng) -> Vec<u8> {
     d
 }
 
-/// A sealed datagram captured off the wire: a keyed member with `spy` as
-/// its seed sends it Syns.
-async fn capture_sealed(cluster_id: &str, ring: &Keyring) -> Vec<u8> {
-    let spy = UdpSocket::bind("127.0.0.1:0").await.expect("binds");
-    let talker = Gossip::start(
-        fast_config(cluster_id)
-            .with_keyring(ring.clone())
-            .with_seeds([spy.local_addr().expect("addr").to_string()]),
-    )
-    .await
-    .expect("starts");
-    let mut buf = vec![0u8; 65_536];
-    let (n, _) =
-        tokio::time::timeout(DEADLINE, spy.recv_from(&mut buf)).await.expect("a Syn came").expect("recv");
-    talker.stop().await.expect("stops");
-    buf.truncate(n);
-    buf
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn floods_on_a_keyed_member_add_nothing_and_log_little() {
     let warnings = Warnings::default();
@@ -118,7 +99,7 @@ async fn floods_on_a_keyed_member_add_nothing_and_log_little() {
 
     // The member still gossips with its peer, and no one else got in.
     let heard = members[1].datagram_stats().accepted;
-    wait_until("the flooded member still gossips", || async {
+    wait_until(DEADLINE, "the flooded member still gossips", || async {
         members[1].datagram_stats().accepted > heard + 10
     })
     .await;

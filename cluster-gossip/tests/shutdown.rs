@@ -12,7 +12,7 @@ fn alive_tasks() -> usize {
 }
 
 async fn wait_tasks(baseline: usize) {
-    wait_until("every spawned task ended", || async { alive_tasks() == baseline }).await;
+    wait_until(DEADLINE, "every spawned task ended", || async { alive_tasks() == baseline }).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::ready;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -21,14 +22,8 @@ async fn idle_connections_from_another_host_do_not_starve_members() {
     let (server, _) = start(limits, Security::Plain).await;
     let addr = server.local_addr();
     // 300 idle connections from another host: 50 are held, the rest closed at once.
-    let mut attackers = Vec::new();
-    for _ in 0..300 {
-        attackers.push(connect_from([127, 0, 0, 2], addr).await.expect("connect"));
-    }
-    let closed =
-        futures::future::join_all(attackers.iter_mut().map(|s| closed_within(s, Duration::from_secs(3))))
-            .await;
-    let held = closed.iter().filter(|c| !**c).count();
+    let mut attackers = idle_connections([127, 0, 0, 2], addr, 300).await.expect("connect");
+    let held = held_open(&mut attackers, Duration::from_secs(3)).await;
     assert_eq!(held, 50, "connections held for one address");
     // The members' traffic goes on while the 50 are held.
     let c = client(Security::Plain);
@@ -90,10 +85,7 @@ async fn thousands_of_idle_connections_to_a_members_only_port_are_capped() {
         let source = [127, 0, 1, 2 + (i % 12) as u8];
         attackers.push(connect_from(source, addr).await.expect("connect"));
     }
-    let closed =
-        futures::future::join_all(attackers.iter_mut().map(|s| closed_within(s, Duration::from_secs(3))))
-            .await;
-    let held = closed.iter().filter(|c| !**c).count();
+    let held = held_open(&mut attackers, Duration::from_secs(3)).await;
     assert_eq!(held, 512, "connections held at once");
     // Descriptors of this process: the attackers' 3,000 plus at most the 512 held.
     let fds = std::fs::read_dir("/proc/self/fd").expect("procfs").count();
@@ -118,7 +110,7 @@ async fn requests_in_flight_are_bounded_per_connection() {
         raw.feed(Frame { request_id: id, body: Ask::Hang }).await.expect("send");
     }
     raw.flush().await.expect("flush");
-    wait_until("8 requests to start", || counters.started.load(Ordering::SeqCst) >= 8).await;
+    wait_until(DEADLINE, "8 requests to start", || ready(counters.started.load(Ordering::SeqCst) >= 8)).await;
     // Another connection is served; the stalled one started no more than 8.
     let c = client(Security::Plain);
     assert_eq!(echo(&c, &server).await, Said::Echo("hi".into()));
@@ -180,16 +172,20 @@ async fn streams_end_and_a_dropped_stream_is_cancelled_at_the_server() {
         c.stream(&addr, &Ask::Count { n: 5, forever: false }).await.expect("stream").collect().await;
     let items: Vec<Said> = items.into_iter().map(|r| r.expect("an item")).collect();
     assert_eq!(items, (0..5).map(Said::Item).collect::<Vec<_>>());
-    wait_until("the ended stream to be dropped", || counters.streams_dropped.load(Ordering::SeqCst) == 1)
-        .await;
+    wait_until(DEADLINE, "the ended stream to be dropped", || {
+        ready(counters.streams_dropped.load(Ordering::SeqCst) == 1)
+    })
+    .await;
 
     let mut endless = c.stream(&addr, &Ask::Count { n: 3, forever: true }).await.expect("stream");
     for i in 0..3 {
         assert_eq!(endless.next().await.expect("an item").expect("ok"), Said::Item(i));
     }
     drop(endless);
-    wait_until("the cancelled stream to be dropped", || counters.streams_dropped.load(Ordering::SeqCst) == 2)
-        .await;
+    wait_until(DEADLINE, "the cancelled stream to be dropped", || {
+        ready(counters.streams_dropped.load(Ordering::SeqCst) == 2)
+    })
+    .await;
     // A call on the same connection still works.
     assert_eq!(echo(&c, &server).await, Said::Echo("hi".into()));
     server.shutdown().await;

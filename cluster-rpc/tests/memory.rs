@@ -18,10 +18,10 @@ const MIB: u64 = 1024 * 1024;
 /// The most resident memory seen while polling for `within`.
 async fn peak_rss(within: Duration) -> u64 {
     let end = tokio::time::Instant::now() + within;
-    let mut peak = rss();
+    let mut peak = resident_memory().expect("procfs");
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        peak = peak.max(rss());
+        peak = peak.max(resident_memory().expect("procfs"));
     }
     peak
 }
@@ -39,7 +39,7 @@ async fn partial_giant_frames() {
     let (server, _) = start(limits, Security::Plain).await;
     let c = client(Security::Plain);
     echo(&c, &server).await;
-    let before = rss();
+    let before = resident_memory().expect("procfs");
     let part = vec![0u8; 512 * 1024];
     let mut held = Vec::new();
     for _ in 0..30 {
@@ -67,7 +67,7 @@ async fn an_unread_pipeline() {
     let (server, counters) = start(Limits::default(), Security::Plain).await;
     let c = client(Security::Plain);
     echo(&c, &server).await;
-    let before = rss();
+    let before = resident_memory().expect("procfs");
     let n = 200_000u64;
     let mut codec = WireCodec::<Ask, Said>::new(CLUSTER, 1 << 20);
     let mut pipeline = BytesMut::new();

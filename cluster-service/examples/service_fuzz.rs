@@ -14,7 +14,6 @@ mod common;
 mod fuzz;
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cluster_service::{ServerConfig, ServiceServer};
@@ -22,9 +21,7 @@ use common::{CLUSTER, FakeCluster};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let seed: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let per_kind: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let (seed, per_kind) = cluster_core::testsuite::fuzz::seed_and_frames(100_000);
     fuzz::count_panics();
     let cluster = FakeCluster::new(1);
     cluster.set_leader(Some(0));
@@ -34,7 +31,7 @@ async fn main() -> ExitCode {
     cluster.set_service_addr(0, server.local_addr());
     let started = Instant::now();
     let report = fuzz::feed(server.local_addr(), CLUSTER, seed, per_kind, per_kind).await;
-    let panics = fuzz::PANICS.load(Ordering::SeqCst);
+    let panics = fuzz::panics();
     println!(
         "seed {seed}: {} random + {} mutated frames in {:.1?}, {} answered, {} reconnects; panics: {panics}",
         report.random,

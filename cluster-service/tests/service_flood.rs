@@ -7,27 +7,8 @@ mod raft_common;
 
 use std::time::Duration;
 
+use cluster_core::testsuite::net::{held_open, idle_connections};
 use raft_common::{RaftCluster, init_tracing};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
-
-async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(std::net::SocketAddr::from((source, 0)))?;
-    socket.connect(to).await
-}
-
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_to_the_leaders_service_port_do_not_stop_forwarding() {
@@ -35,13 +16,8 @@ async fn idle_connections_to_the_leaders_service_port_do_not_stop_forwarding() {
     let cluster = RaftCluster::start(3, 0).await;
     let leader = &cluster.members[cluster.leader().await];
     let addr: std::net::SocketAddr = leader.service_addr.parse().expect("an address");
-    let mut flood = Vec::new();
-    for _ in 0..1100 {
-        flood.push(connect_from([127, 0, 0, 2], addr).await.expect("connect"));
-    }
-    let closed =
-        futures::future::join_all(flood.iter_mut().map(|s| closed_within(s, Duration::from_secs(3)))).await;
-    let held = closed.iter().filter(|c| !**c).count();
+    let mut flood = idle_connections([127, 0, 0, 2], addr, 1100).await.expect("connect");
+    let held = held_open(&mut flood, Duration::from_secs(3)).await;
     assert!(held <= 256, "{held} connections held from one address");
     for (i, m) in cluster.members.iter().enumerate() {
         let key = format!("k{i}");

@@ -1,69 +1,25 @@
-//! Shared helpers: configs with fast timing, a local cluster builder,
-//! waiting on a condition with a deadline.
+//! Shared helpers: configs with fast timing and a local cluster builder. Waits
+//! and logs come from the kit (`cluster_core::testsuite`).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::future::Future;
+use std::future::ready;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cluster_consensus::RaftStore;
-use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
-use cluster_core::{ConsensusConfig, ConsensusLimits, ConsensusStore, MemberId, RaftTiming};
+use cluster_core::testsuite::config::consensus_config;
+use cluster_core::{ConsensusConfig, ConsensusLimits, ConsensusStore, RaftTiming};
 
-/// Generous: the machine is small and shared.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 
 /// Fast, but without spurious elections on a loaded 2-core machine.
-pub fn timing() -> RaftTiming {
-    RaftTiming {
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout_min: Duration::from_millis(400),
-        election_timeout_max: Duration::from_millis(800),
-        ..RaftTiming::default()
-    }
-}
+pub use cluster_core::testsuite::config::raft_timing as timing;
 
+/// A new member of `test-cluster`, in memory unless `data_dir` is given.
 pub fn config(data_dir: Option<PathBuf>) -> ConsensusConfig {
-    ConsensusConfig {
-        member_id: MemberId::generate(),
-        cluster_id: "test-cluster".to_owned(),
-        raft_listen_addr: "127.0.0.1:0".parse().expect("a socket address"),
-        advertise_host: "127.0.0.1".to_owned(),
-        service_addr: "127.0.0.1:1".to_owned(),
-        data_dir,
-        timing: timing(),
-        max_frame_len: DEFAULT_MAX_FRAME_LEN,
-        rpc_timeout: Duration::from_secs(1),
-        transport: Default::default(),
-        limits: Default::default(),
-    }
-}
-
-/// Polls `cond` until it holds, failing after `DEADLINE`.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Retries an async check until it holds, failing after `DEADLINE`.
-pub async fn wait_until_async<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
-    let start = Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    consensus_config("test-cluster", "127.0.0.1:1", data_dir)
 }
 
 /// Members in one process on loopback.
@@ -162,7 +118,7 @@ impl Cluster {
             if m.is_shut_down() {
                 continue;
             }
-            wait_until("applied", || m.applied_index() >= Some(index)).await;
+            wait_until(DEADLINE, "applied", || ready(m.applied_index() >= Some(index))).await;
         }
     }
 

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BufMut;
@@ -25,50 +24,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::FramedRead;
 
-/// Panics seen by the hook installed with [`count_panics`].
-pub static PANICS: AtomicU64 = AtomicU64::new(0);
-
-/// Counts every panic of the process (the first few are printed).
-pub fn count_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let n = PANICS.fetch_add(1, Ordering::SeqCst);
-        if n < 5 {
-            eprintln!("PANIC: {info}");
-        }
-        if n == 0 && std::env::var_os("FUZZ_BACKTRACE").is_some() {
-            eprintln!("{}", std::backtrace::Backtrace::force_capture());
-        }
-    }));
-}
-
-/// splitmix64: small, seeded, the same sequence everywhere.
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// `n` random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+pub use cluster_core::testsuite::fuzz::{count_panics, panics};
+use cluster_core::testsuite::rng::Rng;
 
 /// What came back.
 #[derive(Debug, Default, Clone)]
@@ -179,12 +136,12 @@ fn number(rng: &mut Rng, near: u64) -> u64 {
         5 => u64::MAX,
         6 => u64::MAX / 2 + rng.below(3) as u64,
         7 => 1 << 40,
-        _ => rng.next(),
+        _ => rng.next_u64(),
     }
 }
 
 fn member(rng: &mut Rng, t: &Templates) -> MemberId {
-    if rng.below(4) == 0 { MemberId::from(rng.next()) } else { t.members[rng.below(t.members.len())] }
+    if rng.below(4) == 0 { MemberId::from(rng.next_u64()) } else { t.members[rng.below(t.members.len())] }
 }
 
 fn log_id_like(rng: &mut Rng, t: &Templates, l: Option<LogId>) -> Option<LogId> {
@@ -265,14 +222,14 @@ fn mutate(rng: &mut Rng, template: &[u8], header: usize) -> Vec<u8> {
     for _ in 0..1 + rng.below(4) {
         let len = body.len();
         if len <= header {
-            body.push(rng.next() as u8);
+            body.push(rng.next_u64() as u8);
             continue;
         }
         let at = header + rng.below(len - header);
         match rng.below(7) {
             0 => body[at] ^= 1 << rng.below(8),
             1 => body[at] = INTERESTING[rng.below(INTERESTING.len())],
-            2 => body.insert(at, rng.next() as u8),
+            2 => body.insert(at, rng.next_u64() as u8),
             3 => {
                 body.remove(at);
             }

@@ -5,7 +5,8 @@
 //! waits with deadlines and tracing set-up. Nothing here is compiled into a release
 //! build unless the feature is asked for.
 
-// The kit's general tools (waits, logs, hostile connections, fuzzing).
+// The kit's general tools (configs, waits, logs, hostile connections, fuzzing).
+pub mod config;
 pub mod fuzz;
 pub mod net;
 pub mod rng;

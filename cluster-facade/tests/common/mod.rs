@@ -1,22 +1,13 @@
-//! Helpers shared by the facade's tests: a fast test configuration, a local
-//! cluster builder, and waiting on a condition with a deadline.
-#![allow(dead_code, unreachable_pub)]
+//! Helpers shared by the facade's tests: a fast test configuration and a
+//! local cluster builder. Waits and logs come from the kit
+//! (`cluster_core::testsuite`).
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use cluster_facade::{Cluster, ClusterConfig, RaftRole};
 
-/// Generous: a loaded 2-core machine is slow, and a wait ends as soon as its condition holds.
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 
 /// A configuration with quick failure handling, ports from the OS, in memory.
 pub fn config(seeds: Vec<String>, num_voters: usize) -> ClusterConfig {
@@ -27,24 +18,6 @@ pub fn config(seeds: Vec<String>, num_voters: usize) -> ClusterConfig {
     c.timeouts.start_ms = 60_000;
     c.timeouts.operation_ms = 30_000;
     c
-}
-
-/// Waits until `cond` holds, or panics after [`DEADLINE`] naming what it waited for.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Like [`wait_until`] with an async condition.
-pub async fn wait_until_async<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
-    let start = tokio::time::Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Starts `n` members, the first forming the cluster and the others joining it.

@@ -1,19 +1,19 @@
-//! Shared test helpers: fast settings, starting a local cluster, waiting on a
-//! condition with a deadline, reading events.
+//! Shared test helpers: fast settings, starting a local cluster, reading
+//! events, capturing a sealed datagram. Waits and logs come from the kit
+//! (`cluster_core::testsuite`).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod forge;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 
 use cluster_core::{FailureDetection, MemberId, MembershipEvent, MembershipEvents};
 use cluster_gossip::{Gossip, GossipConfig, GossipTransport, Keyring};
+use tokio::net::UdpSocket;
 
-/// Generous: the machine may be loaded. Only failures wait this long.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 
 /// Gossip every 100 ms, failure detector tuned to it.
 pub fn fast_config(cluster_id: &str) -> GossipConfig {
@@ -30,9 +30,20 @@ pub fn fast_config(cluster_id: &str) -> GossipConfig {
 
 /// Starts `n` members; member `i` has tag `n=i` and the others seed on member 0.
 pub async fn start_cluster(n: usize, cluster_id: &str, transport: GossipTransport) -> Vec<Gossip> {
+    start_with(n, cluster_id, |c| c.with_transport(transport.clone())).await
+}
+
+/// Starts `n` members on loopback UDP sealing with `keyring`, seeded on member 0.
+pub async fn start_keyed(n: usize, cluster_id: &str, keyring: &Keyring) -> Vec<Gossip> {
+    start_with(n, cluster_id, |c| c.with_keyring(keyring.clone())).await
+}
+
+/// Starts `n` members of [`fast_config`] changed by `with`; member `i` has tag
+/// `n=i` and the others seed on member 0.
+async fn start_with(n: usize, cluster_id: &str, with: impl Fn(GossipConfig) -> GossipConfig) -> Vec<Gossip> {
     let mut members: Vec<Gossip> = Vec::new();
     for i in 0..n {
-        let mut c = fast_config(cluster_id).with_tag("n", i.to_string()).with_transport(transport.clone());
+        let mut c = with(fast_config(cluster_id).with_tag("n", i.to_string()));
         if let Some(first) = members.first() {
             c = c.with_seeds([first.gossip_addr().to_string()]);
         }
@@ -41,17 +52,23 @@ pub async fn start_cluster(n: usize, cluster_id: &str, transport: GossipTranspor
     members
 }
 
-/// Starts `n` members on loopback UDP sealing with `keyring`, seeded on member 0.
-pub async fn start_keyed(n: usize, cluster_id: &str, keyring: &Keyring) -> Vec<Gossip> {
-    let mut members: Vec<Gossip> = Vec::new();
-    for i in 0..n {
-        let mut c = fast_config(cluster_id).with_tag("n", i.to_string()).with_keyring(keyring.clone());
-        if let Some(first) = members.first() {
-            c = c.with_seeds([first.gossip_addr().to_string()]);
-        }
-        members.push(Gossip::start(c).await.expect("member starts"));
-    }
-    members
+/// A sealed datagram captured off the wire: a keyed member of `cluster_id`
+/// with `spy` as its seed sends it a Syn.
+pub async fn capture_sealed(cluster_id: &str, ring: &Keyring) -> Vec<u8> {
+    let spy = UdpSocket::bind("127.0.0.1:0").await.expect("binds");
+    let talker = Gossip::start(
+        fast_config(cluster_id)
+            .with_keyring(ring.clone())
+            .with_seeds([spy.local_addr().expect("addr").to_string()]),
+    )
+    .await
+    .expect("starts");
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) =
+        tokio::time::timeout(DEADLINE, spy.recv_from(&mut buf)).await.expect("a Syn came").expect("recv");
+    talker.stop().await.expect("stops");
+    buf.truncate(n);
+    buf
 }
 
 /// Member ids each member sees live.
@@ -61,21 +78,10 @@ pub fn view(g: &Gossip) -> BTreeSet<MemberId> {
 
 /// Waits until every member sees exactly `expected`.
 pub async fn wait_converged(members: &[&Gossip], expected: &BTreeSet<MemberId>) {
-    wait_until("all members see the expected set", || async { members.iter().all(|g| view(g) == *expected) })
-        .await;
-}
-
-/// Polls `cond` every 20 ms until it holds; panics after [`DEADLINE`].
-pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "all members see the expected set", || async {
+        members.iter().all(|g| view(g) == *expected)
+    })
+    .await;
 }
 
 /// Receives events until one satisfies `pred`; returns it and the events before it.
@@ -120,12 +126,4 @@ pub async fn drain_replay(sub: &mut MembershipEvents, n: usize) {
             other => panic!("expected a replayed Joined, got {other:?}"),
         }
     }
-}
-
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }

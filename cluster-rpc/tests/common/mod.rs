@@ -1,7 +1,6 @@
 //! A small handler and helpers shared by the server tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,7 +10,12 @@ use cluster_rpc::{
     ServerConfig, serve,
 };
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
+
+pub use cluster_core::testsuite::net::{
+    closed_within, connect_from, held_open, idle_connections, resident_memory,
+};
+pub use cluster_core::testsuite::wait_until;
 
 pub const CLUSTER: &str = "test-cluster";
 /// Generous: the machine is shared.
@@ -111,44 +115,6 @@ pub async fn start_with(
 
 pub fn client(security: Security) -> Client<Ask, Said> {
     Client::new(ClientConfig { cluster_id: CLUSTER.into(), limits: Limits::default(), security })
-}
-
-/// A raw connection from another loopback address, acting as another host.
-pub async fn connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((source, 0)))?;
-    socket.connect(to).await
-}
-
-/// Resident memory of this process, in bytes.
-pub fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number");
-    kb * 1024
-}
-
-/// Waits until `f` is true, polling; panics at the deadline.
-pub async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Reads until the peer closes; true if it closed within `within`.
-pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 pub async fn echo(c: &Client<Ask, Said>, server: &Server) -> Said {

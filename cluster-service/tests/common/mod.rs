@@ -1,9 +1,8 @@
 //! Test helpers: an in-memory fake of `ConsensusStore` whose leader the test
-//! switches, and waiting on a condition.
-#![allow(dead_code, unreachable_pub)]
+//! switches; waits and logs come from the kit (`cluster_core::testsuite`).
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +13,8 @@ use cluster_core::{
     LeaderHint, MemberId, Result, ShortId, Watch, WatchEvent, WriteOp, WriteOutcome, WriteRequest,
 };
 use tokio::sync::{broadcast, watch};
+
+pub use cluster_core::testsuite::{init_tracing, wait_until};
 
 pub const CLUSTER: &str = "test-cluster";
 
@@ -297,27 +298,4 @@ impl ConsensusStore for FakeStore {
         self.shut_down.store(true, Ordering::SeqCst);
         Ok(())
     }
-}
-
-/// Waits until `cond` holds, checking every 10 ms, for at most `within`.
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }

@@ -7,7 +7,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -17,35 +16,8 @@ use cluster_service::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Panics seen by the hook installed with [`count_panics`].
-pub static PANICS: AtomicU64 = AtomicU64::new(0);
-
-/// Counts every panic of the process (the first few are printed).
-pub fn count_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        if PANICS.fetch_add(1, Ordering::SeqCst) < 5 {
-            eprintln!("PANIC: {info}");
-        }
-    }));
-}
-
-/// splitmix64: seeded, the same sequence everywhere.
-pub struct Rng(u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+pub use cluster_core::testsuite::fuzz::{count_panics, panics};
+use cluster_core::testsuite::rng::Rng;
 
 /// Valid frame bodies of every request kind, the cluster's reserved ones included.
 pub fn templates(cluster_id: &str) -> Vec<Vec<u8>> {
@@ -83,19 +55,19 @@ fn mutate(rng: &mut Rng, template: &[u8]) -> Vec<u8> {
         0 => {
             for _ in 0..=rng.below(4) {
                 let i = rng.below(body.len());
-                body[i] ^= (rng.next() as u8) | 1;
+                body[i] ^= (rng.next_u64() as u8) | 1;
             }
         }
         // Cut it short.
         1 => body.truncate(rng.below(body.len())),
         // Grow it with garbage (trailing bytes, lying lengths inside).
-        2 => body.extend((0..=rng.below(16)).map(|_| rng.next() as u8)),
+        2 => body.extend((0..=rng.below(16)).map(|_| rng.next_u64() as u8)),
         // Overwrite the payload's bytes after the header (the header stays valid).
         _ => {
             let start = 15.min(body.len());
             for b in &mut body[start..] {
                 if rng.below(3) == 0 {
-                    *b = rng.next() as u8;
+                    *b = rng.next_u64() as u8;
                 }
             }
         }
@@ -122,14 +94,14 @@ pub struct Report {
 /// connection closed, after which a new one is opened).
 pub async fn feed(addr: SocketAddr, cluster_id: &str, seed: u64, random: u64, mutated: u64) -> Report {
     let templates = templates(cluster_id);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut report = Report::default();
     let mut conn = TcpStream::connect(addr).await.expect("the service accepts");
     while report.random < random || report.mutated < mutated {
         let body: Vec<u8> = if report.mutated >= mutated || (report.random < random && rng.below(2) == 0) {
             report.random += 1;
             let len = rng.below(64);
-            (0..len).map(|_| rng.next() as u8).collect()
+            (0..len).map(|_| rng.next_u64() as u8).collect()
         } else {
             report.mutated += 1;
             let template = &templates[rng.below(templates.len())];

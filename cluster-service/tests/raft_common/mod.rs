@@ -1,12 +1,14 @@
 //! A local cluster of real raft members (cluster-consensus), each with its
 //! service server, for the integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::future::ready;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_consensus::RaftStore;
-use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+use cluster_core::testsuite::config::consensus_config;
+use cluster_core::testsuite::wait_until;
 use cluster_core::{ConsensusConfig, ConsensusStore, MemberId, RaftTiming};
 use cluster_service::{
     Backoff, ClientOptions, Proxy, ProxyOptions, ServerConfig, ServiceClient, ServiceServer,
@@ -17,22 +19,8 @@ pub const CLUSTER: &str = "raft-test-cluster";
 /// Generous: the machine is small and shared.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// Fast elections, but none spurious on a loaded 2-core machine.
-pub fn timing() -> RaftTiming {
-    RaftTiming {
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout_min: Duration::from_millis(400),
-        election_timeout_max: Duration::from_millis(800),
-        ..RaftTiming::default()
-    }
-}
+pub use cluster_core::testsuite::config::raft_timing as timing;
+pub use cluster_core::testsuite::init_tracing;
 
 pub fn proxy_options() -> ProxyOptions {
     let mut o = ProxyOptions::new(CLUSTER);
@@ -190,19 +178,7 @@ pub async fn open_member() -> Member {
 pub async fn open_member_with(timing: RaftTiming) -> Member {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let service_addr = listener.local_addr().expect("addr").to_string();
-    let config = ConsensusConfig {
-        member_id: MemberId::generate(),
-        cluster_id: CLUSTER.to_owned(),
-        raft_listen_addr: "127.0.0.1:0".parse().expect("a socket address"),
-        advertise_host: "127.0.0.1".to_owned(),
-        service_addr: service_addr.clone(),
-        data_dir: None,
-        timing,
-        max_frame_len: DEFAULT_MAX_FRAME_LEN,
-        rpc_timeout: Duration::from_secs(1),
-        transport: Default::default(),
-        limits: Default::default(),
-    };
+    let config = ConsensusConfig { timing, ..consensus_config(CLUSTER, &service_addr, None) };
     let store = RaftStore::open(config).await.expect("open");
     let shared = Arc::new(store.clone());
     let server = ServiceServer::serve(listener, shared.clone(), ServerConfig::new(CLUSTER)).expect("serve");
@@ -212,9 +188,6 @@ pub async fn open_member_with(timing: RaftTiming) -> Member {
 
 /// Waits until `counter` reaches `n`.
 pub async fn wait_until_count(counter: &std::sync::atomic::AtomicUsize, n: usize) {
-    let start = Instant::now();
-    while counter.load(std::sync::atomic::Ordering::SeqCst) < n {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {n} acknowledgements");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let what = format!("{n} acknowledgements");
+    wait_until(DEADLINE, &what, || ready(counter.load(std::sync::atomic::Ordering::SeqCst) >= n)).await;
 }
