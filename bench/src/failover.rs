@@ -156,7 +156,7 @@ async fn ours_once(ctx: &Ctx, tag: &str, timing: Option<Timing>) -> Result<Failo
         },
         move || async move {
             let since = Instant::now();
-            agents[leader].proc.kill9().await;
+            agents[leader].kill9();
             let task = tokio::spawn(watch_election(status_client, survivors, old, term0, since));
             *w.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             Ok(())

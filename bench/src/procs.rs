@@ -1,15 +1,18 @@
 //! Peer and agent processes on loopback: start, wait until ready, kill.
-//! Every child is killed when its handle drops (`kill_on_drop`), and its
-//! data lives in a temporary directory removed at the end of the run.
+//! Every child is killed when its handle drops, and its data lives in a
+//! temporary directory removed at the end of the run. A `carbon agent` is the
+//! fault harness's process (`integration_tests::harness::process`): one way to
+//! start an agent and read its start line.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_service::{ClientOptions, ServiceClient};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use integration_tests::harness::process::{self, AgentSpec, Ports};
 use tokio::process::{Child, Command};
 
 /// A free loopback port (TCP and UDP both free at the time of asking).
@@ -51,12 +54,25 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
 
 // ---------------------------------------------------------------- carbon
 
-/// One `carbon agent` as its start line reports it.
+/// One `carbon agent`: the fault harness's process (integration-tests), and
+/// the start line it printed.
 pub struct Agent {
-    pub proc: Proc,
+    pub process: process::Agent,
     pub member_id: String,
     pub service: String,
     pub gossip: String,
+}
+
+impl Agent {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        // Only fails if the process is already gone, which is what was asked.
+        let _ = self.process.kill();
+    }
 }
 
 /// Three (or more) `carbon agent` processes forming one cluster.
@@ -112,58 +128,29 @@ impl CarbonCluster {
     pub async fn add(&mut self) -> Result<Duration> {
         let name = format!("carbon-{}-{}", self.tag, self.spawned);
         self.spawned += 1;
-        let mut cmd = Command::new(&self.carbon);
-        cmd.arg("agent");
-        if let Some(config) = &self.config {
-            cmd.arg("--config").arg(config);
-        }
-        cmd.args(["--host", "127.0.0.1", "--cluster-id", &self.cluster_id, "--num-voters", "3"]).args([
-            "--gossip-port",
-            "0",
-            "--raft-port",
-            "0",
-            "--service-port",
-            "0",
-            "--grid-port",
-            "0",
-        ]);
-        if self.durable {
-            let d = self.dir.join(&name);
-            std::fs::create_dir_all(&d)?;
-            cmd.arg("--data-dir").arg(&d);
-        }
-        if let Some(first) = self.agents.first() {
-            cmd.args(["--seed", &first.gossip]);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(&self.dir, &name)?)
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true);
+        let spec = AgentSpec {
+            name: name.clone(),
+            binary: Some(self.carbon.clone()),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: Ports::default(),
+            seeds: self.agents.first().map(|first| first.gossip.clone()).into_iter().collect(),
+            data_dir: self.durable.then(|| self.dir.join(&name)),
+            config_file: self.config.clone(),
+            args: ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec(),
+            log_file: self.dir.join(format!("{name}.log")),
+            wrapper: Vec::new(),
+        };
         let t = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("spawn {}", self.carbon.display()))?;
-        let stdout = child.stdout.take().context("agent stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
-            .await
-            .map_err(|_| anyhow!("{name}: no start line within 40 s (see {name}.log)"))??
-            .ok_or_else(|| anyhow!("{name} exited before its start line"))?;
+        let mut process = process::Agent::spawn(spec)?;
+        // The harness waits on a plain thread: keep this worker's other tasks moving.
+        let line = tokio::task::block_in_place(|| process.wait_started(Duration::from_secs(40)).cloned())?;
         let took = t.elapsed();
-        // member <id> short_id <n> gossip <addr> raft <addr> service <addr> grid <addr>
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let field = |k: &str| -> Result<String> {
-            let i = f.iter().position(|w| *w == k).ok_or_else(|| anyhow!("no `{k}` in {line:?}"))?;
-            f.get(i + 1).map(|s| s.to_string()).ok_or_else(|| anyhow!("no value of `{k}` in {line:?}"))
-        };
-        let agent = Agent {
-            member_id: field("member")?,
-            service: field("service")?,
-            gossip: field("gossip")?,
-            proc: Proc { child },
-        };
-        // Keep draining stdout so the agent never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.agents.push(agent);
+        self.agents.push(Agent {
+            process,
+            member_id: line.member_id,
+            service: line.service.to_string(),
+            gossip: line.gossip.to_string(),
+        });
         Ok(took)
     }
 
@@ -171,13 +158,7 @@ impl CarbonCluster {
     /// (SIGKILL after 10 s), and forgets it.
     pub async fn leave(&mut self, i: usize) -> Result<()> {
         let mut agent = self.agents.remove(i);
-        if let Some(pid) = agent.proc.pid() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        }
-        if tokio::time::timeout(Duration::from_secs(10), agent.proc.child.wait()).await.is_err() {
-            agent.proc.kill9().await;
-            bail!("{} did not exit within 10 s of SIGTERM", agent.member_id);
-        }
+        tokio::task::block_in_place(|| agent.process.terminate(Duration::from_secs(10)))?;
         Ok(())
     }
 
@@ -252,7 +233,7 @@ impl CarbonCluster {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.agents.iter().filter_map(|a| a.proc.pid()).collect()
+        self.agents.iter().filter_map(Agent::pid).collect()
     }
 }
 

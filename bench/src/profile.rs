@@ -86,8 +86,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     // Warm the connections and the log before counting.
     drive(&kv, Op::Write, 1, 1.0).await?;
     let pids = vec![
-        ("leader".to_string(), c.agents[leader].proc.pid().context("leader pid")?),
-        ("follower".to_string(), c.agents[follower].proc.pid().context("follower pid")?),
+        ("leader".to_string(), c.agents[leader].pid().context("leader pid")?),
+        ("follower".to_string(), c.agents[follower].pid().context("follower pid")?),
     ];
     // The strace window also holds 0.5 s of idle traffic (heartbeats, gossip)
     // before the writes: a few dozen calls against thousands of writes.

@@ -92,7 +92,7 @@ async fn one_size(ctx: &Ctx, n: usize, out: &mut Sized) -> Result<()> {
     ctx.log(format!("scale n={n}: {n} agents up and in raft after {:.1} s", t.elapsed().as_secs_f64()));
     let leader = c.leader().await?;
     let kv = Kv::Ours(c.client(&[leader])?);
-    let pids: Vec<u32> = c.agents.iter().map(|a| a.proc.pid().unwrap_or(0)).collect();
+    let pids: Vec<u32> = c.agents.iter().map(|a| a.pid().unwrap_or(0)).collect();
     let status = c.client(&[leader])?.status_of(&c.agents[leader].service).await?;
     let is_voter = |i: usize| status.voters.keys().any(|id| id.to_string() == c.agents[i].member_id);
     for rep in 0..ctx.reps {

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use cluster_core::testsuite::init_tracing;
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
@@ -19,13 +20,6 @@ use tokio::sync::{Mutex, MutexGuard};
 async fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::const_new(());
     LOCK.lock().await
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }
 
 /// Pacing between faults: lets the workload run; never a correctness wait.
@@ -48,7 +42,7 @@ fn report(summary: &Summary) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly_under_load() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut run = FaultRun::start(spec("leader killed 3 times", 5, 3)).await.expect("cluster starts");
     for _ in 0..3 {
         run.pace(PACE).await;
@@ -65,7 +59,7 @@ async fn leader_killed_repeatedly_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_member_killed_and_restarted() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let mut run = FaultRun::start(spec("random members killed, stopped, restarted; a join", 5, 3))
         .await
@@ -95,7 +89,7 @@ async fn random_member_killed_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_paused_beyond_the_election_timeout() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut run = FaultRun::start(spec("leader, then a follower, paused 3 s", 5, 3)).await.expect("starts");
     // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
     let pause = Duration::from_secs(3);
@@ -123,7 +117,7 @@ async fn minority_and_majority_partitions_then_healed() {
         return;
     }
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
     spec.cluster = spec.cluster.with_netns();
     let mut run = FaultRun::start(spec).await.expect("starts");
@@ -166,7 +160,7 @@ async fn minority_and_majority_partitions_then_healed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_killed_and_restarted_from_its_data() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut run = FaultRun::start(spec("whole cluster killed and restarted", 3, 3)).await.expect("starts");
     for _ in 0..2 {
         run.pace(PACE).await;
@@ -186,7 +180,7 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_restarted_on_new_ports() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut run = FaultRun::start(spec("a follower restarted on new ports", 5, 3)).await.expect("starts");
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
@@ -205,7 +199,7 @@ async fn member_restarted_on_new_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_id_of_a_paused_member_is_not_held_twice() {
     let _serial = serial().await;
-    init_logs();
+    init_tracing();
     let mut spec = spec("a member paused beyond the short-id reap, a join meanwhile", 4, 3);
     spec.cluster.config.short_id_reap_ms = 3_000;
     let mut run = FaultRun::start(spec).await.expect("starts");

@@ -63,7 +63,8 @@ async fn write_keys(client: &ServiceClient, prefix: &str, count: usize) -> BTree
 
 /// The last (active) segment of member `i`'s write-ahead log.
 fn wal_segment(cluster: &mut ProcessCluster, i: usize) -> Result<PathBuf> {
-    let dir = cluster.agent(i).spec().data_dir.join("raft").join("raft-log");
+    let dir =
+        cluster.agent(i).spec().data_dir.as_ref().expect("a durable agent").join("raft").join("raft-log");
     let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("no write-ahead log in {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -173,7 +174,7 @@ async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
     cluster.agent(follower).restart_with_args(&["--reset-raft-state"])?;
     let line = cluster.agent(follower).wait_started(DEADLINE)?.clone();
     assert_eq!(Some(line.member_id.clone()), member_id, "the member id is kept");
-    let data_dir = cluster.agent(follower).spec().data_dir.clone();
+    let data_dir = cluster.agent(follower).spec().data_dir.clone().expect("a durable agent");
     let moved = std::fs::read_dir(&data_dir)?
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().starts_with("raft.reset-"));

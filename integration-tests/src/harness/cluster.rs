@@ -96,11 +96,13 @@ impl ProcessCluster {
             .collect();
         let spec = AgentSpec {
             name: format!("m{i}"),
+            binary: None,
             host,
             ports,
             seeds,
-            data_dir: self.dir.path().join(format!("m{i}")),
-            config_file: self.dir.path().join("agent.toml"),
+            data_dir: Some(self.dir.path().join(format!("m{i}"))),
+            config_file: Some(self.dir.path().join("agent.toml")),
+            args: super::security::agent_flags().iter().map(|f| f.to_string()).collect(),
             log_file: self.dir.path().join(format!("m{i}.log")),
             wrapper,
         };

@@ -220,16 +220,21 @@ impl StartLine {
 pub struct AgentSpec {
     /// A name for logs and messages (`m0`, `m1`, …).
     pub name: String,
+    /// The `carbon` binary (`None`: [`carbon_binary`]).
+    pub binary: Option<PathBuf>,
     /// The host the agent binds and is reached at.
     pub host: IpAddr,
     /// Its ports (0: from the OS, only for the first start).
     pub ports: Ports,
     /// Gossip addresses of members to join.
     pub seeds: Vec<String>,
-    /// Its data directory (member id and raft state).
-    pub data_dir: PathBuf,
-    /// The shared configuration file.
-    pub config_file: PathBuf,
+    /// Its data directory (member id and raft state); `None`: in memory, so a
+    /// restart is a new member.
+    pub data_dir: Option<PathBuf>,
+    /// The configuration file (`None`: the defaults and the flags).
+    pub config_file: Option<PathBuf>,
+    /// More arguments for every start (security flags, the cluster id, …).
+    pub args: Vec<String>,
     /// Where its stderr (logs) goes; appended to across restarts.
     pub log_file: PathBuf,
     /// A command the agent runs under, e.g. `ip netns exec <ns>` (empty: none). The
@@ -261,10 +266,14 @@ impl Agent {
 
     /// Spawns the agent with `extra` arguments after the usual ones.
     fn spawn_process_with(&mut self, extra: &[&str]) -> Result<()> {
-        let binary = carbon_binary()?;
         let spec = &self.spec;
-        std::fs::create_dir_all(&spec.data_dir)
-            .with_context(|| format!("cannot create {}", spec.data_dir.display()))?;
+        let binary = match &spec.binary {
+            Some(binary) => binary.clone(),
+            None => carbon_binary()?,
+        };
+        if let Some(dir) = &spec.data_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -278,20 +287,22 @@ impl Agent {
             }
             None => Command::new(&binary),
         };
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(&spec.config_file)
-            .args(["--host", &spec.host.to_string()])
+        cmd.arg("agent");
+        if let Some(config) = &spec.config_file {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(["--host", &spec.host.to_string()])
             .args(["--gossip-port", &spec.ports.gossip.to_string()])
             .args(["--raft-port", &spec.ports.raft.to_string()])
             .args(["--service-port", &spec.ports.service.to_string()])
-            .args(["--grid-port", &spec.ports.grid.to_string()])
-            .arg("--data-dir")
-            .arg(&spec.data_dir);
+            .args(["--grid-port", &spec.ports.grid.to_string()]);
+        if let Some(dir) = &spec.data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
         for seed in &spec.seeds {
             cmd.args(["--seed", seed]);
         }
-        cmd.args(super::security::agent_flags());
+        cmd.args(&spec.args);
         cmd.args(extra);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn,openraft=error");
