@@ -15,47 +15,43 @@ mod common;
 mod fuzz;
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster_core::ConsensusStore;
+use cluster_core::testsuite::fuzz::long_run;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    let (seed, per_kind) = cluster_core::testsuite::fuzz::seed_and_frames(100_000);
-    fuzz::count_panics();
-    let cluster = common::Cluster::start(3, false, common::timing()).await;
-    let leader = cluster.leader().await;
-    let follower =
-        cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("3 members").clone();
-    let started = Instant::now();
-    let mut total = fuzz::Report::default();
-    for (i, target) in [follower, leader].iter().enumerate() {
-        let templates = fuzz::templates(target, "test-cluster");
-        let half = |n: u64| if i == 0 { n / 2 } else { n - n / 2 };
-        let r = fuzz::feed(
-            target.raft_addr(),
-            "test-cluster",
-            &templates,
-            seed.wrapping_add(i as u64),
-            half(per_kind),
-            half(per_kind),
-        )
-        .await;
-        println!("target {} ({}): {r:?}", target.member_id(), if i == 0 { "follower" } else { "leader" });
-        total.random += r.random;
-        total.mutated += r.mutated;
-        total.answered += r.answered;
-    }
-    let serves = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", Duration::from_secs(60)).await;
-    let stopped = fuzz::stopped(&cluster.members);
-    let panics = fuzz::panics();
-    println!(
-        "seed {seed}: {} random + {} mutated frames, {} answered in {:.1?}; panics: {panics}; raft stopped on: {stopped:?}; cluster serves: {serves:?}",
-        total.random,
-        total.mutated,
-        total.answered,
-        started.elapsed()
-    );
-    cluster.shutdown().await;
-    if panics == 0 && stopped.is_empty() && serves.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+fn main() -> ExitCode {
+    long_run(100_000, |seed, per_kind| async move {
+        let cluster = common::Cluster::start(3, false, common::timing()).await;
+        let leader = cluster.leader().await;
+        let follower =
+            cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("3 members").clone();
+        let mut total = fuzz::Report::default();
+        for (i, target) in [follower, leader].iter().enumerate() {
+            let templates = fuzz::templates(target, "test-cluster");
+            let half = |n: u64| if i == 0 { n / 2 } else { n - n / 2 };
+            let r = fuzz::feed(
+                target.raft_addr(),
+                "test-cluster",
+                &templates,
+                seed.wrapping_add(i as u64),
+                half(per_kind),
+                half(per_kind),
+            )
+            .await;
+            println!("target {} ({}): {r:?}", target.member_id(), if i == 0 { "follower" } else { "leader" });
+            total.random += r.random;
+            total.mutated += r.mutated;
+            total.answered += r.answered;
+        }
+        let serves =
+            fuzz::cluster_still_serves(&cluster.members, "after-fuzz", Duration::from_secs(60)).await;
+        let stopped = fuzz::stopped(&cluster.members);
+        println!(
+            "{} random + {} mutated frames, {} answered; raft stopped on: {stopped:?}; cluster serves: {serves:?}",
+            total.random, total.mutated, total.answered,
+        );
+        cluster.shutdown().await;
+        stopped.is_empty() && serves.is_ok()
+    })
 }

@@ -8,12 +8,13 @@ mod common;
 mod fuzz;
 
 use cluster_core::ConsensusStore;
+use cluster_core::testsuite::fuzz::{count_panics, panics};
 use common::{Cluster, DEADLINE, timing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_mutated_frames_cause_no_panic() {
     common::init_tracing();
-    fuzz::count_panics();
+    count_panics();
     let cluster = Cluster::start(3, false, timing()).await;
     let leader = cluster.leader().await;
     let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().clone();
@@ -27,7 +28,7 @@ async fn random_and_mutated_frames_cause_no_panic() {
         assert!(report.unanswered <= 32 * report.reconnects, "{report:?}");
         assert!(report.refused > 0 && !report.guarded.is_empty() && report.by_raft > 0, "{report:?}");
     }
-    assert_eq!(fuzz::panics(), 0, "panics while fuzzing");
+    assert_eq!(panics(), 0, "panics while fuzzing");
     assert_eq!(fuzz::stopped(&cluster.members), vec![]);
     let lagging = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", DEADLINE).await.unwrap();
     assert!(lagging.len() <= 1, "a write commits, so a majority applies it: {lagging:?}");

@@ -6,20 +6,14 @@
 //! cargo run -p cluster-gossip --example encrypted
 //! ```
 
+mod demo;
+
 use std::time::{Duration, Instant};
 
-use cluster_core::FailureDetection;
 use cluster_gossip::{Gossip, GossipConfig, GossipKey, Keyring};
 
 fn config(ring: &Keyring) -> GossipConfig {
-    GossipConfig::default()
-        .with_cluster_id("example")
-        .with_gossip_interval(Duration::from_millis(100))
-        .with_failure_detection(FailureDetection {
-            initial_interval: Duration::from_millis(100),
-            ..FailureDetection::default()
-        })
-        .with_keyring(ring.clone())
+    demo::quick_config().with_keyring(ring.clone())
 }
 
 /// Polls until `cond` holds, for at most 10 s.

@@ -5,20 +5,15 @@
 //! cargo run -p cluster-gossip --example two_members
 //! ```
 
+mod demo;
+
 use std::time::Duration;
 
-use cluster_core::{FailureDetection, MembershipEvent};
+use cluster_core::MembershipEvent;
 use cluster_gossip::{Gossip, GossipConfig};
 
 fn config(name: &str) -> GossipConfig {
-    GossipConfig::default()
-        .with_cluster_id("example")
-        .with_gossip_interval(Duration::from_millis(100))
-        .with_failure_detection(FailureDetection {
-            initial_interval: Duration::from_millis(100),
-            ..FailureDetection::default()
-        })
-        .with_tag("name", name)
+    demo::quick_config().with_tag("name", name)
 }
 
 fn print_events(who: &'static str, gossip: &Gossip) -> tokio::task::JoinHandle<()> {

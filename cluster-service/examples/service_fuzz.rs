@@ -14,32 +14,25 @@ mod common;
 mod fuzz;
 
 use std::process::ExitCode;
-use std::time::Instant;
 
+use cluster_core::testsuite::fuzz::long_run;
 use cluster_service::{ServerConfig, ServiceServer};
 use common::{CLUSTER, FakeCluster};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    let (seed, per_kind) = cluster_core::testsuite::fuzz::seed_and_frames(100_000);
-    fuzz::count_panics();
-    let cluster = FakeCluster::new(1);
-    cluster.set_leader(Some(0));
-    let server = ServiceServer::bind("127.0.0.1:0", cluster.member(0), ServerConfig::new(CLUSTER))
-        .await
-        .expect("a port");
-    cluster.set_service_addr(0, server.local_addr());
-    let started = Instant::now();
-    let report = fuzz::feed(server.local_addr(), CLUSTER, seed, per_kind, per_kind).await;
-    let panics = fuzz::panics();
-    println!(
-        "seed {seed}: {} random + {} mutated frames in {:.1?}, {} answered, {} reconnects; panics: {panics}",
-        report.random,
-        report.mutated,
-        started.elapsed(),
-        report.answered,
-        report.reconnects
-    );
-    server.shutdown().await;
-    if panics == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+fn main() -> ExitCode {
+    long_run(100_000, |seed, per_kind| async move {
+        let cluster = FakeCluster::new(1);
+        cluster.set_leader(Some(0));
+        let server = ServiceServer::bind("127.0.0.1:0", cluster.member(0), ServerConfig::new(CLUSTER))
+            .await
+            .expect("a port");
+        cluster.set_service_addr(0, server.local_addr());
+        let report = fuzz::feed(server.local_addr(), CLUSTER, seed, per_kind, per_kind).await;
+        println!(
+            "{} random + {} mutated frames, {} answered, {} reconnects",
+            report.random, report.mutated, report.answered, report.reconnects
+        );
+        server.shutdown().await;
+        true
+    })
 }

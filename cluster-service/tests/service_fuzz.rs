@@ -6,12 +6,13 @@ mod fuzz;
 
 use std::time::Duration;
 
+use cluster_core::testsuite::fuzz::{count_panics, panics};
 use cluster_service::{ClientOptions, ServerConfig, ServiceClient, ServiceServer};
 use common::{CLUSTER, FakeCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_mutated_frames_never_panic_the_service() {
-    fuzz::count_panics();
+    count_panics();
     let cluster = FakeCluster::new(1);
     cluster.set_leader(Some(0));
     let server =
@@ -21,7 +22,7 @@ async fn random_and_mutated_frames_never_panic_the_service() {
     assert_eq!((report.random, report.mutated), (2_000, 2_000));
     // Mutated frames whose header still reads are answered, one by one.
     assert!(report.answered > 500, "{report:?}");
-    assert_eq!(fuzz::panics(), 0, "{report:?}");
+    assert_eq!(panics(), 0, "{report:?}");
 
     // It still serves, and nothing reserved was written by the garbage.
     let mut options = ClientOptions::new(CLUSTER);

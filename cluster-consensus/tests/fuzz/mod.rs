@@ -24,7 +24,6 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::FramedRead;
 
-pub use cluster_core::testsuite::fuzz::{count_panics, panics};
 use cluster_core::testsuite::rng::Rng;
 
 /// What came back.

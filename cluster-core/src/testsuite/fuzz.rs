@@ -1,7 +1,11 @@
 //! What the fuzzing drivers of every crate share: counting panics anywhere in
-//! the process, and the seed and frame count of a long run from its arguments.
+//! the process, and the frame of a long run (its arguments, its runtime, its
+//! verdict).
 
+use std::future::Future;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
@@ -25,9 +29,34 @@ pub fn panics() -> u64 {
     PANICS.load(Ordering::SeqCst)
 }
 
+/// The `main` of a long fuzz run (an example program): reads
+/// `[SEED] [FRAMES_PER_KIND]` from the arguments (seed 1 and `default_frames`
+/// when missing), counts panics, runs `run(seed, frames)` on two worker
+/// threads, and succeeds only if it returned true and nothing panicked.
+pub fn long_run<F, Fut>(default_frames: u64, run: F) -> ExitCode
+where
+    F: FnOnce(u64, u64) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let (seed, frames) = seed_and_frames(default_frames);
+    count_panics();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("no tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let held = runtime.block_on(run(seed, frames));
+    let panics = panics();
+    println!("seed {seed}, {frames} frames per kind: {:.1?}; panics: {panics}", started.elapsed());
+    if held && panics == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 /// `[SEED] [FRAMES_PER_KIND]` from the program's arguments, with defaults
 /// (seed 1, `default_frames`) for what is missing or not a number.
-pub fn seed_and_frames(default_frames: u64) -> (u64, u64) {
+fn seed_and_frames(default_frames: u64) -> (u64, u64) {
     let mut args = std::env::args().skip(1);
     let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let frames = args.next().and_then(|s| s.parse().ok()).unwrap_or(default_frames);

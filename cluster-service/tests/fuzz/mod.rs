@@ -16,7 +16,6 @@ use cluster_service::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use cluster_core::testsuite::fuzz::{count_panics, panics};
 use cluster_core::testsuite::rng::Rng;
 
 /// Valid frame bodies of every request kind, the cluster's reserved ones included.
