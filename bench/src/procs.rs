@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use cluster_service::{ClientOptions, ServiceClient};
 use integration_tests::harness::process::{self, AgentSpec, Ports};
 use tokio::process::{Child, Command};

@@ -450,40 +450,34 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     md.push_str(&section("gossip", &gossip_intro, &gossip_curves, &gossip_charts));
     ctx.report.sections.push(("7 Scale".into(), md));
 
-    for c in raft_curves.iter() {
-        for (n, m) in &c.points {
-            ctx.report.rows.push(Row {
-                figure: "7 scale".into(),
-                case: format!("{n} members (3 voters, {} nonvoters), durable", n.saturating_sub(3)),
-                metric: c.metric.into(),
-                unit: c.unit.into(),
-                better: c.better,
-                ours: m.clone(),
-                peer_name: String::new(),
-                peer_case: "no peer run".into(),
-                peer: None,
-                note: String::new(),
-            });
-        }
-    }
-    for c in gossip_curves.iter() {
-        for (n, m) in &c.points {
-            ctx.report.rows.push(Row {
-                figure: "7 scale gossip".into(),
-                case: format!("{n} members in one process, {transport_said}"),
-                metric: c.metric.into(),
-                unit: c.unit.into(),
-                better: c.better,
-                ours: m.clone(),
-                peer_name: String::new(),
-                peer_case: "no peer run".into(),
-                peer: None,
-                note: String::new(),
-            });
-        }
-    }
+    let durable = |n: usize| format!("{n} members (3 voters, {} nonvoters), durable", n.saturating_sub(3));
+    ctx.report.rows.extend(rows_without_peer("7 scale", &raft_curves, durable));
+    let in_process = |n: usize| format!("{n} members in one process, {transport_said}");
+    ctx.report.rows.extend(rows_without_peer("7 scale gossip", &gossip_curves, in_process));
     if raft.is_empty() && gossip.is_empty() {
         return Err(anyhow!("no size to measure (SCALE_SIZES and SCALE_GOSSIP_SIZES empty)"));
     }
     Ok(())
+}
+
+/// One result row per point of `curves`, with no peer to compare against.
+fn rows_without_peer(figure: &str, curves: &[Curve], case: impl Fn(usize) -> String) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for c in curves {
+        for (n, m) in &c.points {
+            rows.push(Row {
+                figure: figure.into(),
+                case: case(*n),
+                metric: c.metric.into(),
+                unit: c.unit.into(),
+                better: c.better,
+                ours: m.clone(),
+                peer_name: String::new(),
+                peer_case: "no peer run".into(),
+                peer: None,
+                note: String::new(),
+            });
+        }
+    }
+    rows
 }

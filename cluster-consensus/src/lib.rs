@@ -82,13 +82,15 @@
 mod batcher;
 mod encoding;
 mod error;
-pub mod log_store;
+pub(crate) mod log_store;
 pub mod network;
 pub mod quota;
 pub mod recovery;
 pub mod snapshot_data;
-pub mod state_machine;
+pub(crate) mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod storage_suite;
 pub mod typecfg;
 
 pub use store::RaftStore;

@@ -439,22 +439,11 @@ fn http_api_metrics_and_readiness() {
             a.signal("STOP");
         }
     }
-    let paused = Instant::now();
-    let h = &https[survivor];
-    while http(h, "GET", "/health/ready", b"").0 != 503 {
-        assert!(paused.elapsed() < Duration::from_secs(10), "still ready without a quorum");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took = paused.elapsed();
+    let took = unready_after_losing_the_quorum(&https[survivor]);
     assert!(took < Duration::from_secs(2), "503 only after {took:?}");
     eprintln!("a follower without a quorum answered 503 after {took:?}");
     // The leader too, once it is the survivor's turn: pause all but the leader.
-    for a in &agents {
-        a.signal("CONT");
-    }
-    wait_until_blocking(DEADLINE, "ready again after the quorum is back", || {
-        https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
-    });
+    resume_until_ready(&agents, &https);
     // Leadership may have moved meanwhile: the survivor's elections raised the term.
     let is_leader = |h: &str| http_json(h, "GET", "/v1/status", b"").1["role"] == "leader";
     let mut leader = 0;
@@ -470,16 +459,26 @@ fn http_api_metrics_and_readiness() {
             a.signal("STOP");
         }
     }
-    let paused = Instant::now();
     assert!(is_leader(&https[leader]), "leadership moved before the pause");
-    while http(&https[leader], "GET", "/health/ready", b"").0 != 503 {
-        assert!(paused.elapsed() < Duration::from_secs(10), "a leader without a quorum is still ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took = paused.elapsed();
+    let took = unready_after_losing_the_quorum(&https[leader]);
     assert!(took < Duration::from_secs(2), "the leader said 503 only after {took:?}");
     eprintln!("a leader without a quorum answered 503 after {took:?}");
-    for a in &agents {
+    resume_until_ready(&agents, &https);
+}
+
+/// How long the member at `http_addr`, just cut off from its quorum, keeps
+/// saying it is ready (at most 10 s).
+fn unready_after_losing_the_quorum(http_addr: &str) -> Duration {
+    let paused = Instant::now();
+    wait_until_blocking(Duration::from_secs(10), "503 from a member without a quorum", || {
+        http(http_addr, "GET", "/health/ready", b"").0 == 503
+    });
+    paused.elapsed()
+}
+
+/// Resumes every agent and waits until all of them are ready again.
+fn resume_until_ready(agents: &[Agent], https: &[String]) {
+    for a in agents {
         a.signal("CONT");
     }
     wait_until_blocking(DEADLINE, "ready again after the quorum is back", || {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use cluster_core::testsuite::init_tracing;
+use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
@@ -20,6 +20,14 @@ use tokio::sync::{Mutex, MutexGuard};
 async fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// Starts a scenario: one at a time, with logs, its cluster running.
+async fn begin(spec: RunSpec) -> (MutexGuard<'static, ()>, FaultRun) {
+    let serial = serial().await;
+    init_tracing();
+    let run = FaultRun::start(spec).await.expect("the cluster starts");
+    (serial, run)
 }
 
 /// Pacing between faults: lets the workload run; never a correctness wait.
@@ -41,9 +49,7 @@ fn report(summary: &Summary) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly_under_load() {
-    let _serial = serial().await;
-    init_tracing();
-    let mut run = FaultRun::start(spec("leader killed 3 times", 5, 3)).await.expect("cluster starts");
+    let (_serial, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
     for _ in 0..3 {
         run.pace(PACE).await;
         let leader = run.wait_leader().await.expect("a leader");
@@ -58,12 +64,8 @@ async fn leader_killed_repeatedly_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_member_killed_and_restarted() {
-    let _serial = serial().await;
-    init_tracing();
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-    let mut run = FaultRun::start(spec("random members killed, stopped, restarted; a join", 5, 3))
-        .await
-        .expect("starts");
+    let (_serial, mut run) = begin(spec("random members killed, stopped, restarted; a join", 5, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         let victim = rng.random_range(0..run.cluster.len());
@@ -88,9 +90,7 @@ async fn random_member_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_paused_beyond_the_election_timeout() {
-    let _serial = serial().await;
-    init_tracing();
-    let mut run = FaultRun::start(spec("leader, then a follower, paused 3 s", 5, 3)).await.expect("starts");
+    let (_serial, mut run) = begin(spec("leader, then a follower, paused 3 s", 5, 3)).await;
     // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
     let pause = Duration::from_secs(3);
     run.pace(PACE).await;
@@ -116,11 +116,9 @@ async fn minority_and_majority_partitions_then_healed() {
         eprintln!("skipped: needs root and ip netns ({why})");
         return;
     }
-    let _serial = serial().await;
-    init_tracing();
     let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
     spec.cluster = spec.cluster.with_netns();
-    let mut run = FaultRun::start(spec).await.expect("starts");
+    let (_serial, mut run) = begin(spec).await;
     let n = run.cluster.len();
 
     // The leader alone on one side: the classic stale read of an isolated old leader.
@@ -129,17 +127,13 @@ async fn minority_and_majority_partitions_then_healed() {
     let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
     run.partition(&[&[leader], &others]).expect("partition");
     // The cut is real: the majority elects a leader of its own.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(DEADLINE, "the majority to elect a leader of its own", || async {
         let status = run.cluster.status_of(others[0]).await;
         let new_leader =
             status.ok().and_then(|s| s.leader).and_then(|l| run.cluster.index_of(&l.to_string()));
-        if new_leader.is_some_and(|l| l != leader) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the majority elected no leader of its own");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        new_leader.is_some_and(|l| l != leader)
+    })
+    .await;
     run.pace(Duration::from_secs(3)).await;
     run.heal().expect("heal");
     run.recover().await;
@@ -159,9 +153,7 @@ async fn minority_and_majority_partitions_then_healed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_killed_and_restarted_from_its_data() {
-    let _serial = serial().await;
-    init_tracing();
-    let mut run = FaultRun::start(spec("whole cluster killed and restarted", 3, 3)).await.expect("starts");
+    let (_serial, mut run) = begin(spec("whole cluster killed and restarted", 3, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         run.fault("kill every member");
@@ -179,9 +171,7 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
 /// stuck before 84dfd25: the leader replicated to the old raft address forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_restarted_on_new_ports() {
-    let _serial = serial().await;
-    init_tracing();
-    let mut run = FaultRun::start(spec("a follower restarted on new ports", 5, 3)).await.expect("starts");
+    let (_serial, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let victim = (leader + 1) % run.cluster.len();
@@ -198,26 +188,20 @@ async fn member_restarted_on_new_ports() {
 /// it. (Found before 237d0ff: `Cluster::short_id()` was fixed at start.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_id_of_a_paused_member_is_not_held_twice() {
-    let _serial = serial().await;
-    init_tracing();
     let mut spec = spec("a member paused beyond the short-id reap, a join meanwhile", 4, 3);
     spec.cluster.config.short_id_reap_ms = 3_000;
-    let mut run = FaultRun::start(spec).await.expect("starts");
+    let (_serial, mut run) = begin(spec).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let paused = (leader + 1) % run.cluster.len();
     let line = run.cluster.agent(paused).start_line().cloned().expect("started");
     run.pause(paused).expect("pause");
     // Bounded wait until the cluster no longer records the paused member.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(DEADLINE, "the paused member to be reaped", || async {
         let records = run.cluster.members_of(leader).await.unwrap_or_default();
-        if !records.iter().any(|r| r.member_id.to_string() == line.member_id) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the paused member was never reaped");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        !records.iter().any(|r| r.member_id.to_string() == line.member_id)
+    })
+    .await;
     // The short id is reaped `short_id_reap_ms` after the failure; the state
     // machine's short ids are not readable through the service, so give the reap
     // its time plus a margin (shaping the scenario, not judging it).

@@ -23,6 +23,8 @@
 pub mod durable;
 #[cfg(feature = "durable")]
 pub mod wal;
+#[cfg(all(test, feature = "durable"))]
+mod wal_tests;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 /// condition holds and only a failing test waits this long.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// How often a condition is checked again.
-const POLL: Duration = Duration::from_millis(10);
+/// How often a condition is checked again: at first soon (most waits in one
+/// process end within milliseconds), then less often, so that a check that
+/// calls another process does not flood it.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(100);
 
 /// Checks `cond` until it holds; panics naming `what` if it does not hold
 /// within `within`.
@@ -37,9 +40,11 @@ where
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + within;
+    let mut poll = FIRST_POLL;
     while !cond().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(MAX_POLL);
     }
 }
 
@@ -47,9 +52,11 @@ where
 /// threads): checks `cond` until it holds, sleeping the thread in between.
 pub fn wait_until_blocking(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
+    let mut poll = FIRST_POLL;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        std::thread::sleep(POLL * 10);
+        std::thread::sleep(poll);
+        poll = (poll * 2).min(MAX_POLL);
     }
 }
 

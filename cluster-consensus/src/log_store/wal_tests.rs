@@ -1,14 +1,12 @@
 //! The write-ahead log of the durable storage: torn tails, segment rollover,
 //! purge and truncation across segments, corruption, reopening.
 
-#![cfg(feature = "durable")]
-
 use std::io::Write;
 use std::path::Path;
 
-use cluster_consensus::log_store::durable;
-use cluster_consensus::log_store::wal::{Framed, Record, Wal, WalError, WalOptions, frame};
-use cluster_consensus::typecfg::{Entry, LogId};
+use super::durable;
+use super::wal::{Framed, Record, Wal, WalError, WalOptions, frame};
+use crate::typecfg::{Entry, LogId};
 use cluster_core::MemberId;
 use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -377,8 +375,8 @@ fn the_durable_storage_refuses_a_corrupt_log_with_file_and_offset() {
 
 #[test]
 fn a_snapshot_that_fails_its_checksum_is_refused() {
-    use cluster_consensus::state_machine::{KvState, SnapshotVault, StoredSnapshot};
-    use cluster_consensus::typecfg::SnapshotMeta;
+    use crate::state_machine::{KvState, SnapshotVault, StoredSnapshot};
+    use crate::typecfg::SnapshotMeta;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("raft.redb");
     let state = KvState::default();

@@ -1,8 +1,8 @@
 //! openraft's own storage test suite, for both storages.
 
-use cluster_consensus::log_store::LogStore;
-use cluster_consensus::state_machine::StateMachine;
-use cluster_consensus::typecfg::{StorageError, TypeConfig};
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachine;
+use crate::typecfg::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 
 struct InMemory;
@@ -26,7 +26,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Dur
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         use std::sync::Arc;
 
-        use cluster_consensus::log_store::durable;
+        use crate::log_store::durable;
         use openraft::StorageIOError;
 
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::read(&e))?;
