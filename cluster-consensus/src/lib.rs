@@ -83,14 +83,27 @@ mod batcher;
 mod encoding;
 mod error;
 pub(crate) mod log_store;
-pub mod network;
+pub(crate) mod network;
 pub mod quota;
 pub mod recovery;
 pub mod snapshot_data;
 pub(crate) mod state_machine;
-pub mod store;
 #[cfg(test)]
 mod storage_suite;
+pub mod store;
 pub mod typecfg;
 
+#[cfg(feature = "durable")]
+pub use log_store::durable::WAL_DIR;
 pub use store::RaftStore;
+
+/// Internals this crate's own tests need to write raft frames raw (feature
+/// `testsuite`, which only the crate's dev-dependency on itself turns on).
+/// Not API: nothing here is stable.
+#[cfg(feature = "testsuite")]
+#[doc(hidden)]
+pub mod testsuite {
+    pub use crate::network::guard::{GuardError, TERM_STEP};
+    pub use crate::network::{RaftRpc, RaftRpcReply};
+    pub use crate::state_machine::KvState;
+}

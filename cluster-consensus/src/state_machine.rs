@@ -28,7 +28,7 @@ use crate::typecfg::{
 /// How many answered request ids the state machine remembers. Older ones are
 /// forgotten first (FIFO), the same way on every member, since eviction
 /// happens inside `apply`.
-pub const REMEMBERED_REQUESTS: usize = 10_000;
+pub(crate) const REMEMBERED_REQUESTS: usize = 10_000;
 
 /// The whole replicated state, as a snapshot holds it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -246,7 +246,7 @@ impl KvState {
 
 /// A snapshot as kept in memory and on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredSnapshot {
+pub(crate) struct StoredSnapshot {
     /// Its metadata.
     pub meta: SnapshotMeta,
     /// The bytes of a [`KvState`].
@@ -254,18 +254,18 @@ pub struct StoredSnapshot {
 }
 
 /// Where snapshots are made durable (the redb storage), if anywhere.
-pub trait SnapshotVault: Send + Sync + 'static {
+pub(crate) trait SnapshotVault: Send + Sync + 'static {
     /// Persists `snapshot` before returning; it replaces the previous one.
     fn save(&self, snapshot: &StoredSnapshot) -> Result<(), std::io::Error>;
 }
 
 /// The state shared between the state machine and the store handle.
 #[derive(Clone)]
-pub struct SharedState(Arc<RwLock<KvState>>);
+pub(crate) struct SharedState(Arc<RwLock<KvState>>);
 
 impl SharedState {
     /// Reads the state. Never held across an `.await`.
-    pub fn read(&self) -> RwLockReadGuard<'_, KvState> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, KvState> {
         self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -276,7 +276,7 @@ impl SharedState {
 
 /// The openraft state machine over a [`KvState`].
 #[derive(Clone)]
-pub struct StateMachine {
+pub(crate) struct StateMachine {
     state: SharedState,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     vault: Option<Arc<dyn SnapshotVault>>,
@@ -291,7 +291,7 @@ impl StateMachine {
     /// A state machine starting from `snapshot` (the last persisted one) or
     /// empty (fails if the snapshot does not decode), recording applied
     /// changes in `events` (which replays from the starting state on).
-    pub fn new(
+    pub(crate) fn new(
         snapshot: Option<StoredSnapshot>,
         vault: Option<Arc<dyn SnapshotVault>>,
         events: Arc<WatchLog>,
@@ -310,7 +310,8 @@ impl StateMachine {
     }
 
     /// An empty in-memory state machine with its own watch log.
-    pub fn in_memory() -> Self {
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> Self {
         StateMachine {
             state: SharedState(Arc::new(RwLock::new(KvState::default()))),
             current: Arc::new(Mutex::new(None)),
@@ -320,7 +321,7 @@ impl StateMachine {
     }
 
     /// The state, shared with whoever reads it locally.
-    pub fn shared(&self) -> SharedState {
+    pub(crate) fn shared(&self) -> SharedState {
         self.state.clone()
     }
 

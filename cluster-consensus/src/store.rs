@@ -361,7 +361,6 @@ impl RaftStore {
         let guard_limits = GuardLimits { max_snapshot_bytes: config.limits.max_snapshot_bytes };
         let server_ctx = ServerContext {
             raft: raft.clone(),
-            state: state.clone(),
             votes: votes.clone(),
             guard: Arc::new(RaftGuard::new(raft.metrics(), guard_limits)),
         };

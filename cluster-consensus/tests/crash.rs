@@ -106,7 +106,7 @@ fn flipped_bytes_mid_log_after_an_abort_lose_nothing_silently() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let (member, acked) = run_child("flipped_bytes_mid_log_after_an_abort_lose_nothing_silently", dir.path());
-    let wal_dir = dir.path().join(cluster_consensus::log_store::durable::WAL_DIR);
+    let wal_dir = dir.path().join(cluster_consensus::WAL_DIR);
     let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
         .expect("the log")
         .map(|e| e.expect("entry").path())

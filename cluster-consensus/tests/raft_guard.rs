@@ -9,8 +9,8 @@ mod common;
 use std::net::SocketAddr;
 
 use cluster_consensus::RaftStore;
-use cluster_consensus::network::guard::{GuardError, TERM_STEP};
-use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{GuardError, TERM_STEP};
+use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
 use cluster_consensus::typecfg::{LogId, TypeConfig, Vote};
 use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};

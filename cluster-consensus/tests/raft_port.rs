@@ -7,7 +7,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
 use cluster_core::testsuite::net::{connect_from, held_open, idle_connections, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};

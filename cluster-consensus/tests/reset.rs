@@ -11,8 +11,8 @@ use std::future::ready;
 use std::time::SystemTime;
 
 use cluster_consensus::RaftStore;
-use cluster_consensus::network::{RaftRpc, RaftRpcReply};
 use cluster_consensus::recovery::{pending_reset, reset_raft_state};
+use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, keys};
 use common::{Cluster, DEADLINE, timing, wait_until};

@@ -8,7 +8,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use cluster_consensus::RaftStore;
-use cluster_consensus::network::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Client, ClientConfig, Limits, Role, RpcError, Security, Settings, Tls};

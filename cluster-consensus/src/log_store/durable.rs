@@ -85,7 +85,7 @@ fn io(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 /// What the message of every corruption error tells the operator to do.
-pub const RECOVERY_HINT: &str = "this member must not rejoin with it: stop it, run `carbon agent \
+pub(crate) const RECOVERY_HINT: &str = "this member must not rejoin with it: stop it, run `carbon agent \
      --reset-raft-state` with the same configuration (it keeps the member id and moves the raft state \
      aside), then start it again; see docs/recovery.md";
 
@@ -195,7 +195,7 @@ fn seal(snapshot: &StoredSnapshot) -> Result<Vec<u8>, std::io::Error> {
 }
 
 /// The snapshot in `sealed`, if its CRC-32 matches and it decodes.
-pub fn unseal(sealed: &[u8]) -> Result<StoredSnapshot, String> {
+pub(crate) fn unseal(sealed: &[u8]) -> Result<StoredSnapshot, String> {
     let (crc, bytes) = sealed.split_at_checked(4).ok_or("the snapshot is shorter than its checksum")?;
     let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let actual = crc32::checksum(bytes);
@@ -206,7 +206,7 @@ pub fn unseal(sealed: &[u8]) -> Result<StoredSnapshot, String> {
 }
 
 /// What was on disk when the storage opened.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The log storage's contents.
     pub log: LogContents,
     /// The last snapshot, from which the state machine restarts.
@@ -217,14 +217,14 @@ pub struct Opened {
 
 /// Opens (or creates) the storage: the redb file at `path` and the
 /// write-ahead log in the directory [`WAL_DIR`] next to it.
-pub fn open(path: &Path) -> Result<Opened, OpenError> {
+pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     open_with(path, &dir.join(WAL_DIR), WalOptions::default())
 }
 
 /// Opens (or creates) the storage: the redb file at `path` and the
 /// write-ahead log in `wal_dir`, with `options`.
-pub fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Opened, OpenError> {
+pub(crate) fn open_with(path: &Path, wal_dir: &Path, options: WalOptions) -> Result<Opened, OpenError> {
     let db = open_database(path)?;
     let file_err =
         |e: &dyn std::fmt::Display| OpenError::Io { path: path.to_path_buf(), reason: e.to_string() };
@@ -452,7 +452,7 @@ impl Writer {
 
 /// The handle to the writer thread; clones share it.
 #[derive(Clone)]
-pub struct DurableWriter {
+pub(crate) struct DurableWriter {
     tx: mpsc::Sender<Cmd>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -500,7 +500,7 @@ impl DurableWriter {
 
     /// Stops the writer thread once everything queued is durable, and waits
     /// for it: the files are then released. Blocking.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.tx.send(Cmd::Stop);
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread

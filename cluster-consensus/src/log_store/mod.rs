@@ -20,9 +20,9 @@
 //! storage error and keeps every entry it holds.
 
 #[cfg(feature = "durable")]
-pub mod durable;
+pub(crate) mod durable;
 #[cfg(feature = "durable")]
-pub mod wal;
+pub(crate) mod wal;
 #[cfg(all(test, feature = "durable"))]
 mod wal_tests;
 
@@ -42,7 +42,7 @@ use crate::typecfg::{Entry, LogId, StorageError, TypeConfig, Vote};
 /// error rather than a panic or a lost entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum LogStoreError {
+pub(crate) enum LogStoreError {
     /// Entries asked for from `start` up to `end` (exclusive), with `start`
     /// past `end`: the committed index went back below what this member
     /// applied.
@@ -98,7 +98,7 @@ fn storage_error(
 
 /// What the log storage holds, in memory.
 #[derive(Debug, Default, Clone)]
-pub struct LogContents {
+pub(crate) struct LogContents {
     /// Entries by index.
     pub log: BTreeMap<u64, Entry>,
     /// The last vote.
@@ -111,7 +111,7 @@ pub struct LogContents {
 
 /// The raft log storage, in memory or durable.
 #[derive(Clone)]
-pub struct LogStore {
+pub(crate) struct LogStore {
     contents: Arc<Mutex<LogContents>>,
     #[cfg(feature = "durable")]
     durable: Option<durable::DurableWriter>,
@@ -119,7 +119,7 @@ pub struct LogStore {
 
 impl LogStore {
     /// An empty in-memory log.
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         LogStore {
             contents: Arc::default(),
             #[cfg(feature = "durable")]
@@ -129,7 +129,7 @@ impl LogStore {
 
     /// A log that starts from `contents` (read from disk) and writes through `writer`.
     #[cfg(feature = "durable")]
-    pub fn durable(contents: LogContents, writer: durable::DurableWriter) -> Self {
+    pub(crate) fn durable(contents: LogContents, writer: durable::DurableWriter) -> Self {
         LogStore { contents: Arc::new(Mutex::new(contents)), durable: Some(writer) }
     }
 

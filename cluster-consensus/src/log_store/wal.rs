@@ -79,7 +79,7 @@ use crate::typecfg::{Entry, LogId};
 /// Bytes of a record header: length and CRC.
 const HEADER: usize = 8;
 /// The largest record payload accepted when reading; a larger length is corruption.
-pub const MAX_RECORD: usize = 1 << 30;
+pub(crate) const MAX_RECORD: usize = 1 << 30;
 /// The file name extension of segments.
 const EXT: &str = "wal";
 
@@ -131,7 +131,7 @@ impl From<WalError> for std::io::Error {
 
 /// One record of the log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Record {
+pub(crate) enum Record {
     /// A log entry.
     Entry(Entry),
     /// The committed log id, as last saved.
@@ -140,7 +140,7 @@ pub enum Record {
 
 /// Settings of the write-ahead log.
 #[derive(Debug, Clone, Copy)]
-pub struct WalOptions {
+pub(crate) struct WalOptions {
     /// A segment is closed and a new one started once it holds at least this
     /// many bytes.
     pub segment_size: u64,
@@ -153,7 +153,7 @@ impl Default for WalOptions {
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib and `crc32fast`), table-driven.
-pub mod crc32 {
+pub(crate) mod crc32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
         let mut i = 0;
@@ -171,7 +171,7 @@ pub mod crc32 {
     };
 
     /// Continues a CRC over `bytes`: start with `update(0, ..)`.
-    pub fn update(crc: u32, bytes: &[u8]) -> u32 {
+    pub(crate) fn update(crc: u32, bytes: &[u8]) -> u32 {
         let mut c = !crc;
         for &b in bytes {
             c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
@@ -180,13 +180,13 @@ pub mod crc32 {
     }
 
     /// The CRC of `bytes`.
-    pub fn checksum(bytes: &[u8]) -> u32 {
+    pub(crate) fn checksum(bytes: &[u8]) -> u32 {
         update(0, bytes)
     }
 }
 
 /// Frames `record` (header + payload), ready to be written.
-pub fn frame(record: &Record) -> Result<Vec<u8>, WalError> {
+pub(crate) fn frame(record: &Record) -> Result<Vec<u8>, WalError> {
     let payload = encode(record).map_err(WalError::Encode)?;
     if payload.len() > MAX_RECORD {
         return Err(WalError::TooLarge(payload.len()));
@@ -202,7 +202,7 @@ pub fn frame(record: &Record) -> Result<Vec<u8>, WalError> {
 
 /// A record to append: its framed bytes and, for an entry, its index.
 #[derive(Debug)]
-pub struct Framed {
+pub(crate) struct Framed {
     /// The log index of the entry, `None` for other records.
     pub index: Option<u64>,
     /// Header and payload.
@@ -211,7 +211,7 @@ pub struct Framed {
 
 /// What the log holds after recovery.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// The entries, by index, in log order (later writes of an index win).
     pub entries: BTreeMap<u64, Entry>,
     /// The last committed log id found, if any was written.
@@ -232,7 +232,7 @@ struct Segment {
 
 /// The open write-ahead log: a directory of segments, the last one active.
 #[derive(Debug)]
-pub struct Wal {
+pub(crate) struct Wal {
     dir: PathBuf,
     options: WalOptions,
     /// Never empty.
@@ -365,7 +365,7 @@ impl Wal {
     /// Opens the log in `dir` (created if missing), recovers what it holds
     /// and cuts a torn tail. Entries at or below `last_purged` are dropped
     /// from what is returned.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         options: WalOptions,
         last_purged: Option<u64>,
@@ -497,7 +497,7 @@ impl Wal {
 
     /// Queues `record` at the end of the log, starting a new segment first
     /// if the active one is full. Durable after [`Wal::sync`].
-    pub fn write(&mut self, record: &Framed) -> Result<(), WalError> {
+    pub(crate) fn write(&mut self, record: &Framed) -> Result<(), WalError> {
         let limit = self.options.segment_size;
         let full = {
             let seg = self.active_segment()?;
@@ -517,7 +517,7 @@ impl Wal {
     }
 
     /// Queues the committed log id (see [`Wal::write`]).
-    pub fn write_committed(&mut self, committed: Option<LogId>) -> Result<(), WalError> {
+    pub(crate) fn write_committed(&mut self, committed: Option<LogId>) -> Result<(), WalError> {
         let bytes = frame(&Record::Committed(committed))?;
         self.write(&Framed { index: None, bytes })?;
         self.committed = Some(committed);
@@ -534,7 +534,7 @@ impl Wal {
     }
 
     /// Writes what is queued and makes it durable with one `fdatasync`.
-    pub fn sync(&mut self) -> Result<(), WalError> {
+    pub(crate) fn sync(&mut self) -> Result<(), WalError> {
         if !self.dirty {
             return Ok(());
         }
@@ -546,7 +546,7 @@ impl Wal {
     }
 
     /// True if records were written since the last [`Wal::sync`].
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         self.dirty
     }
 
@@ -572,7 +572,7 @@ impl Wal {
 
     /// Deletes the entries from `index` on, durably: later segments are
     /// removed and the segment holding the first such entry is cut there.
-    pub fn truncate(&mut self, index: u64) -> Result<(), WalError> {
+    pub(crate) fn truncate(&mut self, index: u64) -> Result<(), WalError> {
         self.sync()?;
         let Some(pos) = self.segments.iter().position(|s| s.entries.iter().any(|&(i, _)| i >= index)) else {
             return Ok(());
@@ -605,7 +605,7 @@ impl Wal {
     /// `index`. The caller has made the purge durable first (the last
     /// purged id), so entries left in a partly purged segment are skipped
     /// on recovery.
-    pub fn purge(&mut self, index: u64) -> Result<(), WalError> {
+    pub(crate) fn purge(&mut self, index: u64) -> Result<(), WalError> {
         let mut removed = false;
         while self.segments.len() > 1
             && self.segments.first().is_some_and(|s| s.entries.last().is_none_or(|&(i, _)| i <= index))
@@ -621,7 +621,8 @@ impl Wal {
     }
 
     /// The ids of the segments on disk, oldest first.
-    pub fn segment_ids(&self) -> Vec<u64> {
+    #[cfg(test)]
+    pub(crate) fn segment_ids(&self) -> Vec<u64> {
         self.segments.iter().map(|s| s.id).collect()
     }
 }

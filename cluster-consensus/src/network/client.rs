@@ -24,11 +24,11 @@ use super::{RaftRpc, RaftRpcReply};
 use crate::typecfg::{Entry, TypeConfig};
 
 /// The RPC client of the raft port: one connection per peer address.
-pub type RaftClient = cluster_rpc::Client<RaftRpc, RaftRpcReply>;
+pub(crate) type RaftClient = cluster_rpc::Client<RaftRpc, RaftRpcReply>;
 
 /// Why a call failed.
 #[derive(Debug)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// No answer within the time allowed.
     Timeout,
     /// The request could not be encoded within the frame limit.
@@ -40,7 +40,7 @@ pub enum CallError {
 }
 
 /// Sends `rpc` to `addr` and waits for its answer, at most `ttl`.
-pub async fn call(
+pub(crate) async fn call(
     client: &RaftClient,
     addr: &str,
     rpc: RaftRpc,
@@ -57,7 +57,7 @@ pub async fn call(
 }
 
 /// openraft's network factory: a client per peer over the shared RPC client.
-pub struct NetworkFactory {
+pub(crate) struct NetworkFactory {
     member_id: MemberId,
     client: RaftClient,
     limits: BatchLimits,
@@ -65,7 +65,7 @@ pub struct NetworkFactory {
 
 /// Bounds of what raft sends in one request.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
+pub(crate) struct BatchLimits {
     /// The most bytes of entries in one AppendEntries (a single larger
     /// entry still goes alone).
     pub max_append_bytes: usize,
@@ -73,7 +73,7 @@ pub struct BatchLimits {
 
 impl NetworkFactory {
     /// The factory of `member_id`, sending through `client`.
-    pub fn new(member_id: MemberId, client: RaftClient, limits: BatchLimits) -> Self {
+    pub(crate) fn new(member_id: MemberId, client: RaftClient, limits: BatchLimits) -> Self {
         NetworkFactory { member_id, client, limits }
     }
 }
@@ -103,7 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 /// The raft RPC client of one peer.
-pub struct PeerClient {
+pub(crate) struct PeerClient {
     member_id: MemberId,
     target: MemberId,
     addr: String,

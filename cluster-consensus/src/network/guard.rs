@@ -94,19 +94,21 @@ use super::RaftRpc;
 use crate::typecfg::{LogId, Vote};
 
 /// How far above this member's current term a request's term may be.
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))] // tests write it raw: `crate::testsuite`
 pub const TERM_STEP: u64 = 1 << 32;
 /// No term above this is accepted (see the module doc).
-pub const MAX_TERM: u64 = u64::MAX / 2;
+pub(crate) const MAX_TERM: u64 = u64::MAX / 2;
 /// No log index above this is accepted.
-pub const MAX_INDEX: u64 = u64::MAX / 2;
+pub(crate) const MAX_INDEX: u64 = u64::MAX / 2;
 /// Repeated refusals from one source are logged at most once per interval.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Sources whose refusals are counted separately; more share one counter.
 const LOGGED_SOURCES: usize = 1024;
 
 /// Why a raft RPC was refused. It travels back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))] // tests write it raw: `crate::testsuite`
 pub enum GuardError {
     /// A term too far above this member's, or past the ceiling.
     #[error("{what} has term {term}, above the limit of {limit}")]
@@ -202,14 +204,14 @@ pub enum GuardError {
 
 /// The bounds the guard enforces that come from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuardLimits {
+pub(crate) struct GuardLimits {
     /// The largest snapshot received.
     pub max_snapshot_bytes: u64,
 }
 
 /// What this member knows that the decision depends on.
 #[derive(Debug, Clone, Copy)]
-pub struct View<'a> {
+pub(crate) struct View {
     /// This member.
     pub member_id: MemberId,
     /// Its current term.
@@ -221,13 +223,11 @@ pub struct View<'a> {
     pub leader_committed: bool,
     /// The last log id it applied.
     pub last_applied: Option<LogId>,
-    /// Its effective membership (the last in its log, joint or not).
-    pub membership: &'a Membership<MemberId, Endpoints>,
 }
 
 /// The snapshot being received: whose, which, and how far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotProgress {
+pub(crate) struct SnapshotProgress {
     /// The leader sending it.
     pub leader: MemberId,
     /// Its id.
@@ -242,7 +242,7 @@ fn term_limit(current_term: u64) -> u64 {
     current_term.saturating_add(TERM_STEP).min(MAX_TERM)
 }
 
-fn check_vote(view: &View<'_>, what: &str, vote: &Vote) -> Result<(), GuardError> {
+fn check_vote(view: &View, what: &str, vote: &Vote) -> Result<(), GuardError> {
     let limit = term_limit(view.current_term);
     let term = vote.leader_id().term;
     if term > limit {
@@ -276,7 +276,7 @@ fn check_log_id(vote: &Vote, what: &str, log_id: Option<&LogId>) -> Result<(), G
 
 /// Checks that raft can work with `m`: one or two non-empty configs, every
 /// voter with an address.
-pub fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), GuardError> {
+pub(crate) fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), GuardError> {
     let configs = m.get_joint_config();
     if configs.is_empty() || configs.len() > 2 {
         return Err(GuardError::BadMembership(format!("{} configs, expected 1 or 2", configs.len())));
@@ -294,12 +294,7 @@ pub fn check_membership(m: &Membership<MemberId, Endpoints>) -> Result<(), Guard
 /// log: one leader per term (the vote's leader for its term, the leader of
 /// this member's last applied entry for that term), and nothing above the
 /// last applied log id at an applied index.
-fn check_against_log(
-    view: &View<'_>,
-    vote: &Vote,
-    what: &str,
-    log_id: Option<&LogId>,
-) -> Result<(), GuardError> {
+fn check_against_log(view: &View, vote: &Vote, what: &str, log_id: Option<&LogId>) -> Result<(), GuardError> {
     let Some(log_id) = log_id else { return Ok(()) };
     let known = [Some(LogId::new(*vote.leader_id(), 0)), view.last_applied];
     for leader in known.iter().flatten().map(|l| &l.leader_id) {
@@ -323,7 +318,7 @@ fn check_against_log(
 }
 
 /// Who may send a replication RPC (AppendEntries, InstallSnapshot): see the module doc.
-fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
+fn check_leader(view: &View, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
     let leader = vote.leader_id().node_id;
     if !vote.is_committed() {
         return Err(GuardError::UncommittedLeaderVote { rpc: rpc.to_owned(), member: leader });
@@ -344,8 +339,8 @@ fn check_leader(view: &View<'_>, rpc: &str, vote: &Vote) -> Result<(), GuardErro
 
 /// The decision for one RPC: `Ok` lets it through to openraft. Updates
 /// `progress` for an accepted snapshot chunk.
-pub fn check_rpc(
-    view: &View<'_>,
+pub(crate) fn check_rpc(
+    view: &View,
     limits: &GuardLimits,
     progress: &mut Option<SnapshotProgress>,
     rpc: &RaftRpc,
@@ -492,7 +487,7 @@ impl RefusalLog {
 }
 
 /// The guard of one member's raft port. Shared by every connection.
-pub struct RaftGuard {
+pub(crate) struct RaftGuard {
     metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>,
     limits: GuardLimits,
     snapshot: Mutex<Option<SnapshotProgress>>,
@@ -501,13 +496,16 @@ pub struct RaftGuard {
 
 impl RaftGuard {
     /// A guard that reads term and membership from `metrics` (raft's own).
-    pub fn new(metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>, limits: GuardLimits) -> Self {
+    pub(crate) fn new(
+        metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>,
+        limits: GuardLimits,
+    ) -> Self {
         RaftGuard { metrics, limits, snapshot: Mutex::new(None), log: Mutex::new(RefusalLog::default()) }
     }
 
     /// Checks `rpc` from `source` before raft sees it; a refusal is logged
     /// (rate-limited per source) and returned for the caller.
-    pub fn check(&self, source: IpAddr, rpc: &RaftRpc) -> Result<(), GuardError> {
+    pub(crate) fn check(&self, source: IpAddr, rpc: &RaftRpc) -> Result<(), GuardError> {
         if matches!(rpc, RaftRpc::AppliedIndex) {
             return Ok(());
         }
@@ -519,7 +517,6 @@ impl RaftGuard {
                 voted_for: metrics.vote.leader_id().voted_for(),
                 leader_committed: metrics.vote.is_committed(),
                 last_applied: metrics.last_applied,
-                membership: metrics.membership_config.membership(),
             };
             let mut progress = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
             check_rpc(&view, &self.limits, &mut progress, rpc)
@@ -560,7 +557,7 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, id(leader)), index)
     }
 
-    fn check(view: &View<'_>, rpc: &RaftRpc) -> Result<(), GuardError> {
+    fn check(view: &View, rpc: &RaftRpc) -> Result<(), GuardError> {
         check_rpc(view, &LIMITS, &mut None, rpc)
     }
 
@@ -604,14 +601,12 @@ mod tests {
 
     #[test]
     fn terms_are_bounded_relative_to_ours_and_absolutely() {
-        let m = membership(&[1, 2, 3], &[]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         assert_eq!(check(&view, &vote(6, 2)), Ok(()));
         assert_eq!(check(&view, &vote(5 + TERM_STEP, 2)), Ok(()));
@@ -633,14 +628,12 @@ mod tests {
 
     #[test]
     fn log_ids_are_bounded_by_index_and_by_the_vote_term() {
-        let m = membership(&[1, 2, 3], &[]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         let huge = append(5, 2, Some(log_id(5, 2, u64::MAX)), vec![]);
         assert!(matches!(check(&view, &huge), Err(GuardError::IndexTooHigh { .. })));
@@ -668,14 +661,12 @@ mod tests {
 
     #[test]
     fn a_term_has_one_leader() {
-        let m = membership(&[1, 2, 3], &[]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: Some(log_id(4, 3, 10)),
-            membership: &m,
         };
         // The sender's term names the sender; an applied term names its leader.
         let other = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 3, 11))]);
@@ -693,14 +684,12 @@ mod tests {
 
     #[test]
     fn entries_must_follow_the_previous_log_id() {
-        let m = membership(&[1, 2, 3], &[]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         let prev = Some(log_id(4, 2, 7));
         let good = append(5, 2, prev, vec![normal(log_id(4, 2, 8)), blank(log_id(5, 2, 9))]);
@@ -731,14 +720,12 @@ mod tests {
 
     #[test]
     fn votes_are_openraft_s_to_weigh_but_never_from_self_or_committed() {
-        let m = membership(&[1, 2, 3], &[4]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         assert_eq!(check(&view, &vote(6, 3)), Ok(()));
         // Outside this member's (possibly stale) membership: openraft answers
@@ -751,14 +738,12 @@ mod tests {
 
     #[test]
     fn replication_needs_a_committed_leader_vote_not_a_known_member() {
-        let m = membership(&[1, 2, 3], &[4]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
         // A leader elected under a membership this member has not received
@@ -784,14 +769,12 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_follow_the_bytes_received() {
-        let m = membership(&[1, 2, 3], &[]);
         let view = View {
             member_id: id(1),
             current_term: 5,
             voted_for: None,
             leader_committed: false,
             last_applied: None,
-            membership: &m,
         };
         let mut p = None;
         let mut run = |rpc: &RaftRpc| check_rpc(&view, &LIMITS, &mut p, rpc);

@@ -6,9 +6,9 @@
 //! The raft port accepts members only when TLS is on; its limits (connections,
 //! requests in flight, frame size and timeouts) are the RPC layer's.
 
-pub mod client;
-pub mod guard;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod guard;
+pub(crate) mod server;
 
 use cluster_core::{Error, MemberId};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -23,6 +23,7 @@ use crate::typecfg::TypeConfig;
 /// A request on the raft port.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))] // tests write it raw: `crate::testsuite`
 pub enum RaftRpc {
     /// Log replication and heartbeats.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
@@ -37,6 +38,7 @@ pub enum RaftRpc {
 /// The answer to a [`RaftRpc`], with the request's id.
 #[derive(Debug, Serialize, Deserialize)]
 #[non_exhaustive]
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))] // tests write it raw: `crate::testsuite`
 pub enum RaftRpcReply {
     /// Answer to [`RaftRpc::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<MemberId>, RaftError<MemberId>>),

@@ -9,16 +9,13 @@ use tokio::net::TcpListener;
 
 use super::guard::RaftGuard;
 use super::{RaftRpc, RaftRpcReply};
-use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
 
 /// What the server needs to serve.
 #[derive(Clone)]
-pub struct ServerContext {
+pub(crate) struct ServerContext {
     /// The local raft.
     pub raft: Raft,
-    /// The applied state (for [`RaftRpc::AppliedIndex`]).
-    pub state: SharedState,
     /// Closed while this member's raft state reset is pending: votes are refused.
     pub votes: crate::recovery::VoteGate,
     /// Checks every request before raft sees it.
@@ -39,7 +36,7 @@ impl Handler for RaftHandler {
 
 /// Serves raft RPC on `listener` (members only when TLS is on) until the
 /// returned server is shut down.
-pub fn serve(
+pub(crate) fn serve(
     listener: TcpListener,
     ctx: ServerContext,
     cluster_id: &str,
@@ -55,7 +52,7 @@ pub fn serve(
 }
 
 /// Runs one raft request against the local raft.
-pub async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
+pub(crate) async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
     // A member that lost its raft state must not vote (see `recovery`),
     // whoever asks: said first, as the reason that holds for every candidate.
     if let (RaftRpc::Vote(_), Some(reason)) = (&rpc, ctx.votes.refusal()) {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use cluster_consensus::RaftStore;
-use cluster_consensus::network::{RaftRpc, RaftRpcReply};
-use cluster_consensus::state_machine::KvState;
+use cluster_consensus::testsuite::KvState;
+use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
 use cluster_consensus::typecfg::{LogId, TypeConfig, Vote, WriteBatch};
 use cluster_core::wire::{Frame, WireCodec, encode_body};
 use cluster_core::{ConsensusStore, MemberId, WriteOp, WriteRequest};
