@@ -44,19 +44,19 @@
 //!
 //! - [`typecfg`]: the openraft types. The raft node id is the `MemberId`, the
 //!   node data is core's `Endpoints` (raft and service addresses).
-//! - [`state_machine`]: the ordered map with its revision, the short-id table,
+//! - `state_machine`: the ordered map with its revision, the short-id table,
 //!   the table of answered request ids (a retried write is applied at most
-//!   once, FIFO-bounded to [`state_machine::REMEMBERED_REQUESTS`]), the feed of
+//!   once, FIFO-bounded to `REMEMBERED_REQUESTS`), the feed of
 //!   watchers, and snapshots that hold all of it; [`snapshot_data`] holds a
 //!   snapshot's bytes and checks a received one before raft installs it.
-//! - [`log_store`]: the raft log in memory, written through by one writer
+//! - `log_store`: the raft log in memory, written through by one writer
 //!   thread that group-commits to its own segmented write-ahead log (one
 //!   `fdatasync` per batch; vote, purge point and snapshot in redb) (feature `durable`, on by default). The
 //!   state machine reloads from the persisted snapshot on open; raft then
 //!   re-applies the committed log after it.
-//! - [`network`]: raft RPC over TCP with core's wire codec (cluster id and
+//! - `network`: raft RPC over TCP with core's wire codec (cluster id and
 //!   version checked, bounded frames), one multiplexed connection per peer;
-//!   [`network::guard`] checks every request before openraft sees it
+//!   `network::guard` checks every request before openraft sees it
 //!   (bounded terms and indexes, the sender's membership, snapshot offsets
 //!   and size).
 //! - [`quota`]: the key, value and store quotas, checked before a write is
@@ -77,7 +77,7 @@
 //! file that does not open fails with [`cluster_core::Error::CorruptState`],
 //! naming the file and what to do.
 //!
-//! Both storages pass openraft's own storage suite (`tests/storage_suite.rs`).
+//! Both storages pass openraft's own storage suite (`src/storage_suite.rs`).
 
 mod batcher;
 mod encoding;

@@ -47,12 +47,7 @@ leave_ms = 5000
 fn every_command_against_a_cluster_of_agents() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let first = Agent::start(&config, &[]);
-    let seed = first.gossip.clone();
-    let mut agents = vec![first];
-    for _ in 0..3 {
-        agents.push(Agent::start(&config, &[&seed]));
-    }
+    let agents = Agent::start_cluster(&config, 4);
     let svc = |a: &Agent| a.service.clone();
     let any = svc(&agents[0]);
 
@@ -491,12 +486,7 @@ fn resume_until_ready(agents: &[Agent], https: &[String]) {
 fn force_leave_frees_the_short_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let first = Agent::start(&config, &[]);
-    let seed = first.gossip.clone();
-    let mut agents = vec![first];
-    for _ in 0..3 {
-        agents.push(Agent::start(&config, &[&seed]));
-    }
+    let mut agents = Agent::start_cluster(&config, 4);
     let svc = agents[0].service.clone();
     let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
     wait_until_blocking(DEADLINE, "4 members with short ids", || {
@@ -783,12 +773,7 @@ max_store_bytes = 6000
 fn kv_watch_follows_changes_across_a_killed_member_and_exits_0_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let first = Agent::start(&config, &[]);
-    let seed = first.gossip.clone();
-    let mut agents = vec![first];
-    for _ in 0..2 {
-        agents.push(Agent::start(&config, &[&seed]));
-    }
+    let mut agents = Agent::start_cluster(&config, 3);
     let (a, b) = (agents[0].service.clone(), agents[1].service.clone());
     wait_until_blocking(DEADLINE, "3 voters", || {
         let status = json(&run(&["status", "--service", &b, "--cluster-id", CLUSTER, "--json"]));

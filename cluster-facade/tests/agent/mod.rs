@@ -37,6 +37,18 @@ impl Agent {
         Agent::spawn(&args)
     }
 
+    /// `n` agents of `config`, the first forming the cluster and the others
+    /// seeded on it, each once it printed its start line.
+    pub fn start_cluster(config: &Path, n: usize) -> Vec<Agent> {
+        let first = Agent::start(config, &[]);
+        let seed = first.gossip.clone();
+        let mut agents = vec![first];
+        for _ in 1..n {
+            agents.push(Agent::start(config, &[&seed]));
+        }
+        agents
+    }
+
     /// `carbon agent ARGS`, once it printed its start line.
     pub fn spawn(args: &[String]) -> Agent {
         let mut cmd = carbon();
