@@ -2,7 +2,7 @@
 //!
 //! A snapshot received from a leader is checked when openraft finishes
 //! receiving it (it calls `shutdown` on the buffer after the last chunk):
-//! bytes that do not decode as a [`KvState`] fail there, and openraft answers
+//! bytes that do not decode as a `KvState` fail there, and openraft answers
 //! that chunk with an error to its sender. Without the check they would
 //! reach the state machine's `install_snapshot`, whose error openraft treats
 //! as a storage failure that stops the raft core for good — one forged
