@@ -4,3 +4,6 @@
 //! contract suites that hold real backends and fakes to the same guarantees, condition
 //! waits with deadlines and tracing set-up. Nothing here is compiled into a release
 //! build unless the feature is asked for.
+
+pub mod contract;
+pub mod fakes;
