@@ -6,8 +6,9 @@
 //!
 //! The leader, on every membership event, leadership change and tick:
 //! gathers the facts (gossip, raft, the store's records), asks core's pure
-//! planners what to change ([`plan_voters`], [`plan_records`]), and carries
-//! the changes out one at a time. A failing change ends the round; the next
+//! planners what to change ([`plan_voters`], [`plan_records`], with the
+//! departure clock of [`Departures`] given the time), and carries the
+//! changes out one at a time. A failing change ends the round; the next
 //! round plans again from fresh facts, so a leader change mid-round is safe.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
-    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal, VoterChange, admit,
-    plan_endpoint_updates, plan_records, plan_voters,
+    DepartureTimeouts, Departures, Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal,
+    VoterChange, admit, plan_endpoint_updates, plan_records, plan_voters,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
@@ -30,6 +31,11 @@ use crate::grid::{self, GridHub};
 /// How often grid events and the own short id are compared with the state machine.
 const GRID_REFRESH: Duration = Duration::from_millis(100);
 
+/// The time of the departure clock: tokio's, so that tests can pause it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Settings of the housekeeping.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -39,19 +45,13 @@ pub(crate) struct Settings {
     pub interval: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Departure {
-    Left,
-    Failed(Instant),
-}
-
 pub(crate) struct Housekeeper<M, S> {
     me: MemberId,
     membership: Arc<M>,
     store: Arc<S>,
     settings: Settings,
     grid: GridHub,
-    departures: HashMap<MemberId, Departure>,
+    departures: Departures,
     published: (Option<RaftRole>, Option<ShortId>),
     own_short_id: watch::Sender<Option<ShortId>>,
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
@@ -75,7 +75,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             store,
             settings,
             grid,
-            departures: HashMap::new(),
+            departures: Departures::new(),
             published: (None, None),
             own_short_id,
             last_raft: None,
@@ -120,6 +120,8 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                     self.last_raft = Some(raft);
                 }
                 _ = tick.tick() => {}
+                // A grace or reap timeout ends: act on it now, not a tick later.
+                _ = tokio::time::sleep_until(self.next_deadline()) => {}
             }
             self.refresh_short_ids();
             self.publish_own_tags().await;
@@ -131,23 +133,18 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         debug!(member = %self.me, "housekeeping stopped");
     }
 
-    fn track(&mut self, event: &MembershipEvent) {
-        match event {
-            MembershipEvent::Joined(m) | MembershipEvent::Updated(m) => {
-                self.departures.remove(&m.id);
-            }
-            MembershipEvent::Left(m) => {
-                self.departures.insert(m.id, Departure::Left);
-            }
-            MembershipEvent::Failed(m) => {
-                self.departures.insert(m.id, Departure::Failed(Instant::now()));
-            }
-            MembershipEvent::Resync(live) => {
-                let live: BTreeSet<_> = live.iter().map(|m| m.id).collect();
-                self.departures.retain(|id, _| !live.contains(id));
-            }
-            _ => {}
+    /// When the departure clock next changes a decision, or far away.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match self.departures.next_deadline(now.into_std(), &self.timeouts()) {
+            Some(at) => tokio::time::Instant::from_std(at),
+            // No timer to wait for: an hour, then look again.
+            None => now + Duration::from_secs(3600),
         }
+    }
+
+    fn track(&mut self, event: &MembershipEvent) {
+        self.departures.observe(event, now());
     }
 
     /// Brings grid events and this member's own short id in line with the
@@ -257,40 +254,23 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         Ok(())
     }
 
-    fn health(&self, id: MemberId, live: &BTreeMap<MemberId, MemberInfo>, now: Instant) -> Health {
-        if id == self.me || live.contains_key(&id) {
-            return Health::Healthy;
+    fn timeouts(&self) -> DepartureTimeouts {
+        DepartureTimeouts {
+            failure_grace: self.settings.failure_grace,
+            short_id_reap: self.settings.short_id_reap,
         }
-        match self.departures.get(&id) {
-            Some(Departure::Left) => Health::Gone,
-            Some(Departure::Failed(at)) if now.duration_since(*at) >= self.settings.failure_grace => {
-                Health::Gone
-            }
-            _ => Health::Suspect,
-        }
-    }
-
-    fn released(&self, now: Instant) -> BTreeSet<MemberId> {
-        self.departures
-            .iter()
-            .filter(|(_, d)| match d {
-                Departure::Left => true,
-                Departure::Failed(at) => now.duration_since(*at) >= self.settings.short_id_reap,
-            })
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// One round of the leader's housekeeping.
     async fn reconcile(&mut self) {
-        let now = Instant::now();
+        let now = now();
         let live = self.admitted();
         let status = self.store.status();
         // A member in raft that gossip does not show, and whose departure this
         // member never saw (it became leader later): its clock starts now.
         for id in status.all_members() {
             if id != self.me && !live.contains_key(&id) {
-                self.departures.entry(id).or_insert(Departure::Failed(now));
+                self.departures.note_missing(id, now);
             }
         }
         // A member that restarted on other ports is reached at the new ones.
@@ -330,7 +310,8 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         // Forget departures that left no trace.
         let status = self.store.status();
         let short_ids = self.store.short_ids().unwrap_or_default();
-        self.departures.retain(|id, _| status.all_members().contains(id) || short_ids.contains_key(id));
+        let known = status.all_members();
+        self.departures.retain(|id| known.contains(&id) || short_ids.contains_key(&id));
     }
 
     /// The live gossip members that pass admission ([`admit`]): only they
@@ -380,7 +361,12 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 } else {
                     RaftMembership::Absent
                 },
-                health: match self.health(id, live, now) {
+                health: match self.departures.health(
+                    id,
+                    id == self.me || live.contains_key(&id),
+                    now,
+                    &self.timeouts(),
+                ) {
                     // In raft with a pending reset: kept, never promoted, not counted on.
                     Health::Healthy if pending.contains_key(&id) && status.all_members().contains(&id) => {
                         Health::Suspect
@@ -443,7 +429,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             voter_keys: ids_under(keys::VOTERS_PREFIX, keys::parse_voter_key)?,
             nonvoter_keys: ids_under(keys::NONVOTERS_PREFIX, keys::parse_nonvoter_key)?,
             leader_key,
-            released: self.released(now),
+            released: self.departures.released(now, &self.timeouts()),
         };
         let plan = plan_records(&facts);
         let made = plan.len();
@@ -485,3 +471,6 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         Ok(made)
     }
 }
+
+#[cfg(test)]
+mod tests;
