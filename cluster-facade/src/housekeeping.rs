@@ -21,15 +21,12 @@ use cluster_core::plan::{
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
-    MembershipEvent, MembershipEvents, RaftRole, ShortId, keys, member::tag,
+    MembershipEvent, MembershipEvents, RaftRole, ShortId, keys, keys::MemberRecords, member::tag,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::grid::{self, GridHub};
-
-/// How often grid events and the own short id are compared with the state machine.
-const GRID_REFRESH: Duration = Duration::from_millis(100);
 
 /// The time of the departure clock: tokio's, so that tests can pause it.
 fn now() -> Instant {
@@ -89,10 +86,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         let mut status = self.store.status_changes();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Short ids are applied with the log; a quick, cheap look keeps grid
-        // events close behind without waking on every write.
-        let mut grid_tick = tokio::time::interval(GRID_REFRESH);
-        grid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A short id changes together with the cluster's records (an
+        // allocation is followed by the member's record, a forced leave
+        // deletes it): following the records' changes keeps grid events and
+        // the own short id in step with the state machine, without polling
+        // and without waking on user writes.
+        let mut records = self.store.watch(keys::RESERVED_PREFIX);
+        let mut records_open = true;
         loop {
             tokio::select! {
                 biased;
@@ -101,7 +101,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                     Some(event) => self.track(&event),
                     None => break,
                 },
-                _ = grid_tick.tick() => {
+                change = records.recv(), if records_open => {
+                    // A change, or missed changes (lagged): read the state again either way.
+                    records_open = change.is_some();
                     self.refresh_short_ids();
                     continue;
                 }
@@ -404,15 +406,11 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 .get_prefix(prefix)
                 .map(|kvs| kvs.iter().filter_map(|(k, _)| parse(k).ok()).collect::<BTreeSet<_>>())
         };
-        let recorded = self
-            .store
-            .get_prefix(keys::MEMBERS_PREFIX)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((keys::parse_member_key(&k).ok()?, MemberInfo::from_bytes(&v).ok()?)))
-            // A record filed under another member's id is not that member's:
-            // treated as absent, the planner rewrites it.
-            .filter(|(id, info): &(MemberId, MemberInfo)| info.member_id == *id)
-            .collect();
+        let records = MemberRecords::decode(self.store.get_prefix(keys::MEMBERS_PREFIX)?);
+        for (key, error) in &records.rejected {
+            // Treated as absent: the planner rewrites a member's record.
+            debug!(member = %self.me, %key, %error, "not a member record");
+        }
         let leader_key = self
             .store
             .get(keys::LEADER_KEY)?
@@ -425,7 +423,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             voters: status.voters.keys().copied().collect(),
             nonvoters: status.nonvoters.keys().copied().collect(),
             short_ids: self.store.short_ids()?,
-            recorded,
+            recorded: records.members,
             voter_keys: ids_under(keys::VOTERS_PREFIX, keys::parse_voter_key)?,
             nonvoter_keys: ids_under(keys::NONVOTERS_PREFIX, keys::parse_nonvoter_key)?,
             leader_key,

@@ -196,18 +196,13 @@ async fn force_leave<S: ConsensusStore>(store: &S, member: MemberId) -> Result<F
     Ok(ForceLeft { was_in_raft, held_short_id, had_record })
 }
 
-/// Every [`MemberInfo`] in the local store, in member-id order. Entries that
-/// do not decode are skipped (and logged): one bad record must not hide the others.
+/// Every [`MemberInfo`] in the local store, in member-id order, by the one
+/// policy of [`keys::MemberRecords`]: entries that are not records are
+/// skipped (and logged), so one bad record never hides the others.
 pub fn members<S: ConsensusStore>(store: &S) -> Result<Vec<MemberInfo>> {
-    let entries = store.get_prefix(keys::MEMBERS_PREFIX)?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|(key, bytes)| match MemberInfo::from_bytes(&bytes) {
-            Ok(info) => Some(info),
-            Err(error) => {
-                tracing::warn!(%key, %error, "skipping a member record that does not decode");
-                None
-            }
-        })
-        .collect())
+    let records = keys::MemberRecords::decode(store.get_prefix(keys::MEMBERS_PREFIX)?);
+    for (key, error) in &records.rejected {
+        tracing::warn!(%key, %error, "skipping an entry that is not a member record");
+    }
+    Ok(records.members.into_values().collect())
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use cluster_core::testsuite::fakes::{FakeCluster, FakeMembership, FakeNetwork, FakeStore};
 use cluster_core::{
-    ConsensusStore, GridEventKind, MemberId, MemberInfo, MembershipConfig, RaftRole, ShortId, keys,
+    ConsensusStore, ConsensusStoreExt, GridEventKind, MemberId, MemberInfo, MembershipConfig, RaftRole,
+    ShortId, keys,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,12 +43,9 @@ fn settings(interval: Duration) -> Settings {
 }
 
 impl Rig {
-    async fn start(settings: Settings, leader: Option<MemberId>) -> Rig {
-        let cluster = FakeCluster::new(1);
+    /// Housekeeping of member 0 of `cluster`.
+    async fn start(settings: Settings, cluster: FakeCluster) -> Rig {
         let store = cluster.member(0);
-        if let Some(other) = leader {
-            cluster.set_leader_id(Some(other));
-        }
         let net = FakeNetwork::default();
         let me = info(store.id, 0);
         let membership: FakeMembership = net
@@ -91,8 +89,9 @@ impl Rig {
     }
 
     fn record(&self, id: MemberId) -> Option<MemberInfo> {
-        let bytes = self.store.get(&keys::member_key(id)).expect("the fake reads")?;
-        Some(MemberInfo::from_bytes(&bytes).expect("records decode"))
+        let key = keys::member_key(id);
+        let bytes = self.store.get(&key).expect("the fake reads")?;
+        Some(keys::decode_member_record(&key, &bytes).expect("records decode"))
     }
 
     /// The members with a role key under `prefix`.
@@ -129,7 +128,7 @@ fn short(n: u32) -> ShortId {
 
 #[tokio::test(start_paused = true)]
 async fn a_new_member_is_added_as_nonvoter_then_promoted() {
-    let rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);
     wait_until("b is a voter", || rig.voters().contains(&b)).await;
     let changes: Vec<_> =
@@ -140,7 +139,7 @@ async fn a_new_member_is_added_as_nonvoter_then_promoted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_voter_is_removed_after_the_grace_not_before() {
-    let rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let (b, c) = (rig.join(1), rig.join(2));
     wait_until("three voters", || rig.voters().len() == 3).await;
     let failed_at = Instant::now();
@@ -156,7 +155,7 @@ async fn a_failed_voter_is_removed_after_the_grace_not_before() {
 
 #[tokio::test(start_paused = true)]
 async fn records_follow_raft() {
-    let mut rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let mut rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);
     let me = rig.store.id;
     wait_until("b is recorded as voter", || {
@@ -176,7 +175,7 @@ async fn records_follow_raft() {
 
 #[tokio::test(start_paused = true)]
 async fn records_follow_a_promotion_and_a_removal() {
-    let rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let me = rig.store.id;
     let (b, c) = (rig.join(1), rig.join(2));
     wait_until("three voters", || rig.voters().len() == 3).await;
@@ -200,7 +199,7 @@ async fn records_follow_a_promotion_and_a_removal() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
-    let rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     // Three voters: one can fail and the other two still commit.
     let (_, b) = (rig.join(2), rig.join(1));
     wait_until("three voters with short ids", || rig.voters().len() == 3 && rig.short_id_of(b).is_some())
@@ -226,7 +225,7 @@ async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_member_back_before_the_reap_keeps_its_short_id() {
-    let rig = Rig::start(settings(Duration::from_secs(1)), None).await;
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let (b, c) = (rig.join(1), rig.join(2));
     wait_until("b and c hold short ids", || rig.short_id_of(b).is_some() && rig.short_id_of(c).is_some())
         .await;
@@ -247,7 +246,9 @@ async fn a_leader_change_re_plans_at_once() {
     // A tick an hour apart: only the leader change can explain a quick plan.
     let interval = Duration::from_secs(3600);
     let other = MemberId::generate();
-    let rig = Rig::start(settings(interval), Some(other)).await;
+    let cluster = FakeCluster::new(1);
+    cluster.set_leader_id(Some(other));
+    let rig = Rig::start(settings(interval), cluster).await;
     let b = rig.join(1);
     at(Instant::now() + Duration::from_secs(5)).await.await;
     assert!(rig.cluster.shared().membership_changes.is_empty(), "a follower changes nothing");
@@ -259,5 +260,34 @@ async fn a_leader_change_re_plans_at_once() {
     assert!(became_leader.elapsed() < Duration::from_secs(1), "planned {:?} after", became_leader.elapsed());
     let leader_key = rig.store.get(keys::LEADER_KEY).unwrap();
     assert_eq!(leader_key, Some(rig.store.id.to_string().into_bytes()));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn grid_events_and_the_own_short_id_follow_the_records_without_polling() {
+    // A follower (member 1 leads), ticking once an hour: only the store's
+    // watch can bring the leader's writes to it in time.
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(Some(1));
+    let mut rig = Rig::start(settings(Duration::from_secs(3600)), cluster).await;
+    let leader = rig.cluster.member(1);
+    let me = rig.store.id;
+    let b = rig.join(1);
+    let mut events = GridEvents::new(&rig.grid);
+    let started = Instant::now();
+    for (id, n) in [(me, 0), (b, 1)] {
+        let short_id = leader.allocate_short_id(id).await.expect("the leader writes");
+        let record = MemberInfo { short_id: Some(short_id), ..info(id, n) };
+        leader.set(&keys::member_key(id), record.to_bytes()).await.expect("the leader writes");
+    }
+    let mut joined = BTreeSet::new();
+    while joined.len() < 2 {
+        let e = events.recv().await.expect("housekeeping runs");
+        assert_eq!(e.kind, GridEventKind::Joined);
+        joined.insert(e.member_id);
+    }
+    assert_eq!(joined, BTreeSet::from([me, b]));
+    rig.short_id.wait_for(Option::is_some).await.expect("housekeeping runs");
+    assert!(started.elapsed() < Duration::from_millis(1), "followed after {:?}", started.elapsed());
     rig.stop().await;
 }
