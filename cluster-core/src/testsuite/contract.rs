@@ -256,7 +256,7 @@ async fn next_about(check: &str, sub: &mut MembershipEvents, id: MemberId) -> Me
 }
 
 async fn wait_sees<M: Membership>(check: &str, m: &M, ids: &[MemberId]) {
-    within("members to see each other", async {
+    within(&format!("{check}: members to see each other"), async {
         loop {
             let seen: Vec<MemberId> = m.members().iter().map(|m| m.id).collect();
             if ids.iter().all(|id| seen.contains(id)) {
@@ -266,7 +266,6 @@ async fn wait_sees<M: Membership>(check: &str, m: &M, ids: &[MemberId]) {
         }
     })
     .await;
-    let _ = check;
 }
 
 /// Runs every [`Membership`] check on members started by `start` (each

@@ -537,15 +537,14 @@ struct Net {
 }
 
 impl Net {
-    /// Tells every running handle of `cluster_id` (`to_self`: including
-    /// `about`'s own) about `event`, a change of `about`.
+    /// Tells every live handle of `cluster_id` (`about`'s own included)
+    /// about `event`, a change of `about`.
     fn broadcast(&self, cluster_id: &str, about: MemberId, event: &MembershipEvent) {
-        for (id, entry) in &self.members {
+        for entry in self.members.values() {
             let Some(hub) = &entry.hub else { continue };
             if entry.cluster_id != cluster_id || entry.member.state != MemberState::Alive {
                 continue;
             }
-            let _ = id;
             hub.publish(|table| {
                 match event {
                     MembershipEvent::Joined(m) | MembershipEvent::Updated(m) => {
