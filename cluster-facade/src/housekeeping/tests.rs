@@ -2,7 +2,6 @@
 //! and fake store, with paused time: each runs in well under a second.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,9 +116,9 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until `at` (virtual time): what must still hold then.
-async fn at(at: Instant) -> impl Future<Output = ()> {
-    tokio::time::sleep_until(at)
+/// Lets virtual time run until `when`: what must still hold then is checked after.
+async fn at(when: Instant) {
+    tokio::time::sleep_until(when).await;
 }
 
 fn short(n: u32) -> ShortId {
@@ -144,7 +143,7 @@ async fn a_failed_voter_is_removed_after_the_grace_not_before() {
     wait_until("three voters", || rig.voters().len() == 3).await;
     let failed_at = Instant::now();
     rig.net.fail(c);
-    at(failed_at + GRACE - Duration::from_millis(100)).await.await;
+    at(failed_at + GRACE - Duration::from_millis(100)).await;
     assert!(rig.voters().contains(&c), "a failed voter is kept during its grace");
     wait_until("c is out of raft", || !rig.store.status().all_members().contains(&c)).await;
     let took = failed_at.elapsed();
@@ -208,7 +207,7 @@ async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
     let mut events = GridEvents::new(&rig.grid);
     let failed_at = Instant::now();
     rig.net.fail(b);
-    at(failed_at + REAP - Duration::from_millis(100)).await.await;
+    at(failed_at + REAP - Duration::from_millis(100)).await;
     assert_eq!(rig.short_id_of(b), held, "held until the reap timeout");
     assert_eq!(rig.record(b), None, "its record went when it left raft");
     wait_until("b's short id is freed", || rig.short_id_of(b).is_none()).await;
@@ -235,7 +234,7 @@ async fn a_member_back_before_the_reap_keeps_its_short_id() {
     // Back after the grace, before the reap: a new incarnation of the same member.
     rig.net.join(b, info(b, 1).to_tags());
     wait_until("b is a voter again", || rig.voters().contains(&b)).await;
-    at(Instant::now() + REAP * 2).await.await;
+    at(Instant::now() + REAP * 2).await;
     assert_eq!(rig.short_id_of(b), held, "b kept its short id");
     assert_eq!(rig.record(b).and_then(|r| r.short_id), held);
     rig.stop().await;
@@ -250,7 +249,7 @@ async fn a_leader_change_re_plans_at_once() {
     cluster.set_leader_id(Some(other));
     let rig = Rig::start(settings(interval), cluster).await;
     let b = rig.join(1);
-    at(Instant::now() + Duration::from_secs(5)).await.await;
+    at(Instant::now() + Duration::from_secs(5)).await;
     assert!(rig.cluster.shared().membership_changes.is_empty(), "a follower changes nothing");
     assert_eq!(rig.short_id_of(b), None);
     let became_leader = Instant::now();
