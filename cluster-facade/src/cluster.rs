@@ -286,6 +286,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
                     ..config.limits.clone()
                 },
                 security: config.security.clone(),
+                keyring: membership.keyring_control(),
             },
         )
         .map_err(start_err("service"))?;
