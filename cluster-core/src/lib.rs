@@ -57,8 +57,8 @@ pub use hub::{EventHub, Subscription};
 pub use id::{ClientRequestId, MemberId, ShortId};
 pub use member::MemberInfo;
 pub use membership::{
-    FailureDetection, GossipEncryption, Member, MemberState, MemberTable, Membership, MembershipConfig,
-    MembershipEvent, MembershipEvents,
+    FailureDetection, GossipEncryption, KeyringChange, KeyringControl, KeyringState, Member, MemberState,
+    MemberTable, Membership, MembershipConfig, MembershipEvent, MembershipEvents,
 };
 pub use role::RaftRole;
 pub use store::{

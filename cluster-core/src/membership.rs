@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -186,4 +187,78 @@ pub trait Membership: Send + Sync + Sized + 'static {
 
     /// Stops gossiping at once, without announcing it (peers will see a failure).
     fn stop(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// This member's live gossip keyring, for the operators' keyring requests
+    /// (`carbon keys list | install | use | remove`). `None`, the default,
+    /// when gossip is not encrypted or the backend has no keyring.
+    fn keyring_control(&self) -> Option<Arc<dyn KeyringControl>> {
+        None
+    }
+}
+
+/// A change to one member's gossip keyring, as serf's `keys` command makes it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyringChange {
+    /// Add a key that opens datagrams; the primary still seals them.
+    Install([u8; 32]),
+    /// Make an installed key primary: it seals every datagram from now on.
+    Use([u8; 32]),
+    /// Drop a key that is not primary: datagrams sealed with it no longer open.
+    Remove([u8; 32]),
+}
+
+impl KeyringChange {
+    /// The key the change names.
+    pub fn key(&self) -> &[u8; 32] {
+        match self {
+            KeyringChange::Install(k) | KeyringChange::Use(k) | KeyringChange::Remove(k) => k,
+        }
+    }
+
+    /// `install`, `use` or `remove`, for messages.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            KeyringChange::Install(_) => "install",
+            KeyringChange::Use(_) => "use",
+            KeyringChange::Remove(_) => "remove",
+        }
+    }
+}
+
+/// `Debug` never shows a key.
+impl std::fmt::Debug for KeyringChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyringChange::{}(..)", self.verb())
+    }
+}
+
+/// One member's gossip keyring: the primary first. `Debug` shows how many
+/// keys, never a key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringState {
+    /// Every installed key; the first seals, all open.
+    pub keys: Vec<[u8; 32]>,
+    /// Whether the change asked for changed the ring (false for a key
+    /// already installed, already primary or already gone; and for a list).
+    pub changed: bool,
+}
+
+impl std::fmt::Debug for KeyringState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringState")
+            .field("keys", &self.keys.len())
+            .field("changed", &self.changed)
+            .finish()
+    }
+}
+
+/// A member's live gossip keyring as the service reaches it. Every change is
+/// persisted (when the ring has a file) before it takes effect.
+pub trait KeyringControl: Send + Sync + std::fmt::Debug + 'static {
+    /// The ring now.
+    fn list(&self) -> KeyringState;
+    /// Applies `change`; a key that is not installed, or removing the
+    /// primary, is [`Error::BadRequest`](crate::Error::BadRequest).
+    fn apply(&self, change: KeyringChange) -> Result<KeyringState>;
 }

@@ -26,7 +26,12 @@ use crate::housekeeping::{Housekeeper, Settings};
 use crate::http::HttpServer;
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::proof::MemberProofs;
 use crate::served::{LivenessTable, ServedStore};
+
+/// How long a gossip member whose raft endpoint failed to prove a member
+/// certificate waits before the leader asks again.
+const PROOF_RETRY: Duration = Duration::from_secs(5);
 
 /// The directory of the raft state inside the data directory.
 pub(crate) const RAFT_DIR: &str = "raft";
@@ -286,6 +291,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
                     ..config.limits.clone()
                 },
                 security: config.security.clone(),
+                keyring: membership.keyring_control(),
             },
         )
         .map_err(start_err("service"))?;
@@ -308,6 +314,11 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             failure_grace: ms(config.timeouts.failure_grace_ms),
             short_id_reap: ms(config.timeouts.short_id_reap_ms),
             interval: ms(config.timeouts.housekeeping_interval_ms),
+            proofs: Arc::new(MemberProofs::new(
+                config.security.clone(),
+                config.limits.connect_timeout,
+                PROOF_RETRY,
+            )),
         };
         let events = membership.subscribe();
         let (own_short_id, short_id_rx) = watch::channel(None);

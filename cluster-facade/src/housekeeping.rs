@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::grid::{self, GridHub};
+use crate::proof::MemberProofs;
 
 /// The time of the departure clock: tokio's, so that tests can pause it.
 fn now() -> Instant {
@@ -40,6 +41,8 @@ pub(crate) struct Settings {
     pub failure_grace: Duration,
     pub short_id_reap: Duration,
     pub interval: Duration,
+    /// Proofs of a member certificate on a gossip member's raft endpoint.
+    pub proofs: Arc<MemberProofs>,
 }
 
 pub(crate) struct Housekeeper<M, S> {
@@ -316,16 +319,29 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         self.departures.retain(|id| known.contains(&id) || short_ids.contains_key(&id));
     }
 
-    /// The live gossip members that pass admission ([`admit`]): only they
-    /// can become raft members, hold short ids or have records. A refusal is
-    /// logged once per member and reason; missing tags (a member starting) only at debug.
+    /// The live gossip members that pass admission ([`admit`]) and, with
+    /// TLS, proved a member certificate on their raft endpoint (unless raft
+    /// already reaches them there): only they can become raft members, hold
+    /// short ids or have records. A refusal is logged once per member and
+    /// reason; missing tags (a member starting) only at debug.
     fn admitted(&mut self) -> BTreeMap<MemberId, MemberInfo> {
         let mut admitted = BTreeMap::new();
         let mut refused = HashMap::new();
-        for m in self.membership.members() {
-            match admit(&m) {
+        let status = self.store.status();
+        let raft_addr_of = |id: &MemberId| {
+            status.voters.get(id).or_else(|| status.nonvoters.get(id)).map(|e| e.raft_addr.clone())
+        };
+        let members = self.membership.members();
+        for m in &members {
+            match admit(m) {
                 Ok(info) => {
-                    admitted.insert(m.id, info);
+                    let raft_addr = info.raft_addr();
+                    if m.id == self.me
+                        || raft_addr_of(&m.id).as_deref() == Some(raft_addr.as_str())
+                        || self.settings.proofs.proven(m.id, &raft_addr)
+                    {
+                        admitted.insert(m.id, info);
+                    }
                 }
                 Err(refusal) => {
                     let reason = refusal.to_string();
@@ -341,6 +357,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
         }
         self.refused = refused;
+        self.settings.proofs.retain(|id| members.iter().any(|m| m.id == *id));
         admitted
     }
 

@@ -154,12 +154,20 @@ pub(crate) struct ForceLeaveArgs {
 }
 
 pub(crate) fn client(t: &Target) -> Result<ServiceClient, Failure> {
+    client_of(t, t.services.iter().cloned())
+}
+
+/// A client of `addrs` with `t`'s cluster id, timeout and TLS.
+pub(crate) fn client_of(
+    t: &Target,
+    addrs: impl IntoIterator<Item = String>,
+) -> Result<ServiceClient, Failure> {
     let mut options = ClientOptions::new(t.cluster_id.clone());
     options.op_timeout = t.timeout;
     options.attempt_timeout = options.attempt_timeout.min(t.timeout);
     options.connect_timeout = options.connect_timeout.min(t.timeout);
     options.security = t.tls.security()?;
-    ServiceClient::new(t.services.iter().cloned(), options).map_err(|e| Failure::usage(e.to_string()))
+    ServiceClient::new(addrs, options).map_err(|e| Failure::usage(e.to_string()))
 }
 
 /// Maps a store error to the exit code scripts rely on, with a message that
@@ -241,12 +249,12 @@ pub(crate) async fn ask(t: &Target, c: &ServiceClient, r: Request) -> Result<Res
     }
 }
 
-fn unexpected(what: &str, r: &Response) -> Failure {
+pub(crate) fn unexpected(what: &str, r: &Response) -> Failure {
     Failure::other(anyhow::anyhow!("{what} was answered with {}", r.kind()))
 }
 
 /// The members, by short id (members without one last), with gossip's liveness.
-async fn members_with_liveness(
+pub(crate) async fn members_with_liveness(
     t: &Target,
     c: &ServiceClient,
 ) -> Result<(Vec<MemberInfo>, BTreeMap<MemberId, Liveness>), Failure> {
