@@ -3,84 +3,54 @@
 //! leads, and go to the leader's service otherwise (the leader named by the
 //! last "not leader" answer, else the one the store knows).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cluster_core::{ConsensusStatus, ConsensusStore, Error, MemberId, MemberInfo, Result, WatchEvent};
+use cluster_core::{ConsensusStatus, ConsensusStore, MemberId, MemberInfo, Result, WatchEvent};
 use futures::Stream;
 
+use crate::protocol::Response;
 use crate::retry::Attempt;
-use crate::router::sealed::Op;
-use crate::router::{Inner, Proxy, Router, RouterOptions, call, sealed};
+use crate::router::{Call, Proxy, Route, Router, RouterOptions, sealed};
 use crate::server;
 
 /// A member's own store, as a [`Router`]'s target.
 pub struct Local<S> {
     store: Arc<S>,
-    /// Attempts sent to another member's service, for metrics.
-    forwarded: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for Local<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Local").field("forwarded", &self.forwarded).finish_non_exhaustive()
-    }
-}
-
-/// Where one attempt runs.
-enum Route {
-    Local,
-    Remote(String),
-}
-
-impl<S: ConsensusStore> Local<S> {
-    /// The leader named by the last answer, else the one the local store knows.
-    fn leader(&self, attempt: &Attempt) -> Option<(MemberId, Route)> {
-        let me = self.store.member_id();
-        if let Some(hint) = attempt.hint() {
-            if hint.member_id == me {
-                return Some((me, Route::Local));
-            }
-            if let Some(addr) = hint.service_addr.as_ref().filter(|a| !a.is_empty()) {
-                return Some((hint.member_id, Route::Remote(addr.clone())));
-            }
-        }
-        let status = self.store.status();
-        let leader = status.leader?;
-        if leader == me {
-            Some((me, Route::Local))
-        } else {
-            let addr = status.leader_service_addr().filter(|a| !a.is_empty())?;
-            Some((leader, Route::Remote(addr.to_owned())))
-        }
+        f.debug_struct("Local").finish_non_exhaustive()
     }
 }
 
 impl<S: ConsensusStore> sealed::Target for Local<S> {
-    fn attempt<'a, O: Op>(
-        inner: &'a Inner<Self>,
-        op: &'a O,
-        attempt: Attempt,
-        tried: &'a Mutex<Option<MemberId>>,
-    ) -> impl Future<Output = Result<O::Output>> + Send + 'a {
-        let this = &inner.target;
-        let route = if op.needs_leader() {
-            this.leader(&attempt)
-        } else {
-            Some((this.store.member_id(), Route::Local))
-        };
-        *tried.lock().unwrap_or_else(|e| e.into_inner()) = route.as_ref().map(|(id, _)| *id);
-        async move {
-            match route {
-                Some((_, Route::Local)) => op.local(&*this.store).await,
-                Some((_, Route::Remote(addr))) => {
-                    this.forwarded.fetch_add(1, Ordering::Relaxed);
-                    O::answer(call(inner, &addr, &op.request()).await?)
-                }
-                None => Err(Error::NotLeader(None)),
+    /// The leader named by the last answer, else the one the local store knows.
+    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
+        let me = self.store.member_id();
+        if !call.needs_leader() {
+            return Route::Local(me);
+        }
+        if let Some(hint) = attempt.hint() {
+            if hint.member_id == me {
+                return Route::Local(me);
+            }
+            if let Some(addr) = hint.service_addr.as_ref().filter(|a| !a.is_empty()) {
+                return Route::Remote { addr: addr.clone(), leader: Some(hint.member_id) };
             }
         }
+        let status = self.store.status();
+        match (status.leader, status.leader_service_addr().filter(|a| !a.is_empty())) {
+            (Some(leader), _) if leader == me => Route::Local(me),
+            (Some(leader), Some(addr)) => Route::Remote { addr: addr.to_owned(), leader: Some(leader) },
+            _ => Route::NoLeader,
+        }
+    }
+
+    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
+        call.run_on(&*self.store)
     }
 
     /// Waits `delay`, or less if the local store knows a leader other than
@@ -120,7 +90,7 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
 impl<S: ConsensusStore> Proxy<S> {
     /// A router over this member's `store`: the proxy the member gives its users.
     pub fn local(store: Arc<S>, options: RouterOptions) -> Self {
-        Router::with_target(Local { store, forwarded: AtomicU64::new(0) }, options)
+        Router::with_target(Local { store }, options)
     }
 
     /// [`Router::local`], by the proxy's name.
@@ -136,7 +106,7 @@ impl<S: ConsensusStore> Proxy<S> {
     /// How many attempts (writes and consistent reads) this proxy sent to
     /// another member because it did not lead; counts every retry.
     pub fn forwarded(&self) -> u64 {
-        self.inner.target.forwarded.load(Ordering::Relaxed)
+        self.inner.sent.load(Ordering::Relaxed)
     }
 
     /// What this member knows about consensus now.

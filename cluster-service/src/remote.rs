@@ -8,16 +8,14 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use cluster_core::{ConsensusStatus, Error, MemberId, MemberInfo, Result, WatchEvent};
+use cluster_core::{ConsensusStatus, Error, MemberInfo, Result, WatchEvent};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::protocol::{self, Request, Response};
 use crate::retry::Attempt;
-use crate::router::sealed::Op;
-use crate::router::{Inner, Router, RouterOptions, ServiceClient, call, sealed};
+use crate::router::{Call, Route, Router, RouterOptions, ServiceClient, sealed, send};
 
 /// Some members' service ports, as a [`Router`]'s target.
 #[derive(Debug)]
@@ -40,7 +38,7 @@ impl Remote {
     }
 
     /// Where the next attempt goes.
-    fn target(&self, attempt: &Attempt, needs_leader: bool) -> String {
+    fn next_addr(&self, attempt: &Attempt, needs_leader: bool) -> String {
         if needs_leader {
             if let Some(addr) = attempt.hint().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty())
             {
@@ -62,38 +60,28 @@ impl Remote {
         }
         self.current()
     }
+}
+
+impl sealed::Target for Remote {
+    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
+        Route::Remote { addr: self.next_addr(attempt, call.needs_leader()), leader: None }
+    }
+
+    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
+        let never = format!("{}: a client has no store of its own", call.what());
+        std::future::ready(Err(Error::Internal(never)))
+    }
 
     /// Remembers the leader from an answer.
-    fn learn(&self, addr: &str, needs_leader: bool, answer: &Result<Response>) {
+    fn learn(&self, addr: &str, call: &Call, answer: &Result<Response>) {
         let mut leader = self.leader();
         match answer {
-            Ok(_) if needs_leader => *leader = Some(addr.to_owned()),
+            Ok(_) if call.needs_leader() => *leader = Some(addr.to_owned()),
             Err(Error::NotLeader(hint)) => {
                 *leader = hint.as_ref().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty());
             }
             _ => {}
         }
-    }
-}
-
-impl sealed::Target for Remote {
-    fn attempt<'a, O: Op>(
-        inner: &'a Inner<Self>,
-        op: &'a O,
-        attempt: Attempt,
-        _tried: &'a Mutex<Option<MemberId>>,
-    ) -> impl Future<Output = Result<O::Output>> + Send + 'a {
-        let needs_leader = op.needs_leader();
-        let addr = inner.target.target(&attempt, needs_leader);
-        async move {
-            let answer = call(inner, &addr, &op.request()).await;
-            inner.target.learn(&addr, needs_leader, &answer);
-            O::answer(answer?)
-        }
-    }
-
-    fn pause(&self, delay: Duration, _tried: Option<MemberId>) -> impl Future<Output = ()> + Send + '_ {
-        tokio::time::sleep(delay)
     }
 
     fn watch(
@@ -166,7 +154,7 @@ impl ServiceClient {
 
     /// What the member at `addr` knows about consensus; one attempt.
     pub async fn status_of(&self, addr: &str) -> Result<ConsensusStatus> {
-        call(&self.inner, addr, &Request::Status).await?.into_status()
+        send(&self.inner, addr, &Request::Status).await?.into_status()
     }
 }
 
@@ -249,7 +237,7 @@ impl Watcher {
         if self.next.is_none() {
             // Only the revision is wanted: a prefix that no key starts with.
             let probe = Request::GetPrefixWithRevision { prefix: REVISION_PROBE.to_owned() };
-            let (revision, _) = call(inner, &addr, &probe).await?.into_entries_at()?;
+            let (revision, _) = send(inner, &addr, &probe).await?.into_entries_at()?;
             self.next = Some(revision + 1);
         }
         let request = Request::Watch { prefix: self.prefix.clone(), from_revision: self.next };

@@ -15,6 +15,7 @@
 //! was lost is applied once and every retry gets the first answer.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,12 +133,14 @@ pub struct Router<T> {
 }
 
 /// What the clones of a [`Router`] share.
-pub struct Inner<T> {
+pub(crate) struct Inner<T> {
     /// Where attempts go.
     pub(crate) target: T,
     pub(crate) opts: RouterOptions,
     /// To members' service ports: the leader's, or any.
     pub(crate) rpc: ServiceRpc,
+    /// Attempts sent to another member's service, for metrics.
+    pub(crate) sent: AtomicU64,
 }
 
 impl<T> Clone for Router<T> {
@@ -158,7 +161,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Router<T> {
 impl<T> Router<T> {
     pub(crate) fn with_target(target: T, options: RouterOptions) -> Self {
         let rpc = options.rpc_client();
-        Router { inner: Arc::new(Inner { target, opts: options, rpc }) }
+        Router { inner: Arc::new(Inner { target, opts: options, rpc, sent: AtomicU64::new(0) }) }
     }
 
     /// The options in use.
@@ -171,7 +174,7 @@ impl<T: Target> Router<T> {
     /// The linearizable value of `key`: read by the leader after it confirmed
     /// its leadership with a quorum (read index), never from a local guess.
     pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.run(ConsistentGet(key.to_owned())).await
+        self.run(Call::ConsistentGet(key.to_owned())).await?.into_value()
     }
 
     /// Sets `key`; true if it was created.
@@ -200,7 +203,7 @@ impl<T: Target> Router<T> {
     /// a retry after a lost answer gets the first answer.
     pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
         request.request_id.get_or_insert_with(ClientRequestId::generate);
-        self.run(Write(request)).await
+        self.run(Call::Write(request)).await?.into_outcome()
     }
 
     /// Any request of the service protocol (the admin ones included: export,
@@ -209,7 +212,7 @@ impl<T: Target> Router<T> {
     /// member ([`ServiceClient`]); retried until the operation's deadline.
     /// An error answer comes back as `Err`.
     pub async fn request(&self, request: Request) -> Result<Response> {
-        self.run(Raw(request)).await
+        self.run(Call::Other(request)).await
     }
 
     /// Every change under `prefix`, from `from_revision` on (`None`: from
@@ -234,15 +237,31 @@ impl<T: Target> Router<T> {
         T::watch(self, prefix, from_revision)
     }
 
-    /// Runs `op` where its target routes it, retried until the operation's deadline.
-    async fn run<O: Op>(&self, op: O) -> Result<O::Output> {
+    /// Runs `call` where the target routes it, retried until the
+    /// operation's deadline. An error answer comes back as `Err`.
+    async fn run(&self, call: Call) -> Result<Response> {
         let inner = &*self.inner;
-        let policy = inner.opts.policy(op.what());
         // The leader the last attempt went to: a pause may end once another is known.
         let tried: Mutex<Option<MemberId>> = Mutex::new(None);
         retry(
-            &policy,
-            |attempt| T::attempt(inner, &op, attempt, &tried),
+            &inner.opts.policy(call.what()),
+            |attempt| {
+                let route = inner.target.route(&call, &attempt);
+                *tried.lock().unwrap_or_else(|e| e.into_inner()) = route.leader();
+                let call = &call;
+                async move {
+                    match route {
+                        Route::Local(_) => inner.target.local(call).await,
+                        Route::Remote { addr, .. } => {
+                            inner.sent.fetch_add(1, Ordering::Relaxed);
+                            let answer = send(inner, &addr, &call.request()).await;
+                            inner.target.learn(&addr, call, &answer);
+                            answer
+                        }
+                        Route::NoLeader => Err(Error::NotLeader(None)),
+                    }
+                }
+            },
             |delay| {
                 let tried = *tried.lock().unwrap_or_else(|e| e.into_inner());
                 inner.target.pause(delay, tried)
@@ -260,21 +279,27 @@ impl<T: sealed::Target> Target for T {}
 pub(crate) mod sealed {
     use super::*;
 
-    /// The routing of one form of [`Router`]; implemented by [`Local`] and [`Remote`] only.
+    /// The routing of one form of [`Router`]; implemented by [`Local`] and
+    /// [`Remote`] only. The router runs the attempts; a target decides
+    /// where they go.
     pub trait Target: Send + Sync + Sized + 'static {
-        /// Runs one attempt of `op`: at the leader when it needs one (the
-        /// leader `attempt` names, else the one this target knows), else
-        /// wherever this target reads. Records in `tried` the leader it went to.
-        fn attempt<'a, O: Op>(
-            inner: &'a Inner<Self>,
-            op: &'a O,
-            attempt: Attempt,
-            tried: &'a Mutex<Option<MemberId>>,
-        ) -> impl Future<Output = Result<O::Output>> + Send + 'a;
+        /// Where the next attempt of `call` goes: for one that
+        /// [needs the leader](Call::needs_leader), the leader `attempt`
+        /// names, else the one this target knows.
+        fn route(&self, call: &Call, attempt: &Attempt) -> Route;
+
+        /// Runs `call` on this member's own store: asked only of a target
+        /// that routes to [`Route::Local`].
+        fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send;
+
+        /// Learns from the answer of the member at `addr` (the leader's address).
+        fn learn(&self, _addr: &str, _call: &Call, _answer: &Result<Response>) {}
 
         /// Waits `delay` between two attempts, or less when it knows that a
         /// leader other than `tried` was elected.
-        fn pause(&self, delay: Duration, tried: Option<MemberId>) -> impl Future<Output = ()> + Send + '_;
+        fn pause(&self, delay: Duration, _tried: Option<MemberId>) -> impl Future<Output = ()> + Send + '_ {
+            tokio::time::sleep(delay)
+        }
 
         /// The stream behind [`Router::watch`].
         fn watch(
@@ -283,103 +308,89 @@ pub(crate) mod sealed {
             from_revision: Option<u64>,
         ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static;
     }
-
-    /// One operation of the store, in the two forms it travels: a direct
-    /// call of a member's store, and a request of the service protocol.
-    pub trait Op: Send + Sync {
-        /// What the caller gets.
-        type Output: Send;
-        /// For logs and error messages.
-        fn what(&self) -> &'static str;
-        /// True if only the leader can serve it.
-        fn needs_leader(&self) -> bool;
-        /// Runs it on `store`, this member's own.
-        fn local<S: ConsensusStore>(&self, store: &S) -> impl Future<Output = Result<Self::Output>> + Send;
-        /// The request that asks another member for it.
-        fn request(&self) -> Request;
-        /// The typed answer of another member.
-        fn answer(response: Response) -> Result<Self::Output>;
-    }
 }
 
-use sealed::Op;
-
-/// A linearizable read.
-struct ConsistentGet(String);
-
-impl Op for ConsistentGet {
-    type Output = Option<Vec<u8>>;
-    fn what(&self) -> &'static str {
-        "consistent get"
-    }
-    fn needs_leader(&self) -> bool {
-        true
-    }
-    fn local<S: ConsensusStore>(&self, store: &S) -> impl Future<Output = Result<Self::Output>> + Send {
-        store.consistent_get(&self.0)
-    }
-    fn request(&self) -> Request {
-        Request::ConsistentGet { key: self.0.clone() }
-    }
-    fn answer(response: Response) -> Result<Self::Output> {
-        response.into_value()
-    }
+/// Where one attempt goes.
+pub enum Route {
+    /// This member's own store; the member id is this member's.
+    Local(MemberId),
+    /// The service of the member at `addr`.
+    Remote {
+        /// Its service address.
+        addr: String,
+        /// The member, when it is the leader this attempt follows.
+        leader: Option<MemberId>,
+    },
+    /// Nowhere: the call needs the leader and none is known.
+    NoLeader,
 }
 
-/// A write, its request id set.
-struct Write(WriteRequest);
-
-impl Op for Write {
-    type Output = WriteOutcome;
-    fn what(&self) -> &'static str {
-        "write"
-    }
-    fn needs_leader(&self) -> bool {
-        true
-    }
-    fn local<S: ConsensusStore>(&self, store: &S) -> impl Future<Output = Result<Self::Output>> + Send {
-        store.write(self.0.clone())
-    }
-    fn request(&self) -> Request {
-        Request::Write(self.0.clone())
-    }
-    fn answer(response: Response) -> Result<Self::Output> {
-        response.into_outcome()
-    }
-}
-
-/// A request of the protocol as the caller made it; on a member's own store
-/// it runs as the server would run it.
-struct Raw(Request);
-
-impl Op for Raw {
-    type Output = Response;
-    fn what(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn needs_leader(&self) -> bool {
-        self.0.needs_leader()
-    }
-    async fn local<S: ConsensusStore>(&self, store: &S) -> Result<Response> {
-        match server::execute(store, self.0.clone()).await {
-            Response::Err(e) => Err(e),
-            answer => Ok(answer),
+impl Route {
+    /// The leader this attempt goes to, when known.
+    fn leader(&self) -> Option<MemberId> {
+        match self {
+            Route::Local(me) => Some(*me),
+            Route::Remote { leader, .. } => *leader,
+            Route::NoLeader => None,
         }
     }
-    fn request(&self) -> Request {
-        self.0.clone()
+}
+
+/// One operation of the store. A member's own store runs it by a direct
+/// call; another member is sent its [`Request`].
+pub enum Call {
+    /// A linearizable read of the key.
+    ConsistentGet(String),
+    /// A write, its request id set.
+    Write(WriteRequest),
+    /// A request of the protocol as the caller made it; a member's own store
+    /// runs it as the server would.
+    Other(Request),
+}
+
+impl Call {
+    /// For logs and error messages.
+    pub(crate) fn what(&self) -> &'static str {
+        match self {
+            Call::ConsistentGet(_) => "consistent get",
+            Call::Write(_) => "write",
+            Call::Other(request) => request.kind(),
+        }
     }
-    fn answer(response: Response) -> Result<Response> {
-        match response {
-            Response::Err(e) => Err(e),
-            answer => Ok(answer),
+
+    /// True if only the leader can serve it.
+    pub(crate) fn needs_leader(&self) -> bool {
+        match self {
+            Call::ConsistentGet(_) | Call::Write(_) => true,
+            Call::Other(request) => request.needs_leader(),
+        }
+    }
+
+    /// The request that asks another member for it.
+    fn request(&self) -> Request {
+        match self {
+            Call::ConsistentGet(key) => Request::ConsistentGet { key: key.clone() },
+            Call::Write(write) => Request::Write(write.clone()),
+            Call::Other(request) => request.clone(),
+        }
+    }
+
+    /// Runs it on `store`, this member's own.
+    pub(crate) async fn run_on<S: ConsensusStore>(&self, store: &S) -> Result<Response> {
+        match self {
+            Call::ConsistentGet(key) => store.consistent_get(key).await.map(Response::Value),
+            Call::Write(write) => store.write(write.clone()).await.map(Response::Written),
+            Call::Other(request) => match server::execute(store, request.clone()).await {
+                Response::Err(e) => Err(e),
+                answer => Ok(answer),
+            },
         }
     }
 }
 
 /// Sends `request` to `addr` within the attempt timeout. An error answer
 /// comes back as `Err`; a member that is shutting down counts as unreachable.
-pub(crate) async fn call<T>(inner: &Inner<T>, addr: &str, request: &Request) -> Result<Response> {
+pub(crate) async fn send<T>(inner: &Inner<T>, addr: &str, request: &Request) -> Result<Response> {
     match inner.rpc.call(addr, request, inner.opts.attempt_timeout).await {
         Ok(Response::Err(Error::ShuttingDown)) => Err(Error::Unreachable(format!("{addr} is shutting down"))),
         Ok(Response::Err(e)) => Err(e),
