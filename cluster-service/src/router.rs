@@ -210,9 +210,13 @@ impl<T: Target> Router<T> {
     /// force leave, liveness), where it can be served: at the leader when
     /// [`Request::needs_leader`], else at this member ([`Proxy`]) or at any
     /// member ([`ServiceClient`]); retried until the operation's deadline.
-    /// An error answer comes back as `Err`.
+    /// An error answer comes back as `Err`. A write gets a request id as in
+    /// [`write`](Self::write).
     pub async fn request(&self, request: Request) -> Result<Response> {
-        self.run(Call::Other(request)).await
+        match request {
+            Request::Write(write) => self.write(write).await.map(Response::Written),
+            other => self.run(Call::Other(other)).await,
+        }
     }
 
     /// Every change under `prefix`, from `from_revision` on (`None`: from

@@ -307,6 +307,25 @@ async fn a_retry_after_a_lost_answer_reuses_the_request_id_and_gets_the_first_an
 }
 
 #[tokio::test]
+async fn a_write_sent_as_a_raw_request_gets_a_request_id_too() {
+    let cluster = FakeCluster::new(1);
+    let server = start(cluster.member(0)).await;
+    cluster.shared().lose_answers = 2;
+    let c = client(&server);
+    let write = Request::Write(WriteRequest::set("raw", "v"));
+    match c.request(write).await.unwrap() {
+        Response::Written(outcome) => assert!(outcome.into_created().unwrap()),
+        other => panic!("a write answered with {other:?}"),
+    }
+    {
+        let s = cluster.shared();
+        assert_eq!(s.applied, 1);
+        assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3], "one id for all attempts");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_client_gives_up_at_its_deadline_when_nobody_answers() {
     // A port nobody listens on: bind, note it, close.
     let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
