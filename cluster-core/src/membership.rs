@@ -57,6 +57,19 @@ pub enum MembershipEvent {
     Resync(Vec<Member>),
 }
 
+impl MembershipEvent {
+    /// The member the event is about; `None` for a `Resync`, which is about all.
+    pub fn member_id(&self) -> Option<MemberId> {
+        match self {
+            MembershipEvent::Joined(m)
+            | MembershipEvent::Updated(m)
+            | MembershipEvent::Left(m)
+            | MembershipEvent::Failed(m) => Some(m.id),
+            MembershipEvent::Resync(_) => None,
+        }
+    }
+}
+
 /// The live members by id: the state behind a membership [`EventHub`].
 pub type MemberTable = BTreeMap<MemberId, Member>;
 

@@ -230,22 +230,12 @@ fn member_config(cluster_id: &str, seed: Option<SocketAddr>, n: usize) -> Member
     }
 }
 
-fn about(e: &MembershipEvent) -> Option<MemberId> {
-    match e {
-        MembershipEvent::Joined(m)
-        | MembershipEvent::Updated(m)
-        | MembershipEvent::Left(m)
-        | MembershipEvent::Failed(m) => Some(m.id),
-        _ => None,
-    }
-}
-
 /// The next event about `id` (a `Resync` fails the check: nothing here is slow).
 async fn next_about(check: &str, sub: &mut MembershipEvents, id: MemberId) -> MembershipEvent {
     within("a membership event", async {
         loop {
             match sub.recv().await {
-                Some(e) if about(&e) == Some(id) => return e,
+                Some(e) if e.member_id() == Some(id) => return e,
                 Some(MembershipEvent::Resync(_)) => panic!("contract {check}: an unexpected resync"),
                 Some(_) => {}
                 None => panic!("contract {check}: the subscription ended"),
@@ -268,15 +258,28 @@ async fn wait_sees<M: Membership>(check: &str, m: &M, ids: &[MemberId]) {
     .await;
 }
 
-/// Runs every [`Membership`] check on members started by `start` (each
-/// check its own cluster id, seeded on its first member; every member
-/// stopped after its check).
-pub async fn membership_suite<M, F, Fut>(start: F)
+/// Starts a member of the membership backend under test: any
+/// `Fn(MembershipConfig) -> impl Future<Output = Result<M>>`, such as
+/// `M::start` or a fake network's `start`.
+pub trait StartMember<M> {
+    /// Starts a member with `config`.
+    fn start_member(&self, config: MembershipConfig) -> impl Future<Output = Result<M>>;
+}
+
+impl<M, F, Fut> StartMember<M> for F
 where
-    M: Membership,
     F: Fn(MembershipConfig) -> Fut,
     Fut: Future<Output = Result<M>>,
 {
+    fn start_member(&self, config: MembershipConfig) -> impl Future<Output = Result<M>> {
+        self(config)
+    }
+}
+
+/// Runs every [`Membership`] check on members started by `start` (each
+/// check its own cluster id, seeded on its first member; every member
+/// stopped after its check).
+pub async fn membership_suite<M: Membership>(start: impl StartMember<M>) {
     let unique = MemberId::generate().to_string();
     membership_start_reports_itself(&start, &format!("start-{unique}")).await;
     membership_tags_reach_every_member_once(&start, &format!("tags-{unique}")).await;
@@ -284,19 +287,11 @@ where
     membership_other_clusters_never_merge(&start, &format!("own-{unique}"), &format!("other-{unique}")).await;
 }
 
-async fn started<M: Membership, Fut: Future<Output = Result<M>>>(
-    start: &impl Fn(MembershipConfig) -> Fut,
-    config: MembershipConfig,
-) -> M {
-    ok("start", within("a member to start", start(config)).await)
+async fn started<M: Membership>(start: &impl StartMember<M>, config: MembershipConfig) -> M {
+    ok("start", within("a member to start", start.start_member(config)).await)
 }
 
-async fn membership_start_reports_itself<M, F, Fut>(start: &F, cluster: &str)
-where
-    M: Membership,
-    F: Fn(MembershipConfig) -> Fut,
-    Fut: Future<Output = Result<M>>,
-{
+async fn membership_start_reports_itself<M: Membership>(start: &impl StartMember<M>, cluster: &str) {
     let check = "start";
     let config = member_config(cluster, None, 0);
     let id = config.member_id;
@@ -320,12 +315,7 @@ where
     ok(check, m.stop().await);
 }
 
-async fn membership_tags_reach_every_member_once<M, F, Fut>(start: &F, cluster: &str)
-where
-    M: Membership,
-    F: Fn(MembershipConfig) -> Fut,
-    Fut: Future<Output = Result<M>>,
-{
+async fn membership_tags_reach_every_member_once<M: Membership>(start: &impl StartMember<M>, cluster: &str) {
     let check = "tags";
     let a = started(start, member_config(cluster, None, 0)).await;
     let b = started(start, member_config(cluster, Some(a.gossip_addr()), 1)).await;
@@ -363,12 +353,10 @@ where
     }
 }
 
-async fn membership_leave_is_left_and_a_return_is_joined<M, F, Fut>(start: &F, cluster: &str)
-where
-    M: Membership,
-    F: Fn(MembershipConfig) -> Fut,
-    Fut: Future<Output = Result<M>>,
-{
+async fn membership_leave_is_left_and_a_return_is_joined<M: Membership>(
+    start: &impl StartMember<M>,
+    cluster: &str,
+) {
     let check = "leave";
     let a = started(start, member_config(cluster, None, 0)).await;
     let config = member_config(cluster, Some(a.gossip_addr()), 1);
@@ -399,12 +387,11 @@ where
     ok(check, a.stop().await);
 }
 
-async fn membership_other_clusters_never_merge<M, F, Fut>(start: &F, cluster: &str, other: &str)
-where
-    M: Membership,
-    F: Fn(MembershipConfig) -> Fut,
-    Fut: Future<Output = Result<M>>,
-{
+async fn membership_other_clusters_never_merge<M: Membership>(
+    start: &impl StartMember<M>,
+    cluster: &str,
+    other: &str,
+) {
     let check = "cluster id";
     let a = started(start, member_config(cluster, None, 0)).await;
     let mut sub = a.subscribe();
@@ -415,7 +402,7 @@ where
     wait_sees(check, &a, &[b.member_id()]).await;
     wait_sees(check, &b, &[a.member_id()]).await;
     while let Some(e) = sub.try_recv() {
-        assert_ne!(about(&e), Some(foreign.member_id()), "contract {check}: {e:?}");
+        assert_ne!(e.member_id(), Some(foreign.member_id()), "contract {check}: {e:?}");
     }
     for m in [&a, &b] {
         assert!(!m.members().iter().any(|x| x.id == foreign.member_id()), "contract {check}: merged");
