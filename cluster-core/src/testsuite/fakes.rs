@@ -346,10 +346,8 @@ impl FakeStore {
 impl ConsensusStore for FakeStore {
     /// A lone member that forms its cluster on [`bootstrap`](ConsensusStore::bootstrap).
     async fn open(config: ConsensusConfig) -> Result<Self> {
-        let core = Core::new(&[config.member_id]);
-        let store = FakeStore::new(config.member_id, core);
-        store.shared().voters.clear();
-        Ok(store)
+        // Not initialized, no voters, no leader until bootstrap.
+        Ok(FakeStore::new(config.member_id, Core::new(&[config.member_id])))
     }
 
     fn member_id(&self) -> MemberId {
