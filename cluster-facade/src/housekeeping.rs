@@ -93,7 +93,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         // allocation is followed by the member's record, a forced leave
         // deletes it): following the records' changes keeps grid events and
         // the own short id in step with the state machine, without polling
-        // and without waking on user writes.
+        // and without re-reading short ids on user writes.
         let mut records = self.store.watch(keys::RESERVED_PREFIX);
         let mut records_open = true;
         loop {
