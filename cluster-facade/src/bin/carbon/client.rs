@@ -195,6 +195,11 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
         // certificate for the cluster's records): fix the configuration.
         Error::Forbidden(_) => Failure::usage(e.to_string()),
         Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
+        // A --from-revision older than the member remembers: the user can
+        // start again from the current state.
+        Error::Compacted { .. } => Failure::usage(format!(
+            "{e}: read the prefix again (`carbon kv list PREFIX --json` gives its revision) and watch from that revision + 1"
+        )),
         other => Failure::other(anyhow::Error::new(other)),
     }
 }
@@ -505,6 +510,20 @@ pub(crate) async fn force_leave(args: ForceLeaveArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_compacted_watch_start_is_the_users_to_fix() {
+        let t = Target {
+            services: vec!["127.0.0.1:1".into()],
+            cluster_id: "c".into(),
+            timeout: Duration::from_secs(1),
+            json: false,
+            tls: crate::tls::TlsArgs::default(),
+        };
+        let f = failed(&t, Error::Compacted { requested: 3, oldest: 900 }).await;
+        assert_eq!(f.code, crate::exit::USAGE);
+        assert!(f.message.contains("900") && f.message.contains("kv list"), "{}", f.message);
+    }
 
     #[test]
     fn durations_and_addresses_parse_or_are_refused() {
