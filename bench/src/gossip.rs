@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_core::{FailureDetection, MemberId};
-use cluster_gossip::{Gossip, GossipConfig, GossipTransport};
+use cluster_gossip::{Gossip, GossipConfig, GossipKey, GossipTransport, Keyring};
 use rmpv::Value;
 
 use crate::Ctx;
@@ -57,8 +57,47 @@ fn sees(g: &Gossip, id: MemberId) -> bool {
     g.members().iter().any(|m| m.id == id)
 }
 
-async fn ours_once(n: usize, rep: usize) -> Result<(f64, f64, f64)> {
-    ours_once_with(n, &format!("{rep}"), GossipTransport::Udp, POLL).await
+async fn ours_once(n: usize, rep: usize, keyring: Option<Keyring>) -> Result<(f64, f64, f64)> {
+    ours_once_with(n, &format!("{rep}"), GossipTransport::Udp, POLL, keyring).await
+}
+
+/// A keyring of one fresh key: every datagram sealed with AES-256-GCM.
+fn sealed() -> Option<Keyring> {
+    Some(Keyring::new(GossipKey::generate()))
+}
+
+/// CPU of this process, in % of one core, while `n` converged members gossip
+/// for `secs` with nothing else going on.
+async fn idle_cpu(n: usize, tag: &str, keyring: Option<Keyring>, secs: f64) -> Result<f64> {
+    let cluster = format!("bench-gossip-idle-{n}-{tag}");
+    let config = |cluster: &str| {
+        let c = config(cluster);
+        match &keyring {
+            Some(k) => c.with_keyring(k.clone()),
+            None => c,
+        }
+    };
+    let first = Gossip::start(config(&cluster)).await?;
+    let seed = first.gossip_addr().to_string();
+    let mut members = vec![first];
+    for _ in 1..n {
+        members.push(Gossip::start(config(&cluster).with_seeds([seed.clone()])).await?);
+    }
+    let result = async {
+        time_until(Instant::now(), POLL, || members.iter().all(|g| g.members().len() == n))
+            .await
+            .context("converge")?;
+        let pid = std::process::id();
+        let before = crate::idle::cpu_ticks(pid)?;
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let after = crate::idle::cpu_ticks(pid)?;
+        Ok::<_, anyhow::Error>(after.saturating_sub(before) as f64 / crate::scale::TICKS_PER_S / secs * 100.0)
+    }
+    .await;
+    for g in &members {
+        let _ = g.stop().await;
+    }
+    result
 }
 
 /// `n` gossip members in this process over `transport`, views polled every
@@ -69,9 +108,16 @@ pub async fn ours_once_with(
     tag: &str,
     transport: GossipTransport,
     poll: Duration,
+    keyring: Option<Keyring>,
 ) -> Result<(f64, f64, f64)> {
     let cluster = format!("bench-gossip-{n}-{tag}");
-    let config = |cluster: &str| config(cluster).with_transport(transport.clone());
+    let config = |cluster: &str| {
+        let c = config(cluster).with_transport(transport.clone());
+        match &keyring {
+            Some(k) => c.with_keyring(k.clone()),
+            None => c,
+        }
+    };
     let started = Instant::now();
     let first = Gossip::start(config(&cluster)).await?;
     let seed = first.gossip_addr().to_string();
@@ -252,16 +298,19 @@ async fn serf_once(ctx: &Ctx, n: usize, rep: usize) -> Result<(f64, f64, f64)> {
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     for n in [3usize, 10, 30] {
         let mut ours = Times::default();
+        let mut sealed_times = Times::default();
         let mut serf = Times::default();
         for rep in 0..ctx.reps {
-            match tokio::time::timeout(Duration::from_secs(90), ours_once(n, rep)).await {
-                Ok(Ok((c, f, l))) => {
-                    ours.converge.push(c);
-                    ours.failed.push(f);
-                    ours.left.push(l);
+            for (times, keyring) in [(&mut ours, None), (&mut sealed_times, sealed())] {
+                match tokio::time::timeout(Duration::from_secs(90), ours_once(n, rep, keyring)).await {
+                    Ok(Ok((c, f, l))) => {
+                        times.converge.push(c);
+                        times.failed.push(f);
+                        times.left.push(l);
+                    }
+                    Ok(Err(e)) => times.errors.push(format!("{e:#}")),
+                    Err(_) => times.errors.push("took over 90 s".into()),
                 }
-                Ok(Err(e)) => ours.errors.push(format!("{e:#}")),
-                Err(_) => ours.errors.push("took over 90 s".into()),
             }
             if ctx.have_serf {
                 match tokio::time::timeout(Duration::from_secs(90), serf_once(ctx, n, rep)).await {
@@ -324,6 +373,57 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             };
             ctx.report.rows.push(row);
         }
+        // What sealing every datagram costs, against our own plaintext.
+        let sealed_rows = [
+            ("all see all (from the first start)", &sealed_times.converge, &ours.converge),
+            ("all others report a killed member failed", &sealed_times.failed, &ours.failed),
+            ("all others report a graceful leave", &sealed_times.left, &ours.left),
+        ];
+        for (metric, o, plain) in sealed_rows {
+            ctx.report.rows.push(Row {
+                figure: "5 gossip".into(),
+                case: format!("{n} members, encrypted (AES-256-GCM)"),
+                metric: metric.into(),
+                unit: "s".into(),
+                better: Better::Lower,
+                ours: m(o, &sealed_times, metric),
+                peer_name: "ours, plaintext".into(),
+                peer_case: format!("{n} members"),
+                peer: Some(m(plain, &ours, metric)),
+                note: String::new(),
+            });
+        }
     }
+    // Idle CPU of 30 converged members in this process, sealed and not.
+    let n = 30;
+    let (mut plain, mut enc) = (Times::default(), Times::default());
+    for rep in 0..ctx.reps {
+        for (times, keyring) in [(&mut plain, None), (&mut enc, sealed())] {
+            match idle_cpu(n, &format!("{rep}"), keyring, 10.0).await {
+                Ok(cpu) => times.converge.push(cpu),
+                Err(e) => times.errors.push(format!("{e:#}")),
+            }
+        }
+        ctx.log(format!("gossip idle CPU n={n} rep {rep}: plaintext {:?}, encrypted {:?}", plain.converge, enc.converge));
+    }
+    let measured = |t: &Times| {
+        if t.converge.is_empty() {
+            Measured::NotMeasured(t.errors.first().cloned().unwrap_or_default())
+        } else {
+            Measured::from_samples(&t.converge, "idle CPU")
+        }
+    };
+    ctx.report.rows.push(Row {
+        figure: "5 gossip".into(),
+        case: format!("{n} members in one process, encrypted (AES-256-GCM), idle 10 s"),
+        metric: "CPU of all members together".into(),
+        unit: "% of a core".into(),
+        better: Better::Lower,
+        ours: measured(&enc),
+        peer_name: "ours, plaintext".into(),
+        peer_case: format!("{n} members in one process, idle 10 s"),
+        peer: Some(measured(&plain)),
+        note: String::new(),
+    });
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! processes driven by `ServiceClient`) against etcd (3 processes driven by
 //! the `etcd-client` crate). Keys 32 bytes, values 64 bytes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -168,6 +169,14 @@ async fn etcd_kv(urls: Vec<String>) -> Result<Kv> {
     Ok(Kv::Etcd(c.kv_client()))
 }
 
+/// The plain-TCP durable case a TLS case is compared with.
+fn plain_case(op: Op, clients: usize) -> String {
+    match op {
+        Op::Write => format!("write, durable, to the leader, {clients} clients"),
+        _ => format!("linearizable read at the leader, {clients} clients"),
+    }
+}
+
 /// Figures 1 and 2.
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let secs = ctx.secs;
@@ -198,10 +207,26 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         }
     }
 
-    for durable in [false, true] {
-        let mode = if durable { "durable" } else { "in memory" };
-        let tag = if durable { "kvd" } else { "kvm" };
-        let cluster = match CarbonCluster::start(&ctx.carbon, &ctx.dir, 3, durable, tag).await {
+    // Our durable figures on plain TCP, by case, for the TLS pass to compare with.
+    let mut plain: HashMap<String, Collected> = HashMap::new();
+    // In memory, durable, then durable on mutual TLS with sealed gossip.
+    for (durable, secure) in [(false, false), (true, false), (true, true)] {
+        let mode = match (durable, secure) {
+            (false, _) => "in memory",
+            (true, false) => "durable",
+            (true, true) => "durable, TLS",
+        };
+        let tag = match (durable, secure) {
+            (false, _) => "kvm",
+            (true, false) => "kvd",
+            (true, true) => "kvt",
+        };
+        let started = if secure {
+            CarbonCluster::start_secure(&ctx.carbon, &ctx.dir, 3, durable, tag).await
+        } else {
+            CarbonCluster::start(&ctx.carbon, &ctx.dir, 3, durable, tag).await
+        };
+        let cluster = match started {
             Ok(c) => c,
             Err(e) => {
                 ctx.problem(format!("ours ({mode}) for figures 1–2 not measured: {e:#}"));
@@ -215,7 +240,24 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         preload(&ours_leader).await?;
 
         let mut specs = Vec::new();
-        for &c in &counts {
+        if secure {
+            // What TLS costs: the leader's writes and linearizable reads, the
+            // same cases as on plain TCP (the peer column is ours without TLS).
+            for &c in &counts {
+                for (op, what) in [(Op::Write, "write"), (Op::LinRead, "linearizable read")] {
+                    let at = if op == Op::Write { "to" } else { "at" };
+                    specs.push(Spec {
+                        case: format!("{what}, {mode}, {at} the leader, {c} clients"),
+                        op,
+                        clients: c,
+                        ours: Some(ours_leader.clone()),
+                        etcd: None,
+                        peer_case: plain_case(op, c),
+                    });
+                }
+            }
+        }
+        for &c in counts.iter().filter(|_| !secure) {
             specs.push(Spec {
                 case: format!("write, {mode}, to the leader, {c} clients"),
                 op: Op::Write,
@@ -233,7 +275,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                 peer_case: format!("put to a follower (forwarded), {c} clients"),
             });
         }
-        if durable {
+        if durable && !secure {
             for &c in &[1usize, 16, 64] {
                 specs.push(Spec {
                     case: format!("linearizable read at the leader, {c} clients"),
@@ -254,7 +296,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             }
         }
         // etcd is durable only: it is measured once, alongside our durable pass.
-        let with_etcd = durable;
+        let with_etcd = durable && !secure;
         let mut ours_c: Vec<Collected> = specs.iter().map(|_| Collected::default()).collect();
         let mut etcd_c: Vec<Collected> = specs.iter().map(|_| Collected::default()).collect();
         for rep in 0..reps {
@@ -293,6 +335,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             if ours_c[i].errors > 0 || etcd_c[i].errors > 0 {
                 note.push_str(&format!("errors: ours {}, etcd {}", ours_c[i].errors, etcd_c[i].errors));
             }
+            let peer_name = if secure { "ours, plain TCP" } else { "etcd" };
             let mk = |metric: &str, unit: &str, better, o: Measured, p: Option<Measured>, note: String| Row {
                 figure: fig.into(),
                 case: s.case.clone(),
@@ -300,14 +343,24 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                 unit: unit.into(),
                 better,
                 ours: o,
-                peer_name: "etcd".into(),
+                peer_name: peer_name.into(),
                 peer_case: s.peer_case.clone(),
                 peer: p,
                 note,
             };
             let (o, e) = (&ours_c[i], &etcd_c[i]);
+            let baseline = plain.get(&s.peer_case);
             let pe = |w: &dyn Fn(&Collected) -> &Vec<f64>, what| {
-                if with_etcd { peer_for(e, w, what) } else { None }
+                if with_etcd {
+                    peer_for(e, w, what)
+                } else if secure {
+                    Some(baseline.map_or_else(
+                        || Measured::NotMeasured("the plain TCP pass did not run".into()),
+                        |b| b.measured(w(b), what),
+                    ))
+                } else {
+                    None
+                }
             };
             let peer_ops = pe(&|c| &c.ops, "throughput");
             let peer_p50 = pe(&|c| &c.p50, "p50");
@@ -318,6 +371,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
                 mk("p99 latency", "ms", Better::Lower, o.measured(&o.p99, "p99"), peer_p99, String::new()),
             ];
             ctx.report.rows.extend(rows);
+        }
+        if durable && !secure {
+            for (s, c) in specs.iter().zip(ours_c) {
+                plain.insert(s.case.clone(), c);
+            }
         }
         drop(cluster);
     }

@@ -86,6 +86,9 @@ pub struct CarbonCluster {
     config: Option<PathBuf>,
     /// Agents spawned so far (names stay unique when agents come and go).
     spawned: usize,
+    /// How the bench's clients connect (TLS with a client certificate when
+    /// the agents run on TLS).
+    security: cluster_facade::rpc::Security,
 }
 
 impl CarbonCluster {
@@ -106,6 +109,40 @@ impl CarbonCluster {
         tag: &str,
         config: Option<PathBuf>,
     ) -> Result<Self> {
+        Self::start_full(carbon, dir, n, durable, tag, config, cluster_facade::rpc::Security::Plain).await
+    }
+
+    /// [`start`](Self::start) as production runs it: mutual TLS on the raft
+    /// and service ports (a CA and certificates made for the run by the
+    /// same code as `carbon tls init`) and AES-GCM sealed gossip.
+    pub async fn start_secure(carbon: &Path, dir: &Path, n: usize, durable: bool, tag: &str) -> Result<Self> {
+        use cluster_facade::rpc::tls::generate::write_bundle;
+        let certs = dir.join(format!("{tag}-certs"));
+        let bundle = write_bundle(&certs, &format!("bench-{tag}"), 1)?;
+        let member = &bundle.members[0];
+        let config = dir.join(format!("{tag}-secure.toml"));
+        let toml = format!(
+            "gossip_keys = [{key:?}]\n\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {pk:?}\n",
+            key = cluster_facade::GossipKey::generate().to_base64(),
+            ca = member.ca_cert.display().to_string(),
+            cert = member.cert.display().to_string(),
+            pk = member.key.display().to_string(),
+        );
+        std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
+        let client = cluster_facade::rpc::Tls::from_files(bundle.client.clone())?;
+        let security = cluster_facade::rpc::Security::Tls(client);
+        Self::start_full(carbon, dir, n, durable, tag, Some(config), security).await
+    }
+
+    async fn start_full(
+        carbon: &Path,
+        dir: &Path,
+        n: usize,
+        durable: bool,
+        tag: &str,
+        config: Option<PathBuf>,
+        security: cluster_facade::rpc::Security,
+    ) -> Result<Self> {
         let mut c = CarbonCluster {
             agents: Vec::new(),
             cluster_id: format!("bench-{tag}"),
@@ -115,6 +152,7 @@ impl CarbonCluster {
             tag: tag.to_string(),
             config,
             spawned: 0,
+            security,
         };
         for _ in 0..n {
             c.add().await?;
@@ -191,7 +229,9 @@ impl CarbonCluster {
     }
 
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions::new(self.cluster_id.clone())
+        let mut options = ClientOptions::new(self.cluster_id.clone());
+        options.security = self.security.clone();
+        options
     }
 
     /// A client of the given agents' service ports.

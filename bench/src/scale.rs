@@ -36,7 +36,7 @@ use crate::stats::Summary;
 /// Clients of the write load at every size.
 const CLIENTS: usize = 16;
 /// Linux's clock tick for /proc/<pid>/stat times.
-const TICKS_PER_S: f64 = 100.0;
+pub const TICKS_PER_S: f64 = 100.0;
 
 /// What one cluster size measured; each Vec holds one sample per repetition,
 /// except `rss` (one per member).
@@ -152,7 +152,7 @@ async fn gossip_size(n: usize, reps: usize, transport: &str, out: &mut GossipSiz
             _ => GossipTransport::Udp,
         };
         let tag = format!("scale-{rep}");
-        match tokio::time::timeout(Duration::from_secs(180), ours_once_with(n, &tag, t, poll)).await {
+        match tokio::time::timeout(Duration::from_secs(180), ours_once_with(n, &tag, t, poll, None)).await {
             Ok(Ok((c, f, l))) => {
                 out.converge.push(c);
                 out.failed.push(f);

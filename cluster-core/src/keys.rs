@@ -2,8 +2,11 @@
 //! key-value store. Keys read like paths but are flat strings; everything
 //! under [`RESERVED_PREFIX`] belongs to the cluster, the rest to users.
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
 use crate::id::MemberId;
+use crate::member::MemberInfo;
 
 /// Every key the cluster writes starts with this.
 pub const RESERVED_PREFIX: &str = "carbon-grid/";
@@ -68,6 +71,58 @@ fn parse_under(key: &str, prefix: &str, what: &str) -> Result<MemberId> {
 /// ```
 pub fn parse_member_key(key: &str) -> Result<MemberId> {
     parse_under(key, MEMBERS_PREFIX, "a member key")
+}
+
+/// The member record stored at `key`: the key is a member key, the bytes
+/// decode, and the record names the member its key names. A record filed
+/// under another member's id is not that member's (the leader's
+/// housekeeping rewrites it).
+///
+/// ```
+/// use cluster_core::{keys, MemberId, MemberInfo};
+/// let info = MemberInfo::new(MemberId::generate(), "10.0.0.7", 7946, 7000, 7001, 5701);
+/// let key = keys::member_key(info.member_id);
+/// assert_eq!(keys::decode_member_record(&key, &info.to_bytes()).unwrap(), info);
+/// let elsewhere = keys::member_key(MemberId::generate());
+/// assert!(keys::decode_member_record(&elsewhere, &info.to_bytes()).is_err());
+/// ```
+pub fn decode_member_record(key: &str, bytes: &[u8]) -> Result<MemberInfo> {
+    let id = parse_member_key(key)?;
+    let info = MemberInfo::from_bytes(bytes)?;
+    if info.member_id != id {
+        return Err(Error::Malformed(format!(
+            "the record of member {} is filed under {key}",
+            info.member_id
+        )));
+    }
+    Ok(info)
+}
+
+/// The member records of a read of [`MEMBERS_PREFIX`], decoded by
+/// [`decode_member_record`]: the one policy of every reader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberRecords {
+    /// The records, by member id.
+    pub members: BTreeMap<MemberId, MemberInfo>,
+    /// Entries that are not records, with why: skipped, so that one bad
+    /// entry never hides the others; worth a warning.
+    pub rejected: Vec<(String, Error)>,
+}
+
+impl MemberRecords {
+    /// Decodes every entry of a read of [`MEMBERS_PREFIX`].
+    pub fn decode(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        let mut out = MemberRecords::default();
+        for (key, bytes) in entries {
+            match decode_member_record(&key, &bytes) {
+                Ok(info) => {
+                    out.members.insert(info.member_id, info);
+                }
+                Err(e) => out.rejected.push((key, e)),
+            }
+        }
+        out
+    }
 }
 
 /// The member id in a voter key.
@@ -153,6 +208,22 @@ mod tests {
         assert!(parse_member_key(MEMBERS_PREFIX).is_err());
         assert!(matches!(classify("carbon-grid/other"), Err(Error::BadKey { .. })));
         assert!(matches!(classify("carbon-grid/members/zzz"), Err(Error::BadKey { .. })));
+    }
+
+    #[test]
+    fn member_records_skip_what_is_not_a_record_and_say_why() {
+        let good = MemberInfo::new(MemberId::generate(), "10.0.0.1", 1, 2, 3, 4);
+        let misfiled = MemberInfo::new(MemberId::generate(), "10.0.0.2", 1, 2, 3, 4);
+        let records = MemberRecords::decode([
+            (member_key(good.member_id), good.to_bytes()),
+            (member_key(MemberId::generate()), misfiled.to_bytes()),
+            (member_key(MemberId::generate()), vec![0xff; 3]),
+            (format!("{MEMBERS_PREFIX}not-an-id"), good.to_bytes()),
+        ]);
+        assert_eq!(records.members, BTreeMap::from([(good.member_id, good)]));
+        assert_eq!(records.rejected.len(), 3);
+        assert!(matches!(records.rejected[0].1, Error::Malformed(_)));
+        assert!(matches!(records.rejected[2].1, Error::BadKey { .. }));
     }
 
     proptest! {

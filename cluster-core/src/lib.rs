@@ -13,8 +13,11 @@
 //!   gossip, and [`EventHub`], the replay-then-follow fan-out both use;
 //! - the **backend contracts**: [`Membership`] (gossip) and
 //!   [`ConsensusStore`] (the raft key-value store), each with its guarantees;
-//! - **pure planning** in [`plan`]: the lowest free short id, and the voter
-//!   plan that keeps the wanted number of voters without risking quorum;
+//! - **pure planning** in [`plan`]: the lowest free short id, the voter
+//!   plan that keeps the wanted number of voters without risking quorum,
+//!   the record plan and the departure clock (time is an input);
+//! - with the `testsuite` feature, the shared **test kit** in `testsuite`:
+//!   fakes of both backends and the contract suites every backend passes;
 //! - the **wire codec** in [`wire`], used by every TCP protocol;
 //! - [`Error`], the one error type of the contracts.
 //!
@@ -54,8 +57,8 @@ pub use hub::{EventHub, Subscription};
 pub use id::{ClientRequestId, MemberId, ShortId};
 pub use member::MemberInfo;
 pub use membership::{
-    FailureDetection, GossipEncryption, Member, MemberState, MemberTable, Membership, MembershipConfig,
-    MembershipEvent, MembershipEvents,
+    FailureDetection, GossipEncryption, KeyringChange, KeyringControl, KeyringState, Member, MemberState,
+    MemberTable, Membership, MembershipConfig, MembershipEvent, MembershipEvents,
 };
 pub use role::RaftRole;
 pub use store::{

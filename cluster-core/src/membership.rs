@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,19 @@ pub enum MembershipEvent {
     /// This subscriber fell behind and events were dropped; here are all
     /// live members now. Compare with what you knew.
     Resync(Vec<Member>),
+}
+
+impl MembershipEvent {
+    /// The member the event is about; `None` for a `Resync`, which is about all.
+    pub fn member_id(&self) -> Option<MemberId> {
+        match self {
+            MembershipEvent::Joined(m)
+            | MembershipEvent::Updated(m)
+            | MembershipEvent::Left(m)
+            | MembershipEvent::Failed(m) => Some(m.id),
+            MembershipEvent::Resync(_) => None,
+        }
+    }
 }
 
 /// The live members by id: the state behind a membership [`EventHub`].
@@ -186,4 +200,78 @@ pub trait Membership: Send + Sync + Sized + 'static {
 
     /// Stops gossiping at once, without announcing it (peers will see a failure).
     fn stop(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// This member's live gossip keyring, for the operators' keyring requests
+    /// (`carbon keys list | install | use | remove`). `None`, the default,
+    /// when gossip is not encrypted or the backend has no keyring.
+    fn keyring_control(&self) -> Option<Arc<dyn KeyringControl>> {
+        None
+    }
+}
+
+/// A change to one member's gossip keyring, as serf's `keys` command makes it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyringChange {
+    /// Add a key that opens datagrams; the primary still seals them.
+    Install([u8; 32]),
+    /// Make an installed key primary: it seals every datagram from now on.
+    Use([u8; 32]),
+    /// Drop a key that is not primary: datagrams sealed with it no longer open.
+    Remove([u8; 32]),
+}
+
+impl KeyringChange {
+    /// The key the change names.
+    pub fn key(&self) -> &[u8; 32] {
+        match self {
+            KeyringChange::Install(k) | KeyringChange::Use(k) | KeyringChange::Remove(k) => k,
+        }
+    }
+
+    /// `install`, `use` or `remove`, for messages.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            KeyringChange::Install(_) => "install",
+            KeyringChange::Use(_) => "use",
+            KeyringChange::Remove(_) => "remove",
+        }
+    }
+}
+
+/// `Debug` never shows a key.
+impl std::fmt::Debug for KeyringChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyringChange::{}(..)", self.verb())
+    }
+}
+
+/// One member's gossip keyring: the primary first. `Debug` shows how many
+/// keys, never a key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringState {
+    /// Every installed key; the first seals, all open.
+    pub keys: Vec<[u8; 32]>,
+    /// Whether the change asked for changed the ring (false for a key
+    /// already installed, already primary or already gone; and for a list).
+    pub changed: bool,
+}
+
+impl std::fmt::Debug for KeyringState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringState")
+            .field("keys", &self.keys.len())
+            .field("changed", &self.changed)
+            .finish()
+    }
+}
+
+/// A member's live gossip keyring as the service reaches it. Every change is
+/// persisted (when the ring has a file) before it takes effect.
+pub trait KeyringControl: Send + Sync + std::fmt::Debug + 'static {
+    /// The ring now.
+    fn list(&self) -> KeyringState;
+    /// Applies `change`; a key that is not installed, or removing the
+    /// primary, is [`Error::BadRequest`](crate::Error::BadRequest).
+    fn apply(&self, change: KeyringChange) -> Result<KeyringState>;
 }

@@ -15,7 +15,7 @@ use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ClusterConfig;
@@ -26,7 +26,12 @@ use crate::housekeeping::{Housekeeper, Settings};
 use crate::http::HttpServer;
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::proof::MemberProofs;
 use crate::served::{LivenessTable, ServedStore};
+
+/// How long a gossip member whose raft endpoint failed to prove a member
+/// certificate waits before the leader asks again.
+const PROOF_RETRY: Duration = Duration::from_secs(5);
 
 /// The directory of the raft state inside the data directory.
 pub(crate) const RAFT_DIR: &str = "raft";
@@ -286,6 +291,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
                     ..config.limits.clone()
                 },
                 security: config.security.clone(),
+                keyring: membership.keyring_control(),
             },
         )
         .map_err(start_err("service"))?;
@@ -308,6 +314,11 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             failure_grace: ms(config.timeouts.failure_grace_ms),
             short_id_reap: ms(config.timeouts.short_id_reap_ms),
             interval: ms(config.timeouts.housekeeping_interval_ms),
+            proofs: Arc::new(MemberProofs::new(
+                config.security.clone(),
+                config.limits.connect_timeout,
+                PROOF_RETRY,
+            )),
         };
         let events = membership.subscribe();
         let (own_short_id, short_id_rx) = watch::channel(None);
@@ -322,7 +333,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         // 4. wait for the short id.
         let waited = ms(config.timeouts.start_ms);
-        let short_id = wait_for_short_id(&*store, member_id, waited).await?;
+        let short_id = wait_for_short_id(&*store, short_id_rx.clone(), waited).await?;
         info!(short_id = %short_id, gossip = %gossip_addr, raft = %raft_addr, service = %service_addr, "member started");
 
         let housekeeping = started.housekeeping.take();
@@ -466,13 +477,11 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     /// The members as the cluster recorded them in the store (this member's
     /// applied state: may trail the leader by a moment), by short id order.
     pub fn members(&self) -> Result<Vec<MemberInfo>, ClusterError> {
-        let mut members: Vec<MemberInfo> = self
-            .inner
-            .store
-            .get_prefix(keys::MEMBERS_PREFIX)?
-            .into_iter()
-            .filter_map(|(_, v)| MemberInfo::from_bytes(&v).ok())
-            .collect();
+        let records = keys::MemberRecords::decode(self.inner.store.get_prefix(keys::MEMBERS_PREFIX)?);
+        for (key, error) in &records.rejected {
+            warn!(%key, %error, "skipping an entry that is not a member record");
+        }
+        let mut members: Vec<MemberInfo> = records.members.into_values().collect();
         members.sort_by_key(|m| (m.short_id.is_none(), m.short_id, m.member_id));
         Ok(members)
     }
@@ -573,32 +582,28 @@ impl<M: Membership, S: ConsensusStore> Drop for Inner<M, S> {
     }
 }
 
+/// Waits until housekeeping reports this member's short id (it follows the
+/// state machine's records: no polling here).
 async fn wait_for_short_id<S: ConsensusStore>(
     store: &S,
-    me: MemberId,
+    mut short_id: watch::Receiver<Option<ShortId>>,
     waited: Duration,
 ) -> Result<ShortId, ClusterError> {
-    let deadline = Instant::now() + waited;
-    let mut changes = store.status_changes();
-    loop {
-        if let Some(id) = store.short_ids()?.get(&me) {
-            return Ok(*id);
-        }
-        let poll = tokio::time::sleep(Duration::from_millis(200));
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = poll => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let s = store.status();
-                let detail = match (s.leader, s.role()) {
-                    (None, _) => "no leader known: are the seeds right, and is the cluster id the same?".to_owned(),
-                    (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
-                    (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
-                };
-                return Err(ClusterError::StartTimeout { waited, detail });
-            }
-        }
+    let held = match timeout(waited, short_id.wait_for(Option::is_some)).await {
+        Ok(Ok(held)) => *held,
+        // Housekeeping ended (the member is stopping) or the time is up.
+        _ => None,
+    };
+    if let Some(id) = held {
+        return Ok(id);
     }
+    let s = store.status();
+    let detail = match (s.leader, s.role()) {
+        (None, _) => "no leader known: are the seeds right, and is the cluster id the same?".to_owned(),
+        (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
+        (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
+    };
+    Err(ClusterError::StartTimeout { waited, detail })
 }
 
 /// An error binding `port` of `host` for `what`, naming both once.

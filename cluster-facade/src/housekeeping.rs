@@ -6,8 +6,9 @@
 //!
 //! The leader, on every membership event, leadership change and tick:
 //! gathers the facts (gossip, raft, the store's records), asks core's pure
-//! planners what to change ([`plan_voters`], [`plan_records`]), and carries
-//! the changes out one at a time. A failing change ends the round; the next
+//! planners what to change ([`plan_voters`], [`plan_records`], with the
+//! departure clock of [`Departures`] given the time), and carries the
+//! changes out one at a time. A failing change ends the round; the next
 //! round plans again from fresh facts, so a leader change mid-round is safe.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,20 +16,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
-    Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal, VoterChange, admit,
-    plan_endpoint_updates, plan_records, plan_voters,
+    DepartureTimeouts, Departures, Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal,
+    VoterChange, admit, plan_endpoint_updates, plan_records, plan_voters,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
-    MembershipEvent, MembershipEvents, RaftRole, ShortId, keys, member::tag,
+    MembershipEvent, MembershipEvents, RaftRole, ShortId, keys, keys::MemberRecords, member::tag,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::grid::{self, GridHub};
+use crate::proof::MemberProofs;
 
-/// How often grid events and the own short id are compared with the state machine.
-const GRID_REFRESH: Duration = Duration::from_millis(100);
+/// The time of the departure clock: tokio's, so that tests can pause it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Settings of the housekeeping.
 #[derive(Debug, Clone)]
@@ -37,12 +41,8 @@ pub(crate) struct Settings {
     pub failure_grace: Duration,
     pub short_id_reap: Duration,
     pub interval: Duration,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Departure {
-    Left,
-    Failed(Instant),
+    /// Proofs of a member certificate on a gossip member's raft endpoint.
+    pub proofs: Arc<MemberProofs>,
 }
 
 pub(crate) struct Housekeeper<M, S> {
@@ -51,7 +51,7 @@ pub(crate) struct Housekeeper<M, S> {
     store: Arc<S>,
     settings: Settings,
     grid: GridHub,
-    departures: HashMap<MemberId, Departure>,
+    departures: Departures,
     published: (Option<RaftRole>, Option<ShortId>),
     own_short_id: watch::Sender<Option<ShortId>>,
     last_raft: Option<(Option<MemberId>, BTreeSet<MemberId>, BTreeSet<MemberId>)>,
@@ -75,7 +75,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             store,
             settings,
             grid,
-            departures: HashMap::new(),
+            departures: Departures::new(),
             published: (None, None),
             own_short_id,
             last_raft: None,
@@ -89,10 +89,13 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         let mut status = self.store.status_changes();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Short ids are applied with the log; a quick, cheap look keeps grid
-        // events close behind without waking on every write.
-        let mut grid_tick = tokio::time::interval(GRID_REFRESH);
-        grid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A short id changes together with the cluster's records (an
+        // allocation is followed by the member's record, a forced leave
+        // deletes it): following the records' changes keeps grid events and
+        // the own short id in step with the state machine, without polling
+        // and without re-reading short ids on user writes.
+        let mut records = self.store.watch(keys::RESERVED_PREFIX);
+        let mut records_open = true;
         loop {
             tokio::select! {
                 biased;
@@ -101,7 +104,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                     Some(event) => self.track(&event),
                     None => break,
                 },
-                _ = grid_tick.tick() => {
+                change = records.recv(), if records_open => {
+                    // A change, or missed changes (lagged): read the state again either way.
+                    records_open = change.is_some();
                     self.refresh_short_ids();
                     continue;
                 }
@@ -120,6 +125,8 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                     self.last_raft = Some(raft);
                 }
                 _ = tick.tick() => {}
+                // A grace or reap timeout ends: act on it now, not a tick later.
+                _ = tokio::time::sleep_until(self.next_deadline()) => {}
             }
             self.refresh_short_ids();
             self.publish_own_tags().await;
@@ -131,23 +138,18 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         debug!(member = %self.me, "housekeeping stopped");
     }
 
-    fn track(&mut self, event: &MembershipEvent) {
-        match event {
-            MembershipEvent::Joined(m) | MembershipEvent::Updated(m) => {
-                self.departures.remove(&m.id);
-            }
-            MembershipEvent::Left(m) => {
-                self.departures.insert(m.id, Departure::Left);
-            }
-            MembershipEvent::Failed(m) => {
-                self.departures.insert(m.id, Departure::Failed(Instant::now()));
-            }
-            MembershipEvent::Resync(live) => {
-                let live: BTreeSet<_> = live.iter().map(|m| m.id).collect();
-                self.departures.retain(|id, _| !live.contains(id));
-            }
-            _ => {}
+    /// When the departure clock next changes a decision, or far away.
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        match self.departures.next_deadline(now.into_std(), &self.timeouts()) {
+            Some(at) => tokio::time::Instant::from_std(at),
+            // No timer to wait for: an hour, then look again.
+            None => now + Duration::from_secs(3600),
         }
+    }
+
+    fn track(&mut self, event: &MembershipEvent) {
+        self.departures.observe(event, now());
     }
 
     /// Brings grid events and this member's own short id in line with the
@@ -257,40 +259,23 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         Ok(())
     }
 
-    fn health(&self, id: MemberId, live: &BTreeMap<MemberId, MemberInfo>, now: Instant) -> Health {
-        if id == self.me || live.contains_key(&id) {
-            return Health::Healthy;
+    fn timeouts(&self) -> DepartureTimeouts {
+        DepartureTimeouts {
+            failure_grace: self.settings.failure_grace,
+            short_id_reap: self.settings.short_id_reap,
         }
-        match self.departures.get(&id) {
-            Some(Departure::Left) => Health::Gone,
-            Some(Departure::Failed(at)) if now.duration_since(*at) >= self.settings.failure_grace => {
-                Health::Gone
-            }
-            _ => Health::Suspect,
-        }
-    }
-
-    fn released(&self, now: Instant) -> BTreeSet<MemberId> {
-        self.departures
-            .iter()
-            .filter(|(_, d)| match d {
-                Departure::Left => true,
-                Departure::Failed(at) => now.duration_since(*at) >= self.settings.short_id_reap,
-            })
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// One round of the leader's housekeeping.
     async fn reconcile(&mut self) {
-        let now = Instant::now();
+        let now = now();
         let live = self.admitted();
         let status = self.store.status();
         // A member in raft that gossip does not show, and whose departure this
         // member never saw (it became leader later): its clock starts now.
         for id in status.all_members() {
             if id != self.me && !live.contains_key(&id) {
-                self.departures.entry(id).or_insert(Departure::Failed(now));
+                self.departures.note_missing(id, now);
             }
         }
         // A member that restarted on other ports is reached at the new ones.
@@ -330,19 +315,33 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         // Forget departures that left no trace.
         let status = self.store.status();
         let short_ids = self.store.short_ids().unwrap_or_default();
-        self.departures.retain(|id, _| status.all_members().contains(id) || short_ids.contains_key(id));
+        let known = status.all_members();
+        self.departures.retain(|id| known.contains(&id) || short_ids.contains_key(&id));
     }
 
-    /// The live gossip members that pass admission ([`admit`]): only they
-    /// can become raft members, hold short ids or have records. A refusal is
-    /// logged once per member and reason; missing tags (a member starting) only at debug.
+    /// The live gossip members that pass admission ([`admit`]) and, with
+    /// TLS, proved a member certificate on their raft endpoint (unless raft
+    /// already reaches them there): only they can become raft members, hold
+    /// short ids or have records. A refusal is logged once per member and
+    /// reason; missing tags (a member starting) only at debug.
     fn admitted(&mut self) -> BTreeMap<MemberId, MemberInfo> {
         let mut admitted = BTreeMap::new();
         let mut refused = HashMap::new();
-        for m in self.membership.members() {
-            match admit(&m) {
+        let status = self.store.status();
+        let raft_addr_of = |id: &MemberId| {
+            status.voters.get(id).or_else(|| status.nonvoters.get(id)).map(|e| e.raft_addr.clone())
+        };
+        let members = self.membership.members();
+        for m in &members {
+            match admit(m) {
                 Ok(info) => {
-                    admitted.insert(m.id, info);
+                    let raft_addr = info.raft_addr();
+                    if m.id == self.me
+                        || raft_addr_of(&m.id).as_deref() == Some(raft_addr.as_str())
+                        || self.settings.proofs.proven(m.id, &raft_addr)
+                    {
+                        admitted.insert(m.id, info);
+                    }
                 }
                 Err(refusal) => {
                     let reason = refusal.to_string();
@@ -358,6 +357,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             }
         }
         self.refused = refused;
+        self.settings.proofs.retain(|id| members.iter().any(|m| m.id == *id));
         admitted
     }
 
@@ -380,7 +380,12 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 } else {
                     RaftMembership::Absent
                 },
-                health: match self.health(id, live, now) {
+                health: match self.departures.health(
+                    id,
+                    id == self.me || live.contains_key(&id),
+                    now,
+                    &self.timeouts(),
+                ) {
                     // In raft with a pending reset: kept, never promoted, not counted on.
                     Health::Healthy if pending.contains_key(&id) && status.all_members().contains(&id) => {
                         Health::Suspect
@@ -418,15 +423,11 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 .get_prefix(prefix)
                 .map(|kvs| kvs.iter().filter_map(|(k, _)| parse(k).ok()).collect::<BTreeSet<_>>())
         };
-        let recorded = self
-            .store
-            .get_prefix(keys::MEMBERS_PREFIX)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((keys::parse_member_key(&k).ok()?, MemberInfo::from_bytes(&v).ok()?)))
-            // A record filed under another member's id is not that member's:
-            // treated as absent, the planner rewrites it.
-            .filter(|(id, info): &(MemberId, MemberInfo)| info.member_id == *id)
-            .collect();
+        let records = MemberRecords::decode(self.store.get_prefix(keys::MEMBERS_PREFIX)?);
+        for (key, error) in &records.rejected {
+            // Treated as absent: the planner rewrites a member's record.
+            debug!(member = %self.me, %key, %error, "not a member record");
+        }
         let leader_key = self
             .store
             .get(keys::LEADER_KEY)?
@@ -439,11 +440,11 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             voters: status.voters.keys().copied().collect(),
             nonvoters: status.nonvoters.keys().copied().collect(),
             short_ids: self.store.short_ids()?,
-            recorded,
+            recorded: records.members,
             voter_keys: ids_under(keys::VOTERS_PREFIX, keys::parse_voter_key)?,
             nonvoter_keys: ids_under(keys::NONVOTERS_PREFIX, keys::parse_nonvoter_key)?,
             leader_key,
-            released: self.released(now),
+            released: self.departures.released(now, &self.timeouts()),
         };
         let plan = plan_records(&facts);
         let made = plan.len();
@@ -485,3 +486,6 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         Ok(made)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -82,6 +82,7 @@ mod http;
 mod http_tls;
 mod identity;
 mod metrics;
+mod proof;
 #[cfg(feature = "consensus-openraft")]
 mod reset;
 mod served;

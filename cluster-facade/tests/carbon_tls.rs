@@ -19,6 +19,7 @@ fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
         "member-2-key.pem",
         "client.pem",
         "client-key.pem",
+        "gossip.key",
     ] {
         let path = dir.path().join(name);
         assert!(path.exists(), "{name} written");
@@ -26,7 +27,7 @@ fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            if name.ends_with("-key.pem") {
+            if name.ends_with("-key.pem") || name == "gossip.key" {
                 assert_eq!(mode, 0o600, "{name} is private");
             }
         }
@@ -35,6 +36,9 @@ fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
     assert!(stdout.contains("--tls-cert"), "{stdout}");
     assert!(stdout.contains("CARBON_TLS_CA="), "{stdout}");
     assert!(!dir.path().join("member-3.pem").exists());
+    let key = std::fs::read_to_string(dir.path().join("gossip.key")).unwrap();
+    assert!(cluster_facade::GossipKey::from_base64(key.trim()).is_ok(), "gossip.key holds a key: {key}");
+    assert!(stdout.contains("CARBON_GOSSIP_KEY="), "{stdout}");
 
     // The certificates load, with the role each was made for.
     let tls = |cert: &str, key: &str| {
@@ -159,4 +163,126 @@ fn a_member_on_a_network_address_needs_tls_and_a_gossip_key_or_insecure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("client certificate"));
+}
+
+/// Runs `carbon` with `args` until `ok` holds for its output, or panics after a minute.
+fn eventually(
+    what: &str,
+    args: &[&str],
+    service: &str,
+    tls: &[String],
+    ok: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let out = client_within(args, service, tls, "5s");
+        let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
+        if out.status.success() && ok(&json) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: last answer {json} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn keyring(service: &str, tls: &[String]) -> serde_json::Value {
+    let out = client_cmd(&["keys", "list", "--json"], service, tls);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("keys list --json prints JSON")
+}
+
+#[test]
+fn carbon_keys_rotates_the_gossip_key_on_every_member_and_a_restarted_member_keeps_its_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(carbon().args(["tls", "init", "--members", "3"]).arg(&certs).status().unwrap().success());
+    let generate = || {
+        let out = carbon().args(["keys", "generate"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (old, new) = (generate(), generate());
+    let args = |i: usize, seed: Option<&str>| {
+        let mut a: Vec<String> = ["--host", "127.0.0.1", "--cluster-id", "tls-test", "--gossip-key", &old]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--data-dir".to_owned(), dir.path().join(format!("m{i}")).display().to_string()]);
+        a.extend(tls_flags(&certs, &format!("member-{i}")));
+        if let Some(seed) = seed {
+            a.extend(["--seed".to_owned(), seed.to_owned()]);
+        }
+        a
+    };
+    let first = Agent::spawn(&args(1, None));
+    let second = Agent::spawn(&args(2, Some(&first.gossip)));
+    let mut third = Agent::spawn(&args(3, Some(&first.gossip)));
+    let operator = tls_flags(&certs, "member-1");
+    let client = tls_flags(&certs, "client");
+    let all_alive = |v: &serde_json::Value| {
+        v.as_array().is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["liveness"] == "alive"))
+    };
+    eventually("three live members", &["members", "--json"], &first.service, &client, all_alive);
+
+    // Keys cross the wire only to a member certificate.
+    let refused = client_cmd(&["keys", "list"], &first.service, &client);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    let ring = keyring(&first.service, &operator);
+    assert_eq!(ring["members_answered"], 3, "{ring}");
+    assert_eq!(ring["keys"], serde_json::json!([{"key": old, "members": 3, "primary_on": 3}]));
+
+    // The rotation, each step on every member.
+    for step in [["keys", "install", &new], ["keys", "use", &new], ["keys", "remove", &old]] {
+        let out = client_cmd(&step, &second.service, &operator);
+        assert!(out.status.success(), "{step:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().filter(|l| l.ends_with(": done")).count(),
+            3,
+            "{step:?} on three members: {text}"
+        );
+    }
+    let ring = keyring(&third.service, &operator);
+    assert_eq!(ring["keys"], serde_json::json!([{"key": new, "members": 3, "primary_on": 3}]), "{ring}");
+
+    // The primary cannot be removed; a key nobody has cannot be used.
+    let primary = client_cmd(&["keys", "remove", &new], &first.service, &operator);
+    assert_eq!(primary.status.code(), Some(2), "{}", String::from_utf8_lossy(&primary.stderr));
+    assert!(String::from_utf8_lossy(&primary.stderr).contains("primary"));
+    let unknown = client_cmd(&["keys", "use", &generate()], &first.service, &operator);
+    assert_eq!(unknown.status.code(), Some(2), "{}", String::from_utf8_lossy(&unknown.stderr));
+
+    // Gossip on the new key alone: writes work through every member, nobody failed.
+    let set = client_cmd(&["kv", "set", "rotated", "yes"], &third.service, &client);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    eventually(
+        "three live members after the rotation",
+        &["members", "--json"],
+        &first.service,
+        &client,
+        all_alive,
+    );
+
+    // A member restarted with the old key on its command line keeps the ring
+    // it persisted, so it gets back in.
+    drop(third);
+    eventually("the third member seen gone", &["members", "--json"], &first.service, &client, |v| {
+        v.as_array().is_some_and(|m| m.iter().any(|m| m["liveness"] != "alive"))
+    });
+    third = Agent::spawn(&args(3, Some(&first.gossip)));
+    eventually("the restarted member back", &["members", "--json"], &first.service, &client, all_alive);
+    // Its record names its new service port once the leader updated it;
+    // until then `keys list` reaches two members.
+    let expected = serde_json::json!([{"key": new, "members": 3, "primary_on": 3}]);
+    eventually(
+        "every member's ring holds the new key only",
+        &["keys", "list", "--json"],
+        &third.service,
+        &operator,
+        |v| v["members_answered"] == 3 && v["keys"] == expected,
+    );
 }

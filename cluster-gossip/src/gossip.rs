@@ -305,4 +305,8 @@ impl Membership for Gossip {
     async fn stop(&self) -> cluster_core::Result<()> {
         Ok(Gossip::stop(self).await?)
     }
+
+    fn keyring_control(&self) -> Option<Arc<dyn cluster_core::KeyringControl>> {
+        self.keyring.clone().map(|k| Arc::new(k) as Arc<dyn cluster_core::KeyringControl>)
+    }
 }

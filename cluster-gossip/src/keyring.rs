@@ -106,6 +106,11 @@ impl GossipKey {
         STANDARD.encode(self.bytes)
     }
 
+    /// The raw key. This is the secret: keep it out of logs.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.bytes
+    }
+
     /// The key's public id.
     pub fn id(&self) -> KeyId {
         self.id
@@ -339,9 +344,60 @@ impl KeyringHandle {
     }
 }
 
+/// The service's keyring requests act on the live ring through this.
+impl cluster_core::KeyringControl for KeyringHandle {
+    fn list(&self) -> cluster_core::KeyringState {
+        let ring = self.keys();
+        cluster_core::KeyringState { keys: ring.keys().iter().map(|k| k.bytes).collect(), changed: false }
+    }
+
+    fn apply(&self, change: cluster_core::KeyringChange) -> cluster_core::Result<cluster_core::KeyringState> {
+        let key = GossipKey::from_bytes(*change.key());
+        let changed = match change {
+            cluster_core::KeyringChange::Install(_) => self.install(key)?,
+            cluster_core::KeyringChange::Use(_) => self.use_key(&key)?,
+            cluster_core::KeyringChange::Remove(_) => self.remove(&key)?,
+            // A change this member does not know: refuse it, naming it.
+            other => {
+                return Err(cluster_core::Error::BadRequest(format!(
+                    "this member does not know the keyring change {:?}",
+                    other.verb()
+                )));
+            }
+        };
+        Ok(cluster_core::KeyringState { changed, ..cluster_core::KeyringControl::list(self) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_changes_the_live_ring_and_its_file_through_keyring_control() {
+        use cluster_core::{KeyringChange, KeyringControl};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ring");
+        let (old, new) = (GossipKey::generate(), GossipKey::generate());
+        let ring = KeyringHandle::open(Some(Keyring::new(old.clone())), Some(file.clone())).unwrap().unwrap();
+        let control: &dyn KeyringControl = &ring;
+        assert_eq!(control.list().keys, vec![*old.as_bytes()]);
+        let installed = control.apply(KeyringChange::Install(*new.as_bytes())).unwrap();
+        assert!(installed.changed);
+        assert_eq!(installed.keys, vec![*old.as_bytes(), *new.as_bytes()]);
+        assert!(!control.apply(KeyringChange::Install(*new.as_bytes())).unwrap().changed, "installed twice");
+        assert!(control.apply(KeyringChange::Use(*new.as_bytes())).unwrap().changed);
+        let refused = control.apply(KeyringChange::Remove(*new.as_bytes()));
+        assert!(matches!(refused, Err(cluster_core::Error::BadRequest(_))), "{refused:?}");
+        let unknown = control.apply(KeyringChange::Use([9; 32]));
+        assert!(matches!(unknown, Err(cluster_core::Error::BadRequest(_))), "{unknown:?}");
+        assert_eq!(
+            control.apply(KeyringChange::Remove(*old.as_bytes())).unwrap().keys,
+            vec![*new.as_bytes()]
+        );
+        // What the service changed is what the member reads back after a restart.
+        assert_eq!(Keyring::load(&file).unwrap().unwrap().keys(), &[new]);
+    }
 
     #[test]
     fn base64_round_trip_and_bad_keys() {

@@ -85,3 +85,38 @@ impl Security {
         }
     }
 }
+
+impl Security {
+    /// Proves that whoever listens at `addr` holds a member certificate of
+    /// this cluster's CA: a TLS handshake in which the server's certificate
+    /// must chain to the CA and carry the member role. Nothing is sent after
+    /// it. Over plain TCP nobody can prove anything, and nothing is asked:
+    /// `Ok` at once (a cluster without TLS trusts its network).
+    ///
+    /// The leader asks this of a gossip member's raft endpoint before it
+    /// makes the member a raft member: gossip tags are only what a member
+    /// claims, a certificate is what the cluster's CA signed.
+    pub async fn prove_member(
+        &self,
+        addr: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::RpcError> {
+        use crate::RpcError;
+        if !self.is_tls() {
+            return Ok(());
+        }
+        let timed_out =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
+        let by = tokio::time::Instant::now() + timeout;
+        let tcp = match tokio::time::timeout_at(by, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => return Err(RpcError::Connect { addr: addr.to_owned(), source }),
+            Err(_) => return Err(RpcError::Connect { addr: addr.to_owned(), source: timed_out("connect") }),
+        };
+        match tokio::time::timeout_at(by, self.connect(tcp)).await {
+            Ok(Ok(_proven)) => Ok(()),
+            Ok(Err(source)) => Err(RpcError::Handshake { addr: addr.to_owned(), source }),
+            Err(_) => Err(RpcError::Handshake { addr: addr.to_owned(), source: timed_out("TLS handshake") }),
+        }
+    }
+}

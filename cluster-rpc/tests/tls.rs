@@ -135,3 +135,44 @@ async fn a_reloaded_certificate_serves_new_connections_without_a_restart() {
     assert_eq!(answer, Said::Caller(Some(Role::Member)));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_member_certificate_of_this_ca_proves_membership() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let other = CertificateAuthority::generate(CLUSTER).expect("another ca");
+    let ours = Security::Tls(tls(&ca, Role::Member, "leader"));
+    let short = Duration::from_secs(2);
+
+    let (member, _) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    ours.prove_member(&member.local_addr().to_string(), DEADLINE).await.expect("a member proves it");
+
+    // A member certificate of another CA.
+    let (foreign, _) = start(Limits::default(), Security::Tls(tls(&other, Role::Member, "m1"))).await;
+    let e = ours.prove_member(&foreign.local_addr().to_string(), DEADLINE).await.expect_err("another CA");
+    assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
+
+    // A port that speaks no TLS at all: it accepts and stays silent.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let e = ours.prove_member(&silent_addr, short).await.expect_err("no TLS");
+    assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
+    hold.abort();
+
+    // Nobody listening.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed_addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let e = ours.prove_member(&closed_addr, short).await.expect_err("nobody");
+    assert!(matches!(e, RpcError::Connect { .. }), "{e:?}");
+
+    // Without TLS nothing can be proven, and nothing is asked.
+    Security::Plain.prove_member(&closed_addr, short).await.expect("plain asks nothing");
+    member.shutdown().await;
+    foreign.shutdown().await;
+}

@@ -12,6 +12,8 @@
 //! - Operator commands (a forced leave): a member certificate with TLS;
 //!   without TLS, anyone who reaches the port — a cluster without TLS has
 //!   chosen to trust its network (loopback, or `--insecure`).
+//! - Gossip keyring requests: members only (a member certificate). A gossip
+//!   key lets its holder into the membership, so it never crosses plain TCP.
 //! - Reads are open to every caller: the records are what `carbon members`
 //!   shows, and they carry no secret.
 //! - An empty key is nobody's.
@@ -61,6 +63,9 @@ pub fn required_access(request: &Request) -> Result<Access> {
         | Request::Liveness
         | Request::Export => Ok(Access::Anyone),
         Request::ForceLeave { .. } => Ok(Access::Operator),
+        // Gossip keys let their holder into the membership: members only,
+        // and never over plain TCP, where they would cross the wire in the clear.
+        Request::KeyringList | Request::KeyringChange(_) => Ok(Access::Member),
         Request::Write(write) => match &write.op {
             WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
                 key_access(key)

@@ -8,17 +8,18 @@
 //!   [`ConsensusStore`](cluster_core::ConsensusStore): local reads, and writes
 //!   and consistent reads when the member leads (else it answers
 //!   [`Error::NotLeader`](cluster_core::Error::NotLeader) with the leader it knows).
-//! - [`Proxy`] is the store handle a member gives its users: it runs writes
-//!   and consistent reads locally when the member leads, forwards them to the
-//!   leader otherwise, and retries across leader changes until
-//!   [`ProxyOptions::op_timeout`].
-//! - [`ServiceClient`] reaches a cluster from any program, given some members'
-//!   service addresses.
-//! - Watches: [`ServiceClient::watch`] streams the changes under a prefix
-//!   from a revision on (a streamed [`Request::Watch`]) and goes on at another
-//!   member when its member dies, from the last revision seen + 1;
-//!   [`Proxy::watch`] does the same from the member's own store. A revision a
-//!   member no longer remembers is refused with
+//! - [`Router`] is the one leader-routed key-value store, with one options
+//!   struct ([`RouterOptions`]) and one retry loop, in two forms:
+//!   [`Proxy`] ([`Router::local`]), the store handle a member gives its
+//!   users, runs writes and consistent reads on the member's own store when
+//!   it leads (a direct call, no wire request) and forwards them to the
+//!   leader otherwise; [`ServiceClient`] ([`Router::remote`]) reaches a
+//!   cluster from any program, given some members' service addresses. Both
+//!   retry across leader changes until [`RouterOptions::op_timeout`].
+//! - Watches: [`Router::watch`] streams the changes under a prefix from a
+//!   revision on; a client's watch (a streamed [`Request::Watch`]) goes on
+//!   at another member when its member dies, from the last revision seen + 1.
+//!   A revision a member no longer remembers is refused with
 //!   [`Error::Compacted`](cluster_core::Error::Compacted), never skipped.
 //! - [`protocol`] is what travels: [`Request`] and [`Response`] in core's
 //!   [wire frames](cluster_core::wire) (cluster id, version, size limit, request ids).
@@ -26,7 +27,8 @@
 //! Every write carries a [`ClientRequestId`](cluster_core::ClientRequestId)
 //! reused by all its retries, so a write whose answer was lost and that is
 //! retried at a new leader is applied at most once and answers as the first
-//! attempt did. Client and proxy share one retry loop ([`Backoff`]).
+//! attempt did. The errors are core's [`Error`](cluster_core::Error), as
+//! members answer them.
 //!
 //! Bad input never panics a server: a frame it cannot read is answered with a
 //! typed error under its request id (a foreign cluster id, another protocol
@@ -46,7 +48,7 @@
 //! use cluster_consensus::RaftStore;
 //! use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 //! use cluster_core::{ConsensusConfig, ConsensusStore, Error, MemberId, RaftTiming};
-//! use cluster_service::{ClientOptions, Proxy, ProxyOptions, ServerConfig, ServiceClient, ServiceServer};
+//! use cluster_service::{Router, RouterOptions, ServerConfig, ServiceServer};
 //! use tokio::net::TcpListener;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -75,13 +77,13 @@
 //! let server = ServiceServer::serve(listener, store.clone(), ServerConfig::new("demo"))?;
 //!
 //! // …and gives its users a proxy: it works whoever leads, and waits out elections.
-//! let kv = Proxy::new(store.clone(), ProxyOptions::new("demo"));
+//! let kv = Router::local(store.clone(), RouterOptions::new("demo"));
 //! assert!(kv.set("greeting", "hello").await?);
 //! assert_eq!(kv.consistent_get("greeting").await?, Some(b"hello".to_vec()));
 //! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
 //!
 //! // Any program reaches the cluster with some members' service addresses.
-//! let client = ServiceClient::new([server.local_addr().to_string()], ClientOptions::new("demo"))?;
+//! let client = Router::remote([server.local_addr().to_string()], RouterOptions::new("demo"))?;
 //! assert!(!client.set("greeting", "hi").await?);
 //! assert_eq!(client.consistent_get("greeting").await?, Some(b"hi".to_vec()));
 //! assert_eq!(client.status().await?.leader, Some(store.member_id()));
@@ -93,14 +95,16 @@
 //! ```
 
 pub mod authz;
-mod client;
+mod local;
 pub mod protocol;
-mod proxy;
+mod remote;
 mod retry;
+mod router;
 mod server;
 
-pub use client::{ClientOptions, ServiceClient};
 pub use protocol::{Request, Response};
-pub use proxy::{Proxy, ProxyOptions};
 pub use retry::Backoff;
+pub use router::{
+    ClientOptions, Local, Proxy, ProxyOptions, Remote, Router, RouterOptions, ServiceClient, Target,
+};
 pub use server::{ServerConfig, ServiceServer, execute, members};

@@ -12,8 +12,8 @@ use cluster_core::wire::WireCodec;
 use std::collections::BTreeMap;
 
 use cluster_core::{
-    ConsensusStatus, Error, Liveness, MemberId, MemberInfo, Result, WatchEvent, WriteOutcome, WriteRequest,
-    keys,
+    ConsensusStatus, Error, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo, Result, WatchEvent,
+    WriteOutcome, WriteRequest, keys,
 };
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,12 @@ pub enum Request {
         /// The prefix.
         prefix: String,
     },
+    /// The gossip keyring of the member asked (members only: it holds keys).
+    KeyringList,
+    /// Changes the gossip keyring of the member asked, persisting it (members
+    /// only). A rotation is install on every member, use on every member,
+    /// remove on every member: `carbon keys` sends each step to each member.
+    KeyringChange(KeyringChange),
 }
 
 impl Request {
@@ -94,6 +100,8 @@ impl Request {
             Request::Liveness => "liveness",
             Request::Watch { .. } => "watch",
             Request::GetPrefixWithRevision { .. } => "get prefix with revision",
+            Request::KeyringList => "keyring list",
+            Request::KeyringChange(_) => "keyring change",
         }
     }
 
@@ -142,6 +150,8 @@ pub enum Response {
         /// The entries under the prefix, in key order.
         entries: Vec<(String, Vec<u8>)>,
     },
+    /// Answer to `KeyringList` and `KeyringChange`: the ring after it.
+    Keyring(KeyringState),
 }
 
 impl Response {
@@ -159,6 +169,7 @@ impl Response {
             Response::Err(_) => "error",
             Response::Event(_) => "event",
             Response::EntriesAt { .. } => "entries at",
+            Response::Keyring(_) => "keyring",
         }
     }
 }

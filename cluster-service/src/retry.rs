@@ -1,5 +1,5 @@
-//! The one retry loop of the crate, shared by [`ServiceClient`](crate::ServiceClient)
-//! and [`Proxy`](crate::Proxy): attempts bounded in time, an overall deadline,
+//! The one retry loop of the crate, run by [`Router`](crate::Router) for both
+//! its forms: attempts bounded in time, an overall deadline,
 //! backoff with jitter between attempts, and a quick hop when an answer names
 //! a new leader.
 
@@ -58,7 +58,7 @@ pub(crate) struct RetryPolicy {
 
 /// What an attempt knows about the attempts before it.
 #[derive(Debug, Clone)]
-pub(crate) struct Attempt {
+pub struct Attempt {
     /// 0 for the first attempt.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) number: u32,

@@ -10,7 +10,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, MemberInfo, Result, keys};
+use cluster_core::{
+    ConsensusStore, ConsensusStoreExt, Error, KeyringControl, MemberId, MemberInfo, Result, keys,
+};
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
@@ -26,6 +28,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Plain TCP or mutual TLS (members and clients are both accepted).
     pub security: Security,
+    /// This member's gossip keyring, for `KeyringList` and `KeyringChange`;
+    /// `None` when gossip is not encrypted (they are refused, saying so).
+    pub keyring: Option<Arc<dyn KeyringControl>>,
 }
 
 impl ServerConfig {
@@ -43,6 +48,18 @@ pub struct ServiceServer {
 
 struct ServiceHandler<S> {
     store: Arc<S>,
+    keyring: Option<Arc<dyn KeyringControl>>,
+}
+
+impl<S> ServiceHandler<S> {
+    fn keyring(&self) -> Result<&dyn KeyringControl> {
+        self.keyring.as_deref().ok_or_else(|| {
+            Error::BadRequest(
+                "this member's gossip is not encrypted: it has no keyring (start it with --gossip-key)"
+                    .to_owned(),
+            )
+        })
+    }
 }
 
 impl<S: ConsensusStore> Handler for ServiceHandler<S> {
@@ -54,6 +71,17 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
         if let Err(refused) = crate::authz::authorize(caller.role, &request) {
             tracing::debug!(peer = %caller.addr, kind = request.kind(), %refused, "request refused");
             return Box::pin(std::future::ready(Reply::One(Response::Err(refused))));
+        }
+        match request {
+            Request::KeyringList => {
+                let answer = self.keyring().map(|k| Response::Keyring(k.list()));
+                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
+            }
+            Request::KeyringChange(change) => {
+                let answer = self.keyring().and_then(|k| k.apply(change)).map(Response::Keyring);
+                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
+            }
+            _ => {}
         }
         let store = self.store.clone();
         if let Request::Watch { prefix, from_revision } = request {
@@ -90,7 +118,7 @@ impl ServiceServer {
         };
         // The server's tasks run in the member's span.
         let server = span
-            .in_scope(|| cluster_rpc::serve(listener, ServiceHandler { store }, rpc))
+            .in_scope(|| cluster_rpc::serve(listener, ServiceHandler { store, keyring: config.keyring }, rpc))
             .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         tracing::info!(%local_addr, "service listening");
         Ok(ServiceServer { server })
@@ -129,6 +157,9 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::Watch { .. } => {
             Err(Error::BadRequest("a watch is answered with a stream: ask for one".to_owned()))
         }
+        Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
+            "the gossip keyring is a member's own: ask that member's service port".to_owned(),
+        )),
     };
     result.unwrap_or_else(Response::Err)
 }
@@ -196,18 +227,13 @@ async fn force_leave<S: ConsensusStore>(store: &S, member: MemberId) -> Result<F
     Ok(ForceLeft { was_in_raft, held_short_id, had_record })
 }
 
-/// Every [`MemberInfo`] in the local store, in member-id order. Entries that
-/// do not decode are skipped (and logged): one bad record must not hide the others.
+/// Every [`MemberInfo`] in the local store, in member-id order, by the one
+/// policy of [`keys::MemberRecords`]: entries that are not records are
+/// skipped (and logged), so one bad record never hides the others.
 pub fn members<S: ConsensusStore>(store: &S) -> Result<Vec<MemberInfo>> {
-    let entries = store.get_prefix(keys::MEMBERS_PREFIX)?;
-    Ok(entries
-        .into_iter()
-        .filter_map(|(key, bytes)| match MemberInfo::from_bytes(&bytes) {
-            Ok(info) => Some(info),
-            Err(error) => {
-                tracing::warn!(%key, %error, "skipping a member record that does not decode");
-                None
-            }
-        })
-        .collect())
+    let records = keys::MemberRecords::decode(store.get_prefix(keys::MEMBERS_PREFIX)?);
+    for (key, error) in &records.rejected {
+        tracing::warn!(%key, %error, "skipping an entry that is not a member record");
+    }
+    Ok(records.members.into_values().collect())
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_core::{ConsensusStore, Error, MemberId, WriteOp, WriteOutcome, WriteRequest, keys};
@@ -96,4 +97,86 @@ async fn reads_stay_open_to_clients() {
     let prefix = ask(&as_client, &server, &Request::GetPrefix { prefix: keys::RESERVED_PREFIX.into() }).await;
     assert!(matches!(prefix, Response::Entries(_)), "{prefix:?}");
     server.shutdown().await;
+}
+
+/// A keyring in memory: the primary first.
+#[derive(Debug, Default)]
+struct FakeRing(std::sync::Mutex<Vec<[u8; 32]>>);
+
+impl cluster_core::KeyringControl for FakeRing {
+    fn list(&self) -> cluster_core::KeyringState {
+        cluster_core::KeyringState { keys: self.0.lock().unwrap().clone(), changed: false }
+    }
+
+    fn apply(&self, change: cluster_core::KeyringChange) -> cluster_core::Result<cluster_core::KeyringState> {
+        let mut ring = self.0.lock().unwrap();
+        let key = *change.key();
+        let changed = match change {
+            cluster_core::KeyringChange::Install(_) if !ring.contains(&key) => {
+                ring.push(key);
+                true
+            }
+            cluster_core::KeyringChange::Remove(_) if ring.first() == Some(&key) => {
+                return Err(Error::BadRequest("the primary key cannot be removed".into()));
+            }
+            cluster_core::KeyringChange::Remove(_) => {
+                let before = ring.len();
+                ring.retain(|k| *k != key);
+                ring.len() != before
+            }
+            _ => false,
+        };
+        Ok(cluster_core::KeyringState { keys: ring.clone(), changed })
+    }
+}
+
+async fn keyed_server(security: Security, ring: Option<Arc<FakeRing>>) -> ServiceServer {
+    let cluster = FakeCluster::new(1);
+    cluster.set_leader(Some(0));
+    let keyring = ring.map(|r| r as Arc<dyn cluster_core::KeyringControl>);
+    let config = ServerConfig { security, keyring, ..ServerConfig::new(CLUSTER) };
+    ServiceServer::bind("127.0.0.1:0", cluster.member(0), config).await.unwrap()
+}
+
+#[tokio::test]
+async fn gossip_keys_go_to_member_certificates_only_and_never_over_plain_tcp() {
+    use cluster_core::KeyringChange;
+    let ring = Arc::new(FakeRing(std::sync::Mutex::new(vec![[1; 32]])));
+    let install = Request::KeyringChange(KeyringChange::Install([2; 32]));
+
+    // Over plain TCP a keyring request is refused even where a keyring exists.
+    let plain = keyed_server(Security::Plain, Some(ring.clone())).await;
+    for request in [Request::KeyringList, install.clone()] {
+        let answer = ask(&raw_client(Security::Plain), &plain, &request).await;
+        assert!(matches!(answer, Response::Err(Error::Forbidden(_))), "{request:?} -> {answer:?}");
+    }
+    plain.shutdown().await;
+
+    // With TLS: a client certificate is refused, a member certificate is served.
+    let ca = CertificateAuthority::generate(CLUSTER).unwrap();
+    let server = keyed_server(tls(&ca, Role::Member), Some(ring.clone())).await;
+    let as_client = raw_client(tls(&ca, Role::Client));
+    let as_member = raw_client(tls(&ca, Role::Member));
+    for request in [Request::KeyringList, install.clone()] {
+        let answer = ask(&as_client, &server, &request).await;
+        assert!(matches!(answer, Response::Err(Error::Forbidden(_))), "{request:?} -> {answer:?}");
+    }
+    assert_eq!(ring.0.lock().unwrap().len(), 1, "a refused install changed nothing");
+    let answer = ask(&as_member, &server, &install).await;
+    assert!(
+        matches!(&answer, Response::Keyring(s) if s.changed && s.keys == vec![[1; 32], [2; 32]]),
+        "{answer:?}"
+    );
+    let primary = ask(&as_member, &server, &Request::KeyringChange(KeyringChange::Remove([1; 32]))).await;
+    assert!(matches!(primary, Response::Err(Error::BadRequest(_))), "{primary:?}");
+    server.shutdown().await;
+
+    // A member whose gossip is not encrypted says so.
+    let unkeyed = keyed_server(tls(&ca, Role::Member), None).await;
+    let answer = ask(&as_member, &unkeyed, &Request::KeyringList).await;
+    assert!(
+        matches!(&answer, Response::Err(Error::BadRequest(m)) if m.contains("--gossip-key")),
+        "{answer:?}"
+    );
+    unkeyed.shutdown().await;
 }

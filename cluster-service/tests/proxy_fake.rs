@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteRequest, keys};
-use cluster_service::{Backoff, Proxy, ProxyOptions, ServerConfig, ServiceServer};
+use cluster_service::{Backoff, Proxy, ProxyOptions, Request, Response, ServerConfig, ServiceServer};
 use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
 use tokio::net::TcpListener;
 
@@ -54,6 +54,9 @@ async fn a_follower_forwards_every_operation_to_the_leader() {
     assert_eq!(proxy.members().unwrap(), vec![info]);
     // Every write ran on the leader; the follower refused none (the proxy asked the leader directly).
     assert_eq!(cluster.member(0).refusals.load(Ordering::SeqCst), 0);
+    // A set, a consistent get, a cas, a delete and the record went out; the
+    // delete of a reserved key was refused before it left.
+    assert_eq!(proxy.forwarded(), 5);
     server.shutdown().await;
 }
 
@@ -68,6 +71,33 @@ async fn the_leader_runs_operations_locally() {
     let mut watch = std::pin::pin!(watch_proxy.watch("k", None));
     assert!(!proxy.set("k", "w").await.unwrap());
     assert_eq!(futures::StreamExt::next(&mut watch).await.unwrap().unwrap().value, Some(b"w".to_vec()));
+    assert_eq!(proxy.forwarded(), 0);
+}
+
+#[tokio::test]
+async fn a_proxy_sends_admin_requests_to_the_leader_and_answers_the_others_itself() {
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(Some(1));
+    let server = serve(&cluster, 1).await;
+    let proxy = Proxy::new(cluster.member(0), options());
+    assert!(proxy.set("k", "v").await.unwrap());
+    let before = proxy.forwarded();
+    // An export needs the leader: it goes to the leader's service.
+    match proxy.request(Request::Export).await.unwrap() {
+        Response::Export { entries, .. } => assert!(entries.contains(&("k".into(), b"v".to_vec()))),
+        other => panic!("an export answered with {other:?}"),
+    }
+    assert_eq!(proxy.forwarded(), before + 1);
+    // A status is this member's own: answered here.
+    match proxy.request(Request::Status).await.unwrap() {
+        Response::Status(status) => assert_eq!(status.member_id, cluster.member(0).id),
+        other => panic!("a status answered with {other:?}"),
+    }
+    assert_eq!(proxy.forwarded(), before + 1);
+    // An error answer is an error, not an answer.
+    let watch = Request::Watch { prefix: "k".into(), from_revision: None };
+    assert!(matches!(proxy.request(watch).await, Err(Error::BadRequest(_))));
+    server.shutdown().await;
 }
 
 #[tokio::test]

@@ -297,11 +297,17 @@ async fn a_retry_after_a_lost_answer_reuses_the_request_id_and_gets_the_first_an
     let c = client(&server);
     // The first attempt creates the key; its answer (created) is what the caller sees.
     assert!(c.set("once", "v").await.unwrap());
+    // A write sent as a raw request gets an id too.
+    cluster.shared().lose_answers = 2;
+    match c.request(Request::Write(WriteRequest::set("raw", "v"))).await.unwrap() {
+        Response::Written(outcome) => assert!(outcome.into_created().unwrap()),
+        other => panic!("a write answered with {other:?}"),
+    }
     {
         let s = cluster.shared();
-        assert_eq!(s.applied, 1);
-        assert_eq!(s.arrivals.len(), 1, "one request id for all attempts");
-        assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(s.applied, 2);
+        assert_eq!(s.arrivals.len(), 2, "one request id for all attempts of a write");
+        assert_eq!(s.arrivals.values().copied().collect::<Vec<_>>(), vec![3, 3]);
     }
     server.shutdown().await;
 }

@@ -1,8 +1,9 @@
 //! Admission: what a gossip member must show before the leader makes it a
 //! raft member, gives it a short id or records it. Nothing from gossip is
 //! trusted: an encrypted gossip keeps outsiders out, but a member's tags are
-//! still only what it claims. (A proof of a member certificate on its raft
-//! endpoint comes with TLS.)
+//! still only what it claims. With TLS the facade's housekeeping also asks
+//! the member's raft endpoint to prove a member certificate of the cluster's
+//! CA (`cluster_rpc::Security::prove_member`) before it admits it.
 
 use std::net::IpAddr;
 

@@ -2,12 +2,14 @@
 //! the facade's housekeeping only carries them out. Tested by simulation.
 
 pub mod admission;
+pub mod departures;
 pub mod endpoints;
 pub mod records;
 pub mod short_id;
 pub mod voters;
 
 pub use admission::{Refusal, admit};
+pub use departures::{Departure, DepartureTimeouts, Departures};
 pub use endpoints::plan_endpoint_updates;
 pub use records::{RecordChange, RecordFacts, plan_records};
 pub use short_id::lowest_free_short_id;

@@ -15,3 +15,7 @@ pub mod wait;
 
 pub use trace::init_tracing;
 pub use wait::{DEADLINE, wait_until, wait_until_blocking};
+
+// The fakes of the backend contracts and the suites that check them.
+pub mod contract;
+pub mod fakes;

@@ -154,12 +154,20 @@ pub(crate) struct ForceLeaveArgs {
 }
 
 pub(crate) fn client(t: &Target) -> Result<ServiceClient, Failure> {
+    client_of(t, t.services.iter().cloned())
+}
+
+/// A client of `addrs` with `t`'s cluster id, timeout and TLS.
+pub(crate) fn client_of(
+    t: &Target,
+    addrs: impl IntoIterator<Item = String>,
+) -> Result<ServiceClient, Failure> {
     let mut options = ClientOptions::new(t.cluster_id.clone());
     options.op_timeout = t.timeout;
     options.attempt_timeout = options.attempt_timeout.min(t.timeout);
     options.connect_timeout = options.connect_timeout.min(t.timeout);
     options.security = t.tls.security()?;
-    ServiceClient::new(t.services.iter().cloned(), options).map_err(|e| Failure::usage(e.to_string()))
+    ServiceClient::new(addrs, options).map_err(|e| Failure::usage(e.to_string()))
 }
 
 /// Maps a store error to the exit code scripts rely on, with a message that
@@ -187,6 +195,11 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
         // certificate for the cluster's records): fix the configuration.
         Error::Forbidden(_) => Failure::usage(e.to_string()),
         Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
+        // A --from-revision older than the member remembers: the user can
+        // start again from the current state.
+        Error::Compacted { .. } => Failure::usage(format!(
+            "{e}: read the prefix again (`carbon kv list PREFIX --json` gives its revision) and watch from that revision + 1"
+        )),
         other => Failure::other(anyhow::Error::new(other)),
     }
 }
@@ -241,12 +254,12 @@ pub(crate) async fn ask(t: &Target, c: &ServiceClient, r: Request) -> Result<Res
     }
 }
 
-fn unexpected(what: &str, r: &Response) -> Failure {
+pub(crate) fn unexpected(what: &str, r: &Response) -> Failure {
     Failure::other(anyhow::anyhow!("{what} was answered with {}", r.kind()))
 }
 
 /// The members, by short id (members without one last), with gossip's liveness.
-async fn members_with_liveness(
+pub(crate) async fn members_with_liveness(
     t: &Target,
     c: &ServiceClient,
 ) -> Result<(Vec<MemberInfo>, BTreeMap<MemberId, Liveness>), Failure> {
@@ -497,6 +510,20 @@ pub(crate) async fn force_leave(args: ForceLeaveArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_compacted_watch_start_is_the_users_to_fix() {
+        let t = Target {
+            services: vec!["127.0.0.1:1".into()],
+            cluster_id: "c".into(),
+            timeout: Duration::from_secs(1),
+            json: false,
+            tls: crate::tls::TlsArgs::default(),
+        };
+        let f = failed(&t, Error::Compacted { requested: 3, oldest: 900 }).await;
+        assert_eq!(f.code, crate::exit::USAGE);
+        assert!(f.message.contains("900") && f.message.contains("kv list"), "{}", f.message);
+    }
 
     #[test]
     fn durations_and_addresses_parse_or_are_refused() {

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             Command::Snapshot(cmd) => snapshot::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Tls(cmd) => tls::run(cmd),
-            Command::Keys(cmd) => keys::run(cmd),
+            Command::Keys(cmd) => keys::run(cmd).await,
         }
     });
     match result {

@@ -7,13 +7,16 @@ use cluster_facade::rpc::tls::TlsFiles;
 use cluster_facade::rpc::tls::generate::write_bundle;
 use cluster_facade::rpc::{Security, Tls};
 
+use cluster_facade::GossipKey;
+
 use crate::exit::Failure;
 
 /// `carbon tls` operations.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TlsCommand {
-    /// Write a new CA, member certificates and one client certificate into DIR
-    /// (private keys mode 0600; existing files are never overwritten).
+    /// Write a new CA, member certificates, one client certificate and a
+    /// gossip key (`gossip.key`) into DIR (secrets mode 0600; existing files
+    /// are never overwritten).
     Init {
         /// The directory to write into (created if missing).
         dir: PathBuf,
@@ -46,16 +49,27 @@ fn init(dir: &Path, members: usize, cluster_id: &str) -> Result<(), Failure> {
     if members == 0 {
         return Err(Failure::usage("--members must be at least 1"));
     }
+    let gossip_key = dir.join(GOSSIP_KEY_FILE);
+    if gossip_key.exists() {
+        return Err(Failure::usage(format!("{} exists already: nothing written", gossip_key.display())));
+    }
     let bundle = write_bundle(dir, cluster_id, members).map_err(|e| Failure::usage(e.to_string()))?;
+    write_secret(&gossip_key, &format!("{}\n", GossipKey::generate().to_base64()))
+        .map_err(|e| Failure::usage(format!("cannot write {}: {e}", gossip_key.display())))?;
     println!(
-        "wrote a CA, {members} member certificate{} and a client certificate to {} (private keys mode 0600)",
+        "wrote a CA, {members} member certificate{}, a client certificate and a gossip key to {} (secrets mode 0600)",
         if members == 1 { "" } else { "s" },
         dir.display()
     );
     println!();
-    println!("Each member runs with its own certificate:");
+    println!("Each member runs with its own certificate and the cluster's gossip key:");
     for (n, files) in bundle.members.iter().enumerate() {
-        println!("  member {}: carbon agent {} ...", n + 1, flags(files));
+        println!(
+            "  member {}: CARBON_GOSSIP_KEY=$(cat {}) carbon agent {} ...",
+            n + 1,
+            gossip_key.display(),
+            flags(files)
+        );
     }
     println!();
     println!("Client commands take the client certificate, as flags or from the environment:");
@@ -69,6 +83,19 @@ fn init(dir: &Path, members: usize, cluster_id: &str) -> Result<(), Failure> {
     println!();
     println!("Keep {} off the members: whoever holds it can make members.", bundle.ca_key.display());
     Ok(())
+}
+
+/// The gossip key `init` writes beside the certificates.
+const GOSSIP_KEY_FILE: &str = "gossip.key";
+
+/// Writes a new file only its owner reads; never overwrites one.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// The TLS options every command that talks to members takes: the three

@@ -1,0 +1,128 @@
+//! Admission with TLS: a gossip member that holds the cluster's gossip key
+//! but not a member certificate of its CA never becomes a raft member, a
+//! record or a short-id holder, however true its tags look.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::ready;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cluster_facade::core::member::tag;
+use cluster_facade::core::{GossipEncryption, MembershipConfig};
+use cluster_facade::rpc::tls::generate::CertificateAuthority;
+use cluster_facade::rpc::{Role, Security, Tls};
+use cluster_facade::{Cluster, ClusterConfig, GossipKey, MemberId, MemberInfo, Membership};
+use cluster_gossip::Gossip;
+use common::*;
+
+fn tls(ca: &CertificateAuthority, role: Role) -> Tls {
+    let c = ca.issue(role, "t").unwrap();
+    Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).unwrap()
+}
+
+fn member_config(ca: &CertificateAuthority, key: &GossipKey, seeds: Vec<String>) -> ClusterConfig {
+    let mut c = ClusterConfig { security: Security::Tls(tls(ca, Role::Member)), ..config(seeds, 3) };
+    c.gossip_keys.0 = vec![key.to_base64()];
+    c
+}
+
+/// A TLS port that completes handshakes with `tls`'s certificate and holds the connections.
+async fn tls_port(tls: Tls) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tls.acceptor().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                held.push(stream);
+            }
+        }
+    });
+    (port, task)
+}
+
+/// A gossip member with the cluster's key whose tags name `raft_port` as its raft endpoint.
+async fn impostor(key: &GossipKey, seed: &str, raft_port: u16, template: &ClusterConfig) -> Gossip {
+    let id = MemberId::generate();
+    let info = MemberInfo::new(id, "127.0.0.1", 1, raft_port, raft_port, raft_port);
+    let gossip = <Gossip as Membership>::start(MembershipConfig {
+        member_id: id,
+        generation: 1,
+        cluster_id: template.cluster_id.clone(),
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise_addr: None,
+        seeds: vec![seed.to_owned()],
+        gossip_interval: Duration::from_millis(template.gossip.interval_ms),
+        failure_detection: template.gossip.failure_detection(),
+        tags: info.to_tags(),
+        encryption: GossipEncryption { keys: vec![*key.as_bytes()], keyring_file: None },
+    })
+    .await
+    .unwrap();
+    // Its tags now name the address it gossips at, as a real member's do.
+    let port = gossip.gossip_addr().port().to_string();
+    Membership::set_tags(&gossip, BTreeMap::from([(tag::GOSSIP_PORT.to_owned(), port)])).await.unwrap();
+    gossip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gossip_member_without_a_member_certificate_is_never_admitted() {
+    init_tracing();
+    let ca = CertificateAuthority::generate("facade-test").unwrap();
+    let other = CertificateAuthority::generate("facade-test").unwrap();
+    let key = GossipKey::generate();
+    let first = Cluster::start(member_config(&ca, &key, vec![])).await.expect("starts");
+    let seed = first.addresses().gossip.to_string();
+    let mut members = vec![first];
+
+    // Two impostors with the gossip key: one's raft port shows a member
+    // certificate of another CA, the other's never speaks TLS.
+    let (foreign_port, foreign_task) = tls_port(tls(&other, Role::Member)).await;
+    let foreign = impostor(&key, &seed, foreign_port, members[0].config()).await;
+    let (plain_port, plain_task) = {
+        // A port that accepts and never speaks TLS.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (
+            port,
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    held.push(s);
+                }
+            }),
+        )
+    };
+    let silent = impostor(&key, &seed, plain_port, members[0].config()).await;
+    let impostors = [Membership::member_id(&foreign), Membership::member_id(&silent)];
+    wait_until(DEADLINE, "the leader sees both impostors in gossip", || {
+        ready({
+            let live = members[0].live_members();
+            impostors.iter().all(|id| live.iter().any(|m| m.member_id == *id))
+        })
+    })
+    .await;
+
+    // Real members join after them: the housekeeping that admits them has
+    // seen the impostors too.
+    for _ in 0..2 {
+        members.push(Cluster::start(member_config(&ca, &key, vec![seed.clone()])).await.expect("joins"));
+    }
+    wait_until(DEADLINE, "three members vote and are recorded", || ready(settled(&members, 3, 0))).await;
+    for m in &members {
+        let status = m.consensus_status();
+        let records = m.members().expect("records");
+        for id in impostors {
+            assert!(!status.all_members().contains(&id), "impostor {id} in raft");
+            assert!(records.iter().all(|r| r.member_id != id), "impostor {id} recorded");
+        }
+    }
+    Membership::stop(&foreign).await.unwrap();
+    Membership::stop(&silent).await.unwrap();
+    foreign_task.abort();
+    plain_task.abort();
+    shutdown_all(members).await;
+}

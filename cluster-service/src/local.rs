@@ -1,0 +1,137 @@
+//! [`Local`]: the target of a [`Proxy`], a member's own store. Local reads
+//! read it; writes and consistent reads call it directly when the member
+//! leads, and go to the leader's service otherwise (the leader named by the
+//! last "not leader" answer, else the one the store knows).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cluster_core::{ConsensusStatus, ConsensusStore, MemberId, MemberInfo, Result, WatchEvent};
+use futures::Stream;
+
+use crate::protocol::Response;
+use crate::retry::Attempt;
+use crate::router::{Call, Proxy, Route, Router, RouterOptions, sealed};
+use crate::server;
+
+/// A member's own store, as a [`Router`]'s target.
+pub struct Local<S> {
+    store: Arc<S>,
+}
+
+impl<S> std::fmt::Debug for Local<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
+}
+
+impl<S: ConsensusStore> sealed::Target for Local<S> {
+    /// The leader named by the last answer, else the one the local store knows.
+    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
+        let me = self.store.member_id();
+        if !call.needs_leader() {
+            return Route::Local(me);
+        }
+        if let Some(hint) = attempt.hint() {
+            if hint.member_id == me {
+                return Route::Local(me);
+            }
+            if let Some(addr) = hint.service_addr.as_ref().filter(|a| !a.is_empty()) {
+                return Route::Remote { addr: addr.clone(), leader: Some(hint.member_id) };
+            }
+        }
+        let status = self.store.status();
+        match (status.leader, status.leader_service_addr().filter(|a| !a.is_empty())) {
+            (Some(leader), _) if leader == me => Route::Local(me),
+            (Some(leader), Some(addr)) => Route::Remote { addr: addr.to_owned(), leader: Some(leader) },
+            _ => Route::NoLeader,
+        }
+    }
+
+    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
+        call.run_on(&*self.store)
+    }
+
+    /// Waits `delay`, or less if the local store knows a leader other than
+    /// the one `tried` (including one it learnt since that attempt).
+    async fn pause(&self, delay: Duration, tried: Option<MemberId>) {
+        let mut changes = self.store.status_changes();
+        let new_leader = async {
+            if changes.wait_for(|s| s.leader.is_some() && s.leader != tried).await.is_err() {
+                // The store stopped: no news will come, wait the full delay.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = new_leader => {}
+        }
+    }
+
+    fn watch(
+        router: &Router<Self>,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static {
+        let first = router.inner.target.store.watch_from(prefix, from_revision);
+        futures::stream::unfold(Some(first), |state| async move {
+            match state? {
+                Err(e) => Some((Err(e), None)),
+                Ok(mut watch) => match watch.recv().await? {
+                    Ok(event) => Some((Ok(event), Some(Ok(watch)))),
+                    Err(e) => Some((Err(e), None)),
+                },
+            }
+        })
+    }
+}
+
+impl<S: ConsensusStore> Proxy<S> {
+    /// A router over this member's `store`: the proxy the member gives its users.
+    pub fn local(store: Arc<S>, options: RouterOptions) -> Self {
+        Router::with_target(Local { store }, options)
+    }
+
+    /// [`Router::local`], by the proxy's name.
+    pub fn new(store: Arc<S>, options: RouterOptions) -> Self {
+        Self::local(store, options)
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.target.store
+    }
+
+    /// How many attempts (writes and consistent reads) this proxy sent to
+    /// another member because it did not lead; counts every retry.
+    pub fn forwarded(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// What this member knows about consensus now.
+    pub fn status(&self) -> ConsensusStatus {
+        self.store().status()
+    }
+
+    /// The local value of `key`: fast, possibly stale.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.store().get(key)
+    }
+
+    /// The local entries under `prefix`, in key order: fast, possibly stale.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.store().get_prefix(prefix)
+    }
+
+    /// The local entries under `prefix` with the revision they are of: a
+    /// [`watch`](Router::watch) from that revision + 1 misses and repeats nothing.
+    pub fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
+        self.store().get_prefix_with_revision(prefix)
+    }
+
+    /// The [`MemberInfo`] of every member in the local store.
+    pub fn members(&self) -> Result<Vec<MemberInfo>> {
+        server::members(&**self.store())
+    }
+}

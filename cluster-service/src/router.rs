@@ -1,0 +1,404 @@
+//! [`Router`]: the one leader-routed key-value store of the crate. Its two
+//! forms differ only in where an attempt goes ([`Target`]):
+//!
+//! - [`Local`] ([`Proxy`]): a member's own store. Local reads read it; writes
+//!   and consistent reads call it directly when the member leads, and go to
+//!   the leader's service otherwise.
+//! - [`Remote`] ([`ServiceClient`]): some members' service ports, from any
+//!   program. Reads of the local kind go to any member that answers; writes
+//!   and consistent reads go to the leader, found by following the "not
+//!   leader" answers.
+//!
+//! Both retry through the one loop of [`retry`](crate::retry) until
+//! [`RouterOptions::op_timeout`], and give every write a
+//! [`ClientRequestId`] that all its retries reuse, so a write whose answer
+//! was lost is applied once and every retry gets the first answer.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
+use cluster_core::{
+    CasOutcome, ClientRequestId, ConsensusStore, Error, MemberId, Result, WatchEvent, WriteOutcome,
+    WriteRequest,
+};
+use cluster_rpc::{Limits, Security};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{self, Request, Response};
+use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
+use crate::server;
+
+pub use crate::local::Local;
+pub use crate::remote::Remote;
+
+/// The RPC client of the service port: one multiplexed connection per member address.
+pub(crate) type ServiceRpc = cluster_rpc::Client<Request, Response>;
+
+/// How a [`Router`] connects, forwards and retries; the same for both forms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouterOptions {
+    /// The cluster the members belong to; frames carry it.
+    pub cluster_id: String,
+    /// The largest frame sent or accepted.
+    pub max_frame_len: usize,
+    /// How long connecting to one member may take.
+    pub connect_timeout: Duration,
+    /// How long one attempt (local or sent: connect, send, answer) may take.
+    pub attempt_timeout: Duration,
+    /// How long one operation may take, all its retries across leader changes included.
+    pub op_timeout: Duration,
+    /// The pauses between attempts; a [`Proxy`]'s pause ends early when its
+    /// member learns of a new leader.
+    pub backoff: Backoff,
+    /// Plain TCP or mutual TLS to the members' services (not in config
+    /// files: built from the TLS options).
+    #[serde(skip)]
+    pub security: Security,
+}
+
+/// The options of a [`Proxy`]: [`RouterOptions`].
+pub type ProxyOptions = RouterOptions;
+/// The options of a [`ServiceClient`]: [`RouterOptions`].
+pub type ClientOptions = RouterOptions;
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions::new("")
+    }
+}
+
+impl RouterOptions {
+    /// The defaults, for `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>) -> Self {
+        RouterOptions {
+            cluster_id: cluster_id.into(),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(15),
+            backoff: Backoff::default(),
+            security: Security::default(),
+        }
+    }
+
+    fn policy(&self, what: &'static str) -> RetryPolicy {
+        RetryPolicy {
+            what,
+            op_timeout: self.op_timeout,
+            attempt_timeout: self.attempt_timeout,
+            backoff: self.backoff.clone(),
+        }
+    }
+
+    fn rpc_client(&self) -> ServiceRpc {
+        ServiceRpc::new(cluster_rpc::ClientConfig {
+            cluster_id: self.cluster_id.clone(),
+            limits: Limits {
+                max_frame_len: self.max_frame_len,
+                connect_timeout: self.connect_timeout,
+                ..Limits::default()
+            },
+            security: self.security.clone(),
+        })
+    }
+}
+
+/// The store handle a member gives its users: a [`Router`] over the
+/// member's own store ([`Router::local`]).
+pub type Proxy<S> = Router<Local<S>>;
+
+/// A client of the cluster's forwarding service, from any program: a
+/// [`Router`] over some members' service ports ([`Router::remote`]).
+pub type ServiceClient = Router<Remote>;
+
+/// The consistent key-value store, reached from a member ([`Proxy`]) or from
+/// any program ([`ServiceClient`]). Every operation works whoever leads:
+/// writes and consistent reads reach the leader, across leader changes,
+/// until [`RouterOptions::op_timeout`].
+///
+/// Cheap to clone: clones share one connection per member address, which
+/// ends when the last clone is dropped.
+///
+/// Writes made with [`set`](Self::set), [`delete`](Self::delete) and
+/// [`compare_and_set`](Self::compare_and_set) refuse keys under
+/// `carbon-grid/` (reserved for the cluster); [`write`](Self::write), which
+/// the cluster itself uses, does not.
+pub struct Router<T> {
+    pub(crate) inner: Arc<Inner<T>>,
+}
+
+/// What the clones of a [`Router`] share.
+pub(crate) struct Inner<T> {
+    /// Where attempts go.
+    pub(crate) target: T,
+    pub(crate) opts: RouterOptions,
+    /// To members' service ports: the leader's, or any.
+    pub(crate) rpc: ServiceRpc,
+    /// Attempts sent to another member's service, for metrics.
+    pub(crate) sent: AtomicU64,
+}
+
+impl<T> Clone for Router<T> {
+    fn clone(&self) -> Self {
+        Router { inner: self.inner.clone() }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Router<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("target", &self.inner.target)
+            .field("options", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Router<T> {
+    pub(crate) fn with_target(target: T, options: RouterOptions) -> Self {
+        let rpc = options.rpc_client();
+        Router { inner: Arc::new(Inner { target, opts: options, rpc, sent: AtomicU64::new(0) }) }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &RouterOptions {
+        &self.inner.opts
+    }
+}
+
+impl<T: Target> Router<T> {
+    /// The linearizable value of `key`: read by the leader after it confirmed
+    /// its leadership with a quorum (read index), never from a local guess.
+    pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.run(Call::ConsistentGet(key.to_owned())).await?.into_value()
+    }
+
+    /// Sets `key`; true if it was created.
+    pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
+        self.write(protocol::user_write(WriteRequest::set(key, value))?).await?.into_created()
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        self.write(protocol::user_write(WriteRequest::delete(key))?).await?.into_existed()
+    }
+
+    /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        let request = WriteRequest::compare_and_set(key, expected, new);
+        self.write(protocol::user_write(request)?).await?.into_cas()
+    }
+
+    /// Any write, at the leader. A request without an id gets one; every
+    /// retry carries the same id, so the write is applied at most once and
+    /// a retry after a lost answer gets the first answer.
+    pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
+        request.request_id.get_or_insert_with(ClientRequestId::generate);
+        self.run(Call::Write(request)).await?.into_outcome()
+    }
+
+    /// Any request of the service protocol (the admin ones included: export,
+    /// force leave, liveness), where it can be served: at the leader when
+    /// [`Request::needs_leader`], else at this member ([`Proxy`]) or at any
+    /// member ([`ServiceClient`]); retried until the operation's deadline.
+    /// An error answer comes back as `Err`. A write gets a request id as in
+    /// [`write`](Self::write).
+    pub async fn request(&self, request: Request) -> Result<Response> {
+        match request {
+            Request::Write(write) => self.write(write).await.map(Response::Written),
+            other => self.run(Call::Other(other)).await,
+        }
+    }
+
+    /// Every change under `prefix`, from `from_revision` on (`None`: from
+    /// now), in revision order, past ones replayed first. It fails (and
+    /// ends) with [`Error::Compacted`] when no member it can watch remembers
+    /// the revision to go on from: list the prefix again (its revision says
+    /// where to watch from) and watch from there.
+    ///
+    /// A [`Proxy`] watches its own member's store, so it works whoever leads;
+    /// its stream also ends with [`Error::Lagged`] when its reader fell too
+    /// far behind, and ends when the store stops. A [`ServiceClient`]'s
+    /// stream outlives the member that serves it: when that member dies,
+    /// stops or drops a slow reader, the stream goes on at another member,
+    /// from the last revision it yielded + 1, with no gap and no repeat; it
+    /// fails with the last error when no member could be watched for
+    /// [`RouterOptions::op_timeout`].
+    pub fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static {
+        T::watch(self, prefix, from_revision)
+    }
+
+    /// Runs `call` where the target routes it, retried until the
+    /// operation's deadline. An error answer comes back as `Err`.
+    async fn run(&self, call: Call) -> Result<Response> {
+        let inner = &*self.inner;
+        // The leader the last attempt went to: a pause may end once another is known.
+        let tried: Mutex<Option<MemberId>> = Mutex::new(None);
+        retry(
+            &inner.opts.policy(call.what()),
+            |attempt| {
+                let route = inner.target.route(&call, &attempt);
+                *tried.lock().unwrap_or_else(|e| e.into_inner()) = route.leader();
+                let call = &call;
+                async move {
+                    match route {
+                        Route::Local(_) => inner.target.local(call).await,
+                        Route::Remote { addr, .. } => {
+                            inner.sent.fetch_add(1, Ordering::Relaxed);
+                            let answer = send(inner, &addr, &call.request()).await;
+                            inner.target.learn(&addr, call, &answer);
+                            answer
+                        }
+                        Route::NoLeader => Err(Error::NotLeader(None)),
+                    }
+                }
+            },
+            |delay| {
+                let tried = *tried.lock().unwrap_or_else(|e| e.into_inner());
+                inner.target.pause(delay, tried)
+            },
+        )
+        .await
+    }
+}
+
+/// Where a [`Router`]'s attempts go: [`Local`] or [`Remote`]. Sealed.
+pub trait Target: sealed::Target {}
+
+impl<T: sealed::Target> Target for T {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The routing of one form of [`Router`]; implemented by [`Local`] and
+    /// [`Remote`] only. The router runs the attempts; a target decides
+    /// where they go.
+    pub trait Target: Send + Sync + Sized + 'static {
+        /// Where the next attempt of `call` goes: for one that
+        /// [needs the leader](Call::needs_leader), the leader `attempt`
+        /// names, else the one this target knows.
+        fn route(&self, call: &Call, attempt: &Attempt) -> Route;
+
+        /// Runs `call` on this member's own store: asked only of a target
+        /// that routes to [`Route::Local`].
+        fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send;
+
+        /// Learns from the answer of the member at `addr` (the leader's address).
+        fn learn(&self, _addr: &str, _call: &Call, _answer: &Result<Response>) {}
+
+        /// Waits `delay` between two attempts, or less when it knows that a
+        /// leader other than `tried` was elected.
+        fn pause(&self, delay: Duration, _tried: Option<MemberId>) -> impl Future<Output = ()> + Send + '_ {
+            tokio::time::sleep(delay)
+        }
+
+        /// The stream behind [`Router::watch`].
+        fn watch(
+            router: &Router<Self>,
+            prefix: &str,
+            from_revision: Option<u64>,
+        ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static;
+    }
+}
+
+/// Where one attempt goes.
+pub enum Route {
+    /// This member's own store; the member id is this member's.
+    Local(MemberId),
+    /// The service of the member at `addr`.
+    Remote {
+        /// Its service address.
+        addr: String,
+        /// The member, when it is the leader this attempt follows.
+        leader: Option<MemberId>,
+    },
+    /// Nowhere: the call needs the leader and none is known.
+    NoLeader,
+}
+
+impl Route {
+    /// The leader this attempt goes to, when known.
+    fn leader(&self) -> Option<MemberId> {
+        match self {
+            Route::Local(me) => Some(*me),
+            Route::Remote { leader, .. } => *leader,
+            Route::NoLeader => None,
+        }
+    }
+}
+
+/// One operation of the store. A member's own store runs it by a direct
+/// call; another member is sent its [`Request`].
+pub enum Call {
+    /// A linearizable read of the key.
+    ConsistentGet(String),
+    /// A write, its request id set.
+    Write(WriteRequest),
+    /// A request of the protocol as the caller made it; a member's own store
+    /// runs it as the server would.
+    Other(Request),
+}
+
+impl Call {
+    /// For logs and error messages.
+    pub(crate) fn what(&self) -> &'static str {
+        match self {
+            Call::ConsistentGet(_) => "consistent get",
+            Call::Write(_) => "write",
+            Call::Other(request) => request.kind(),
+        }
+    }
+
+    /// True if only the leader can serve it.
+    pub(crate) fn needs_leader(&self) -> bool {
+        match self {
+            Call::ConsistentGet(_) | Call::Write(_) => true,
+            Call::Other(request) => request.needs_leader(),
+        }
+    }
+
+    /// The request that asks another member for it.
+    fn request(&self) -> Request {
+        match self {
+            Call::ConsistentGet(key) => Request::ConsistentGet { key: key.clone() },
+            Call::Write(write) => Request::Write(write.clone()),
+            Call::Other(request) => request.clone(),
+        }
+    }
+
+    /// Runs it on `store`, this member's own.
+    pub(crate) async fn run_on<S: ConsensusStore>(&self, store: &S) -> Result<Response> {
+        match self {
+            Call::ConsistentGet(key) => store.consistent_get(key).await.map(Response::Value),
+            Call::Write(write) => store.write(write.clone()).await.map(Response::Written),
+            Call::Other(request) => match server::execute(store, request.clone()).await {
+                Response::Err(e) => Err(e),
+                answer => Ok(answer),
+            },
+        }
+    }
+}
+
+/// Sends `request` to `addr` within the attempt timeout. An error answer
+/// comes back as `Err`; a member that is shutting down counts as unreachable.
+pub(crate) async fn send<T>(inner: &Inner<T>, addr: &str, request: &Request) -> Result<Response> {
+    match inner.rpc.call(addr, request, inner.opts.attempt_timeout).await {
+        Ok(Response::Err(Error::ShuttingDown)) => Err(Error::Unreachable(format!("{addr} is shutting down"))),
+        Ok(Response::Err(e)) => Err(e),
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(e.into_core()),
+    }
+}
