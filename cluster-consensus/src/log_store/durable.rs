@@ -69,7 +69,7 @@ const COMMITTED_SYNC_DELAY: std::time::Duration = std::time::Duration::from_mill
 /// The most changes handled in one round of the writer.
 const MAX_BATCH: usize = 4096;
 
-type Reply = oneshot::Sender<Result<(), String>>;
+type Reply = oneshot::Sender<Result<(), WriteError>>;
 
 enum Cmd {
     Append(Vec<Framed>, LogFlushed<TypeConfig>),
@@ -80,8 +80,56 @@ enum Cmd {
     Stop,
 }
 
-fn io(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// Why a change to the durable storage failed. The first failure stops the
+/// writer for good (raft must stop on this member: what is on disk no longer
+/// follows what raft was told), and every later change fails with
+/// [`WriteError::Failed`] naming it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The write-ahead log failed (a file system error, a record too large).
+    #[error("write-ahead log: {0}")]
+    Wal(#[source] Arc<WalError>),
+    /// The redb file (vote, purge point, snapshot) failed.
+    #[error("raft state file: {0}")]
+    Db(#[source] Arc<redb::Error>),
+    /// An earlier change failed; nothing is written after it.
+    #[error("an earlier write failed, so nothing more is written: {0}")]
+    Failed(#[source] Box<WriteError>),
+    /// The writer thread is gone (the storage was closed).
+    #[error("the durable storage is closed")]
+    Closed,
+}
+
+impl From<WalError> for WriteError {
+    fn from(e: WalError) -> Self {
+        WriteError::Wal(Arc::new(e))
+    }
+}
+
+impl WriteError {
+    /// The kind of the file system error underneath, if one is.
+    fn io_kind(&self) -> std::io::ErrorKind {
+        match self {
+            WriteError::Wal(e) => match &**e {
+                WalError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::InvalidData,
+            },
+            WriteError::Db(e) => match &**e {
+                redb::Error::Io(io) => io.kind(),
+                _ => std::io::ErrorKind::Other,
+            },
+            WriteError::Failed(first) => first.io_kind(),
+            WriteError::Closed => std::io::ErrorKind::BrokenPipe,
+        }
+    }
+}
+
+impl From<WriteError> for std::io::Error {
+    /// Keeps the file system's error kind (a full disk stays `StorageFull`)
+    /// and the whole chain as the source.
+    fn from(e: WriteError) -> Self {
+        std::io::Error::new(e.io_kind(), e)
+    }
 }
 
 /// What the message of every corruption error tells the operator to do.
@@ -306,7 +354,7 @@ struct Writer {
     db: Database,
     wal: Wal,
     /// After a failed write nothing more is written: raft must stop.
-    failed: Option<String>,
+    failed: Option<WriteError>,
     /// Appends written to the log, waiting for its sync.
     pending: Vec<LogFlushed<TypeConfig>>,
 }
@@ -357,19 +405,22 @@ impl Writer {
         if self.failed.is_none()
             && let Err(e) = self.wal.sync()
         {
-            self.fail(e.to_string());
+            self.fail(e.into());
         }
     }
 
-    fn fail(&mut self, error: String) {
+    fn fail(&mut self, error: WriteError) {
         if self.failed.is_none() {
             tracing::error!(%error, "durable raft storage failed; no further writes");
             self.failed = Some(error);
         }
     }
 
-    fn check(&self) -> Result<(), String> {
-        self.failed.clone().map_or(Ok(()), Err)
+    fn check(&self) -> Result<(), WriteError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(first) => Err(WriteError::Failed(Box::new(first.clone()))),
+        }
     }
 
     /// Makes the log written so far durable if appends wait for it, and
@@ -381,13 +432,13 @@ impl Writer {
         }
         let result = self.check();
         for done in self.pending.drain(..) {
-            done.log_io_completed(result.clone().map_err(io));
+            done.log_io_completed(result.clone().map_err(std::io::Error::from));
         }
     }
 
     /// Runs `op` after syncing what precedes it, unless the storage failed;
     /// a failure of `op` fails the storage.
-    fn ordered(&mut self, op: impl FnOnce(&mut Self) -> Result<(), String>) -> Result<(), String> {
+    fn ordered(&mut self, op: impl FnOnce(&mut Self) -> Result<(), WriteError>) -> Result<(), WriteError> {
         self.sync_now();
         self.flush();
         self.check()?;
@@ -404,7 +455,7 @@ impl Writer {
                 if self.failed.is_none() {
                     for r in &records {
                         if let Err(e) = self.wal.write(r) {
-                            self.fail(e.to_string());
+                            self.fail(e.into());
                             break;
                         }
                     }
@@ -415,7 +466,7 @@ impl Writer {
                 if self.failed.is_none()
                     && let Err(e) = self.wal.write_committed(c)
                 {
-                    self.fail(e.to_string());
+                    self.fail(e.into());
                 }
             }
             Cmd::Meta { key, value, reply } => {
@@ -424,14 +475,14 @@ impl Writer {
                 let _ = reply.send(result);
             }
             Cmd::Truncate(index, reply) => {
-                let result = self.ordered(|w| w.wal.truncate(index).map_err(|e| e.to_string()));
+                let result = self.ordered(|w| Ok(w.wal.truncate(index)?));
                 let _ = reply.send(result);
             }
             Cmd::Purge { index, log_id, reply } => {
                 let result = self.ordered(|w| {
                     // The purge point first: entries below it are then skipped on recovery.
                     w.put_meta(LAST_PURGED, &log_id)?;
-                    w.wal.purge(index).map_err(|e| e.to_string())
+                    Ok(w.wal.purge(index)?)
                 });
                 let _ = reply.send(result);
             }
@@ -439,14 +490,14 @@ impl Writer {
         }
     }
 
-    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), String> {
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), WriteError> {
         let commit = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             txn.open_table(META)?.insert(key, value)?;
             txn.commit()?;
             Ok(())
         };
-        commit().map_err(|e| e.to_string())
+        commit().map_err(|e| WriteError::Db(Arc::new(e)))
     }
 }
 
@@ -459,13 +510,13 @@ pub(crate) struct DurableWriter {
 
 impl DurableWriter {
     fn send(&self, cmd: Cmd) -> Result<(), std::io::Error> {
-        self.tx.send(cmd).map_err(|_| io("the durable storage is closed"))
+        self.tx.send(cmd).map_err(|_| WriteError::Closed.into())
     }
 
     async fn send_and_wait(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<(), std::io::Error> {
         let (reply, rx) = oneshot::channel();
         self.send(make(reply))?;
-        rx.await.map_err(|_| io("the durable storage is closed"))?.map_err(io)
+        Ok(rx.await.map_err(|_| WriteError::Closed)??)
     }
 
     pub(crate) fn append(
@@ -516,6 +567,6 @@ impl SnapshotVault for DurableWriter {
         let value = seal(snapshot)?;
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Meta { key: SEALED_SNAPSHOT, value, reply })?;
-        rx.blocking_recv().map_err(|_| io("the durable storage is closed"))?.map_err(io)
+        Ok(rx.blocking_recv().map_err(|_| WriteError::Closed)??)
     }
 }
