@@ -334,7 +334,7 @@ impl RaftStore {
 
         let listener = TcpListener::bind(config.raft_listen_addr)
             .await
-            .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.raft_listen_addr)))?;
+            .map_err(|e| Error::io(format_args!("cannot listen on {}", config.raft_listen_addr), &e))?;
         let raft_addr = listener.local_addr()?;
         let endpoints = Endpoints {
             raft_addr: advertised(&config.advertise_host, raft_addr.port()),

@@ -118,9 +118,15 @@ pub enum Error {
     /// A value that could not be encoded.
     #[error("encoding failed: {0}")]
     Encode(String),
-    /// An I/O error on a connection or a file.
-    #[error("i/o error: {0}")]
-    Io(String),
+    /// An I/O error on a connection or a file; `kind` keeps the operating
+    /// system's class of it (also across the wire), see [`Error::io_kind`].
+    #[error("i/o error: {detail}")]
+    Io {
+        /// What failed, as the OS reported it (e.g. address in use, refused).
+        kind: IoKind,
+        /// What was being done and the OS's message.
+        detail: String,
+    },
 
     // ---- consensus: retry elsewhere or later ----
     /// This member is not the leader; retry at the leader.
@@ -224,17 +230,224 @@ impl std::fmt::Display for Quota {
 
 impl Error {
     /// True for errors after which the same operation may succeed if retried
-    /// (possibly at another member): not leader, timeout, unreachable.
+    /// (possibly at another member): not leader, timeout, unreachable, a
+    /// membership change in progress.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Error::NotLeader(_) | Error::Timeout(_) | Error::Unreachable(_) | Error::MembershipChange(_)
         )
     }
+
+    /// What the caller can do about this error; see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidMemberId { .. }
+            | Error::InvalidShortId { .. }
+            | Error::InvalidRole { .. }
+            | Error::MissingTag { .. }
+            | Error::BadTag { .. }
+            | Error::BadKey { .. }
+            | Error::BadRequest(_) => ErrorKind::Invalid,
+            Error::FrameTooLarge { .. }
+            | Error::TruncatedFrame { .. }
+            | Error::BadMagic
+            | Error::VersionMismatch { .. }
+            | Error::ClusterMismatch { .. }
+            | Error::Malformed(_) => ErrorKind::Protocol,
+            Error::NotLeader(_) => ErrorKind::NotLeader,
+            Error::Timeout(_)
+            | Error::Unreachable(_)
+            | Error::ShuttingDown
+            | Error::MembershipChange(_)
+            | Error::Io { .. } => ErrorKind::Unavailable,
+            Error::Storage(_) | Error::CorruptState { .. } => ErrorKind::Storage,
+            Error::Lagged { .. } | Error::Compacted { .. } => ErrorKind::Resync,
+            Error::Forbidden(_) => ErrorKind::Forbidden,
+            Error::QuotaExceeded { .. } => ErrorKind::Quota,
+            Error::Encode(_) | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The operating system's class of an [`Error::Io`] (address in use,
+    /// connection refused, disk full, …); `None` for every other error.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { kind, .. } => Some((*kind).into()),
+            _ => None,
+        }
+    }
+
+    /// An [`Error::Io`] that says what was being done (`context`) and keeps
+    /// the error's kind.
+    pub fn io(context: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        Error::Io { kind: e.kind().into(), detail: format!("{context}: {e}") }
+    }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Io(e.to_string())
+        Error::Io { kind: e.kind().into(), detail: e.to_string() }
+    }
+}
+
+/// What a caller can do about an [`Error`]: the class that decides between
+/// retrying, fixing the request, and calling an operator. Match it with a
+/// wildcard arm: classes may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is wrong (a bad key, id, tag or argument): fix it;
+    /// retrying it as is will not help.
+    Invalid,
+    /// The peer speaks another protocol, version or cluster id: fix the
+    /// address or the configuration.
+    Protocol,
+    /// This member is not the leader; retry at the leader, which the error
+    /// names when known. The KV router does this on its own.
+    NotLeader,
+    /// Nothing answered in time, the member is stopping or reconfiguring, or
+    /// a connection failed: retry later or elsewhere. A write that failed
+    /// this way may or may not have taken effect.
+    Unavailable,
+    /// The caller's credentials (its certificate's role) do not allow it.
+    Forbidden,
+    /// A key, a value or the store would exceed its quota: shrink the write
+    /// or delete keys; reads and deletes still work.
+    Quota,
+    /// A watch missed changes (it fell behind, or its start revision is
+    /// compacted): read the prefix again and watch from that read's revision.
+    Resync,
+    /// This member's storage failed or its raft state is corrupt: it needs
+    /// an operator (see docs/recovery.md).
+    Storage,
+    /// A bug: something this member did not expect.
+    Internal,
+}
+
+/// The class of an I/O error, as [`std::io::ErrorKind`] has it, in a form
+/// that crosses the wire. Kinds without a counterpart here travel as
+/// [`IoKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum IoKind {
+    /// See [`std::io::ErrorKind::NotFound`].
+    NotFound,
+    /// See [`std::io::ErrorKind::PermissionDenied`].
+    PermissionDenied,
+    /// See [`std::io::ErrorKind::ConnectionRefused`].
+    ConnectionRefused,
+    /// See [`std::io::ErrorKind::ConnectionReset`].
+    ConnectionReset,
+    /// See [`std::io::ErrorKind::ConnectionAborted`].
+    ConnectionAborted,
+    /// See [`std::io::ErrorKind::NotConnected`].
+    NotConnected,
+    /// See [`std::io::ErrorKind::AddrInUse`].
+    AddrInUse,
+    /// See [`std::io::ErrorKind::AddrNotAvailable`].
+    AddrNotAvailable,
+    /// See [`std::io::ErrorKind::BrokenPipe`].
+    BrokenPipe,
+    /// See [`std::io::ErrorKind::AlreadyExists`].
+    AlreadyExists,
+    /// See [`std::io::ErrorKind::InvalidInput`].
+    InvalidInput,
+    /// See [`std::io::ErrorKind::InvalidData`].
+    InvalidData,
+    /// See [`std::io::ErrorKind::TimedOut`].
+    TimedOut,
+    /// See [`std::io::ErrorKind::UnexpectedEof`].
+    UnexpectedEof,
+    /// See [`std::io::ErrorKind::StorageFull`].
+    StorageFull,
+    /// See [`std::io::ErrorKind::HostUnreachable`].
+    HostUnreachable,
+    /// See [`std::io::ErrorKind::NetworkUnreachable`].
+    NetworkUnreachable,
+    /// Any other kind.
+    Other,
+}
+
+/// The pairs of [`IoKind`] and [`std::io::ErrorKind`], one list for both directions.
+const IO_KINDS: [(IoKind, std::io::ErrorKind); 17] = {
+    use std::io::ErrorKind as K;
+    [
+        (IoKind::NotFound, K::NotFound),
+        (IoKind::PermissionDenied, K::PermissionDenied),
+        (IoKind::ConnectionRefused, K::ConnectionRefused),
+        (IoKind::ConnectionReset, K::ConnectionReset),
+        (IoKind::ConnectionAborted, K::ConnectionAborted),
+        (IoKind::NotConnected, K::NotConnected),
+        (IoKind::AddrInUse, K::AddrInUse),
+        (IoKind::AddrNotAvailable, K::AddrNotAvailable),
+        (IoKind::BrokenPipe, K::BrokenPipe),
+        (IoKind::AlreadyExists, K::AlreadyExists),
+        (IoKind::InvalidInput, K::InvalidInput),
+        (IoKind::InvalidData, K::InvalidData),
+        (IoKind::TimedOut, K::TimedOut),
+        (IoKind::UnexpectedEof, K::UnexpectedEof),
+        (IoKind::StorageFull, K::StorageFull),
+        (IoKind::HostUnreachable, K::HostUnreachable),
+        (IoKind::NetworkUnreachable, K::NetworkUnreachable),
+    ]
+};
+
+impl From<std::io::ErrorKind> for IoKind {
+    fn from(kind: std::io::ErrorKind) -> Self {
+        IO_KINDS.iter().find(|(_, k)| *k == kind).map_or(IoKind::Other, |(ours, _)| *ours)
+    }
+}
+
+impl From<IoKind> for std::io::ErrorKind {
+    fn from(kind: IoKind) -> Self {
+        IO_KINDS.iter().find(|(ours, _)| *ours == kind).map_or(std::io::ErrorKind::Other, |(_, k)| *k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_kind_across_the_wire() {
+        let e = Error::io(
+            "cannot listen on 127.0.0.1:7000",
+            &std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        );
+        let bytes = bincode::serde::encode_to_vec(&e, bincode::config::standard()).unwrap();
+        let (back, _): (Error, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back.io_kind(), Some(std::io::ErrorKind::AddrInUse));
+        assert!(back.to_string().contains("cannot listen on 127.0.0.1:7000"), "{back}");
+        assert_eq!(back.kind(), ErrorKind::Unavailable);
+    }
+
+    #[test]
+    fn every_io_kind_maps_back_to_itself() {
+        for (ours, std) in IO_KINDS {
+            assert_eq!(IoKind::from(std), ours);
+            assert_eq!(std::io::ErrorKind::from(ours), std);
+        }
+        assert_eq!(IoKind::from(std::io::ErrorKind::Interrupted), IoKind::Other);
+    }
+
+    #[test]
+    fn kinds_say_what_the_caller_can_do() {
+        assert_eq!(Error::NotLeader(None).kind(), ErrorKind::NotLeader);
+        assert_eq!(Error::BadRequest("empty key".into()).kind(), ErrorKind::Invalid);
+        assert_eq!(Error::BadMagic.kind(), ErrorKind::Protocol);
+        assert_eq!(Error::Compacted { requested: 1, oldest: 5 }.kind(), ErrorKind::Resync);
+        assert_eq!(
+            Error::QuotaExceeded { quota: Quota::ValueBytes, size: 2, limit: 1 }.kind(),
+            ErrorKind::Quota
+        );
+        // Everything retryable is a class that says "try again".
+        for e in
+            [Error::Timeout("t".into()), Error::Unreachable("u".into()), Error::MembershipChange("m".into())]
+        {
+            assert!(e.is_retryable());
+            assert_eq!(e.kind(), ErrorKind::Unavailable);
+        }
     }
 }

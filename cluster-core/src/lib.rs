@@ -51,7 +51,7 @@ pub mod store;
 pub mod testsuite;
 pub mod wire;
 
-pub use error::{Error, LeaderHint, Quota, Result};
+pub use error::{Error, ErrorKind, IoKind, LeaderHint, Quota, Result};
 pub use event::{GridEventKind, GridMemberEvent};
 pub use hub::{EventHub, Subscription};
 pub use id::{ClientRequestId, MemberId, ShortId};

@@ -95,6 +95,11 @@ struct Started<M, S> {
 }
 
 impl<M: Membership, S: ConsensusStore> Started<M, S> {
+    /// Nothing started yet (or everything handed over).
+    fn nothing() -> Self {
+        Started { store: None, membership: None, service: None, stop: None, housekeeping: None, http: None }
+    }
+
     async fn unwind(self) {
         if let Some(http) = self.http {
             http.shutdown().await;
@@ -132,14 +137,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         config.validate()?;
         let member_id = identity::load_or_create(config.data_dir.as_deref())?;
         let span = info_span!("member", id = %member_id);
-        let mut started = Started {
-            store: None,
-            membership: None,
-            service: None,
-            stop: None,
-            housekeeping: None,
-            http: None,
-        };
+        let mut started = Started::nothing();
         match Self::choreography(config, member_id, &mut started).instrument(span).await {
             Ok(cluster) => Ok(cluster),
             Err(e) => {
@@ -338,14 +336,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         let housekeeping = started.housekeeping.take();
         let service = started.service.take();
-        *started = Started {
-            store: None,
-            membership: None,
-            service: None,
-            stop: None,
-            housekeeping: None,
-            http: None,
-        };
+        *started = Started::nothing();
         let inner = Arc::new(Inner {
             member_id,
             short_id: short_id_rx,
@@ -608,10 +599,10 @@ async fn wait_for_short_id<S: ConsensusStore>(
 
 /// An error binding `port` of `host` for `what`, naming both once.
 fn listen_error(host: IpAddr, port: u16, what: &str, e: &std::io::Error) -> cluster_core::Error {
-    cluster_core::Error::Io(format!(
-        "cannot listen on {} for the {what} port: {e}",
-        SocketAddr::new(host, port)
-    ))
+    cluster_core::Error::io(
+        format_args!("cannot listen on {} for the {what} port", SocketAddr::new(host, port)),
+        e,
+    )
 }
 
 async fn bind_tcp(host: IpAddr, port: u16, what: &'static str) -> Result<TcpListener, ClusterError> {

@@ -42,3 +42,19 @@ pub enum ClusterError {
     #[error(transparent)]
     Store(#[from] cluster_core::Error),
 }
+
+impl ClusterError {
+    /// What the caller can do about it: a store error's own
+    /// [`ErrorKind`](cluster_core::ErrorKind); a bad configuration is
+    /// `Invalid`, an unusable data directory `Storage`, a start that found no
+    /// leader in time `Unavailable`.
+    pub fn kind(&self) -> cluster_core::ErrorKind {
+        use cluster_core::ErrorKind;
+        match self {
+            ClusterError::Config(_) => ErrorKind::Invalid,
+            ClusterError::DataDir { .. } => ErrorKind::Storage,
+            ClusterError::Start { source, .. } | ClusterError::Store(source) => source.kind(),
+            ClusterError::StartTimeout { .. } => ErrorKind::Unavailable,
+        }
+    }
+}

@@ -100,9 +100,9 @@ pub use metrics::{ConsensusGauges, Metrics};
 pub use reset::{ResetReport, reset_raft_state};
 
 pub use cluster_core::{
-    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt,
-    GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch,
-    WatchEvent,
+    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt, Error,
+    ErrorKind, GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId,
+    Watch, WatchEvent,
 };
 /// Gossip keys and the live keyring ([`ClusterOf::gossip_keyring`]).
 #[cfg(feature = "gossip-chitchat")]

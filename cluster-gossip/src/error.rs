@@ -22,6 +22,8 @@ pub enum GossipError {
     Bind {
         /// The address asked for.
         addr: SocketAddr,
+        /// The operating system's class of the failure (`AddrInUse`, …).
+        kind: std::io::ErrorKind,
         /// Why it failed.
         reason: String,
     },
@@ -78,8 +80,11 @@ impl From<GossipError> for cluster_core::Error {
             | GossipError::InvalidKey { .. }
             | GossipError::KeyNotInstalled { .. }
             | GossipError::RemovePrimary { .. } => cluster_core::Error::BadRequest(e.to_string()),
-            GossipError::Bind { .. } | GossipError::KeyringFile { .. } => {
-                cluster_core::Error::Io(e.to_string())
+            GossipError::Bind { kind, .. } => {
+                cluster_core::Error::Io { kind: kind.into(), detail: e.to_string() }
+            }
+            GossipError::KeyringFile { .. } => {
+                cluster_core::Error::Io { kind: cluster_core::IoKind::Other, detail: e.to_string() }
             }
             GossipError::Stopped => cluster_core::Error::ShuttingDown,
             GossipError::Internal(m) => cluster_core::Error::Internal(m),

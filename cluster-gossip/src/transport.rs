@@ -27,7 +27,14 @@ pub(crate) async fn open(
     shared: Arc<Shared>,
     span: Span,
 ) -> Result<(OpenedSocket, SocketAddr), GossipError> {
-    let bind_err = |e: anyhow::Error| GossipError::Bind { addr: listen_addr, reason: format!("{e:#}") };
+    let bind_err = |e: anyhow::Error| GossipError::Bind {
+        addr: listen_addr,
+        kind: e
+            .chain()
+            .find_map(|c| c.downcast_ref::<std::io::Error>())
+            .map_or(std::io::ErrorKind::Other, |io| io.kind()),
+        reason: format!("{e:#}"),
+    };
     let socket: Box<dyn Socket> = match choice {
         GossipTransport::Udp => {
             Box::new(GossipSocket::open(listen_addr, shared, span).await.map_err(bind_err)?)

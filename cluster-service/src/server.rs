@@ -98,7 +98,7 @@ impl ServiceServer {
         store: Arc<S>,
         config: ServerConfig,
     ) -> Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io(format!("service bind: {e}")))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| Error::io("service bind", &e))?;
         Self::serve(listener, store, config)
     }
 

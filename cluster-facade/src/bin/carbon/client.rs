@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_facade::core::{Error, MemberInfo, keys};
+use cluster_facade::core::{Error, ErrorKind, MemberInfo, keys};
 use cluster_facade::service::ClientOptions;
 use cluster_facade::service::protocol::{Request, Response};
 use cluster_facade::{ConsensusStatus, Liveness, MemberId, ServiceClient};
@@ -173,34 +173,28 @@ pub(crate) fn client_of(
 /// Maps a store error to the exit code scripts rely on, with a message that
 /// says what the user can do.
 pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
-    match e {
-        Error::Unreachable(_)
-        | Error::Timeout(_)
-        | Error::Io(_)
-        | Error::NotLeader(_)
-        | Error::ShuttingDown => Failure::unreachable(format!(
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::NotLeader => Failure::unreachable(format!(
             "cannot reach the cluster within the timeout of {:?} (--timeout): {e}",
             t.timeout
         )),
-        Error::ClusterMismatch { .. } => Failure::usage(format!(
+        ErrorKind::Protocol if matches!(e, Error::ClusterMismatch { .. }) => Failure::usage(format!(
             "{} belongs to another cluster than --cluster-id {:?} (or CARBON_CLUSTER_ID): use the id the members were started with",
             t.services.join(", "),
             t.cluster_id
         )),
-        Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. } => {
-            Failure::usage(not_a_service_port(t).await)
-        }
-        Error::BadRequest(_) => Failure::usage(e.to_string()),
-        // Credentials that do not allow it (no TLS to a TLS cluster, a client
-        // certificate for the cluster's records): fix the configuration.
-        Error::Forbidden(_) => Failure::usage(e.to_string()),
-        Error::QuotaExceeded { .. } => Failure::quota(e.to_string()),
-        // A --from-revision older than the member remembers: the user can
-        // start again from the current state.
-        Error::Compacted { .. } => Failure::usage(format!(
+        ErrorKind::Protocol => Failure::usage(not_a_service_port(t).await),
+        // A bad argument, or credentials that do not allow it (no TLS to a
+        // TLS cluster, a client certificate for the cluster's records): fix
+        // the command or the configuration.
+        ErrorKind::Invalid | ErrorKind::Forbidden => Failure::usage(e.to_string()),
+        ErrorKind::Quota => Failure::quota(e.to_string()),
+        // A --from-revision older than the member remembers, or a watch that
+        // fell behind: the user can start again from the current state.
+        ErrorKind::Resync => Failure::usage(format!(
             "{e}: read the prefix again (`carbon kv list PREFIX --json` gives its revision) and watch from that revision + 1"
         )),
-        other => Failure::other(anyhow::Error::new(other)),
+        _ => Failure::other(anyhow::Error::new(e)),
     }
 }
 
