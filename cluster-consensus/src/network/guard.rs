@@ -557,6 +557,17 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, id(leader)), index)
     }
 
+    /// Member 1 in term 5: no vote cast, no leader known, nothing applied.
+    fn view_at_term_5() -> View {
+        View {
+            member_id: id(1),
+            current_term: 5,
+            voted_for: None,
+            leader_committed: false,
+            last_applied: None,
+        }
+    }
+
     fn check(view: &View, rpc: &RaftRpc) -> Result<(), GuardError> {
         check_rpc(view, &LIMITS, &mut None, rpc)
     }
@@ -601,13 +612,7 @@ mod tests {
 
     #[test]
     fn terms_are_bounded_relative_to_ours_and_absolutely() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         assert_eq!(check(&view, &vote(6, 2)), Ok(()));
         assert_eq!(check(&view, &vote(5 + TERM_STEP, 2)), Ok(()));
         assert!(matches!(check(&view, &vote(6 + TERM_STEP, 2)), Err(GuardError::TermTooHigh { .. })));
@@ -628,13 +633,7 @@ mod tests {
 
     #[test]
     fn log_ids_are_bounded_by_index_and_by_the_vote_term() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         let huge = append(5, 2, Some(log_id(5, 2, u64::MAX)), vec![]);
         assert!(matches!(check(&view, &huge), Err(GuardError::IndexTooHigh { .. })));
         let above = append(5, 2, Some(log_id(6, 2, 3)), vec![]);
@@ -661,13 +660,7 @@ mod tests {
 
     #[test]
     fn a_term_has_one_leader() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: Some(log_id(4, 3, 10)),
-        };
+        let view = View { last_applied: Some(log_id(4, 3, 10)), ..view_at_term_5() };
         // The sender's term names the sender; an applied term names its leader.
         let other = append(5, 2, Some(log_id(4, 3, 10)), vec![normal(log_id(5, 3, 11))]);
         assert!(matches!(check(&view, &other), Err(GuardError::TwoLeadersInTerm { .. })));
@@ -684,13 +677,7 @@ mod tests {
 
     #[test]
     fn entries_must_follow_the_previous_log_id() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         let prev = Some(log_id(4, 2, 7));
         let good = append(5, 2, prev, vec![normal(log_id(4, 2, 8)), blank(log_id(5, 2, 9))]);
         assert_eq!(check(&view, &good), Ok(()));
@@ -720,13 +707,7 @@ mod tests {
 
     #[test]
     fn votes_are_openraft_s_to_weigh_but_never_from_self_or_committed() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         assert_eq!(check(&view, &vote(6, 3)), Ok(()));
         // Outside this member's (possibly stale) membership: openraft answers
         // with this member's vote, which tells a removed member the term.
@@ -738,13 +719,7 @@ mod tests {
 
     #[test]
     fn replication_needs_a_committed_leader_vote_not_a_known_member() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         assert_eq!(check(&view, &append(5, 2, None, vec![])), Ok(()));
         // A leader elected under a membership this member has not received
         // yet, or a stale one that must hear this member's vote to step down.
@@ -769,13 +744,7 @@ mod tests {
 
     #[test]
     fn snapshot_chunks_follow_the_bytes_received() {
-        let view = View {
-            member_id: id(1),
-            current_term: 5,
-            voted_for: None,
-            leader_committed: false,
-            last_applied: None,
-        };
+        let view = view_at_term_5();
         let mut p = None;
         let mut run = |rpc: &RaftRpc| check_rpc(&view, &LIMITS, &mut p, rpc);
         assert!(matches!(
