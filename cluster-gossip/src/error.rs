@@ -72,6 +72,16 @@ pub enum GossipError {
     Internal(String),
 }
 
+impl GossipError {
+    /// What the caller can do about it (the class of the
+    /// [`cluster_core::Error`] it converts into): a bad configuration, tag or
+    /// key is `Invalid`, a bind or keyring-file failure and a stopped member
+    /// `Unavailable`.
+    pub fn kind(&self) -> cluster_core::ErrorKind {
+        cluster_core::Error::from(self.clone()).kind()
+    }
+}
+
 impl From<GossipError> for cluster_core::Error {
     fn from(e: GossipError) -> Self {
         match e {
@@ -89,5 +99,24 @@ impl From<GossipError> for cluster_core::Error {
             GossipError::Stopped => cluster_core::Error::ShuttingDown,
             GossipError::Internal(m) => cluster_core::Error::Internal(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_core::ErrorKind;
+
+    #[test]
+    fn kinds_follow_the_core_error() {
+        let bind = GossipError::Bind {
+            addr: ([127, 0, 0, 1], 7946).into(),
+            kind: std::io::ErrorKind::AddrInUse,
+            reason: "address in use".into(),
+        };
+        assert_eq!(bind.kind(), ErrorKind::Unavailable);
+        assert_eq!(cluster_core::Error::from(bind).io_kind(), Some(std::io::ErrorKind::AddrInUse));
+        assert_eq!(GossipError::InvalidKey { reason: "short".into() }.kind(), ErrorKind::Invalid);
+        assert_eq!(GossipError::Stopped.kind(), ErrorKind::Unavailable);
     }
 }

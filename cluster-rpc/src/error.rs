@@ -84,6 +84,26 @@ impl RpcError {
         matches!(self, RpcError::Connect { .. } | RpcError::Handshake { .. } | RpcError::Encode(_))
     }
 
+    /// What the caller can do about it, the same class as
+    /// [`into_core`](Self::into_core)'s error has: a refusal, a bad answer or
+    /// an unencodable request keep their error's class, a bad configuration
+    /// is `Invalid`, everything else (connect, handshake, closed, timeout,
+    /// lagged) is `Unavailable`.
+    pub fn kind(&self) -> cluster_core::ErrorKind {
+        use cluster_core::ErrorKind;
+        match self {
+            RpcError::Refused { error, .. } | RpcError::BadAnswer { error, .. } | RpcError::Encode(error) => {
+                error.kind()
+            }
+            RpcError::Config(_) => ErrorKind::Invalid,
+            RpcError::Connect { .. }
+            | RpcError::Handshake { .. }
+            | RpcError::Closed { .. }
+            | RpcError::Timeout { .. }
+            | RpcError::Lagged { .. } => ErrorKind::Unavailable,
+        }
+    }
+
     /// The project-wide error for this failure: unreachable, timeout, or the
     /// refusal's own error.
     pub fn into_core(self) -> cluster_core::Error {
@@ -111,4 +131,33 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_is_the_kind_of_the_project_wide_error() {
+        let addr = || "127.0.0.1:1".to_owned();
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases = || {
+            vec![
+                RpcError::Connect { addr: addr(), source: io() },
+                RpcError::Handshake { addr: addr(), source: io() },
+                RpcError::Closed { addr: addr(), reason: "reset".into() },
+                RpcError::Refused { addr: addr(), error: cluster_core::Error::Forbidden("client".into()) },
+                RpcError::Timeout { addr: addr(), timeout: Duration::from_secs(1) },
+                RpcError::Encode(cluster_core::Error::FrameTooLarge { len: 2, max: 1 }),
+                RpcError::BadAnswer { addr: addr(), error: cluster_core::Error::BadMagic },
+                RpcError::Lagged { addr: addr() },
+                RpcError::Config("limits.max_connections: must be greater than 0".into()),
+            ]
+        };
+        for (e, same) in cases().into_iter().zip(cases()) {
+            assert_eq!(e.kind(), same.into_core().kind(), "{e}");
+        }
+        let refused = RpcError::Refused { addr: addr(), error: cluster_core::Error::Forbidden("x".into()) };
+        assert_eq!(refused.kind(), cluster_core::ErrorKind::Forbidden);
+    }
 }
