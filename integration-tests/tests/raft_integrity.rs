@@ -74,15 +74,13 @@ fn wal_segment(cluster: &mut ProcessCluster, i: usize) -> Result<PathBuf> {
     segments.pop().context("no segment")
 }
 
-/// Flips 4 bytes in the middle of what a segment holds (its records, not
-/// the reserved zeros after them); returns where.
+/// Flips 4 bytes in the middle of a file; returns where.
 fn flip_middle(path: &Path) -> Result<usize> {
     let mut bytes = std::fs::read(path)?;
-    let written = bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
-    if written < 1024 {
-        bail!("{} holds too little to corrupt its middle: {written} bytes", path.display());
+    if bytes.len() < 1024 {
+        bail!("{} is too small to corrupt its middle: {} bytes", path.display(), bytes.len());
     }
-    let middle = written / 2;
+    let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 4] {
         *b ^= 0xFF;
     }

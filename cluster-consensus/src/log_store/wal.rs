@@ -68,7 +68,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -144,18 +144,11 @@ pub(crate) struct WalOptions {
     /// A segment is closed and a new one started once it holds at least this
     /// many bytes.
     pub segment_size: u64,
-    /// Reserve the active segment's full size up front (a sparse file of
-    /// `segment_size` bytes), so that an `fdatasync` commits only the data,
-    /// not a new file size each time (measured on ext4: 0.146 → ≈0.10 ms per
-    /// small append + sync). The zeros after the last record are reserved
-    /// space, not a torn tail; a segment is cut to its records before the
-    /// next one starts.
-    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { segment_size: 64 * 1024 * 1024, preallocate: true }
+        WalOptions { segment_size: 64 * 1024 * 1024 }
     }
 }
 
@@ -223,8 +216,7 @@ pub(crate) struct Recovered {
     pub entries: BTreeMap<u64, Entry>,
     /// The last committed log id found, if any was written.
     pub committed: Option<Option<LogId>>,
-    /// Bytes of a torn write cut from the tail of the last segment (the
-    /// zeros of reserved space after them are not counted).
+    /// Bytes cut from the tail of the last segment (a torn write).
     pub torn_bytes: u64,
 }
 
@@ -257,21 +249,6 @@ pub(crate) struct Wal {
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WalError {
     let path = path.to_path_buf();
     move |source| WalError::Io { op, path, source }
-}
-
-/// `file`, the active segment whose records end at `len`, ready for the
-/// next write there: with [`WalOptions::preallocate`] its size is first
-/// reserved (a sparse extension; the zeros read back as reserved space).
-/// Never in append mode: writes go at `len`, not after the reserved space.
-fn at_end_of_records(mut file: File, len: u64, options: &WalOptions, path: &Path) -> Result<File, WalError> {
-    if options.preallocate {
-        let size = file.metadata().map_err(io_err("reading the size of", path))?.len();
-        if size < options.segment_size {
-            file.set_len(options.segment_size).map_err(io_err("reserving space in", path))?;
-        }
-    }
-    file.seek(SeekFrom::Start(len)).map_err(io_err("seeking in", path))?;
-    Ok(file)
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -332,13 +309,6 @@ fn parse(bytes: &[u8]) -> Parsed {
         at += HEADER + len;
     }
     (records, None)
-}
-
-/// `Ok` if `bytes` are whole, valid records to their end; else where and why
-/// the first bad one is.
-#[cfg(test)]
-pub(crate) fn parse_all(bytes: &[u8]) -> Result<(), (u64, String)> {
-    parse(bytes).1.map_or(Ok(()), Err)
 }
 
 /// The most payload bytes [`scan_for_record`] checksums before it gives up.
@@ -429,14 +399,7 @@ impl Wal {
                 .map_err(io_err("reading", &path))?;
             let (records, bad) = parse(&bytes);
             let mut len = bytes.len() as u64;
-            // Reserved space: nothing but zeros after the last record of the
-            // last segment. Not a tear; writing goes on there.
-            let reserved = |offset: u64| n + 1 == count && bytes[offset as usize..].iter().all(|&b| b == 0);
-            if let Some((offset, _)) = &bad
-                && reserved(*offset)
-            {
-                len = *offset;
-            } else if let Some((offset, reason)) = bad {
+            if let Some((offset, reason)) = bad {
                 if n + 1 != count {
                     return Err(WalError::Corrupt {
                         path,
@@ -469,8 +432,7 @@ impl Wal {
                 let f = OpenOptions::new().write(true).open(&path).map_err(io_err("opening", &path))?;
                 f.set_len(offset).map_err(io_err("truncating", &path))?;
                 f.sync_all().map_err(io_err("syncing", &path))?;
-                let written = bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
-                recovered.torn_bytes = written.saturating_sub(offset);
+                recovered.torn_bytes = len - offset;
                 len = offset;
             }
             let mut entries = Vec::new();
@@ -506,14 +468,9 @@ impl Wal {
             let path = segment_path(dir, 1);
             segments.push(Segment { id: 1, path, len: 0, entries: Vec::new() });
         }
-        let (last, last_len) = segments.last().map(|s| (s.path.clone(), s.len)).unwrap_or_default();
-        let active = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&last)
-            .map_err(io_err("opening", &last))?;
-        let active = at_end_of_records(active, last_len, &options, &last)?;
+        let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let active =
+            OpenOptions::new().create(true).append(true).open(&last).map_err(io_err("opening", &last))?;
         if count == 0 {
             active.sync_all().map_err(io_err("syncing", &last))?;
             sync_dir(dir)?;
@@ -593,29 +550,18 @@ impl Wal {
         self.dirty
     }
 
-    /// Closes the active segment (synced, cut to its records) and starts
-    /// the next one, which begins with the committed id.
+    /// Closes the active segment (synced) and starts the next one, which
+    /// begins with the committed id.
     fn roll(&mut self) -> Result<(), WalError> {
         self.sync()?;
-        let (id, len, old) = {
-            let seg = self.active_segment()?;
-            (seg.id + 1, seg.len, seg.path.clone())
-        };
-        // Only the last segment may end in reserved zeros: in any other a
-        // bad record is corruption. Cut before the next segment exists.
-        let size = self.active.metadata().map_err(io_err("reading the size of", &old))?.len();
-        if size != len {
-            self.active.set_len(len).map_err(io_err("cutting", &old))?;
-            self.active.sync_all().map_err(io_err("syncing", &old))?;
-        }
+        let id = self.active_segment()?.id + 1;
         let path = segment_path(&self.dir, id);
-        let file = OpenOptions::new()
+        self.active = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)
             .map_err(io_err("creating", &path))?;
-        self.active = at_end_of_records(file, 0, &self.options, &path)?;
         sync_dir(&self.dir)?;
         self.segments.push(Segment { id, path, len: 0, entries: Vec::new() });
         if let Some(c) = self.committed {
@@ -643,11 +589,10 @@ impl Wal {
         seg.entries.truncate(cut);
         seg.len = offset;
         let path = seg.path.clone();
-        let file = OpenOptions::new().write(true).open(&path).map_err(io_err("opening", &path))?;
-        file.set_len(offset).map_err(io_err("truncating", &path))?;
-        file.sync_all().map_err(io_err("syncing", &path))?;
+        self.active = OpenOptions::new().append(true).open(&path).map_err(io_err("opening", &path))?;
+        self.active.set_len(offset).map_err(io_err("truncating", &path))?;
+        self.active.sync_all().map_err(io_err("syncing", &path))?;
         sync_dir(&self.dir)?;
-        self.active = at_end_of_records(file, offset, &self.options, &path)?;
         // The committed id may have been written after the cut.
         if let Some(c) = self.committed {
             self.write_committed(c)?;

@@ -23,14 +23,8 @@ fn framed(index: u64) -> Framed {
 }
 
 fn small() -> WalOptions {
-    // About 6 entries per segment, each segment's space reserved up front.
-    WalOptions { segment_size: 128, preallocate: true }
-}
-
-/// The default segment size, segments growing as records are written: the
-/// tests that write raw bytes at a segment's end, as a crash leaves them.
-fn unreserved() -> WalOptions {
-    WalOptions { preallocate: false, ..WalOptions::default() }
+    // About 6 entries per segment.
+    WalOptions { segment_size: 128 }
 }
 
 fn write_all(wal: &mut Wal, range: std::ops::RangeInclusive<u64>) {
@@ -63,14 +57,14 @@ fn append_bytes(path: &Path, bytes: &[u8]) {
 #[test]
 fn a_torn_tail_is_cut_at_the_last_good_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut wal, _) = Wal::open(dir.path(), unreserved(), None).expect("open");
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default(), None).expect("open");
     write_all(&mut wal, 1..=10);
     drop(wal);
 
     // Half a record, as a crash in the middle of a write leaves it.
     let half = framed(11).bytes;
     append_bytes(&last_segment(dir.path()), &half[..half.len() / 2]);
-    let (wal, recovered) = Wal::open(dir.path(), unreserved(), None).expect("reopen");
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
     assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
     assert_eq!(recovered.torn_bytes, (half.len() / 2) as u64);
     drop(wal);
@@ -81,14 +75,14 @@ fn a_torn_tail_is_cut_at_the_last_good_entry() {
     bad[last] ^= 0xFF;
     bad.extend_from_slice(&[0xAB; 37]);
     append_bytes(&last_segment(dir.path()), &bad);
-    let (mut wal, recovered) = Wal::open(dir.path(), unreserved(), None).expect("reopen");
+    let (mut wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
     assert_eq!(recovered.entries.len(), 10);
     assert_eq!(recovered.torn_bytes, bad.len() as u64);
 
     // The log continues after the cut.
     write_all(&mut wal, 11..=12);
     drop(wal);
-    let (got, _) = indexes(dir.path(), unreserved(), None);
+    let (got, _) = indexes(dir.path(), WalOptions::default(), None);
     assert_eq!(got, (1..=12).collect::<Vec<_>>());
 }
 
@@ -96,7 +90,7 @@ fn a_torn_tail_is_cut_at_the_last_good_entry() {
 fn the_durable_storage_reopens_after_a_torn_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
     let wal_dir = dir.path().join(durable::WAL_DIR);
-    let (mut wal, _) = Wal::open(&wal_dir, unreserved(), None).expect("open");
+    let (mut wal, _) = Wal::open(&wal_dir, WalOptions::default(), None).expect("open");
     write_all(&mut wal, 0..=5);
     wal.write_committed(Some(log_id(4))).expect("committed");
     wal.sync().expect("sync");
@@ -221,7 +215,7 @@ fn a_redb_log_of_an_older_build_moves_to_the_write_ahead_log() {
         assert_eq!(opened.log.last_purged, Some(log_id(4)));
         opened.writer.close();
     }
-    let (got, _) = indexes(&dir.path().join(durable::WAL_DIR), unreserved(), None);
+    let (got, _) = indexes(&dir.path().join(durable::WAL_DIR), WalOptions::default(), None);
     assert_eq!(got, (3..=9).collect::<Vec<_>>());
 }
 
@@ -233,7 +227,7 @@ fn enc<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// A log of entries 1..=n in one segment; returns the segment and the
 /// offset of each entry record.
 fn one_segment(dir: &Path, n: u64) -> (std::path::PathBuf, Vec<u64>) {
-    let (mut wal, _) = Wal::open(dir, unreserved(), None).expect("open");
+    let (mut wal, _) = Wal::open(dir, WalOptions::default(), None).expect("open");
     let mut offsets = Vec::new();
     let mut at = 0u64;
     for i in 1..=n {
@@ -265,7 +259,7 @@ fn flipped_bytes_before_valid_records_are_corruption_at_every_offset() {
             let (segment, offsets) = one_segment(dir.path(), 20);
             let at = offsets[victim - 1] as usize + within;
             flip(&segment, at, 4);
-            match Wal::open(dir.path(), unreserved(), None) {
+            match Wal::open(dir.path(), WalOptions::default(), None) {
                 Err(WalError::Corrupt { path, offset, reason }) => {
                     assert_eq!(path, segment);
                     assert_eq!(
@@ -291,7 +285,7 @@ fn a_flipped_last_record_is_a_torn_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (segment, offsets) = one_segment(dir.path(), 20);
     flip(&segment, offsets[19] as usize + 9, 4);
-    let (wal, recovered) = Wal::open(dir.path(), unreserved(), None).expect("a torn tail is cut");
+    let (wal, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("a torn tail is cut");
     assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=19).collect::<Vec<_>>());
     assert_eq!(std::fs::metadata(&segment).expect("meta").len(), offsets[19]);
     drop(wal);
@@ -306,12 +300,9 @@ fn truncation_anywhere_in_the_last_record_is_a_torn_tail() {
         let f = std::fs::OpenOptions::new().write(true).open(&segment).expect("open");
         f.set_len(offsets[9] + cut).expect("truncate");
         drop(f);
-        let (_, recovered) = Wal::open(dir.path(), unreserved(), None).expect("reopen");
+        let (_, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("reopen");
         assert_eq!(recovered.entries.len(), 9, "cut {cut} bytes into the last record");
-        // Counted to the last byte that is not zero (zeros may be reserved space).
-        let partial = &framed(10).bytes[..cut as usize];
-        let counted = partial.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
-        assert_eq!(recovered.torn_bytes, counted);
+        assert_eq!(recovered.torn_bytes, cut);
     }
 }
 
@@ -319,16 +310,11 @@ fn truncation_anywhere_in_the_last_record_is_a_torn_tail() {
 fn zeros_after_the_tail_are_not_corruption() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (segment, offsets) = one_segment(dir.path(), 10);
-    // Preallocated or zero-filled space, as after a crash that extended the
-    // file: reserved space, not a tear; the log goes on where the records end.
+    // Preallocated or zero-filled space, as after a crash that extended the file.
     append_bytes(&segment, &vec![0u8; 64 * 1024]);
-    let (mut wal, recovered) = Wal::open(dir.path(), unreserved(), None).expect("zeros are reserved space");
+    let (_, recovered) = Wal::open(dir.path(), WalOptions::default(), None).expect("zeros are a torn tail");
     assert_eq!(recovered.entries.len(), 10);
-    assert_eq!(recovered.torn_bytes, 0);
-    write_all(&mut wal, 11..=12);
-    drop(wal);
-    let (got, _) = indexes(dir.path(), unreserved(), None);
-    assert_eq!(got, (1..=12).collect::<Vec<_>>());
+    assert_eq!(recovered.torn_bytes, 64 * 1024);
     drop(offsets);
 
     // Zeros over a record in the middle, with records after it: corruption.
@@ -338,7 +324,7 @@ fn zeros_after_the_tail_are_not_corruption() {
     let (from, to) = (offsets[3] as usize, offsets[5] as usize);
     bytes[from..to].fill(0);
     std::fs::write(&segment, bytes).expect("write");
-    match Wal::open(dir.path(), unreserved(), None) {
+    match Wal::open(dir.path(), WalOptions::default(), None) {
         Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, offsets[3]),
         other => panic!("expected corruption, got {other:?}"),
     }
@@ -363,7 +349,7 @@ fn a_missing_segment_or_a_hole_between_entries_is_corruption() {
     let mut bytes = std::fs::read(&segment).expect("read");
     drop(bytes.drain(offsets[4] as usize..offsets[5] as usize));
     std::fs::write(&segment, bytes).expect("write");
-    match Wal::open(dir.path(), unreserved(), None) {
+    match Wal::open(dir.path(), WalOptions::default(), None) {
         Err(WalError::Corrupt { offset, reason, .. }) => {
             assert_eq!(offset, offsets[4]);
             assert!(reason.contains("entry 6 follows entry 4"), "{reason}");
@@ -447,96 +433,4 @@ fn a_redb_file_that_does_not_open_is_refused_by_name() {
         }
         Ok(_) => panic!("a garbled redb file opened"),
     }
-}
-
-/// The bytes the records of entries `range` take, one after the other.
-fn size_of(range: std::ops::RangeInclusive<u64>) -> u64 {
-    range.map(|i| framed(i).bytes.len() as u64).sum()
-}
-
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).expect("open segment");
-    f.write_all_at(bytes, offset).expect("write");
-}
-
-#[test]
-fn a_reserved_segment_reopens_cleanly_and_the_log_goes_on_where_its_records_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = WalOptions::default();
-    let (mut wal, _) = Wal::open(dir.path(), options, None).expect("open");
-    write_all(&mut wal, 1..=10);
-    drop(wal);
-    // The whole segment is reserved; its records are at its start.
-    assert_eq!(std::fs::metadata(last_segment(dir.path())).expect("meta").len(), options.segment_size);
-    let bytes = std::fs::read(last_segment(dir.path())).expect("read");
-    let end = size_of(1..=10) as usize;
-    assert!(bytes[end..].iter().all(|&b| b == 0), "reserved space reads as zeros");
-
-    for round in 0..3u64 {
-        let (mut wal, recovered) = Wal::open(dir.path(), options, None).expect("reopen");
-        assert_eq!(recovered.torn_bytes, 0, "round {round}: reserved zeros are no tear");
-        let have = 10 + 2 * round;
-        assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=have).collect::<Vec<_>>());
-        write_all(&mut wal, have + 1..=have + 2);
-    }
-    let (got, _) = indexes(dir.path(), options, None);
-    assert_eq!(got, (1..=16).collect::<Vec<_>>());
-}
-
-#[test]
-fn a_torn_write_inside_reserved_space_is_cut_and_counted_without_the_zeros() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = WalOptions::default();
-    let (mut wal, _) = Wal::open(dir.path(), options, None).expect("open");
-    write_all(&mut wal, 1..=10);
-    drop(wal);
-    // A whole record with a bad checksum where the next record would go, then garbage.
-    let mut bad = framed(11).bytes;
-    let last = bad.len() - 1;
-    bad[last] ^= 0xFF;
-    bad.extend_from_slice(&[0xAB; 37]);
-    write_at(&last_segment(dir.path()), size_of(1..=10), &bad);
-
-    let (mut wal, recovered) = Wal::open(dir.path(), options, None).expect("a torn tail is cut");
-    assert_eq!(recovered.entries.keys().copied().collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
-    assert_eq!(recovered.torn_bytes, bad.len() as u64);
-    write_all(&mut wal, 11..=12);
-    drop(wal);
-    let (got, _) = indexes(dir.path(), options, None);
-    assert_eq!(got, (1..=12).collect::<Vec<_>>());
-
-    // A flip inside a record with records after it is still corruption.
-    let offset = framed(1).bytes.len() as u64 + 3;
-    write_at(&last_segment(dir.path()), offset, &[0x5A; 4]);
-    match Wal::open(dir.path(), options, None) {
-        Err(WalError::Corrupt { offset: at, .. }) => assert_eq!(at, framed(1).bytes.len() as u64),
-        other => panic!("expected corruption, got {other:?}"),
-    }
-}
-
-#[test]
-fn only_the_last_segment_keeps_reserved_space() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
-    write_all(&mut wal, 1..=40);
-    let ids = wal.segment_ids();
-    assert!(ids.len() >= 4, "rolled over: {ids:?}");
-    drop(wal);
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
-    let last = segments.pop().expect("a segment");
-    for closed in &segments {
-        let bytes = std::fs::read(closed).expect("read");
-        assert!(!bytes.is_empty(), "{} is empty", closed.display());
-        // Cut to its records: parsing it to the end finds no bad record.
-        assert_eq!(super::wal::parse_all(&bytes), Ok(()), "{}", closed.display());
-    }
-    assert!(std::fs::metadata(&last).expect("meta").len() >= small().segment_size);
-    let (got, _) = indexes(dir.path(), small(), None);
-    assert_eq!(got, (1..=40).collect::<Vec<_>>());
 }
