@@ -121,13 +121,9 @@ impl CarbonCluster {
         let bundle = write_bundle(&certs, &format!("bench-{tag}"), 1)?;
         let member = &bundle.members[0];
         let config = dir.join(format!("{tag}-secure.toml"));
-        let toml = format!(
-            "gossip_keys = [{key:?}]\n\n[tls]\nca_cert = {ca:?}\ncert = {cert:?}\nkey = {pk:?}\n",
-            key = cluster_facade::GossipKey::generate().to_base64(),
-            ca = member.ca_cert.display().to_string(),
-            cert = member.cert.display().to_string(),
-            pk = member.key.display().to_string(),
-        );
+        let key = cluster_facade::GossipKey::generate().to_base64();
+        let (keys, tables) = integration_tests::harness::security::agent_toml_with(member, &key);
+        let toml = keys + &tables;
         std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
         let client = cluster_facade::rpc::Tls::from_files(bundle.client.clone())?;
         let security = cluster_facade::rpc::Security::Tls(client);

@@ -50,16 +50,23 @@ pub fn credentials() -> Option<&'static Credentials> {
 pub fn agent_toml() -> (String, String) {
     match credentials() {
         None => (String::new(), String::new()),
-        Some(c) => (
-            format!("gossip_keys = [{:?}]\n", c.gossip_key),
-            format!(
-                "\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
-                c.member.ca_cert.display().to_string(),
-                c.member.cert.display().to_string(),
-                c.member.key.display().to_string()
-            ),
-        ),
+        Some(c) => agent_toml_with(&c.member, &c.gossip_key),
     }
+}
+
+/// What the configuration file of an agent with the member certificate
+/// `member` and the gossip key `gossip_key` (base64) adds: `(top-level keys,
+/// tables)`; for programs that make their own credentials, like the bench.
+pub fn agent_toml_with(member: &TlsFiles, gossip_key: &str) -> (String, String) {
+    (
+        format!("gossip_keys = [{gossip_key:?}]\n"),
+        format!(
+            "\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+            member.ca_cert.display().to_string(),
+            member.cert.display().to_string(),
+            member.key.display().to_string()
+        ),
+    )
 }
 
 /// Flags an agent needs beside its configuration file.
