@@ -14,6 +14,11 @@
 # leader), BENCH (the bench binary; default the one bench/run.sh builds), OUT
 # (default a fresh /tmp/carbon-ab.XXXXXX; every run's results.md and
 # results.json are kept there).
+#
+# Build A and B with separate target directories (or from bench/run.sh's
+# snapshot): cargo keys a workspace package's fingerprint by its path inside
+# the workspace, so a second checkout built into the same target directory can
+# be reported fresh and linked with the first checkout's code.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
