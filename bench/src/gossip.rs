@@ -91,7 +91,7 @@ async fn idle_cpu(n: usize, tag: &str, keyring: Option<Keyring>, secs: f64) -> R
         let before = crate::idle::cpu_ticks(pid)?;
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let after = crate::idle::cpu_ticks(pid)?;
-        Ok::<_, anyhow::Error>(after.saturating_sub(before) as f64 / crate::scale::TICKS_PER_S / secs * 100.0)
+        Ok::<_, anyhow::Error>(after.saturating_sub(before) as f64 / crate::idle::TICKS_PER_S / secs * 100.0)
     }
     .await;
     for g in &members {

@@ -10,6 +10,9 @@ use crate::Ctx;
 use crate::procs::{CarbonCluster, EtcdCluster, SerfAgent, spawn_serf, wait_listening};
 use crate::report::{Better, Measured, Row};
 
+/// Linux's clock tick for /proc/<pid>/stat times (what [`cpu_ticks`] counts in).
+pub const TICKS_PER_S: f64 = 100.0;
+
 /// CPU ticks (utime + stime) of a process.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -29,8 +32,7 @@ pub fn rss_mib(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// Per pid: (RSS MiB at the end, CPU % of one core over the window). The clock
-/// tick is 100 Hz on Linux.
+/// Per pid: (RSS MiB at the end, CPU % of one core over the window).
 async fn sample(groups: &[Vec<u32>], window: Duration) -> Vec<Result<(Vec<f64>, Vec<f64>)>> {
     let before: Vec<Vec<Option<u64>>> =
         groups.iter().map(|g| g.iter().map(|&p| cpu_ticks(p).ok()).collect()).collect();
@@ -44,7 +46,7 @@ async fn sample(groups: &[Vec<u32>], window: Duration) -> Vec<Result<(Vec<f64>, 
             for (&pid, b) in g.iter().zip(b) {
                 let b = b.ok_or_else(|| anyhow!("pid {pid} gone"))?;
                 let a = cpu_ticks(pid)?;
-                cpu.push((a - b) as f64 / 100.0 / window.as_secs_f64() * 100.0);
+                cpu.push((a - b) as f64 / TICKS_PER_S / window.as_secs_f64() * 100.0);
                 rss.push(rss_mib(pid)?);
             }
             Ok((rss, cpu))

@@ -27,7 +27,7 @@ use cluster_gossip::{ChannelTransport, GossipTransport};
 use crate::Ctx;
 use crate::chart::{self, Labels};
 use crate::gossip::{GOSSIP_INTERVAL, ours_once_with};
-use crate::idle::{cpu_ticks, rss_mib};
+use crate::idle::{TICKS_PER_S, cpu_ticks, rss_mib};
 use crate::kv::{Kv, Op, drive};
 use crate::procs::CarbonCluster;
 use crate::report::{Better, Measured, Row};
@@ -35,8 +35,6 @@ use crate::stats::Summary;
 
 /// Clients of the write load at every size.
 const CLIENTS: usize = 16;
-/// Linux's clock tick for /proc/<pid>/stat times.
-pub const TICKS_PER_S: f64 = 100.0;
 
 /// What one cluster size measured; each Vec holds one sample per repetition,
 /// except `rss` (one per member).
