@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::MemberId;
+use crate::id::{IdError, MemberId};
 
 /// Result alias with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -405,9 +405,35 @@ impl From<IoKind> for std::io::ErrorKind {
     }
 }
 
+/// An id that does not parse is bad input, whichever layer parsed it.
+impl From<IdError> for Error {
+    fn from(e: IdError) -> Self {
+        match e {
+            IdError::MemberId { input, reason } => Error::InvalidMemberId { input, reason },
+            IdError::ShortId { input } => Error::InvalidShortId { input },
+            request @ IdError::RequestId { .. } => Error::BadRequest(request.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{ClientRequestId, ShortId};
+
+    #[test]
+    fn an_id_that_does_not_parse_is_bad_input_with_the_same_message() {
+        let err = "xyz".parse::<MemberId>().unwrap_err();
+        let store_err = Error::from(err.clone());
+        assert!(matches!(&store_err, Error::InvalidMemberId { input, .. } if input == "xyz"));
+        assert_eq!(store_err.to_string(), err.to_string());
+        assert_eq!(store_err.kind(), ErrorKind::Invalid);
+        let err = "0".parse::<ShortId>().unwrap_err();
+        assert_eq!(Error::from(err.clone()), Error::InvalidShortId { input: "0".into() });
+        assert_eq!(Error::from(err.clone()).to_string(), err.to_string());
+        let err = "xyz".parse::<ClientRequestId>().unwrap_err();
+        assert!(matches!(Error::from(err), Error::BadRequest(m) if m.contains("xyz")));
+    }
 
     #[test]
     fn io_errors_keep_their_kind_across_the_wire() {

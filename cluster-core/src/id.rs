@@ -8,7 +8,35 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ulid::Ulid;
 
-use crate::error::Error;
+/// Text or a number that is not an identity of the kind asked for. Parsing
+/// is the only thing that fails here; the crate's `Error` takes it in (`?`
+/// converts, same message), so this module stays below the error module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// A member id that is not a ULID.
+    #[error("invalid member id {input:?}: {reason}")]
+    MemberId {
+        /// The text that was parsed.
+        input: String,
+        /// Why it is not a ULID.
+        reason: String,
+    },
+    /// A short id that is not a positive integer.
+    #[error("invalid short id {input:?}: must be a positive integer")]
+    ShortId {
+        /// The text or number that was given.
+        input: String,
+    },
+    /// A client request id that is not a ULID.
+    #[error("invalid client request id {input:?}: {reason}")]
+    RequestId {
+        /// The text that was parsed.
+        input: String,
+        /// Why it is not a ULID.
+        reason: String,
+    },
+}
 
 /// Serializes a ULID as its 26-character text in human-readable formats
 /// (TOML, JSON) and as a `u128` in binary ones (bincode: 16 bytes, not 27).
@@ -93,12 +121,12 @@ impl fmt::Debug for MemberId {
 }
 
 impl FromStr for MemberId {
-    type Err = Error;
+    type Err = IdError;
 
-    fn from_str(s: &str) -> Result<Self, Error> {
+    fn from_str(s: &str) -> Result<Self, IdError> {
         Ulid::from_string(s)
             .map(MemberId)
-            .map_err(|e| Error::InvalidMemberId { input: s.to_owned(), reason: e.to_string() })
+            .map_err(|e| IdError::MemberId { input: s.to_owned(), reason: e.to_string() })
     }
 }
 
@@ -122,8 +150,8 @@ impl ShortId {
     pub const MIN: ShortId = ShortId(NonZeroU32::MIN);
 
     /// The short id `n`, or an error for 0.
-    pub fn new(n: u32) -> Result<Self, Error> {
-        NonZeroU32::new(n).map(ShortId).ok_or(Error::InvalidShortId { input: n.to_string() })
+    pub fn new(n: u32) -> Result<Self, IdError> {
+        NonZeroU32::new(n).map(ShortId).ok_or(IdError::ShortId { input: n.to_string() })
     }
 
     /// The number.
@@ -138,8 +166,8 @@ impl ShortId {
 }
 
 impl TryFrom<u32> for ShortId {
-    type Error = Error;
-    fn try_from(n: u32) -> Result<Self, Error> {
+    type Error = IdError;
+    fn try_from(n: u32) -> Result<Self, IdError> {
         ShortId::new(n)
     }
 }
@@ -163,9 +191,9 @@ impl fmt::Debug for ShortId {
 }
 
 impl FromStr for ShortId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        s.trim().parse::<NonZeroU32>().map(ShortId).map_err(|_| Error::InvalidShortId { input: s.to_owned() })
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        s.trim().parse::<NonZeroU32>().map(ShortId).map_err(|_| IdError::ShortId { input: s.to_owned() })
     }
 }
 
@@ -196,11 +224,11 @@ impl fmt::Debug for ClientRequestId {
 }
 
 impl FromStr for ClientRequestId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
         Ulid::from_string(s)
             .map(ClientRequestId)
-            .map_err(|e| Error::BadRequest(format!("invalid client request id {s:?}: {e}")))
+            .map_err(|e| IdError::RequestId { input: s.to_owned(), reason: e.to_string() })
     }
 }
 
@@ -221,7 +249,7 @@ mod tests {
     #[test]
     fn member_id_bad_text_names_the_input() {
         let err = "xyz".parse::<MemberId>().unwrap_err();
-        assert!(matches!(&err, Error::InvalidMemberId { input, .. } if input == "xyz"), "{err}");
+        assert!(matches!(&err, IdError::MemberId { input, .. } if input == "xyz"), "{err}");
         assert!(err.to_string().contains("xyz"));
     }
 

@@ -54,7 +54,7 @@ pub mod wire;
 pub use error::{Error, ErrorKind, IoKind, LeaderHint, Quota, Result};
 pub use event::{GridEventKind, GridMemberEvent};
 pub use hub::{EventHub, Subscription};
-pub use id::{ClientRequestId, MemberId, ShortId};
+pub use id::{ClientRequestId, IdError, MemberId, ShortId};
 pub use member::MemberInfo;
 pub use membership::{
     FailureDetection, GossipEncryption, KeyringChange, KeyringControl, KeyringState, Member, MemberState,
