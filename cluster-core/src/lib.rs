@@ -18,7 +18,8 @@
 //!   the record plan and the departure clock (time is an input);
 //! - with the `testsuite` feature, the shared **test kit** in `testsuite`:
 //!   fakes of both backends and the contract suites every backend passes;
-//! - the **wire codec** in [`wire`], used by every TCP protocol;
+//! - the **wire codec** in [`wire`], used by every TCP protocol, and the text
+//!   form of a gossip key in [`gossip_key`];
 //! - [`Error`], the one error type of the contracts.
 //!
 //! ```
@@ -39,6 +40,7 @@
 
 pub mod error;
 pub mod event;
+pub mod gossip_key;
 pub mod hub;
 pub mod id;
 pub mod keys;

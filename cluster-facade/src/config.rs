@@ -100,15 +100,11 @@ impl fmt::Debug for GossipKeys {
 pub const GOSSIP_KEYRING_FILE: &str = "gossip-keyring.json";
 
 /// One base64 gossip key as its 32 bytes; the error never repeats the key.
+/// The decoding is core's, the one the gossip backend uses too; this adds
+/// where to get a good key.
 pub fn decode_gossip_key(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| "not standard base64 (generate one with `carbon keys generate`)".to_owned())?;
-    let len = bytes.len();
-    bytes
-        .try_into()
-        .map_err(|_| format!("{len} bytes after decoding, not 32 (generate one with `carbon keys generate`)"))
+    cluster_core::gossip_key::decode_gossip_key(text)
+        .map_err(|e| format!("{e} (generate one with `carbon keys generate`)"))
 }
 
 impl Default for ClusterConfig {
