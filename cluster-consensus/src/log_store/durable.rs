@@ -44,7 +44,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::LogContents;
-use super::wal::{Framed, Record, Wal, WalError, WalOptions, crc32, frame};
+use super::wal::{Framed, Record, Wal, WalError, WalOptions, frame};
 use crate::encoding::{decode, encode};
 use crate::state_machine::{SnapshotVault, StoredSnapshot};
 use crate::typecfg::{Entry, LogId, TypeConfig, Vote};
@@ -237,7 +237,7 @@ fn open_database(path: &Path) -> Result<Database, OpenError> {
 fn seal(snapshot: &StoredSnapshot) -> Result<Vec<u8>, std::io::Error> {
     let bytes = encode(snapshot)?;
     let mut out = Vec::with_capacity(4 + bytes.len());
-    out.extend_from_slice(&crc32::checksum(&bytes).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
     out.extend_from_slice(&bytes);
     Ok(out)
 }
@@ -246,7 +246,7 @@ fn seal(snapshot: &StoredSnapshot) -> Result<Vec<u8>, std::io::Error> {
 pub(crate) fn unseal(sealed: &[u8]) -> Result<StoredSnapshot, String> {
     let (crc, bytes) = sealed.split_at_checked(4).ok_or("the snapshot is shorter than its checksum")?;
     let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let actual = crc32::checksum(bytes);
+    let actual = crc32fast::hash(bytes);
     if actual != crc {
         return Err(format!("the snapshot fails its checksum (stored {crc:08x}, computed {actual:08x})"));
     }
