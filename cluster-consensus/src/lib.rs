@@ -42,8 +42,10 @@
 //!
 //! ## How it is built
 //!
-//! - [`typecfg`]: the openraft types. The raft node id is the `MemberId`, the
-//!   node data is core's `Endpoints` (raft and service addresses).
+//! - `typecfg` (private; [`TypeConfig`], [`Raft`] and the types a caller of
+//!   [`RaftStore::raft`] meets are re-exported): the openraft types. The raft
+//!   node id is the `MemberId`, the node data is core's `Endpoints` (raft and
+//!   service addresses).
 //! - `state_machine`: the ordered map with its revision, the short-id table,
 //!   the table of answered request ids (a retried write is applied at most
 //!   once, FIFO-bounded to `REMEMBERED_REQUESTS`), the feed of
@@ -91,11 +93,14 @@ pub(crate) mod state_machine;
 #[cfg(test)]
 mod storage_suite;
 pub mod store;
-pub mod typecfg;
+mod typecfg;
 
 #[cfg(feature = "durable")]
 pub use log_store::durable::WAL_DIR;
 pub use store::RaftStore;
+// The raft types a caller of `RaftStore::raft()` meets (its metrics carry log
+// ids and votes); the rest of the type configuration stays inside.
+pub use typecfg::{LogId, Raft, TypeConfig, Vote, WriteBatch, WriteResponse};
 
 /// Internals this crate's own tests need to write raft frames raw (feature
 /// `testsuite`, which only the crate's dev-dependency on itself turns on).

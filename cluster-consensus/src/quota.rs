@@ -37,8 +37,6 @@
 
 use cluster_core::{ConsensusLimits, Error, Quota, WriteOp};
 
-use crate::state_machine::KvState;
-
 /// What one key and value count for the store quota.
 pub fn entry_bytes(key: &str, value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
@@ -78,20 +76,29 @@ pub fn check_entry(op: &WriteOp) -> Result<(), Error> {
     Ok(())
 }
 
-/// How many bytes the store grows by if `op` succeeds (0 if it shrinks or stays).
-pub fn growth(state: &KvState, op: &WriteOp) -> u64 {
+/// How many bytes the store grows by if `op` succeeds (0 if it shrinks or
+/// stays). `value_len` reads the applied state: the length of a key's value,
+/// if it has one. (A function, not the state itself, so this module stays
+/// below the state machine that calls [`check_entry`].)
+pub fn growth(value_len: impl Fn(&str) -> Option<usize>, op: &WriteOp) -> u64 {
     let (key, new) = match op {
         WriteOp::Set { key, value } => (key, value),
         WriteOp::CompareAndSet { key, new: Some(new), .. } => (key, new),
         _ => return 0,
     };
-    let old = state.data.get(key).map_or(0, |v| entry_bytes(key, v));
+    let old = value_len(key).map_or(0, |len| (key.len() + len) as u64);
     entry_bytes(key, new).saturating_sub(old)
 }
 
 /// The admission check before proposing `op`, against this member's
-/// `limits` and applied `state`.
-pub fn admit(limits: &ConsensusLimits, state: &KvState, op: &WriteOp) -> Result<(), Error> {
+/// `limits` and applied state: its `store_bytes` and `value_len` (see
+/// [`growth`]).
+pub fn admit(
+    limits: &ConsensusLimits,
+    store_bytes: u64,
+    value_len: impl Fn(&str) -> Option<usize>,
+    op: &WriteOp,
+) -> Result<(), Error> {
     let Some((key, values)) = parts(op) else { return Ok(()) };
     empty_key(key)?;
     if matches!(op, WriteOp::Delete { .. }) {
@@ -105,8 +112,8 @@ pub fn admit(limits: &ConsensusLimits, state: &KvState, op: &WriteOp) -> Result<
     if cluster_core::keys::is_reserved(key) {
         return Ok(());
     }
-    let grows = growth(state, op);
-    let after = state.store_bytes.saturating_add(grows);
+    let grows = growth(value_len, op);
+    let after = store_bytes.saturating_add(grows);
     if grows > 0 && after > limits.max_store_bytes {
         return Err(Error::QuotaExceeded {
             quota: Quota::StoreBytes,
@@ -126,9 +133,23 @@ pub fn alarm(limits: &ConsensusLimits, store_bytes: u64, refused: bool) -> bool 
 
 #[cfg(test)]
 mod tests {
-    use cluster_core::WriteRequest;
+    use std::collections::BTreeMap;
 
     use super::*;
+
+    /// The applied state as admission reads it: values by key, and the bytes
+    /// the quota counts.
+    #[derive(Default)]
+    struct Applied {
+        data: BTreeMap<String, Vec<u8>>,
+        store_bytes: u64,
+    }
+
+    impl Applied {
+        fn admit(&self, l: &ConsensusLimits, op: &WriteOp) -> Result<(), Error> {
+            admit(l, self.store_bytes, |k| self.data.get(k).map(Vec::len), op)
+        }
+    }
 
     fn set(key: &str, len: usize) -> WriteOp {
         WriteOp::Set { key: key.into(), value: vec![7; len] }
@@ -138,32 +159,41 @@ mod tests {
         ConsensusLimits { max_key_bytes: 8, max_value_bytes: 100, max_store_bytes: 200, ..Default::default() }
     }
 
-    fn state_with(writes: &[WriteOp]) -> KvState {
-        let mut s = KvState::default();
+    fn state_with(writes: &[WriteOp]) -> Applied {
+        let mut s = Applied::default();
         for op in writes {
-            let _ = s.apply_write(&WriteRequest { op: op.clone(), request_id: None });
+            match op {
+                WriteOp::Set { key, value } => {
+                    s.data.insert(key.clone(), value.clone());
+                }
+                WriteOp::Delete { key } => {
+                    s.data.remove(key);
+                }
+                other => unreachable!("not used here: {other:?}"),
+            }
         }
+        s.store_bytes = s.data.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         s
     }
 
     #[test]
     fn keys_and_values_past_the_limits_are_refused() {
-        let s = KvState::default();
+        let s = Applied::default();
         let l = limits();
-        assert_eq!(admit(&l, &s, &set("k", 100)), Ok(()));
+        assert_eq!(s.admit(&l, &set("k", 100)), Ok(()));
         assert_eq!(
-            admit(&l, &s, &set("k", 101)),
+            s.admit(&l, &set("k", 101)),
             Err(Error::QuotaExceeded { quota: Quota::ValueBytes, size: 101, limit: 100 })
         );
         assert!(matches!(
-            admit(&l, &s, &set("123456789", 1)),
+            s.admit(&l, &set("123456789", 1)),
             Err(Error::QuotaExceeded { quota: Quota::KeyBytes, size: 9, limit: 8 })
         ));
         let cas = WriteOp::CompareAndSet { key: "k".into(), expected: Some(vec![0; 101]), new: None };
-        assert!(matches!(admit(&l, &s, &cas), Err(Error::QuotaExceeded { quota: Quota::ValueBytes, .. })));
-        assert!(matches!(admit(&l, &s, &set("", 1)), Err(Error::BadRequest(_))));
-        assert!(matches!(admit(&l, &s, &WriteOp::Delete { key: String::new() }), Err(Error::BadRequest(_))));
-        assert_eq!(admit(&l, &s, &WriteOp::Delete { key: "123456789".into() }), Ok(()));
+        assert!(matches!(s.admit(&l, &cas), Err(Error::QuotaExceeded { quota: Quota::ValueBytes, .. })));
+        assert!(matches!(s.admit(&l, &set("", 1)), Err(Error::BadRequest(_))));
+        assert!(matches!(s.admit(&l, &WriteOp::Delete { key: String::new() }), Err(Error::BadRequest(_))));
+        assert_eq!(s.admit(&l, &WriteOp::Delete { key: "123456789".into() }), Ok(()));
     }
 
     #[test]
@@ -173,25 +203,25 @@ mod tests {
         let s = state_with(&[set("a", 99), set("b", 99)]);
         assert_eq!(s.store_bytes, 200);
         assert_eq!(
-            admit(&l, &s, &set("c", 0)),
+            s.admit(&l, &set("c", 0)),
             Err(Error::QuotaExceeded { quota: Quota::StoreBytes, size: 201, limit: 200 })
         );
-        assert_eq!(admit(&l, &s, &set("a", 99)), Ok(()), "same size");
-        assert_eq!(admit(&l, &s, &set("a", 10)), Ok(()), "shrinks");
-        assert_eq!(admit(&l, &s, &WriteOp::Delete { key: "a".into() }), Ok(()));
+        assert_eq!(s.admit(&l, &set("a", 99)), Ok(()), "same size");
+        assert_eq!(s.admit(&l, &set("a", 10)), Ok(()), "shrinks");
+        assert_eq!(s.admit(&l, &WriteOp::Delete { key: "a".into() }), Ok(()));
         let cas_delete = WriteOp::CompareAndSet { key: "a".into(), expected: None, new: None };
-        assert_eq!(admit(&l, &s, &cas_delete), Ok(()));
+        assert_eq!(s.admit(&l, &cas_delete), Ok(()));
         // After a delete there is room again.
         let s = state_with(&[set("a", 99), set("b", 99), WriteOp::Delete { key: "a".into() }]);
         assert_eq!(s.store_bytes, 100);
-        assert_eq!(admit(&l, &s, &set("c", 50)), Ok(()));
+        assert_eq!(s.admit(&l, &set("c", 50)), Ok(()));
         // The cluster's own keys are not held back by users filling the store.
         let full = state_with(&[set("a", 99), set("b", 99)]);
         let l = ConsensusLimits { max_key_bytes: 64, ..l };
-        assert!(matches!(admit(&l, &full, &set("x", 20)), Err(Error::QuotaExceeded { .. })));
-        assert_eq!(admit(&l, &full, &set("carbon-grid/x", 20)), Ok(()));
+        assert!(matches!(full.admit(&l, &set("x", 20)), Err(Error::QuotaExceeded { .. })));
+        assert_eq!(full.admit(&l, &set("carbon-grid/x", 20)), Ok(()));
         assert!(matches!(
-            admit(&l, &full, &set("carbon-grid/x", 101)),
+            full.admit(&l, &set("carbon-grid/x", 101)),
             Err(Error::QuotaExceeded { quota: Quota::ValueBytes, .. })
         ));
     }
@@ -213,10 +243,5 @@ mod tests {
             check_entry(&set("k", max + 1)),
             Err(Error::QuotaExceeded { quota: Quota::ValueBytes, .. })
         ));
-        let mut s = KvState::default();
-        let (out, events) = s.apply_write(&WriteRequest { op: set("", 1), request_id: None });
-        assert!(matches!(out, Err(Error::BadRequest(_))));
-        assert!(events.is_empty());
-        assert_eq!(s.revision, 0);
     }
 }

@@ -409,7 +409,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        Ok(Box::new(SnapshotData::receiving()))
+        Ok(Box::new(SnapshotData::receiving(|bytes| KvState::from_bytes(bytes).map(drop))))
     }
 
     async fn install_snapshot(

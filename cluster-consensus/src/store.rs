@@ -481,7 +481,8 @@ impl RaftStore {
     /// lowers the store quota alarm.
     fn admit(&self, op: &cluster_core::WriteOp) -> Result<()> {
         let state = self.inner.state.read();
-        match crate::quota::admit(&self.inner.limits, &state, op) {
+        let value_len = |key: &str| state.data.get(key).map(Vec::len);
+        match crate::quota::admit(&self.inner.limits, state.store_bytes, value_len, op) {
             Err(e @ Error::QuotaExceeded { quota: Quota::StoreBytes, .. }) => {
                 self.inner.alarm.raise(state.store_bytes);
                 tracing::warn!(parent: &self.inner.span, store_bytes = state.store_bytes, "store quota alarm: write refused");
@@ -489,7 +490,7 @@ impl RaftStore {
             }
             Err(e) => Err(e),
             Ok(()) => {
-                if crate::quota::growth(&state, op) > 0 {
+                if crate::quota::growth(value_len, op) > 0 {
                     self.inner.alarm.lower();
                 }
                 Ok(())

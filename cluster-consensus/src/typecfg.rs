@@ -35,14 +35,14 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// A log id.
 pub type LogId = openraft::LogId<MemberId>;
 /// A log entry.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
 /// A vote.
 pub type Vote = openraft::Vote<MemberId>;
 /// A storage error as openraft wants it.
-pub type StorageError = openraft::StorageError<MemberId>;
+pub(crate) type StorageError = openraft::StorageError<MemberId>;
 /// Membership as stored with its log id.
-pub type StoredMembership = openraft::StoredMembership<MemberId, Endpoints>;
+pub(crate) type StoredMembership = openraft::StoredMembership<MemberId, Endpoints>;
 /// Snapshot metadata.
-pub type SnapshotMeta = openraft::SnapshotMeta<MemberId, Endpoints>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<MemberId, Endpoints>;
 /// A snapshot.
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub(crate) type Snapshot = openraft::Snapshot<TypeConfig>;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::{GuardError, TERM_STEP};
 use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
-use cluster_consensus::typecfg::{LogId, TypeConfig, Vote};
+use cluster_consensus::{LogId, TypeConfig, Vote};
 use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota};

@@ -13,7 +13,7 @@ use bytes::BufMut;
 use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::KvState;
 use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
-use cluster_consensus::typecfg::{LogId, TypeConfig, Vote, WriteBatch};
+use cluster_consensus::{LogId, TypeConfig, Vote, WriteBatch};
 use cluster_core::wire::{Frame, WireCodec, encode_body};
 use cluster_core::{ConsensusStore, MemberId, WriteOp, WriteRequest};
 use futures::StreamExt;
