@@ -89,6 +89,9 @@ pub(crate) mod network;
 pub mod quota;
 pub mod recovery;
 pub mod snapshot_data;
+// `KvState` is `pub` for the `testsuite` re-export below; without that
+// feature nothing outside the crate reaches it, and that is intended.
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))]
 pub(crate) mod state_machine;
 #[cfg(test)]
 mod storage_suite;
