@@ -129,6 +129,8 @@ impl Departures {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::membership::{Member, MemberState};
 
@@ -194,5 +196,122 @@ mod tests {
         assert_eq!(d.health(MemberId::from(3), false, t0 + T.failure_grace, &T), Health::Gone);
         d.retain(|_| false);
         assert_eq!(d, Departures::new());
+    }
+
+    /// One thing that happens to member `who` (1..=3), `after` seconds after
+    /// the previous one.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Joined,
+        Updated,
+        Failed,
+        Left,
+        /// A resync listing `who` as live (the others untouched).
+        Resync,
+        /// Known to raft, not live, no event seen.
+        Missing,
+    }
+
+    fn any_steps() -> impl Strategy<Value = Vec<(Step, u64, u64)>> {
+        let step = prop_oneof![
+            Just(Step::Joined),
+            Just(Step::Updated),
+            Just(Step::Failed),
+            Just(Step::Left),
+            Just(Step::Resync),
+            Just(Step::Missing),
+        ];
+        proptest::collection::vec((step, 1..=3u64, 0..40u64), 0..24)
+    }
+
+    /// What the departure clock must say of one member, from the last step
+    /// that concerned it alone: the specification, not the implementation.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Last {
+        Back,
+        Left,
+        /// Failed (or missing) since this instant.
+        Failed(Instant),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn departures_follow_the_clock_whatever_the_event_order(
+            steps in any_steps(),
+            grace in 1..60u64,
+            reap_extra in 0..60u64,
+            probes in proptest::collection::vec(0..200u64, 1..6),
+        ) {
+            let t = DepartureTimeouts {
+                failure_grace: Duration::from_secs(grace),
+                short_id_reap: Duration::from_secs(grace + reap_extra),
+            };
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut d = Departures::new();
+            let mut last: BTreeMap<MemberId, Last> = BTreeMap::new();
+            for (step, who, after) in steps {
+                now += Duration::from_secs(after);
+                let m = member(who);
+                let id = m.id;
+                match step {
+                    Step::Joined => d.observe(&MembershipEvent::Joined(m), now),
+                    Step::Updated => d.observe(&MembershipEvent::Updated(m), now),
+                    Step::Failed => d.observe(&MembershipEvent::Failed(m), now),
+                    Step::Left => d.observe(&MembershipEvent::Left(m), now),
+                    Step::Resync => d.observe(&MembershipEvent::Resync(vec![m]), now),
+                    Step::Missing => d.note_missing(id, now),
+                }
+                let previous = last.get(&id).copied();
+                let next = match step {
+                    Step::Joined | Step::Updated | Step::Resync => Last::Back,
+                    Step::Left => Last::Left,
+                    Step::Failed => Last::Failed(now),
+                    // A clock already running is not restarted.
+                    Step::Missing => match previous {
+                        Some(p @ (Last::Left | Last::Failed(_))) => p,
+                        _ => Last::Failed(now),
+                    },
+                };
+                last.insert(id, next);
+            }
+            for probe in probes {
+                let at = now + Duration::from_secs(probe);
+                let released = d.released(at, &t);
+                for who in 1..=3u64 {
+                    let id = MemberId::from(who);
+                    prop_assert_eq!(d.health(id, true, at, &t), Health::Healthy, "live is healthy");
+                    let (gone, freed) = match last.get(&id) {
+                        None | Some(Last::Back) => (false, false),
+                        Some(Last::Left) => (true, true),
+                        Some(Last::Failed(since)) => {
+                            let waited = at.duration_since(*since);
+                            (waited >= t.failure_grace, waited >= t.short_id_reap)
+                        }
+                    };
+                    let health = d.health(id, false, at, &t);
+                    prop_assert_eq!(health == Health::Gone, gone, "member {} at +{:?}: {:?}", who, at - t0, health);
+                    prop_assert_eq!(released.contains(&id), freed, "member {} released at +{:?}", who, at - t0);
+                }
+                // The loop sleeps until the next deadline: nothing may change
+                // before it, and something must change at it.
+                let decisions = |at: Instant| {
+                    let gone: Vec<bool> = (1..=3u64)
+                        .map(|n| d.health(MemberId::from(n), false, at, &t) == Health::Gone)
+                        .collect();
+                    (gone, d.released(at, &t))
+                };
+                match d.next_deadline(at, &t) {
+                    Some(deadline) => {
+                        prop_assert!(deadline > at);
+                        prop_assert_eq!(decisions(at), decisions(deadline - Duration::from_nanos(1)));
+                        prop_assert_ne!(decisions(at), decisions(deadline));
+                    }
+                    None => prop_assert_eq!(decisions(at), decisions(at + Duration::from_secs(100_000))),
+                }
+            }
+        }
     }
 }

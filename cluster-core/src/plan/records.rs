@@ -120,6 +120,8 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn info(n: u64) -> MemberInfo {
@@ -231,5 +233,117 @@ mod tests {
         f.released.insert(MemberId::from(2));
         settle(&mut f);
         assert!(!f.short_ids.contains_key(&MemberId::from(2)));
+    }
+
+    /// Members 1..=6: ids are drawn from bit masks over them.
+    const POOL: u64 = 6;
+
+    fn ids(mask: u8) -> BTreeSet<MemberId> {
+        (1..=POOL).filter(|n| mask & (1 << (n - 1)) != 0).map(MemberId::from).collect()
+    }
+
+    /// Any facts a leader may meet, however stale or contradictory the store
+    /// is against gossip and raft (member 1 is the leader, live and voter).
+    fn any_facts() -> impl Strategy<Value = RecordFacts> {
+        (
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
+            proptest::collection::vec(proptest::option::of(1u32..8), POOL as usize),
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), proptest::option::of(1..=POOL)),
+        )
+            .prop_map(
+                |((live, voters, nonvoters, released), held, (rec, stale, vk, nk, leader_key))| {
+                    let leader = MemberId::from(1);
+                    let voters: BTreeSet<_> = ids(voters | 1);
+                    let nonvoters = ids(nonvoters).difference(&voters).copied().collect();
+                    let mut short_ids = BTreeMap::new();
+                    for (n, h) in (1..=POOL).zip(held) {
+                        // The state machine never hands one id to two members.
+                        if let Some(h) = h.filter(|h| !short_ids.values().any(|v: &ShortId| v.get() == *h)) {
+                            short_ids.insert(MemberId::from(n), sid(h));
+                        }
+                    }
+                    let recorded = ids(rec)
+                        .into_iter()
+                        .map(|id| {
+                            let mut m = info_of(id);
+                            // Some records are stale: wrong role or short id.
+                            if ids(stale).contains(&id) {
+                                m.raft_role = RaftRole::Voter;
+                                m.short_id = Some(sid(7));
+                            }
+                            (id, m)
+                        })
+                        .collect();
+                    RecordFacts {
+                        leader,
+                        live: ids(live | 1).into_iter().map(info_of).collect(),
+                        voters,
+                        nonvoters,
+                        short_ids,
+                        recorded,
+                        voter_keys: ids(vk),
+                        nonvoter_keys: ids(nk),
+                        leader_key: leader_key.map(MemberId::from),
+                        released: ids(released & !1),
+                    }
+                },
+            )
+    }
+
+    fn info_of(id: MemberId) -> MemberInfo {
+        MemberInfo::new(id, "127.0.0.1", 1, 2, 3, 4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_plan_never_frees_a_held_id_it_should_keep(f in any_facts()) {
+            let plan = plan_records(&f);
+            prop_assert_eq!(&plan, &plan_records(&f), "the same facts give the same plan");
+            for change in &plan {
+                match change {
+                    // Only a final departure frees an id, and only one that is held.
+                    RecordChange::ReleaseShortId(id) => {
+                        prop_assert!(f.released.contains(id) && f.short_ids.contains_key(id), "{change:?}");
+                    }
+                    // Never a second id, never one for a member that is gone.
+                    RecordChange::AllocateShortId(id) => {
+                        prop_assert!(!f.short_ids.contains_key(id) && !f.released.contains(id), "{change:?}");
+                    }
+                    // A record carries the id the member holds, and its role.
+                    RecordChange::PutMember(m) => {
+                        prop_assert_eq!(m.short_id, f.short_ids.get(&m.member_id).copied());
+                        prop_assert!(!f.released.contains(&m.member_id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        #[test]
+        fn plans_settle_on_the_truth_and_then_change_nothing(f in any_facts()) {
+            let mut f = f;
+            settle(&mut f); // asserts that the next plan is empty
+            let live: BTreeSet<MemberId> =
+                f.live.iter().map(|m| m.member_id).filter(|id| !f.released.contains(id)).collect();
+            for id in &live {
+                let held = f.short_ids.get(id).copied();
+                prop_assert!(held.is_some(), "live member {} has no short id", id);
+                prop_assert_eq!(f.recorded.get(id).and_then(|m| m.short_id), held);
+            }
+            for id in &f.released {
+                prop_assert!(!f.short_ids.contains_key(id));
+            }
+            let held: Vec<ShortId> = f.short_ids.values().copied().collect();
+            let distinct: BTreeSet<ShortId> = held.iter().copied().collect();
+            prop_assert_eq!(held.len(), distinct.len(), "two members hold one short id");
+            for id in f.recorded.keys() {
+                prop_assert!(live.contains(id) || f.voters.contains(id) || f.nonvoters.contains(id));
+            }
+            prop_assert_eq!(&f.voter_keys, &f.voters);
+            prop_assert_eq!(&f.nonvoter_keys, &f.nonvoters);
+            prop_assert_eq!(f.leader_key, Some(f.leader));
+        }
     }
 }
