@@ -434,3 +434,93 @@ fn a_redb_file_that_does_not_open_is_refused_by_name() {
         Ok(_) => panic!("a garbled redb file opened"),
     }
 }
+
+/// One thing raft asks of its log.
+#[derive(Debug, Clone)]
+enum WalOp {
+    /// Appends this many entries after the last.
+    Append(u64),
+    /// Deletes from the entry this far back from the end (0: the last).
+    Truncate(u64),
+    /// Purges up to the entry this far back from the end.
+    Purge(u64),
+    /// Closes the log and opens it again.
+    Reopen,
+}
+
+fn any_wal_op() -> impl proptest::strategy::Strategy<Value = WalOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1..8u64).prop_map(WalOp::Append),
+        1 => (0..6u64).prop_map(WalOp::Truncate),
+        1 => (0..10u64).prop_map(WalOp::Purge),
+        1 => Just(WalOp::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever raft did to the log (appends across segment boundaries,
+    /// truncations, purges, reopens) and however the last write was torn,
+    /// reopening gives back exactly the entries raft still has.
+    #[test]
+    fn a_reopened_log_holds_what_raft_left_in_it(
+        ops in proptest::collection::vec(any_wal_op(), 1..40),
+        torn in proptest::option::of(1usize..64),
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, _) = Wal::open(dir.path(), small(), None).expect("open");
+        // The model: what raft holds, and the last purged index.
+        let mut model: Vec<u64> = Vec::new();
+        let mut purged: Option<u64> = None;
+        let last = |model: &Vec<u64>, purged: Option<u64>| model.last().copied().or(purged).unwrap_or(0);
+        for op in ops {
+            match op {
+                WalOp::Append(n) => {
+                    let from = last(&model, purged) + 1;
+                    write_all(&mut wal, from..=from + n - 1);
+                    model.extend(from..from + n);
+                }
+                WalOp::Truncate(back) => {
+                    let Some(at) = model.len().checked_sub(1 + back as usize) else { continue };
+                    let index = model[at];
+                    wal.truncate(index).expect("truncate");
+                    model.truncate(at);
+                }
+                WalOp::Purge(back) => {
+                    let Some(at) = model.len().checked_sub(1 + back as usize) else { continue };
+                    // Raft makes the purge point durable before it purges.
+                    let index = model[at];
+                    purged = Some(index);
+                    wal.purge(index).expect("purge");
+                    model.drain(..=at);
+                }
+                WalOp::Reopen => {
+                    drop(wal);
+                    let (keys, reopened) = indexes(dir.path(), small(), purged);
+                    proptest::prop_assert_eq!(&keys, &model);
+                    wal = reopened;
+                }
+            }
+        }
+        wal.sync().expect("sync");
+        drop(wal);
+        if let Some(cut) = torn {
+            // A crash in the middle of the next record's write.
+            let next = framed(last(&model, purged) + 1).bytes;
+            append_bytes(&last_segment(dir.path()), &next[..cut.min(next.len() - 1)]);
+        }
+        let (wal, recovered) = Wal::open(dir.path(), small(), purged).expect("reopen");
+        let keys: Vec<u64> = recovered.entries.keys().copied().collect();
+        proptest::prop_assert_eq!(&keys, &model);
+        for (index, entry) in &recovered.entries {
+            proptest::prop_assert_eq!(entry.log_id.index, *index);
+        }
+        proptest::prop_assert_eq!(recovered.torn_bytes, torn.map_or(0, |cut| cut.min(framed(last(&model, purged) + 1).bytes.len() - 1)) as u64);
+        drop(wal);
+        // The cut is durable: a second open finds nothing torn.
+        let (_, again) = Wal::open(dir.path(), small(), purged).expect("reopen twice");
+        proptest::prop_assert_eq!(again.torn_bytes, 0);
+    }
+}
