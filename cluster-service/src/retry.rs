@@ -149,6 +149,7 @@ fn give_up(policy: &RetryPolicy, attempts: u32, last: Option<Error>) -> Error {
 mod tests {
     use super::*;
     use cluster_core::MemberId;
+    use proptest::prelude::*;
     use std::sync::Mutex;
 
     fn policy(op_ms: u64) -> RetryPolicy {
@@ -228,5 +229,109 @@ mod tests {
         .await;
         assert_eq!(r, Ok(1));
         assert_eq!(*pauses.lock().unwrap(), 0);
+    }
+
+    /// What one scripted attempt answers.
+    #[derive(Debug, Clone)]
+    enum Answer {
+        Ok,
+        /// Retrying may help (no leader, unreachable, slow, a hint to follow).
+        Retryable(Error),
+        /// Retrying cannot help.
+        Final(Error),
+    }
+
+    /// An attempt: how long it takes (always less than its own timeout, so
+    /// its answer is seen unless the operation's deadline cuts it) and what
+    /// it answers.
+    fn any_attempt() -> impl Strategy<Value = (u64, Answer)> {
+        let hint = (0..3u64).prop_map(|n| {
+            Error::NotLeader(Some(LeaderHint {
+                member_id: MemberId::from(n),
+                service_addr: Some(format!("member-{n}:7001")),
+            }))
+        });
+        let retryable = prop_oneof![
+            Just(Error::NotLeader(None)),
+            Just(Error::Unreachable("down".into())),
+            Just(Error::Timeout("slow".into())),
+            hint,
+        ];
+        let fatal =
+            prop_oneof![Just(Error::BadRequest("no".into())), Just(Error::Forbidden("reserved".into()))];
+        let answer = prop_oneof![
+            1 => Just(Answer::Ok),
+            4 => retryable.prop_map(Answer::Retryable),
+            1 => fatal.prop_map(Answer::Final),
+        ];
+        (0..100u64, answer)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// On the paused clock: whatever the attempts answer and however long
+        /// they take, the loop ends by its deadline, stops at the first error
+        /// retrying cannot fix, and retries every other.
+        #[test]
+        fn retries_only_what_may_succeed_and_never_past_the_deadline(
+            script in proptest::collection::vec(any_attempt(), 1..30),
+            op_ms in 1..2_000u64,
+            attempt_ms in 100..500u64,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let policy = RetryPolicy { attempt_timeout: Duration::from_millis(attempt_ms), ..policy(op_ms) };
+            let calls = Mutex::new(0usize);
+            let (result, elapsed) = rt.block_on(async {
+                let started = Instant::now();
+                let result: Result<usize> = retry(
+                    &policy,
+                    |a| {
+                        let n = a.number as usize;
+                        *calls.lock().unwrap() += 1;
+                        // Past the script, the service stays unreachable.
+                        let (ms, answer) = script
+                            .get(n)
+                            .cloned()
+                            .unwrap_or((10, Answer::Retryable(Error::Unreachable("down".into()))));
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            match answer {
+                                Answer::Ok => Ok(n),
+                                Answer::Retryable(e) | Answer::Final(e) => Err(e),
+                            }
+                        }
+                    },
+                    tokio::time::sleep,
+                )
+                .await;
+                (result, started.elapsed())
+            });
+            // The timer rounds a sleep up to its next millisecond.
+            let bound = policy.op_timeout + Duration::from_millis(1);
+            prop_assert!(elapsed <= bound, "took {:?} of {:?}", elapsed, policy.op_timeout);
+            let last = calls.into_inner().unwrap() - 1;
+            // Every attempt before the last was answered, and retryably.
+            for n in 0..last {
+                if let Some((_, answer)) = script.get(n) {
+                    prop_assert!(!matches!(answer, Answer::Final(_)), "attempt {} after a final error", n + 1);
+                    prop_assert!(!matches!(answer, Answer::Ok), "attempt {} after a success", n + 1);
+                }
+            }
+            let answer = script.get(last).map(|(_, a)| a.clone());
+            match result {
+                Ok(n) => prop_assert!(n == last && matches!(answer, Some(Answer::Ok))),
+                // Given up: only at the deadline.
+                Err(e) if e.is_retryable() => {
+                    prop_assert!(matches!(e, Error::Timeout(_) | Error::Unreachable(_)), "{:?}", e);
+                    prop_assert!(elapsed >= policy.op_timeout, "gave up early, at {:?}", elapsed);
+                }
+                Err(e) => prop_assert!(matches!(&answer, Some(Answer::Final(f)) if *f == e), "{:?}", e),
+            }
+        }
     }
 }
