@@ -78,6 +78,7 @@
 //! # }
 //! ```
 
+mod budget;
 mod client;
 mod error;
 mod frame;

@@ -24,11 +24,12 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::budget::{ByteBudget, Taken};
 use crate::frame::{self, Answer, FrameReader, ReadEnd, StreamControl, StreamPart};
 use crate::log_limit::RateLimitedLog;
 use crate::security::Io;
@@ -156,11 +157,14 @@ pub fn serve<H: Handler>(
     }
     let local_addr = listener.local_addr().map_err(|e| RpcError::Config(format!("listener: {e}")))?;
     let cancel = CancellationToken::new();
+    let config_limits = config.limits.clone();
     let shared = Arc::new(Shared {
         handler,
         config,
         admission: Mutex::default(),
         log: RateLimitedLog::new(LOG_INTERVAL),
+        queued: ByteBudget::new(config_limits.max_queued_bytes),
+        partial_frames: ByteBudget::new(config_limits.max_partial_frame_bytes),
     });
     let task = tokio::spawn(accept_loop(listener, shared, cancel.clone()).in_current_span());
     Ok(Server { local_addr, cancel, task: Some(task) })
@@ -171,6 +175,10 @@ struct Shared<H> {
     config: ServerConfig,
     admission: Mutex<Admission>,
     log: RateLimitedLog,
+    /// Bytes of answers queued on all connections (see [`Limits::max_queued_bytes`]).
+    queued: ByteBudget,
+    /// Bytes of large frames being read (see [`Limits::max_partial_frame_bytes`]).
+    partial_frames: ByteBudget,
 }
 
 impl<H> Shared<H> {
@@ -369,70 +377,145 @@ enum Part<A> {
     One(A),
     Item(A),
     End,
-    /// The request is finished (answered, ended or cancelled): free its place.
-    Done,
+    /// The request is finished (answered, ended or cancelled): its place is
+    /// free once what it queued is written.
+    Done(OwnedSemaphorePermit),
 }
 
 type Outgoing<A> = BoxStream<'static, (u64, Part<A>)>;
+
+/// What the reading side hands the writing side, in order.
+enum Out {
+    /// An encoded frame, with the budget bytes it holds until written.
+    Frame(Bytes, Vec<Taken>),
+    /// A request's place in flight, given back once everything queued before
+    /// it is written: a peer that does not read cannot start new requests.
+    Release(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+/// An answer too large for the room left in the server's budget.
+fn no_room(len: usize) -> Error {
+    Error::Unreachable(format!(
+        "this member holds too many unsent answers to queue one of {len} bytes; retry later"
+    ))
+}
 
 async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, refusal: Option<Error>) {
     let config = &shared.config;
     let limits = &config.limits;
     let cluster = config.cluster_id.as_str();
     let max = limits.max_frame_len;
+    // Members' own traffic is trusted: only outsiders' bytes are counted
+    // member-wide, so outsiders can never make members wait.
+    let member = caller.role == Some(Role::Member);
     let (read, write) = tokio::io::split(io);
-    let (out, out_rx) = mpsc::channel::<Bytes>(limits.max_in_flight_per_connection);
+    let (out, out_rx) = mpsc::channel::<Out>(limits.max_in_flight_per_connection.saturating_mul(2));
     let writer =
         AbortOnDrop(tokio::spawn(write_frames(write, out_rx, limits.idle_timeout).in_current_span()));
     let mut reader = FrameReader::new(read, max);
+    if !member {
+        reader = reader.with_large_frame_budget(limits.large_frame_bytes, shared.partial_frames.clone());
+    }
+    let queued = ByteBudget::new(limits.max_queued_bytes_per_connection);
+    let places = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
+    let mut place: Option<OwnedSemaphorePermit> = None;
     let mut active: SelectAll<Outgoing<H::Answer>> = SelectAll::new();
     let mut cancels: HashMap<u64, CancellationToken> = HashMap::new();
-    let mut in_flight = 0usize;
     let ip = caller.addr.ip();
     let encode = |kind, id, answer: H::Answer| {
         frame::encode(kind, cluster, id, answer, max)
             .or_else(|e| frame::encode(FrameKind::Message, cluster, id, H::Answer::refused(e), max))
     };
     let refuse = |id: u64, error: Error| encode(FrameKind::Message, id, H::Answer::refused(error));
+    // Takes room for `len` bytes in the server's budget: an answer over the
+    // large-frame size that does not fit now is refused (`None`), a smaller
+    // one waits for room (the writers give it back as peers read, or drop
+    // peers that stopped reading).
+    let member_room = |len: usize| async move {
+        if member {
+            return Some(Vec::new());
+        }
+        if let Some(taken) = shared.queued.try_take(len) {
+            return Some(vec![taken]);
+        }
+        if len > limits.large_frame_bytes {
+            return None;
+        }
+        Some(vec![shared.queued.take(len).await])
+    };
 
     if let Some(why) = refusal {
         shared.log.note(ip, "connection refused", &why);
         if let Ok(bytes) = refuse(0, why) {
-            let _ = out.send(bytes).await;
+            let _ = out.send(Out::Frame(bytes, Vec::new())).await;
         }
     } else {
         loop {
-            let can_read = in_flight < limits.max_in_flight_per_connection;
-            let idle = (in_flight == 0).then_some(limits.idle_timeout);
+            let busy = limits.max_in_flight_per_connection
+                - places.available_permits()
+                - usize::from(place.is_some());
+            let idle = (busy == 0).then_some(limits.idle_timeout);
+            let room = queued.has_room();
             tokio::select! {
                 biased;
-                Some((id, part)) = active.next(), if !active.is_empty() => {
-                    let bytes = match part {
-                        Part::One(answer) => encode(FrameKind::Message, id, answer),
-                        Part::Item(answer) => {
+                Some((id, part)) = active.next(), if !active.is_empty() && room => {
+                    let (bytes, stream) = match part {
+                        Part::One(answer) => (encode(FrameKind::Message, id, answer), false),
+                        Part::Item(answer) => (
                             frame::encode(FrameKind::Stream, cluster, id, StreamPart::Item(answer), max)
-                                .or_else(|e| refuse(id, e))
+                                .or_else(|e| refuse(id, e)),
+                            true,
+                        ),
+                        Part::End => {
+                            (frame::encode(FrameKind::Stream, cluster, id, StreamPart::<()>::End, max), false)
                         }
-                        Part::End => frame::encode(FrameKind::Stream, cluster, id, StreamPart::<()>::End, max),
-                        Part::Done => {
-                            in_flight -= 1;
+                        Part::Done(place) => {
                             cancels.remove(&id);
-                            if in_flight == 0 {
+                            if busy == 1 {
                                 reader.touch();
+                            }
+                            if out.send(Out::Release(place)).await.is_err() {
+                                break;
                             }
                             continue;
                         }
                     };
-                    match bytes {
-                        Ok(bytes) => {
-                            if out.send(bytes).await.is_err() {
-                                break;
-                            }
+                    let bytes = match bytes {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "an answer cannot be encoded");
+                            continue;
                         }
-                        Err(e) => tracing::warn!(id, error = %e, "an answer cannot be encoded"),
+                    };
+                    let len = bytes.len();
+                    let (bytes, mut taken) = match member_room(len).await {
+                        Some(taken) => (bytes, taken),
+                        None => {
+                            shared.log.note(ip, "answer refused: queued answers at the server's limit", &len);
+                            // A stream's item cannot be skipped: the stream is cut
+                            // as a watcher that fell behind, and resumes from there.
+                            let error = if stream {
+                                if let Some(token) = cancels.get(&id) {
+                                    token.cancel();
+                                }
+                                Error::Lagged { missed: 1 }
+                            } else {
+                                no_room(len)
+                            };
+                            let Ok(bytes) = refuse(id, error) else { continue };
+                            let taken = member_room(bytes.len()).await.unwrap_or_default();
+                            (bytes, taken)
+                        }
+                    };
+                    taken.push(queued.take(bytes.len()).await);
+                    if out.send(Out::Frame(bytes, taken)).await.is_err() {
+                        break;
                     }
                 }
-                read = reader.next(idle, limits.frame_timeout), if can_read => {
+                // The connection's queue is full: wait until the peer reads.
+                _ = queued.room(), if !active.is_empty() && !room => {}
+                taken = places.clone().acquire_owned(), if place.is_none() => place = taken.ok(),
+                read = reader.next(idle, limits.frame_timeout), if place.is_some() => {
                     let body = match read {
                         Ok(body) => body,
                         Err(end) => {
@@ -440,7 +523,16 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 ReadEnd::TooLarge { len, max } => {
                                     shared.log.note(ip, "frame over the limit", &format!("{len} bytes, limit {max}"));
                                     if let Ok(bytes) = refuse(0, Error::FrameTooLarge { len, max }) {
-                                        let _ = out.send(bytes).await;
+                                        let _ = out.send(Out::Frame(bytes, Vec::new())).await;
+                                    }
+                                }
+                                ReadEnd::NoRoom { len } => {
+                                    shared.log.note(ip, "large frame refused: no room to read it", &len);
+                                    let error = Error::Unreachable(format!(
+                                        "this member reads too many large frames to read one of {len} bytes; retry later"
+                                    ));
+                                    if let Ok(bytes) = refuse(0, error) {
+                                        let _ = out.send(Out::Frame(bytes, Vec::new())).await;
                                     }
                                 }
                                 ReadEnd::SlowFrame => {
@@ -471,7 +563,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 _ => refuse(id, bad.error),
                             };
                             if let Ok(bytes) = refused
-                                && out.send(bytes).await.is_err()
+                                && out.send(Out::Frame(bytes, Vec::new())).await.is_err()
                             {
                                 break;
                             }
@@ -499,15 +591,15 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 drop(body);
                                 let token = CancellationToken::new();
                                 let future = shared.handler.handle(caller, request);
-                                active.push(progress(id, future, limits.request_timeout, token.clone()));
+                                let Some(place) = place.take() else { continue };
+                                active.push(progress(id, future, limits.request_timeout, token.clone(), place));
                                 cancels.insert(id, token);
-                                in_flight += 1;
                             }
                             Err(e) => {
                                 shared.log.note(ip, "refused a request", &e);
                                 match refuse(id, e) {
                                     Ok(bytes) => {
-                                        if out.send(bytes).await.is_err() {
+                                        if out.send(Out::Frame(bytes, Vec::new())).await.is_err() {
                                             break;
                                         }
                                     }
@@ -534,6 +626,7 @@ fn progress<A: Answer>(
     future: HandlerFuture<A>,
     timeout: Duration,
     cancel: CancellationToken,
+    place: OwnedSemaphorePermit,
 ) -> Outgoing<A> {
     let reply = async move {
         match tokio::time::timeout(timeout, future).await {
@@ -549,19 +642,23 @@ fn progress<A: Answer>(
             }
         })
         .take_until(cancel.cancelled_owned())
-        .chain(stream::once(async { Part::Done }))
+        .chain(stream::once(async move { Part::Done(place) }))
         .map(move |part| (id, part))
         .boxed()
 }
 
-async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Bytes>, stall: Duration) {
+async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Out>, stall: Duration) {
     let mut write = BufWriter::with_capacity(64 * 1024, write);
-    while let Some(bytes) = frames.recv().await {
-        let mut batch = Some(bytes);
+    while let Some(first) = frames.recv().await {
+        let mut batch = Some(first);
         let wrote = tokio::time::timeout(stall, async {
             // Write out when no further answer is ready, to batch busy connections.
-            while let Some(bytes) = batch.take() {
-                write.write_all(&bytes).await?;
+            while let Some(out) = batch.take() {
+                if let Out::Frame(bytes, taken) = out {
+                    write.write_all(&bytes).await?;
+                    // Written (or in the writer's fixed buffer): its room is free.
+                    drop((bytes, taken));
+                }
                 batch = frames.try_recv().ok();
             }
             write.flush().await
