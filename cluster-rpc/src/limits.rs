@@ -15,7 +15,7 @@ pub const MAX_FRAME_LEN_CEILING: usize = 64 * 1024 * 1024;
 /// and raft), 256 per peer address (over plain TCP the per-address cap is
 /// what keeps members' own traffic served), 64 requests in flight per
 /// connection, frames up to 16 MiB; at most 4 MiB of answers queued per
-/// connection and 64 MiB per server, at most 32 MiB of frames over 64 KiB
+/// connection and 32 MiB per server, at most 32 MiB of frames over 64 KiB
 /// being read at once per server. With these, none of the measured attacks
 /// (unread pipelines of large answers, unread watches, partial giant frames)
 /// grows a member by more than 128 MiB.
@@ -30,6 +30,16 @@ pub struct Limits {
     pub max_client_connections: usize,
     /// Connections from one peer IP address.
     pub max_connections_per_ip: usize,
+    /// Connections not authenticated yet: in their TLS handshake, or over
+    /// plain TCP before their first valid frame. They hold no regular place
+    /// (the caps above count authenticated connections only, and callers
+    /// with a member certificate have `max_connections` of their own); when
+    /// all are taken, a new connection takes the place of the oldest, so
+    /// connections that never authenticate cannot keep members out.
+    pub max_handshakes: usize,
+    /// Connections not authenticated yet from one peer IP address; a
+    /// further one is closed as soon as accepted.
+    pub max_handshakes_per_ip: usize,
     /// Requests (and open streams) of one connection served at once; when
     /// reached the server stops reading that connection until one ends
     /// (backpressure through TCP, no queue or task beyond this bound).
@@ -56,7 +66,8 @@ pub struct Limits {
     /// whose large frame does not fit waits (within `frame_timeout`, then it
     /// is closed); callers with a member certificate are not counted.
     pub max_partial_frame_bytes: usize,
-    /// How long a TLS handshake may take.
+    /// How long a connection may stay unauthenticated: the TLS handshake,
+    /// or over plain TCP the wait for its first valid frame.
     pub handshake_timeout: Duration,
     /// A connection with no request in flight and no byte received for this
     /// long is closed; so is one whose answers the peer does not read for this long.
@@ -77,10 +88,12 @@ impl Default for Limits {
             max_connections: 1024,
             max_client_connections: 768,
             max_connections_per_ip: 256,
+            max_handshakes: 256,
+            max_handshakes_per_ip: 64,
             max_in_flight_per_connection: 64,
             max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
             max_queued_bytes_per_connection: 4 << 20,
-            max_queued_bytes: 64 << 20,
+            max_queued_bytes: 32 << 20,
             large_frame_bytes: 64 << 10,
             max_partial_frame_bytes: 32 << 20,
             handshake_timeout: Duration::from_secs(5),
@@ -105,6 +118,8 @@ impl Limits {
         at_least_one("max_client_connections", self.max_client_connections);
         at_least_one("max_connections_per_ip", self.max_connections_per_ip);
         at_least_one("max_in_flight_per_connection", self.max_in_flight_per_connection);
+        at_least_one("max_handshakes", self.max_handshakes);
+        at_least_one("max_handshakes_per_ip", self.max_handshakes_per_ip);
         at_least_one("max_queued_bytes_per_connection", self.max_queued_bytes_per_connection);
         at_least_one("max_queued_bytes", self.max_queued_bytes);
         at_least_one("large_frame_bytes", self.large_frame_bytes);

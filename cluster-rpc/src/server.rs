@@ -3,13 +3,21 @@
 //! timeouts, hands each request to a [`Handler`] and writes its answer (or
 //! its stream of answers) back under the request's id.
 //!
+//! A connection first holds a handshake's place (a small budget of its own,
+//! the oldest giving way to a new one when full) until it is authenticated:
+//! its TLS handshake is done, or over plain TCP its first valid frame
+//! arrived. Only then does it take a regular place; callers with a member
+//! certificate have a pool of their own, so outsiders never keep members out.
+//!
 //! One task per connection reads and runs that connection's requests (at most
 //! [`Limits::max_in_flight_per_connection`] at once, polled in the same task:
-//! no task per request), and one task writes. When the bound is reached, or
-//! when the peer does not read its answers, the server stops reading: TCP
-//! pushes back, and nothing grows.
+//! no task per request), and one task writes. A request's place is given back
+//! once its answer is written; answers waiting to be written are counted in
+//! bytes, per connection and per server. When a bound is reached, or when the
+//! peer does not read its answers, the server stops reading: TCP pushes back,
+//! and nothing grows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -26,6 +34,7 @@ use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -190,44 +199,121 @@ impl<H> Shared<H> {
 /// The connections held now, by kind and by peer address.
 #[derive(Default)]
 struct Admission {
+    /// Authenticated connections of outsiders: callers with a client
+    /// certificate, and every caller over plain TCP.
     total: usize,
     clients: usize,
+    /// Connections of callers with a member certificate: a pool of their
+    /// own, so that outsiders can never take the places members need.
+    members: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections not authenticated yet, oldest first, and who may close them.
+    handshakes: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    handshakes_per_ip: HashMap<IpAddr, usize>,
+    next_handshake: u64,
 }
 
-/// A connection's place in [`Admission`]; given back when dropped.
-struct Slot<H> {
+fn release(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+/// A connection's place while it is not authenticated: the TLS handshake,
+/// or over plain TCP until its first valid frame. Given back when dropped.
+struct Handshake<H> {
     shared: Arc<Shared<H>>,
-    ip: IpAddr,
-    client: bool,
+    id: u64,
+    /// Cancelled when a newer connection took this place.
+    evicted: CancellationToken,
 }
 
-impl<H> Slot<H> {
+impl<H> Handshake<H> {
+    /// A place for a connection from `ip`. When all are taken, the oldest
+    /// handshake gives its place up: connections that never authenticate
+    /// cannot keep a member's new connection out, they only shorten each
+    /// other's time.
     fn admit(shared: &Arc<Shared<H>>, ip: IpAddr) -> Result<Self, &'static str> {
         let limits = &shared.config.limits;
         let mut a = shared.admission();
-        if a.total >= limits.max_connections {
-            return Err("too many connections");
+        if a.handshakes_per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_handshakes_per_ip {
+            return Err("too many handshakes from one address");
         }
-        let here = a.per_ip.entry(ip).or_default();
-        if *here >= limits.max_connections_per_ip {
-            return Err("too many connections from one address");
+        if a.handshakes.len() >= limits.max_handshakes
+            && let Some((_, (old_ip, evicted))) = a.handshakes.pop_first()
+        {
+            evicted.cancel();
+            release(&mut a.handshakes_per_ip, old_ip);
         }
-        *here += 1;
-        a.total += 1;
-        crate::stats::connection_opened();
-        Ok(Slot { shared: shared.clone(), ip, client: false })
+        let id = a.next_handshake;
+        a.next_handshake += 1;
+        let evicted = CancellationToken::new();
+        a.handshakes.insert(id, (ip, evicted.clone()));
+        *a.handshakes_per_ip.entry(ip).or_default() += 1;
+        Ok(Handshake { shared: shared.clone(), id, evicted })
     }
+}
 
-    /// Counts this connection as a client's, if the client budget allows.
-    fn make_client(&mut self) -> bool {
+impl<H> Drop for Handshake<H> {
+    fn drop(&mut self) {
         let mut a = self.shared.admission();
-        if a.clients >= self.shared.config.limits.max_client_connections {
-            return false;
+        if let Some((ip, _)) = a.handshakes.remove(&self.id) {
+            release(&mut a.handshakes_per_ip, ip);
         }
-        a.clients += 1;
-        self.client = true;
-        true
+    }
+}
+
+/// Who holds an authenticated connection's place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Member,
+    Client,
+    /// No certificate: plain TCP.
+    Anyone,
+}
+
+/// An authenticated connection's place in [`Admission`]; given back when dropped.
+struct Slot<H> {
+    shared: Arc<Shared<H>>,
+    ip: IpAddr,
+    kind: Kind,
+}
+
+impl<H> Slot<H> {
+    fn admit(shared: &Arc<Shared<H>>, ip: IpAddr, role: Option<Role>) -> Result<Self, &'static str> {
+        let limits = &shared.config.limits;
+        let kind = match role {
+            Some(Role::Member) => Kind::Member,
+            Some(Role::Client) => Kind::Client,
+            None => Kind::Anyone,
+        };
+        let mut a = shared.admission();
+        if kind == Kind::Member {
+            if a.members >= limits.max_connections {
+                return Err("too many member connections");
+            }
+            a.members += 1;
+        } else {
+            if a.total >= limits.max_connections {
+                return Err("too many connections");
+            }
+            if a.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+                return Err("too many connections from one address");
+            }
+            if kind == Kind::Client && a.clients >= limits.max_client_connections {
+                return Err("too many client connections");
+            }
+            a.total += 1;
+            *a.per_ip.entry(ip).or_default() += 1;
+            if kind == Kind::Client {
+                a.clients += 1;
+            }
+        }
+        crate::stats::connection_opened();
+        Ok(Slot { shared: shared.clone(), ip, kind })
     }
 }
 
@@ -235,16 +321,39 @@ impl<H> Drop for Slot<H> {
     fn drop(&mut self) {
         crate::stats::connection_closed();
         let mut a = self.shared.admission();
-        a.total -= 1;
-        if self.client {
-            a.clients -= 1;
-        }
-        if let Some(n) = a.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                a.per_ip.remove(&self.ip);
+        match self.kind {
+            Kind::Member => a.members -= 1,
+            kind => {
+                a.total -= 1;
+                if kind == Kind::Client {
+                    a.clients -= 1;
+                }
+                release(&mut a.per_ip, self.ip);
             }
         }
+    }
+}
+
+/// Where a connection stands when its requests start being read.
+enum Entry<H> {
+    /// Authenticated and holding a place.
+    Admitted(Slot<H>),
+    /// Over plain TCP: it holds a handshake's place until its first valid
+    /// frame, which must arrive before the deadline.
+    FirstFrame(Handshake<H>, Instant),
+    /// Only a refusal is sent.
+    Refused,
+}
+
+/// Ends when an unauthenticated connection must go: evicted, or past its
+/// deadline. Never ends for an authenticated one.
+async fn unauthenticated_end<H>(pending: Option<&(Handshake<H>, Instant)>) {
+    match pending {
+        Some((handshake, deadline)) => tokio::select! {
+            _ = handshake.evicted.cancelled() => {}
+            _ = tokio::time::sleep_until(*deadline) => {}
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -267,8 +376,8 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
                 }
             }
         };
-        let slot = match Slot::admit(&shared, peer.ip()) {
-            Ok(slot) => slot,
+        let handshake = match Handshake::admit(&shared, peer.ip()) {
+            Ok(handshake) => handshake,
             Err(why) => {
                 // Closed at once: an over-limit connection holds no descriptor.
                 shared.log.note(peer.ip(), why, &"closed as soon as accepted");
@@ -276,7 +385,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
             }
         };
         let span = tracing::debug_span!("rpc_connection", %peer);
-        connections.spawn(connection(tcp, peer, slot, shared.clone()).instrument(span));
+        connections.spawn(connection(tcp, peer, handshake, shared.clone()).instrument(span));
     }
     drop(listener);
     // Aborts every connection task; each aborts its writer.
@@ -292,13 +401,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot<H>, shared: Arc<Shared<H>>) {
+async fn connection<H: Handler>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: Handshake<H>,
+    shared: Arc<Shared<H>>,
+) {
     let _ = tcp.set_nodelay(true);
     let limits = &shared.config.limits;
+    let deadline = Instant::now() + limits.handshake_timeout;
+    let evicted = handshake.evicted.clone();
     if shared.config.security.is_tls() {
         // A plain-TCP caller of a TLS port is told so in its own terms, so it
         // gets a clear error instead of a failed handshake.
-        if let Ok(Some(found)) = tokio::time::timeout(limits.handshake_timeout, plain_frame(&tcp)).await {
+        let peeked = tokio::select! {
+            _ = evicted.cancelled() => return,
+            peeked = tokio::time::timeout_at(deadline, plain_frame(&tcp)) => peeked,
+        };
+        if let Ok(Some(found)) = peeked {
             shared.log.note(peer.ip(), "plain TCP on a TLS port", &"refused");
             let error =
                 Error::Forbidden("this port requires TLS: connect with the cluster's certificates".into());
@@ -315,8 +435,13 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
             return;
         }
     }
-    let secured =
-        tokio::time::timeout(limits.handshake_timeout, shared.config.security.accept(tcp, peer)).await;
+    let secured = tokio::select! {
+        _ = evicted.cancelled() => {
+            shared.log.note(peer.ip(), "handshake closed", &"a newer connection took its place");
+            return;
+        }
+        secured = tokio::time::timeout_at(deadline, shared.config.security.accept(tcp, peer)) => secured,
+    };
     let (io, role) = match secured {
         Ok(Ok(secured)) => secured,
         Ok(Err(e)) => {
@@ -332,19 +457,26 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
             return;
         }
     };
-    let refusal = match role {
-        Some(Role::Member) | None => None,
-        Some(Role::Client) if shared.config.access == Access::MembersOnly => Some(Error::Forbidden(
-            "this port accepts members only; a client certificate was presented".to_owned(),
-        )),
-        Some(Role::Client) if !slot.make_client() => {
-            Some(Error::Unreachable("too many client connections; retry later".to_owned()))
-        }
-        Some(Role::Client) => None,
-    };
     let caller = Caller { addr: peer, role };
-    run(io, caller, &shared, refusal).await;
-    drop(slot);
+    if !shared.config.security.is_tls() {
+        run(io, caller, &shared, None, Entry::FirstFrame(handshake, deadline)).await;
+        return;
+    }
+    // Authenticated: the handshake's place is free, a regular one is taken.
+    drop(handshake);
+    if role == Some(Role::Client) && shared.config.access == Access::MembersOnly {
+        let refusal =
+            Error::Forbidden("this port accepts members only; a client certificate was presented".to_owned());
+        run(io, caller, &shared, Some(refusal), Entry::Refused).await;
+        return;
+    }
+    match Slot::admit(&shared, peer.ip(), role) {
+        Ok(slot) => run(io, caller, &shared, None, Entry::Admitted(slot)).await,
+        Err(why) => {
+            let refusal = Error::Unreachable(format!("{why}; retry later"));
+            run(io, caller, &shared, Some(refusal), Entry::Refused).await;
+        }
+    }
 }
 
 /// The cluster id of a plain frame at the start of `tcp` (peeked, not read),
@@ -400,7 +532,13 @@ fn no_room(len: usize) -> Error {
     ))
 }
 
-async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, refusal: Option<Error>) {
+async fn run<H: Handler>(
+    io: Box<dyn Io>,
+    caller: Caller,
+    shared: &Arc<Shared<H>>,
+    refusal: Option<Error>,
+    entry: Entry<H>,
+) {
     let config = &shared.config;
     let limits = &config.limits;
     let cluster = config.cluster_id.as_str();
@@ -422,6 +560,11 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
     let mut active: SelectAll<Outgoing<H::Answer>> = SelectAll::new();
     let mut cancels: HashMap<u64, CancellationToken> = HashMap::new();
     let ip = caller.addr.ip();
+    let (mut slot, mut pending) = match entry {
+        Entry::Admitted(slot) => (Some(slot), None),
+        Entry::FirstFrame(handshake, deadline) => (None, Some((handshake, deadline))),
+        Entry::Refused => (None, None),
+    };
     let encode = |kind, id, answer: H::Answer| {
         frame::encode(kind, cluster, id, answer, max)
             .or_else(|e| frame::encode(FrameKind::Message, cluster, id, H::Answer::refused(e), max))
@@ -512,6 +655,10 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                         break;
                     }
                 }
+                _ = unauthenticated_end(pending.as_ref()), if pending.is_some() => {
+                    shared.log.note(ip, "no valid frame before the handshake timeout", &"closed");
+                    break;
+                }
                 // The connection's queue is full: wait until the peer reads.
                 _ = queued.room(), if !active.is_empty() && !room => {}
                 taken = places.clone().acquire_owned(), if place.is_none() => place = taken.ok(),
@@ -575,6 +722,20 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                         }
                     };
                     let id = head.request_id;
+                    if let Some((handshake, _)) = pending.take() {
+                        // The first valid frame over plain TCP: a regular place now.
+                        match Slot::admit(shared, ip, caller.role) {
+                            Ok(admitted) => slot = Some(admitted),
+                            Err(why) => {
+                                shared.log.note(ip, why, &"refused after its first frame");
+                                if let Ok(bytes) = refuse(id, Error::Unreachable(format!("{why}; retry later"))) {
+                                    let _ = out.send(Out::Frame(bytes, Vec::new())).await;
+                                }
+                                break;
+                            }
+                        }
+                        drop(handshake);
+                    }
                     match head.kind {
                         FrameKind::Stream => match frame::payload::<StreamControl>(id, payload) {
                             Ok(StreamControl::Cancel) => {
@@ -617,6 +778,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
     drop(out);
     let mut writer = writer;
     let _ = tokio::time::timeout(DRAIN, &mut writer.0).await;
+    drop((slot, pending));
 }
 
 /// The parts of one request: its answer or its stream, bounded in time until
