@@ -191,12 +191,22 @@ mod tests {
             max_in_flight_per_connection: 0,
             max_frame_len: 65 << 20,
             frame_timeout: Duration::ZERO,
+            max_handshakes: 0,
+            max_queued_bytes: 3 << 30,
+            large_frame_bytes: 1 << 20,
+            max_partial_frame_bytes: 1 << 10,
             ..Limits::default()
         };
         let problems = limits.problems().join("\n");
-        for field in
-            ["max_client_connections", "max_in_flight_per_connection", "max_frame_len", "frame_timeout"]
-        {
+        for field in [
+            "max_client_connections",
+            "max_in_flight_per_connection",
+            "max_frame_len",
+            "frame_timeout",
+            "max_handshakes",
+            "max_queued_bytes",
+            "max_partial_frame_bytes",
+        ] {
             assert!(problems.contains(field), "{field} missing in {problems}");
         }
         assert!(limits.validate().is_err());
