@@ -16,7 +16,7 @@ use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -714,7 +714,7 @@ impl ConsensusStore for RaftStore {
             Ok(watch) => watch,
             // Never happens (a watch from now has nothing to replay); a
             // watch that ends at once is the answer of a stopped store.
-            Err(_) => Watch::new(prefix, broadcast::channel(1).1),
+            Err(_) => Watch::ended(prefix),
         }
     }
 

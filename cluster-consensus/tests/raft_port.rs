@@ -135,10 +135,10 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
     let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("a follower");
     let addr = follower.raft_addr();
 
-    // 2,000 idle connections from one other host: at most 256 are held.
+    // 2,000 idle connections from one other host: at most 64 are held, as handshakes.
     let mut idle = idle_connections([127, 0, 0, 2], addr, 2000).await.expect("connect");
     let held = held_open(&mut idle, Duration::from_secs(3)).await;
-    assert_eq!(held, 256, "connections held from one address");
+    assert!(held <= 64, "{held} connections held from one address (as handshakes, max_handshakes_per_ip)");
     assert!(leader.set("during-flood", vec![1]).await.unwrap());
 
     // 200,000 valid requests, answers never read.

@@ -51,6 +51,7 @@ pub mod role;
 pub mod store;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+mod watch_log;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, IoKind, LeaderHint, Quota, Result};

@@ -2,18 +2,19 @@
 //! that every member reads and writes. `cluster-consensus` implements it on
 //! openraft; `cluster-service` forwards it to the leader.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::id::{ClientRequestId, MemberId, ShortId};
 use crate::role::RaftRole;
+pub use crate::watch_log::{Watch, WatchLog};
 
 /// A change to the store, applied through the raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,186 +182,6 @@ pub struct WatchEvent {
     pub value: Option<Vec<u8>>,
     /// The store's revision after this change; grows with every change.
     pub revision: u64,
-}
-
-/// A watch on a key prefix: every applied change under it, in revision order.
-pub struct Watch {
-    prefix: String,
-    rx: broadcast::Receiver<WatchEvent>,
-    /// Past changes under the prefix, replayed before the live ones.
-    replay: VecDeque<WatchEvent>,
-    /// Live changes before this revision are not wanted.
-    from_revision: u64,
-}
-
-impl Watch {
-    /// A watch of `prefix` on a stream of all changes.
-    pub fn new(prefix: impl Into<String>, rx: broadcast::Receiver<WatchEvent>) -> Self {
-        Watch { prefix: prefix.into(), rx, replay: VecDeque::new(), from_revision: 0 }
-    }
-
-    /// The prefix watched.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The next change under the prefix; `None` when the store stopped.
-    /// `Some(Err(Error::Lagged))` when this watcher fell behind and missed
-    /// changes: read the prefix again and watch on.
-    pub async fn recv(&mut self) -> Option<Result<WatchEvent>> {
-        if let Some(e) = self.replay.pop_front() {
-            return Some(Ok(e));
-        }
-        loop {
-            match self.rx.recv().await {
-                Ok(e) if e.revision >= self.from_revision && e.key.starts_with(&self.prefix) => {
-                    return Some(Ok(e));
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some(Err(Error::Lagged { missed: n }));
-                }
-            }
-        }
-    }
-
-    /// Changes buffered for this watcher now: replayed ones not read yet, and
-    /// live ones (of any prefix) waiting in the shared, bounded channel.
-    pub fn buffered(&self) -> usize {
-        self.replay.len() + self.rx.len()
-    }
-}
-
-/// The recent changes of a store and the channel of its live ones, so that a
-/// watch can start at a past revision: it replays what the log still holds,
-/// then goes on live, with no gap and no repeat (both are taken under one lock).
-///
-/// Bounded: the oldest changes are forgotten past `max_events` or
-/// `max_bytes`; a watch from a forgotten revision fails with
-/// [`Error::Compacted`]. The live channel holds at most `capacity` changes
-/// for the slowest watcher, which then gets [`Error::Lagged`].
-pub struct WatchLog {
-    inner: std::sync::Mutex<WatchLogInner>,
-}
-
-struct WatchLogInner {
-    tx: Option<broadcast::Sender<WatchEvent>>,
-    events: VecDeque<WatchEvent>,
-    bytes: usize,
-    /// Every change after this revision is in `events` (or still to come).
-    floor: u64,
-    max_events: usize,
-    max_bytes: usize,
-}
-
-fn event_bytes(e: &WatchEvent) -> usize {
-    e.key.len() + e.value.as_ref().map_or(0, Vec::len) + 32
-}
-
-impl std::fmt::Debug for WatchLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inner = self.lock();
-        f.debug_struct("WatchLog")
-            .field("floor", &inner.floor)
-            .field("events", &inner.events.len())
-            .field("bytes", &inner.bytes)
-            .finish()
-    }
-}
-
-impl WatchLog {
-    /// A log replaying changes after `revision` (the state's revision when
-    /// the store opened), remembering at most `max_events` changes and
-    /// `max_bytes` of keys and values, with a live channel of `capacity`.
-    pub fn new(revision: u64, capacity: usize, max_events: usize, max_bytes: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
-        WatchLog {
-            inner: std::sync::Mutex::new(WatchLogInner {
-                tx: Some(tx),
-                events: VecDeque::new(),
-                bytes: 0,
-                floor: revision,
-                max_events,
-                max_bytes,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WatchLogInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records applied changes, in revision order, and sends them to the watchers.
-    pub fn publish(&self, events: Vec<WatchEvent>) {
-        let mut inner = self.lock();
-        for e in events {
-            if let Some(tx) = &inner.tx {
-                // No receiver is fine: nobody watches.
-                let _ = tx.send(e.clone());
-            }
-            inner.bytes += event_bytes(&e);
-            inner.events.push_back(e);
-        }
-        while inner.events.len() > inner.max_events || inner.bytes > inner.max_bytes {
-            let Some(old) = inner.events.pop_front() else { break };
-            inner.bytes = inner.bytes.saturating_sub(event_bytes(&old));
-            inner.floor = inner.floor.max(old.revision);
-        }
-    }
-
-    /// A whole new state was installed (a snapshot from the leader) at
-    /// `revision`: watchers get `events` (what changed, all stamped with
-    /// `revision`), and the revisions before it can no longer be replayed.
-    pub fn restart_at(&self, revision: u64, events: Vec<WatchEvent>) {
-        let mut inner = self.lock();
-        if let Some(tx) = &inner.tx {
-            for e in events {
-                let _ = tx.send(e);
-            }
-        }
-        inner.events.clear();
-        inner.bytes = 0;
-        inner.floor = revision;
-    }
-
-    /// The oldest revision a watch can start from.
-    pub fn oldest(&self) -> u64 {
-        self.lock().floor + 1
-    }
-
-    /// Watches `prefix`: from now when `from_revision` is `None`, else every
-    /// change of revision `from_revision` or later. Fails with
-    /// [`Error::Compacted`] when changes from that revision are forgotten.
-    pub fn watch(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
-        let inner = self.lock();
-        let rx = match &inner.tx {
-            Some(tx) => tx.subscribe(),
-            // Stopped: a watch that ends at once.
-            None => broadcast::channel(1).1,
-        };
-        let mut watch = Watch::new(prefix, rx);
-        if let Some(from) = from_revision {
-            // Revisions start at 1: from 0 is from the beginning.
-            let from = from.max(1);
-            if from <= inner.floor {
-                return Err(Error::Compacted { requested: from, oldest: inner.floor + 1 });
-            }
-            watch.from_revision = from;
-            watch.replay = inner
-                .events
-                .iter()
-                .filter(|e| e.revision >= from && e.key.starts_with(prefix))
-                .cloned()
-                .collect();
-        }
-        Ok(watch)
-    }
-
-    /// Ends every watch (once it read what it was sent): the store stopped.
-    pub fn close(&self) {
-        self.lock().tx = None;
-    }
 }
 
 /// Where a member of raft is reached.
@@ -767,54 +588,4 @@ impl<T: ConsensusStore> ConsensusStoreExt for T {}
 /// The error for an answer that does not match its operation.
 pub fn unexpected(op: &str, outcome: &WriteOutcome) -> Error {
     Error::Internal(format!("{op} was answered with {outcome:?}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(key: &str, revision: u64) -> WatchEvent {
-        WatchEvent { key: key.to_owned(), value: Some(vec![b'v']), revision }
-    }
-
-    #[tokio::test]
-    async fn a_watch_from_a_past_revision_replays_then_goes_on_live_without_repeats() {
-        let log = WatchLog::new(0, 16, 100, 1 << 20);
-        log.publish((1..=5).map(|r| set(if r % 2 == 0 { "a/x" } else { "b/y" }, r)).collect());
-        let mut watch = log.watch("a/", Some(3)).unwrap();
-        log.publish(vec![set("a/z", 6), set("b/q", 7), set("a/w", 8), set("a/end", 9)]);
-        let mut seen = Vec::new();
-        loop {
-            let e = watch.recv().await.expect("open").expect("not lagged");
-            seen.push(e.revision);
-            if e.key == "a/end" {
-                break;
-            }
-        }
-        assert_eq!(seen, [4, 6, 8, 9]);
-        // From 0 is from the first revision, nothing forgotten yet.
-        assert!(log.watch("", Some(0)).is_ok());
-    }
-
-    #[test]
-    fn forgotten_revisions_are_refused_as_compacted() {
-        let log = WatchLog::new(0, 16, 3, 1 << 20);
-        log.publish((1..=5).map(|r| set("k", r)).collect());
-        assert_eq!(log.oldest(), 3);
-        assert_eq!(log.watch("k", Some(2)).err(), Some(Error::Compacted { requested: 2, oldest: 3 }));
-        assert_eq!(log.watch("k", Some(3)).unwrap().buffered(), 3);
-        // A snapshot install: nothing before it can be replayed.
-        log.restart_at(40, vec![set("k", 40)]);
-        assert_eq!(log.watch("k", Some(40)).err(), Some(Error::Compacted { requested: 40, oldest: 41 }));
-        assert!(log.watch("k", Some(41)).is_ok());
-    }
-
-    #[test]
-    fn the_history_is_bounded_in_bytes_too() {
-        let log = WatchLog::new(0, 16, 1000, 1000);
-        let big = |r| WatchEvent { key: "k".into(), value: Some(vec![0; 300]), revision: r };
-        log.publish((1..=10).map(big).collect());
-        // At most three 300-byte values fit in 1000 bytes.
-        assert!(log.oldest() >= 8, "{log:?}");
-    }
 }

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use crate::budget::{ByteBudget, Taken};
+
 /// What an answer type must offer the RPC layer: a way to carry the layer's
 /// own refusals (a foreign cluster, a malformed frame, a timeout) in the
 /// handler's answer type, so that every answer on the wire decodes as that type.
@@ -71,6 +73,9 @@ pub(crate) enum ReadEnd {
     Idle,
     /// A frame started and did not complete within the frame timeout.
     SlowFrame,
+    /// A large frame waited for room in the server's budget for partly read
+    /// frames longer than the frame timeout.
+    NoRoom { len: usize },
     /// The socket failed.
     Io(std::io::Error),
 }
@@ -89,6 +94,10 @@ pub(crate) struct FrameReader<R> {
     max_len: usize,
     frame_started: Option<Instant>,
     last_activity: Instant,
+    /// Frames longer than this are read only with room in `budget`.
+    large: Option<(usize, ByteBudget)>,
+    /// The room the large frame being read holds.
+    held: Option<Taken>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -99,7 +108,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_len,
             frame_started: None,
             last_activity: Instant::now(),
+            large: None,
+            held: None,
         }
+    }
+
+    /// Reads frames longer than `threshold` only once `budget` has room for
+    /// them, so that many peers announcing large frames cannot make the
+    /// reader hold more than the budget (shared by a server's connections).
+    pub(crate) fn with_large_frame_budget(mut self, threshold: usize, budget: ByteBudget) -> Self {
+        self.large = Some((threshold, budget));
+        self
     }
 
     /// Marks the connection active now (the idle timeout starts again).
@@ -123,7 +142,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Err(ReadEnd::TooLarge { len, max: self.max_len });
                 }
                 needed = LEN_PREFIX + len;
+                if let Some((threshold, budget)) = &self.large
+                    && len > *threshold
+                    && self.held.is_none()
+                    && self.buf.len() < needed
+                {
+                    // Wait for room before reading (and buffering) more of it;
+                    // the peer's bytes wait in its socket meanwhile.
+                    let started = *self.frame_started.get_or_insert_with(Instant::now);
+                    match tokio::time::timeout_at(started + frame_timeout, budget.take(len)).await {
+                        Ok(taken) => self.held = Some(taken),
+                        Err(_) => return Err(ReadEnd::NoRoom { len }),
+                    }
+                }
                 if self.buf.len() >= needed {
+                    self.held = None;
                     self.buf.advance(LEN_PREFIX);
                     let body = self.buf.split_to(len);
                     self.frame_started = if self.buf.is_empty() { None } else { Some(Instant::now()) };
@@ -203,6 +236,40 @@ mod tests {
         assert!(matches!(end, ReadEnd::SlowFrame), "{end:?}");
         drop(reader);
         trickle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_frame_waits_for_room_and_small_ones_pass() {
+        let budget = ByteBudget::new(1000);
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(rx, 1 << 20).with_large_frame_budget(100, budget.clone());
+        let elsewhere = budget.try_take(1000).expect("all of it");
+        tx.write_all(&[0, 0, 0, 2, 7, 8]).await.unwrap();
+        assert_eq!(
+            &reader.next(None, Duration::from_secs(5)).await.unwrap()[..],
+            &[7, 8],
+            "small frames pass"
+        );
+        // Longer than one read, so that the reader must wait for room to go on.
+        tx.write_all(&50_000u32.to_be_bytes()).await.unwrap();
+        tx.write_all(&[1; 50_000]).await.unwrap();
+        let end = reader.next(None, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(end, ReadEnd::NoRoom { len: 50_000 }), "{end:?}");
+        assert!(reader.buf.len() <= READ_CHUNK, "read {} bytes without room", reader.buf.len());
+
+        // With room it is read, and the room is given back once it is whole.
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(rx, 1 << 20).with_large_frame_budget(100, budget.clone());
+        tx.write_all(&50_000u32.to_be_bytes()).await.unwrap();
+        let give_back = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(elsewhere);
+            tx.write_all(&[1; 50_000]).await.unwrap();
+            tx
+        });
+        assert_eq!(reader.next(None, Duration::from_secs(5)).await.unwrap().len(), 50_000);
+        assert_eq!(budget.used(), 0);
+        drop(give_back.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]

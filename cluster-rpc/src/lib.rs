@@ -6,11 +6,15 @@
 //! reach, so the limits are written once:
 //!
 //! - [`serve`] runs a [`Handler`] on a listener. It admits connections within
-//!   [`Limits`] (in total, per peer address, and a smaller budget for callers
-//!   with client certificates, so members' own traffic always finds a slot),
-//!   closes handshakes, idle connections and frames that take too long, reads
-//!   into buffers that grow only as bytes arrive, and runs at most
-//!   [`Limits::max_in_flight_per_connection`] requests per connection: past
+//!   [`Limits`]: unauthenticated ones in a small handshake budget of their
+//!   own, authenticated ones in total, per peer address, a smaller budget for
+//!   callers with client certificates, and a pool of their own for members,
+//!   so members' own traffic always finds a place. It closes handshakes, idle
+//!   connections and frames that take too long, reads into buffers that grow
+//!   only as bytes arrive (large frames only within a per-server byte
+//!   budget), counts queued answers in bytes per connection and per server,
+//!   and runs at most [`Limits::max_in_flight_per_connection`] requests per
+//!   connection, each holding its place until its answer is written: past
 //!   that, and while the peer does not read its answers, it stops reading.
 //!   A handler answers once ([`Reply::One`]) or with a stream
 //!   ([`Reply::Stream`]) that the caller can cancel. Refused frames (another
@@ -78,6 +82,7 @@
 //! # }
 //! ```
 
+mod budget;
 mod client;
 mod error;
 mod frame;

@@ -14,7 +14,11 @@ pub const MAX_FRAME_LEN_CEILING: usize = 64 * 1024 * 1024;
 /// may hold client certificates (the rest stay free for members' forwarding
 /// and raft), 256 per peer address (over plain TCP the per-address cap is
 /// what keeps members' own traffic served), 64 requests in flight per
-/// connection, frames up to 16 MiB.
+/// connection, frames up to 16 MiB; at most 4 MiB of answers queued per
+/// connection and 32 MiB per server, at most 32 MiB of frames over 64 KiB
+/// being read at once per server. With these, none of the measured attacks
+/// (unread pipelines of large answers, unread watches, partial giant frames)
+/// grows a member by more than 128 MiB.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
@@ -26,13 +30,44 @@ pub struct Limits {
     pub max_client_connections: usize,
     /// Connections from one peer IP address.
     pub max_connections_per_ip: usize,
+    /// Connections not authenticated yet: in their TLS handshake, or over
+    /// plain TCP before their first valid frame. They hold no regular place
+    /// (the caps above count authenticated connections only, and callers
+    /// with a member certificate have `max_connections` of their own); when
+    /// all are taken, a new connection takes the place of the oldest, so
+    /// connections that never authenticate cannot keep members out.
+    pub max_handshakes: usize,
+    /// Connections not authenticated yet from one peer IP address; a
+    /// further one is closed as soon as accepted.
+    pub max_handshakes_per_ip: usize,
     /// Requests (and open streams) of one connection served at once; when
     /// reached the server stops reading that connection until one ends
     /// (backpressure through TCP, no queue or task beyond this bound).
     pub max_in_flight_per_connection: usize,
     /// The largest frame sent or accepted, in bytes (at most 64 MiB).
     pub max_frame_len: usize,
-    /// How long a TLS handshake may take.
+    /// Bytes of encoded answers one connection may have queued and not yet
+    /// written to its socket. When reached, the server produces no further
+    /// answer for that connection (and, once its requests in flight are
+    /// used up, stops reading it) until the peer reads. One answer larger
+    /// than this is still queued alone, so every answer can be sent.
+    pub max_queued_bytes_per_connection: usize,
+    /// Bytes of encoded answers all connections of one server (one port)
+    /// may have queued at once. An answer over `large_frame_bytes` that does
+    /// not fit is refused with a typed "retry later" error (a stream's item
+    /// ends the stream with `Lagged`); smaller answers wait for room.
+    /// Callers with a member certificate are not counted.
+    pub max_queued_bytes: usize,
+    /// Frames longer than this are large: they are read only while the
+    /// server's `max_partial_frame_bytes` allows. Smaller frames are never
+    /// held back by it.
+    pub large_frame_bytes: usize,
+    /// Bytes of large frames that one server reads at once. A connection
+    /// whose large frame does not fit waits (within `frame_timeout`, then it
+    /// is closed); callers with a member certificate are not counted.
+    pub max_partial_frame_bytes: usize,
+    /// How long a connection may stay unauthenticated: the TLS handshake,
+    /// or over plain TCP the wait for its first valid frame.
     pub handshake_timeout: Duration,
     /// A connection with no request in flight and no byte received for this
     /// long is closed; so is one whose answers the peer does not read for this long.
@@ -53,8 +88,14 @@ impl Default for Limits {
             max_connections: 1024,
             max_client_connections: 768,
             max_connections_per_ip: 256,
+            max_handshakes: 256,
+            max_handshakes_per_ip: 64,
             max_in_flight_per_connection: 64,
             max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
+            max_queued_bytes_per_connection: 4 << 20,
+            max_queued_bytes: 32 << 20,
+            large_frame_bytes: 64 << 10,
+            max_partial_frame_bytes: 32 << 20,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(10),
@@ -77,6 +118,28 @@ impl Limits {
         at_least_one("max_client_connections", self.max_client_connections);
         at_least_one("max_connections_per_ip", self.max_connections_per_ip);
         at_least_one("max_in_flight_per_connection", self.max_in_flight_per_connection);
+        at_least_one("max_handshakes", self.max_handshakes);
+        at_least_one("max_handshakes_per_ip", self.max_handshakes_per_ip);
+        at_least_one("max_queued_bytes_per_connection", self.max_queued_bytes_per_connection);
+        at_least_one("max_queued_bytes", self.max_queued_bytes);
+        at_least_one("large_frame_bytes", self.large_frame_bytes);
+        at_least_one("max_partial_frame_bytes", self.max_partial_frame_bytes);
+        for (name, value) in [
+            ("max_queued_bytes_per_connection", self.max_queued_bytes_per_connection),
+            ("max_queued_bytes", self.max_queued_bytes),
+            ("max_partial_frame_bytes", self.max_partial_frame_bytes),
+        ] {
+            // Counted by a semaphore of u32 permits.
+            if value > u32::MAX as usize >> 1 {
+                problems.push(format!("{name}: {value} bytes is over 2 GiB"));
+            }
+        }
+        if self.max_partial_frame_bytes < self.large_frame_bytes {
+            problems.push(format!(
+                "max_partial_frame_bytes: {} must be at least large_frame_bytes ({})",
+                self.max_partial_frame_bytes, self.large_frame_bytes
+            ));
+        }
         if self.max_client_connections >= self.max_connections && self.max_connections > 1 {
             problems.push(format!(
                 "max_client_connections: {} must be below max_connections ({}) so members always find a slot",
@@ -128,12 +191,22 @@ mod tests {
             max_in_flight_per_connection: 0,
             max_frame_len: 65 << 20,
             frame_timeout: Duration::ZERO,
+            max_handshakes: 0,
+            max_queued_bytes: 3 << 30,
+            large_frame_bytes: 1 << 20,
+            max_partial_frame_bytes: 1 << 10,
             ..Limits::default()
         };
         let problems = limits.problems().join("\n");
-        for field in
-            ["max_client_connections", "max_in_flight_per_connection", "max_frame_len", "frame_timeout"]
-        {
+        for field in [
+            "max_client_connections",
+            "max_in_flight_per_connection",
+            "max_frame_len",
+            "frame_timeout",
+            "max_handshakes",
+            "max_queued_bytes",
+            "max_partial_frame_bytes",
+        ] {
             assert!(problems.contains(field), "{field} missing in {problems}");
         }
         assert!(limits.validate().is_err());

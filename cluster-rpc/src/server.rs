@@ -3,13 +3,21 @@
 //! timeouts, hands each request to a [`Handler`] and writes its answer (or
 //! its stream of answers) back under the request's id.
 //!
+//! A connection first holds a handshake's place (a small budget of its own,
+//! the oldest giving way to a new one when full) until it is authenticated:
+//! its TLS handshake is done, or over plain TCP its first valid frame
+//! arrived. Only then does it take a regular place; callers with a member
+//! certificate have a pool of their own, so outsiders never keep members out.
+//!
 //! One task per connection reads and runs that connection's requests (at most
 //! [`Limits::max_in_flight_per_connection`] at once, polled in the same task:
-//! no task per request), and one task writes. When the bound is reached, or
-//! when the peer does not read its answers, the server stops reading: TCP
-//! pushes back, and nothing grows.
+//! no task per request), and one task writes. A request's place is given back
+//! once its answer is written; answers waiting to be written are counted in
+//! bytes, per connection and per server. When a bound is reached, or when the
+//! peer does not read its answers, the server stops reading: TCP pushes back,
+//! and nothing grows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -24,11 +32,13 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::budget::{ByteBudget, Taken};
 use crate::frame::{self, Answer, FrameReader, ReadEnd, StreamControl, StreamPart};
 use crate::log_limit::RateLimitedLog;
 use crate::security::Io;
@@ -156,11 +166,14 @@ pub fn serve<H: Handler>(
     }
     let local_addr = listener.local_addr().map_err(|e| RpcError::Config(format!("listener: {e}")))?;
     let cancel = CancellationToken::new();
+    let config_limits = config.limits.clone();
     let shared = Arc::new(Shared {
         handler,
         config,
         admission: Mutex::default(),
         log: RateLimitedLog::new(LOG_INTERVAL),
+        queued: ByteBudget::new(config_limits.max_queued_bytes),
+        partial_frames: ByteBudget::new(config_limits.max_partial_frame_bytes),
     });
     let task = tokio::spawn(accept_loop(listener, shared, cancel.clone()).in_current_span());
     Ok(Server { local_addr, cancel, task: Some(task) })
@@ -171,6 +184,10 @@ struct Shared<H> {
     config: ServerConfig,
     admission: Mutex<Admission>,
     log: RateLimitedLog,
+    /// Bytes of answers queued on all connections (see [`Limits::max_queued_bytes`]).
+    queued: ByteBudget,
+    /// Bytes of large frames being read (see [`Limits::max_partial_frame_bytes`]).
+    partial_frames: ByteBudget,
 }
 
 impl<H> Shared<H> {
@@ -182,44 +199,121 @@ impl<H> Shared<H> {
 /// The connections held now, by kind and by peer address.
 #[derive(Default)]
 struct Admission {
+    /// Authenticated connections of outsiders: callers with a client
+    /// certificate, and every caller over plain TCP.
     total: usize,
     clients: usize,
+    /// Connections of callers with a member certificate: a pool of their
+    /// own, so that outsiders can never take the places members need.
+    members: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections not authenticated yet, oldest first, and who may close them.
+    handshakes: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    handshakes_per_ip: HashMap<IpAddr, usize>,
+    next_handshake: u64,
 }
 
-/// A connection's place in [`Admission`]; given back when dropped.
-struct Slot<H> {
+fn release(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+/// A connection's place while it is not authenticated: the TLS handshake,
+/// or over plain TCP until its first valid frame. Given back when dropped.
+struct Handshake<H> {
     shared: Arc<Shared<H>>,
-    ip: IpAddr,
-    client: bool,
+    id: u64,
+    /// Cancelled when a newer connection took this place.
+    evicted: CancellationToken,
 }
 
-impl<H> Slot<H> {
+impl<H> Handshake<H> {
+    /// A place for a connection from `ip`. When all are taken, the oldest
+    /// handshake gives its place up: connections that never authenticate
+    /// cannot keep a member's new connection out, they only shorten each
+    /// other's time.
     fn admit(shared: &Arc<Shared<H>>, ip: IpAddr) -> Result<Self, &'static str> {
         let limits = &shared.config.limits;
         let mut a = shared.admission();
-        if a.total >= limits.max_connections {
-            return Err("too many connections");
+        if a.handshakes_per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_handshakes_per_ip {
+            return Err("too many handshakes from one address");
         }
-        let here = a.per_ip.entry(ip).or_default();
-        if *here >= limits.max_connections_per_ip {
-            return Err("too many connections from one address");
+        if a.handshakes.len() >= limits.max_handshakes
+            && let Some((_, (old_ip, evicted))) = a.handshakes.pop_first()
+        {
+            evicted.cancel();
+            release(&mut a.handshakes_per_ip, old_ip);
         }
-        *here += 1;
-        a.total += 1;
-        crate::stats::connection_opened();
-        Ok(Slot { shared: shared.clone(), ip, client: false })
+        let id = a.next_handshake;
+        a.next_handshake += 1;
+        let evicted = CancellationToken::new();
+        a.handshakes.insert(id, (ip, evicted.clone()));
+        *a.handshakes_per_ip.entry(ip).or_default() += 1;
+        Ok(Handshake { shared: shared.clone(), id, evicted })
     }
+}
 
-    /// Counts this connection as a client's, if the client budget allows.
-    fn make_client(&mut self) -> bool {
+impl<H> Drop for Handshake<H> {
+    fn drop(&mut self) {
         let mut a = self.shared.admission();
-        if a.clients >= self.shared.config.limits.max_client_connections {
-            return false;
+        if let Some((ip, _)) = a.handshakes.remove(&self.id) {
+            release(&mut a.handshakes_per_ip, ip);
         }
-        a.clients += 1;
-        self.client = true;
-        true
+    }
+}
+
+/// Who holds an authenticated connection's place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Member,
+    Client,
+    /// No certificate: plain TCP.
+    Anyone,
+}
+
+/// An authenticated connection's place in [`Admission`]; given back when dropped.
+struct Slot<H> {
+    shared: Arc<Shared<H>>,
+    ip: IpAddr,
+    kind: Kind,
+}
+
+impl<H> Slot<H> {
+    fn admit(shared: &Arc<Shared<H>>, ip: IpAddr, role: Option<Role>) -> Result<Self, &'static str> {
+        let limits = &shared.config.limits;
+        let kind = match role {
+            Some(Role::Member) => Kind::Member,
+            Some(Role::Client) => Kind::Client,
+            None => Kind::Anyone,
+        };
+        let mut a = shared.admission();
+        if kind == Kind::Member {
+            if a.members >= limits.max_connections {
+                return Err("too many member connections");
+            }
+            a.members += 1;
+        } else {
+            if a.total >= limits.max_connections {
+                return Err("too many connections");
+            }
+            if a.per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+                return Err("too many connections from one address");
+            }
+            if kind == Kind::Client && a.clients >= limits.max_client_connections {
+                return Err("too many client connections");
+            }
+            a.total += 1;
+            *a.per_ip.entry(ip).or_default() += 1;
+            if kind == Kind::Client {
+                a.clients += 1;
+            }
+        }
+        crate::stats::connection_opened();
+        Ok(Slot { shared: shared.clone(), ip, kind })
     }
 }
 
@@ -227,16 +321,39 @@ impl<H> Drop for Slot<H> {
     fn drop(&mut self) {
         crate::stats::connection_closed();
         let mut a = self.shared.admission();
-        a.total -= 1;
-        if self.client {
-            a.clients -= 1;
-        }
-        if let Some(n) = a.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                a.per_ip.remove(&self.ip);
+        match self.kind {
+            Kind::Member => a.members -= 1,
+            kind => {
+                a.total -= 1;
+                if kind == Kind::Client {
+                    a.clients -= 1;
+                }
+                release(&mut a.per_ip, self.ip);
             }
         }
+    }
+}
+
+/// Where a connection stands when its requests start being read.
+enum Entry<H> {
+    /// Authenticated and holding a place.
+    Admitted(Slot<H>),
+    /// Over plain TCP: it holds a handshake's place until its first valid
+    /// frame, which must arrive before the deadline.
+    FirstFrame(Handshake<H>, Instant),
+    /// Only a refusal is sent.
+    Refused,
+}
+
+/// Ends when an unauthenticated connection must go: evicted, or past its
+/// deadline. Never ends for an authenticated one.
+async fn unauthenticated_end<H>(pending: Option<&(Handshake<H>, Instant)>) {
+    match pending {
+        Some((handshake, deadline)) => tokio::select! {
+            _ = handshake.evicted.cancelled() => {}
+            _ = tokio::time::sleep_until(*deadline) => {}
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -259,8 +376,8 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
                 }
             }
         };
-        let slot = match Slot::admit(&shared, peer.ip()) {
-            Ok(slot) => slot,
+        let handshake = match Handshake::admit(&shared, peer.ip()) {
+            Ok(handshake) => handshake,
             Err(why) => {
                 // Closed at once: an over-limit connection holds no descriptor.
                 shared.log.note(peer.ip(), why, &"closed as soon as accepted");
@@ -268,7 +385,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
             }
         };
         let span = tracing::debug_span!("rpc_connection", %peer);
-        connections.spawn(connection(tcp, peer, slot, shared.clone()).instrument(span));
+        connections.spawn(connection(tcp, peer, handshake, shared.clone()).instrument(span));
     }
     drop(listener);
     // Aborts every connection task; each aborts its writer.
@@ -284,13 +401,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot<H>, shared: Arc<Shared<H>>) {
+async fn connection<H: Handler>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: Handshake<H>,
+    shared: Arc<Shared<H>>,
+) {
     let _ = tcp.set_nodelay(true);
     let limits = &shared.config.limits;
+    let deadline = Instant::now() + limits.handshake_timeout;
+    let evicted = handshake.evicted.clone();
     if shared.config.security.is_tls() {
         // A plain-TCP caller of a TLS port is told so in its own terms, so it
         // gets a clear error instead of a failed handshake.
-        if let Ok(Some(found)) = tokio::time::timeout(limits.handshake_timeout, plain_frame(&tcp)).await {
+        let peeked = tokio::select! {
+            _ = evicted.cancelled() => return,
+            peeked = tokio::time::timeout_at(deadline, plain_frame(&tcp)) => peeked,
+        };
+        if let Ok(Some(found)) = peeked {
             shared.log.note(peer.ip(), "plain TCP on a TLS port", &"refused");
             let error =
                 Error::Forbidden("this port requires TLS: connect with the cluster's certificates".into());
@@ -307,8 +435,13 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
             return;
         }
     }
-    let secured =
-        tokio::time::timeout(limits.handshake_timeout, shared.config.security.accept(tcp, peer)).await;
+    let secured = tokio::select! {
+        _ = evicted.cancelled() => {
+            shared.log.note(peer.ip(), "handshake closed", &"a newer connection took its place");
+            return;
+        }
+        secured = tokio::time::timeout_at(deadline, shared.config.security.accept(tcp, peer)) => secured,
+    };
     let (io, role) = match secured {
         Ok(Ok(secured)) => secured,
         Ok(Err(e)) => {
@@ -324,19 +457,26 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
             return;
         }
     };
-    let refusal = match role {
-        Some(Role::Member) | None => None,
-        Some(Role::Client) if shared.config.access == Access::MembersOnly => Some(Error::Forbidden(
-            "this port accepts members only; a client certificate was presented".to_owned(),
-        )),
-        Some(Role::Client) if !slot.make_client() => {
-            Some(Error::Unreachable("too many client connections; retry later".to_owned()))
-        }
-        Some(Role::Client) => None,
-    };
     let caller = Caller { addr: peer, role };
-    run(io, caller, &shared, refusal).await;
-    drop(slot);
+    if !shared.config.security.is_tls() {
+        run(io, caller, &shared, None, Entry::FirstFrame(handshake, deadline)).await;
+        return;
+    }
+    // Authenticated: the handshake's place is free, a regular one is taken.
+    drop(handshake);
+    if role == Some(Role::Client) && shared.config.access == Access::MembersOnly {
+        let refusal =
+            Error::Forbidden("this port accepts members only; a client certificate was presented".to_owned());
+        run(io, caller, &shared, Some(refusal), Entry::Refused).await;
+        return;
+    }
+    match Slot::admit(&shared, peer.ip(), role) {
+        Ok(slot) => run(io, caller, &shared, None, Entry::Admitted(slot)).await,
+        Err(why) => {
+            let refusal = Error::Unreachable(format!("{why}; retry later"));
+            run(io, caller, &shared, Some(refusal), Entry::Refused).await;
+        }
+    }
 }
 
 /// The cluster id of a plain frame at the start of `tcp` (peeked, not read),
@@ -369,70 +509,160 @@ enum Part<A> {
     One(A),
     Item(A),
     End,
-    /// The request is finished (answered, ended or cancelled): free its place.
-    Done,
+    /// The request is finished (answered, ended or cancelled): its place is
+    /// free once what it queued is written.
+    Done(OwnedSemaphorePermit),
 }
 
 type Outgoing<A> = BoxStream<'static, (u64, Part<A>)>;
 
-async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, refusal: Option<Error>) {
+/// What the reading side hands the writing side, in order.
+enum Out {
+    /// An encoded frame, with the budget bytes it holds until written.
+    Frame(Bytes, Vec<Taken>),
+    /// A request's place in flight, given back once everything queued before
+    /// it is written: a peer that does not read cannot start new requests.
+    Release(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+/// An answer too large for the room left in the server's budget.
+fn no_room(len: usize) -> Error {
+    Error::Unreachable(format!(
+        "this member holds too many unsent answers to queue one of {len} bytes; retry later"
+    ))
+}
+
+async fn run<H: Handler>(
+    io: Box<dyn Io>,
+    caller: Caller,
+    shared: &Arc<Shared<H>>,
+    refusal: Option<Error>,
+    entry: Entry<H>,
+) {
     let config = &shared.config;
     let limits = &config.limits;
     let cluster = config.cluster_id.as_str();
     let max = limits.max_frame_len;
+    // Members' own traffic is trusted: only outsiders' bytes are counted
+    // member-wide, so outsiders can never make members wait.
+    let member = caller.role == Some(Role::Member);
     let (read, write) = tokio::io::split(io);
-    let (out, out_rx) = mpsc::channel::<Bytes>(limits.max_in_flight_per_connection);
+    let (out, out_rx) = mpsc::channel::<Out>(limits.max_in_flight_per_connection.saturating_mul(2));
     let writer =
         AbortOnDrop(tokio::spawn(write_frames(write, out_rx, limits.idle_timeout).in_current_span()));
     let mut reader = FrameReader::new(read, max);
+    if !member {
+        reader = reader.with_large_frame_budget(limits.large_frame_bytes, shared.partial_frames.clone());
+    }
+    let queued = ByteBudget::new(limits.max_queued_bytes_per_connection);
+    let places = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
+    let mut place: Option<OwnedSemaphorePermit> = None;
     let mut active: SelectAll<Outgoing<H::Answer>> = SelectAll::new();
     let mut cancels: HashMap<u64, CancellationToken> = HashMap::new();
-    let mut in_flight = 0usize;
     let ip = caller.addr.ip();
+    let (mut slot, mut pending) = match entry {
+        Entry::Admitted(slot) => (Some(slot), None),
+        Entry::FirstFrame(handshake, deadline) => (None, Some((handshake, deadline))),
+        Entry::Refused => (None, None),
+    };
     let encode = |kind, id, answer: H::Answer| {
         frame::encode(kind, cluster, id, answer, max)
             .or_else(|e| frame::encode(FrameKind::Message, cluster, id, H::Answer::refused(e), max))
     };
     let refuse = |id: u64, error: Error| encode(FrameKind::Message, id, H::Answer::refused(error));
+    // Takes room for `len` bytes in the server's budget: an answer over the
+    // large-frame size that does not fit now is refused (`None`), a smaller
+    // one waits for room (the writers give it back as peers read, or drop
+    // peers that stopped reading).
+    let member_room = |len: usize| async move {
+        if member {
+            return Some(Vec::new());
+        }
+        if let Some(taken) = shared.queued.try_take(len) {
+            return Some(vec![taken]);
+        }
+        if len > limits.large_frame_bytes {
+            return None;
+        }
+        Some(vec![shared.queued.take(len).await])
+    };
 
     if let Some(why) = refusal {
         shared.log.note(ip, "connection refused", &why);
         if let Ok(bytes) = refuse(0, why) {
-            let _ = out.send(bytes).await;
+            let _ = out.send(Out::Frame(bytes, Vec::new())).await;
         }
     } else {
         loop {
-            let can_read = in_flight < limits.max_in_flight_per_connection;
-            let idle = (in_flight == 0).then_some(limits.idle_timeout);
+            let busy = limits.max_in_flight_per_connection
+                - places.available_permits()
+                - usize::from(place.is_some());
+            let idle = (busy == 0).then_some(limits.idle_timeout);
+            let room = queued.has_room();
             tokio::select! {
                 biased;
-                Some((id, part)) = active.next(), if !active.is_empty() => {
-                    let bytes = match part {
-                        Part::One(answer) => encode(FrameKind::Message, id, answer),
-                        Part::Item(answer) => {
+                Some((id, part)) = active.next(), if !active.is_empty() && room => {
+                    let (bytes, stream) = match part {
+                        Part::One(answer) => (encode(FrameKind::Message, id, answer), false),
+                        Part::Item(answer) => (
                             frame::encode(FrameKind::Stream, cluster, id, StreamPart::Item(answer), max)
-                                .or_else(|e| refuse(id, e))
+                                .or_else(|e| refuse(id, e)),
+                            true,
+                        ),
+                        Part::End => {
+                            (frame::encode(FrameKind::Stream, cluster, id, StreamPart::<()>::End, max), false)
                         }
-                        Part::End => frame::encode(FrameKind::Stream, cluster, id, StreamPart::<()>::End, max),
-                        Part::Done => {
-                            in_flight -= 1;
+                        Part::Done(place) => {
                             cancels.remove(&id);
-                            if in_flight == 0 {
+                            if busy == 1 {
                                 reader.touch();
+                            }
+                            if out.send(Out::Release(place)).await.is_err() {
+                                break;
                             }
                             continue;
                         }
                     };
-                    match bytes {
-                        Ok(bytes) => {
-                            if out.send(bytes).await.is_err() {
-                                break;
-                            }
+                    let bytes = match bytes {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "an answer cannot be encoded");
+                            continue;
                         }
-                        Err(e) => tracing::warn!(id, error = %e, "an answer cannot be encoded"),
+                    };
+                    let len = bytes.len();
+                    let (bytes, mut taken) = match member_room(len).await {
+                        Some(taken) => (bytes, taken),
+                        None => {
+                            shared.log.note(ip, "answer refused: queued answers at the server's limit", &len);
+                            // A stream's item cannot be skipped: the stream is cut
+                            // as a watcher that fell behind, and resumes from there.
+                            let error = if stream {
+                                if let Some(token) = cancels.get(&id) {
+                                    token.cancel();
+                                }
+                                Error::Lagged { missed: 1 }
+                            } else {
+                                no_room(len)
+                            };
+                            let Ok(bytes) = refuse(id, error) else { continue };
+                            let taken = member_room(bytes.len()).await.unwrap_or_default();
+                            (bytes, taken)
+                        }
+                    };
+                    taken.push(queued.take(bytes.len()).await);
+                    if out.send(Out::Frame(bytes, taken)).await.is_err() {
+                        break;
                     }
                 }
-                read = reader.next(idle, limits.frame_timeout), if can_read => {
+                _ = unauthenticated_end(pending.as_ref()), if pending.is_some() => {
+                    shared.log.note(ip, "no valid frame before the handshake timeout", &"closed");
+                    break;
+                }
+                // The connection's queue is full: wait until the peer reads.
+                _ = queued.room(), if !active.is_empty() && !room => {}
+                taken = places.clone().acquire_owned(), if place.is_none() => place = taken.ok(),
+                read = reader.next(idle, limits.frame_timeout), if place.is_some() => {
                     let body = match read {
                         Ok(body) => body,
                         Err(end) => {
@@ -440,7 +670,16 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 ReadEnd::TooLarge { len, max } => {
                                     shared.log.note(ip, "frame over the limit", &format!("{len} bytes, limit {max}"));
                                     if let Ok(bytes) = refuse(0, Error::FrameTooLarge { len, max }) {
-                                        let _ = out.send(bytes).await;
+                                        let _ = out.send(Out::Frame(bytes, Vec::new())).await;
+                                    }
+                                }
+                                ReadEnd::NoRoom { len } => {
+                                    shared.log.note(ip, "large frame refused: no room to read it", &len);
+                                    let error = Error::Unreachable(format!(
+                                        "this member reads too many large frames to read one of {len} bytes; retry later"
+                                    ));
+                                    if let Ok(bytes) = refuse(0, error) {
+                                        let _ = out.send(Out::Frame(bytes, Vec::new())).await;
                                     }
                                 }
                                 ReadEnd::SlowFrame => {
@@ -471,7 +710,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 _ => refuse(id, bad.error),
                             };
                             if let Ok(bytes) = refused
-                                && out.send(bytes).await.is_err()
+                                && out.send(Out::Frame(bytes, Vec::new())).await.is_err()
                             {
                                 break;
                             }
@@ -483,6 +722,20 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                         }
                     };
                     let id = head.request_id;
+                    if let Some((handshake, _)) = pending.take() {
+                        // The first valid frame over plain TCP: a regular place now.
+                        match Slot::admit(shared, ip, caller.role) {
+                            Ok(admitted) => slot = Some(admitted),
+                            Err(why) => {
+                                shared.log.note(ip, why, &"refused after its first frame");
+                                if let Ok(bytes) = refuse(id, Error::Unreachable(format!("{why}; retry later"))) {
+                                    let _ = out.send(Out::Frame(bytes, Vec::new())).await;
+                                }
+                                break;
+                            }
+                        }
+                        drop(handshake);
+                    }
                     match head.kind {
                         FrameKind::Stream => match frame::payload::<StreamControl>(id, payload) {
                             Ok(StreamControl::Cancel) => {
@@ -499,15 +752,15 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
                                 drop(body);
                                 let token = CancellationToken::new();
                                 let future = shared.handler.handle(caller, request);
-                                active.push(progress(id, future, limits.request_timeout, token.clone()));
+                                let Some(place) = place.take() else { continue };
+                                active.push(progress(id, future, limits.request_timeout, token.clone(), place));
                                 cancels.insert(id, token);
-                                in_flight += 1;
                             }
                             Err(e) => {
                                 shared.log.note(ip, "refused a request", &e);
                                 match refuse(id, e) {
                                     Ok(bytes) => {
-                                        if out.send(bytes).await.is_err() {
+                                        if out.send(Out::Frame(bytes, Vec::new())).await.is_err() {
                                             break;
                                         }
                                     }
@@ -525,6 +778,7 @@ async fn run<H: Handler>(io: Box<dyn Io>, caller: Caller, shared: &Shared<H>, re
     drop(out);
     let mut writer = writer;
     let _ = tokio::time::timeout(DRAIN, &mut writer.0).await;
+    drop((slot, pending));
 }
 
 /// The parts of one request: its answer or its stream, bounded in time until
@@ -534,6 +788,7 @@ fn progress<A: Answer>(
     future: HandlerFuture<A>,
     timeout: Duration,
     cancel: CancellationToken,
+    place: OwnedSemaphorePermit,
 ) -> Outgoing<A> {
     let reply = async move {
         match tokio::time::timeout(timeout, future).await {
@@ -549,19 +804,23 @@ fn progress<A: Answer>(
             }
         })
         .take_until(cancel.cancelled_owned())
-        .chain(stream::once(async { Part::Done }))
+        .chain(stream::once(async move { Part::Done(place) }))
         .map(move |part| (id, part))
         .boxed()
 }
 
-async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Bytes>, stall: Duration) {
+async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Out>, stall: Duration) {
     let mut write = BufWriter::with_capacity(64 * 1024, write);
-    while let Some(bytes) = frames.recv().await {
-        let mut batch = Some(bytes);
+    while let Some(first) = frames.recv().await {
+        let mut batch = Some(first);
         let wrote = tokio::time::timeout(stall, async {
             // Write out when no further answer is ready, to batch busy connections.
-            while let Some(bytes) = batch.take() {
-                write.write_all(&bytes).await?;
+            while let Some(out) = batch.take() {
+                if let Out::Frame(bytes, taken) = out {
+                    write.write_all(&bytes).await?;
+                    // Written (or in the writer's fixed buffer): its room is free.
+                    drop((bytes, taken));
+                }
                 batch = frames.try_recv().ok();
             }
             write.flush().await

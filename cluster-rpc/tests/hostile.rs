@@ -18,19 +18,74 @@ use tokio_util::codec::Framed;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_from_another_host_do_not_starve_members() {
-    let limits = Limits { max_connections_per_ip: 50, ..Limits::default() };
+    let limits = Limits { max_handshakes_per_ip: 50, ..Limits::default() };
+    let handshake_timeout = limits.handshake_timeout;
     let (server, _) = start(limits, Security::Plain).await;
     let addr = server.local_addr();
-    // 300 idle connections from another host: 50 are held, the rest closed at once.
+    // 300 idle connections from another host: at most 50 are held (as
+    // handshakes, never as regular places), the rest closed at once.
     let mut attackers = idle_connections([127, 0, 0, 2], addr, 300).await.expect("connect");
-    let held = held_open(&mut attackers, Duration::from_secs(3)).await;
-    assert_eq!(held, 50, "connections held for one address");
-    // The members' traffic goes on while the 50 are held.
+    let held = held_open(&mut attackers, Duration::from_secs(1)).await;
+    assert!(held <= 50, "{held} connections held for one address");
+    // The members' traffic goes on while they are held.
     let c = client(Security::Plain);
     for _ in 0..20 {
         assert_eq!(echo(&c, &server).await, Said::Echo("hi".into()));
     }
-    drop(attackers);
+    // None of them sent a frame: each is closed by the handshake timeout.
+    let held = held_open(&mut attackers, handshake_timeout + DEADLINE).await;
+    assert_eq!(held, 0, "idle connections kept past the handshake timeout");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_authenticate_give_their_place_to_new_ones() {
+    let limits = Limits {
+        max_handshakes: 16,
+        max_handshakes_per_ip: 16,
+        handshake_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let (server, _) = start(limits, Security::Plain).await;
+    let mut idle = idle_connections([127, 0, 0, 2], server.local_addr(), 16).await.expect("connect");
+    // Every handshake place is taken; a new caller still gets in: the
+    // oldest idle connection gives its place up.
+    let c = client(Security::Plain);
+    assert_eq!(echo(&c, &server).await, Said::Echo("hi".into()));
+    assert_eq!(held_open(&mut idle, Duration::from_secs(1)).await, 15, "one idle connection closed");
+    assert!(closed_within(&mut idle[0], Duration::from_secs(1)).await, "the oldest one went");
+    server.shutdown().await;
+}
+
+/// The refusal a call got, whatever form it came in.
+fn refusal(answer: Result<Said, cluster_rpc::RpcError>) -> cluster_core::Error {
+    match answer {
+        Ok(Said::Refused(e)) | Err(cluster_rpc::RpcError::Refused { error: e, .. }) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_over_the_connection_cap_get_a_typed_refusal_after_their_first_frame() {
+    let limits = Limits { max_connections: 2, max_client_connections: 1, ..Limits::default() };
+    let (server, _) = start(limits, Security::Plain).await;
+    let addr = server.local_addr().to_string();
+    let first = client(Security::Plain);
+    let second = client(Security::Plain);
+    assert_eq!(echo(&first, &server).await, Said::Echo("hi".into()));
+    assert_eq!(echo(&second, &server).await, Said::Echo("hi".into()));
+    let third = client(Security::Plain);
+    match refusal(third.call(&addr, &Ask::Echo("hi".into()), DEADLINE).await) {
+        cluster_core::Error::Unreachable(m) => assert!(m.contains("too many connections"), "{m}"),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // The place is free again once one of them goes.
+    drop(first);
+    wait_until(DEADLINE, "a place for the third caller", || {
+        let (third, addr) = (&third, &addr);
+        async move { matches!(third.call(addr, &Ask::Echo("hi".into()), DEADLINE).await, Ok(Said::Echo(_))) }
+    })
+    .await;
     server.shutdown().await;
 }
 
@@ -85,11 +140,12 @@ async fn thousands_of_idle_connections_to_a_members_only_port_are_capped() {
         let source = [127, 0, 1, 2 + (i % 12) as u8];
         attackers.push(connect_from(source, addr).await.expect("connect"));
     }
+    // None authenticates: they hold handshake places only, at most 256.
     let held = held_open(&mut attackers, Duration::from_secs(3)).await;
-    assert_eq!(held, 512, "connections held at once");
-    // Descriptors of this process: the attackers' 3,000 plus at most the 512 held.
+    assert!(held <= 256, "{held} connections held at once");
+    // Descriptors of this process: the attackers' 3,000 plus at most the 256 held.
     let fds = std::fs::read_dir("/proc/self/fd").expect("procfs").count();
-    assert!(fds < 3000 + 512 + 200, "{fds} descriptors open");
+    assert!(fds < 3000 + 256 + 200, "{fds} descriptors open");
     // The process keeps answering on its other server.
     let c = client(Security::Plain);
     assert_eq!(echo(&c, &other).await, Said::Echo("hi".into()));

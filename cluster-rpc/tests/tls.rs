@@ -176,3 +176,46 @@ async fn only_a_member_certificate_of_this_ca_proves_membership() {
     member.shutdown().await;
     foreign.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_find_a_place_while_outsiders_hold_every_other_one() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let limits = Limits {
+        max_connections: 2,
+        max_client_connections: 1,
+        max_handshakes: 8,
+        max_handshakes_per_ip: 8,
+        handshake_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    let (server, _) = start(limits, Security::Tls(tls(&ca, Role::Member, "m1"))).await;
+    let addr = server.local_addr().to_string();
+    // A client holds the one client place; another client is refused.
+    let holder = client(Security::Tls(tls(&ca, Role::Client, "c1")));
+    assert_eq!(
+        holder.call(&addr, &Ask::WhoAmI, DEADLINE).await.expect("in"),
+        Said::Caller(Some(Role::Client))
+    );
+    let refused = client(Security::Tls(tls(&ca, Role::Client, "c2")));
+    match call_error(refused.call(&addr, &Ask::WhoAmI, DEADLINE).await) {
+        RpcError::Refused { error: cluster_core::Error::Unreachable(m), .. } => {
+            assert!(m.contains("too many client connections"), "{m}")
+        }
+        other => panic!("expected a typed refusal, got {other:?}"),
+    }
+    // Strangers hold every handshake place, and never finish one.
+    let mut idle = idle_connections([127, 0, 0, 2], server.local_addr(), 8).await.expect("connect");
+    // Members still get in: up to max_connections of their own.
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let member = client(Security::Tls(tls(&ca, Role::Member, &format!("m{}", i + 2))));
+        let answer = member.call(&addr, &Ask::WhoAmI, DEADLINE).await.expect("a member gets in");
+        assert_eq!(answer, Said::Caller(Some(Role::Member)));
+        members.push(member);
+    }
+    // The first member took the oldest stranger's place; the second found
+    // the first's place free once it had authenticated.
+    let held = held_open(&mut idle, Duration::from_secs(1)).await;
+    assert_eq!(held, 7, "strangers' connections held");
+    server.shutdown().await;
+}

@@ -457,7 +457,7 @@ impl ConsensusStore for FakeStore {
         match self.core.log.watch(prefix, None) {
             Ok(w) => w,
             // Unreachable: a watch from now is never compacted; a closed watch is the safe answer.
-            Err(_) => Watch::new(prefix, tokio::sync::broadcast::channel(1).1),
+            Err(_) => Watch::ended(prefix),
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Ask {
     Hang,
     /// Who is calling.
     WhoAmI,
+    /// Answers with a text of this many bytes.
+    Big(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +83,7 @@ impl Handler for TestHandler {
             match request {
                 Ask::Echo(s) => Reply::One(Said::Echo(s)),
                 Ask::WhoAmI => Reply::One(Said::Caller(caller.role)),
+                Ask::Big(len) => Reply::One(Said::Echo("x".repeat(len as usize))),
                 Ask::Hang => std::future::pending().await,
                 Ask::Count { n, forever } => {
                     let guard = DropCount(counters);
