@@ -74,14 +74,12 @@
 
 mod cluster;
 mod config;
+mod descriptors;
 mod error;
 mod grid;
-mod health;
 mod housekeeping;
-mod http;
-mod http_tls;
 mod identity;
-mod metrics;
+mod operator;
 mod proof;
 #[cfg(feature = "consensus-openraft")]
 mod reset;
@@ -89,13 +87,13 @@ mod served;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{
-    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings,
+    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings, Limits,
     RaftSettings, Timeouts, decode_gossip_key,
 };
+pub use descriptors::{DescriptorBudget, RESERVED_DESCRIPTORS, fit_descriptors};
 pub use error::ClusterError;
 pub use grid::GridEvents;
-pub use health::{READY_MAX_APPLY_LAG, Readiness};
-pub use metrics::{ConsensusGauges, Metrics};
+pub use operator::{ConsensusGauges, HttpLimits, Metrics, READY_MAX_APPLY_LAG, Readiness};
 #[cfg(feature = "consensus-openraft")]
 pub use reset::{ResetReport, reset_raft_state};
 
