@@ -2,8 +2,8 @@
 //! with the status that says what the caller can do (README, "HTTP errors").
 //!
 //! The handlers answer their own errors through [`store_error`] and
-//! [`json_error`]; [`json_errors`] turns the answers axum and its extractors
-//! make themselves (unknown route, wrong method, body over the limit, a
+//! [`json_error`]; [`json_errors`], applied by the server to every answer,
+//! turns the answers axum and its extractors make themselves (unknown route, wrong method, body over the limit, a
 //! query that does not parse) into the same shape, so no caller ever meets
 //! an empty or plain-text error.
 
@@ -53,7 +53,7 @@ pub(crate) fn store_error(e: Error) -> Response<Body> {
     json_error(store_status(&e), &e.to_string())
 }
 
-/// Middleware: an error answer (4xx, 5xx) that is not JSON becomes
+/// An error answer (4xx, 5xx) that is not JSON becomes
 /// `{"error": …}`, quoting its text, or naming its status when it had none.
 pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();

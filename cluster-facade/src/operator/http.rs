@@ -31,7 +31,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use cluster_core::{ConsensusStore, Membership, keys};
 use serde_json::{Value, json};
 
-use super::error::{json_error, json_errors, store_error};
+use super::error::{json_error, store_error};
 use super::metrics::ConsensusGauges;
 use crate::cluster::{ClusterOf, Inner};
 
@@ -76,7 +76,6 @@ pub(crate) fn router<M: Membership, S: ConsensusStore>(
         .route("/metrics", get(metrics::<M, S>))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route (see the README's HTTP API)") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::map_response(json_errors))
         .with_state(Api(inner))
 }
 
@@ -133,6 +132,15 @@ pub(super) fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
+/// The answer to a write of a key the cluster reserves: the caller's
+/// credentials do not allow it, whatever the request looks like.
+fn reserved(key: &str) -> Response {
+    json_error(
+        StatusCode::FORBIDDEN,
+        &format!("{key:?} is under {}, which only the cluster itself writes", keys::RESERVED_PREFIX),
+    )
+}
+
 /// The key of a `/v1/kv/…` route: empty on `/v1/kv/`.
 fn key_of(path: Option<Path<String>>) -> String {
     path.map(|Path(k)| k).unwrap_or_default()
@@ -181,7 +189,11 @@ async fn kv_get<M: Membership, S: ConsensusStore>(
             ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
         }
         Ok(Some(v)) => axum::Json(json!({ "key": key, "value": BASE64.encode(&v) })).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, axum::Json(json!({ "key": key, "value": null }))).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no key {key:?}"), "key": key, "value": null })),
+        )
+            .into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -192,6 +204,9 @@ async fn kv_put<M: Membership, S: ConsensusStore>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let key = key_of(path);
+    if keys::is_reserved(&key) {
+        return reserved(&key);
+    }
     let Some(member) = api.member() else { return gone() };
     let body = match body {
         Ok(body) => body,
@@ -212,6 +227,9 @@ async fn kv_delete<M: Membership, S: ConsensusStore>(
     path: Option<Path<String>>,
 ) -> Response {
     let key = key_of(path);
+    if keys::is_reserved(&key) {
+        return reserved(&key);
+    }
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::error::json_error;
+use super::error::{json_error, json_errors};
 use super::limits::HttpLimits;
 
 /// How a connection's caller authenticated; each request carries it as an
@@ -271,10 +271,25 @@ async fn answer(request: Request<Body>, caller: Caller, shared: &Shared) -> Resp
             "this route needs a client certificate of the cluster's CA (only /health/live and /health/ready answer without one)",
         );
     }
+    // A body announced too large is refused before any of it is read (a
+    // body without a length is cut by the router's limit as it arrives).
+    let max_body = shared.limits.http_max_body_bytes;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|l| l.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > max_body as u64) {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than limits.http_max_body_bytes ({max_body} bytes)"),
+        );
+    }
     let limit = shared.limits.http_request_timeout;
     let routed = tower_service::Service::call(&mut shared.router.clone(), request);
     match tokio::time::timeout(limit, routed).await {
-        Ok(Ok(response)) => response,
+        // Outside the router, so that its own answers (405 with its Allow
+        // header, an extractor's rejection) are seen as sent.
+        Ok(Ok(response)) => json_errors(response).await,
         Ok(Err(never)) => match never {},
         Err(_) => json_error(
             StatusCode::REQUEST_TIMEOUT,
