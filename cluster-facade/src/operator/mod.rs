@@ -11,6 +11,7 @@ mod http;
 mod http_tls;
 mod limits;
 mod metrics;
+mod process;
 mod server;
 mod watch;
 
