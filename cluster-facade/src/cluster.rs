@@ -366,7 +366,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             let config = &cluster.inner.config;
             let server = crate::operator::serve(
                 listener,
-                Arc::downgrade(&cluster.inner),
+                member_while_alive(&cluster.inner),
                 &config.security,
                 &config.limits.http,
             )
@@ -620,4 +620,13 @@ impl<S: ConsensusStore> ClusterOf<cluster_gossip::Gossip, S> {
     pub fn gossip_keyring(&self) -> Option<cluster_gossip::KeyringHandle> {
         self.inner.membership.keyring().cloned()
     }
+}
+
+/// The member behind `inner` while it lives: the HTTP server holds this,
+/// never the member itself.
+fn member_while_alive<M: Membership, S: ConsensusStore>(
+    inner: &Arc<Inner<M, S>>,
+) -> impl Fn() -> Option<ClusterOf<M, S>> + Send + Sync + 'static {
+    let weak = Arc::downgrade(inner);
+    move || weak.upgrade().map(ClusterOf::from_inner)
 }

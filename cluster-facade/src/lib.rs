@@ -79,6 +79,7 @@ mod error;
 mod grid;
 mod housekeeping;
 mod identity;
+mod operated;
 mod operator;
 mod proof;
 #[cfg(feature = "consensus-openraft")]

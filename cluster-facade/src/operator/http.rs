@@ -17,7 +17,7 @@
 //! [`HttpServer`](super::HttpServer), which holds the port's limits.
 
 use std::collections::BTreeMap;
-use std::sync::Weak;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,26 +28,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_core::{ConsensusStore, Membership, keys};
+use cluster_core::keys;
 use serde_json::{Value, json};
 
 use super::error::{json_error, store_error};
+use super::member::Operated;
 use super::metrics::ConsensusGauges;
-use crate::cluster::{ClusterOf, Inner};
 
-/// The member behind the API: a weak reference, so the server never keeps a
+/// The member behind the API, while it lives: the server never keeps a
 /// member alive that was dropped.
-pub(super) struct Api<M: Membership, S: ConsensusStore>(Weak<Inner<M, S>>);
+pub(super) struct Api<T>(Arc<dyn Fn() -> Option<T> + Send + Sync>);
 
-impl<M: Membership, S: ConsensusStore> Clone for Api<M, S> {
+impl<T> Clone for Api<T> {
     fn clone(&self) -> Self {
         Api(self.0.clone())
     }
 }
 
-impl<M: Membership, S: ConsensusStore> Api<M, S> {
-    pub(super) fn member(&self) -> Option<ClusterOf<M, S>> {
-        self.0.upgrade().map(ClusterOf::from_inner)
+impl<T: Operated> Api<T> {
+    pub(super) fn member(&self) -> Option<T> {
+        (self.0)()
     }
 }
 
@@ -56,34 +56,34 @@ pub(super) fn gone() -> Response {
     json_error(StatusCode::SERVICE_UNAVAILABLE, "the member is stopping")
 }
 
-/// The routes of the API for the member behind `inner`; request bodies up
+/// The routes of the API for the member `member` returns; request bodies up
 /// to `max_body_bytes`.
-pub(crate) fn router<M: Membership, S: ConsensusStore>(
-    inner: Weak<Inner<M, S>>,
+pub(crate) fn router<T: Operated>(
+    member: impl Fn() -> Option<T> + Send + Sync + 'static,
     max_body_bytes: usize,
 ) -> Router {
-    let kv = || get(kv_get::<M, S>).put(kv_put::<M, S>).delete(kv_delete::<M, S>);
+    let kv = || get(kv_get::<T>).put(kv_put::<T>).delete(kv_delete::<T>);
     Router::new()
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready::<M, S>))
-        .route("/v1/status", get(status::<M, S>))
-        .route("/v1/members", get(members::<M, S>))
+        .route("/health/ready", get(ready::<T>))
+        .route("/v1/status", get(status::<T>))
+        .route("/v1/members", get(members::<T>))
         .route("/v1/kv/{*key}", kv())
         // The empty prefix: `/v1/kv/?recurse` lists the whole store.
         .route("/v1/kv/", kv())
-        .route("/v1/watch/{*prefix}", get(super::watch::watch::<M, S>))
-        .route("/v1/watch/", get(super::watch::watch::<M, S>))
-        .route("/metrics", get(metrics::<M, S>))
+        .route("/v1/watch/{*prefix}", get(super::watch::watch::<T>))
+        .route("/v1/watch/", get(super::watch::watch::<T>))
+        .route("/metrics", get(metrics::<T>))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route (see the README's HTTP API)") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(Api(inner))
+        .with_state(Api(Arc::new(member)))
 }
 
 async fn live() -> impl IntoResponse {
     axum::Json(json!({ "live": true }))
 }
 
-async fn ready<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn ready<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("health_ready");
     let r = member.readiness().await;
@@ -91,12 +91,12 @@ async fn ready<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -
     (code, axum::Json(r)).into_response()
 }
 
-async fn status<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn status<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("status");
     let status = member.consensus_status();
     let progress = member.consensus_progress().await;
-    let short_id = *member.watch_short_id().borrow();
+    let short_id = member.held_short_id();
     let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut body {
         o.insert("short_id".into(), json!(short_id));
@@ -107,10 +107,10 @@ async fn status<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) 
     axum::Json(body).into_response()
 }
 
-async fn members<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn members<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("members");
-    let recorded = match member.members() {
+    let recorded = match member.recorded_members() {
         Ok(m) => m,
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -146,8 +146,8 @@ fn key_of(path: Option<Path<String>>) -> String {
     path.map(|Path(k)| k).unwrap_or_default()
 }
 
-async fn kv_get<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
+async fn kv_get<T: Operated>(
+    State(api): State<Api<T>>,
     path: Option<Path<String>>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
@@ -198,8 +198,8 @@ async fn kv_get<M: Membership, S: ConsensusStore>(
     }
 }
 
-async fn kv_put<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
+async fn kv_put<T: Operated>(
+    State(api): State<Api<T>>,
     path: Option<Path<String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -222,10 +222,7 @@ async fn kv_put<M: Membership, S: ConsensusStore>(
     }
 }
 
-async fn kv_delete<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
-    path: Option<Path<String>>,
-) -> Response {
+async fn kv_delete<T: Operated>(State(api): State<Api<T>>, path: Option<Path<String>>) -> Response {
     let key = key_of(path);
     if keys::is_reserved(&key) {
         return reserved(&key);
@@ -241,7 +238,7 @@ async fn kv_delete<M: Membership, S: ConsensusStore>(
     }
 }
 
-async fn metrics<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn metrics<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     let status = member.consensus_status();
     let progress = member.consensus_progress().await;

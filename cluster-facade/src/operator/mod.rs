@@ -2,40 +2,38 @@
 //! routes in `http`, TLS in `http_tls`, its bounds in [`HttpLimits`]),
 //! readiness ([`Readiness`]) and the Prometheus metrics ([`Metrics`]).
 //!
-//! The member (`cluster.rs`) starts the server with [`serve`]; nothing here
-//! sequences the member itself.
+//! The member (`cluster.rs`) starts the server with [`serve`] and is seen
+//! through `Operated` (implemented in `operated.rs`): nothing here names
+//! the member's internals or sequences it.
 
 mod error;
 mod health;
 mod http;
 mod http_tls;
 mod limits;
+mod member;
 mod metrics;
 mod process;
 mod server;
 mod watch;
 
-use std::sync::Weak;
-
-use cluster_core::{ConsensusStore, Membership};
 use tokio::net::TcpListener;
 
 pub use health::{READY_MAX_APPLY_LAG, Readiness};
 pub use limits::HttpLimits;
+pub(crate) use member::Operated;
 pub use metrics::{ConsensusGauges, Metrics};
 pub(crate) use server::HttpServer;
 
-use crate::cluster::Inner;
-
-/// Serves the HTTP API of the member behind `inner` on `listener`, over TLS
-/// when `security` says so, within `limits`.
-pub(crate) fn serve<M: Membership, S: ConsensusStore>(
+/// Serves the HTTP API of the member `member` returns (none once it is
+/// gone) on `listener`, over TLS when `security` says so, within `limits`.
+pub(crate) fn serve<T: Operated>(
     listener: TcpListener,
-    inner: Weak<Inner<M, S>>,
+    member: impl Fn() -> Option<T> + Send + Sync + 'static,
     security: &cluster_rpc::Security,
     limits: &HttpLimits,
 ) -> std::io::Result<HttpServer> {
-    let router = http::router(inner, limits.http_max_body_bytes);
+    let router = http::router(member, limits.http_max_body_bytes);
     let tls = match security {
         cluster_rpc::Security::Tls(tls) => Some(tls.clone()),
         _ => None,

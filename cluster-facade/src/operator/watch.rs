@@ -27,12 +27,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_core::{ConsensusStore, Membership, WatchEvent, keys};
+use cluster_core::{WatchEvent, keys};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 
 use super::error::{json_error, store_error};
 use super::http::{Api, flag, gone};
+use super::member::Operated;
 use super::server::Activity;
 
 /// One line of the stream.
@@ -50,8 +51,8 @@ fn line(event: &WatchEvent) -> Bytes {
 }
 
 /// The handler of `GET /v1/watch/{prefix}`.
-pub(super) async fn watch<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
+pub(super) async fn watch<T: Operated>(
+    State(api): State<Api<T>>,
     path: Option<Path<String>>,
     Query(q): Query<BTreeMap<String, String>>,
     activity: Option<Extension<Arc<Activity>>>,
