@@ -171,3 +171,22 @@ async fn a_watch_streams_changes_in_order_and_resumes_with_no_gap_and_no_repeat(
     drop(stream);
     member.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_forgotten_revision_answers_410() {
+    common::init_tracing();
+    let member =
+        Cluster::start(ClusterConfig { http_port: Some(0), ..common::config(vec![], 1) }).await.unwrap();
+    let http = member.addresses().http.unwrap();
+    // The member replays a bounded history (bytes and events): push the
+    // first revisions out of it with large values.
+    let value = vec![b'h'; 1024 * 1024];
+    let store = member.store();
+    for i in 0..40 {
+        store.set(&format!("h/{}", i % 4), value.clone()).await.unwrap();
+    }
+    let answer = call(http, "GET", "/v1/watch/h/?from_revision=1", b"").await;
+    let message = answer.assert_json_error(410);
+    assert!(message.contains("compacted"), "{message}");
+    member.shutdown().await.unwrap();
+}

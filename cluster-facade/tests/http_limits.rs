@@ -207,3 +207,65 @@ async fn a_reader_that_stops_reading_is_closed_after_the_idle_timeout() {
     drop(greedy);
     member.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_answered_408_in_json() {
+    let limits = HttpLimits { http_request_timeout: Duration::from_secs(1), ..HttpLimits::default() };
+    let (member, http) = member(limits, Security::Plain).await;
+    let mut s = TcpStream::connect(http).await.unwrap();
+    s.write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: m\r\nContent-Length: 10\r\n\r\nhalf").await.unwrap();
+    let answer = common::http::read_answer(&mut s).await.unwrap();
+    let message = answer.assert_json_error(408);
+    assert!(message.contains("http_request_timeout"), "{message}");
+    assert_eq!(member.store().get("k").unwrap(), None, "a half body was stored");
+    member.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_heads_are_refused_and_the_member_serves_on() {
+    let (member, http) = member(HttpLimits::default(), Security::Plain).await;
+    let hostile: [Vec<u8>; 4] = [
+        b"\x00\x01\x02 not http at all\r\n\r\n".to_vec(),
+        b"GET /health/live HTTP/9.9\r\n\r\n".to_vec(),
+        // A head far larger than hyper buffers: refused, never grown into.
+        [b"GET /health/live HTTP/1.1\r\nX-Big: ".as_slice(), &vec![b'a'; 2 << 20], b"\r\n\r\n"].concat(),
+        // A frame of the member's own RPC protocol, on the wrong port.
+        [&[0, 0, 0, 64][..], &[0xCA; 64]].concat(),
+    ];
+    for (i, bytes) in hostile.iter().enumerate() {
+        let mut s = TcpStream::connect(http).await.unwrap();
+        // The member may close before all is written: that is the point.
+        let _ = s.write_all(bytes).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(LONG, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer)).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.contains(" 200 "), "hostile input {i} was served: {text}");
+        assert!(closed_by_peer(&mut s).await, "hostile connection {i} stays open");
+    }
+    let mut fresh = TcpStream::connect(http).await.unwrap();
+    assert_eq!(live(&mut fresh).await, 200);
+    member.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_outlives_the_idle_timeout_that_closes_an_idle_connection() {
+    let limits = HttpLimits { http_idle_timeout: Duration::from_secs(1), ..HttpLimits::default() };
+    let (member, http) = member(limits, Security::Plain).await;
+    let mut watch = TcpStream::connect(http).await.unwrap();
+    watch.write_all(b"GET /v1/watch/q/ HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
+    let head = common::http::read_head(&mut watch).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A connection opened after the watch, with no request, is closed once
+    // the idle timeout passed: the watch has been quiet longer than that.
+    let mut idle = TcpStream::connect(http).await.unwrap();
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
+    let _ = common::http::read_answer(&mut idle).await.unwrap();
+    assert!(closed_by_peer(&mut idle).await);
+
+    member.store().set("q/1", b"late".to_vec()).await.unwrap();
+    let mut lines = common::http::ChunkedLines::new();
+    let line = lines.next(&mut watch).await.unwrap().expect("the quiet watch is still open");
+    assert_eq!(line["key"], "q/1", "{line}");
+    member.shutdown().await.unwrap();
+}
