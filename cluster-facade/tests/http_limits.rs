@@ -96,8 +96,18 @@ async fn connections_past_the_caps_are_closed_while_an_established_client_is_ser
     let mut over = connect_from("127.0.0.4".parse().unwrap(), http).await;
     assert!(closed_by_peer(&mut over).await, "a thirteenth connection was kept");
 
-    // The established client is still served on its connection.
+    // The established client is still served on its connection, and the
+    // refusals are counted by the cap they met.
     assert_eq!(live(&mut operator).await, 200);
+    let scrape = request(&mut operator, "GET", "/metrics", b"").await.unwrap();
+    let text = String::from_utf8(scrape.body).unwrap();
+    for line in [
+        "carbon_http_connections_open 12",
+        "carbon_http_connections_refused_total{cap=\"per_address\"} 1",
+        "carbon_http_connections_refused_total{cap=\"total\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+    }
 
     // Slots come back when connections end.
     drop(held);

@@ -59,6 +59,8 @@ struct Inner {
     connections_total: Counter,
     rejected_frames: Family<Label, Counter>,
     http_requests: Family<Label, Counter>,
+    http_connections_open: Gauge,
+    http_connections_refused: Family<Label, Counter>,
     process: ProcessMetrics,
     build_info: Family<Label, Gauge>,
 }
@@ -127,6 +129,8 @@ impl Metrics {
             connections_total: Counter::default(),
             rejected_frames: Family::default(),
             http_requests: Family::default(),
+            http_connections_open: Gauge::default(),
+            http_connections_refused: Family::default(),
         };
         {
             let mut root = inner.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -134,7 +138,8 @@ impl Metrics {
             let r = root.sub_registry_with_prefix("carbon");
             // One table per metric type: a metric is one line here and one
             // field in `Inner`.
-            let gauges: [(&str, &str, &Gauge); 10] = [
+            let gauges: [(&str, &str, &Gauge); 11] = [
+                ("http_connections_open", "Connections held on the HTTP port", &inner.http_connections_open),
                 ("raft_term", "The current raft term", &inner.term),
                 ("raft_is_leader", "1 if this member leads", &inner.is_leader),
                 ("raft_has_leader", "1 if this member knows a leader", &inner.has_leader),
@@ -199,9 +204,14 @@ impl Metrics {
                 r.register(name, help, metric.clone());
             }
             r.register("gossip_members", "Members by gossip liveness", inner.gossip_members.clone());
-            let families: [(&str, &str, &Family<Label, Counter>); 2] = [
+            let families: [(&str, &str, &Family<Label, Counter>); 3] = [
                 ("rejected_frames", "Frames refused, by reason", &inner.rejected_frames),
                 ("http_requests", "HTTP API requests, by route", &inner.http_requests),
+                (
+                    "http_connections_refused",
+                    "HTTP connections closed as accepted, by the cap reached (total, per_address)",
+                    &inner.http_connections_refused,
+                ),
             ];
             for (name, help, metric) in families {
                 r.register(name, help, metric.clone());
@@ -302,6 +312,17 @@ impl Metrics {
     /// An HTTP API request on `route`.
     pub(crate) fn http_request(&self, route: &'static str) {
         self.inner.http_requests.get_or_create(&vec![("route", route.to_owned())]).inc();
+    }
+
+    /// An HTTP connection took a slot (`+1`) or gave it back (`-1`).
+    pub(crate) fn http_connections(&self, delta: i64) {
+        self.inner.http_connections_open.inc_by(delta);
+    }
+
+    /// An HTTP connection was closed as accepted: the `cap` it met (`total`
+    /// or `per_address`).
+    pub(crate) fn http_connection_refused(&self, cap: &'static str) {
+        self.inner.http_connections_refused.get_or_create(&vec![("cap", cap.to_owned())]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

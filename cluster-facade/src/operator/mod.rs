@@ -33,10 +33,11 @@ pub(crate) fn serve<T: Operated>(
     security: &cluster_rpc::Security,
     limits: &HttpLimits,
 ) -> std::io::Result<HttpServer> {
+    let metrics = member().map(|m| m.metrics().clone());
     let router = http::router(member, limits.http_max_body_bytes);
     let tls = match security {
         cluster_rpc::Security::Tls(tls) => Some(tls.clone()),
         _ => None,
     };
-    HttpServer::serve(listener, router, tls, limits.clone())
+    HttpServer::serve(listener, router, tls, limits.clone(), metrics)
 }

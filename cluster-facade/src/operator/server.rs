@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::Metrics;
 use super::error::{json_error, json_errors};
 use super::limits::HttpLimits;
 
@@ -57,16 +58,17 @@ pub(crate) struct HttpServer {
 
 impl HttpServer {
     /// Serves `router` on `listener` (over TLS when `tls` is given) within
-    /// `limits`, until shut down.
+    /// `limits`, counting connections in `metrics`, until shut down.
     pub(crate) fn serve(
         listener: TcpListener,
         router: Router,
         tls: Option<Tls>,
         limits: HttpLimits,
+        metrics: Option<Metrics>,
     ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared { router, tls, limits, slots: Slots::default() });
+        let shared = Arc::new(Shared { router, metrics, tls, limits, slots: Slots::default() });
         let task = tokio::spawn(accept_loop(listener, shared, stopped));
         tracing::info!(%local_addr, "http api listening");
         Ok(HttpServer { stop, task: Some(task) })
@@ -94,6 +96,7 @@ impl Drop for HttpServer {
 /// What every connection task needs.
 struct Shared {
     router: Router,
+    metrics: Option<Metrics>,
     tls: Option<Tls>,
     limits: HttpLimits,
     slots: Slots,
@@ -113,18 +116,23 @@ struct Slot {
 }
 
 impl Slots {
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
+    /// A slot for a connection from `ip`, or the cap that is reached.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Result<Slot, &'static str> {
         let limits = &shared.limits;
         let mut by_address = shared.slots.by_address.lock().unwrap_or_else(|p| p.into_inner());
         let held = by_address.get(&ip).copied().unwrap_or(0);
-        if held >= limits.http_max_connections_per_address
-            || shared.slots.total.load(Ordering::Relaxed) >= limits.http_max_connections
-        {
-            return None;
+        if shared.slots.total.load(Ordering::Relaxed) >= limits.http_max_connections {
+            return Err("total");
+        }
+        if held >= limits.http_max_connections_per_address {
+            return Err("per_address");
         }
         by_address.insert(ip, held + 1);
         shared.slots.total.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { shared: shared.clone(), ip })
+        if let Some(m) = &shared.metrics {
+            m.http_connections(1);
+        }
+        Ok(Slot { shared: shared.clone(), ip })
     }
 }
 
@@ -139,6 +147,9 @@ impl Drop for Slot {
             }
         }
         slots.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = &self.shared.metrics {
+            m.http_connections(-1);
+        }
     }
 }
 
@@ -165,23 +176,29 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
                 continue;
             }
         };
-        let Some(slot) = Slots::take(&shared, peer.ip()) else {
-            // Closed before any byte is read or any handshake starts: the
-            // caller sees the connection end. Logged once per interval.
-            drop(stream);
-            refused_since_log += 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(
-                    %peer,
-                    refused = refused_since_log,
-                    max = shared.limits.http_max_connections,
-                    per_address = shared.limits.http_max_connections_per_address,
-                    "http connections refused: the connection caps are reached"
-                );
-                refused_since_log = 0;
-                last_refusal_log = Some(Instant::now());
+        let slot = match Slots::take(&shared, peer.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                // Closed before any byte is read or any handshake starts: the
+                // caller sees the connection end. Logged once per interval.
+                drop(stream);
+                if let Some(m) = &shared.metrics {
+                    m.http_connection_refused(cap);
+                }
+                refused_since_log += 1;
+                if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        %peer,
+                        refused = refused_since_log,
+                        max = shared.limits.http_max_connections,
+                        per_address = shared.limits.http_max_connections_per_address,
+                        "http connections refused: the connection caps are reached"
+                    );
+                    refused_since_log = 0;
+                    last_refusal_log = Some(Instant::now());
+                }
+                continue;
             }
-            continue;
         };
         connections.spawn(connection(stream, peer, slot, stopped.clone()));
     }
