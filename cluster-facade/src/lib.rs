@@ -53,8 +53,12 @@
 //! With [`ClusterConfig::http_port`] a member serves the operators' HTTP API:
 //! `/health/live`, `/health/ready` (see [`Readiness`]), `/v1/status`,
 //! `/v1/members`, a JSON key-value API under `/v1/kv/{key}` (values in
-//! base64, or raw with `?raw`), and `/metrics` in Prometheus text (see
-//! [`Metrics`]). [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
+//! base64, or raw with `?raw`), a watch as newline-delimited JSON under
+//! `/v1/watch/{prefix}`, and `/metrics` in Prometheus text (see
+//! [`Metrics`]); every error is JSON. The port is bounded by the `http_*`
+//! fields of `[limits]` ([`HttpLimits`]), and [`fit_descriptors`] keeps the
+//! ports' connection caps under the process's descriptor limit.
+//! [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
 //! [`ClusterOf::metrics`] give the same to a program that embeds the member.
 //!
 //! A member whose raft state is corrupt refuses to start
