@@ -34,8 +34,7 @@ use super::Metrics;
 use super::error::{json_error, json_errors};
 use super::limits::HttpLimits;
 
-/// How a connection's caller authenticated; each request carries it as an
-/// extension.
+/// How a connection's caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Caller {
     /// Plain TCP: no TLS on this member.
@@ -153,13 +152,36 @@ impl Drop for Slot {
     }
 }
 
+/// A warning that outsiders can trigger at will, logged at most once per
+/// [`THROTTLE`] with the count since the last line, so they cannot fill the log.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    count: u64,
+}
+
+/// See [`Throttle`].
+const THROTTLE: Duration = Duration::from_secs(10);
+
+impl Throttle {
+    /// Counts one occurrence; `Some(count)` when it is time to log.
+    fn note(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self.last.is_some_and(|t| t.elapsed() < THROTTLE) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 /// How long open connections get to finish at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
-    let mut refused_since_log = 0u64;
-    let mut last_refusal_log: Option<Instant> = None;
+    let mut refusals = Throttle::default();
+    let mut accept_errors = Throttle::default();
     loop {
         let accepted = tokio::select! {
             _ = stopped.wait_for(|s| *s) => break,
@@ -171,7 +193,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
             Err(e) => {
                 // Usually out of descriptors: pause instead of spinning,
                 // and let the open connections end meanwhile.
-                tracing::warn!(error = %e, "http accept failed");
+                if let Some(count) = accept_errors.note() {
+                    tracing::warn!(error = %e, count, "http accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -185,17 +209,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
                 if let Some(m) = &shared.metrics {
                     m.http_connection_refused(cap);
                 }
-                refused_since_log += 1;
-                if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                if let Some(refused) = refusals.note() {
                     tracing::warn!(
                         %peer,
-                        refused = refused_since_log,
+                        refused,
                         max = shared.limits.http_max_connections,
                         per_address = shared.limits.http_max_connections_per_address,
                         "http connections refused: the connection caps are reached"
                     );
-                    refused_since_log = 0;
-                    last_refusal_log = Some(Instant::now());
                 }
                 continue;
             }
@@ -245,7 +266,6 @@ async fn serve_http<I>(
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let shared = shared.clone();
             let busy = Busy::enter(&activity);
-            request.extensions_mut().insert(caller);
             request.extensions_mut().insert(activity.clone());
             async move {
                 let _busy = busy;
@@ -458,6 +478,28 @@ impl<I> Watched<I> {
                     self.activity.moved();
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_warning_logs_once_per_interval_with_the_count() {
+        let mut t = Throttle::default();
+        assert_eq!(t.note(), Some(1));
+        assert_eq!((t.note(), t.note()), (None, None));
+        tokio::time::advance(THROTTLE).await;
+        assert_eq!(t.note(), Some(3), "the two suppressed and this one");
+    }
+
+    #[test]
+    fn only_the_probes_answer_without_a_certificate() {
+        assert!(open_without_certificate("/health/live") && open_without_certificate("/health/ready"));
+        for path in ["/health", "/health/live/x", "/v1/status", "/metrics", "/"] {
+            assert!(!open_without_certificate(path), "{path}");
         }
     }
 }
