@@ -203,12 +203,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
         let slot = match Slots::take(&shared, peer.ip()) {
             Ok(slot) => slot,
             Err(cap) => {
-                // Closed before any byte is read or any handshake starts: the
-                // caller sees the connection end. Logged once per interval.
-                drop(stream);
+                // Counted before the caller can see it, then closed before
+                // any byte is read or any handshake starts: the caller sees
+                // the connection end. Logged once per interval.
                 if let Some(m) = &shared.metrics {
                     m.http_connection_refused(cap);
                 }
+                drop(stream);
                 if let Some(refused) = refusals.note() {
                     tracing::warn!(
                         %peer,
