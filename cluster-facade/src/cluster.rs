@@ -21,11 +21,11 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::grid::{self, GridEvents, GridHub};
-use crate::health::Readiness;
 use crate::housekeeping::{Housekeeper, Settings};
-use crate::http::HttpServer;
 use crate::identity;
-use crate::metrics::Metrics;
+use crate::operator::HttpServer;
+use crate::operator::Metrics;
+use crate::operator::Readiness;
 use crate::proof::MemberProofs;
 use crate::served::{LivenessTable, ServedStore};
 
@@ -208,7 +208,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             max_frame_len: config.raft.max_frame_bytes,
             rpc_timeout: ms(config.raft.election_timeout_max_ms),
             transport: cluster_rpc::Settings {
-                limits: config.limits.clone(),
+                limits: config.limits.rpc.clone(),
                 security: config.security.clone(),
             }
             .into_transport(),
@@ -286,7 +286,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
                 limits: cluster_rpc::Limits {
                     max_frame_len: config.raft.max_frame_bytes,
                     request_timeout: ms(config.timeouts.operation_ms),
-                    ..config.limits.clone()
+                    ..config.limits.rpc.clone()
                 },
                 security: config.security.clone(),
                 keyring: membership.keyring_control(),
@@ -363,12 +363,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         });
         let cluster = ClusterOf { inner };
         if let Some(listener) = http_listener {
-            let router = crate::http::router(Arc::downgrade(&cluster.inner));
-            let server = match &cluster.inner.config.security {
-                cluster_rpc::Security::Tls(tls) => crate::http_tls::TlsListener::new(listener, tls.clone())
-                    .and_then(|tls_listener| HttpServer::serve(tls_listener, router)),
-                _ => HttpServer::serve(listener, router),
-            }
+            let config = &cluster.inner.config;
+            let server = crate::operator::serve(
+                listener,
+                member_while_alive(&cluster.inner),
+                &config.security,
+                &config.limits.http,
+            )
             .map_err(|e| start_err("http")(e.into()));
             let server = match server {
                 Ok(s) => s,
@@ -619,4 +620,13 @@ impl<S: ConsensusStore> ClusterOf<cluster_gossip::Gossip, S> {
     pub fn gossip_keyring(&self) -> Option<cluster_gossip::KeyringHandle> {
         self.inner.membership.keyring().cloned()
     }
+}
+
+/// The member behind `inner` while it lives: the HTTP server holds this,
+/// never the member itself.
+fn member_while_alive<M: Membership, S: ConsensusStore>(
+    inner: &Arc<Inner<M, S>>,
+) -> impl Fn() -> Option<ClusterOf<M, S>> + Send + Sync + 'static {
+    let weak = Arc::downgrade(inner);
+    move || weak.upgrade().map(ClusterOf::from_inner)
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use cluster_core::{ConsensusLimits, FailureDetection, RaftTiming};
 use serde::{Deserialize, Serialize};
 
+use crate::operator::HttpLimits;
+
 /// The configuration of one member. Durations are in milliseconds so that
 /// TOML files stay readable.
 ///
@@ -68,9 +70,10 @@ pub struct ClusterConfig {
     /// in `data_dir` when there is one. When the file exists it wins over
     /// `gossip_keys`: it holds the ring as the last rotation left it.
     pub gossip_keyring_file: Option<PathBuf>,
-    /// Bounds of the raft and service ports and of their clients (the frame
-    /// limit is `raft.max_frame_bytes`, the request timeout `timeouts.operation_ms`).
-    pub limits: cluster_rpc::Limits,
+    /// `[limits]`: bounds of the raft and service ports and of their clients
+    /// (the frame limit is `raft.max_frame_bytes`, the request timeout
+    /// `timeouts.operation_ms`), and of the HTTP port (the `http_*` fields).
+    pub limits: Limits,
     /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key`, in
     /// PEM; `carbon tls init` makes them). Loaded at start into
     /// [`security`](ClusterConfig::security) unless that is set already.
@@ -83,6 +86,34 @@ pub struct ClusterConfig {
     /// The store's quotas (`[quota]` in TOML): key, value and store bytes,
     /// and the largest snapshot received.
     pub quota: ConsensusLimits,
+}
+
+/// `[limits]` in TOML: the RPC layer's bounds and the HTTP port's, in one
+/// table (the HTTP port's fields start with `http_`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The raft and service ports' bounds (`max_connections`, …).
+    #[serde(flatten)]
+    pub rpc: cluster_rpc::Limits,
+    /// The HTTP port's bounds (`http_max_connections`, …).
+    #[serde(flatten)]
+    pub http: HttpLimits,
+}
+
+// The RPC layer's fields were all of `[limits]` before the HTTP port had any:
+// code that reads `config.limits.max_connections` keeps working.
+impl std::ops::Deref for Limits {
+    type Target = cluster_rpc::Limits;
+
+    fn deref(&self) -> &cluster_rpc::Limits {
+        &self.rpc
+    }
+}
+
+impl std::ops::DerefMut for Limits {
+    fn deref_mut(&mut self) -> &mut cluster_rpc::Limits {
+        &mut self.rpc
+    }
 }
 
 /// Gossip keys in base64. Secret: `Debug` shows how many, never a key.
@@ -127,7 +158,7 @@ impl Default for ClusterConfig {
             raft: RaftSettings::default(),
             gossip_keys: GossipKeys::default(),
             gossip_keyring_file: None,
-            limits: cluster_rpc::Limits::default(),
+            limits: Limits::default(),
             tls: None,
             security: cluster_rpc::Security::default(),
             quota: ConsensusLimits::default(),
@@ -374,11 +405,14 @@ impl ClusterConfig {
                 bad(&format!("gossip_keys[{i}]"), problem);
             }
         }
-        for problem in self.limits.problems() {
+        for problem in self.limits.rpc.problems() {
             match problem.split_once(": ") {
                 Some((field, problem)) => bad(&format!("limits.{field}"), problem.to_owned()),
                 None => bad("limits", problem),
             }
+        }
+        for (field, problem) in self.limits.http.problems() {
+            bad(&format!("limits.{field}"), problem);
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
     }
@@ -501,6 +535,17 @@ mod tests {
         assert_eq!(c.advertised_host(), "127.0.0.1");
         let c = ClusterConfig { advertise_host: Some("::".into()), ..c };
         assert_eq!(c.validate().unwrap_err().0[0].field, "advertise_host");
+    }
+
+    #[test]
+    fn http_limits_sit_in_the_limits_table_beside_the_rpc_ones() {
+        let c: ClusterConfig = toml::from_str(
+            "[limits]\nmax_connections = 100\nmax_client_connections = 50\nhttp_max_connections = 7\nhttp_max_connections_per_address = 8\n",
+        )
+        .unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.http.http_max_connections), (100, 7));
+        let errs = c.validate().unwrap_err();
+        assert_eq!(errs.0[0].field, "limits.http_max_connections_per_address", "{errs}");
     }
 
     #[test]

@@ -53,8 +53,12 @@
 //! With [`ClusterConfig::http_port`] a member serves the operators' HTTP API:
 //! `/health/live`, `/health/ready` (see [`Readiness`]), `/v1/status`,
 //! `/v1/members`, a JSON key-value API under `/v1/kv/{key}` (values in
-//! base64, or raw with `?raw`), and `/metrics` in Prometheus text (see
-//! [`Metrics`]). [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
+//! base64, or raw with `?raw`), a watch as newline-delimited JSON under
+//! `/v1/watch/{prefix}`, and `/metrics` in Prometheus text (see
+//! [`Metrics`]); every error is JSON. The port is bounded by the `http_*`
+//! fields of `[limits]` ([`HttpLimits`]), and [`fit_descriptors`] keeps the
+//! ports' connection caps under the process's descriptor limit.
+//! [`ClusterOf::readiness`], [`ClusterOf::liveness`] and
 //! [`ClusterOf::metrics`] give the same to a program that embeds the member.
 //!
 //! A member whose raft state is corrupt refuses to start
@@ -74,14 +78,13 @@
 
 mod cluster;
 mod config;
+mod descriptors;
 mod error;
 mod grid;
-mod health;
 mod housekeeping;
-mod http;
-mod http_tls;
 mod identity;
-mod metrics;
+mod operated;
+mod operator;
 mod proof;
 #[cfg(feature = "consensus-openraft")]
 mod reset;
@@ -89,13 +92,13 @@ mod served;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{
-    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings,
+    ClusterConfig, ConfigErrors, ConfigProblem, GOSSIP_KEYRING_FILE, GossipKeys, GossipSettings, Limits,
     RaftSettings, Timeouts, decode_gossip_key,
 };
+pub use descriptors::{DescriptorBudget, RESERVED_DESCRIPTORS, fit_descriptors};
 pub use error::ClusterError;
 pub use grid::GridEvents;
-pub use health::{READY_MAX_APPLY_LAG, Readiness};
-pub use metrics::{ConsensusGauges, Metrics};
+pub use operator::{ConsensusGauges, HttpLimits, Metrics, READY_MAX_APPLY_LAG, Readiness};
 #[cfg(feature = "consensus-openraft")]
 pub use reset::{ResetReport, reset_raft_state};
 

@@ -14,7 +14,7 @@ use cluster_core::{
 };
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::operator::Metrics;
 
 /// The last gossip state of every member this member heard of, fed by its
 /// membership events. Cheap to clone: clones share the table.

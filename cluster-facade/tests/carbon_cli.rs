@@ -368,7 +368,7 @@ fn http_api_metrics_and_readiness() {
     assert_eq!(decoded, value);
     assert_eq!(http(&https[2], "GET", "/v1/kv/blob/a?raw", b"").1, value);
     assert_eq!(http(&https[0], "GET", "/v1/kv/nothing", b"").0, 404);
-    assert_eq!(http(&https[0], "PUT", "/v1/kv/carbon-grid/x", b"no").0, 400);
+    assert_eq!(http(&https[0], "PUT", "/v1/kv/carbon-grid/x", b"no").0, 403);
     let (code, del) = http_json(&https[0], "DELETE", "/v1/kv/blob/a", b"");
     assert_eq!((code, &del["deleted"]), (200, &Value::Bool(true)));
     let (_, members) = http_json(&https[0], "GET", "/v1/members", b"");

@@ -154,6 +154,9 @@ pub enum TlsError {
 struct Loaded {
     role: Role,
     server: Option<Arc<ServerConfig>>,
+    /// As `server`, but a caller may also come without a certificate (the
+    /// HTTP port's health routes); a certificate it presents is verified.
+    server_optional_client: Option<Arc<ServerConfig>>,
     client: Arc<ClientConfig>,
 }
 
@@ -223,6 +226,18 @@ impl Tls {
     /// Accepts TLS connections with the configuration in force now.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
         match &self.current().server {
+            Some(server) => Ok(TlsAcceptor::from(server.clone())),
+            None => Err(TlsError::NotAMember),
+        }
+    }
+
+    /// Accepts TLS connections with the configuration in force now, also
+    /// from callers that present no certificate (a certificate presented
+    /// must still verify): for the HTTP port, whose health routes answer
+    /// Kubernetes probes while every other route asks for a certificate
+    /// ([`peer_role`] tells which the caller has).
+    pub fn acceptor_client_cert_optional(&self) -> Result<TlsAcceptor, TlsError> {
+        match &self.current().server_optional_client {
             Some(server) => Ok(TlsAcceptor::from(server.clone())),
             None => Err(TlsError::NotAMember),
         }
@@ -392,22 +407,29 @@ fn load_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str)) -> Res
         .with_client_auth_cert(chain.clone(), key_der.clone_key())
         .map_err(|e| config_err(cert.1, format!("certificate and key do not fit: {e}")))?;
 
-    let server = match role {
-        Role::Client => None,
-        Role::Member => {
-            let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| config_err(ca.1, e.to_string()))?;
-            let server = ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| config_err(cert.1, e.to_string()))?
-                .with_client_cert_verifier(client_verifier)
-                .with_single_cert(chain, key_der)
-                .map_err(|e| config_err(cert.1, format!("certificate and key do not fit: {e}")))?;
-            Some(Arc::new(server))
+    let server = |optional_client: bool| -> Result<Option<Arc<ServerConfig>>, TlsError> {
+        if role == Role::Client {
+            return Ok(None);
         }
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        if optional_client {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let client_verifier = verifier.build().map_err(|e| config_err(ca.1, e.to_string()))?;
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_err(cert.1, e.to_string()))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key_der.clone_key())
+            .map_err(|e| config_err(cert.1, format!("certificate and key do not fit: {e}")))?;
+        Ok(Some(Arc::new(server)))
     };
-    Ok(Loaded { role, server, client: Arc::new(client) })
+    Ok(Loaded {
+        role,
+        server: server(false)?,
+        server_optional_client: server(true)?,
+        client: Arc::new(client),
+    })
 }
 
 #[cfg(test)]

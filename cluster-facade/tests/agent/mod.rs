@@ -53,6 +53,12 @@ impl Agent {
     pub fn spawn(args: &[String]) -> Agent {
         let mut cmd = carbon();
         cmd.arg("agent").args(args);
+        Agent::spawn_command(cmd)
+    }
+
+    /// The agent `cmd` starts (`carbon agent …`, or a shell that sets
+    /// limits and execs it), once it printed its start line.
+    pub fn spawn_command(mut cmd: Command) -> Agent {
         let mut child =
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("carbon agent starts");
         let stdout = child.stdout.take().unwrap();

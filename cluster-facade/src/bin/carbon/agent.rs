@@ -204,6 +204,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         tls.spawn_reloader(std::time::Duration::from_secs(5), reload.clone());
         config.security = cluster_facade::rpc::Security::Tls(tls);
     }
+    cluster_facade::fit_descriptors(&mut config);
     let cluster = match Cluster::start(config).await {
         Ok(cluster) => cluster,
         Err(ClusterError::Start { source: source @ cluster_core::Error::CorruptState { .. }, .. }) => {

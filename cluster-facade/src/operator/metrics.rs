@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::process::ProcessMetrics;
+
 /// Labels of a metric with one label.
 type Label = Vec<(&'static str, String)>;
 
@@ -57,6 +59,10 @@ struct Inner {
     connections_total: Counter,
     rejected_frames: Family<Label, Counter>,
     http_requests: Family<Label, Counter>,
+    http_connections_open: Gauge,
+    http_connections_refused: Family<Label, Counter>,
+    process: ProcessMetrics,
+    build_info: Family<Label, Gauge>,
 }
 
 /// What consensus looks like at a scrape; see [`Metrics::set_consensus`].
@@ -95,11 +101,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Fresh metrics, registered under the `carbon_` prefix.
+    /// Fresh metrics: the member's under the `carbon_` prefix, the
+    /// process's as `process_*`.
     pub fn new() -> Self {
         let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let inner = Inner {
-            registry: Mutex::new(Registry::with_prefix("carbon")),
+            registry: Mutex::new(Registry::default()),
+            process: ProcessMetrics::default(),
+            build_info: Family::default(),
             term: Gauge::default(),
             is_leader: Gauge::default(),
             has_leader: Gauge::default(),
@@ -120,77 +129,105 @@ impl Metrics {
             connections_total: Counter::default(),
             rejected_frames: Family::default(),
             http_requests: Family::default(),
+            http_connections_open: Gauge::default(),
+            http_connections_refused: Family::default(),
         };
         {
-            let mut r = inner.registry.lock().unwrap_or_else(|p| p.into_inner());
-            r.register("raft_term", "The current raft term", inner.term.clone());
-            r.register("raft_is_leader", "1 if this member leads", inner.is_leader.clone());
-            r.register("raft_has_leader", "1 if this member knows a leader", inner.has_leader.clone());
-            r.register(
-                "raft_last_log_index",
-                "Index of the last log entry (-1: none)",
-                inner.last_log_index.clone(),
-            );
-            r.register(
-                "raft_committed_index",
-                "Index of the last committed entry (-1: unknown)",
-                inner.committed_index.clone(),
-            );
-            r.register(
-                "raft_applied_index",
-                "Index of the last applied entry (-1: none)",
-                inner.applied_index.clone(),
-            );
-            r.register(
-                "raft_apply_lag",
-                "Committed entries not applied yet on this member",
-                inner.apply_lag.clone(),
-            );
-            r.register(
-                "raft_snapshot_index",
-                "Index of the last entry in the newest snapshot (-1: none)",
-                inner.snapshot_index.clone(),
-            );
+            let mut root = inner.registry.lock().unwrap_or_else(|p| p.into_inner());
+            inner.process.register(&mut root);
+            let r = root.sub_registry_with_prefix("carbon");
+            // One table per metric type: a metric is one line here and one
+            // field in `Inner`.
+            let gauges: [(&str, &str, &Gauge); 11] = [
+                ("http_connections_open", "Connections held on the HTTP port", &inner.http_connections_open),
+                ("raft_term", "The current raft term", &inner.term),
+                ("raft_is_leader", "1 if this member leads", &inner.is_leader),
+                ("raft_has_leader", "1 if this member knows a leader", &inner.has_leader),
+                ("raft_last_log_index", "Index of the last log entry (-1: none)", &inner.last_log_index),
+                (
+                    "raft_committed_index",
+                    "Index of the last committed entry (-1: unknown)",
+                    &inner.committed_index,
+                ),
+                ("raft_applied_index", "Index of the last applied entry (-1: none)", &inner.applied_index),
+                ("raft_apply_lag", "Committed entries not applied yet on this member", &inner.apply_lag),
+                (
+                    "raft_snapshot_index",
+                    "Index of the last entry in the newest snapshot (-1: none)",
+                    &inner.snapshot_index,
+                ),
+                ("raft_voters", "Voters of raft", &inner.voters),
+                ("raft_nonvoters", "Nonvoters of raft", &inner.nonvoters),
+            ];
+            for (name, help, metric) in gauges {
+                r.register(name, help, metric.clone());
+            }
             r.register(
                 "raft_quorum_ack_age_seconds",
                 "On the leader: time since a quorum last acknowledged it (-1 elsewhere)",
                 inner.quorum_ack_age.clone(),
             );
-            r.register("raft_voters", "Voters of raft", inner.voters.clone());
-            r.register("raft_nonvoters", "Nonvoters of raft", inner.nonvoters.clone());
-            r.register(
-                "store_write_seconds",
-                "Time of a write served by this member, from request to answer: through its HTTP API, or its service port (as leader)",
-                inner.write_seconds.clone(),
-            );
-            r.register(
-                "store_read_seconds",
-                "Time of a linearizable read served by this member: through its HTTP API, or its service port (as leader)",
-                inner.read_seconds.clone(),
-            );
-            r.register(
-                "store_write_errors",
-                "Writes this member's store refused or failed",
-                inner.write_errors.clone(),
-            );
-            r.register(
-                "forwarded_requests",
-                "Writes and consistent reads this member forwarded to the leader",
-                inner.forwarded.clone(),
-            );
-            r.register("gossip_members", "Members by gossip liveness", inner.gossip_members.clone());
             r.register(
                 "connections_open",
                 "Open TCP connections on the service and raft ports",
                 inner.connections_open.clone(),
             );
+            let histograms: [(&str, &str, &Histogram); 2] = [
+                (
+                    "store_write_seconds",
+                    "Time of a write served by this member, from request to answer: through its HTTP API, or its service port (as leader)",
+                    &inner.write_seconds,
+                ),
+                (
+                    "store_read_seconds",
+                    "Time of a linearizable read served by this member: through its HTTP API, or its service port (as leader)",
+                    &inner.read_seconds,
+                ),
+            ];
+            for (name, help, metric) in histograms {
+                r.register(name, help, metric.clone());
+            }
+            let counters: [(&str, &str, &Counter); 3] = [
+                ("store_write_errors", "Writes this member's store refused or failed", &inner.write_errors),
+                (
+                    "forwarded_requests",
+                    "Writes and consistent reads this member forwarded to the leader",
+                    &inner.forwarded,
+                ),
+                (
+                    "connections",
+                    "TCP connections accepted on the service and raft ports",
+                    &inner.connections_total,
+                ),
+            ];
+            for (name, help, metric) in counters {
+                r.register(name, help, metric.clone());
+            }
+            r.register("gossip_members", "Members by gossip liveness", inner.gossip_members.clone());
+            let families: [(&str, &str, &Family<Label, Counter>); 3] = [
+                ("rejected_frames", "Frames refused, by reason", &inner.rejected_frames),
+                ("http_requests", "HTTP API requests, by route", &inner.http_requests),
+                (
+                    "http_connections_refused",
+                    "HTTP connections closed as accepted, by the cap reached (total, per_address)",
+                    &inner.http_connections_refused,
+                ),
+            ];
+            for (name, help, metric) in families {
+                r.register(name, help, metric.clone());
+            }
+            inner
+                .build_info
+                .get_or_create(&vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                    ("git", env!("CARBON_GIT_HASH").to_owned()),
+                ])
+                .set(1);
             r.register(
-                "connections",
-                "TCP connections accepted on the service and raft ports",
-                inner.connections_total.clone(),
+                "build_info",
+                "The version and git commit of this member's build (the value is always 1)",
+                inner.build_info.clone(),
             );
-            r.register("rejected_frames", "Frames refused, by reason", inner.rejected_frames.clone());
-            r.register("http_requests", "HTTP API requests, by route", inner.http_requests.clone());
         }
         Metrics { inner: Arc::new(inner) }
     }
@@ -277,8 +314,20 @@ impl Metrics {
         self.inner.http_requests.get_or_create(&vec![("route", route.to_owned())]).inc();
     }
 
+    /// An HTTP connection took a slot (`+1`) or gave it back (`-1`).
+    pub(crate) fn http_connections(&self, delta: i64) {
+        self.inner.http_connections_open.inc_by(delta);
+    }
+
+    /// An HTTP connection was closed as accepted: the `cap` it met (`total`
+    /// or `per_address`).
+    pub(crate) fn http_connection_refused(&self, cap: &'static str) {
+        self.inner.http_connections_refused.get_or_create(&vec![("cap", cap.to_owned())]).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.inner.process.update();
         let mut out = String::new();
         let registry = self.inner.registry.lock().unwrap_or_else(|p| p.into_inner());
         // Writing into a String cannot fail.
@@ -316,6 +365,27 @@ mod tests {
         let refused =
             text.lines().find(|l| l.contains("frame over the limit")).expect("the reason is a label");
         assert!(refused.ends_with(" 7"), "{refused}");
+    }
+
+    #[test]
+    fn process_and_build_figures_are_scraped() {
+        let text = Metrics::new().encode();
+        let value = |name: &str| -> f64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(value(name) > 0.0, "{name}: {text}");
+        }
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let build = text.lines().find(|l| l.starts_with("carbon_build_info{")).expect(&text);
+        assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+        assert!(build.contains("git=\"") && build.ends_with(" 1"), "{build}");
     }
 
     #[test]

@@ -6,157 +6,84 @@
 //! | `GET /health/ready` | 200 when [`Readiness`](crate::Readiness) holds, else 503; JSON either way |
 //! | `GET /v1/status` | consensus as this member knows it, with its short id and progress |
 //! | `GET /v1/members` | every member with its record and gossip liveness, by short id |
-//! | `GET /v1/kv/{key}` | `{"key", "value"}` (base64), 404 if absent; `?stale` reads locally, `?raw` answers the bytes, `?recurse` lists the prefix |
+//! | `GET /v1/kv/{key}` | `{"key", "value"}` (base64), linearizable; 404 if absent; `?stale` reads locally, `?raw` answers the bytes |
+//! | `GET /v1/kv/{prefix}?recurse` | every key under the prefix (`/v1/kv/?recurse`: the whole store); `&all` adds the cluster's `carbon-grid/` keys |
 //! | `PUT /v1/kv/{key}` | the body is the value; `{"created"}` |
 //! | `DELETE /v1/kv/{key}` | `{"deleted"}` |
+//! | `GET /v1/watch/{prefix}` | every change under the prefix, one JSON object per line ([`watch`](super::watch)) |
 //! | `GET /metrics` | Prometheus text ([`Metrics`](crate::Metrics)) |
 //!
-//! The server runs on any [`axum::serve::Listener`]: plain TCP, or mutual
-//! TLS with the member's certificates when the cluster runs on TLS
-//! ([`TlsListener`](crate::http_tls::TlsListener)).
+//! Every error is JSON ([`error`](super::error)). The routes run inside
+//! [`HttpServer`](super::HttpServer), which holds the port's limits.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Weak;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_core::{ConsensusStore, Error, Membership, keys};
+use cluster_core::keys;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util_cancel::CancellationToken;
 
-use crate::cluster::{ClusterOf, Inner};
-use crate::metrics::ConsensusGauges;
+use super::error::{json_error, store_error};
+use super::member::Operated;
+use super::metrics::ConsensusGauges;
 
-mod tokio_util_cancel {
-    //! A one-shot stop signal for the server (tokio's watch, to need no
-    //! further dependency).
-    use tokio::sync::watch;
-
-    /// Cancels once; every clone sees it.
-    #[derive(Clone)]
-    pub(super) struct CancellationToken(watch::Sender<bool>);
-
-    impl CancellationToken {
-        pub(super) fn new() -> Self {
-            CancellationToken(watch::channel(false).0)
-        }
-
-        pub(super) fn cancel(&self) {
-            let _ = self.0.send(true);
-        }
-
-        pub(super) async fn cancelled(&self) {
-            let mut rx = self.0.subscribe();
-            let _ = rx.wait_for(|c| *c).await;
-        }
-    }
-}
-
-/// A running HTTP server.
-pub(crate) struct HttpServer {
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl HttpServer {
-    /// Serves `router` on `listener` until shut down.
-    pub(crate) fn serve<L>(listener: L, router: Router) -> std::io::Result<Self>
-    where
-        L: axum::serve::Listener<Addr = SocketAddr>,
-    {
-        let local_addr = listener.local_addr()?;
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "http server ended");
-            }
-        });
-        tracing::info!(%local_addr, "http api listening");
-        Ok(HttpServer { cancel, task: Some(task) })
-    }
-
-    /// Stops accepting, ends the connections and waits for the server.
-    pub(crate) async fn shutdown(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            // Graceful shutdown waits for open connections (keep-alive
-            // clients): bounded, then cut.
-            let abort = task.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(2), task).await.is_err() {
-                abort.abort();
-            }
-        }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// The member behind the API: a weak reference, so the server never keeps a
+/// The member behind the API, while it lives: the server never keeps a
 /// member alive that was dropped.
-struct Api<M: Membership, S: ConsensusStore>(Weak<Inner<M, S>>);
+pub(super) struct Api<T>(Arc<dyn Fn() -> Option<T> + Send + Sync>);
 
-impl<M: Membership, S: ConsensusStore> Clone for Api<M, S> {
+impl<T> Clone for Api<T> {
     fn clone(&self) -> Self {
         Api(self.0.clone())
     }
 }
 
-impl<M: Membership, S: ConsensusStore> Api<M, S> {
-    fn member(&self) -> Option<ClusterOf<M, S>> {
-        self.0.upgrade().map(ClusterOf::from_inner)
+impl<T: Operated> Api<T> {
+    pub(super) fn member(&self) -> Option<T> {
+        (self.0)()
     }
 }
 
 /// The answer while the member stops.
-fn gone() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "the member is stopping").into_response()
+pub(super) fn gone() -> Response {
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "the member is stopping")
 }
 
-/// The routes of the API for the member behind `inner`.
-pub(crate) fn router<M: Membership, S: ConsensusStore>(inner: Weak<Inner<M, S>>) -> Router {
+/// The routes of the API for the member `member` returns; request bodies up
+/// to `max_body_bytes`.
+pub(crate) fn router<T: Operated>(
+    member: impl Fn() -> Option<T> + Send + Sync + 'static,
+    max_body_bytes: usize,
+) -> Router {
+    let kv = || get(kv_get::<T>).put(kv_put::<T>).delete(kv_delete::<T>);
     Router::new()
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready::<M, S>))
-        .route("/v1/status", get(status::<M, S>))
-        .route("/v1/members", get(members::<M, S>))
-        .route("/v1/kv/{*key}", get(kv_get::<M, S>).put(kv_put::<M, S>).delete(kv_delete::<M, S>))
-        .route("/metrics", get(metrics::<M, S>))
-        .with_state(Api(inner))
-}
-
-/// A store error as an HTTP answer: the caller's fault, or try later.
-fn store_error(e: Error) -> Response {
-    let code = match &e {
-        Error::BadRequest(_) | Error::BadKey { .. } | Error::FrameTooLarge { .. } => StatusCode::BAD_REQUEST,
-        Error::NotLeader(_) | Error::Timeout(_) | Error::Unreachable(_) | Error::ShuttingDown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (code, axum::Json(json!({ "error": e.to_string() }))).into_response()
+        .route("/health/ready", get(ready::<T>))
+        .route("/v1/status", get(status::<T>))
+        .route("/v1/members", get(members::<T>))
+        .route("/v1/kv/{*key}", kv())
+        // The empty prefix: `/v1/kv/?recurse` lists the whole store.
+        .route("/v1/kv/", kv())
+        .route("/v1/watch/{*prefix}", get(super::watch::watch::<T>))
+        .route("/v1/watch/", get(super::watch::watch::<T>))
+        .route("/metrics", get(metrics::<T>))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route (see the README's HTTP API)") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(Api(Arc::new(member)))
 }
 
 async fn live() -> impl IntoResponse {
     axum::Json(json!({ "live": true }))
 }
 
-async fn ready<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn ready<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("health_ready");
     let r = member.readiness().await;
@@ -164,12 +91,12 @@ async fn ready<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -
     (code, axum::Json(r)).into_response()
 }
 
-async fn status<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn status<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("status");
     let status = member.consensus_status();
     let progress = member.consensus_progress().await;
-    let short_id = *member.watch_short_id().borrow();
+    let short_id = member.held_short_id();
     let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut body {
         o.insert("short_id".into(), json!(short_id));
@@ -180,15 +107,12 @@ async fn status<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) 
     axum::Json(body).into_response()
 }
 
-async fn members<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn members<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("members");
-    let recorded = match member.members() {
+    let recorded = match member.recorded_members() {
         Ok(m) => m,
-        Err(e) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({ "error": e.to_string() })))
-                .into_response();
-        }
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let liveness = member.liveness();
     let list: Vec<Value> = recorded
@@ -204,15 +128,30 @@ async fn members<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>)
     axum::Json(Value::Array(list)).into_response()
 }
 
-fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
+pub(super) fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-async fn kv_get<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
-    Path(key): Path<String>,
+/// The answer to a write of a key the cluster reserves: the caller's
+/// credentials do not allow it, whatever the request looks like.
+fn reserved(key: &str) -> Response {
+    json_error(
+        StatusCode::FORBIDDEN,
+        &format!("{key:?} is under {}, which only the cluster itself writes", keys::RESERVED_PREFIX),
+    )
+}
+
+/// The key of a `/v1/kv/…` route: empty on `/v1/kv/`.
+fn key_of(path: Option<Path<String>>) -> String {
+    path.map(|Path(k)| k).unwrap_or_default()
+}
+
+async fn kv_get<T: Operated>(
+    State(api): State<Api<T>>,
+    path: Option<Path<String>>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
+    let key = key_of(path);
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_get");
     let store = member.store();
@@ -229,6 +168,12 @@ async fn kv_get<M: Membership, S: ConsensusStore>(
             .collect();
         return axum::Json(Value::Array(list)).into_response();
     }
+    if key.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "no key given: GET /v1/kv/KEY reads a key, GET /v1/kv/?recurse lists the whole store",
+        );
+    }
     let value = if flag(&q, "stale") {
         store.get(&key)
     } else {
@@ -244,17 +189,29 @@ async fn kv_get<M: Membership, S: ConsensusStore>(
             ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
         }
         Ok(Some(v)) => axum::Json(json!({ "key": key, "value": BASE64.encode(&v) })).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, axum::Json(json!({ "key": key, "value": null }))).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": format!("no key {key:?}"), "key": key, "value": null })),
+        )
+            .into_response(),
         Err(e) => store_error(e),
     }
 }
 
-async fn kv_put<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
-    Path(key): Path<String>,
-    body: Bytes,
+async fn kv_put<T: Operated>(
+    State(api): State<Api<T>>,
+    path: Option<Path<String>>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let key = key_of(path);
+    if keys::is_reserved(&key) {
+        return reserved(&key);
+    }
     let Some(member) = api.member() else { return gone() };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return json_error(e.status(), &format!("{} (limits.http_max_body_bytes)", e.body_text())),
+    };
     member.metrics().http_request("kv_put");
     let start = std::time::Instant::now();
     let r = member.store().set(&key, body.to_vec()).await;
@@ -265,10 +222,11 @@ async fn kv_put<M: Membership, S: ConsensusStore>(
     }
 }
 
-async fn kv_delete<M: Membership, S: ConsensusStore>(
-    State(api): State<Api<M, S>>,
-    Path(key): Path<String>,
-) -> Response {
+async fn kv_delete<T: Operated>(State(api): State<Api<T>>, path: Option<Path<String>>) -> Response {
+    let key = key_of(path);
+    if keys::is_reserved(&key) {
+        return reserved(&key);
+    }
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();
@@ -280,7 +238,7 @@ async fn kv_delete<M: Membership, S: ConsensusStore>(
     }
 }
 
-async fn metrics<M: Membership, S: ConsensusStore>(State(api): State<Api<M, S>>) -> Response {
+async fn metrics<T: Operated>(State(api): State<Api<T>>) -> Response {
     let Some(member) = api.member() else { return gone() };
     let status = member.consensus_status();
     let progress = member.consensus_progress().await;
