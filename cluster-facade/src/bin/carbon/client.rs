@@ -198,23 +198,32 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
     }
 }
 
-/// Names the addresses that do not speak the service protocol.
+/// Names the addresses that do not speak the service protocol, and what
+/// they seem to be instead.
 async fn not_a_service_port(t: &Target) -> String {
     let Ok(c) = client(t) else { return "not a service port".into() };
     let mut wrong = Vec::new();
     for addr in &t.services {
-        if matches!(
-            c.status_of(addr).await,
-            Err(Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. })
-        ) {
-            wrong.push(addr.as_str());
+        match c.status_of(addr).await {
+            // The RPC client recognizes an HTTP answer and says so.
+            Err(Error::Malformed(why)) if why.contains("HTTP") => {
+                wrong.push(format!("{addr} answers in HTTP (the HTTP port?)"));
+            }
+            Err(Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. }) => {
+                wrong.push(format!("{addr} does not answer in the service protocol (the raft port?)"));
+            }
+            Err(Error::FrameTooLarge { .. }) => {
+                wrong.push(format!("{addr} answers in another protocol"));
+            }
+            _ => {}
         }
     }
-    let which = if wrong.is_empty() { t.services.join(", ") } else { wrong.join(", ") };
-    format!(
-        "{which}: this is not a service port (it does not answer in the service protocol; the raft port?): \
-         use the address after `service` in the agent's start line"
-    )
+    let which = if wrong.is_empty() {
+        format!("{} does not answer in the service protocol", t.services.join(", "))
+    } else {
+        wrong.join("; ")
+    };
+    format!("{which}: this is not a service port: use the address after `service` in the agent's start line")
 }
 
 /// A value for people: the text when it is UTF-8, else base64 with a marker.
