@@ -1,0 +1,132 @@
+//! `carbon kv` as a new user meets it (issue 25): values too long for a
+//! command line, reads linearizable by default, lists of addresses with
+//! spaces, and a watch from a forgotten revision.
+
+mod agent;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use agent::{Agent, carbon};
+
+const CLUSTER: &str = "kv-test";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `carbon ARGS --service SVC --cluster-id CLUSTER`, with `stdin` as its input.
+fn run(svc: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = carbon()
+        .args(args)
+        .args(["--service", svc, "--cluster-id", CLUSTER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("carbon runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// One member that snapshots every few entries, so that a restart forgets
+/// the changes before its snapshot.
+fn config(dir: &Path) -> String {
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "cluster_id = \"{CLUSTER}\"\nhost = \"127.0.0.1\"\nnum_voters = 1\n\
+             data_dir = \"{}\"\n[raft]\nsnapshot_after_entries = 5\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn values_from_a_file_or_stdin_linearizable_reads_and_spaced_address_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = Agent::spawn(&["--config".into(), config(dir.path())]);
+    member.wait_ready();
+    let svc = member.service.clone();
+
+    // 200 KB: past what one command-line argument may hold (128 KiB on Linux).
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = dir.path().join("big.txt");
+    std::fs::write(&file, &big).unwrap();
+    let out = run(&svc, &["kv", "set", "big", "--file", file.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = run(&svc, &["kv", "get", "big"], b"");
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(got.stdout.strip_suffix(b"\n"), Some(&big[..]), "the file's bytes, exactly");
+
+    // `-` reads standard input, byte for byte (binary too).
+    let binary = [0u8, 0xff, b'\n', 7];
+    let out = run(&svc, &["kv", "set", "bin", "-"], &binary);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&svc, &["kv", "get", "bin", "--json"], b"").stdout).unwrap();
+    assert_eq!(json["value_base64"], "AP8KBw==", "{json}");
+    // Compare-and-set takes its new value the same ways.
+    let out = run(&svc, &["kv", "cas", "bin", "-", "--absent"], b"x");
+    assert_eq!(out.status.code(), Some(1), "bin exists: {}", stderr(&out));
+    let out = run(&svc, &["kv", "cas", "big", "--file", file.to_str().unwrap(), "--expect", "nope"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = run(&svc, &["kv", "cas", "fresh", "-", "--absent"], b"from stdin");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let missing = dir.path().join("missing");
+    let out = run(&svc, &["kv", "set", "k", "--file", missing.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{}", stderr(&out));
+    let out = run(&svc, &["kv", "set", "k", "v", "--file", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2), "a value and a file: {}", stderr(&out));
+
+    // Reads: linearizable by default, --stale to read locally, --consistent
+    // still accepted.
+    for flags in [&[][..], &["--stale"], &["--consistent"]] {
+        let mut args = vec!["kv", "get", "fresh"];
+        args.extend_from_slice(flags);
+        let out = run(&svc, &args, b"");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from stdin", "{flags:?}: {}", stderr(&out));
+    }
+    let out = run(&svc, &["kv", "get", "fresh", "--stale", "--consistent"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let help = carbon().args(["kv", "get", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--stale"));
+
+    // Addresses as people write lists: spaces after commas, a trailing space.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for list in [format!("{dead}, {svc}"), format!("{svc} ")] {
+        let out = carbon()
+            .args(["kv", "get", "fresh", "--cluster-id", CLUSTER])
+            .env("CARBON_SERVICE", &list)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "CARBON_SERVICE={list:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_watch_from_a_compacted_revision_exits_4_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let member = Agent::spawn(&["--config".into(), config.clone()]);
+    member.wait_ready();
+    for i in 0..20 {
+        let out = run(&member.service, &["kv", "set", &format!("k{i}"), "v"], b"");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(member.stop().success());
+    // Reopened from its snapshot, the member no longer remembers revision 1.
+    let member = Agent::spawn(&["--config".into(), config]);
+    member.wait_ready();
+    let out = run(&member.service, &["kv", "watch", "", "--from-revision", "1"], b"");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("compacted") && err.contains("kv list"), "{err}");
+}
