@@ -440,6 +440,66 @@ impl ConsensusStatus {
     }
 }
 
+/// A member's status as operators see it, in one shape for every surface
+/// (`carbon status --json`, the HTTP API's `/v1/status`, the service's
+/// [`MemberStatus`] request): [`ConsensusStatus`], its progress
+/// ([`ConsensusProgress`]: committed and snapshot index), and the member's
+/// short id and role. Flat, so that the JSON of each surface has the same
+/// field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemberStatus {
+    /// This member.
+    pub member_id: MemberId,
+    /// Its short id, once it holds one.
+    pub short_id: Option<ShortId>,
+    /// Its raft role by its own knowledge; `None` while it is not in raft.
+    pub role: Option<RaftRole>,
+    /// The leader it knows, if any.
+    pub leader: Option<MemberId>,
+    /// The current term.
+    pub term: u64,
+    /// Index of its last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known committed, if the backend knows it.
+    pub committed_index: Option<u64>,
+    /// Index of the last entry it applied.
+    pub applied_index: Option<u64>,
+    /// Index of the last entry in its newest snapshot, if any.
+    pub snapshot_index: Option<u64>,
+    /// The voters and where they are reached.
+    pub voters: BTreeMap<MemberId, Endpoints>,
+    /// The nonvoters and where they are reached.
+    pub nonvoters: BTreeMap<MemberId, Endpoints>,
+    /// See [`ConsensusStatus::reset_pending`].
+    pub reset_pending: Option<String>,
+    /// See [`ConsensusStatus::store_bytes`].
+    pub store_bytes: u64,
+    /// See [`ConsensusStatus::quota_alarm`].
+    pub quota_alarm: bool,
+}
+
+impl MemberStatus {
+    /// The status of a member from what its store knows and its short id.
+    pub fn new(status: ConsensusStatus, progress: &ConsensusProgress, short_id: Option<ShortId>) -> Self {
+        MemberStatus {
+            role: status.role(),
+            short_id,
+            member_id: status.member_id,
+            leader: status.leader,
+            term: status.term,
+            last_log_index: status.last_log_index,
+            committed_index: progress.committed_index,
+            applied_index: status.applied_index,
+            snapshot_index: progress.snapshot_index,
+            voters: status.voters,
+            nonvoters: status.nonvoters,
+            reset_pending: status.reset_pending,
+            store_bytes: status.store_bytes,
+            quota_alarm: status.quota_alarm,
+        }
+    }
+}
+
 /// Entries of the store, `(key, value)` in key order.
 pub type Entries = Vec<(String, Vec<u8>)>;
 

@@ -130,3 +130,52 @@ fn a_watch_from_a_compacted_revision_exits_4_saying_what_to_do() {
     let err = stderr(&out);
     assert!(err.contains("compacted") && err.contains("kv list"), "{err}");
 }
+
+/// The body of `GET path` at the HTTP address `addr`.
+fn http_get(addr: &str, path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(addr).expect("http connects");
+    c.set_read_timeout(Some(cluster_core::testsuite::DEADLINE)).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+    out[split + 4..].to_vec()
+}
+
+#[test]
+fn status_json_has_the_shape_of_the_http_status() {
+    let member = Agent::spawn(&[
+        "--cluster-id".into(),
+        CLUSTER.into(),
+        "--num-voters".into(),
+        "1".into(),
+        "--http-port".into(),
+        "0".into(),
+    ]);
+    member.wait_ready();
+    let http: serde_json::Value =
+        serde_json::from_slice(&http_get(member.http.as_deref().unwrap(), "/v1/status")).unwrap();
+    let out = run(&member.service, &["status", "--json"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fields = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(fields(&cli), fields(&http), "cli {cli}\nhttp {http}");
+    for field in ["committed_index", "snapshot_index", "role", "short_id"] {
+        assert!(cli.get(field).is_some(), "{field} missing: {cli}");
+    }
+    for same in ["member_id", "short_id", "role", "leader"] {
+        assert_eq!(cli[same], http[same], "{same}");
+    }
+    assert_eq!(cli["role"], "leader", "{cli}");
+    assert_eq!(cli["short_id"], 1, "{cli}");
+    let text = run(&member.service, &["status"], b"");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for row in ["short id", "committed index", "snapshot index"] {
+        assert!(text.contains(row), "{row} not shown: {text}");
+    }
+}

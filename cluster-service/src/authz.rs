@@ -60,6 +60,7 @@ pub fn required_access(request: &Request) -> Result<Access> {
         | Request::Watch { .. }
         | Request::Members
         | Request::Status
+        | Request::MemberStatus
         | Request::Liveness
         | Request::Export => Ok(Access::Anyone),
         Request::ForceLeave { .. } => Ok(Access::Operator),

@@ -12,8 +12,8 @@ use cluster_core::wire::WireCodec;
 use std::collections::BTreeMap;
 
 use cluster_core::{
-    ConsensusStatus, Error, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo, Result, WatchEvent,
-    WriteOutcome, WriteRequest, keys,
+    ConsensusStatus, Error, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo, MemberStatus,
+    Result, WatchEvent, WriteOutcome, WriteRequest, keys,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,9 @@ pub enum Request {
     /// only). A rotation is install on every member, use on every member,
     /// remove on every member: `carbon keys` sends each step to each member.
     KeyringChange(KeyringChange),
+    /// The member's status in the shape every surface shows
+    /// ([`MemberStatus`]: `Status` with its progress, short id and role).
+    MemberStatus,
 }
 
 impl Request {
@@ -102,6 +105,7 @@ impl Request {
             Request::GetPrefixWithRevision { .. } => "get prefix with revision",
             Request::KeyringList => "keyring list",
             Request::KeyringChange(_) => "keyring change",
+            Request::MemberStatus => "member status",
         }
     }
 
@@ -152,6 +156,8 @@ pub enum Response {
     },
     /// Answer to `KeyringList` and `KeyringChange`: the ring after it.
     Keyring(KeyringState),
+    /// Answer to `MemberStatus`.
+    MemberStatus(Box<MemberStatus>),
 }
 
 impl Response {
@@ -170,6 +176,7 @@ impl Response {
             Response::Event(_) => "event",
             Response::EntriesAt { .. } => "entries at",
             Response::Keyring(_) => "keyring",
+            Response::MemberStatus(_) => "member status",
         }
     }
 }
@@ -254,6 +261,15 @@ impl Response {
         }
     }
 
+    /// The typed answer to `MemberStatus`.
+    pub(crate) fn into_member_status(self) -> Result<MemberStatus> {
+        match self {
+            Response::MemberStatus(s) => Ok(*s),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("member status", &other)),
+        }
+    }
+
     /// The typed answer to `Status`.
     pub(crate) fn into_status(self) -> Result<ConsensusStatus> {
         match self {
@@ -301,6 +317,7 @@ mod tests {
             Request::Liveness,
             Request::Watch { prefix: "w/".into(), from_revision: Some(7) },
             Request::GetPrefixWithRevision { prefix: "p/".into() },
+            Request::MemberStatus,
         ];
         let mut buf = BytesMut::new();
         for (i, r) in requests.iter().enumerate() {

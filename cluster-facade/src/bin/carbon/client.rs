@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use cluster_facade::core::MemberStatus;
 use cluster_facade::core::{Error, ErrorKind, MemberInfo, keys};
 use cluster_facade::service::ClientOptions;
 use cluster_facade::service::protocol::{Request, Response};
-use cluster_facade::{ConsensusStatus, Liveness, MemberId, ServiceClient};
+use cluster_facade::{Liveness, MemberId, ServiceClient};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -323,7 +324,8 @@ pub(crate) async fn members(t: Target) -> Result<(), Failure> {
 
 /// `carbon status`.
 pub(crate) async fn status(t: Target) -> Result<(), Failure> {
-    let s: ConsensusStatus = match client(&t)?.status().await {
+    // The shape of the HTTP API's /v1/status, so one parser reads both.
+    let s: MemberStatus = match client(&t)?.member_status().await {
         Ok(s) => s,
         Err(e) => return Err(failed(&t, e).await),
     };
@@ -334,11 +336,14 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
     let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
     let mut rows = vec![
         vec!["member".into(), s.member_id.to_string()],
-        vec!["role".into(), s.role().map(|r| r.to_string()).unwrap_or_else(|| "not in raft".into())],
+        vec!["short id".into(), s.short_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into())],
+        vec!["role".into(), s.role.map(|r| r.to_string()).unwrap_or_else(|| "not in raft".into())],
         vec!["leader".into(), s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into())],
         vec!["term".into(), s.term.to_string()],
         vec!["last log index".into(), opt(s.last_log_index)],
+        vec!["committed index".into(), opt(s.committed_index)],
         vec!["applied index".into(), opt(s.applied_index)],
+        vec!["snapshot index".into(), opt(s.snapshot_index)],
         vec!["voters".into(), s.voters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["nonvoters".into(), s.nonvoters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["store bytes".into(), s.store_bytes.to_string()],
