@@ -221,6 +221,12 @@ impl KvState {
             WriteOp::ReleaseShortId { member } => {
                 Ok(WriteOutcome::Released { held: self.short_ids.remove(member).is_some() })
             }
+            // No key changes, so no watch event: a watcher sees the next
+            // change with a revision past this one.
+            WriteOp::AdvanceRevision { revision } => {
+                self.revision = self.revision.max(*revision);
+                Ok(WriteOutcome::Revision { revision: self.revision })
+            }
             other => Err(Error::BadRequest(format!("operation not supported by this member: {other:?}"))),
         }
     }
@@ -513,6 +519,19 @@ mod tests {
         assert_eq!(s.apply_write(&release(a)).0, Ok(WriteOutcome::Released { held: true }));
         assert_eq!(s.apply_write(&release(a)).0, Ok(WriteOutcome::Released { held: false }));
         assert_eq!(s.apply_write(&alloc(c)).0, id(1));
+    }
+
+    #[test]
+    fn the_revision_advances_never_goes_back_and_touches_no_key() {
+        let mut s = KvState::default();
+        let _ = s.apply_write(&set("a", b"1", None));
+        let advance = |r| WriteRequest { op: WriteOp::AdvanceRevision { revision: r }, request_id: None };
+        let (outcome, events) = s.apply_write(&advance(57));
+        assert_eq!((outcome, events), (Ok(WriteOutcome::Revision { revision: 57 }), Vec::new()));
+        assert_eq!(s.apply_write(&advance(3)).0, Ok(WriteOutcome::Revision { revision: 57 }));
+        assert_eq!(s.data.len(), 1);
+        let (_, events) = s.apply_write(&set("b", b"2", None));
+        assert_eq!(events[0].revision, 58);
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub enum WriteOp {
         /// The member.
         member: MemberId,
     },
+    /// Raise the store's revision to `revision` if it is lower, changing no
+    /// key: a store restored from a backup goes on from the backup's
+    /// revision, so watch positions saved against the old cluster keep their
+    /// meaning (`carbon snapshot restore`).
+    AdvanceRevision {
+        /// The revision the store should at least be at.
+        revision: u64,
+    },
 }
 
 impl WriteOp {
@@ -60,7 +68,9 @@ impl WriteOp {
             WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
                 Some(key)
             }
-            WriteOp::AllocateShortId { .. } | WriteOp::ReleaseShortId { .. } => None,
+            WriteOp::AllocateShortId { .. }
+            | WriteOp::ReleaseShortId { .. }
+            | WriteOp::AdvanceRevision { .. } => None,
         }
     }
 }
@@ -128,6 +138,11 @@ pub enum WriteOutcome {
         /// True if the member held a short id.
         held: bool,
     },
+    /// Answer to `AdvanceRevision`: the store's revision after it.
+    Revision {
+        /// The revision.
+        revision: u64,
+    },
 }
 
 impl WriteOutcome {
@@ -160,6 +175,14 @@ impl WriteOutcome {
         match self {
             WriteOutcome::ShortId(id) => Ok(id),
             other => Err(unexpected("allocate short id", &other)),
+        }
+    }
+
+    /// The answer to an `AdvanceRevision`: the store's revision after it.
+    pub fn into_revision(self) -> Result<u64> {
+        match self {
+            WriteOutcome::Revision { revision } => Ok(revision),
+            other => Err(unexpected("advance revision", &other)),
         }
     }
 

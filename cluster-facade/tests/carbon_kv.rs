@@ -179,3 +179,81 @@ fn status_json_has_the_shape_of_the_http_status() {
         assert!(text.contains(row), "{row} not shown: {text}");
     }
 }
+
+/// CRC-32 (IEEE), as the backup header carries it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn snapshot_restore_keeps_the_revision_and_writes_nothing_from_refused_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    member.wait_ready();
+    // Many changes of few keys: a revision far above the number of keys.
+    for i in 0..30 {
+        let out = run(&member.service, &["kv", "set", &format!("k{}", i % 3), &i.to_string()], b"");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let backup = dir.path().join("backup.snap");
+    let saved =
+        json_of(&run(&member.service, &["snapshot", "save", backup.to_str().unwrap(), "--json"], b""));
+    let revision = saved["revision"].as_u64().unwrap();
+    assert!(revision >= 30, "{saved}");
+    let before = json_of(&run(&member.service, &["kv", "list", "", "--json"], b""))["entries"].take();
+    drop(member);
+
+    let restored = dir.path().join("restored");
+    let restore = |file: &Path| {
+        carbon()
+            .args(["snapshot", "restore", file.to_str().unwrap(), "--json", "--cluster-id", CLUSTER])
+            .args(["--data-dir", restored.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+
+    // Content the store refuses (an empty key) under a valid checksum: exit
+    // 2, and no data directory.
+    let bytes = std::fs::read(&backup).unwrap();
+    let newline = bytes.iter().position(|b| *b == b'\n').unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes[newline + 1..]).unwrap();
+    doc["entries"].as_array_mut().unwrap().push(serde_json::json!({"key": "", "value_base64": "eA=="}));
+    let body = serde_json::to_vec(&doc).unwrap();
+    let mut refused =
+        format!("carbon-snapshot 1 crc32 {:08x} bytes {}\n", crc32(&body), body.len()).into_bytes();
+    refused.extend_from_slice(&body);
+    let refused_file = dir.path().join("refused.snap");
+    std::fs::write(&refused_file, refused).unwrap();
+    let out = restore(&refused_file);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("empty key"), "{}", stderr(&out));
+    assert!(!restored.exists(), "a refused restore left {}", restored.display());
+
+    // The restored store goes on from the backup's revision.
+    let done = json_of(&restore(&backup));
+    assert!(done["revision"].as_u64().unwrap() >= revision, "{done} after a backup at {revision}");
+    let member = Agent::spawn(&[
+        "--cluster-id".into(),
+        CLUSTER.into(),
+        "--num-voters".into(),
+        "1".into(),
+        "--data-dir".into(),
+        restored.display().to_string(),
+    ]);
+    member.wait_ready();
+    let list = json_of(&run(&member.service, &["kv", "list", "", "--json"], b""));
+    assert!(list["revision"].as_u64().unwrap() >= revision, "{list} after a backup at {revision}");
+    assert_eq!(list["entries"], before);
+}

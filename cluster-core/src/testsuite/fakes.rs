@@ -309,6 +309,10 @@ impl FakeStore {
             WriteOp::ReleaseShortId { member } => {
                 WriteOutcome::Released { held: s.short_ids.remove(&member).is_some() }
             }
+            WriteOp::AdvanceRevision { revision } => {
+                s.revision = s.revision.max(revision);
+                WriteOutcome::Revision { revision: s.revision }
+            }
         })
     }
 
