@@ -195,6 +195,18 @@ impl WriteOutcome {
     }
 }
 
+/// The revisions of one key, as etcd keeps them: the revision of the change
+/// that created it (since it last did not exist) and of its last change.
+/// Locks and elections order their waiters by `create_revision`; a
+/// compare on `mod_revision` tells whether a key changed since it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// The revision of the change that created the key.
+    pub create_revision: u64,
+    /// The revision of the key's last change.
+    pub mod_revision: u64,
+}
+
 /// One applied change, as a watcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {
@@ -728,6 +740,15 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 
     /// Local read of the applied state (may be stale).
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Local read of `key` with its revisions (may be stale).
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>>;
+
+    /// Linearizable read of `key` with its revisions; on the leader only.
+    fn consistent_get_with_meta(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, KeyMeta)>>> + Send;
 
     /// Local read of every key starting with `prefix`, in key order.
     fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;

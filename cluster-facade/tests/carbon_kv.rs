@@ -257,3 +257,43 @@ fn snapshot_restore_keeps_the_revision_and_writes_nothing_from_refused_content()
     assert!(list["revision"].as_u64().unwrap() >= revision, "{list} after a backup at {revision}");
     assert_eq!(list["entries"], before);
 }
+
+#[test]
+fn kv_get_print_revision_shows_the_create_and_mod_revision_of_a_key() {
+    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    member.wait_ready();
+    let svc = member.service.clone();
+    let set = |k: &str, v: &str| assert!(run(&svc, &["kv", "set", k, v], b"").status.success());
+    let meta = |k: &str, stale: bool| {
+        let mut args = vec!["kv", "get", k, "--print-revision", "--json"];
+        if stale {
+            args.push("--stale");
+        }
+        let v = json_of(&run(&svc, &args, b""));
+        (v["create_revision"].as_u64().unwrap(), v["mod_revision"].as_u64().unwrap())
+    };
+    let revision = || json_of(&run(&svc, &["kv", "list", "", "--json"], b""))["revision"].as_u64().unwrap();
+    set("a", "1");
+    let created = revision();
+    set("b", "1");
+    set("a", "2");
+    let modified = revision();
+    assert!(created < modified);
+    assert_eq!(meta("a", false), (created, modified));
+    assert_eq!(meta("a", true), (created, modified), "a stale read on the leader is its state");
+    let (b_create, b_mod) = meta("b", false);
+    assert!(b_create == b_mod && created < b_create && b_create < modified);
+    // Deleted and set again: created anew.
+    assert!(run(&svc, &["kv", "delete", "a"], b"").status.success());
+    set("a", "3");
+    let again = revision();
+    assert_eq!(meta("a", false), (again, again));
+    // The text form: a line of revisions, then the value.
+    let out = run(&svc, &["kv", "get", "a", "--print-revision"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("create_revision {again} mod_revision {again}\n3\n")
+    );
+    let missing = run(&svc, &["kv", "get", "nope", "--print-revision", "--json"], b"");
+    assert_eq!(missing.status.code(), Some(1));
+}

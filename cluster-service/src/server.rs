@@ -150,6 +150,12 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::Members => members(store).map(Response::Members),
         Request::Status => Ok(Response::Status(Box::new(store.status()))),
         Request::MemberStatus => member_status(store).await,
+        Request::GetWithMeta { key, consistent: false } => {
+            store.get_with_meta(&key).map(Response::ValueWithMeta)
+        }
+        Request::GetWithMeta { key, consistent: true } => {
+            store.consistent_get_with_meta(&key).await.map(Response::ValueWithMeta)
+        }
         Request::Export => export(store).await,
         Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
         Request::Liveness => Ok(Response::Liveness(store.liveness())),

@@ -90,6 +90,11 @@ pub(crate) enum KvCommand {
         /// reads are linearizable now.
         #[arg(long, hide = true, conflicts_with = "stale")]
         consistent: bool,
+        /// Also print the key's create and last-change revision: a line
+        /// `create_revision C mod_revision M` before the value (with --json,
+        /// the fields `create_revision` and `mod_revision`).
+        #[arg(long)]
+        print_revision: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -368,7 +373,30 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
 /// `carbon kv …`.
 pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
     match cmd {
-        KvCommand::Get { key, stale, consistent: _, target } => {
+        KvCommand::Get { key, stale, consistent: _, print_revision: true, target } => {
+            let v = match client(&target)?.get_with_meta(&key, !stale).await {
+                Ok(v) => v,
+                Err(e) => return Err(failed(&target, e).await),
+            };
+            let Some((v, meta)) = v else {
+                if target.json {
+                    print_json(json_entry(&key, None));
+                }
+                return Err(Failure::not_found(format!("key {key:?} not found")));
+            };
+            if target.json {
+                let mut entry = json_entry(&key, Some(&v));
+                if let serde_json::Value::Object(o) = &mut entry {
+                    o.insert("create_revision".into(), json!(meta.create_revision));
+                    o.insert("mod_revision".into(), json!(meta.mod_revision));
+                }
+                print_json(entry);
+            } else {
+                println!("create_revision {} mod_revision {}", meta.create_revision, meta.mod_revision);
+                println!("{}", text(&v));
+            }
+        }
+        KvCommand::Get { key, stale, consistent: _, print_revision: false, target } => {
             let c = client(&target)?;
             let v = if stale { c.get(&key).await } else { c.consistent_get(&key).await };
             let v = match v {
