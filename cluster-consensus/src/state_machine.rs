@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use cluster_core::plan::lowest_free_short_id;
 use cluster_core::{
-    ClientRequestId, Error, MemberId, ShortId, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
+    ClientRequestId, Error, KeyMeta, MemberId, ShortId, WatchEvent, WatchLog, WriteOp, WriteOutcome,
+    WriteRequest,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -41,6 +42,8 @@ pub struct KvState {
     pub data: BTreeMap<String, Vec<u8>>,
     /// Grows by one with every change of `data`.
     pub revision: u64,
+    /// The create and last-change revision of every key in `data`.
+    pub meta: BTreeMap<String, KeyMeta>,
     /// Who holds which short id.
     pub short_ids: BTreeMap<MemberId, ShortId>,
     /// Answers of the last [`REMEMBERED_REQUESTS`] writes that carried a
@@ -54,8 +57,14 @@ pub struct KvState {
     pub store_bytes: u64,
 }
 
+/// The first bytes of a state in format 2 (with per-key revisions). Format 1
+/// had no marker: its first byte is the `Option` tag of `last_applied` (0 or
+/// 1), which this marker's first byte never is, so both stay readable.
+const FORMAT_2: &[u8; 8] = b"CKVS\x00\x00\x00\x02";
+
 /// The serialized form (bincode does not support `serde(skip)`). Values are
-/// written as byte strings, in one piece, not byte by byte.
+/// written as byte strings, in one piece, not byte by byte. Format 2: after
+/// [`FORMAT_2`].
 #[derive(Serialize)]
 struct KvStateOut<'a> {
     last_applied: &'a Option<LogId>,
@@ -64,9 +73,22 @@ struct KvStateOut<'a> {
     revision: u64,
     short_ids: &'a BTreeMap<MemberId, ShortId>,
     answered: &'a VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
+    meta: &'a BTreeMap<String, KeyMeta>,
 }
 
-/// What [`KvStateOut`] reads back as.
+/// What format 2 reads back as.
+#[derive(Deserialize)]
+struct KvStateIn2 {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    data: Vec<(String, BytesIn)>,
+    revision: u64,
+    short_ids: BTreeMap<MemberId, ShortId>,
+    answered: VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
+    meta: BTreeMap<String, KeyMeta>,
+}
+
+/// What format 1 (before per-key revisions) reads back as.
 #[derive(Deserialize)]
 struct KvStateIn {
     last_applied: Option<LogId>,
@@ -109,19 +131,42 @@ impl<'de> Deserialize<'de> for BytesIn {
 impl KvState {
     /// The state as bytes (a snapshot's data).
     pub fn to_bytes(&self) -> Result<Vec<u8>, std::io::Error> {
-        encode(&KvStateOut {
+        let body = encode(&KvStateOut {
             last_applied: &self.last_applied,
             last_membership: &self.last_membership,
             data: self.data.iter().map(|(k, v)| (k.as_str(), BytesOut(v))).collect(),
             revision: self.revision,
             short_ids: &self.short_ids,
             answered: &self.answered,
-        })
+            meta: &self.meta,
+        })?;
+        let mut bytes = Vec::with_capacity(FORMAT_2.len() + body.len());
+        bytes.extend_from_slice(FORMAT_2);
+        bytes.extend_from_slice(&body);
+        Ok(bytes)
     }
 
     /// The state from bytes written by [`to_bytes`](Self::to_bytes).
+    /// A state of format 1 (no per-key revisions) reads with every key's
+    /// revisions set to the state's revision: each key was created and last
+    /// changed at or before it, which is all that is known.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, std::io::Error> {
-        let repr: KvStateIn = decode(bytes)?;
+        let repr = match bytes.strip_prefix(FORMAT_2.as_slice()) {
+            Some(body) => decode::<KvStateIn2>(body)?,
+            None => {
+                let old: KvStateIn = decode(bytes)?;
+                let at = KeyMeta { create_revision: old.revision, mod_revision: old.revision };
+                KvStateIn2 {
+                    meta: old.data.iter().map(|(k, _)| (k.clone(), at)).collect(),
+                    last_applied: old.last_applied,
+                    last_membership: old.last_membership,
+                    data: old.data,
+                    revision: old.revision,
+                    short_ids: old.short_ids,
+                    answered: old.answered,
+                }
+            }
+        };
         let answered_index = repr.answered.iter().cloned().collect();
         let data: BTreeMap<String, Vec<u8>> = repr.data.into_iter().map(|(k, v)| (k, v.0)).collect();
         let store_bytes = data.iter().map(|(k, v)| crate::quota::entry_bytes(k, v)).sum();
@@ -131,6 +176,7 @@ impl KvState {
             last_membership: repr.last_membership,
             data,
             revision: repr.revision,
+            meta: repr.meta,
             short_ids: repr.short_ids,
             answered: repr.answered,
             answered_index,
@@ -165,12 +211,21 @@ impl KvState {
 
     fn change(&mut self, key: &str, value: Option<Vec<u8>>, events: &mut Vec<WatchEvent>) {
         self.revision += 1;
+        let revision = self.revision;
         let old = match &value {
             Some(v) => {
                 self.store_bytes = self.store_bytes.saturating_add(crate::quota::entry_bytes(key, v));
+                let meta = self
+                    .meta
+                    .entry(key.to_owned())
+                    .or_insert(KeyMeta { create_revision: revision, mod_revision: revision });
+                meta.mod_revision = revision;
                 self.data.insert(key.to_owned(), v.clone())
             }
-            None => self.data.remove(key),
+            None => {
+                self.meta.remove(key);
+                self.data.remove(key)
+            }
         };
         if let Some(old) = old {
             self.store_bytes = self.store_bytes.saturating_sub(crate::quota::entry_bytes(key, &old));
@@ -220,6 +275,12 @@ impl KvState {
             }
             WriteOp::ReleaseShortId { member } => {
                 Ok(WriteOutcome::Released { held: self.short_ids.remove(member).is_some() })
+            }
+            // No key changes, so no watch event: a watcher sees the next
+            // change with a revision past this one.
+            WriteOp::AdvanceRevision { revision } => {
+                self.revision = self.revision.max(*revision);
+                Ok(WriteOutcome::Revision { revision: self.revision })
             }
             other => Err(Error::BadRequest(format!("operation not supported by this member: {other:?}"))),
         }
@@ -513,6 +574,68 @@ mod tests {
         assert_eq!(s.apply_write(&release(a)).0, Ok(WriteOutcome::Released { held: true }));
         assert_eq!(s.apply_write(&release(a)).0, Ok(WriteOutcome::Released { held: false }));
         assert_eq!(s.apply_write(&alloc(c)).0, id(1));
+    }
+
+    #[test]
+    fn every_key_keeps_its_create_and_mod_revision_also_through_a_snapshot() {
+        let mut s = KvState::default();
+        let meta = |s: &KvState, k: &str| s.meta.get(k).map(|m| (m.create_revision, m.mod_revision));
+        let _ = s.apply_write(&set("a", b"1", None)); // 1
+        let _ = s.apply_write(&set("b", b"1", None)); // 2
+        let _ = s.apply_write(&set("a", b"2", None)); // 3
+        assert_eq!((meta(&s, "a"), meta(&s, "b")), (Some((1, 3)), Some((2, 2))));
+        let delete = WriteRequest { op: WriteOp::Delete { key: "a".into() }, request_id: None };
+        let _ = s.apply_write(&delete); // 4
+        assert_eq!(meta(&s, "a"), None);
+        let _ = s.apply_write(&set("a", b"3", None)); // 5: created anew
+        assert_eq!(meta(&s, "a"), Some((5, 5)));
+        let back = KvState::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_snapshot_of_the_format_before_key_revisions_still_reads() {
+        let mut s = KvState::default();
+        let _ = s.apply_write(&set("a", b"1", None));
+        let _ = s.apply_write(&set("b", b"2", None));
+        let old = encode(&KvStateOutV1 {
+            last_applied: &s.last_applied,
+            last_membership: &s.last_membership,
+            data: s.data.iter().map(|(k, v)| (k.as_str(), BytesOut(v))).collect(),
+            revision: s.revision,
+            short_ids: &s.short_ids,
+            answered: &s.answered,
+        })
+        .unwrap();
+        let back = KvState::from_bytes(&old).unwrap();
+        assert_eq!(back.data, s.data);
+        assert_eq!(back.revision, 2);
+        let at = KeyMeta { create_revision: 2, mod_revision: 2 };
+        assert_eq!(back.meta.values().copied().collect::<Vec<_>>(), [at, at]);
+    }
+
+    /// Format 1, as members wrote it before per-key revisions.
+    #[derive(Serialize)]
+    struct KvStateOutV1<'a> {
+        last_applied: &'a Option<LogId>,
+        last_membership: &'a StoredMembership,
+        data: Vec<(&'a str, BytesOut<'a>)>,
+        revision: u64,
+        short_ids: &'a BTreeMap<MemberId, ShortId>,
+        answered: &'a VecDeque<(ClientRequestId, Result<WriteOutcome, Error>)>,
+    }
+
+    #[test]
+    fn the_revision_advances_never_goes_back_and_touches_no_key() {
+        let mut s = KvState::default();
+        let _ = s.apply_write(&set("a", b"1", None));
+        let advance = |r| WriteRequest { op: WriteOp::AdvanceRevision { revision: r }, request_id: None };
+        let (outcome, events) = s.apply_write(&advance(57));
+        assert_eq!((outcome, events), (Ok(WriteOutcome::Revision { revision: 57 }), Vec::new()));
+        assert_eq!(s.apply_write(&advance(3)).0, Ok(WriteOutcome::Revision { revision: 57 }));
+        assert_eq!(s.data.len(), 1);
+        let (_, events) = s.apply_write(&set("b", b"2", None));
+        assert_eq!(events[0].revision, 58);
     }
 
     #[test]

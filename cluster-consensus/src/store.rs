@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use cluster_core::{
     ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries,
-    Error, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchLog, WriteOutcome, WriteRequest,
+    Error, KeyMeta, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchLog, WriteOutcome,
+    WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -587,6 +588,20 @@ impl RaftStore {
     }
 }
 
+impl RaftStore {
+    /// Waits until this member, as leader, confirmed its leadership with a
+    /// quorum and applied everything committed before: a read after it is
+    /// linearizable.
+    async fn linearizable(&self) -> Result<()> {
+        let raft = &self.inner.raft;
+        self.bounded("linearizable read", async {
+            raft.ensure_linearizable().await.map_err(|e| e.into_store_error())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
 impl ConsensusStore for RaftStore {
     async fn open(config: ConsensusConfig) -> Result<Self> {
         let span = tracing::info_span!("consensus", member = %config.member_id);
@@ -695,12 +710,18 @@ impl ConsensusStore for RaftStore {
     }
 
     async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let raft = &self.inner.raft;
-        self.bounded("linearizable read", async {
-            raft.ensure_linearizable().await.map_err(|e| e.into_store_error())
-        })
-        .await?;
+        self.linearizable().await?;
         self.get(key)
+    }
+
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        let state = self.inner.state.read();
+        Ok(state.data.get(key).map(|v| (v.clone(), state.meta.get(key).copied().unwrap_or_default())))
+    }
+
+    async fn consistent_get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        self.linearizable().await?;
+        self.get_with_meta(key)
     }
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {

@@ -66,6 +66,6 @@ pub use membership::{
 pub use role::RaftRole;
 pub use store::{
     CasOutcome, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
-    ConsensusStoreExt, Endpoints, Entries, Liveness, RaftTiming, Watch, WatchEvent, WatchLog, WriteOp,
-    WriteOutcome, WriteRequest,
+    ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming, Watch, WatchEvent,
+    WatchLog, WriteOp, WriteOutcome, WriteRequest,
 };

@@ -52,6 +52,14 @@ pub enum WriteOp {
         /// The member.
         member: MemberId,
     },
+    /// Raise the store's revision to `revision` if it is lower, changing no
+    /// key: a store restored from a backup goes on from the backup's
+    /// revision, so watch positions saved against the old cluster keep their
+    /// meaning (`carbon snapshot restore`).
+    AdvanceRevision {
+        /// The revision the store should at least be at.
+        revision: u64,
+    },
 }
 
 impl WriteOp {
@@ -61,7 +69,9 @@ impl WriteOp {
             WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
                 Some(key)
             }
-            WriteOp::AllocateShortId { .. } | WriteOp::ReleaseShortId { .. } => None,
+            WriteOp::AllocateShortId { .. }
+            | WriteOp::ReleaseShortId { .. }
+            | WriteOp::AdvanceRevision { .. } => None,
         }
     }
 }
@@ -129,6 +139,11 @@ pub enum WriteOutcome {
         /// True if the member held a short id.
         held: bool,
     },
+    /// Answer to `AdvanceRevision`: the store's revision after it.
+    Revision {
+        /// The revision.
+        revision: u64,
+    },
 }
 
 impl WriteOutcome {
@@ -164,6 +179,14 @@ impl WriteOutcome {
         }
     }
 
+    /// The answer to an `AdvanceRevision`: the store's revision after it.
+    pub fn into_revision(self) -> Result<u64> {
+        match self {
+            WriteOutcome::Revision { revision } => Ok(revision),
+            other => Err(unexpected("advance revision", &other)),
+        }
+    }
+
     /// The answer to a `ReleaseShortId`: whether the member held one.
     pub fn into_released(self) -> Result<bool> {
         match self {
@@ -171,6 +194,18 @@ impl WriteOutcome {
             other => Err(unexpected("release short id", &other)),
         }
     }
+}
+
+/// The revisions of one key, as etcd keeps them: the revision of the change
+/// that created it (since it last did not exist) and of its last change.
+/// Locks and elections order their waiters by `create_revision`; a
+/// compare on `mod_revision` tells whether a key changed since it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// The revision of the change that created the key.
+    pub create_revision: u64,
+    /// The revision of the key's last change.
+    pub mod_revision: u64,
 }
 
 /// One applied change, as a watcher sees it.
@@ -258,6 +293,66 @@ impl ConsensusStatus {
     /// Every member of raft.
     pub fn all_members(&self) -> BTreeSet<MemberId> {
         self.voters.keys().chain(self.nonvoters.keys()).copied().collect()
+    }
+}
+
+/// A member's status as operators see it, in one shape for every surface
+/// (`carbon status --json`, the HTTP API's `/v1/status`, the service's
+/// [`MemberStatus`] request): [`ConsensusStatus`], its progress
+/// ([`ConsensusProgress`]: committed and snapshot index), and the member's
+/// short id and role. Flat, so that the JSON of each surface has the same
+/// field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MemberStatus {
+    /// This member.
+    pub member_id: MemberId,
+    /// Its short id, once it holds one.
+    pub short_id: Option<ShortId>,
+    /// Its raft role by its own knowledge; `None` while it is not in raft.
+    pub role: Option<RaftRole>,
+    /// The leader it knows, if any.
+    pub leader: Option<MemberId>,
+    /// The current term.
+    pub term: u64,
+    /// Index of its last log entry.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known committed, if the backend knows it.
+    pub committed_index: Option<u64>,
+    /// Index of the last entry it applied.
+    pub applied_index: Option<u64>,
+    /// Index of the last entry in its newest snapshot, if any.
+    pub snapshot_index: Option<u64>,
+    /// The voters and where they are reached.
+    pub voters: BTreeMap<MemberId, Endpoints>,
+    /// The nonvoters and where they are reached.
+    pub nonvoters: BTreeMap<MemberId, Endpoints>,
+    /// See [`ConsensusStatus::reset_pending`].
+    pub reset_pending: Option<String>,
+    /// See [`ConsensusStatus::store_bytes`].
+    pub store_bytes: u64,
+    /// See [`ConsensusStatus::quota_alarm`].
+    pub quota_alarm: bool,
+}
+
+impl MemberStatus {
+    /// The status of a member from what its store knows and its short id.
+    pub fn new(status: ConsensusStatus, progress: &ConsensusProgress, short_id: Option<ShortId>) -> Self {
+        MemberStatus {
+            role: status.role(),
+            short_id,
+            member_id: status.member_id,
+            leader: status.leader,
+            term: status.term,
+            last_log_index: status.last_log_index,
+            committed_index: progress.committed_index,
+            applied_index: status.applied_index,
+            snapshot_index: progress.snapshot_index,
+            voters: status.voters,
+            nonvoters: status.nonvoters,
+            reset_pending: status.reset_pending,
+            store_bytes: status.store_bytes,
+            quota_alarm: status.quota_alarm,
+        }
     }
 }
 
@@ -466,6 +561,15 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 
     /// Local read of the applied state (may be stale).
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Local read of `key` with its revisions (may be stale).
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>>;
+
+    /// Linearizable read of `key` with its revisions; on the leader only.
+    fn consistent_get_with_meta(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, KeyMeta)>>> + Send;
 
     /// Local read of every key starting with `prefix`, in key order.
     fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, Liveness,
-    MemberId, MemberState, MembershipEvent, MembershipEvents, Result, ShortId, Watch, WriteOutcome,
+    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta,
+    Liveness, MemberId, MemberState, MembershipEvent, MembershipEvents, Result, ShortId, Watch, WriteOutcome,
     WriteRequest,
 };
 use tokio::sync::watch;
@@ -151,6 +151,19 @@ impl<S: ConsensusStore> ConsensusStore for ServedStore<S> {
 
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {
         self.store.short_ids()
+    }
+
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        self.store.get_with_meta(key)
+    }
+
+    async fn consistent_get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        let start = Instant::now();
+        let r = self.store.consistent_get_with_meta(key).await;
+        if r.is_ok() {
+            self.metrics.observe_read(start.elapsed());
+        }
+        r
     }
 
     async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {

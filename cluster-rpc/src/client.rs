@@ -31,6 +31,8 @@ use crate::{Limits, RpcError, Security};
 /// Answers a stream buffers for a reader that is slower than the server;
 /// beyond it the stream is cancelled with [`RpcError::Lagged`].
 const STREAM_BUFFER: usize = 256;
+/// The frame length a reader sees when the peer answers `HTTP/1.1 …`.
+const HTTP_AS_LENGTH: usize = u32::from_be_bytes(*b"HTTP") as usize;
 /// Requests queued for one connection's writer before callers wait.
 const WRITE_QUEUE: usize = 256;
 
@@ -383,6 +385,29 @@ impl<Ans: Answer> Reading<Ans> {
             let body = match reader.next(None, self.frame_timeout).await {
                 Ok(body) => body,
                 Err(ReadEnd::Closed) => break Ended::Closed("closed by the peer".to_owned()),
+                // A server's refusal of our certificate (TLS 1.3 sends it after
+                // the client's handshake ended): no retry will change it.
+                Err(ReadEnd::Io(e)) => match crate::error::tls_refusal(&e) {
+                    Some(why) => {
+                        break Ended::Refused(cluster_core::Error::Forbidden(format!(
+                            "TLS with {}: {why}",
+                            self.addr
+                        )));
+                    }
+                    None => break Ended::Closed(format!("{:?}", ReadEnd::Io(e))),
+                },
+                // "HTTP/1.1 400 …" read as a frame length: an HTTP port.
+                Err(ReadEnd::TooLarge { len, .. }) if len == HTTP_AS_LENGTH => {
+                    break Ended::Refused(cluster_core::Error::Malformed(format!(
+                        "{} answered in HTTP: it is an HTTP port, not a port of this protocol",
+                        self.addr
+                    )));
+                }
+                // Some other protocol (or an answer past our frame limit):
+                // the same on every retry.
+                Err(ReadEnd::TooLarge { len, max }) => {
+                    break Ended::Refused(cluster_core::Error::FrameTooLarge { len, max });
+                }
                 Err(end) => break Ended::Closed(format!("{end:?}")),
             };
             let (head, payload) = match wire::decode_head(&self.cluster_id, &body, self.max) {

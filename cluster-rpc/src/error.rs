@@ -17,7 +17,11 @@ pub enum RpcError {
         source: std::io::Error,
     },
     /// The TLS handshake failed: a plain-TCP peer, a certificate of another
-    /// CA, an expired one, or a role the server does not accept. Nothing was sent.
+    /// CA, an expired one, or a role the server does not accept. Nothing was
+    /// sent. A refusal (another CA, a refused or expired certificate, a peer
+    /// without TLS) is not worth
+    /// retrying: its [`kind`](RpcError::kind) is `Forbidden`; a handshake
+    /// that timed out or was cut is `Unavailable`.
     #[error("TLS handshake with {addr} failed (check the CA, the certificate and its role)")]
     Handshake {
         /// The address dialled.
@@ -96,6 +100,7 @@ impl RpcError {
                 error.kind()
             }
             RpcError::Config(_) => ErrorKind::Invalid,
+            RpcError::Handshake { source, .. } if tls_refusal(source).is_some() => ErrorKind::Forbidden,
             RpcError::Connect { .. }
             | RpcError::Handshake { .. }
             | RpcError::Closed { .. }
@@ -116,9 +121,50 @@ impl RpcError {
             // An answer that does not decode: the peer speaks something else.
             RpcError::BadAnswer { error, .. } => error,
             RpcError::Config(m) => Error::BadRequest(m),
+            // The same credentials fail the same way at every member and on
+            // every retry: say what is wrong at once.
+            RpcError::Handshake { ref addr, ref source } => match tls_refusal(source) {
+                Some(why) => Error::Forbidden(format!("TLS with {addr}: {why}")),
+                None => Error::Unreachable(chain(&self)),
+            },
             other => Error::Unreachable(chain(&other)),
         }
     }
+}
+
+/// What is wrong when a TLS handshake (or the first read after it) failed
+/// because one side refused the other, in words a user can act on; `None`
+/// when it is not a refusal (a timeout, a reset, a close), which may pass on
+/// a retry. A refusal will not: the same credentials meet the same answer.
+///
+/// TLS 1.3 completes a client's handshake before the server has checked the
+/// client's certificate, so a server's refusal of it arrives as an alert on
+/// the client's first read: the RPC client checks its reads with this too.
+pub(crate) fn tls_refusal(error: &std::io::Error) -> Option<String> {
+    use rustls::{CertificateError, Error as Tls};
+    let tls = error.get_ref()?.downcast_ref::<Tls>()?;
+    Some(match tls {
+        Tls::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "the member's certificate has expired".to_owned()
+        }
+        Tls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the peer's certificate is not a member certificate (a client certificate serving?)".to_owned(),
+        Tls::InvalidCertificate(_) => {
+            "the member's certificate is not signed by your CA (check --tls-ca / CARBON_TLS_CA)".to_owned()
+        }
+        Tls::AlertReceived(alert) => format!(
+            "the member refused your certificate (TLS alert {alert:?}): use a certificate signed by the \
+             cluster's CA (--tls-cert / CARBON_TLS_CERT), not expired or revoked"
+        ),
+        Tls::InvalidMessage(_)
+        | Tls::InappropriateMessage { .. }
+        | Tls::InappropriateHandshakeMessage { .. }
+        | Tls::PeerSentOversizedRecord => "the member does not speak TLS (it runs without --tls-*): \
+             connect without the TLS options"
+            .to_owned(),
+        other => format!("the TLS handshake was refused: {other}"),
+    })
 }
 
 /// The error and its sources, one line.
@@ -159,5 +205,34 @@ mod tests {
         }
         let refused = RpcError::Refused { addr: addr(), error: cluster_core::Error::Forbidden("x".into()) };
         assert_eq!(refused.kind(), cluster_core::ErrorKind::Forbidden);
+    }
+
+    #[test]
+    fn a_tls_refusal_is_not_worth_retrying_and_says_what_is_wrong() {
+        use rustls::{AlertDescription, CertificateError};
+        let tls = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let handshake = |source| RpcError::Handshake { addr: "127.0.0.1:1".into(), source };
+        for (source, words) in [
+            (
+                tls(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+                "not signed by your CA",
+            ),
+            (tls(rustls::Error::AlertReceived(AlertDescription::DecryptError)), "refused your certificate"),
+            (
+                tls(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)),
+                "does not speak TLS",
+            ),
+        ] {
+            let e = handshake(source);
+            assert_eq!(e.kind(), cluster_core::ErrorKind::Forbidden, "{e}");
+            let core = e.into_core();
+            assert!(!core.is_retryable() && core.to_string().contains(words), "{core}");
+        }
+        // A handshake cut or timed out may pass on a retry.
+        for kind in [std::io::ErrorKind::TimedOut, std::io::ErrorKind::UnexpectedEof] {
+            let e = handshake(std::io::Error::from(kind));
+            assert_eq!(e.kind(), cluster_core::ErrorKind::Unavailable);
+            assert!(e.into_core().is_retryable());
+        }
     }
 }

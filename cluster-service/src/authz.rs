@@ -47,7 +47,7 @@ pub fn required_access(request: &Request) -> Result<Access> {
         }
     };
     match request {
-        Request::Get { key } | Request::ConsistentGet { key } => {
+        Request::Get { key } | Request::ConsistentGet { key } | Request::GetWithMeta { key, .. } => {
             if key.is_empty() {
                 return Err(Error::BadRequest("the empty key is not a key".into()));
             }
@@ -60,6 +60,7 @@ pub fn required_access(request: &Request) -> Result<Access> {
         | Request::Watch { .. }
         | Request::Members
         | Request::Status
+        | Request::MemberStatus
         | Request::Liveness
         | Request::Export => Ok(Access::Anyone),
         Request::ForceLeave { .. } => Ok(Access::Operator),

@@ -12,8 +12,8 @@ use cluster_core::wire::WireCodec;
 use std::collections::BTreeMap;
 
 use cluster_core::{
-    ConsensusStatus, Error, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo, Result, WatchEvent,
-    WriteOutcome, WriteRequest, keys,
+    ConsensusStatus, Error, KeyMeta, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo,
+    MemberStatus, Result, WatchEvent, WriteOutcome, WriteRequest, keys,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,18 @@ pub enum Request {
     /// only). A rotation is install on every member, use on every member,
     /// remove on every member: `carbon keys` sends each step to each member.
     KeyringChange(KeyringChange),
+    /// The member's status in the shape every surface shows
+    /// ([`MemberStatus`]: `Status` with its progress, short id and role).
+    MemberStatus,
+    /// The value of `key` with its create and last-change revision
+    /// ([`KeyMeta`]); `consistent`: a linearizable read, served by the
+    /// leader only, else the member's local state.
+    GetWithMeta {
+        /// The key.
+        key: String,
+        /// Read at the leader after it confirmed its leadership.
+        consistent: bool,
+    },
 }
 
 impl Request {
@@ -102,6 +114,8 @@ impl Request {
             Request::GetPrefixWithRevision { .. } => "get prefix with revision",
             Request::KeyringList => "keyring list",
             Request::KeyringChange(_) => "keyring change",
+            Request::MemberStatus => "member status",
+            Request::GetWithMeta { .. } => "get with revisions",
         }
     }
 
@@ -109,7 +123,11 @@ impl Request {
     pub fn needs_leader(&self) -> bool {
         matches!(
             self,
-            Request::ConsistentGet { .. } | Request::Write(_) | Request::Export | Request::ForceLeave { .. }
+            Request::ConsistentGet { .. }
+                | Request::Write(_)
+                | Request::Export
+                | Request::ForceLeave { .. }
+                | Request::GetWithMeta { consistent: true, .. }
         )
     }
 }
@@ -152,6 +170,10 @@ pub enum Response {
     },
     /// Answer to `KeyringList` and `KeyringChange`: the ring after it.
     Keyring(KeyringState),
+    /// Answer to `MemberStatus`.
+    MemberStatus(Box<MemberStatus>),
+    /// Answer to `GetWithMeta`.
+    ValueWithMeta(Option<(Vec<u8>, KeyMeta)>),
 }
 
 impl Response {
@@ -170,6 +192,8 @@ impl Response {
             Response::Event(_) => "event",
             Response::EntriesAt { .. } => "entries at",
             Response::Keyring(_) => "keyring",
+            Response::MemberStatus(_) => "member status",
+            Response::ValueWithMeta(_) => "value with revisions",
         }
     }
 }
@@ -254,6 +278,24 @@ impl Response {
         }
     }
 
+    /// The typed answer to `GetWithMeta`.
+    pub(crate) fn into_value_with_meta(self) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        match self {
+            Response::ValueWithMeta(v) => Ok(v),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("get with revisions", &other)),
+        }
+    }
+
+    /// The typed answer to `MemberStatus`.
+    pub(crate) fn into_member_status(self) -> Result<MemberStatus> {
+        match self {
+            Response::MemberStatus(s) => Ok(*s),
+            Response::Err(e) => Err(e),
+            other => Err(unexpected("member status", &other)),
+        }
+    }
+
     /// The typed answer to `Status`.
     pub(crate) fn into_status(self) -> Result<ConsensusStatus> {
         match self {
@@ -301,6 +343,8 @@ mod tests {
             Request::Liveness,
             Request::Watch { prefix: "w/".into(), from_revision: Some(7) },
             Request::GetPrefixWithRevision { prefix: "p/".into() },
+            Request::MemberStatus,
+            Request::GetWithMeta { key: "k".into(), consistent: true },
         ];
         let mut buf = BytesMut::new();
         for (i, r) in requests.iter().enumerate() {

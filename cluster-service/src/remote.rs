@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cluster_core::{ConsensusStatus, Error, MemberInfo, Result, WatchEvent};
+use cluster_core::{ConsensusStatus, Error, MemberInfo, MemberStatus, Result, WatchEvent};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
@@ -150,6 +150,12 @@ impl ServiceClient {
     /// What some member knows about consensus (leader, term, indexes, voters).
     pub async fn status(&self) -> Result<ConsensusStatus> {
         self.request(Request::Status).await?.into_status()
+    }
+
+    /// Some member's status in the shape every surface shows: consensus,
+    /// its progress (committed and snapshot index), its short id and role.
+    pub async fn member_status(&self) -> Result<MemberStatus> {
+        self.request(Request::MemberStatus).await?.into_member_status()
     }
 
     /// What the member at `addr` knows about consensus; one attempt.

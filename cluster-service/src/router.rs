@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
-    CasOutcome, ClientRequestId, ConsensusStore, Error, MemberId, Result, WatchEvent, WriteOutcome,
+    CasOutcome, ClientRequestId, ConsensusStore, Error, KeyMeta, MemberId, Result, WatchEvent, WriteOutcome,
     WriteRequest,
 };
 use cluster_rpc::{Limits, Security};
@@ -175,6 +175,14 @@ impl<T: Target> Router<T> {
     /// its leadership with a quorum (read index), never from a local guess.
     pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.run(Call::ConsistentGet(key.to_owned())).await?.into_value()
+    }
+
+    /// The value of `key` with its create and last-change revision:
+    /// linearizable (read at the leader) when `consistent`, else a member's
+    /// local state. The revisions are the store's, as watches and
+    /// `get_prefix_with_revision` number them.
+    pub async fn get_with_meta(&self, key: &str, consistent: bool) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        self.request(Request::GetWithMeta { key: key.to_owned(), consistent }).await?.into_value_with_meta()
     }
 
     /// Sets `key`; true if it was created.

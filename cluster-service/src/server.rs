@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cluster_core::{
-    ConsensusStore, ConsensusStoreExt, Error, KeyringControl, MemberId, MemberInfo, Result, keys,
+    ConsensusStore, ConsensusStoreExt, Error, KeyringControl, MemberId, MemberInfo, MemberStatus, Result,
+    keys,
 };
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -148,6 +149,13 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::Write(write) => store.write(write).await.map(Response::Written),
         Request::Members => members(store).map(Response::Members),
         Request::Status => Ok(Response::Status(Box::new(store.status()))),
+        Request::MemberStatus => member_status(store).await,
+        Request::GetWithMeta { key, consistent: false } => {
+            store.get_with_meta(&key).map(Response::ValueWithMeta)
+        }
+        Request::GetWithMeta { key, consistent: true } => {
+            store.consistent_get_with_meta(&key).await.map(Response::ValueWithMeta)
+        }
         Request::Export => export(store).await,
         Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
         Request::Liveness => Ok(Response::Liveness(store.liveness())),
@@ -190,6 +198,14 @@ pub(crate) fn watch_reply<S: ConsensusStore>(
         }
     });
     Reply::stream(events)
+}
+
+/// The member's status with its progress and short id.
+async fn member_status<S: ConsensusStore>(store: &S) -> Result<Response> {
+    let status = store.status();
+    let short_id = store.short_ids()?.get(&status.member_id).copied();
+    let progress = store.progress().await;
+    Ok(Response::MemberStatus(Box::new(MemberStatus::new(status, &progress, short_id))))
 }
 
 /// The whole store, read after the leader confirmed its leadership with a

@@ -30,8 +30,8 @@ use crate::membership::{
 };
 use crate::plan::lowest_free_short_id;
 use crate::store::{
-    CasOutcome, ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Entries, Watch, WatchEvent,
-    WatchLog, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Entries, KeyMeta, Watch,
+    WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
 };
 
 /// The cluster id fakes use unless told otherwise.
@@ -49,6 +49,8 @@ pub struct Shared {
     pub data: BTreeMap<String, Vec<u8>>,
     /// Bumped by every key change, as the contract's revisions are.
     pub revision: u64,
+    /// The revisions of every key in `data`.
+    pub meta: BTreeMap<String, KeyMeta>,
     /// Bumped by every applied write and membership change (the log index).
     pub index: u64,
     /// Who holds which short id.
@@ -271,6 +273,19 @@ impl FakeStore {
                 None => s.data.remove(key),
             };
             s.revision += 1;
+            let revision = s.revision;
+            match &value {
+                Some(_) => {
+                    let meta = s
+                        .meta
+                        .entry(key.to_owned())
+                        .or_insert(KeyMeta { create_revision: revision, mod_revision: revision });
+                    meta.mod_revision = revision;
+                }
+                None => {
+                    s.meta.remove(key);
+                }
+            }
             // Under the state's lock: watchers see changes in revision order.
             log.publish(vec![WatchEvent { key: key.to_owned(), value, revision: s.revision }]);
             old
@@ -308,6 +323,10 @@ impl FakeStore {
             }
             WriteOp::ReleaseShortId { member } => {
                 WriteOutcome::Released { held: s.short_ids.remove(&member).is_some() }
+            }
+            WriteOp::AdvanceRevision { revision } => {
+                s.revision = s.revision.max(revision);
+                WriteOutcome::Revision { revision: s.revision }
             }
         })
     }
@@ -413,6 +432,16 @@ impl ConsensusStore for FakeStore {
     async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.check_leader()?;
         Ok(self.shared().data.get(key).cloned())
+    }
+
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        let s = self.shared();
+        Ok(s.data.get(key).map(|v| (v.clone(), s.meta.get(key).copied().unwrap_or_default())))
+    }
+
+    async fn consistent_get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
+        self.check_leader()?;
+        self.get_with_meta(key)
     }
 
     async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {

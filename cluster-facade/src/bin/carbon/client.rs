@@ -2,14 +2,17 @@
 //! service port.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use cluster_facade::core::MemberStatus;
 use cluster_facade::core::{Error, ErrorKind, MemberInfo, keys};
 use cluster_facade::service::ClientOptions;
 use cluster_facade::service::protocol::{Request, Response};
-use cluster_facade::{ConsensusStatus, Liveness, MemberId, ServiceClient};
+use cluster_facade::{Liveness, MemberId, ServiceClient};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -35,8 +38,11 @@ pub(crate) struct Target {
     pub tls: crate::tls::TlsArgs,
 }
 
-/// `host:port` with a port in 1..=65535; anything else is a usage error at once.
+/// `host:port` with a port in 1..=65535; anything else is a usage error at
+/// once. Spaces around it are dropped: `CARBON_SERVICE="a:1, b:2"` reads as
+/// two addresses, as people write lists.
 fn service_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -71,22 +77,38 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 /// `carbon kv` operations.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KvCommand {
-    /// Print a key's value; exit 1 if it does not exist.
+    /// Print a key's value (a linearizable read at the leader, unless
+    /// --stale); exit 1 if it does not exist.
     Get {
         /// The key.
         key: String,
-        /// A linearizable read through the leader, instead of the member's local state.
+        /// Read the member's local state instead: no trip to the leader, but
+        /// possibly behind the latest writes.
         #[arg(long)]
+        stale: bool,
+        /// Accepted for scripts written when reads were stale by default:
+        /// reads are linearizable now.
+        #[arg(long, hide = true, conflicts_with = "stale")]
         consistent: bool,
+        /// Also print the key's create and last-change revision: a line
+        /// `create_revision C mod_revision M` before the value (with --json,
+        /// the fields `create_revision` and `mod_revision`).
+        #[arg(long)]
+        print_revision: bool,
         #[command(flatten)]
         target: Target,
     },
-    /// Set a key.
+    /// Set a key. The value is the argument, `-` for standard input, or
+    /// `--file F` (for values too long for a command line, or binary).
     Set {
         /// The key (not empty).
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from standard input.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file, byte for byte.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -131,8 +153,12 @@ pub(crate) enum KvCommand {
     Cas {
         /// The key.
         key: String,
-        /// The new value.
-        new: String,
+        /// The new value; `-` reads it from standard input.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        new: Option<String>,
+        /// Read the new value from this file, byte for byte.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// The value the key must hold.
         #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
         expect: Option<String>,
@@ -190,31 +216,41 @@ pub(crate) async fn failed(t: &Target, e: Error) -> Failure {
         ErrorKind::Invalid | ErrorKind::Forbidden => Failure::usage(e.to_string()),
         ErrorKind::Quota => Failure::quota(e.to_string()),
         // A --from-revision older than the member remembers, or a watch that
-        // fell behind: the user can start again from the current state.
-        ErrorKind::Resync => Failure::usage(format!(
+        // fell behind: not a usage error (the command was right when it was
+        // saved), but one the user recovers from by starting again from now.
+        ErrorKind::Resync => Failure::other_message(format!(
             "{e}: read the prefix again (`carbon kv list PREFIX --json` gives its revision) and watch from that revision + 1"
         )),
         _ => Failure::other(anyhow::Error::new(e)),
     }
 }
 
-/// Names the addresses that do not speak the service protocol.
+/// Names the addresses that do not speak the service protocol, and what
+/// they seem to be instead.
 async fn not_a_service_port(t: &Target) -> String {
     let Ok(c) = client(t) else { return "not a service port".into() };
     let mut wrong = Vec::new();
     for addr in &t.services {
-        if matches!(
-            c.status_of(addr).await,
-            Err(Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. })
-        ) {
-            wrong.push(addr.as_str());
+        match c.status_of(addr).await {
+            // The RPC client recognizes an HTTP answer and says so.
+            Err(Error::Malformed(why)) if why.contains("HTTP") => {
+                wrong.push(format!("{addr} answers in HTTP (the HTTP port?)"));
+            }
+            Err(Error::Malformed(_) | Error::BadMagic | Error::VersionMismatch { .. }) => {
+                wrong.push(format!("{addr} does not answer in the service protocol (the raft port?)"));
+            }
+            Err(Error::FrameTooLarge { .. }) => {
+                wrong.push(format!("{addr} answers in another protocol"));
+            }
+            _ => {}
         }
     }
-    let which = if wrong.is_empty() { t.services.join(", ") } else { wrong.join(", ") };
-    format!(
-        "{which}: this is not a service port (it does not answer in the service protocol; the raft port?): \
-         use the address after `service` in the agent's start line"
-    )
+    let which = if wrong.is_empty() {
+        format!("{} does not answer in the service protocol", t.services.join(", "))
+    } else {
+        wrong.join("; ")
+    };
+    format!("{which}: this is not a service port: use the address after `service` in the agent's start line")
 }
 
 /// A value for people: the text when it is UTF-8, else base64 with a marker.
@@ -293,7 +329,8 @@ pub(crate) async fn members(t: Target) -> Result<(), Failure> {
 
 /// `carbon status`.
 pub(crate) async fn status(t: Target) -> Result<(), Failure> {
-    let s: ConsensusStatus = match client(&t)?.status().await {
+    // The shape of the HTTP API's /v1/status, so one parser reads both.
+    let s: MemberStatus = match client(&t)?.member_status().await {
         Ok(s) => s,
         Err(e) => return Err(failed(&t, e).await),
     };
@@ -304,11 +341,14 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
     let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
     let mut rows = vec![
         vec!["member".into(), s.member_id.to_string()],
-        vec!["role".into(), s.role().map(|r| r.to_string()).unwrap_or_else(|| "not in raft".into())],
+        vec!["short id".into(), s.short_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into())],
+        vec!["role".into(), s.role.map(|r| r.to_string()).unwrap_or_else(|| "not in raft".into())],
         vec!["leader".into(), s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into())],
         vec!["term".into(), s.term.to_string()],
         vec!["last log index".into(), opt(s.last_log_index)],
+        vec!["committed index".into(), opt(s.committed_index)],
         vec!["applied index".into(), opt(s.applied_index)],
+        vec!["snapshot index".into(), opt(s.snapshot_index)],
         vec!["voters".into(), s.voters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["nonvoters".into(), s.nonvoters.keys().map(ToString::to_string).collect::<Vec<_>>().join(" ")],
         vec!["store bytes".into(), s.store_bytes.to_string()],
@@ -333,9 +373,32 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
 /// `carbon kv …`.
 pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
     match cmd {
-        KvCommand::Get { key, consistent, target } => {
+        KvCommand::Get { key, stale, consistent: _, print_revision: true, target } => {
+            let v = match client(&target)?.get_with_meta(&key, !stale).await {
+                Ok(v) => v,
+                Err(e) => return Err(failed(&target, e).await),
+            };
+            let Some((v, meta)) = v else {
+                if target.json {
+                    print_json(json_entry(&key, None));
+                }
+                return Err(Failure::not_found(format!("key {key:?} not found")));
+            };
+            if target.json {
+                let mut entry = json_entry(&key, Some(&v));
+                if let serde_json::Value::Object(o) = &mut entry {
+                    o.insert("create_revision".into(), json!(meta.create_revision));
+                    o.insert("mod_revision".into(), json!(meta.mod_revision));
+                }
+                print_json(entry);
+            } else {
+                println!("create_revision {} mod_revision {}", meta.create_revision, meta.mod_revision);
+                println!("{}", text(&v));
+            }
+        }
+        KvCommand::Get { key, stale, consistent: _, print_revision: false, target } => {
             let c = client(&target)?;
-            let v = if consistent { c.consistent_get(&key).await } else { c.get(&key).await };
+            let v = if stale { c.get(&key).await } else { c.consistent_get(&key).await };
             let v = match v {
                 Ok(v) => v,
                 Err(e) => return Err(failed(&target, e).await),
@@ -349,11 +412,12 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
                 return Err(Failure::not_found(format!("key {key:?} not found")));
             }
         }
-        KvCommand::Set { key, value, target } => {
+        KvCommand::Set { key, value, file, target } => {
             if key.is_empty() {
                 return Err(Failure::usage("the key must not be empty"));
             }
-            let created = match client(&target)?.set(&key, value.into_bytes()).await {
+            let value = value_bytes(value, file)?;
+            let created = match client(&target)?.set(&key, value).await {
                 Ok(c) => c,
                 Err(e) => return Err(failed(&target, e).await),
             };
@@ -396,9 +460,10 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
         KvCommand::Watch { prefix, from_revision, all, target } => {
             return watch(&prefix, from_revision, all, &target).await;
         }
-        KvCommand::Cas { key, new, expect, absent, target } => {
+        KvCommand::Cas { key, new, file, expect, absent, target } => {
             let expected = if absent { None } else { expect.map(String::into_bytes) };
-            let out = match client(&target)?.compare_and_set(&key, expected, Some(new.into_bytes())).await {
+            let new = value_bytes(new, file)?;
+            let out = match client(&target)?.compare_and_set(&key, expected, Some(new)).await {
                 Ok(o) => o,
                 Err(e) => return Err(failed(&target, e).await),
             };
@@ -417,6 +482,26 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A value to write: the argument itself, standard input for `-`, or the
+/// bytes of `file`. A file or input that cannot be read is a usage error
+/// naming it.
+fn value_bytes(arg: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    match (arg, file) {
+        (_, Some(file)) => std::fs::read(&file)
+            .map_err(|e| Failure::usage(format!("cannot read the value from {}: {e}", file.display()))),
+        (Some(arg), None) if arg == "-" => {
+            let mut value = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut value)
+                .map_err(|e| Failure::usage(format!("cannot read the value from standard input: {e}")))?;
+            Ok(value)
+        }
+        (Some(arg), None) => Ok(arg.into_bytes()),
+        // clap requires one of the two.
+        (None, None) => Err(Failure::usage("give a value, `-` for standard input, or --file F")),
+    }
 }
 
 /// `carbon kv watch`: one line per change until Ctrl-C (exit 0) or an error.
@@ -515,7 +600,7 @@ mod tests {
             tls: crate::tls::TlsArgs::default(),
         };
         let f = failed(&t, Error::Compacted { requested: 3, oldest: 900 }).await;
-        assert_eq!(f.code, crate::exit::USAGE);
+        assert_eq!(f.code, crate::exit::OTHER);
         assert!(f.message.contains("900") && f.message.contains("kv list"), "{}", f.message);
     }
 
@@ -529,6 +614,7 @@ mod tests {
         }
         assert!(service_addr("127.0.0.1:7000").is_ok());
         assert!(service_addr("[::1]:7000").is_ok());
+        assert_eq!(service_addr(" 127.0.0.1:7000 "), Ok("127.0.0.1:7000".to_owned()));
         for bad in ["notanaddress", "host:0", ":7000", "host:x", "host:70000"] {
             assert!(service_addr(bad).is_err(), "{bad}");
         }

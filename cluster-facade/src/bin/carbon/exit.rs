@@ -1,4 +1,7 @@
 //! Exit codes scripts rely on, and the error that carries one.
+//!
+//! [`TABLE`] is the one list of them: `carbon --help` prints it, and a test
+//! checks that the README's table says exactly the same.
 
 use std::fmt;
 
@@ -12,12 +15,45 @@ pub(crate) const USAGE: u8 = 2;
 pub(crate) const UNREACHABLE: u8 = 3;
 /// Anything else.
 pub(crate) const OTHER: u8 = 4;
-/// `carbon agent` only: the member's stored raft state is corrupt; it did
-/// not start. Recover with `carbon agent --reset-raft-state` (docs/recovery.md).
-pub(crate) const CORRUPT: u8 = 6;
 /// A write refused by a quota (key, value or store bytes): shrink it, or
 /// delete keys to make room. Reads and deletes still work.
 pub(crate) const QUOTA: u8 = 5;
+/// `carbon agent` only: the member's stored raft state is corrupt; it did
+/// not start. Recover with `carbon agent --reset-raft-state` (docs/recovery.md).
+pub(crate) const CORRUPT: u8 = 6;
+
+/// Every exit code with what it means, in words for people: the help text
+/// and the README's table are this list.
+pub(crate) const TABLE: &[(u8, &str)] = &[
+    (OK, "success"),
+    (NOT_FOUND, "a key not found, or a compare-and-set that did not match"),
+    (
+        USAGE,
+        "bad usage or configuration: a bad flag or --service address, a port that is not a service port \
+         (raft, HTTP), another cluster's id, missing or wrong TLS credentials",
+    ),
+    (UNREACHABLE, "the cluster unreachable within --timeout (default 15s)"),
+    (
+        OTHER,
+        "anything else, a watch from a compacted revision among them (list again and watch from the \
+         list's revision + 1)",
+    ),
+    (
+        QUOTA,
+        "a write refused by a quota (key, value or store bytes): shrink it or delete keys; reads and \
+         deletes still work",
+    ),
+    (CORRUPT, "(carbon agent only) the raft state on disk is corrupt: see docs/recovery.md"),
+];
+
+/// [`TABLE`] as the help text shows it.
+pub(crate) fn help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in TABLE {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text
+}
 
 /// A failure with its exit code and message.
 #[derive(Debug)]
@@ -52,6 +88,11 @@ impl Failure {
     /// Exit code 5.
     pub(crate) fn quota(message: impl Into<String>) -> Self {
         Failure { code: QUOTA, message: message.into() }
+    }
+
+    /// Exit code 4, with a message of its own.
+    pub(crate) fn other_message(message: impl Into<String>) -> Self {
+        Failure { code: OTHER, message: message.into() }
     }
 
     /// Exit code 4, with the whole error chain.
@@ -90,6 +131,13 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("starting service failed: {0}")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_table_lists_every_code_once_in_order() {
+        let codes: Vec<u8> = TABLE.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [OK, NOT_FOUND, USAGE, UNREACHABLE, OTHER, QUOTA, CORRUPT]);
+        assert_eq!(codes, (0..7).collect::<Vec<u8>>());
+    }
 
     #[test]
     fn a_cause_repeated_by_its_error_is_said_once() {

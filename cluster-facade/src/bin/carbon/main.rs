@@ -14,10 +14,8 @@
 //! Client commands take `--service` and `--cluster-id` from `CARBON_SERVICE`
 //! and `CARBON_CLUSTER_ID` when not given.
 //!
-//! Exit codes: 0 success, 1 key not found (or compare-and-set mismatch),
-//! 2 bad usage or configuration, 3 cluster unreachable, 4 anything else,
-//! 5 (`agent` only) the member's raft state is corrupt: run
-//! `carbon agent --reset-raft-state` (docs/recovery.md).
+//! Exit codes: one table, `exit::TABLE`, which `carbon --help` prints and
+//! the README repeats (a test checks they agree).
 
 mod agent;
 mod client;
@@ -89,7 +87,12 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .after_long_help(exit::help())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

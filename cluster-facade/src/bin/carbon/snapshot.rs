@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_facade::core::keys;
+use cluster_facade::core::{ConsensusLimits, WriteOp, WriteRequest, keys};
 use cluster_facade::service::protocol::{Request, Response};
 use cluster_facade::{Cluster, ClusterConfig};
 use serde::{Deserialize, Serialize};
@@ -173,17 +173,64 @@ async fn save(file: &Path, t: &Target) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The user entries of `doc`, decoded and checked against `quota`: every
+/// problem is found before anything is written (a usage error naming them).
+fn user_entries(
+    file: &Path,
+    doc: &Document,
+    quota: &ConsensusLimits,
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let mut values = Vec::with_capacity(doc.entries.len());
+    let mut problems = Vec::new();
+    for e in doc.entries.iter().filter(|e| !keys::is_reserved(&e.key)) {
+        if e.key.is_empty() {
+            problems.push("an entry has an empty key".to_owned());
+        } else if e.key.len() > quota.max_key_bytes {
+            problems.push(format!(
+                "the key {:?}… is over quota.max_key_bytes ({})",
+                short(&e.key),
+                quota.max_key_bytes
+            ));
+        }
+        match BASE64.decode(&e.value_base64) {
+            Ok(v) if v.len() > quota.max_value_bytes => problems.push(format!(
+                "the value of {:?} is {} bytes, over quota.max_value_bytes ({})",
+                short(&e.key),
+                v.len(),
+                quota.max_value_bytes
+            )),
+            Ok(v) => values.push((e.key.clone(), v)),
+            Err(err) => problems.push(format!("the value of {:?} is not base64: {err}", short(&e.key))),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(values);
+    }
+    let more = problems.len().saturating_sub(5);
+    problems.truncate(5);
+    Err(Failure::usage(format!(
+        "{} cannot be restored, nothing was written: {}{}",
+        file.display(),
+        problems.join("; "),
+        if more > 0 { format!(" (and {more} more)") } else { String::new() }
+    )))
+}
+
+/// A key as an error message shows it: its first 64 characters.
+fn short(key: &str) -> String {
+    key.chars().take(64).collect()
+}
+
 async fn restore(file: &Path, data_dir: &Path, cluster_id: String, json: bool) -> Result<(), Failure> {
     let bytes =
         std::fs::read(file).map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
     let doc = decode(file, &bytes)?;
-    let mut values = Vec::with_capacity(doc.entries.len());
-    for e in doc.entries.iter().filter(|e| !keys::is_reserved(&e.key)) {
-        let v = BASE64.decode(&e.value_base64).map_err(|err| {
-            Failure::usage(format!("{}: the value of {:?} is not base64: {err}", file.display(), e.key))
-        })?;
-        values.push((e.key.as_str(), v));
-    }
+    // A one-member cluster on loopback, for as long as the writes take.
+    let config =
+        ClusterConfig { cluster_id, data_dir: Some(data_dir.to_owned()), ..ClusterConfig::default() };
+    config.validate().map_err(|e| Failure::usage(e.to_string()))?;
+    let values = user_entries(file, &doc, &config.quota)?;
+    let existed = data_dir.exists();
     let non_empty = std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if non_empty {
         return Err(Failure::usage(format!(
@@ -191,41 +238,93 @@ async fn restore(file: &Path, data_dir: &Path, cluster_id: String, json: bool) -
             data_dir.display()
         )));
     }
-    // A one-member cluster on loopback, for as long as the writes take.
-    let config =
-        ClusterConfig { cluster_id, data_dir: Some(data_dir.to_owned()), ..ClusterConfig::default() };
-    config.validate().map_err(|e| Failure::usage(e.to_string()))?;
+    match write_new_cluster(config, &doc, &values).await {
+        Ok((revision, member_id)) => {
+            report(data_dir, &doc, values.len(), revision, member_id, json);
+            Ok(())
+        }
+        Err(failure) => {
+            // Nothing half-built stays behind: the directory is as it was.
+            let cleaned = if existed {
+                std::fs::read_dir(data_dir).and_then(|entries| {
+                    entries.flatten().try_for_each(|e| {
+                        let p = e.path();
+                        if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) }
+                    })
+                })
+            } else {
+                std::fs::remove_dir_all(data_dir)
+            };
+            if let Err(e) =
+                cleaned.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            {
+                tracing::warn!(dir = %data_dir.display(), error = %e, "could not remove the unfinished restore");
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// Starts the new cluster's first member on `config`, writes `values` so
+/// that the store ends at the backup's revision, and stops it. The store's
+/// revision at the end, and the member's id.
+///
+/// Each key is written anew, so without care the revision would be the new
+/// cluster's own writes plus the number of keys, whatever the backup's was
+/// (57 became 18): equal to it, or close (33 → 34), only when the old
+/// cluster's history happened to be as short. Once the keys are written the
+/// revision is raised to the backup's, so a watch position saved against the
+/// old cluster never points into the new one's past. (Only when the new
+/// cluster's own writes already went past it does it end higher.)
+async fn write_new_cluster(
+    config: ClusterConfig,
+    doc: &Document,
+    values: &[(String, Vec<u8>)],
+) -> Result<(u64, cluster_facade::MemberId), Failure> {
     let member = Cluster::start(config).await.map_err(|e| {
         Failure::other(anyhow::Error::new(e).context("cannot start the new cluster's first member"))
     })?;
     let store = member.store().clone();
-    let mut result = Ok(());
-    for (k, v) in &values {
-        if let Err(e) = store.set(k, v.clone()).await {
-            result = Err(Failure::other(anyhow::Error::new(e).context(format!("restoring {k:?}"))));
-            break;
+    let written = async {
+        for (k, v) in values {
+            store.set(k, v.clone()).await?;
         }
+        let advance = WriteRequest::new(WriteOp::AdvanceRevision { revision: doc.revision });
+        store.write(advance).await?.into_revision()
     }
+    .await
+    .map_err(|e| Failure::other(anyhow::Error::new(e).context("restoring the keys")));
     let member_id = member.member_id();
-    member.shutdown().await.map_err(|e| Failure::other(e.into()))?;
-    result?;
+    let stopped = member.shutdown().await.map_err(|e| Failure::other(e.into()));
+    let revision = written?;
+    stopped?;
+    Ok((revision, member_id))
+}
+
+fn report(
+    data_dir: &Path,
+    doc: &Document,
+    keys: usize,
+    revision: u64,
+    member_id: cluster_facade::MemberId,
+    json: bool,
+) {
     if json {
         print_json(serde_json::json!({
             "data_dir": data_dir.display().to_string(),
-            "keys": values.len(),
+            "keys": keys,
             "backup_revision": doc.revision,
+            "revision": revision,
             "member_id": member_id.to_string(),
         }));
     } else {
         println!(
-            "restored {} keys (the backup's revision {}) into {}; start the new cluster with `carbon agent --data-dir {}` and no seeds",
-            values.len(),
+            "restored {keys} keys at revision {revision} (the backup's: {}) into {}; start the new cluster with `carbon agent --data-dir {}` and no seeds",
             doc.revision,
             data_dir.display(),
             data_dir.display()
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
