@@ -74,6 +74,8 @@
 
 mod cluster;
 mod config;
+mod data_dir;
+mod duration;
 mod error;
 mod grid;
 mod health;
