@@ -338,7 +338,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         // 4. wait for the short id.
         let waited = ms(config.timeouts.start_ms);
-        let short_id = wait_for_short_id(&*store, short_id_rx.clone(), waited).await?;
+        let short_id = wait_for_short_id(&*store, &*membership, short_id_rx.clone(), waited).await?;
         info!(short_id = %short_id, gossip = %gossip_addr, raft = %raft_addr, service = %service_addr, "member started");
 
         let housekeeping = started.housekeeping.take();
@@ -408,7 +408,9 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
     /// Gossip's view of every member this member heard of.
     pub fn liveness(&self) -> BTreeMap<MemberId, cluster_core::Liveness> {
-        self.inner.liveness.liveness(&self.inner.store.status())
+        self.inner
+            .liveness
+            .liveness(&self.inner.store.status(), &self.inner.store.short_ids().unwrap_or_default())
     }
 
     /// How far along consensus is on this member.
@@ -607,8 +609,9 @@ fn needed_for_quorum(
 
 /// Waits until housekeeping reports this member's short id (it follows the
 /// state machine's records: no polling here).
-async fn wait_for_short_id<S: ConsensusStore>(
+async fn wait_for_short_id<S: ConsensusStore, M: Membership>(
     store: &S,
+    membership: &M,
     mut short_id: watch::Receiver<Option<ShortId>>,
     waited: Duration,
 ) -> Result<ShortId, ClusterError> {
@@ -622,7 +625,10 @@ async fn wait_for_short_id<S: ConsensusStore>(
     }
     let s = store.status();
     let detail = match (s.leader, s.role()) {
-        (None, _) => "no leader known: are the seeds right, and is the cluster id the same?".to_owned(),
+        // Gossip knows better why it heard no one (e.g. a wrong gossip key).
+        (None, _) => membership.join_problem().unwrap_or_else(|| {
+            "no leader known: are the seeds right, and is the cluster id the same?".to_owned()
+        }),
         (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
         (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
     };

@@ -198,3 +198,85 @@ fn a_graceful_stop_is_seen_as_a_leave_by_the_peers() {
     wait_until_blocking(DEADLINE, "the peers saw it leave", || liveness_of_third().is_none());
     let _ = (first, second);
 }
+
+/// Papercut 9: `carbon demo --members 2` hung at "waiting for a new leader".
+/// Too few members or voters for the failover are refused at once.
+#[test]
+fn a_demo_without_a_quorum_after_the_failover_is_refused() {
+    for args in [["--members", "2"], ["--voters", "2"]] {
+        let out = run_bounded(carbon().arg("demo").args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("at least 3"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// Papercut 7: with `--log-format json`, the error that ends the program
+/// was plain text among JSON lines. Every line on stderr is JSON.
+#[test]
+fn with_json_logs_every_error_line_is_json() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let cases: [(&[&str], i32); 3] = [
+        // Unreachable: the error that ends a client command.
+        (&["--log-format", "json", "kv", "get", "k", "--service", &closed, "--timeout", "1s"], 3),
+        // A configuration error of the agent.
+        (&["--log-format=json", "agent", "--host", "0.0.0.0"], 2),
+        // An argument clap refuses, before logging is set up.
+        (&["--log-format", "json", "agent", "--num-voters", "many"], 2),
+    ];
+    for (args, code) in cases {
+        let out = run_bounded(carbon().args(args));
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(!err.trim().is_empty(), "{args:?}: nothing said");
+        for line in err.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            assert!(v["fields"]["message"].is_string() && v["level"].is_string(), "{line}");
+        }
+    }
+}
+
+fn new_gossip_key() -> String {
+    let out = run_bounded(carbon().args(["keys", "generate"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Papercut 5: a member with the wrong gossip key failed after the start
+/// timeout asking about seeds and the cluster id, although gossip knew: it
+/// says the key does not match. And a keyring file that overrides
+/// `--gossip-key` says so in one line.
+#[test]
+fn a_wrong_gossip_key_is_named_and_a_keyring_file_override_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let (right, wrong) = (new_gossip_key(), new_gossip_key());
+    let data = dir.path().join("m1");
+    let mut args = lone_agent("key-cluster", &data);
+    args.extend([s("--gossip-key"), right.clone()]);
+    let first = Agent::spawn(&args);
+    first.wait_ready();
+
+    let config = dir.path().join("quick.toml");
+    std::fs::write(&config, "[timeouts]\nstart_ms = \"3s\"\n").unwrap();
+    let out = run_bounded(carbon().args(["agent", "--config", config.to_str().unwrap()]).args([
+        "--host",
+        "127.0.0.1",
+        "--cluster-id",
+        "key-cluster",
+        "--gossip-key",
+        &wrong,
+        "--seed",
+        &first.gossip,
+    ]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the gossip key does not match the cluster's"), "{err}");
+    assert!(first.stop().success());
+
+    // The data dir's keyring file holds `right`: it wins over `--gossip-key`.
+    let mut args = lone_agent("key-cluster", &data);
+    args.extend([s("--gossip-key"), wrong]);
+    let again = Agent::spawn_logged(&args);
+    again.wait_log("the keyring file overrides the configured gossip key");
+    assert!(again.stop().success());
+}
