@@ -280,3 +280,37 @@ fn a_wrong_gossip_key_is_named_and_a_keyring_file_override_is_said() {
     again.wait_log("the keyring file overrides the configured gossip key");
     assert!(again.stop().success());
 }
+
+/// Papercut 2: a second Ctrl-C leaves at once. The peer is paused, so the
+/// leave cannot complete (no acknowledgement, no quorum to take this voter
+/// out of raft) and would wait the whole `leave_ms`: the second SIGINT
+/// ends it.
+#[test]
+fn a_second_sigint_leaves_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "cluster_id = \"twice-cluster\"\nhost = \"127.0.0.1\"\n[timeouts]\nleave_ms = \"10m\"\n",
+    )
+    .unwrap();
+    let cfg = config.display().to_string();
+    let mut first = Agent::spawn_logged(&[s("--config"), cfg.clone()]);
+    let second = Agent::spawn(&[s("--config"), cfg, s("--seed"), first.gossip.clone()]);
+    first.wait_ready();
+    second.wait_ready();
+    second.signal("STOP");
+    first.signal("INT");
+    first.wait_log("leaving");
+    first.signal("INT");
+    first.wait_log("SIGINT again: leaving at once");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "no exit after the second SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -186,12 +186,10 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             None => "there was no raft state".to_owned(),
         };
         tracing::warn!(reset = %report.reset_id, "raft state reset: {moved}");
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "carbon: raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
+        crate::tell(&format!(
+            "raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
             report.reset_id
-        );
+        ));
     }
     // TLS from files: loaded here (a bad file is a usage error naming it) and
     // reloaded on SIGHUP or when the files change, for new connections.

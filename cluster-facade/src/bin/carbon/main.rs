@@ -112,7 +112,10 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
+        LogFormat::Json => {
+            logs.json().init();
+            JSON_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     if matches!(cli.command, Command::Agent(_) | Command::Snapshot(_)) {
         // A member's data directory and a backup hold the store's values in
@@ -163,6 +166,21 @@ fn json_requested() -> bool {
         }
     }
     std::env::var_os("CARBON_LOG_FORMAT").is_some_and(|v| v == "json")
+}
+
+/// Whether stderr carries JSON lines (`--log-format json`), for the lines
+/// the program writes there itself.
+static JSON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line for the user on stderr that is not a log line (it must show
+/// whatever `RUST_LOG` says): `carbon: …`, or a JSON object with JSON logs.
+pub(crate) fn tell(message: &str) {
+    let format = if JSON_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    fatal(format, message);
 }
 
 /// Prints the error that ends the program, as `carbon: …` or, with JSON
