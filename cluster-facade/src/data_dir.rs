@@ -29,7 +29,8 @@ pub(crate) fn tighten(dir: &Path) -> io::Result<usize> {
     let mut changed = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path)?;
+        // The data directory itself may be a link to where the data lives.
+        let meta = if path == dir { fs::metadata(&path)? } else { fs::symlink_metadata(&path)? };
         let kind = meta.file_type();
         let allowed = if kind.is_dir() {
             DIR_MODE
@@ -106,5 +107,19 @@ mod tests {
         assert_eq!(mode(&dir.join("raft/raft-log/0001.wal")), FILE_MODE);
         assert_eq!(mode(&dir.join("key")), 0o400);
         assert_eq!(tighten(&dir).unwrap(), 0, "a second pass finds nothing to do");
+    }
+
+    #[test]
+    fn a_data_dir_given_as_a_link_is_tightened_where_it_points() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::write(real.join("wal"), b"x").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(real.join("wal"), fs::Permissions::from_mode(0o644)).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(tighten(&link).unwrap(), 2);
+        assert_eq!((mode(&real), mode(&real.join("wal"))), (DIR_MODE, FILE_MODE));
     }
 }
