@@ -207,6 +207,14 @@ pub trait Membership: Send + Sync + Sized + 'static {
     fn keyring_control(&self) -> Option<Arc<dyn KeyringControl>> {
         None
     }
+
+    /// What the backend saw that would keep this member from joining, in
+    /// words a user can act on (e.g. gossip it could not authenticate: the
+    /// gossip key does not match the cluster's). `None`, the default, when
+    /// it saw nothing of the kind. Asked when a start times out.
+    fn join_problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A change to one member's gossip keyring, as serf's `keys` command makes it.

@@ -15,7 +15,6 @@ use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::ClusterConfig;
@@ -135,7 +134,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     /// anything starts; a failure later stops what was started.
     pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
         config.validate()?;
-        let member_id = identity::load_or_create(config.data_dir.as_deref())?;
+        let member_id = identity::load_or_create(config.data_dir.as_deref(), &config.cluster_id)?;
         let span = info_span!("member", id = %member_id);
         let mut started = Started::nothing();
         match Self::choreography(config, member_id, &mut started).instrument(span).await {
@@ -218,6 +217,14 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         .map_err(start_err("consensus"))?;
         let store = Arc::new(store);
         started.store = Some(store.clone());
+        if let Some(dir) = &config.data_dir {
+            // The store may have created files with the process's umask
+            // (a library user's may be 0022): keep them private too.
+            crate::data_dir::tighten(dir).map_err(|e| ClusterError::DataDir {
+                path: dir.display().to_string(),
+                reason: format!("cannot make it private: {e}"),
+            })?;
+        }
         let raft_addr = store.raft_addr();
         // A member whose raft state was reset rejoins the cluster that still
         // counts it; it never bootstraps a new one beside it.
@@ -331,7 +338,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         // 4. wait for the short id.
         let waited = ms(config.timeouts.start_ms);
-        let short_id = wait_for_short_id(&*store, short_id_rx.clone(), waited).await?;
+        let short_id = wait_for_short_id(&*store, &*membership, short_id_rx.clone(), waited).await?;
         info!(short_id = %short_id, gossip = %gossip_addr, raft = %raft_addr, service = %service_addr, "member started");
 
         let housekeeping = started.housekeeping.take();
@@ -402,7 +409,9 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
     /// Gossip's view of every member this member heard of.
     pub fn liveness(&self) -> BTreeMap<MemberId, cluster_core::Liveness> {
-        self.inner.liveness.liveness(&self.inner.store.status())
+        self.inner
+            .liveness
+            .liveness(&self.inner.store.status(), &self.inner.store.short_ids().unwrap_or_default())
     }
 
     /// How far along consensus is on this member.
@@ -502,30 +511,39 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
     /// Leaves the cluster gracefully: peers see this member leave (not fail),
     /// the leader frees its short id, and every task and port is released.
+    ///
+    /// It takes as long as the peers need to hear it (a few gossip rounds),
+    /// not `timeouts.leave_ms`, which only bounds the wait: a leader first
+    /// takes itself out of raft; a voter whose departure would leave the
+    /// others without a quorum waits until the leader took it out; any
+    /// other member goes as soon as gossip carried the news.
     pub async fn shutdown(self) -> Result<(), ClusterError> {
         let inner = &self.inner;
         let me = inner.member_id;
-        let leave_wait = ClusterConfig::ms(inner.config.timeouts.leave_ms);
+        let deadline = tokio::time::Instant::now() + ClusterConfig::ms(inner.config.timeouts.leave_ms);
         self.stop_http().await;
         self.stop_housekeeping().await;
+        // Who is alive is known only until gossip stops.
+        let live: std::collections::BTreeSet<MemberId> =
+            inner.membership.members().iter().map(|m| m.id).collect();
         if let Err(e) = inner.membership.leave().await {
             warn!(member = %me, error = %e, "gossip leave failed; peers will see a failure");
         }
         let status = inner.store.status();
         let others = status.all_members().into_iter().any(|id| id != me);
-        if others {
-            if status.is_leader() {
-                // No one else would take this member out of raft: do it, and
-                // let the others elect a leader among themselves.
-                if let Ok(Err(e)) = timeout(leave_wait, inner.store.remove(me)).await {
-                    warn!(member = %me, error = %e, "could not leave raft");
-                }
-            } else {
-                // Wait for the leader to take this member out of raft, so a
-                // small cluster is not left waiting on a voter that is gone.
-                let mut changes = inner.store.status_changes();
-                let _ = timeout(leave_wait, changes.wait_for(|s| !s.all_members().contains(&me))).await;
+        if others && status.is_leader() {
+            // No one else would take this member out of raft: do it, and
+            // let the others elect a leader among themselves.
+            if let Ok(Err(e)) = tokio::time::timeout_at(deadline, inner.store.remove(me)).await {
+                warn!(member = %me, error = %e, "could not leave raft");
             }
+        } else if others && needed_for_quorum(&status, me, &live) {
+            // The leader's change that removes this voter needs its vote:
+            // stay until it is out of raft, or a small cluster would be left
+            // waiting on a voter that is gone.
+            let mut changes = inner.store.status_changes();
+            let _ =
+                tokio::time::timeout_at(deadline, changes.wait_for(|s| !s.all_members().contains(&me))).await;
         }
         self.stop_service().await;
         inner.store.shutdown().await?;
@@ -574,14 +592,31 @@ impl<M: Membership, S: ConsensusStore> Drop for Inner<M, S> {
     }
 }
 
+/// Whether the leader needs `me` to take it out of raft: a voter is needed
+/// when the other voters alive in gossip are no majority of the voters
+/// (the joint configuration that removes it must be committed by a majority
+/// of the old voters). A nonvoter never is.
+fn needed_for_quorum(
+    status: &cluster_core::ConsensusStatus,
+    me: MemberId,
+    live: &std::collections::BTreeSet<MemberId>,
+) -> bool {
+    if !status.voters.contains_key(&me) {
+        return false;
+    }
+    let others_live = status.voters.keys().filter(|v| **v != me && live.contains(v)).count();
+    others_live < status.voters.len() / 2 + 1
+}
+
 /// Waits until housekeeping reports this member's short id (it follows the
 /// state machine's records: no polling here).
-async fn wait_for_short_id<S: ConsensusStore>(
+async fn wait_for_short_id<S: ConsensusStore, M: Membership>(
     store: &S,
+    membership: &M,
     mut short_id: watch::Receiver<Option<ShortId>>,
     waited: Duration,
 ) -> Result<ShortId, ClusterError> {
-    let held = match timeout(waited, short_id.wait_for(Option::is_some)).await {
+    let held = match tokio::time::timeout(waited, short_id.wait_for(Option::is_some)).await {
         Ok(Ok(held)) => *held,
         // Housekeeping ended (the member is stopping) or the time is up.
         _ => None,
@@ -591,7 +626,10 @@ async fn wait_for_short_id<S: ConsensusStore>(
     }
     let s = store.status();
     let detail = match (s.leader, s.role()) {
-        (None, _) => "no leader known: are the seeds right, and is the cluster id the same?".to_owned(),
+        // Gossip knows better why it heard no one (e.g. a wrong gossip key).
+        (None, _) => membership.join_problem().unwrap_or_else(|| {
+            "no leader known: are the seeds right, and is the cluster id the same?".to_owned()
+        }),
         (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
         (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
     };
@@ -629,4 +667,33 @@ fn member_while_alive<M: Membership, S: ConsensusStore>(
 ) -> impl Fn() -> Option<ClusterOf<M, S>> + Send + Sync + 'static {
     let weak = Arc::downgrade(inner);
     move || weak.upgrade().map(ClusterOf::from_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_core::Endpoints;
+
+    #[test]
+    fn a_voter_stays_for_its_removal_only_when_the_others_are_no_majority() {
+        let ids: Vec<MemberId> = (1..=3).map(MemberId::from).collect();
+        let mut status = cluster_core::ConsensusStatus { member_id: ids[0], ..Default::default() };
+        for id in &ids {
+            status.voters.insert(*id, Endpoints::default());
+        }
+        let all: std::collections::BTreeSet<MemberId> = ids.iter().copied().collect();
+        // 3 voters, the 2 others alive: they commit the change alone.
+        assert!(!needed_for_quorum(&status, ids[0], &all));
+        // One of them is down: the change needs this member's vote.
+        let one_down: std::collections::BTreeSet<MemberId> = [ids[0], ids[1]].into();
+        assert!(needed_for_quorum(&status, ids[0], &one_down));
+        // 2 voters: the other alone is no majority of 2.
+        status.voters.remove(&ids[2]);
+        assert!(needed_for_quorum(&status, ids[0], &all));
+        // A nonvoter is never needed.
+        let mut nonvoter = status.clone();
+        nonvoter.voters.remove(&ids[0]);
+        nonvoter.nonvoters.insert(ids[0], Endpoints::default());
+        assert!(!needed_for_quorum(&nonvoter, ids[0], &all));
+    }
 }

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::operator::HttpLimits;
 
-/// The configuration of one member. Durations are in milliseconds so that
-/// TOML files stay readable.
+/// The configuration of one member. A duration is written as text
+/// (`leave_ms = "2s"`, `handshake_timeout = "250ms"`), or in the older forms:
+/// a number of milliseconds for the `*_ms` fields, `{ secs = 5, nanos = 0 }`
+/// in `[limits]`.
 ///
 /// ```
 /// use cluster_facade::ClusterConfig;
@@ -73,6 +75,7 @@ pub struct ClusterConfig {
     /// `[limits]`: bounds of the raft and service ports and of their clients
     /// (the frame limit is `raft.max_frame_bytes`, the request timeout
     /// `timeouts.operation_ms`), and of the HTTP port (the `http_*` fields).
+    #[serde(deserialize_with = "crate::duration::limits")]
     pub limits: Limits,
     /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key`, in
     /// PEM; `carbon tls init` makes them). Loaded at start into
@@ -171,16 +174,22 @@ impl Default for ClusterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// `Cluster::start` fails if the member holds no short id by then.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub start_ms: u64,
     /// A store operation gives up after this long, across retries and failovers.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub operation_ms: u64,
     /// A failed member is removed from raft after this grace period.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub failure_grace_ms: u64,
     /// A failed member's short id stays reserved this long, so it keeps it if it comes back.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub short_id_reap_ms: u64,
     /// `shutdown` waits at most this long for peers to see the leave.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub leave_ms: u64,
     /// The leader re-checks the cluster at least this often.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub housekeeping_interval_ms: u64,
 }
 
@@ -202,10 +211,12 @@ impl Default for Timeouts {
 #[serde(default, deny_unknown_fields)]
 pub struct GossipSettings {
     /// Time between gossip rounds.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub interval_ms: u64,
     /// Phi-accrual suspicion level at which a member is declared failed.
     pub phi_threshold: f64,
     /// How long a failed member is remembered before it is forgotten.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub dead_member_grace_ms: u64,
 }
 
@@ -231,10 +242,13 @@ impl GossipSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct RaftSettings {
     /// The leader's heartbeat interval.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout.
+    #[serde(deserialize_with = "crate::duration::millis")]
     pub election_timeout_max_ms: u64,
     /// A snapshot is taken after this many log entries.
     pub snapshot_after_entries: u64,

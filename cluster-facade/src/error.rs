@@ -20,6 +20,20 @@ pub enum ClusterError {
         /// What is wrong.
         reason: String,
     },
+    /// The data directory holds the state of another cluster: the member
+    /// would never be let in. Start it with that cluster's id, or give it
+    /// another data directory.
+    #[error(
+        "data directory {path} belongs to cluster \"{recorded}\", not \"{configured}\": start with that cluster id, or use another data directory"
+    )]
+    OtherCluster {
+        /// The directory.
+        path: String,
+        /// The cluster id kept in it.
+        recorded: String,
+        /// The cluster id this member was started with.
+        configured: String,
+    },
     /// A step of the startup choreography failed; what was started is stopped again.
     #[error("starting {stage} failed: {source}")]
     Start {
@@ -46,12 +60,12 @@ pub enum ClusterError {
 impl ClusterError {
     /// What the caller can do about it: a store error's own
     /// [`ErrorKind`](cluster_core::ErrorKind); a bad configuration is
-    /// `Invalid`, an unusable data directory `Storage`, a start that found no
+    /// `Invalid` (so is a data directory of another cluster), an unusable data directory `Storage`, a start that found no
     /// leader in time `Unavailable`.
     pub fn kind(&self) -> cluster_core::ErrorKind {
         use cluster_core::ErrorKind;
         match self {
-            ClusterError::Config(_) => ErrorKind::Invalid,
+            ClusterError::Config(_) | ClusterError::OtherCluster { .. } => ErrorKind::Invalid,
             ClusterError::DataDir { .. } => ErrorKind::Storage,
             ClusterError::Start { source, .. } | ClusterError::Store(source) => source.kind(),
             ClusterError::StartTimeout { .. } => ErrorKind::Unavailable,

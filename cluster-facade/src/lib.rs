@@ -78,7 +78,9 @@
 
 mod cluster;
 mod config;
+mod data_dir;
 mod descriptors;
+mod duration;
 mod error;
 mod grid;
 mod housekeeping;

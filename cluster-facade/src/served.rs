@@ -69,8 +69,15 @@ impl LivenessTable {
 
     /// Each member's liveness: gossip's state, and `Suspect` for a member
     /// gossip gave up on that raft still holds (the leader has not removed
-    /// it yet), or that raft holds and gossip never saw.
-    pub(crate) fn liveness(&self, status: &ConsensusStatus) -> BTreeMap<MemberId, Liveness> {
+    /// it yet), or that raft holds and gossip never saw. A member out of
+    /// raft that still holds a short id (in `short_ids`) and that gossip
+    /// never saw here (this member joined later) is `Failed`: it is listed
+    /// until its short id is reaped.
+    pub(crate) fn liveness(
+        &self,
+        status: &ConsensusStatus,
+        short_ids: &BTreeMap<MemberId, ShortId>,
+    ) -> BTreeMap<MemberId, Liveness> {
         let in_raft = status.all_members();
         let mut out: BTreeMap<MemberId, Liveness> = self
             .lock()
@@ -87,6 +94,9 @@ impl LivenessTable {
             .collect();
         for id in in_raft {
             out.entry(id).or_insert(Liveness::Suspect);
+        }
+        for id in short_ids.keys() {
+            out.entry(*id).or_insert(Liveness::Failed);
         }
         out.insert(status.member_id, Liveness::Alive);
         out
@@ -146,7 +156,7 @@ impl<S: ConsensusStore> ConsensusStore for ServedStore<S> {
     }
 
     fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
-        self.liveness.liveness(&self.store.status())
+        self.liveness.liveness(&self.store.status(), &self.store.short_ids().unwrap_or_default())
     }
 
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {
@@ -244,13 +254,17 @@ mod tests {
         t.apply(&MembershipEvent::Failed(member(c)));
         let mut status = ConsensusStatus { member_id: me, ..Default::default() };
         status.voters.insert(b, Endpoints::default());
-        let l = t.liveness(&status);
+        let l = t.liveness(&status, &BTreeMap::new());
         assert_eq!(l[&a], Liveness::Alive);
         assert_eq!(l[&b], Liveness::Suspect);
         assert_eq!(l[&c], Liveness::Failed);
         assert_eq!(l[&me], Liveness::Alive);
         t.apply(&MembershipEvent::Resync(vec![member(c)]));
-        let l = t.liveness(&status);
+        let l = t.liveness(&status, &BTreeMap::new());
         assert_eq!((l[&a], l[&c]), (Liveness::Failed, Liveness::Alive));
+        // A member holding a short id that gossip never showed here is failed.
+        let unseen = MemberId::generate();
+        let short_ids = BTreeMap::from([(unseen, ShortId::new(7).expect("a short id"))]);
+        assert_eq!(t.liveness(&status, &short_ids)[&unseen], Liveness::Failed);
     }
 }

@@ -32,7 +32,7 @@ async fn the_agent_raises_its_soft_limit_and_fits_the_http_cap_under_the_hard_on
         r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" agent --http-port 0"#,
         env!("CARGO_BIN_EXE_carbon"),
     ]);
-    let agent = Agent::spawn_command(cmd);
+    let agent = Agent::spawn_command(cmd, false);
     assert_eq!(open_files_limit(agent.child.id()), ("600".to_owned(), "600".to_owned()));
 
     let http: std::net::SocketAddr = agent.http.as_deref().expect("an http address").parse().unwrap();

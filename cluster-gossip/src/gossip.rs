@@ -43,6 +43,8 @@ pub struct Gossip {
     member_id: MemberId,
     generation: u64,
     gossip_addr: SocketAddr,
+    /// The seeds it was started with, to name them when it heard no one.
+    seeds: Vec<String>,
     leave_timeout: Duration,
     keyring: Option<KeyringHandle>,
     socket: Arc<Shared>,
@@ -133,6 +135,7 @@ impl Gossip {
             member_id: config.member_id,
             generation: config.generation,
             gossip_addr: advertise,
+            seeds: config.seeds.clone(),
             leave_timeout: config.leave_timeout,
             keyring,
             socket: shared,
@@ -308,5 +311,41 @@ impl Membership for Gossip {
 
     fn keyring_control(&self) -> Option<Arc<dyn cluster_core::KeyringControl>> {
         self.keyring.clone().map(|k| Arc::new(k) as Arc<dyn cluster_core::KeyringControl>)
+    }
+
+    fn join_problem(&self) -> Option<String> {
+        let stats = self.datagram_stats();
+        if stats.accepted > 0 {
+            return None;
+        }
+        if self.keyring.is_some() && stats.unauthenticated > 0 {
+            return Some(format!(
+                "the gossip key does not match the cluster's: {} gossip datagrams failed authentication \
+                 and none opened (give the cluster's key with --gossip-key or CARBON_GOSSIP_KEY; a \
+                 keyring file in the data directory wins over it)",
+                stats.unauthenticated
+            ));
+        }
+        if stats.received == 0 && !self.seeds.is_empty() {
+            // Members drop gossip they cannot open, or of another cluster,
+            // without an answer: silence is all a joiner sees of it.
+            let why = if self.keyring.is_some() {
+                "the gossip key does not match the cluster's, or the cluster id differs"
+            } else {
+                "the cluster's gossip is encrypted (give its key with --gossip-key), or the cluster id differs"
+            };
+            return Some(format!(
+                "no gossip came back from the seeds {}: if they are up, {why}",
+                self.seeds.join(", ")
+            ));
+        }
+        if self.keyring.is_none() && stats.rejected > 0 {
+            return Some(format!(
+                "{} gossip datagrams were refused and none accepted: the cluster's gossip is \
+                 encrypted (give its key with --gossip-key) or its cluster id is another",
+                stats.rejected
+            ));
+        }
+        None
     }
 }

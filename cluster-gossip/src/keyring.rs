@@ -20,7 +20,7 @@ use aes_gcm::aead::{KeyInit, OsRng};
 use aes_gcm::aes::Aes256;
 use aes_gcm::aes::cipher::{BlockEncrypt, generic_array::GenericArray};
 use cluster_core::gossip_key::{GOSSIP_KEY_LEN, decode_gossip_key, encode_gossip_key};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{GossipError, Result};
 
@@ -267,11 +267,16 @@ impl KeyringHandle {
         };
         let ring = match (from_file, configured) {
             (Some(ring), configured) => {
-                if let Some(c) = configured.filter(|c| !ring.keys().contains(c.primary())) {
-                    info!(
+                // One line a user sees: a `--gossip-key` that is not the one
+                // in use is otherwise a silent surprise.
+                if let Some(c) = configured.filter(|c| c.primary() != ring.primary()) {
+                    let held = if ring.keys().contains(c.primary()) { "holds" } else { "does not hold" };
+                    warn!(
+                        file = %file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
                         configured = %c.primary().id(),
                         primary = %ring.primary().id(),
-                        "the keyring file wins over the configured gossip key, which it does not hold"
+                        "the keyring file overrides the configured gossip key (--gossip-key): its primary \
+                         key seals gossip; it {held} the configured key"
                     );
                 }
                 ring

@@ -90,13 +90,24 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
             plan.push(RecordChange::PutMember(want));
         }
     }
-    // A record shows a member of the cluster: it goes once the member is
-    // neither live nor in raft. Its short id stays reserved in the state
-    // machine until released, so a member that comes back gets it again.
-    for id in f.recorded.keys() {
+    // A record shows a member of the cluster: one that is live, in raft, or
+    // holds its short id. A failed member out of raft keeps its short id
+    // until it is released (a member that comes back gets it again), and
+    // its record with it, as a nonvoter: operators list it as `failed`
+    // (with its short id, which `force-leave '#N'` names) until it is
+    // reaped. The record goes with the short id.
+    for (id, info) in &f.recorded {
         let in_raft = f.voters.contains(id) || f.nonvoters.contains(id);
-        if !live.contains_key(id) && !in_raft {
+        if live.contains_key(id) || in_raft {
+            continue;
+        }
+        let reserved = f.short_ids.contains_key(id) && !f.released.contains(id);
+        if !reserved {
             plan.push(RecordChange::DeleteMember(*id));
+        } else if info.raft_role != RaftRole::Nonvoter {
+            let mut out_of_raft = info.clone();
+            out_of_raft.raft_role = RaftRole::Nonvoter;
+            plan.push(RecordChange::PutMember(out_of_raft));
         }
     }
 
@@ -210,19 +221,46 @@ mod tests {
         f.live.retain(|m| m.member_id != gone);
         settle(&mut f);
         assert!(f.recorded.contains_key(&gone));
-        // It leaves raft: record and role key go, the short id stays reserved.
+        // It leaves raft: its role key goes; its short id stays reserved, and
+        // its record with it (listed as failed until reaped).
         f.nonvoters.clear();
         settle(&mut f);
-        assert!(!f.recorded.contains_key(&gone) && f.short_ids.contains_key(&gone));
+        assert!(f.short_ids.contains_key(&gone));
+        assert_eq!(f.recorded[&gone].short_id, f.short_ids.get(&gone).copied());
         assert!(f.nonvoter_keys.is_empty());
-        // Reaped: the id is free for the next member.
+        // Reaped: the id is free for the next member, the record gone.
         f.released.insert(gone);
         settle(&mut f);
         assert!(!f.short_ids.contains_key(&gone));
+        assert!(!f.recorded.contains_key(&gone));
         f.released.clear();
         f.live.push(info(3));
         settle(&mut f);
         assert_eq!(f.short_ids[&MemberId::from(3)], sid(2));
+    }
+
+    #[test]
+    fn a_failed_voter_out_of_raft_is_recorded_as_a_nonvoter_until_released() {
+        let leader = MemberId::from(1);
+        let gone = MemberId::from(2);
+        let mut f = RecordFacts {
+            leader,
+            live: vec![info(1), info(2)],
+            voters: [leader, gone].into(),
+            ..Default::default()
+        };
+        settle(&mut f);
+        assert_eq!(f.recorded[&gone].raft_role, RaftRole::Voter);
+        f.live.retain(|m| m.member_id != gone);
+        f.voters.remove(&gone);
+        settle(&mut f);
+        assert_eq!(f.recorded[&gone].raft_role, RaftRole::Nonvoter, "a voter no more");
+        assert_eq!(f.recorded[&gone].short_id, Some(sid(2)));
+        // Released and recorded in one round: both go.
+        f.released.insert(gone);
+        let plan = plan_records(&f);
+        assert!(plan.contains(&RecordChange::ReleaseShortId(gone)), "{plan:?}");
+        assert!(plan.contains(&RecordChange::DeleteMember(gone)), "{plan:?}");
     }
 
     #[test]

@@ -26,6 +26,22 @@ pub struct Agent {
     pub http: Option<String>,
     pub member_id: String,
     pub lines: mpsc::Receiver<String>,
+    /// Its log lines, when started with [`Agent::spawn_logged`].
+    pub log: Option<mpsc::Receiver<String>>,
+}
+
+/// Every line `from` gives, sent to the receiver as it comes.
+fn forward_lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl Agent {
@@ -51,27 +67,30 @@ impl Agent {
 
     /// `carbon agent ARGS`, once it printed its start line.
     pub fn spawn(args: &[String]) -> Agent {
+        Agent::spawn_with(args, false)
+    }
+
+    /// Like [`spawn`](Agent::spawn), with its log lines (stderr, the
+    /// program's own info lines included) in [`Agent::log`].
+    pub fn spawn_logged(args: &[String]) -> Agent {
+        Agent::spawn_with(args, true)
+    }
+
+    fn spawn_with(args: &[String], logged: bool) -> Agent {
         let mut cmd = carbon();
         cmd.arg("agent").args(args);
-        Agent::spawn_command(cmd)
+        Agent::spawn_command(cmd, logged)
     }
 
     /// The agent `cmd` starts (`carbon agent …`, or a shell that sets
-    /// limits and execs it), once it printed its start line.
-    pub fn spawn_command(mut cmd: Command) -> Agent {
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("carbon agent starts");
-        let stdout = child.stdout.take().unwrap();
+    /// limits and execs it), once it printed its start line; with `logged`,
+    /// its stderr lines are kept in [`Agent::log`].
+    pub fn spawn_command(mut cmd: Command, logged: bool) -> Agent {
+        let stderr = if logged { Stdio::piped() } else { Stdio::inherit() };
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("carbon agent starts");
         // Every line, read as it comes (the agent never blocks on its stdout).
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = forward_lines(child.stdout.take().unwrap());
+        let log = child.stderr.take().map(forward_lines);
         let line = match lines.recv_timeout(DEADLINE) {
             Ok(line) if !line.is_empty() => line,
             other => {
@@ -95,6 +114,7 @@ impl Agent {
             http: after("http"),
             child,
             lines,
+            log,
         }
     }
 
@@ -107,6 +127,21 @@ impl Agent {
                 Ok(line) if line.starts_with("ready ") => return,
                 Ok(_) => continue,
                 Err(e) => panic!("no ready line: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a log line containing `text` (the agent must have been
+    /// started with [`spawn_logged`](Agent::spawn_logged)); returns it.
+    pub fn wait_log(&self, text: &str) -> String {
+        let log = self.log.as_ref().expect("started with spawn_logged");
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no log line with {text:?}: {e}"),
             }
         }
     }

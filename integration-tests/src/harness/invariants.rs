@@ -210,7 +210,8 @@ pub async fn wait_caught_up(cluster: &mut ProcessCluster, deadline: Duration) ->
     }
 }
 
-/// (e): waits until every live member's records name exactly the live members,
+/// (e): waits until every live member's records name exactly the live members
+/// (and maybe members that are down, listed as failed until reaped),
 /// each with a short id and with the ports its process reported, and returns how
 /// long it took.
 pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
@@ -218,6 +219,12 @@ pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration
     loop {
         let live = cluster.live();
         let expected: BTreeSet<String> = cluster.live_member_ids().into_iter().collect();
+        // A member that is down (killed or paused) stays listed as failed,
+        // with its short id, until the reap timeout frees it (issue 25).
+        let down: BTreeSet<String> = (0..cluster.len())
+            .filter(|i| !live.contains(i))
+            .filter_map(|i| cluster.agent(i).known_start_line().map(|s| s.member_id.clone()))
+            .collect();
         let ports: BTreeMap<String, (u16, u16)> = live
             .iter()
             .filter_map(|&i| {
@@ -231,7 +238,11 @@ pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration
         for &i in &live {
             match cluster.members_of(i).await {
                 Ok(records) => {
-                    let seen: BTreeSet<String> = records.iter().map(|r| r.member_id.to_string()).collect();
+                    let seen: BTreeSet<String> = records
+                        .iter()
+                        .map(|r| r.member_id.to_string())
+                        .filter(|id| !down.contains(id) || expected.contains(id))
+                        .collect();
                     let unassigned = records.iter().filter(|r| r.short_id.is_none()).count();
                     let stale: Vec<String> = records
                         .iter()

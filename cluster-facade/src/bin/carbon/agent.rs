@@ -1,4 +1,5 @@
-//! `carbon agent`: runs one member until SIGINT or SIGTERM.
+//! `carbon agent`: runs one member until SIGINT or SIGTERM; SIGHUP reloads
+//! what can be reloaded and never ends it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -174,6 +175,9 @@ fn say(line: &str) {
 /// write can be served. After a whole-cluster restart the first line comes
 /// before a quorum is back; the second only with it.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
+    // Before anything else: a signal that comes while the member starts must
+    // not kill it with the default action (SIGHUP's is to end the process).
+    let mut signals = Signals::install().map_err(Failure::other)?;
     let config = args.config()?;
     if args.reset_raft_state {
         let report = cluster_facade::reset_raft_state(&config).map_err(|e| Failure::usage(e.to_string()))?;
@@ -182,18 +186,17 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             None => "there was no raft state".to_owned(),
         };
         tracing::warn!(reset = %report.reset_id, "raft state reset: {moved}");
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "carbon: raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
+        crate::tell(&format!(
+            "raft state reset ({moved}); rejoining without a vote until out of the voters (reset {})",
             report.reset_id
-        );
+        ));
     }
     // TLS from files: loaded here (a bad file is a usage error naming it) and
     // reloaded on SIGHUP or when the files change, for new connections.
     let mut config = config;
     let reload = tokio_util::sync::CancellationToken::new();
     let _stop_reloading = reload.clone().drop_guard();
+    let reloads_tls = config.tls.is_some();
     if let Some(files) = config.tls.clone() {
         let tls = cluster_facade::rpc::Tls::from_files(files).map_err(|e| Failure::usage(e.to_string()))?;
         if tls.role() != cluster_facade::rpc::Role::Member {
@@ -205,70 +208,153 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         config.security = cluster_facade::rpc::Security::Tls(tls);
     }
     cluster_facade::fit_descriptors(&mut config);
-    let cluster = match Cluster::start(config).await {
+    let starting = Cluster::start(config);
+    tokio::pin!(starting);
+    let cluster = loop {
+        tokio::select! {
+            started = &mut starting => break started,
+            signal = signals.next() => match signal {
+                Signal::Reload => hangup(reloads_tls),
+                Signal::Stop(name) => {
+                    // Nothing to leave yet: dropping the start stops what it began.
+                    tracing::info!("{name} while starting: stopping");
+                    return Ok(());
+                }
+            },
+        }
+    };
+    let cluster = match cluster {
         Ok(cluster) => cluster,
         Err(ClusterError::Start { source: source @ cluster_core::Error::CorruptState { .. }, .. }) => {
             return Err(Failure::corrupt(format!("cannot start the member: {source}")));
         }
+        Err(e @ ClusterError::OtherCluster { .. }) => return Err(Failure::usage(e.to_string())),
         Err(e) => return Err(Failure::other(anyhow::Error::new(e).context("cannot start the member"))),
     };
-    let start_line = |short_id| {
-        let a = cluster.addresses();
-        let http = a.http.map(|h| format!(" http {h}")).unwrap_or_default();
-        say(&format!(
-            "member {} short_id {short_id} gossip {} raft {} service {} grid {}{http}",
-            cluster.member_id(),
-            a.gossip,
-            a.raft,
-            a.service,
-            a.grid
-        ));
-    };
-    let mut printed = cluster.short_id();
-    start_line(printed);
-    // A member away longer than the reap timeout gets a new short id when it
-    // is back: say so in the same form, so scripts always know the current one.
-    let mut short_id = cluster.watch_short_id();
-    let announce = async {
-        while short_id.changed().await.is_ok() {
-            let now = *short_id.borrow_and_update();
-            if let Some(id) = now.filter(|id| *id != printed) {
-                printed = id;
-                start_line(id);
+    // The lines on stdout, until a signal to stop.
+    let stop = {
+        let start_line = |short_id| {
+            let a = cluster.addresses();
+            let http = a.http.map(|h| format!(" http {h}")).unwrap_or_default();
+            say(&format!(
+                "member {} short_id {short_id} gossip {} raft {} service {} grid {}{http}",
+                cluster.member_id(),
+                a.gossip,
+                a.raft,
+                a.service,
+                a.grid
+            ));
+        };
+        let mut printed = cluster.short_id();
+        start_line(printed);
+        // A member away longer than the reap timeout gets a new short id when it
+        // is back: say so in the same form, so scripts always know the current one.
+        let mut short_id = cluster.watch_short_id();
+        let announce = async {
+            while short_id.changed().await.is_ok() {
+                let now = *short_id.borrow_and_update();
+                if let Some(id) = now.filter(|id| *id != printed) {
+                    printed = id;
+                    start_line(id);
+                }
             }
-        }
-        std::future::pending::<()>().await
-    };
-    let ready = async {
-        // The proxy retries across elections until its operation timeout;
-        // keep asking until a leader with a quorum answers.
+            std::future::pending::<()>().await
+        };
+        let ready = async {
+            // The proxy retries across elections until its operation timeout;
+            // keep asking until a leader with a quorum answers.
+            loop {
+                match cluster.store().consistent_get(keys::LEADER_KEY).await {
+                    Ok(_) => break,
+                    Err(e) => tracing::info!(error = %e, "not ready to serve writes yet"),
+                }
+            }
+            let leader =
+                cluster.consensus_status().leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+            say(&format!("ready member {} leader {leader}", cluster.member_id()));
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(announce, ready);
         loop {
-            match cluster.store().consistent_get(keys::LEADER_KEY).await {
-                Ok(_) => break,
-                Err(e) => tracing::info!(error = %e, "not ready to serve writes yet"),
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Reload => hangup(reloads_tls),
+                    Signal::Stop(name) => break name,
+                },
+                _ = &mut announce => {}
+                _ = &mut ready => {}
             }
         }
-        let leader = cluster.consensus_status().leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-        say(&format!("ready member {} leader {leader}", cluster.member_id()));
-        std::future::pending::<()>().await
     };
-    tokio::select! {
-        signal = wait_for_signal() => signal.map_err(Failure::other)?,
-        _ = announce => {}
-        _ = ready => {}
+    let leave_ms = cluster.config().timeouts.leave_ms;
+    tracing::info!("{stop}: leaving… (at most {leave_ms} ms; send it again to leave at once)");
+    let started = std::time::Instant::now();
+    let shutdown = cluster.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            done = &mut shutdown => {
+                done.context("graceful shutdown failed").map_err(Failure::other)?;
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "left the cluster");
+                return Ok(());
+            }
+            signal = signals.next() => match signal {
+                Signal::Reload => hangup(reloads_tls),
+                Signal::Stop(name) => {
+                    // The operator will not wait: stop here. What is
+                    // acknowledged is on disk; peers that did not hear the
+                    // leave see a failure, as after a crash.
+                    tracing::warn!("{name} again: leaving at once, without waiting for the peers");
+                    return Ok(());
+                }
+            },
+        }
     }
-    tracing::info!("signal received: leaving the cluster");
-    cluster.shutdown().await.context("graceful shutdown failed").map_err(Failure::other)?;
-    Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// What a signal asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT or SIGTERM (named): leave the cluster and end.
+    Stop(&'static str),
+    /// SIGHUP: reload what can be reloaded; never end.
+    Reload,
+}
+
+/// The signals the agent handles, installed once for its whole life.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
     }
-    Ok(())
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// SIGHUP: with TLS files, the reloader (which listens for it too) reloads
+/// the certificates; without, there is nothing to reload, and a reload
+/// signal must never end a member.
+fn hangup(reloads_tls: bool) {
+    if reloads_tls {
+        tracing::info!("SIGHUP: reloading the TLS certificates");
+    } else {
+        tracing::info!("SIGHUP: nothing to reload (no TLS files); the member keeps running");
+    }
 }

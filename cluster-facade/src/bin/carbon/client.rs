@@ -355,7 +355,11 @@ pub(crate) async fn status(t: Target) -> Result<(), Failure> {
         vec![
             "quota alarm".into(),
             if s.quota_alarm {
-                "ON: the store is full, writes are refused; delete keys to make room"
+                // What the alarm means (cluster_consensus::quota::alarm): the
+                // store is near its quota, not closed; most writes still pass.
+                "ON: the store is within one maximum-size write of quota.max_store_bytes \
+                 (or a write was refused for it): writes that would pass the quota fail with exit 5; \
+                 delete keys to make room"
             } else {
                 "off"
             }

@@ -15,10 +15,10 @@ use crate::table::members_table;
 /// Flags of `carbon demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// How many members to start (at least 2).
+    /// How many members to start (at least 3: the tour stops the leader).
     #[arg(long, default_value_t = 5)]
     pub members: usize,
-    /// How many of them vote.
+    /// How many of them vote (at least 3, so a quorum survives the leader).
     #[arg(long, default_value_t = 3)]
     pub voters: usize,
     /// How many keys to write.
@@ -28,12 +28,21 @@ pub(crate) struct DemoArgs {
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The fewest members (and voters) the tour's failover works with.
+const MIN_MEMBERS: usize = 3;
+
 pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
-    if args.members < 2 {
-        return Err(Failure::usage("--members must be at least 2"));
+    // The tour stops the leader and waits for a new one: the voters left
+    // must be a majority of the voters, which takes 3 (2 of 2 is not).
+    if args.members < MIN_MEMBERS {
+        return Err(Failure::usage(format!(
+            "--members must be at least {MIN_MEMBERS}: the demo stops the leader, and the others need a quorum to elect a new one"
+        )));
     }
-    if args.voters == 0 {
-        return Err(Failure::usage("--voters must be at least 1"));
+    if args.voters < MIN_MEMBERS {
+        return Err(Failure::usage(format!(
+            "--voters must be at least {MIN_MEMBERS}: with fewer, the voters left after the leader stops are no quorum"
+        )));
     }
     tour(args).await.map_err(Failure::other)
 }

@@ -78,7 +78,10 @@ async fn everywhere(t: &Target, request: Request) -> Result<Vec<(MemberInfo, Ans
         members.into_iter().partition(|m| liveness.get(&m.member_id) == Some(&Liveness::Alive));
     for m in &gone {
         let state = liveness.get(&m.member_id).map_or("unknown".to_owned(), ToString::to_string);
-        eprintln!("carbon: member {} ({state}) not reached: give it the keyring before it returns", name(m));
+        crate::tell(&format!(
+            "member {} ({state}) not reached: give it the keyring before it returns",
+            name(m)
+        ));
     }
     let asks = live.into_iter().map(|m| {
         let request = request.clone();
@@ -163,7 +166,7 @@ async fn list(t: &Target) -> Result<(), Failure> {
                 }
             }
             Err(f) => {
-                eprintln!("carbon: {}: {}", name(&m), f.message);
+                crate::tell(&format!("{}: {}", name(&m), f.message));
                 failures.push((name(&m), f));
             }
         }

@@ -95,24 +95,45 @@ fn main() -> ExitCode {
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            if !e.use_stderr() {
+                // --help and --version: for people, never JSON.
+                let _ = e.print();
+                return ExitCode::from(exit::OK);
+            }
+            if json_requested() {
+                fatal(LogFormat::Json, e.to_string().trim_end());
+            } else {
+                let _ = e.print();
+            }
+            return ExitCode::from(exit::USAGE);
         }
     };
+    // The program's own lines (leaving, reloads) are worth seeing by
+    // default; the libraries' only from warnings up.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off,carbon=info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
+        LogFormat::Json => {
+            logs.json().init();
+            JSON_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    if matches!(cli.command, Command::Agent(_) | Command::Snapshot(_)) {
+        // A member's data directory and a backup hold the store's values in
+        // clear: every file these commands create is the user's alone
+        // (0600, directories 0700), as etcd does.
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("carbon: cannot start the runtime: {e}");
+            fatal(cli.log_format, &format!("cannot start the runtime: {e}"));
             return ExitCode::from(exit::OTHER);
         }
     };
+    let format = cli.log_format;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Agent(args) => agent::run(args).await,
@@ -129,8 +150,57 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
-            eprintln!("carbon: {f}");
+            fatal(format, &f.to_string());
             ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Whether JSON logs were asked for, read from the raw arguments: for an
+/// error in the arguments themselves, before clap has made sense of them.
+fn json_requested() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--log-format" {
+            return args.next().is_some_and(|v| v == "json");
+        }
+        if arg == "--log-format=json" {
+            return true;
+        }
+    }
+    std::env::var_os("CARBON_LOG_FORMAT").is_some_and(|v| v == "json")
+}
+
+/// Whether stderr carries JSON lines (`--log-format json`), for the lines
+/// the program writes there itself.
+static JSON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line for the user on stderr that is not a log line (it must show
+/// whatever `RUST_LOG` says): `carbon: …`, or a JSON object with JSON logs.
+pub(crate) fn tell(message: &str) {
+    let format = if JSON_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    fatal(format, message);
+}
+
+/// Prints the error that ends the program, as `carbon: …` or, with JSON
+/// logs, as one JSON object like every other line on stderr. Written
+/// directly, not through the log filter: `RUST_LOG=off` must not hide why
+/// the program stopped.
+fn fatal(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("carbon: {message}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "fields": { "message": message },
+                "target": "carbon",
+            });
+            eprintln!("{line}");
         }
     }
 }

@@ -149,7 +149,7 @@ async fn save(file: &Path, t: &Target) -> Result<(), Failure> {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, file));
+    let written = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, file));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(Failure::usage(format!("cannot write {}: {e}", file.display())));
@@ -219,6 +219,18 @@ fn user_entries(
 /// A key as an error message shows it: its first 64 characters.
 fn short(key: &str) -> String {
     key.chars().take(64).collect()
+}
+
+/// Writes `bytes` to a new file readable by its owner only (0600): a backup
+/// holds every value of the store in clear.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // A leftover file keeps its mode through `open`: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 async fn restore(file: &Path, data_dir: &Path, cluster_id: String, json: bool) -> Result<(), Failure> {
