@@ -1,6 +1,7 @@
-//! Admission with TLS: a gossip member that holds the cluster's gossip key
-//! but not a member certificate of its CA never becomes a raft member, a
-//! record or a short-id holder, however true its tags look.
+//! Admission: a gossip member that holds the cluster's gossip key but not a
+//! member certificate of its CA (with TLS), or that advertises the raft or
+//! service address of a member (plain TCP and TLS alike), never becomes a
+//! raft member, a record or a short-id holder, however true its tags look.
 
 mod common;
 
@@ -46,8 +47,20 @@ async fn tls_port(tls: Tls) -> (u16, tokio::task::JoinHandle<()>) {
 
 /// A gossip member with the cluster's key whose tags name `raft_port` as its raft endpoint.
 async fn impostor(key: &GossipKey, seed: &str, raft_port: u16, template: &ClusterConfig) -> Gossip {
+    phantom(Some(key), seed, raft_port, raft_port, template).await
+}
+
+/// A raw gossip participant (with the cluster's gossip key, if it has one)
+/// advertising a made-up member id at `raft_port` and `service_port`.
+async fn phantom(
+    key: Option<&GossipKey>,
+    seed: &str,
+    raft_port: u16,
+    service_port: u16,
+    template: &ClusterConfig,
+) -> Gossip {
     let id = MemberId::generate();
-    let info = MemberInfo::new(id, "127.0.0.1", 1, raft_port, raft_port, raft_port);
+    let info = MemberInfo::new(id, "127.0.0.1", 1, raft_port, service_port, raft_port);
     let gossip = <Gossip as Membership>::start(MembershipConfig {
         member_id: id,
         generation: 1,
@@ -58,7 +71,10 @@ async fn impostor(key: &GossipKey, seed: &str, raft_port: u16, template: &Cluste
         gossip_interval: Duration::from_millis(template.gossip.interval_ms),
         failure_detection: template.gossip.failure_detection(),
         tags: info.to_tags(),
-        encryption: GossipEncryption { keys: vec![*key.as_bytes()], keyring_file: None },
+        encryption: GossipEncryption {
+            keys: key.map(|k| vec![*k.as_bytes()]).unwrap_or_default(),
+            keyring_file: None,
+        },
     })
     .await
     .unwrap();
@@ -125,4 +141,73 @@ async fn a_gossip_member_without_a_member_certificate_is_never_admitted() {
     foreign_task.abort();
     plain_task.abort();
     shutdown_all(members).await;
+}
+
+/// Two phantoms with the cluster's gossip key: one advertises m2's raft and
+/// service addresses, the other m3's raft address only. The same process
+/// answers there as m2 (m3): admitted, it would count twice in every quorum.
+/// Neither is ever recorded, in raft, or given a short id; the members
+/// joining after them are, and m2 and m3 keep their places.
+async fn phantoms_with_duplicate_addresses_are_never_admitted(
+    make_config: impl Fn(Vec<String>) -> ClusterConfig,
+    key: Option<&GossipKey>,
+) {
+    let first = Cluster::start(make_config(vec![])).await.expect("starts");
+    let seed = first.addresses().gossip.to_string();
+    let mut members = vec![first];
+    for _ in 0..2 {
+        members.push(Cluster::start(make_config(vec![seed.clone()])).await.expect("joins"));
+    }
+    wait_until(DEADLINE, "three members vote and are recorded", || ready(settled(&members, 3, 0))).await;
+
+    // A port of its own for the second phantom's service address, held so no one else gets it.
+    let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (m2, m3) = (members[1].addresses(), members[2].addresses());
+    let both = phantom(key, &seed, m2.raft.port(), m2.service.port(), members[0].config()).await;
+    let raft_only =
+        phantom(key, &seed, m3.raft.port(), own.local_addr().unwrap().port(), members[0].config()).await;
+    let phantoms = [Membership::member_id(&both), Membership::member_id(&raft_only)];
+    wait_until(DEADLINE, "every member sees both phantoms in gossip", || {
+        ready(members.iter().all(|m| {
+            let live = m.live_members();
+            phantoms.iter().all(|id| live.iter().any(|l| l.member_id == *id))
+        }))
+    })
+    .await;
+
+    // A real member joins after them: the housekeeping that admits it has
+    // seen the phantoms too.
+    members.push(Cluster::start(make_config(vec![seed.clone()])).await.expect("joins"));
+    wait_until(DEADLINE, "four members are recorded, three voting", || ready(settled(&members, 3, 1))).await;
+    assert_eq!(members[3].short_id().get(), 4, "a phantom took a short id");
+    for m in &members {
+        let status = m.consensus_status();
+        let records = m.members().expect("records");
+        assert_eq!(records.len(), 4, "records: {records:?}");
+        for id in phantoms {
+            assert!(!status.all_members().contains(&id), "phantom {id} in raft");
+            assert!(records.iter().all(|r| r.member_id != id), "phantom {id} recorded");
+        }
+        for real in &members[1..3] {
+            assert!(status.voters.contains_key(&real.member_id()), "{} lost its vote", real.member_id());
+        }
+    }
+    Membership::stop(&both).await.unwrap();
+    Membership::stop(&raft_only).await.unwrap();
+    shutdown_all(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_a_phantom_with_a_members_address_is_never_admitted() {
+    init_tracing();
+    phantoms_with_duplicate_addresses_are_never_admitted(|seeds| config(seeds, 3), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_a_phantom_with_a_members_address_is_never_admitted() {
+    init_tracing();
+    let ca = CertificateAuthority::generate("facade-test").unwrap();
+    let key = GossipKey::generate();
+    phantoms_with_duplicate_addresses_are_never_admitted(|seeds| member_config(&ca, &key, seeds), Some(&key))
+        .await;
 }
