@@ -71,7 +71,8 @@ pub struct ClusterConfig {
     /// Bounds of the raft and service ports and of their clients (the frame
     /// limit is `raft.max_frame_bytes`, the request timeout `timeouts.operation_ms`).
     pub limits: cluster_rpc::Limits,
-    /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key`, in
+    /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key` and
+    /// optionally `crl`, in
     /// PEM; `carbon tls init` makes them). Loaded at start into
     /// [`security`](ClusterConfig::security) unless that is set already.
     pub tls: Option<cluster_rpc::TlsFiles>,

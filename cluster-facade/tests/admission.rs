@@ -1,5 +1,5 @@
 //! Admission: a gossip member that holds the cluster's gossip key but not a
-//! member certificate of its CA (with TLS), or that advertises the raft or
+//! member certificate of its CA naming its member id (with TLS), or that advertises the raft or
 //! service address of a member (plain TCP and TLS alike), never becomes a
 //! raft member, a record or a short-id holder, however true its tags look.
 
@@ -23,8 +23,16 @@ fn tls(ca: &CertificateAuthority, role: Role) -> Tls {
     Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).unwrap()
 }
 
+/// A member certificate naming `member`, as `carbon tls init` and `tls issue` make them.
+fn member_tls(ca: &CertificateAuthority, member: MemberId) -> Tls {
+    let c = ca.issue_member(member, "t").unwrap();
+    Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).unwrap()
+}
+
+/// A member with a certificate of its own (naming a fresh member id, which it runs as).
 fn member_config(ca: &CertificateAuthority, key: &GossipKey, seeds: Vec<String>) -> ClusterConfig {
-    let mut c = ClusterConfig { security: Security::Tls(tls(ca, Role::Member)), ..config(seeds, 3) };
+    let security = Security::Tls(member_tls(ca, MemberId::generate()));
+    let mut c = ClusterConfig { security, ..config(seeds, 3) };
     c.gossip_keys.0 = vec![key.to_base64()];
     c
 }
@@ -94,10 +102,14 @@ async fn a_gossip_member_without_a_member_certificate_is_never_admitted() {
     let seed = first.addresses().gossip.to_string();
     let mut members = vec![first];
 
-    // Two impostors with the gossip key: one's raft port shows a member
-    // certificate of another CA, the other's never speaks TLS.
+    // Three impostors with the gossip key: one's raft port shows a member
+    // certificate of another CA, one's a member certificate of this CA that
+    // names another member (stolen, or issued for someone else), and the
+    // third's never speaks TLS.
     let (foreign_port, foreign_task) = tls_port(tls(&other, Role::Member)).await;
     let foreign = impostor(&key, &seed, foreign_port, members[0].config()).await;
+    let (stolen_port, stolen_task) = tls_port(member_tls(&ca, MemberId::generate())).await;
+    let stolen = impostor(&key, &seed, stolen_port, members[0].config()).await;
     let (plain_port, plain_task) = {
         // A port that accepts and never speaks TLS.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -113,8 +125,9 @@ async fn a_gossip_member_without_a_member_certificate_is_never_admitted() {
         )
     };
     let silent = impostor(&key, &seed, plain_port, members[0].config()).await;
-    let impostors = [Membership::member_id(&foreign), Membership::member_id(&silent)];
-    wait_until(DEADLINE, "the leader sees both impostors in gossip", || {
+    let impostors =
+        [Membership::member_id(&foreign), Membership::member_id(&stolen), Membership::member_id(&silent)];
+    wait_until(DEADLINE, "the leader sees the impostors in gossip", || {
         ready({
             let live = members[0].live_members();
             impostors.iter().all(|id| live.iter().any(|m| m.member_id == *id))
@@ -136,9 +149,21 @@ async fn a_gossip_member_without_a_member_certificate_is_never_admitted() {
             assert!(records.iter().all(|r| r.member_id != id), "impostor {id} recorded");
         }
     }
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(
+            m.member_id().to_string(),
+            {
+                let Security::Tls(tls) = &m.config().security else { unreachable!("TLS members") };
+                tls.identity().expect("its certificate names it").member_id.to_string()
+            },
+            "member {i} runs as the member id its certificate names"
+        );
+    }
     Membership::stop(&foreign).await.unwrap();
+    Membership::stop(&stolen).await.unwrap();
     Membership::stop(&silent).await.unwrap();
     foreign_task.abort();
+    stolen_task.abort();
     plain_task.abort();
     shutdown_all(members).await;
 }
@@ -180,6 +205,11 @@ async fn phantoms_with_duplicate_addresses_are_never_admitted(
     members.push(Cluster::start(make_config(vec![seed.clone()])).await.expect("joins"));
     wait_until(DEADLINE, "four members are recorded, three voting", || ready(settled(&members, 3, 1))).await;
     assert_eq!(members[3].short_id().get(), 4, "a phantom took a short id");
+    // Followers apply the last records a moment after the leader.
+    wait_until(DEADLINE, "every member applied the four records", || {
+        ready(members.iter().all(|m| m.members().is_ok_and(|r| r.len() >= 4)))
+    })
+    .await;
     for m in &members {
         let status = m.consensus_status();
         let records = m.members().expect("records");

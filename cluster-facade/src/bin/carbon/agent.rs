@@ -209,6 +209,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         Err(ClusterError::Start { source: source @ cluster_core::Error::CorruptState { .. }, .. }) => {
             return Err(Failure::corrupt(format!("cannot start the member: {source}")));
         }
+        Err(e @ ClusterError::IdentityMismatch { .. }) => {
+            return Err(Failure::usage(format!("cannot start the member: {e}")));
+        }
         Err(e) => return Err(Failure::other(anyhow::Error::new(e).context("cannot start the member"))),
     };
     let start_line = |short_id| {
