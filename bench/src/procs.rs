@@ -171,12 +171,20 @@ impl CarbonCluster {
     pub async fn add(&mut self) -> Result<Duration> {
         let name = format!("carbon-{}-{}", self.tag, self.spawned);
         self.spawned += 1;
-        let mut args: Vec<String> = ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec();
+        let mut args: Vec<String> =
+            ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec();
         if let Some(certs) = &self.certs {
-            let issued = cluster_facade::rpc::tls::generate::issue_into(certs, certs, cluster_facade::rpc::Role::Member, None)?;
-            for (flag, path) in
-                [("--tls-ca", &issued.files.ca_cert), ("--tls-cert", &issued.files.cert), ("--tls-key", &issued.files.key)]
-            {
+            let issued = cluster_facade::rpc::tls::generate::issue_into(
+                certs,
+                certs,
+                cluster_facade::rpc::Role::Member,
+                None,
+            )?;
+            for (flag, path) in [
+                ("--tls-ca", &issued.files.ca_cert),
+                ("--tls-cert", &issued.files.cert),
+                ("--tls-key", &issued.files.key),
+            ] {
                 args.extend([flag.to_owned(), path.display().to_string()]);
             }
         }

@@ -60,9 +60,13 @@ impl Credentials {
                 .expect("a member certificate")
                 .files
         };
-        let Some(data_dir) = data_dir else { return issue() };
+        // Under the lock, also without a data dir: two issues at once would
+        // pick the same free file name.
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members.entry(data_dir.to_owned()).or_insert_with(issue).clone()
+        match data_dir {
+            Some(data_dir) => members.entry(data_dir.to_owned()).or_insert_with(issue).clone(),
+            None => issue(),
+        }
     }
 }
 
