@@ -50,15 +50,15 @@ impl Security {
         !matches!(self, Security::Plain)
     }
 
-    /// The server side of a new connection: its stream and the peer's role
-    /// (`None` over plain TCP).
+    /// The server side of a new connection: its stream, the peer's role and
+    /// the member its certificate names (`None` over plain TCP).
     pub(crate) async fn accept(
         &self,
         tcp: TcpStream,
         _peer: SocketAddr,
-    ) -> std::io::Result<(Box<dyn Io>, Option<Role>)> {
+    ) -> std::io::Result<(Box<dyn Io>, Option<Role>, Option<MemberId>)> {
         match self {
-            Security::Plain => Ok((Box::new(tcp), None)),
+            Security::Plain => Ok((Box::new(tcp), None, None)),
             Security::Tls(tls) => {
                 // The current configuration: a reloaded certificate serves new connections.
                 let acceptor = tls.acceptor().map_err(std::io::Error::other)?;
@@ -71,7 +71,8 @@ impl Security {
                         "the peer's certificate carries no role",
                     ));
                 }
-                Ok((Box::new(stream), role))
+                let member = crate::tls::peer_identity(stream.get_ref().1).map(|i| i.member_id);
+                Ok((Box::new(stream), role, member))
             }
         }
     }

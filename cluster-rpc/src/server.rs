@@ -46,6 +46,9 @@ pub struct Caller {
     pub addr: SocketAddr,
     /// The role in the peer's verified certificate; `None` over plain TCP.
     pub role: Option<Role>,
+    /// The member the peer's verified certificate names; `None` over plain
+    /// TCP, for clients, and for certificates made before identities.
+    pub member: Option<cluster_core::MemberId>,
 }
 
 /// A handler's reply to one request.
@@ -309,7 +312,7 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
     }
     let secured =
         tokio::time::timeout(limits.handshake_timeout, shared.config.security.accept(tcp, peer)).await;
-    let (io, role) = match secured {
+    let (io, role, member) = match secured {
         Ok(Ok(secured)) => secured,
         Ok(Err(e)) => {
             shared.log.note(peer.ip(), "handshake refused", &e);
@@ -334,7 +337,7 @@ async fn connection<H: Handler>(tcp: TcpStream, peer: SocketAddr, mut slot: Slot
         }
         Some(Role::Client) => None,
     };
-    let caller = Caller { addr: peer, role };
+    let caller = Caller { addr: peer, role, member };
     run(io, caller, &shared, refusal).await;
     drop(slot);
 }
