@@ -89,6 +89,9 @@ pub struct CarbonCluster {
     /// How the bench's clients connect (TLS with a client certificate when
     /// the agents run on TLS).
     security: cluster_facade::rpc::Security,
+    /// The CA directory that gives each agent a member certificate of its
+    /// own (naming its member id), when the agents run on TLS.
+    certs: Option<PathBuf>,
 }
 
 impl CarbonCluster {
@@ -109,7 +112,7 @@ impl CarbonCluster {
         tag: &str,
         config: Option<PathBuf>,
     ) -> Result<Self> {
-        Self::start_full(carbon, dir, n, durable, tag, config, cluster_facade::rpc::Security::Plain).await
+        Self::start_full(carbon, dir, n, durable, tag, config, None).await
     }
 
     /// [`start`](Self::start) as production runs it: mutual TLS on the raft
@@ -118,16 +121,16 @@ impl CarbonCluster {
     pub async fn start_secure(carbon: &Path, dir: &Path, n: usize, durable: bool, tag: &str) -> Result<Self> {
         use cluster_facade::rpc::tls::generate::write_bundle;
         let certs = dir.join(format!("{tag}-certs"));
-        let bundle = write_bundle(&certs, &format!("bench-{tag}"), 1)?;
-        let member = &bundle.members[0];
+        // The CA and the client certificate; each agent gets its own member
+        // certificate when it is spawned.
+        let bundle = write_bundle(&certs, &format!("bench-{tag}"), 0)?;
         let config = dir.join(format!("{tag}-secure.toml"));
         let key = cluster_facade::GossipKey::generate().to_base64();
-        let (keys, tables) = integration_tests::harness::security::agent_toml_with(member, &key);
-        let toml = keys + &tables;
+        let toml = format!("gossip_keys = [{key:?}]\n");
         std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
         let client = cluster_facade::rpc::Tls::from_files(bundle.client.clone())?;
         let security = cluster_facade::rpc::Security::Tls(client);
-        Self::start_full(carbon, dir, n, durable, tag, Some(config), security).await
+        Self::start_full(carbon, dir, n, durable, tag, Some(config), Some((security, certs))).await
     }
 
     async fn start_full(
@@ -137,8 +140,13 @@ impl CarbonCluster {
         durable: bool,
         tag: &str,
         config: Option<PathBuf>,
-        security: cluster_facade::rpc::Security,
+        // With TLS: the clients' security and the CA directory of the members' certificates.
+        tls: Option<(cluster_facade::rpc::Security, PathBuf)>,
     ) -> Result<Self> {
+        let (security, certs) = match tls {
+            Some((security, certs)) => (security, Some(certs)),
+            None => (cluster_facade::rpc::Security::Plain, None),
+        };
         let mut c = CarbonCluster {
             agents: Vec::new(),
             cluster_id: format!("bench-{tag}"),
@@ -149,6 +157,7 @@ impl CarbonCluster {
             config,
             spawned: 0,
             security,
+            certs,
         };
         for _ in 0..n {
             c.add().await?;
@@ -162,6 +171,23 @@ impl CarbonCluster {
     pub async fn add(&mut self) -> Result<Duration> {
         let name = format!("carbon-{}-{}", self.tag, self.spawned);
         self.spawned += 1;
+        let mut args: Vec<String> =
+            ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec();
+        if let Some(certs) = &self.certs {
+            let issued = cluster_facade::rpc::tls::generate::issue_into(
+                certs,
+                certs,
+                cluster_facade::rpc::Role::Member,
+                None,
+            )?;
+            for (flag, path) in [
+                ("--tls-ca", &issued.files.ca_cert),
+                ("--tls-cert", &issued.files.cert),
+                ("--tls-key", &issued.files.key),
+            ] {
+                args.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        }
         let spec = AgentSpec {
             name: name.clone(),
             binary: Some(self.carbon.clone()),
@@ -170,7 +196,7 @@ impl CarbonCluster {
             seeds: self.agents.first().map(|first| first.gossip.clone()).into_iter().collect(),
             data_dir: self.durable.then(|| self.dir.join(&name)),
             config_file: self.config.clone(),
-            args: ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec(),
+            args,
             log_file: self.dir.join(format!("{name}.log")),
             wrapper: Vec::new(),
         };

@@ -282,3 +282,56 @@ async fn a_full_store_refuses_writes_keeps_reads_and_deletes_and_recovers() {
     assert!(leader.set("after", vec![7; 1000]).await.unwrap());
     cluster.shutdown().await;
 }
+
+/// With member certificates that name their member, a connection speaks
+/// for its certificate's member only: a member-certified caller claiming
+/// another member's vote is refused with a typed answer before raft sees
+/// it, and the member keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certified_caller_cannot_speak_for_another_member() {
+    use cluster_rpc::tls::generate::CertificateAuthority;
+    use cluster_rpc::{Security, Settings, Tls};
+    common::init_tracing();
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let tls = |id: MemberId| {
+        let c = ca.issue_member(id, "m").expect("issue");
+        Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).expect("load")
+    };
+    let mut config = common::config(None);
+    config.transport =
+        Settings { security: Security::Tls(tls(config.member_id)), ..Default::default() }.into_transport();
+    let store = RaftStore::open(config).await.expect("open");
+    store.bootstrap().await.expect("bootstrap");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !store.status().is_leader() {
+        assert!(std::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The caller holds a member certificate of the cluster's CA naming `holder`.
+    let (holder, victim) = (MemberId::generate(), MemberId::generate());
+    let send = |claimed: MemberId| {
+        let connector = tls(holder).connector();
+        let addr = store.raft_addr();
+        async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let stream = connector.connect(Tls::server_name(), tcp).await.expect("handshake");
+            let mut framed = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24));
+            let rpc = RaftRpc::Vote(VoteRequest { vote: Vote::new(3, claimed), last_log_id: None });
+            framed.send(Frame { request_id: 1, body: rpc }).await.expect("send");
+            let answer = tokio::time::timeout(DEADLINE, framed.next()).await.expect("an answer in time");
+            answer.expect("an answer").expect("a frame").expect("of this cluster").body
+        }
+    };
+    let reply = send(victim).await;
+    assert_eq!(
+        guarded(&reply),
+        Some(&GuardError::NotTheSender { claimed: victim, certified: holder }),
+        "{reply:?}"
+    );
+    // Claiming itself passes this check (openraft answers a stranger's vote).
+    let reply = send(holder).await;
+    assert!(!matches!(guarded(&reply), Some(GuardError::NotTheSender { .. })), "{reply:?}");
+    assert!(store.set("after", vec![1]).await.expect("a write after the attempt"));
+    store.shutdown().await.expect("shutdown");
+}

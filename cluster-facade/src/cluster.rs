@@ -134,7 +134,12 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     /// anything starts; a failure later stops what was started.
     pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
         config.validate()?;
-        let member_id = identity::load_or_create(config.data_dir.as_deref(), &config.cluster_id)?;
+        // A certificate that names a member decides who this member is.
+        let named = match &config.security {
+            cluster_rpc::Security::Tls(tls) => tls.identity().map(|i| i.member_id),
+            _ => None,
+        };
+        let member_id = identity::load_or_create(config.data_dir.as_deref(), &config.cluster_id, named)?;
         let span = info_span!("member", id = %member_id);
         let mut started = Started::nothing();
         match Self::choreography(config, member_id, &mut started).instrument(span).await {

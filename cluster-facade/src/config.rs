@@ -77,7 +77,8 @@ pub struct ClusterConfig {
     /// `timeouts.operation_ms`), and of the HTTP port (the `http_*` fields).
     #[serde(deserialize_with = "crate::duration::limits")]
     pub limits: Limits,
-    /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key`, in
+    /// Mutual TLS from files (`[tls]` in TOML: `ca_cert`, `cert`, `key` and
+    /// optionally `crl`, in
     /// PEM; `carbon tls init` makes them). Loaded at start into
     /// [`security`](ClusterConfig::security) unless that is set already.
     pub tls: Option<cluster_rpc::TlsFiles>,

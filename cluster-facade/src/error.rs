@@ -34,6 +34,21 @@ pub enum ClusterError {
         /// The cluster id this member was started with.
         configured: String,
     },
+    /// The member's certificate names another member id than its data
+    /// directory holds: the certificate is another member's, or the data
+    /// directory is. Nothing was started.
+    #[error(
+        "data directory {data_dir} holds member id {held} but the member certificate names member id {named}: \
+         use this member's own certificate, or an empty data directory to start as {named}"
+    )]
+    IdentityMismatch {
+        /// The data directory.
+        data_dir: String,
+        /// The member id the data directory holds.
+        held: cluster_core::MemberId,
+        /// The member id the certificate names.
+        named: cluster_core::MemberId,
+    },
     /// A step of the startup choreography failed; what was started is stopped again.
     #[error("starting {stage} failed: {source}")]
     Start {
@@ -67,6 +82,7 @@ impl ClusterError {
         match self {
             ClusterError::Config(_) | ClusterError::OtherCluster { .. } => ErrorKind::Invalid,
             ClusterError::DataDir { .. } => ErrorKind::Storage,
+            ClusterError::IdentityMismatch { .. } => ErrorKind::Invalid,
             ClusterError::Start { source, .. } | ClusterError::Store(source) => source.kind(),
             ClusterError::StartTimeout { .. } => ErrorKind::Unavailable,
         }

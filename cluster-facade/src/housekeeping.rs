@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
-    DepartureTimeouts, Departures, Health, PlanMember, RaftMembership, RecordChange, RecordFacts, Refusal,
-    VoterChange, admit, plan_endpoint_updates, plan_records, plan_voters,
+    AddressFacts, DepartureTimeouts, Departures, Health, PlanMember, RaftMembership, RecordChange,
+    RecordFacts, Refusal, VoterChange, admit, plan_endpoint_updates, plan_records, plan_voters,
+    refuse_duplicate_addresses,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
@@ -319,42 +320,57 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
         self.departures.retain(|id| known.contains(&id) || short_ids.contains_key(&id));
     }
 
-    /// The live gossip members that pass admission ([`admit`]) and, with
-    /// TLS, proved a member certificate on their raft endpoint (unless raft
-    /// already reaches them there): only they can become raft members, hold
-    /// short ids or have records. A refusal is logged once per member and
-    /// reason; missing tags (a member starting) only at debug.
+    /// The live gossip members that pass admission ([`admit`]), advertise
+    /// no address another member holds ([`refuse_duplicate_addresses`])
+    /// and, with TLS, proved a member certificate on their raft endpoint
+    /// (unless raft already reaches them there): only they can become raft
+    /// members, hold short ids or have records. A refusal is logged once per
+    /// member and reason; missing tags (a member starting) only at debug.
     fn admitted(&mut self) -> BTreeMap<MemberId, MemberInfo> {
         let mut admitted = BTreeMap::new();
         let mut refused = HashMap::new();
         let status = self.store.status();
-        let raft_addr_of = |id: &MemberId| {
-            status.voters.get(id).or_else(|| status.nonvoters.get(id)).map(|e| e.raft_addr.clone())
-        };
+        let in_raft: BTreeMap<MemberId, Endpoints> =
+            status.voters.iter().chain(&status.nonvoters).map(|(id, e)| (*id, e.clone())).collect();
         let members = self.membership.members();
+        let mut candidates = Vec::new();
+        let mut refusals = Vec::new();
         for m in &members {
             match admit(m) {
-                Ok(info) => {
-                    let raft_addr = info.raft_addr();
-                    if m.id == self.me
-                        || raft_addr_of(&m.id).as_deref() == Some(raft_addr.as_str())
-                        || self.settings.proofs.proven(m.id, &raft_addr)
-                    {
-                        admitted.insert(m.id, info);
-                    }
-                }
-                Err(refusal) => {
-                    let reason = refusal.to_string();
-                    if self.refused.get(&m.id) != Some(&reason) {
-                        if matches!(refusal, Refusal::Tags(_)) {
-                            debug!(member = %self.me, of = %m.id, %reason, "gossip member not admitted yet");
-                        } else {
-                            warn!(member = %self.me, of = %m.id, %reason, "gossip member refused");
-                        }
-                    }
-                    refused.insert(m.id, reason);
+                Ok(info) => candidates.push(info),
+                Err(refusal) => refusals.push((m.id, refusal)),
+            }
+        }
+        let short_ids = self.store.short_ids().unwrap_or_default();
+        let mut duplicates = refuse_duplicate_addresses(&AddressFacts {
+            leader: self.me,
+            candidates: &candidates,
+            raft: &in_raft,
+            short_ids: &short_ids,
+        });
+        for info in candidates {
+            if let Some(refusal) = duplicates.remove(&info.member_id) {
+                refusals.push((info.member_id, refusal));
+                continue;
+            }
+            let raft_addr = info.raft_addr();
+            if info.member_id == self.me
+                || in_raft.get(&info.member_id).map(|e| e.raft_addr.as_str()) == Some(raft_addr.as_str())
+                || self.settings.proofs.proven(info.member_id, &raft_addr)
+            {
+                admitted.insert(info.member_id, info);
+            }
+        }
+        for (id, refusal) in refusals {
+            let reason = refusal.to_string();
+            if self.refused.get(&id) != Some(&reason) {
+                if matches!(refusal, Refusal::Tags(_)) {
+                    debug!(member = %self.me, of = %id, %reason, "gossip member not admitted yet");
+                } else {
+                    warn!(member = %self.me, of = %id, %reason, "gossip member refused");
                 }
             }
+            refused.insert(id, reason);
         }
         self.refused = refused;
         self.settings.proofs.retain(|id| members.iter().any(|m| m.id == *id));

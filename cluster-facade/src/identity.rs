@@ -21,22 +21,38 @@ const MEMBER_ID_FILE: &str = "member_id";
 const CLUSTER_ID_FILE: &str = "cluster_id";
 
 /// The member id kept in `data_dir`, created there on first use; a fresh one
-/// when there is no data directory.
+/// when there is no data directory. `named` is the member id the member's
+/// certificate names, if it names one: a new data directory adopts it, one
+/// that holds another member id is refused (the certificate is another
+/// member's, or the data directory is).
 ///
 /// The data directory is made private first ([`data_dir::prepare`]), and
 /// must belong to `cluster_id`: one written by another cluster is refused
 /// with [`ClusterError::OtherCluster`]. A data directory from before the
 /// cluster id was kept adopts `cluster_id`.
-pub(crate) fn load_or_create(data_dir: Option<&Path>, cluster_id: &str) -> Result<MemberId, ClusterError> {
-    let Some(dir) = data_dir else { return Ok(MemberId::generate()) };
+pub(crate) fn load_or_create(
+    data_dir: Option<&Path>,
+    cluster_id: &str,
+    named: Option<MemberId>,
+) -> Result<MemberId, ClusterError> {
+    let Some(dir) = data_dir else { return Ok(named.unwrap_or_else(MemberId::generate)) };
     let err = |reason: String| ClusterError::DataDir { path: dir.display().to_string(), reason };
     data_dir::prepare(dir).map_err(|e| err(format!("cannot create it or make it private: {e}")))?;
     check_cluster_id(dir, cluster_id)?;
     let path = dir.join(MEMBER_ID_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map_err(|e| err(format!("{MEMBER_ID_FILE} is corrupt: {e}"))),
+        Ok(text) => {
+            let held: MemberId =
+                text.trim().parse().map_err(|e| err(format!("{MEMBER_ID_FILE} is corrupt: {e}")))?;
+            match named {
+                Some(named) if named != held => {
+                    Err(ClusterError::IdentityMismatch { data_dir: dir.display().to_string(), held, named })
+                }
+                _ => Ok(held),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = MemberId::generate();
+            let id = named.unwrap_or_else(MemberId::generate);
             write_atomically(dir, MEMBER_ID_FILE, &id.to_string())
                 .map_err(|e| err(format!("cannot write {MEMBER_ID_FILE}: {e}")))?;
             Ok(id)
@@ -92,25 +108,25 @@ mod tests {
     #[test]
     fn the_id_is_kept_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create(Some(dir.path()), "c").unwrap();
-        let b = load_or_create(Some(dir.path()), "c").unwrap();
+        let a = load_or_create(Some(dir.path()), "c", None).unwrap();
+        let b = load_or_create(Some(dir.path()), "c", None).unwrap();
         assert_eq!(a, b);
-        assert_ne!(load_or_create(None, "c").unwrap(), a);
+        assert_ne!(load_or_create(None, "c", None).unwrap(), a);
     }
 
     #[test]
     fn a_corrupt_id_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(MEMBER_ID_FILE), "garbage").unwrap();
-        let err = load_or_create(Some(dir.path()), "c").unwrap_err();
+        let err = load_or_create(Some(dir.path()), "c", None).unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 
     #[test]
     fn a_data_dir_of_another_cluster_is_refused_naming_its_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_create(Some(dir.path()), "blue").unwrap();
-        let err = load_or_create(Some(dir.path()), "green").unwrap_err();
+        load_or_create(Some(dir.path()), "blue", None).unwrap();
+        let err = load_or_create(Some(dir.path()), "green", None).unwrap_err();
         assert!(matches!(&err, ClusterError::OtherCluster { recorded, .. } if recorded == "blue"), "{err}");
         assert!(err.to_string().contains("\"blue\""), "{err}");
         assert_eq!(err.kind(), cluster_core::ErrorKind::Invalid);
@@ -119,9 +135,31 @@ mod tests {
     #[test]
     fn an_old_data_dir_adopts_the_cluster_id() {
         let dir = tempfile::tempdir().unwrap();
-        let id = load_or_create(Some(dir.path()), "blue").unwrap();
+        let id = load_or_create(Some(dir.path()), "blue", None).unwrap();
         fs::remove_file(dir.path().join(CLUSTER_ID_FILE)).unwrap();
-        assert_eq!(load_or_create(Some(dir.path()), "green").unwrap(), id);
-        assert!(load_or_create(Some(dir.path()), "blue").is_err(), "green was recorded");
+        assert_eq!(load_or_create(Some(dir.path()), "green", None).unwrap(), id);
+        assert!(load_or_create(Some(dir.path()), "blue", None).is_err(), "green was recorded");
+    }
+
+    #[test]
+    fn the_id_a_certificate_names_is_adopted_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = MemberId::generate();
+        assert_eq!(
+            load_or_create(Some(dir.path()), "c", Some(named)).unwrap(),
+            named,
+            "a new data dir adopts it"
+        );
+        assert_eq!(load_or_create(Some(dir.path()), "c", Some(named)).unwrap(), named);
+        assert_eq!(
+            load_or_create(Some(dir.path()), "c", None).unwrap(),
+            named,
+            "kept without a certificate id"
+        );
+        let other = MemberId::generate();
+        let err = load_or_create(Some(dir.path()), "c", Some(other)).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&named.to_string()) && text.contains(&other.to_string()), "{text}");
+        assert_eq!(load_or_create(None, "c", Some(other)).unwrap(), other, "in memory too");
     }
 }

@@ -1,6 +1,7 @@
 //! Proofs of membership: before the leader makes a gossip member a raft
 //! member, a record or a short-id holder, the member's raft endpoint must
-//! prove that it holds a member certificate of this cluster's CA (with TLS).
+//! prove that it holds a member certificate of this cluster's CA that names
+//! the member id the gossip member claims (with TLS).
 //!
 //! Gossip tags are only what a member claims; a gossip key only shows that
 //! its holder was once given one. A certificate is what the cluster's CA
@@ -92,7 +93,7 @@ impl MemberProofs {
         // Finished proofs leave the set here, so it holds only those under way.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            let outcome = security.prove_member(&addr, timeout).await;
+            let outcome = security.prove_member(&addr, member, timeout).await;
             let mut state = lock(&shared);
             // Only the proof still asked for counts (not one of an address
             // the member has since moved away from, nor of a member forgotten).
@@ -109,7 +110,7 @@ impl MemberProofs {
                         of = %member,
                         raft = %addr,
                         error = %cluster_rpc::chain(&e),
-                        "gossip member not admitted: its raft endpoint holds no member certificate of this cluster"
+                        "gossip member not admitted: its raft endpoint holds no member certificate of this cluster naming it"
                     );
                     state.insert(member, Proof::Failed { raft_addr: addr, at: Instant::now() });
                 }

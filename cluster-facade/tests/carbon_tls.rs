@@ -1,4 +1,5 @@
-//! `carbon tls init`: the files it writes, their modes, and its refusals.
+//! `carbon tls init` and `carbon tls issue`: the files they write, their
+//! modes, their refusals, and the member id a certificate gives an agent.
 
 mod agent;
 
@@ -46,6 +47,7 @@ fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
             ca_cert: dir.path().join("ca.pem"),
             cert: dir.path().join(cert),
             key: dir.path().join(key),
+            crl: None,
         })
         .unwrap()
     };
@@ -286,4 +288,137 @@ fn carbon_keys_rotates_the_gossip_key_on_every_member_and_a_restarted_member_kee
         &operator,
         |v| v["members_answered"] == 3 && v["keys"] == expected,
     );
+}
+
+/// The member id `carbon tls issue --member` printed.
+fn issued_member_id(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words.windows(2).position(|w| w == ["for", "member"]).expect("names the member") + 2;
+    words[at].to_owned()
+}
+
+/// Waits (bounded) for `child` to exit; kills it and fails if it does not.
+fn exit_of(mut child: std::process::Child) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tls_issue_adds_certificates_and_an_agent_runs_as_the_member_its_certificate_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(carbon().args(["tls", "init", "--members", "1"]).arg(&certs).status().unwrap().success());
+    // One more member, into the CA directory `tls init` refuses to run in again.
+    let issue = carbon().args(["tls", "issue", "--member", "--dir"]).arg(&certs).output().unwrap();
+    assert!(issue.status.success(), "{}", String::from_utf8_lossy(&issue.stderr));
+    let id = issued_member_id(&issue.stdout);
+    assert!(certs.join("member-2.pem").exists() && certs.join("member-2-key.pem").exists());
+
+    // A new data dir takes the member id of the certificate.
+    let data = dir.path().join("data");
+    let args = |name: &str| {
+        let mut a: Vec<String> =
+            ["--host", "127.0.0.1", "--cluster-id", "tls-test"].iter().map(|s| s.to_string()).collect();
+        a.extend(["--data-dir".to_owned(), data.display().to_string()]);
+        a.extend(tls_flags(&certs, name));
+        a
+    };
+    let agent = Agent::spawn(&args("member-2"));
+    assert_eq!(agent.member_id, id, "the member runs as its certificate's member id");
+    assert!(agent.stop().success());
+
+    // That data dir with another member's certificate: exit 2, naming both ids.
+    let child = carbon()
+        .arg("agent")
+        .args(args("member-1"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = exit_of(child);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&id), "names the data dir's member id: {stderr}");
+    let cert_pem = std::fs::read_to_string(certs.join("member-1.pem")).unwrap();
+    let tls = cluster_facade::rpc::Tls::from_pem(
+        &std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
+        &cert_pem,
+        &std::fs::read_to_string(certs.join("member-1-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let other = tls.identity().expect("tls init's certificates name their member").member_id.to_string();
+    assert!(stderr.contains(&other), "names the certificate's member id: {stderr}");
+
+    // A client certificate, written elsewhere: it names no member.
+    let out = dir.path().join("clients");
+    let client = carbon()
+        .args(["tls", "issue", "--client", "--dir"])
+        .arg(&certs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(client.status.success(), "{}", String::from_utf8_lossy(&client.stderr));
+    let tls = cluster_facade::rpc::Tls::from_files(cluster_facade::rpc::TlsFiles {
+        ca_cert: certs.join("ca.pem"),
+        cert: out.join("client.pem"),
+        key: out.join("client-key.pem"),
+        crl: None,
+    })
+    .unwrap();
+    assert_eq!((tls.role(), tls.identity()), (cluster_facade::rpc::Role::Client, None));
+
+    // Revoking member-2 writes the CA directory's revocation list; with it
+    // the member cannot start any more (its own certificate is on it).
+    let revoke = carbon()
+        .args(["tls", "revoke"])
+        .arg(certs.join("member-2.pem"))
+        .arg("--dir")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert!(certs.join("crl.pem").exists());
+    let mut revoked_args = args("member-2");
+    revoked_args.extend(["--tls-crl".to_owned(), certs.join("crl.pem").display().to_string()]);
+    let child = carbon()
+        .arg("agent")
+        .args(revoked_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = exit_of(child);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Another CA's certificate cannot be revoked here.
+    let other = dir.path().join("other");
+    assert!(carbon().args(["tls", "init", "--members", "1"]).arg(&other).status().unwrap().success());
+    let foreign = carbon()
+        .args(["tls", "revoke"])
+        .arg(other.join("member-1.pem"))
+        .arg("--dir")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert_eq!(foreign.status.code(), Some(2));
+
+    // Neither --member nor --client, or no CA there: usage errors.
+    assert_eq!(carbon().args(["tls", "issue", "--dir"]).arg(&certs).output().unwrap().status.code(), Some(2));
+    let nowhere = carbon().args(["tls", "issue", "--member", "--dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(nowhere.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("ca.pem"));
 }

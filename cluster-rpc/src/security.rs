@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use cluster_core::MemberId;
+
 use crate::{Role, Tls};
 
 /// A connection's byte stream, plain or TLS.
@@ -48,15 +50,15 @@ impl Security {
         !matches!(self, Security::Plain)
     }
 
-    /// The server side of a new connection: its stream and the peer's role
-    /// (`None` over plain TCP).
+    /// The server side of a new connection: its stream, the peer's role and
+    /// the member its certificate names (`None` over plain TCP).
     pub(crate) async fn accept(
         &self,
         tcp: TcpStream,
         _peer: SocketAddr,
-    ) -> std::io::Result<(Box<dyn Io>, Option<Role>)> {
+    ) -> std::io::Result<(Box<dyn Io>, Option<Role>, Option<MemberId>)> {
         match self {
-            Security::Plain => Ok((Box::new(tcp), None)),
+            Security::Plain => Ok((Box::new(tcp), None, None)),
             Security::Tls(tls) => {
                 // The current configuration: a reloaded certificate serves new connections.
                 let acceptor = tls.acceptor().map_err(std::io::Error::other)?;
@@ -69,7 +71,8 @@ impl Security {
                         "the peer's certificate carries no role",
                     ));
                 }
-                Ok((Box::new(stream), role))
+                let member = crate::tls::peer_identity(stream.get_ref().1).map(|i| i.member_id);
+                Ok((Box::new(stream), role, member))
             }
         }
     }
@@ -87,36 +90,59 @@ impl Security {
 }
 
 impl Security {
-    /// Proves that whoever listens at `addr` holds a member certificate of
-    /// this cluster's CA: a TLS handshake in which the server's certificate
-    /// must chain to the CA and carry the member role. Nothing is sent after
-    /// it. Over plain TCP nobody can prove anything, and nothing is asked:
-    /// `Ok` at once (a cluster without TLS trusts its network).
+    /// Proves that whoever listens at `addr` is `member`: a TLS handshake in
+    /// which the server's certificate must chain to this cluster's CA, carry
+    /// the member role and name `member` as its member id. Nothing is sent
+    /// after it. Over plain TCP nobody can prove anything, and nothing is
+    /// asked: `Ok` at once (a cluster without TLS trusts its network).
     ///
     /// The leader asks this of a gossip member's raft endpoint before it
     /// makes the member a raft member: gossip tags are only what a member
-    /// claims, a certificate is what the cluster's CA signed.
+    /// claims, a certificate is what the cluster's CA signed. Certificates
+    /// made before member identities name no member: while this member's
+    /// own certificate names none either, such a certificate proves the
+    /// role only; once it names one, the peer's must too.
     pub async fn prove_member(
         &self,
         addr: &str,
+        member: MemberId,
         timeout: std::time::Duration,
     ) -> Result<(), crate::RpcError> {
         use crate::RpcError;
-        if !self.is_tls() {
-            return Ok(());
-        }
+        let Security::Tls(tls) = self else { return Ok(()) };
         let timed_out =
             |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
+        let refused = |why: String| RpcError::Handshake {
+            addr: addr.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+        };
         let by = tokio::time::Instant::now() + timeout;
         let tcp = match tokio::time::timeout_at(by, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(source)) => return Err(RpcError::Connect { addr: addr.to_owned(), source }),
             Err(_) => return Err(RpcError::Connect { addr: addr.to_owned(), source: timed_out("connect") }),
         };
-        match tokio::time::timeout_at(by, self.connect(tcp)).await {
-            Ok(Ok(_proven)) => Ok(()),
-            Ok(Err(source)) => Err(RpcError::Handshake { addr: addr.to_owned(), source }),
-            Err(_) => Err(RpcError::Handshake { addr: addr.to_owned(), source: timed_out("TLS handshake") }),
+        let stream = match tokio::time::timeout_at(by, tls.connector().connect(Tls::server_name(), tcp)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(RpcError::Handshake { addr: addr.to_owned(), source }),
+            Err(_) => {
+                return Err(RpcError::Handshake {
+                    addr: addr.to_owned(),
+                    source: timed_out("TLS handshake"),
+                });
+            }
+        };
+        match (crate::tls::peer_identity(stream.get_ref().1), tls.identity()) {
+            (Some(named), _) if named.member_id == member => Ok(()),
+            (Some(named), _) => Err(refused(format!(
+                "its member certificate names member {}, not member {member}",
+                named.member_id
+            ))),
+            (None, Some(_)) => Err(refused(format!(
+                "its member certificate names no member id (made before identities): it cannot prove to be member {member}"
+            ))),
+            (None, None) => Ok(()),
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct Caller {
     pub addr: SocketAddr,
     /// The role in the peer's verified certificate; `None` over plain TCP.
     pub role: Option<Role>,
+    /// The member the peer's verified certificate names; `None` over plain
+    /// TCP, for clients, and for certificates made before identities.
+    pub member: Option<cluster_core::MemberId>,
 }
 
 /// A handler's reply to one request.
@@ -442,7 +445,7 @@ async fn connection<H: Handler>(
         }
         secured = tokio::time::timeout_at(deadline, shared.config.security.accept(tcp, peer)) => secured,
     };
-    let (io, role) = match secured {
+    let (io, role, member) = match secured {
         Ok(Ok(secured)) => secured,
         Ok(Err(e)) => {
             shared.log.note(peer.ip(), "handshake refused", &e);
@@ -457,7 +460,7 @@ async fn connection<H: Handler>(
             return;
         }
     };
-    let caller = Caller { addr: peer, role };
+    let caller = Caller { addr: peer, role, member };
     if !shared.config.security.is_tls() {
         run(io, caller, &shared, None, Entry::FirstFrame(handshake, deadline)).await;
         return;

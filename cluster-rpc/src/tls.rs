@@ -15,11 +15,17 @@
 //!   certificates only client use, which rustls checks as well.
 //! - Validity times are checked on every handshake: an expired certificate is
 //!   refused on either side.
+//! - A member certificate may also name the member that holds it
+//!   ([`identity::CertIdentity`], a URI SAN `carbon://<cluster>/member/<id>`);
+//!   [`peer_identity`] reads it on a connection.
 //!
 //! [`Tls`] holds the current configuration and can be reloaded from its files
 //! ([`Tls::reload`], or [`Tls::spawn_reloader`] on `SIGHUP` and on a change of
 //! the files): new connections use the new certificate, established ones keep
-//! theirs. A reload that fails keeps the configuration in force and says why.
+//! theirs. A reload checks what loading at start checks (the certificate is
+//! signed by the CA, its key fits, it has a role) and also that the holder
+//! stays who it was (same role, same member id). A reload that fails keeps
+//! the configuration in force and says why.
 //!
 //! [`generate`] makes a CA and certificates (`carbon tls init`, tests, the demo).
 //!
@@ -39,6 +45,7 @@
 //! ```
 
 pub mod generate;
+pub mod identity;
 
 use std::fmt;
 use std::io;
@@ -51,11 +58,13 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
+
+use self::identity::{CertIdentity, identity_in};
 
 /// The DNS name every member certificate carries, and that clients verify.
 pub const MEMBER_NAME: &str = "member.carbon-grid";
@@ -101,6 +110,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This holder's private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// The CA's certificate revocation list (PEM), if any: a certificate it
+    /// names is refused at the handshake, whichever side presents it.
+    /// Reloaded with the certificates (`carbon tls revoke` writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
 }
 
 /// Why TLS material could not be used.
@@ -145,6 +159,26 @@ pub enum TlsError {
     /// A client certificate cannot serve: servers need a member certificate.
     #[error("a client certificate cannot serve: a member certificate is needed")]
     NotAMember,
+    /// The certificate's member identity cannot be used: unreadable, more
+    /// than one, or on a client certificate.
+    #[error("{origin}: member identity: {reason}")]
+    Identity {
+        /// Where the certificate came from.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reloaded files would make the holder someone else (another role or
+    /// member id): that takes a restart, never a reload.
+    #[error("{origin}: the new certificate is for {now}, the one in force for {was}: restart to change that")]
+    HolderChanged {
+        /// Where the certificate came from.
+        origin: String,
+        /// Who the certificate in force is for.
+        was: String,
+        /// Who the new one is for.
+        now: String,
+    },
     /// Making a certificate failed.
     #[error("cannot make a certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -153,6 +187,7 @@ pub enum TlsError {
 /// The configuration in force, built from one set of PEM texts.
 struct Loaded {
     role: Role,
+    identity: Option<CertIdentity>,
     server: Option<Arc<ServerConfig>>,
     /// As `server`, but a caller may also come without a certificate (the
     /// HTTP port's health routes); a certificate it presents is verified.
@@ -218,6 +253,11 @@ impl Tls {
         self.current().role
     }
 
+    /// The member identity this holder's certificate names, if any.
+    pub fn identity(&self) -> Option<CertIdentity> {
+        self.current().identity.clone()
+    }
+
     /// The files this configuration reloads from, if any.
     pub fn files(&self) -> Option<&TlsFiles> {
         self.inner.files.as_ref()
@@ -254,12 +294,26 @@ impl Tls {
     }
 
     /// Reads the files again and puts the new configuration in force for new
-    /// connections. `Ok(false)` when there are no files (made in memory). On
-    /// an error the configuration in force stays.
+    /// connections. `Ok(false)` when there are no files (made in memory). The
+    /// new set must pass every check of loading at start and be for the same
+    /// holder (same role, same member identity); on an error the
+    /// configuration in force stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let Some(files) = &self.inner.files else { return Ok(false) };
         let stamp = stamp(files);
         let loaded = load_files(files)?;
+        let current = self.current();
+        let holder = |l: &Loaded| match &l.identity {
+            Some(identity) => format!("{} {}", l.role, identity.member_id),
+            None => format!("a {} without a member id", l.role),
+        };
+        if (current.role, &current.identity) != (loaded.role, &loaded.identity) {
+            return Err(TlsError::HolderChanged {
+                origin: files.cert.display().to_string(),
+                was: holder(&current),
+                now: holder(&loaded),
+            });
+        }
         *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
         *self.inner.stamp.write().unwrap_or_else(|e| e.into_inner()) = Some(stamp);
         Ok(true)
@@ -328,6 +382,14 @@ pub fn peer_role(conn: &rustls::CommonState) -> Option<Role> {
     role_of(leaf)
 }
 
+/// The member identity the peer's verified certificate names on an
+/// established connection; `None` before the handshake, or when it names
+/// none (a client, or a member certificate made before identities).
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<CertIdentity> {
+    let leaf = conn.peer_certificates()?.first()?;
+    identity_in(leaf).ok().flatten()
+}
+
 fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
     let cert = webpki::EndEntityCert::try_from(cert).ok()?;
     [Role::Member, Role::Client].into_iter().find(|role| {
@@ -335,6 +397,28 @@ fn role_of(cert: &CertificateDer<'_>) -> Option<Role> {
             .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
             .unwrap_or(false)
     })
+}
+
+/// Whether `cert` is signed by the CA in `ca_pem` (its validity time aside):
+/// `carbon tls revoke` lists only the CA's own certificates.
+pub(crate) fn signed_by_ca(ca_pem: &str, cert: &CertificateDer<'_>) -> Result<(), String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca_pem.as_bytes(), "the CA certificate").map_err(|e| e.to_string())? {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    match verifier.verify_client_cert(cert, &[], rustls_pki_types::UnixTime::now()) {
+        Ok(_)
+        | Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. },
+        )) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -347,8 +431,9 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 fn stamp(files: &TlsFiles) -> Stamp {
     Stamp(
-        [&files.ca_cert, &files.cert, &files.key]
+        [Some(&files.ca_cert), Some(&files.cert), Some(&files.key), files.crl.as_ref()]
             .into_iter()
+            .flatten()
             .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
             .collect(),
     )
@@ -358,15 +443,31 @@ fn load_files(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let ca = read(&files.ca_cert)?;
     let cert = read(&files.cert)?;
     let key = read(&files.key)?;
+    let crls = match &files.crl {
+        Some(path) => crls(&read(path)?, &path.display().to_string())?,
+        None => Vec::new(),
+    };
     load_named(
         (&ca, &files.ca_cert.display().to_string()),
         (&cert, &files.cert.display().to_string()),
         (&key, &files.key.display().to_string()),
+        crls,
     )
 }
 
 fn load(ca: &[u8], cert: &[u8], key: &[u8], origin: &str) -> Result<Loaded, TlsError> {
-    load_named((ca, origin), (cert, origin), (key, origin))
+    load_named((ca, origin), (cert, origin), (key, origin), Vec::new())
+}
+
+fn crls(pem: &[u8], origin: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let fail = |reason: String| TlsError::Pem { origin: origin.to_owned(), what: "revocation list", reason };
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    if crls.is_empty() {
+        return Err(fail("no X509 CRL block".into()));
+    }
+    Ok(crls)
 }
 
 fn certs(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -380,7 +481,12 @@ fn certs(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static>>, TlsEr
     Ok(certs)
 }
 
-fn load_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str)) -> Result<Loaded, TlsError> {
+fn load_named(
+    ca: (&[u8], &str),
+    cert: (&[u8], &str),
+    key: (&[u8], &str),
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Loaded, TlsError> {
     let ca_certs = certs(ca.0, ca.1)?;
     let chain = certs(cert.0, cert.1)?;
     let key_der = PrivateKeyDer::from_pem_slice(key.0).map_err(|e| TlsError::Pem {
@@ -389,6 +495,11 @@ fn load_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str)) -> Res
         reason: e.to_string(),
     })?;
     let role = role_of(&chain[0]).ok_or_else(|| TlsError::NoRole { origin: cert.1.to_owned() })?;
+    let identity_err = |reason: String| TlsError::Identity { origin: cert.1.to_owned(), reason };
+    let identity = identity_in(&chain[0]).map_err(identity_err)?;
+    if role == Role::Client && identity.is_some() {
+        return Err(identity_err("a client certificate names a member".into()));
+    }
 
     let config_err = |origin: &str, reason: String| TlsError::Config { origin: origin.to_owned(), reason };
     let mut roots = RootCertStore::empty();
@@ -397,7 +508,12 @@ fn load_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str)) -> Res
     }
     let roots = Arc::new(roots);
 
+    // Revocation is checked for the peer's own certificate (the CA is the
+    // trust anchor); a certificate the list does not cover (another CA's
+    // list) is refused rather than let through.
     let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        .with_crls(crls.clone())
+        .only_check_end_entity_revocation()
         .build()
         .map_err(|e| config_err(ca.1, e.to_string()))?;
     let client = ClientConfig::builder_with_provider(provider())
@@ -407,25 +523,50 @@ fn load_named(ca: (&[u8], &str), cert: (&[u8], &str), key: (&[u8], &str)) -> Res
         .with_client_auth_cert(chain.clone(), key_der.clone_key())
         .map_err(|e| config_err(cert.1, format!("certificate and key do not fit: {e}")))?;
 
+    let verifier = |optional_client: bool| {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .with_crls(crls.clone())
+            .only_check_end_entity_revocation();
+        if optional_client {
+            builder = builder.allow_unauthenticated();
+        }
+        builder.build().map_err(|e| config_err(ca.1, e.to_string()))
+    };
+    // Our own certificate must chain to the CA: every peer would refuse it
+    // anyway, and a reload must not put such a set in force. Its validity
+    // time is checked on every handshake instead (an expired certificate is
+    // loaded, and refused by peers), so that a renewal can be dropped in.
+    match verifier(false)?.verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now()) {
+        Ok(_) => {}
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. },
+        )) => {}
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+            return Err(config_err(cert.1, "the certificate is revoked (on the revocation list)".into()));
+        }
+        Err(e) => return Err(config_err(cert.1, format!("not a certificate of the CA in {}: {e}", ca.1))),
+    }
+
+    // `optional_client`: a caller may also come without a certificate (the
+    // HTTP port's health routes); a certificate it presents is verified.
     let server = |optional_client: bool| -> Result<Option<Arc<ServerConfig>>, TlsError> {
         if role == Role::Client {
             return Ok(None);
         }
-        let mut verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
-        if optional_client {
-            verifier = verifier.allow_unauthenticated();
-        }
-        let client_verifier = verifier.build().map_err(|e| config_err(ca.1, e.to_string()))?;
         let server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| config_err(cert.1, e.to_string()))?
-            .with_client_cert_verifier(client_verifier)
+            .with_client_cert_verifier(verifier(optional_client)?)
             .with_single_cert(chain.clone(), key_der.clone_key())
             .map_err(|e| config_err(cert.1, format!("certificate and key do not fit: {e}")))?;
         Ok(Some(Arc::new(server)))
     };
     Ok(Loaded {
         role,
+        identity,
         server: server(false)?,
         server_optional_client: server(true)?,
         client: Arc::new(client),

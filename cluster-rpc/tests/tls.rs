@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use cluster_core::MemberId;
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Access, Limits, Role, RpcError, Security, Tls, TlsFiles};
 use common::*;
@@ -62,11 +63,11 @@ async fn a_certificate_of_another_ca_is_refused() {
     let stranger = client(Security::Tls(tls(&other, Role::Member, "intruder")));
     let e = call_error(stranger.call(&addr, &Ask::WhoAmI, DEADLINE).await);
     assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
-    // A caller that trusts our CA but shows a certificate of another.
+    // A set that trusts our CA but holds a certificate of another is refused
+    // as it loads (the stranger above shows the wire refuses such a certificate).
     let issued = other.issue(Role::Member, "forger").expect("issue");
-    let forger = Tls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).expect("load");
-    let r = client(Security::Tls(forger)).call(&addr, &Ask::WhoAmI, DEADLINE).await;
-    assert!(r.is_err(), "{r:?}");
+    let forger = Tls::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem);
+    assert!(matches!(forger, Err(cluster_rpc::tls::TlsError::Config { .. })), "{forger:?}");
     assert_eq!(counters.started.load(Ordering::SeqCst), 0, "no request reached the handler");
     server.shutdown().await;
 }
@@ -112,6 +113,7 @@ async fn a_reloaded_certificate_serves_new_connections_without_a_restart() {
         ca_cert: dir.path().join("ca.pem"),
         cert: dir.path().join("m.pem"),
         key: dir.path().join("m.key"),
+        crl: None,
     };
     let write = |ca: &CertificateAuthority| {
         let issued = ca.issue(Role::Member, "m1").expect("issue");
@@ -144,11 +146,16 @@ async fn only_a_member_certificate_of_this_ca_proves_membership() {
     let short = Duration::from_secs(2);
 
     let (member, _) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "m1"))).await;
-    ours.prove_member(&member.local_addr().to_string(), DEADLINE).await.expect("a member proves it");
+    ours.prove_member(&member.local_addr().to_string(), MemberId::generate(), DEADLINE)
+        .await
+        .expect("a member proves it");
 
     // A member certificate of another CA.
     let (foreign, _) = start(Limits::default(), Security::Tls(tls(&other, Role::Member, "m1"))).await;
-    let e = ours.prove_member(&foreign.local_addr().to_string(), DEADLINE).await.expect_err("another CA");
+    let e = ours
+        .prove_member(&foreign.local_addr().to_string(), MemberId::generate(), DEADLINE)
+        .await
+        .expect_err("another CA");
     assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
 
     // A port that speaks no TLS at all: it accepts and stays silent.
@@ -160,7 +167,7 @@ async fn only_a_member_certificate_of_this_ca_proves_membership() {
             held.push(s);
         }
     });
-    let e = ours.prove_member(&silent_addr, short).await.expect_err("no TLS");
+    let e = ours.prove_member(&silent_addr, MemberId::generate(), short).await.expect_err("no TLS");
     assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
     hold.abort();
 
@@ -168,11 +175,14 @@ async fn only_a_member_certificate_of_this_ca_proves_membership() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let closed_addr = closed.local_addr().expect("addr").to_string();
     drop(closed);
-    let e = ours.prove_member(&closed_addr, short).await.expect_err("nobody");
+    let e = ours.prove_member(&closed_addr, MemberId::generate(), short).await.expect_err("nobody");
     assert!(matches!(e, RpcError::Connect { .. }), "{e:?}");
 
     // Without TLS nothing can be proven, and nothing is asked.
-    Security::Plain.prove_member(&closed_addr, short).await.expect("plain asks nothing");
+    Security::Plain
+        .prove_member(&closed_addr, MemberId::generate(), short)
+        .await
+        .expect("plain asks nothing");
     member.shutdown().await;
     foreign.shutdown().await;
 }
@@ -217,5 +227,58 @@ async fn members_find_a_place_while_outsiders_hold_every_other_one() {
     // the first's place free once it had authenticated.
     let held = held_open(&mut idle, Duration::from_secs(1)).await;
     assert_eq!(held, 7, "strangers' connections held");
+    server.shutdown().await;
+}
+
+/// With member identities, the certificate at the raft address must name
+/// the member id claimed: another member's certificate, or one that names
+/// no member, proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_claimed_members_certificate_proves_it() {
+    let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
+    let member_tls = |id| {
+        let c = ca.issue_member(id, "m").expect("issue");
+        Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).expect("load")
+    };
+    let (leader, m2) = (MemberId::generate(), MemberId::generate());
+    let ours = Security::Tls(member_tls(leader));
+    let (server, _) = start(Limits::default(), Security::Tls(member_tls(m2))).await;
+    let addr = server.local_addr().to_string();
+    ours.prove_member(&addr, m2, DEADLINE).await.expect("m2 proves to be m2");
+    // A phantom claiming another member id at m2's address.
+    let e = ours.prove_member(&addr, MemberId::generate(), DEADLINE).await.expect_err("not m2's id");
+    assert!(
+        matches!(&e, RpcError::Handshake { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&m2.to_string()) || format!("{e:?}").contains(&m2.to_string()), "{e:?}");
+    // A member certificate made before identities proves nobody to a member that has one.
+    let (legacy, _) = start(Limits::default(), Security::Tls(tls(&ca, Role::Member, "old"))).await;
+    let legacy_addr = legacy.local_addr().to_string();
+    let e = ours.prove_member(&legacy_addr, m2, DEADLINE).await.expect_err("no member id");
+    assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
+    // Between two such members, the role is all there is to prove.
+    let old_leader = Security::Tls(tls(&ca, Role::Member, "old leader"));
+    old_leader.prove_member(&legacy_addr, m2, DEADLINE).await.expect("role only");
+    server.shutdown().await;
+    legacy.shutdown().await;
+}
+
+/// A revoked member proves nothing to a leader that loaded the revocation list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_certificate_proves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = cluster_rpc::tls::generate::write_bundle(dir.path(), CLUSTER, 2).expect("bundle");
+    let m2 = Tls::from_files(bundle.members[1].clone()).expect("m2 loads");
+    let (server, _) = start(Limits::default(), Security::Tls(m2)).await;
+    let addr = server.local_addr().to_string();
+    let leader = Tls::from_files(bundle.members[0].clone()).expect("m1 loads");
+    Security::Tls(leader).prove_member(&addr, bundle.member_ids[1], DEADLINE).await.expect("not revoked yet");
+
+    let crl = cluster_rpc::tls::generate::revoke_in(dir.path(), &bundle.members[1].cert).expect("revoke");
+    let leader = Tls::from_files(TlsFiles { crl: Some(crl), ..bundle.members[0].clone() }).expect("m1 loads");
+    let e =
+        Security::Tls(leader).prove_member(&addr, bundle.member_ids[1], DEADLINE).await.expect_err("revoked");
+    assert!(matches!(e, RpcError::Handshake { .. }), "{e:?}");
     server.shutdown().await;
 }

@@ -200,6 +200,16 @@ pub enum GuardError {
         /// The bound.
         max: u64,
     },
+    // New variants go last: the enum travels in bincode, by variant index.
+    /// The request claims another sender than the member the connection's
+    /// certificate names: one member posing as another.
+    #[error("request claims to come from member {claimed}, but the certificate names member {certified}")]
+    NotTheSender {
+        /// The sender the request's vote names.
+        claimed: MemberId,
+        /// The member the caller's certificate names.
+        certified: MemberId,
+    },
 }
 
 /// The bounds the guard enforces that come from configuration.
@@ -339,6 +349,22 @@ fn check_leader(view: &View, rpc: &str, vote: &Vote) -> Result<(), GuardError> {
 
 /// The decision for one RPC: `Ok` lets it through to openraft. Updates
 /// `progress` for an accepted snapshot chunk.
+/// The sender a request claims (its vote's member: the candidate or the
+/// leader) must be the member the caller's certificate names, when it names
+/// one: otherwise a member (or a stolen member certificate) could speak for
+/// any other member, and be counted twice. Without TLS, or with certificates
+/// made before identities, the claim is all there is.
+pub(crate) fn check_sender(certified: Option<MemberId>, rpc: &RaftRpc) -> Result<(), GuardError> {
+    let Some(certified) = certified else { return Ok(()) };
+    let claimed = match rpc {
+        RaftRpc::AppliedIndex => return Ok(()),
+        RaftRpc::Vote(req) => req.vote.leader_id().node_id,
+        RaftRpc::AppendEntries(req) => req.vote.leader_id().node_id,
+        RaftRpc::InstallSnapshot(req) => req.vote.leader_id().node_id,
+    };
+    if claimed == certified { Ok(()) } else { Err(GuardError::NotTheSender { claimed, certified }) }
+}
+
 pub(crate) fn check_rpc(
     view: &View,
     limits: &GuardLimits,
@@ -504,12 +530,18 @@ impl RaftGuard {
     }
 
     /// Checks `rpc` from `source` before raft sees it; a refusal is logged
-    /// (rate-limited per source) and returned for the caller.
-    pub(crate) fn check(&self, source: IpAddr, rpc: &RaftRpc) -> Result<(), GuardError> {
+    /// (rate-limited per source) and returned for the caller. `certified`
+    /// is the member the caller's certificate names, if it names one.
+    pub(crate) fn check(
+        &self,
+        source: IpAddr,
+        certified: Option<MemberId>,
+        rpc: &RaftRpc,
+    ) -> Result<(), GuardError> {
         if matches!(rpc, RaftRpc::AppliedIndex) {
             return Ok(());
         }
-        let result = {
+        let result = check_sender(certified, rpc).and_then(|()| {
             let metrics = self.metrics.borrow();
             let view = View {
                 member_id: metrics.id,
@@ -520,7 +552,7 @@ impl RaftGuard {
             };
             let mut progress = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
             check_rpc(&view, &self.limits, &mut progress, rpc)
-        };
+        });
         if let Err(e) = &result {
             let report = self.log.lock().unwrap_or_else(|p| p.into_inner()).record(source, Instant::now());
             if let Some(count) = report {
@@ -591,6 +623,21 @@ mod tests {
 
     fn vote(term: u64, candidate: u64) -> RaftRpc {
         RaftRpc::Vote(VoteRequest { vote: Vote::new(term, id(candidate)), last_log_id: None })
+    }
+
+    #[test]
+    fn a_certified_caller_speaks_only_for_itself() {
+        let append = append(5, 2, None, Vec::new());
+        for rpc in [vote(6, 2), append.clone(), chunk(2, "s", 0, 1, true)] {
+            assert_eq!(check_sender(Some(id(2)), &rpc), Ok(()));
+            assert_eq!(
+                check_sender(Some(id(3)), &rpc),
+                Err(GuardError::NotTheSender { claimed: id(2), certified: id(3) })
+            );
+            // No identity (plain TCP, older certificates): the claim stands.
+            assert_eq!(check_sender(None, &rpc), Ok(()));
+        }
+        assert_eq!(check_sender(Some(id(3)), &RaftRpc::AppliedIndex), Ok(()));
     }
 
     fn chunk(leader: u64, snapshot: &str, offset: u64, len: usize, done: bool) -> RaftRpc {

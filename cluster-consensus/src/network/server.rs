@@ -30,7 +30,7 @@ impl Handler for RaftHandler {
 
     fn handle(&self, caller: Caller, rpc: RaftRpc) -> HandlerFuture<RaftRpcReply> {
         let ctx = self.0.clone();
-        Box::pin(async move { Reply::One(handle(&ctx, caller.addr.ip(), rpc).await) })
+        Box::pin(async move { Reply::One(handle(&ctx, caller.addr.ip(), caller.member, rpc).await) })
     }
 }
 
@@ -52,13 +52,19 @@ pub(crate) fn serve(
 }
 
 /// Runs one raft request against the local raft.
-pub(crate) async fn handle(ctx: &ServerContext, peer: IpAddr, rpc: RaftRpc) -> RaftRpcReply {
+/// `member` is the member the caller's certificate names, if any.
+pub(crate) async fn handle(
+    ctx: &ServerContext,
+    peer: IpAddr,
+    member: Option<cluster_core::MemberId>,
+    rpc: RaftRpc,
+) -> RaftRpcReply {
     // A member that lost its raft state must not vote (see `recovery`),
     // whoever asks: said first, as the reason that holds for every candidate.
     if let (RaftRpc::Vote(_), Some(reason)) = (&rpc, ctx.votes.refusal()) {
         return RaftRpcReply::Refused(cluster_core::Error::BadRequest(reason));
     }
-    if let Err(refused) = ctx.guard.check(peer, &rpc) {
+    if let Err(refused) = ctx.guard.check(peer, member, &rpc) {
         return RaftRpcReply::Guarded(refused);
     }
     let raft = &ctx.raft;

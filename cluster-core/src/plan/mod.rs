@@ -8,7 +8,7 @@ pub mod records;
 pub mod short_id;
 pub mod voters;
 
-pub use admission::{Refusal, admit};
+pub use admission::{AddressFacts, Refusal, admit, refuse_duplicate_addresses};
 pub use departures::{Departure, DepartureTimeouts, Departures};
 pub use endpoints::plan_endpoint_updates;
 pub use records::{RecordChange, RecordFacts, plan_records};

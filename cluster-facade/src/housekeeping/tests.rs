@@ -294,3 +294,27 @@ async fn grid_events_and_the_own_short_id_follow_the_records_without_polling() {
     assert!(started.elapsed() < Duration::from_millis(1), "followed after {:?}", started.elapsed());
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_phantom_at_a_members_addresses_is_never_admitted() {
+    let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
+    let b = rig.join(1);
+    wait_until("b is a voter", || rig.voters().contains(&b)).await;
+    // A made-up member whose raft and service addresses are b's, gossiping from its own port.
+    let phantom = MemberId::generate();
+    let mut tags = info(phantom, 1);
+    tags.gossip_port = 7050;
+    rig.net.join(phantom, tags.to_tags());
+    // A later member is admitted: housekeeping has seen the phantom by then.
+    let c = rig.join(2);
+    wait_until("c holds a short id and a record", || {
+        rig.short_id_of(c).is_some() && rig.record(c).is_some_and(|r| r.short_id.is_some())
+    })
+    .await;
+    at(Instant::now() + Duration::from_secs(30)).await;
+    assert!(!rig.store.status().all_members().contains(&phantom), "the phantom is in raft");
+    assert_eq!(rig.short_id_of(phantom), None);
+    assert_eq!(rig.record(phantom), None);
+    assert_eq!(rig.short_id_of(c), Some(short(3)), "the phantom never held a short id");
+    rig.stop().await;
+}

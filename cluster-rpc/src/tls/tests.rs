@@ -115,13 +115,12 @@ async fn a_bundle_on_disk_loads_and_reloads() {
     let server = Tls::from_files(bundle.members[0].clone()).unwrap();
     let client = Tls::from_files(bundle.client.clone()).unwrap();
     assert_eq!(handshake(&server, &client).await, Ok(Some(Role::Client)));
+    assert_eq!(server.identity().map(|i| i.member_id), Some(bundle.member_ids[0]));
+    assert_eq!(client.identity(), None, "client certificates name no member");
 
-    // The member's certificate is replaced on disk by one of another CA: new
-    // connections use it after the reload (and so our client refuses them).
-    let other = CertificateAuthority::generate("c").unwrap();
-    let replacement = other.issue(Role::Member, "new").unwrap();
-    std::fs::write(&bundle.members[0].cert, &replacement.cert_pem).unwrap();
-    std::fs::write(&bundle.members[0].key, &replacement.key_pem).unwrap();
+    // The whole set rotated to a new CA, for the same member: new
+    // connections use it after the reload (and so our old client refuses them).
+    rotate(&bundle.members[0], bundle.member_ids[0]);
     assert!(server.files_changed());
     assert!(server.reload().unwrap());
     assert!(handshake(&server, &client).await.is_err());
@@ -130,6 +129,125 @@ async fn a_bundle_on_disk_loads_and_reloads() {
     std::fs::write(&bundle.members[0].key, "not a key").unwrap();
     assert!(server.reload().is_err());
     assert_eq!(server.role(), Role::Member);
+}
+
+/// Replaces the CA and the member certificate in `files` by a new CA's, the
+/// certificate naming `member_id` again (a CA rotation); returns the new CA.
+fn rotate(files: &TlsFiles, member_id: cluster_core::MemberId) -> CertificateAuthority {
+    let ca = CertificateAuthority::generate("c").unwrap();
+    let cert = ca.issue_member(member_id, "rotated").unwrap();
+    std::fs::write(&files.ca_cert, ca.cert_pem()).unwrap();
+    std::fs::write(&files.cert, &cert.cert_pem).unwrap();
+    std::fs::write(&files.key, &cert.key_pem).unwrap();
+    ca
+}
+
+/// A reload checks what a start checks, and that the holder stays who it
+/// was: each bad set is refused, and the set in force keeps serving.
+#[tokio::test]
+async fn a_reload_refuses_what_a_start_refuses_and_keeps_the_set_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(dir.path(), "c", 2).unwrap();
+    let files = bundle.members[0].clone();
+    let server = Tls::from_files(files.clone()).unwrap();
+    let client = Tls::from_files(bundle.client.clone()).unwrap();
+    let ca = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(&bundle.ca_cert).unwrap(),
+        &std::fs::read_to_string(&bundle.ca_key).unwrap(),
+        "ca",
+    )
+    .unwrap();
+    let other_ca = CertificateAuthority::generate("c").unwrap();
+    let original = (std::fs::read(&files.cert).unwrap(), std::fs::read(&files.key).unwrap());
+    let client_cert =
+        (std::fs::read(&bundle.client.cert).unwrap(), std::fs::read(&bundle.client.key).unwrap());
+    let other_member =
+        (std::fs::read(&bundle.members[1].cert).unwrap(), std::fs::read(&bundle.members[1].key).unwrap());
+    let foreign = other_ca.issue_member(bundle.member_ids[0], "foreign").unwrap();
+    let legacy = ca.issue(Role::Member, "no id").unwrap();
+    let bad_sets: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("a client certificate copied over the member's", client_cert.0, client_cert.1),
+        ("another member's certificate", other_member.0, other_member.1),
+        ("a member certificate without the member id", legacy.cert_pem.into(), legacy.key_pem.into()),
+        ("another CA's certificate", foreign.cert_pem.into(), foreign.key_pem.into()),
+        (
+            "a key that is not the certificate's",
+            original.0.clone(),
+            std::fs::read(&bundle.members[1].key).unwrap(),
+        ),
+    ];
+    for (what, cert, key) in bad_sets {
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        let refused = server.reload();
+        assert!(refused.is_err(), "{what}: reloaded");
+        // A start refuses the same set, except what only a reload can see
+        // (another holder than the one running).
+        if !what.starts_with("a client") && !what.starts_with("another member") && !what.contains("without") {
+            assert!(Tls::from_files(files.clone()).is_err(), "{what}: a start accepts it");
+        }
+        assert_eq!(server.role(), Role::Member, "{what}");
+        assert_eq!(server.identity().map(|i| i.member_id), Some(bundle.member_ids[0]), "{what}");
+        assert_eq!(
+            handshake(&server, &client).await,
+            Ok(Some(Role::Client)),
+            "{what}: the set in force serves"
+        );
+    }
+    // The good set again: accepted.
+    std::fs::write(&files.cert, &original.0).unwrap();
+    std::fs::write(&files.key, &original.1).unwrap();
+    assert!(server.reload().unwrap());
+}
+
+#[test]
+fn member_certificates_name_their_member_and_clients_none() {
+    let ca = CertificateAuthority::generate("prod").unwrap();
+    let id = cluster_core::MemberId::generate();
+    let m = ca.issue_member(id, "m").unwrap();
+    let tls = Tls::from_pem(ca.cert_pem(), &m.cert_pem, &m.key_pem).unwrap();
+    assert_eq!(tls.identity(), Some(identity::CertIdentity { cluster_id: "prod".into(), member_id: id }));
+    let c = ca.issue(Role::Client, "c").unwrap();
+    assert_eq!(Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).unwrap().identity(), None);
+    // A CA read back from its files issues for the same cluster.
+    let again = CertificateAuthority::from_pem(ca.cert_pem(), ca.key_pem(), "ca").unwrap();
+    assert_eq!(again.cluster_id(), "prod");
+    let other = CertificateAuthority::generate("prod").unwrap();
+    assert!(
+        CertificateAuthority::from_pem(ca.cert_pem(), other.key_pem(), "ca").is_err(),
+        "a key not the CA's"
+    );
+}
+
+#[test]
+fn issue_adds_certificates_to_a_ca_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(dir.path(), "c", 2).unwrap();
+    let added = generate::issue_into(dir.path(), dir.path(), Role::Member, None).unwrap();
+    assert_eq!(added.files.cert, dir.path().join("member-3.pem"));
+    let id = added.member_id.expect("a member id");
+    assert!(!bundle.member_ids.contains(&id), "a fresh member id");
+    let tls = Tls::from_files(added.files).unwrap();
+    assert_eq!(tls.identity().map(|i| (i.cluster_id, i.member_id)), Some(("c".to_owned(), id)));
+    let out = dir.path().join("elsewhere");
+    let client = generate::issue_into(dir.path(), &out, Role::Client, None).unwrap();
+    assert_eq!((client.files.cert, client.member_id), (out.join("client.pem"), None));
+    let client2 = generate::issue_into(dir.path(), &out, Role::Client, None).unwrap();
+    assert_eq!(client2.files.cert, out.join("client-2.pem"));
+    // A renewal names the member id it is given; a client certificate names none.
+    let renewed = generate::issue_into(dir.path(), dir.path(), Role::Member, Some(id)).unwrap();
+    assert_eq!(renewed.files.cert, dir.path().join("member-4.pem"));
+    assert_eq!(Tls::from_files(renewed.files).unwrap().identity().map(|i| i.member_id), Some(id));
+    assert!(matches!(
+        generate::issue_into(dir.path(), &out, Role::Client, Some(id)),
+        Err(TlsError::Identity { .. })
+    ));
+    // Without the CA's key nothing is issued.
+    std::fs::remove_file(&bundle.ca_key).unwrap();
+    assert!(matches!(
+        generate::issue_into(dir.path(), dir.path(), Role::Member, None),
+        Err(TlsError::File { .. })
+    ));
 }
 
 #[tokio::test]
@@ -141,11 +259,8 @@ async fn the_reloader_picks_up_changed_files() {
     let cancel = CancellationToken::new();
     let task = server.spawn_reloader(Duration::from_millis(20), cancel.clone());
 
-    // Client certificate files replaced by a member's: the reloader swaps the role.
-    let ca_other = CertificateAuthority::generate("c").unwrap();
-    let swapped = ca_other.issue(Role::Member, "m2").unwrap();
-    std::fs::write(&bundle.members[0].cert, &swapped.cert_pem).unwrap();
-    std::fs::write(&bundle.members[0].key, &swapped.key_pem).unwrap();
+    // The set rotated to a new CA on disk: the reloader puts it in force.
+    rotate(&bundle.members[0], bundle.member_ids[0]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while handshake(&server, &client).await.is_ok() {
         assert!(tokio::time::Instant::now() < deadline, "reload not seen");
@@ -153,4 +268,50 @@ async fn the_reloader_picks_up_changed_files() {
     }
     cancel.cancel();
     task.await.unwrap();
+}
+
+/// A revoked certificate is refused at the handshake whichever side shows
+/// it, once the revocation list is loaded (at start or by a reload); the
+/// list grows with each revocation and only takes the CA's certificates.
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(dir.path(), "c", 3).unwrap();
+    let with_crl =
+        |files: &TlsFiles| TlsFiles { crl: Some(dir.path().join(generate::CRL_FILE)), ..files.clone() };
+    let client = Tls::from_files(bundle.client.clone()).unwrap();
+    let m1 = Tls::from_files(bundle.members[0].clone()).unwrap();
+    let m2 = Tls::from_files(bundle.members[1].clone()).unwrap();
+    assert_eq!(handshake(&m1, &m2).await, Ok(Some(Role::Member)));
+
+    // m2 is revoked; m1 starts with the list.
+    let crl = generate::revoke_in(dir.path(), &bundle.members[1].cert).unwrap();
+    assert_eq!(crl, dir.path().join(generate::CRL_FILE));
+    let m1 = Tls::from_files(with_crl(&bundle.members[0])).unwrap();
+    assert!(handshake(&m1, &m2).await.is_err(), "m1 serves, revoked m2 calls");
+    assert!(
+        handshake(&m2, &Tls::from_files(with_crl(&bundle.client)).unwrap()).await.is_err(),
+        "revoked m2 serves"
+    );
+    assert_eq!(handshake(&m1, &client).await, Ok(Some(Role::Client)), "others still pass");
+    // A revoked member cannot load its own certificate with the list.
+    assert!(matches!(Tls::from_files(with_crl(&bundle.members[1])), Err(TlsError::Config { .. })));
+
+    // The next revocation keeps the first on the list; m1 reloads it.
+    let m3 = Tls::from_files(bundle.members[2].clone()).unwrap();
+    assert_eq!(handshake(&m1, &m3).await, Ok(Some(Role::Member)));
+    generate::revoke_in(dir.path(), &bundle.members[2].cert).unwrap();
+    assert!(m1.files_changed(), "a new list is a change");
+    assert!(m1.reload().unwrap());
+    assert!(handshake(&m1, &m3).await.is_err(), "m3 revoked");
+    assert!(handshake(&m1, &m2).await.is_err(), "m2 still revoked");
+    // Revoking twice changes nothing; another CA's certificate is refused.
+    generate::revoke_in(dir.path(), &bundle.members[2].cert).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let foreign = write_bundle(other.path(), "c", 1).unwrap();
+    assert!(generate::revoke_in(dir.path(), &foreign.members[0].cert).is_err());
+    // A list that is not one is a typed error, at start and on reload.
+    std::fs::write(dir.path().join(generate::CRL_FILE), "junk").unwrap();
+    assert!(matches!(m1.reload(), Err(TlsError::Pem { .. })));
+    assert!(handshake(&m1, &m3).await.is_err(), "the list in force stays");
 }

@@ -102,7 +102,7 @@ impl ProcessCluster {
             seeds,
             data_dir: Some(self.dir.path().join(format!("m{i}"))),
             config_file: Some(self.dir.path().join("agent.toml")),
-            args: super::security::agent_flags().iter().map(|f| f.to_string()).collect(),
+            args: super::security::member_flags(Some(&self.dir.path().join(format!("m{i}")))),
             log_file: self.dir.path().join(format!("m{i}.log")),
             wrapper,
         };

@@ -229,6 +229,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             return Err(Failure::corrupt(format!("cannot start the member: {source}")));
         }
         Err(e @ ClusterError::OtherCluster { .. }) => return Err(Failure::usage(e.to_string())),
+        Err(e @ ClusterError::IdentityMismatch { .. }) => {
+            return Err(Failure::usage(format!("cannot start the member: {e}")));
+        }
         Err(e) => return Err(Failure::other(anyhow::Error::new(e).context("cannot start the member"))),
     };
     // The lines on stdout, until a signal to stop.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cluster_facade::rpc::tls::generate::CertificateAuthority;
-use cluster_facade::rpc::{Role, Security, Tls};
+use cluster_facade::rpc::{Security, Tls};
 use cluster_facade::{Cluster, ClusterConfig, GossipKey, GossipKeys, RaftRole};
 
 use crate::exit::Failure;
@@ -59,10 +59,11 @@ fn demo_ca() -> &'static CertificateAuthority {
     CA.get_or_init(|| CertificateAuthority::generate("carbon-demo").expect("a CA can be made in memory"))
 }
 
-/// Mutual TLS with a member certificate of its own for each member.
+/// Mutual TLS with a member certificate of its own for each member: it
+/// names a fresh member id, which the member then runs as.
 fn member_tls() -> anyhow::Result<Security> {
     let ca = demo_ca();
-    let cert = ca.issue(Role::Member, "demo-member")?;
+    let cert = ca.issue_member(cluster_facade::MemberId::generate(), "demo-member")?;
     Ok(Security::Tls(Tls::from_pem(ca.cert_pem(), &cert.cert_pem, &cert.key_pem)?))
 }
 

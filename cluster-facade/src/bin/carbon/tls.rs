@@ -1,11 +1,13 @@
 //! `carbon tls init DIR`: a cluster's certificate authority, member
-//! certificates and a client certificate, and the flags that use them.
+//! certificates (each naming its own member id) and a client certificate,
+//! and the flags that use them; `carbon tls issue` adds one more certificate
+//! to that directory.
 
 use std::path::{Path, PathBuf};
 
 use cluster_facade::rpc::tls::TlsFiles;
-use cluster_facade::rpc::tls::generate::write_bundle;
-use cluster_facade::rpc::{Security, Tls};
+use cluster_facade::rpc::tls::generate::{issue_into, revoke_in, write_bundle};
+use cluster_facade::rpc::{Role, Security, Tls};
 
 use cluster_facade::GossipKey;
 
@@ -14,9 +16,9 @@ use crate::exit::Failure;
 /// `carbon tls` operations.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TlsCommand {
-    /// Write a new CA, member certificates, one client certificate and a
-    /// gossip key (`gossip.key`) into DIR (secrets mode 0600; existing files
-    /// are never overwritten).
+    /// Write a new CA, member certificates (each naming a fresh member id of
+    /// its own), one client certificate and a gossip key (`gossip.key`) into
+    /// DIR (secrets mode 0600; existing files are never overwritten).
     Init {
         /// The directory to write into (created if missing).
         dir: PathBuf,
@@ -27,13 +29,76 @@ pub(crate) enum TlsCommand {
         #[arg(long, env = "CARBON_CLUSTER_ID", default_value = "carbon-grid")]
         cluster_id: String,
     },
+    /// Add one certificate to a CA directory made by `tls init`: a member
+    /// certificate naming a fresh member id (the first free member-N.pem),
+    /// or a client certificate.
+    Issue {
+        /// A member certificate.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        member: bool,
+        /// A client certificate (names no member).
+        #[arg(long)]
+        client: bool,
+        /// The member id the member certificate names (a renewal, or a
+        /// member whose certificate named none); a fresh one without it.
+        #[arg(long, requires = "member", value_name = "ID")]
+        member_id: Option<cluster_facade::MemberId>,
+        /// The CA directory: it holds ca.pem and ca-key.pem.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the new certificate and key (default: the CA directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a certificate of the CA: add it to the CA directory's
+    /// revocation list (crl.pem, made on first use). Members that load the
+    /// list (`--tls-crl`, `[tls] crl`) refuse it at the handshake from their
+    /// next reload on; copy crl.pem to them.
+    Revoke {
+        /// The certificate to revoke (PEM).
+        cert: PathBuf,
+        /// The CA directory: it holds ca.pem and ca-key.pem.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a `carbon tls` command.
 pub(crate) fn run(command: TlsCommand) -> Result<(), Failure> {
     match command {
         TlsCommand::Init { dir, members, cluster_id } => init(&dir, members, &cluster_id),
+        TlsCommand::Issue { member, client: _, member_id, dir, out } => {
+            let role = if member { Role::Member } else { Role::Client };
+            issue(&dir, out.as_deref().unwrap_or(&dir), role, member_id)
+        }
+        TlsCommand::Revoke { cert, dir } => {
+            let crl = revoke_in(&dir, &cert).map_err(|e| Failure::usage(e.to_string()))?;
+            println!("revoked {}: {} lists it", cert.display(), crl.display());
+            println!("Members refuse it once they reload with --tls-crl {} (or [tls] crl)", crl.display());
+            Ok(())
+        }
     }
+}
+
+fn issue(
+    dir: &Path,
+    out: &Path,
+    role: Role,
+    member_id: Option<cluster_facade::MemberId>,
+) -> Result<(), Failure> {
+    let issued = issue_into(dir, out, role, member_id).map_err(|e| Failure::usage(e.to_string()))?;
+    match issued.member_id {
+        Some(id) => {
+            println!("wrote a member certificate for member {id} to {}", issued.files.cert.display());
+            println!("The member runs with it (a new data dir takes member id {id}):");
+            println!("  carbon agent {} ...", flags(&issued.files));
+        }
+        None => {
+            println!("wrote a client certificate to {}", issued.files.cert.display());
+            println!("  carbon members --service HOST:PORT {}", flags(&issued.files));
+        }
+    }
+    Ok(())
 }
 
 fn flags(files: &TlsFiles) -> String {
@@ -62,15 +127,18 @@ fn init(dir: &Path, members: usize, cluster_id: &str) -> Result<(), Failure> {
         dir.display()
     );
     println!();
-    println!("Each member runs with its own certificate and the cluster's gossip key:");
-    for (n, files) in bundle.members.iter().enumerate() {
+    println!(
+        "Each member runs with its own certificate (it names the member's id) and the cluster's gossip key:"
+    );
+    for (n, (files, id)) in bundle.members.iter().zip(&bundle.member_ids).enumerate() {
         println!(
-            "  member {}: CARBON_GOSSIP_KEY=$(cat {}) carbon agent {} ...",
+            "  member {} ({id}): CARBON_GOSSIP_KEY=$(cat {}) carbon agent {} ...",
             n + 1,
             gossip_key.display(),
             flags(files)
         );
     }
+    println!("More members or clients later: carbon tls issue --member --dir {}", dir.display());
     println!();
     println!("Client commands take the client certificate, as flags or from the environment:");
     println!("  carbon members --service HOST:PORT {}", flags(&bundle.client));
@@ -112,6 +180,10 @@ pub(crate) struct TlsArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long = "tls-key", env = "CARBON_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The CA's revocation list (PEM, `carbon tls revoke` writes it):
+    /// certificates on it are refused. Reloaded with the certificates.
+    #[arg(long = "tls-crl", env = "CARBON_TLS_CRL", value_name = "FILE")]
+    pub tls_crl: Option<std::path::PathBuf>,
 }
 
 impl TlsArgs {
@@ -119,9 +191,15 @@ impl TlsArgs {
     /// missing when only some are.
     pub(crate) fn files(&self) -> Result<Option<TlsFiles>, Failure> {
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            (None, None, None) => Ok(None),
-            (Some(ca), Some(cert), Some(key)) => {
-                Ok(Some(TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() }))
+            (None, None, None) if self.tls_crl.is_none() => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca_cert: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                crl: self.tls_crl.clone(),
+            })),
+            (None, None, None) if self.tls_crl.is_some() => {
+                Err(Failure::usage("--tls-crl needs --tls-ca, --tls-cert and --tls-key"))
             }
             _ => {
                 let missing: Vec<&str> = [
