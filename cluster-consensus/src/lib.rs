@@ -112,6 +112,6 @@ pub use typecfg::{LogId, Raft, TypeConfig, Vote, WriteBatch, WriteResponse};
 #[doc(hidden)]
 pub mod testsuite {
     pub use crate::network::guard::{GuardError, TERM_STEP};
-    pub use crate::network::{RaftRpc, RaftRpcReply};
+    pub use crate::network::{RaftRequest, RaftRpc, RaftRpcReply};
     pub use crate::state_machine::KvState;
 }

@@ -546,7 +546,8 @@ impl RaftStore {
             }
             let ttl = left.min(Duration::from_secs(1));
             if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) =
-                crate::network::client::call(&self.inner.client, addr, RaftRpc::AppliedIndex, ttl).await
+                crate::network::client::call(&self.inner.client, addr, member, RaftRpc::AppliedIndex, ttl)
+                    .await
                 && applied >= index
             {
                 return Ok(());

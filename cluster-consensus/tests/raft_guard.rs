@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::{GuardError, TERM_STEP};
-use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_consensus::{LogId, TypeConfig, Vote};
 use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};
@@ -24,11 +24,16 @@ use tokio_util::codec::Framed;
 
 const CLUSTER: &str = "test-cluster";
 
-/// Sends one request on a fresh connection and reads its answer.
-async fn call(addr: SocketAddr, rpc: RaftRpc) -> RaftRpcReply {
+/// Sends one request for member `m` on a fresh connection and reads its answer.
+async fn call(m: &RaftStore, rpc: RaftRpc) -> RaftRpcReply {
+    call_to(m.raft_addr(), m.member_id(), rpc).await
+}
+
+/// Sends one request meant for member `to` to `addr` and reads its answer.
+async fn call_to(addr: SocketAddr, to: MemberId, rpc: RaftRpc) -> RaftRpcReply {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let mut framed = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24));
-    framed.send(Frame { request_id: 1, body: rpc }).await.expect("send");
+    let mut framed = Framed::new(stream, WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 24));
+    framed.send(Frame { request_id: 1, body: RaftRequest { to, rpc } }).await.expect("send");
     let answer = tokio::time::timeout(DEADLINE, framed.next()).await.expect("an answer in time");
     answer.expect("an answer").expect("a frame").expect("of this cluster").body
 }
@@ -36,8 +41,9 @@ async fn call(addr: SocketAddr, rpc: RaftRpc) -> RaftRpcReply {
 /// The bytes of `rpc` as a frame on the wire.
 fn frame_len(rpc: RaftRpc) -> usize {
     let mut buf = bytes::BytesMut::new();
-    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24);
-    tokio_util::codec::Encoder::encode(&mut codec, Frame { request_id: 1, body: rpc }, &mut buf).unwrap();
+    let mut codec = WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 24);
+    let body = RaftRequest { to: MemberId::generate(), rpc };
+    tokio_util::codec::Encoder::encode(&mut codec, Frame { request_id: 1, body }, &mut buf).unwrap();
     buf.len()
 }
 
@@ -85,19 +91,19 @@ async fn terms_of_u64_max_are_refused_by_every_member_and_survive_a_restart() {
             leader_commit: None,
         });
         assert!(frame_len(append.clone()) < 100);
-        let reply = call(m.raft_addr(), append).await;
+        let reply = call(&m, append).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { term: u64::MAX, .. })), "{reply:?}");
         // A vote for a candidate whose log is far ahead: openraft would grant and persist it.
         let vote = RaftRpc::Vote(VoteRequest {
             vote: Vote::new(u64::MAX, other),
             last_log_id: Some(log_id(u64::MAX, other, u64::MAX / 4)),
         });
-        let reply = call(m.raft_addr(), vote).await;
+        let reply = call(&m, vote).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { .. })), "{reply:?}");
         // Just past the relative bound.
         let term = m.status().term + TERM_STEP + 1;
         let vote = RaftRpc::Vote(VoteRequest { vote: Vote::new(term, other), last_log_id: None });
-        assert!(guarded(&call(m.raft_addr(), vote).await).is_some());
+        assert!(guarded(&call(&m, vote).await).is_some());
     }
     every_member_serves(&cluster, "after-attack").await;
 
@@ -141,18 +147,18 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
     };
     let before = resident_memory().expect("procfs");
 
-    let first = call(follower.raft_addr(), chunk(vote, &meta, 0, 1024)).await;
+    let first = call(&follower, chunk(vote, &meta, 0, 1024)).await;
     assert!(guarded(&first).is_none(), "a first chunk from the leader goes through: {first:?}");
-    let far = call(follower.raft_addr(), chunk(vote, &meta, 1 << 40, 1024)).await;
+    let far = call(&follower, chunk(vote, &meta, 1 << 40, 1024)).await;
     assert!(matches!(guarded(&far), Some(GuardError::SnapshotTooLarge { .. })), "{far:?}");
-    let gap = call(follower.raft_addr(), chunk(vote, &meta, 4096, 1024)).await;
+    let gap = call(&follower, chunk(vote, &meta, 4096, 1024)).await;
     assert_eq!(
         guarded(&gap),
         Some(&GuardError::SnapshotOffset { snapshot_id: "forged".into(), offset: 4096, expected: 1024 })
     );
     // From a made-up member at the current term.
     let stranger = Vote::new_committed(metrics.current_term, MemberId::generate());
-    let reply = call(follower.raft_addr(), chunk(stranger, &meta, 0, 1024)).await;
+    let reply = call(&follower, chunk(stranger, &meta, 0, 1024)).await;
     // Refused: its term already has a leader.
     assert!(matches!(guarded(&reply), Some(GuardError::TwoLeadersInTerm { .. })), "{reply:?}");
 
@@ -168,7 +174,7 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
         data: b"not a snapshot".to_vec(),
         done: true,
     });
-    let reply = call(follower.raft_addr(), garbage).await;
+    let reply = call(&follower, garbage).await;
     assert!(matches!(reply, RaftRpcReply::InstallSnapshot(Err(_))), "{reply:?}");
     assert!(raft_alive(&follower));
     every_member_serves(&cluster, "after-snapshot-chunks").await;
@@ -189,7 +195,7 @@ async fn votes_and_entries_from_made_up_members_elect_nobody() {
             vote: Vote::new(m.status().term + 1, stranger),
             last_log_id: Some(log_id(term, leader.member_id(), 1_000_000)),
         });
-        let reply = call(m.raft_addr(), vote).await;
+        let reply = call(&m, vote).await;
         assert!(!matches!(reply, RaftRpcReply::Vote(Ok(ref v)) if v.vote_granted), "{reply:?}");
         // Replication claiming the term whose leader every member knows: forged.
         let append = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
@@ -198,7 +204,7 @@ async fn votes_and_entries_from_made_up_members_elect_nobody() {
             entries: vec![],
             leader_commit: None,
         });
-        let reply = call(m.raft_addr(), append).await;
+        let reply = call(&m, append).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TwoLeadersInTerm { .. })), "{reply:?}");
     }
     assert!(cluster.members.iter().all(|m| m.status().leader != Some(stranger)), "the stranger never leads");
@@ -312,13 +318,14 @@ async fn a_certified_caller_cannot_speak_for_another_member() {
     let (holder, victim) = (MemberId::generate(), MemberId::generate());
     let send = |claimed: MemberId| {
         let connector = tls(holder).connector();
-        let addr = store.raft_addr();
+        let (addr, to) = (store.raft_addr(), store.member_id());
         async move {
             let tcp = TcpStream::connect(addr).await.expect("connect");
             let stream = connector.connect(Tls::server_name(), tcp).await.expect("handshake");
-            let mut framed = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 24));
+            let mut framed =
+                Framed::new(stream, WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 24));
             let rpc = RaftRpc::Vote(VoteRequest { vote: Vote::new(3, claimed), last_log_id: None });
-            framed.send(Frame { request_id: 1, body: rpc }).await.expect("send");
+            framed.send(Frame { request_id: 1, body: RaftRequest { to, rpc } }).await.expect("send");
             let answer = tokio::time::timeout(DEADLINE, framed.next()).await.expect("an answer in time");
             answer.expect("an answer").expect("a frame").expect("of this cluster").body
         }
@@ -334,4 +341,38 @@ async fn a_certified_caller_cannot_speak_for_another_member() {
     assert!(!matches!(guarded(&reply), Some(GuardError::NotTheSender { .. })), "{reply:?}");
     assert!(store.set("after", vec![1]).await.expect("a write after the attempt"));
     store.shutdown().await.expect("shutdown");
+}
+
+/// Two members answering at one address (a copied configuration, a phantom
+/// in gossip that advertises a member's raft port): a request meant for one
+/// is never taken by the other, whatever it asks, and raft carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_meant_for_another_member_is_refused_before_raft() {
+    common::init_tracing();
+    let cluster = Cluster::start(3, false, timing()).await;
+    let leader = cluster.leader().await;
+    let phantom = MemberId::generate();
+    for m in &cluster.members {
+        let term = m.status().term;
+        let vote =
+            RaftRpc::Vote(VoteRequest { vote: Vote::new(term + 1, leader.member_id()), last_log_id: None });
+        let append = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, leader.member_id()),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        });
+        for rpc in [vote, append, RaftRpc::AppliedIndex] {
+            let reply = call_to(m.raft_addr(), phantom, rpc).await;
+            assert_eq!(
+                guarded(&reply),
+                Some(&GuardError::NotTheTarget { to: phantom, receiver: m.member_id() }),
+                "{reply:?}"
+            );
+        }
+        // The same question meant for the member itself is answered.
+        assert!(matches!(call(m, RaftRpc::AppliedIndex).await, RaftRpcReply::AppliedIndex(_)));
+    }
+    every_member_serves(&cluster, "after-misdirected").await;
+    cluster.shutdown().await;
 }

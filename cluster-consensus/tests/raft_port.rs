@@ -7,7 +7,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::testsuite::net::{connect_from, held_open, idle_connections, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
@@ -21,7 +21,7 @@ const CLUSTER: &str = "test-cluster";
 
 /// Reads one answer frame (decoded as this cluster) from a raw stream, or `None` if closed.
 async fn read_reply(stream: &mut TcpStream) -> Option<Frame<RaftRpcReply>> {
-    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20);
+    let mut codec = WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 20);
     let mut buf = BytesMut::new();
     loop {
         if let Some(item) = codec.decode(&mut buf).expect("a well-formed answer") {
@@ -62,8 +62,14 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
     // the sender's cluster id, never naming ours; the connection goes on.
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut foreign =
-        Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new("another-cluster", 1 << 20));
-    foreign.send(Frame { request_id: 42, body: RaftRpc::AppliedIndex }).await.unwrap();
+        Framed::new(stream, WireCodec::<RaftRequest, RaftRpcReply>::new("another-cluster", 1 << 20));
+    foreign
+        .send(Frame {
+            request_id: 42,
+            body: RaftRequest { to: store.member_id(), rpc: RaftRpc::AppliedIndex },
+        })
+        .await
+        .unwrap();
     let reply = tokio::time::timeout(DEADLINE, foreign.next()).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(reply.request_id, 42);
     match &reply.body {
@@ -73,7 +79,13 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
         }
         other => panic!("expected a cluster mismatch, got {other:?}"),
     }
-    foreign.send(Frame { request_id: 43, body: RaftRpc::AppliedIndex }).await.unwrap();
+    foreign
+        .send(Frame {
+            request_id: 43,
+            body: RaftRequest { to: store.member_id(), rpc: RaftRpc::AppliedIndex },
+        })
+        .await
+        .unwrap();
     let reply = tokio::time::timeout(DEADLINE, foreign.next()).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(reply.request_id, 43);
 
@@ -91,8 +103,13 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
 
     // The member still serves raft RPC and writes.
     let stream = TcpStream::connect(addr).await.unwrap();
-    let mut good = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20));
-    good.send(Frame { request_id: 7, body: RaftRpc::AppliedIndex }).await.unwrap();
+    let mut good = Framed::new(stream, WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 20));
+    good.send(Frame {
+        request_id: 7,
+        body: RaftRequest { to: store.member_id(), rpc: RaftRpc::AppliedIndex },
+    })
+    .await
+    .unwrap();
     let answer = tokio::time::timeout(DEADLINE, good.next()).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(answer.request_id, 7);
     assert!(matches!(answer.body, RaftRpcReply::AppliedIndex(Some(_))));
@@ -143,12 +160,15 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
 
     // 200,000 valid requests, answers never read.
     let before = resident_memory().expect("procfs");
-    let mut codec = WireCodec::<RaftRpc, RaftRpcReply>::new(CLUSTER, 1 << 20);
+    let mut codec = WireCodec::<RaftRequest, RaftRpcReply>::new(CLUSTER, 1 << 20);
     let mut pipeline = BytesMut::new();
     for id in 1..=200_000u64 {
         tokio_util::codec::Encoder::encode(
             &mut codec,
-            Frame { request_id: id, body: RaftRpc::AppliedIndex },
+            Frame {
+                request_id: id,
+                body: RaftRequest { to: leader.member_id(), rpc: RaftRpc::AppliedIndex },
+            },
             &mut pipeline,
         )
         .unwrap();

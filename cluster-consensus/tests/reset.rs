@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use cluster_consensus::RaftStore;
 use cluster_consensus::recovery::{pending_reset, reset_raft_state};
-use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, keys};
 use common::{Cluster, DEADLINE, timing, wait_until};
@@ -25,9 +25,11 @@ use tokio_util::codec::Framed;
 /// Sends a vote request for a made-up candidate in a far term to `store`'s raft port.
 async fn ask_vote(store: &RaftStore, term: u64) -> RaftRpcReply {
     let stream = TcpStream::connect(store.raft_addr()).await.unwrap();
-    let mut framed = Framed::new(stream, WireCodec::<RaftRpc, RaftRpcReply>::new("test-cluster", 1 << 20));
+    let mut framed =
+        Framed::new(stream, WireCodec::<RaftRequest, RaftRpcReply>::new("test-cluster", 1 << 20));
     let request = VoteRequest { vote: Vote::new(term, MemberId::generate()), last_log_id: None };
-    framed.send(Frame { request_id: 1, body: RaftRpc::Vote(request) }).await.unwrap();
+    let body = RaftRequest { to: store.member_id(), rpc: RaftRpc::Vote(request) };
+    framed.send(Frame { request_id: 1, body }).await.unwrap();
     tokio::time::timeout(DEADLINE, framed.next()).await.unwrap().unwrap().unwrap().unwrap().body
 }
 

@@ -8,7 +8,7 @@ use std::future::ready;
 use std::time::Duration;
 
 use cluster_consensus::RaftStore;
-use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Client, ClientConfig, Limits, Role, RpcError, Security, Settings, Tls};
@@ -43,17 +43,29 @@ async fn members_replicate_over_tls_and_a_client_certificate_is_refused() {
     assert_eq!(second.get("over-tls").expect("read"), Some(vec![7]));
 
     // A client certificate of the same CA: refused on the raft port, clearly.
-    let client: Client<RaftRpc, RaftRpcReply> = Client::new(ClientConfig {
+    let client: Client<RaftRequest, RaftRpcReply> = Client::new(ClientConfig {
         cluster_id: "test-cluster".into(),
         limits: Limits::default(),
         security: Security::Tls(tls(&ca, Role::Client, "c1")),
     });
-    let r = client.call(&second.raft_addr().to_string(), &RaftRpc::AppliedIndex, DEADLINE).await;
+    let r = client
+        .call(
+            &second.raft_addr().to_string(),
+            &RaftRequest { to: second.member_id(), rpc: RaftRpc::AppliedIndex },
+            DEADLINE,
+        )
+        .await;
     assert!(matches!(r, Err(RpcError::Refused { error: Error::Forbidden(_), .. })), "{r:?}");
     // Plain TCP: refused too.
-    let plain: Client<RaftRpc, RaftRpcReply> =
+    let plain: Client<RaftRequest, RaftRpcReply> =
         Client::new(ClientConfig { cluster_id: "test-cluster".into(), ..ClientConfig::default() });
-    let r = plain.call(&second.raft_addr().to_string(), &RaftRpc::AppliedIndex, Duration::from_secs(5)).await;
+    let r = plain
+        .call(
+            &second.raft_addr().to_string(),
+            &RaftRequest { to: second.member_id(), rpc: RaftRpc::AppliedIndex },
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(matches!(r, Err(RpcError::Refused { error: Error::Forbidden(_), .. })), "{r:?}");
 
     second.shutdown().await.expect("shutdown");

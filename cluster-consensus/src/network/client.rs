@@ -20,11 +20,11 @@ use openraft::raft::{
 };
 use openraft::{EntryPayload, RPCTypes};
 
-use super::{RaftRpc, RaftRpcReply};
+use super::{RaftRequest, RaftRpc, RaftRpcReply};
 use crate::typecfg::{Entry, TypeConfig};
 
 /// The RPC client of the raft port: one connection per peer address.
-pub(crate) type RaftClient = cluster_rpc::Client<RaftRpc, RaftRpcReply>;
+pub(crate) type RaftClient = cluster_rpc::Client<RaftRequest, RaftRpcReply>;
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -39,14 +39,15 @@ pub(crate) enum CallError {
     Refused(Error),
 }
 
-/// Sends `rpc` to `addr` and waits for its answer, at most `ttl`.
+/// Sends `rpc` for member `to` at `addr` and waits for its answer, at most `ttl`.
 pub(crate) async fn call(
     client: &RaftClient,
     addr: &str,
+    to: MemberId,
     rpc: RaftRpc,
     ttl: Duration,
 ) -> Result<RaftRpcReply, CallError> {
-    match client.call(addr, &rpc, ttl).await {
+    match client.call(addr, &RaftRequest { to, rpc }, ttl).await {
         Ok(RaftRpcReply::Refused(e)) => Err(CallError::Refused(e)),
         Ok(RaftRpcReply::Guarded(e)) => Err(CallError::Refused(Error::BadRequest(e.to_string()))),
         Ok(reply) => Ok(reply),
@@ -145,7 +146,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         if entries > 1 && size > self.limits.max_append_bytes {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)));
         }
-        match call(&self.client, &self.addr, RaftRpc::AppendEntries(rpc), ttl).await {
+        match call(&self.client, &self.addr, self.target, RaftRpc::AppendEntries(rpc), ttl).await {
             Ok(RaftRpcReply::AppendEntries(Ok(r))) => Ok(r),
             Ok(RaftRpcReply::AppendEntries(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -165,7 +166,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<MemberId>, RpcErr<InstallSnapshotError>> {
         let ttl = option.hard_ttl();
-        match call(&self.client, &self.addr, RaftRpc::InstallSnapshot(rpc), ttl).await {
+        match call(&self.client, &self.addr, self.target, RaftRpc::InstallSnapshot(rpc), ttl).await {
             Ok(RaftRpcReply::InstallSnapshot(Ok(r))) => Ok(r),
             Ok(RaftRpcReply::InstallSnapshot(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -181,7 +182,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RpcErr> {
         let ttl = option.hard_ttl();
-        match call(&self.client, &self.addr, RaftRpc::Vote(rpc), ttl).await {
+        match call(&self.client, &self.addr, self.target, RaftRpc::Vote(rpc), ttl).await {
             Ok(RaftRpcReply::Vote(Ok(r))) => Ok(r),
             Ok(RaftRpcReply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             Ok(other) => Err(self.unexpected(&other)),

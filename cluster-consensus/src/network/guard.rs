@@ -210,6 +210,17 @@ pub enum GuardError {
         /// The member the caller's certificate names.
         certified: MemberId,
     },
+    /// The request is meant for another member than the one it reached:
+    /// two members answer at one address (a copied configuration, a
+    /// phantom in gossip). Refused, so that nothing sent to one is ever
+    /// counted as the other's answer.
+    #[error("request meant for member {to} reached member {receiver}")]
+    NotTheTarget {
+        /// The member the sender meant to reach.
+        to: MemberId,
+        /// The member that received it.
+        receiver: MemberId,
+    },
 }
 
 /// The bounds the guard enforces that come from configuration.
@@ -363,6 +374,11 @@ pub(crate) fn check_sender(certified: Option<MemberId>, rpc: &RaftRpc) -> Result
         RaftRpc::InstallSnapshot(req) => req.vote.leader_id().node_id,
     };
     if claimed == certified { Ok(()) } else { Err(GuardError::NotTheSender { claimed, certified }) }
+}
+
+/// A request reaches only the member it is meant for.
+pub(crate) fn check_target(to: MemberId, receiver: MemberId) -> Result<(), GuardError> {
+    if to == receiver { Ok(()) } else { Err(GuardError::NotTheTarget { to, receiver }) }
 }
 
 pub(crate) fn check_rpc(
@@ -531,17 +547,20 @@ impl RaftGuard {
 
     /// Checks `rpc` from `source` before raft sees it; a refusal is logged
     /// (rate-limited per source) and returned for the caller. `certified`
-    /// is the member the caller's certificate names, if it names one.
+    /// is the member the caller's certificate names, if it names one; `to`
+    /// the member the request is meant for.
     pub(crate) fn check(
         &self,
         source: IpAddr,
         certified: Option<MemberId>,
+        to: MemberId,
         rpc: &RaftRpc,
     ) -> Result<(), GuardError> {
-        if matches!(rpc, RaftRpc::AppliedIndex) {
-            return Ok(());
-        }
-        let result = check_sender(certified, rpc).and_then(|()| {
+        let receiver = self.metrics.borrow().id;
+        let result = check_target(to, receiver).and_then(|()| check_sender(certified, rpc)).and_then(|()| {
+            if matches!(rpc, RaftRpc::AppliedIndex) {
+                return Ok(());
+            }
             let metrics = self.metrics.borrow();
             let view = View {
                 member_id: metrics.id,
@@ -638,6 +657,12 @@ mod tests {
             assert_eq!(check_sender(None, &rpc), Ok(()));
         }
         assert_eq!(check_sender(Some(id(3)), &RaftRpc::AppliedIndex), Ok(()));
+    }
+
+    #[test]
+    fn a_request_meant_for_another_member_is_refused() {
+        assert_eq!(check_target(id(1), id(1)), Ok(()));
+        assert_eq!(check_target(id(2), id(1)), Err(GuardError::NotTheTarget { to: id(2), receiver: id(1) }));
     }
 
     fn chunk(leader: u64, snapshot: &str, offset: u64, len: usize, done: bool) -> RaftRpc {

@@ -35,6 +35,19 @@ pub enum RaftRpc {
     AppliedIndex,
 }
 
+/// A [`RaftRpc`] with the member it is meant for, as it travels on the raft
+/// port. The receiving member refuses a request meant for another member:
+/// when two members answer at one address (a copied configuration, a
+/// phantom in gossip), nothing sent to one is ever counted as the other's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(not(feature = "testsuite"), allow(unreachable_pub))] // tests write it raw: `crate::testsuite`
+pub struct RaftRequest {
+    /// The member the sender means to reach.
+    pub to: MemberId,
+    /// The request.
+    pub rpc: RaftRpc,
+}
+
 /// The answer to a [`RaftRpc`], with the request's id.
 #[derive(Debug, Serialize, Deserialize)]
 #[non_exhaustive]

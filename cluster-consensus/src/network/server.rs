@@ -8,7 +8,7 @@ use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Reply, RpcError, Serve
 use tokio::net::TcpListener;
 
 use super::guard::RaftGuard;
-use super::{RaftRpc, RaftRpcReply};
+use super::{RaftRequest, RaftRpc, RaftRpcReply};
 use crate::typecfg::Raft;
 
 /// What the server needs to serve.
@@ -25,12 +25,15 @@ pub(crate) struct ServerContext {
 struct RaftHandler(Arc<ServerContext>);
 
 impl Handler for RaftHandler {
-    type Request = RaftRpc;
+    type Request = RaftRequest;
     type Answer = RaftRpcReply;
 
-    fn handle(&self, caller: Caller, rpc: RaftRpc) -> HandlerFuture<RaftRpcReply> {
+    fn handle(&self, caller: Caller, request: RaftRequest) -> HandlerFuture<RaftRpcReply> {
         let ctx = self.0.clone();
-        Box::pin(async move { Reply::One(handle(&ctx, caller.addr.ip(), caller.member, rpc).await) })
+        Box::pin(async move {
+            let RaftRequest { to, rpc } = request;
+            Reply::One(handle(&ctx, caller.addr.ip(), caller.member, to, rpc).await)
+        })
     }
 }
 
@@ -52,11 +55,13 @@ pub(crate) fn serve(
 }
 
 /// Runs one raft request against the local raft.
-/// `member` is the member the caller's certificate names, if any.
+/// `member` is the member the caller's certificate names, if any; `to` the
+/// member the caller means to reach.
 pub(crate) async fn handle(
     ctx: &ServerContext,
     peer: IpAddr,
     member: Option<cluster_core::MemberId>,
+    to: cluster_core::MemberId,
     rpc: RaftRpc,
 ) -> RaftRpcReply {
     // A member that lost its raft state must not vote (see `recovery`),
@@ -64,7 +69,7 @@ pub(crate) async fn handle(
     if let (RaftRpc::Vote(_), Some(reason)) = (&rpc, ctx.votes.refusal()) {
         return RaftRpcReply::Refused(cluster_core::Error::BadRequest(reason));
     }
-    if let Err(refused) = ctx.guard.check(peer, member, &rpc) {
+    if let Err(refused) = ctx.guard.check(peer, member, to, &rpc) {
         return RaftRpcReply::Guarded(refused);
     }
     let raft = &ctx.raft;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BufMut;
 use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::KvState;
-use cluster_consensus::testsuite::{RaftRpc, RaftRpcReply};
+use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_consensus::{LogId, TypeConfig, Vote, WriteBatch};
 use cluster_core::wire::{Frame, WireCodec, encode_body};
 use cluster_core::{ConsensusStore, MemberId, WriteOp, WriteRequest};
@@ -56,6 +56,8 @@ pub struct Templates {
     pub bodies: Vec<Vec<u8>>,
     /// The members of the cluster.
     pub members: Vec<MemberId>,
+    /// The member the requests are meant for.
+    pub to: MemberId,
     /// The cluster id.
     pub cluster_id: String,
 }
@@ -117,11 +119,12 @@ pub fn templates(target: &RaftStore, cluster_id: &str) -> Templates {
     let bodies = rpcs
         .iter()
         .map(|body| {
+            let body = RaftRequest { to: me, rpc: body.clone() };
             encode_body(cluster_id, &Frame { request_id: 1, body }, 1 << 20).expect("a template encodes")
         })
         .collect();
     let members = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
-    Templates { rpcs, bodies, members, cluster_id: cluster_id.to_owned() }
+    Templates { rpcs, bodies, members, to: me, cluster_id: cluster_id.to_owned() }
 }
 
 /// A term, index or offset that raft's arithmetic and the guard's bounds find interesting.
@@ -204,7 +207,9 @@ fn structured(rng: &mut Rng, t: &Templates) -> Vec<u8> {
         }
         _ => {}
     }
-    encode_body(&t.cluster_id, &Frame { request_id: 1, body: rpc }, 1 << 20)
+    // Now and then meant for another member (a phantom at this address).
+    let to = if rng.below(8) == 0 { member(rng, t) } else { t.to };
+    encode_body(&t.cluster_id, &Frame { request_id: 1, body: RaftRequest { to, rpc } }, 1 << 20)
         .expect("a changed template encodes")
 }
 
@@ -285,7 +290,7 @@ fn sort(report: &mut Report, reply: RaftRpcReply) {
     }
 }
 
-type Replies = FramedRead<OwnedReadHalf, WireCodec<RaftRpc, RaftRpcReply>>;
+type Replies = FramedRead<OwnedReadHalf, WireCodec<RaftRequest, RaftRpcReply>>;
 
 async fn connect(addr: SocketAddr, cluster_id: &str) -> (Replies, tokio::net::tcp::OwnedWriteHalf) {
     let stream = TcpStream::connect(addr).await.expect("connect to the raft port");
