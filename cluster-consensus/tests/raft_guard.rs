@@ -91,19 +91,19 @@ async fn terms_of_u64_max_are_refused_by_every_member_and_survive_a_restart() {
             leader_commit: None,
         });
         assert!(frame_len(append.clone()) < 100);
-        let reply = call(&m, append).await;
+        let reply = call(m, append).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { term: u64::MAX, .. })), "{reply:?}");
         // A vote for a candidate whose log is far ahead: openraft would grant and persist it.
         let vote = RaftRpc::Vote(VoteRequest {
             vote: Vote::new(u64::MAX, other),
             last_log_id: Some(log_id(u64::MAX, other, u64::MAX / 4)),
         });
-        let reply = call(&m, vote).await;
+        let reply = call(m, vote).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TermTooHigh { .. })), "{reply:?}");
         // Just past the relative bound.
         let term = m.status().term + TERM_STEP + 1;
         let vote = RaftRpc::Vote(VoteRequest { vote: Vote::new(term, other), last_log_id: None });
-        assert!(guarded(&call(&m, vote).await).is_some());
+        assert!(guarded(&call(m, vote).await).is_some());
     }
     every_member_serves(&cluster, "after-attack").await;
 
@@ -195,7 +195,7 @@ async fn votes_and_entries_from_made_up_members_elect_nobody() {
             vote: Vote::new(m.status().term + 1, stranger),
             last_log_id: Some(log_id(term, leader.member_id(), 1_000_000)),
         });
-        let reply = call(&m, vote).await;
+        let reply = call(m, vote).await;
         assert!(!matches!(reply, RaftRpcReply::Vote(Ok(ref v)) if v.vote_granted), "{reply:?}");
         // Replication claiming the term whose leader every member knows: forged.
         let append = RaftRpc::AppendEntries(AppendEntriesRequest::<TypeConfig> {
@@ -204,7 +204,7 @@ async fn votes_and_entries_from_made_up_members_elect_nobody() {
             entries: vec![],
             leader_commit: None,
         });
-        let reply = call(&m, append).await;
+        let reply = call(m, append).await;
         assert!(matches!(guarded(&reply), Some(GuardError::TwoLeadersInTerm { .. })), "{reply:?}");
     }
     assert!(cluster.members.iter().all(|m| m.status().leader != Some(stranger)), "the stranger never leads");
