@@ -101,12 +101,14 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
         if live.contains_key(id) || in_raft {
             continue;
         }
-        let reserved = f.short_ids.contains_key(id) && !f.released.contains(id);
-        if !reserved {
+        let held = f.short_ids.get(id).copied().filter(|_| !f.released.contains(id));
+        if held.is_none() {
             plan.push(RecordChange::DeleteMember(*id));
-        } else if info.raft_role != RaftRole::Nonvoter {
+        } else if info.raft_role != RaftRole::Nonvoter || info.short_id != held {
+            // It carries the short id it holds, like every record.
             let mut out_of_raft = info.clone();
             out_of_raft.raft_role = RaftRole::Nonvoter;
+            out_of_raft.short_id = held;
             plan.push(RecordChange::PutMember(out_of_raft));
         }
     }
@@ -376,8 +378,15 @@ mod tests {
             let held: Vec<ShortId> = f.short_ids.values().copied().collect();
             let distinct: BTreeSet<ShortId> = held.iter().copied().collect();
             prop_assert_eq!(held.len(), distinct.len(), "two members hold one short id");
-            for id in f.recorded.keys() {
-                prop_assert!(live.contains(id) || f.voters.contains(id) || f.nonvoters.contains(id));
+            for (id, info) in &f.recorded {
+                let in_raft = f.voters.contains(id) || f.nonvoters.contains(id);
+                // A record shows a live member, one in raft, or a departed
+                // one that still holds its short id (listed as failed).
+                prop_assert!(live.contains(id) || in_raft || f.short_ids.contains_key(id));
+                if !live.contains(id) && !in_raft {
+                    prop_assert_eq!(info.raft_role, RaftRole::Nonvoter);
+                    prop_assert_eq!(info.short_id, f.short_ids.get(id).copied());
+                }
             }
             prop_assert_eq!(&f.voter_keys, &f.voters);
             prop_assert_eq!(&f.nonvoter_keys, &f.nonvoters);
