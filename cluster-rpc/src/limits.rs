@@ -70,8 +70,12 @@ pub struct Limits {
     /// or over plain TCP the wait for its first valid frame.
     pub handshake_timeout: Duration,
     /// A connection with no request in flight and no byte received for this
-    /// long is closed; so is one whose answers the peer does not read for this long.
+    /// long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose peer takes no byte of its answers for this long is
+    /// closed, and the bytes its unsent answers held in `max_queued_bytes`
+    /// are free again. A slow reader that makes progress is never cut.
+    pub write_stall_timeout: Duration,
     /// A frame that started must be complete within this time: a peer that
     /// trickles bytes is closed.
     pub frame_timeout: Duration,
@@ -98,6 +102,7 @@ impl Default for Limits {
             max_partial_frame_bytes: 32 << 20,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
+            write_stall_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
@@ -156,6 +161,7 @@ impl Limits {
         for (name, value) in [
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("write_stall_timeout", self.write_stall_timeout),
             ("frame_timeout", self.frame_timeout),
             ("request_timeout", self.request_timeout),
             ("connect_timeout", self.connect_timeout),

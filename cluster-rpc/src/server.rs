@@ -552,7 +552,7 @@ async fn run<H: Handler>(
     let (read, write) = tokio::io::split(io);
     let (out, out_rx) = mpsc::channel::<Out>(limits.max_in_flight_per_connection.saturating_mul(2));
     let writer =
-        AbortOnDrop(tokio::spawn(write_frames(write, out_rx, limits.idle_timeout).in_current_span()));
+        AbortOnDrop(tokio::spawn(write_frames(write, out_rx, limits.write_stall_timeout).in_current_span()));
     let mut reader = FrameReader::new(read, max);
     if !member {
         reader = reader.with_large_frame_budget(limits.large_frame_bytes, shared.partial_frames.clone());
@@ -812,31 +812,57 @@ fn progress<A: Answer>(
         .boxed()
 }
 
+fn stalled() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer took no byte of its answers")
+}
+
+/// Writes all of `buf`, each write taking at least one byte within `stall`.
+async fn write_progressing<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match tokio::time::timeout(stall, w.write(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(stalled()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the connection's answers until its channel closes. A peer that
+/// takes no byte for `stall` is closed, which frees the bytes its unsent
+/// answers hold in the port's budget: a few never-reading callers cannot
+/// keep everyone else's large answers out for long. A slow reader that
+/// makes progress is not cut, however long a large answer takes.
 async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Out>, stall: Duration) {
     let mut write = BufWriter::with_capacity(64 * 1024, write);
     while let Some(first) = frames.recv().await {
         let mut batch = Some(first);
-        let wrote = tokio::time::timeout(stall, async {
+        let wrote: std::io::Result<()> = async {
             // Write out when no further answer is ready, to batch busy connections.
             while let Some(out) = batch.take() {
                 if let Out::Frame(bytes, taken) = out {
-                    write.write_all(&bytes).await?;
+                    write_progressing(&mut write, &bytes, stall).await?;
                     // Written (or in the writer's fixed buffer): its room is free.
                     drop((bytes, taken));
                 }
                 batch = frames.try_recv().ok();
             }
-            write.flush().await
-        })
+            tokio::time::timeout(stall, write.flush()).await.map_err(|_| stalled())?
+        }
         .await;
         match wrote {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "connection write failed");
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::debug!(?stall, "the peer does not read its answers: closing");
                 return;
             }
-            Err(_) => {
-                tracing::debug!(?stall, "the peer does not read its answers: closing");
+            Err(e) => {
+                tracing::debug!(error = %e, "connection write failed");
                 return;
             }
         }
