@@ -1,18 +1,26 @@
 //! The README says what the program does (issue 25): its exit-code table is
 //! the one `carbon --help` prints, and every shell snippet of "Securing a
-//! cluster" and "Operating a cluster" is checked against the program.
+//! cluster" and "Operating a cluster" runs as written.
 //!
-//! The snippets are checked, not run: they show a deployment (a network
-//! host, fixed ports, `/var/lib`), which a test cannot reproduce as written.
-//! Every ```sh block of those sections, also one added later, must parse
-//! (`bash -n`), use only variables it (or an earlier block of its section)
-//! sets, besides `$C` (the README's name for the program), and give each
-//! `carbon` command only flags that command's `--help` lists.
+//! Every ```sh block of those sections, also one added later, is checked:
+//! it must parse (`bash -n`), use only variables it (or an earlier block of
+//! its section) sets, besides `$C` (the README's name for the program) and
+//! `${NAME:-default}` (a port the reader may change), and give each `carbon`
+//! command only flags that command's `--help` lists.
+//!
+//! Then each section's blocks run, in order, as one bash script
+//! (`set -euo pipefail`) in a temporary directory, with `C` the `carbon` of
+//! this build and every `${NAME:-<digits>}` given a free port: the script
+//! must exit 0. A block that cannot run on one machine is marked in the
+//! README on the line before it with
+//! `<!-- readme-snippets: skip (the reason) -->` and only checked.
 
 mod agent;
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use agent::carbon;
 
@@ -61,23 +69,36 @@ fn the_readme_exit_code_table_is_the_programs() {
     assert_eq!(readme_exit_codes(&readme()), help);
 }
 
+/// One ```sh block of the README.
+struct Block {
+    /// Its text, unindented.
+    text: String,
+    /// False when the line before it says `<!-- readme-snippets: skip … -->`.
+    runs: bool,
+}
+
 /// The ```sh blocks of the README section headed `## {title}`, up to the
 /// next `## ` heading (indented blocks in lists included, unindented).
-fn sh_blocks(readme: &str, title: &str) -> Vec<String> {
+fn sh_blocks(readme: &str, title: &str) -> Vec<Block> {
     let start = readme.find(&format!("\n## {title}\n")).unwrap_or_else(|| panic!("no section {title:?}"));
     let body = &readme[start + 1..];
     let end = body[3..].find("\n## ").map_or(body.len(), |i| i + 3);
     let mut blocks = Vec::new();
-    let mut current: Option<(usize, String)> = None;
+    let mut current: Option<(usize, Block)> = None;
+    let mut before = "";
     for line in body[..end].lines() {
         let trimmed = line.trim_start();
         match &mut current {
-            None if trimmed == "```sh" => current = Some((line.len() - trimmed.len(), String::new())),
-            Some(_) if trimmed == "```" => blocks.push(current.take().unwrap().1),
-            Some((indent, text)) => {
-                text.push_str(line.get(*indent..).unwrap_or(trimmed));
-                text.push('\n');
+            None if trimmed == "```sh" => {
+                let runs = !before.starts_with("<!-- readme-snippets: skip");
+                current = Some((line.len() - trimmed.len(), Block { text: String::new(), runs }));
             }
+            Some(_) if trimmed == "```" => blocks.push(current.take().unwrap().1),
+            Some((indent, block)) => {
+                block.text.push_str(line.get(*indent..).unwrap_or(trimmed));
+                block.text.push('\n');
+            }
+            None if !trimmed.is_empty() => before = trimmed,
             None => {}
         }
     }
@@ -117,7 +138,9 @@ fn variables(line: &str) -> (Vec<String>, Vec<String>) {
     for (i, _) in line.match_indices('$') {
         let rest = &line[i + 1..];
         let name = word(rest.strip_prefix('{').unwrap_or(rest));
-        if !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) {
+        // `${NAME:-default}` needs no NAME: the default stands in.
+        let defaulted = rest.starts_with('{') && rest[1 + name.len()..].starts_with(":-");
+        if !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && !defaulted {
             read.push(name);
         }
     }
@@ -170,7 +193,7 @@ fn the_securing_and_operating_snippets_use_commands_flags_and_variables_that_exi
         assert!(!blocks.is_empty(), "no snippets in {title:?}");
         // Set by an earlier block of the section, or by the reader ($C).
         let mut known: BTreeSet<String> = ["C".to_owned()].into();
-        for block in blocks {
+        for Block { text: block, .. } in blocks {
             let syntax = Command::new("bash").args(["-n", "-c", &block]).output().expect("bash runs");
             assert!(
                 syntax.status.success(),
@@ -219,4 +242,117 @@ fn the_securing_and_operating_snippets_use_commands_flags_and_variables_that_exi
         }
     }
     assert!(checked >= 10, "only {checked} carbon commands found in the snippets");
+}
+
+/// The names `NAME` of every `${NAME:-<digits>}` in a script: the ports a
+/// reader may change.
+fn port_variables(script: &str) -> BTreeSet<String> {
+    script
+        .match_indices("${")
+        .filter_map(|(i, _)| {
+            let rest = &script[i + 2..];
+            let (name, rest) = rest.split_once(":-")?;
+            let (default, _) = rest.split_once('}')?;
+            let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (is_name && !default.is_empty() && default.chars().all(|c| c.is_ascii_digit()))
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// `n` distinct ports free for TCP and UDP on 127.0.0.1 (gossip is UDP)
+/// at the time of asking; held until all are found, so none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((port, tcp, udp));
+        }
+    }
+    held.into_iter().map(|(port, ..)| port).collect()
+}
+
+/// A script running in its own process group; the whole group (the
+/// agents and curls it started in the background too) is killed on drop.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the runnable ```sh blocks of section `title`, in order, as one bash
+/// script in a temporary directory; panics with its output unless it exits 0
+/// within `timeout`.
+fn run_section(title: &str, timeout: Duration) {
+    let blocks = sh_blocks(&readme(), title);
+    let script: Vec<String> = blocks.into_iter().filter(|b| b.runs).map(|b| b.text).collect();
+    assert!(!script.is_empty(), "{title}: no snippet runs");
+    let script = format!("set -euo pipefail\n{}", script.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("snippets.sh"), &script).unwrap();
+    let output = dir.path().join("output.log");
+    let log = std::fs::File::create(&output).unwrap();
+    let mut command = Command::new("bash");
+    command
+        .arg("snippets.sh")
+        .current_dir(dir.path())
+        .env("C", env!("CARGO_BIN_EXE_carbon"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0);
+    // The reader's own settings must not steer the snippets.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CARBON_") {
+            command.env_remove(name);
+        }
+    }
+    let names = port_variables(&script);
+    for (name, port) in names.iter().zip(free_ports(names.len())) {
+        command.env(name, port.to_string());
+    }
+    let started = Instant::now();
+    let mut group = Group(command.spawn().expect("bash runs"));
+    let status = loop {
+        if let Some(status) = group.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed();
+    drop(group);
+    let shown = std::fs::read_to_string(&output).unwrap_or_default();
+    let verdict = match status {
+        Some(s) if s.success() => {
+            eprintln!("{title}: the snippets ran in {elapsed:.1?}");
+            return;
+        }
+        Some(s) => format!("exited with {s}"),
+        None => format!("did not end within {timeout:?}"),
+    };
+    panic!(
+        "{title}: the README's snippets {verdict} after {elapsed:.1?} (make a snippet run on one \
+         machine, or mark it `<!-- readme-snippets: skip (why) -->`)\n\
+         --- the script ---\n{script}\n--- its output ---\n{shown}"
+    );
+}
+
+#[test]
+fn the_securing_snippets_run() {
+    run_section("Securing a cluster", Duration::from_secs(120));
+}
+
+#[test]
+fn the_operating_snippets_run() {
+    run_section("Operating a cluster", Duration::from_secs(120));
 }
