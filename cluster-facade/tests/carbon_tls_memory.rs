@@ -5,6 +5,8 @@
 //! agent's resident memory (`VmRSS` of its own process, so the attacker's
 //! TLS buffers are not counted) must grow by less than 128 MiB, a client
 //! must be served meanwhile, and the frame timeout must close them all.
+//! Measured: +18 MiB (+41 to +78 MiB while the frame reader grew a large
+//! frame's buffer by doubling; +386 MiB without the partial-frame budget).
 
 mod agent;
 
