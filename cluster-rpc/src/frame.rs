@@ -1,6 +1,8 @@
 //! Frames of the RPC layer over a byte stream: the reader whose buffer grows
-//! only as bytes arrive and that enforces the idle and per-frame timeouts, the
-//! encoder, and what stream frames carry.
+//! only as bytes arrive (a large frame that holds its room in the server's
+//! budget gets its buffer at once, its pages used as bytes arrive) and that
+//! enforces the idle and per-frame timeouts, the encoder, and what stream
+//! frames carry.
 //!
 //! The format is core's ([`cluster_core::wire`]): a 4-byte length, then magic,
 //! version, request id, cluster id and a bincode payload. A message frame
@@ -151,7 +153,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     // the peer's bytes wait in its socket meanwhile.
                     let started = *self.frame_started.get_or_insert_with(Instant::now);
                     match tokio::time::timeout_at(started + frame_timeout, budget.take(len)).await {
-                        Ok(taken) => self.held = Some(taken),
+                        Ok(taken) => {
+                            // The budget counts the whole frame: its buffer is
+                            // taken at once, not grown by doubling (each step a
+                            // copy while the old buffer is still held, which
+                            // made a reader hold up to three times what
+                            // arrived). Pages are still used only as bytes arrive.
+                            self.buf.reserve(needed - self.buf.len());
+                            self.held = Some(taken);
+                        }
                         Err(_) => return Err(ReadEnd::NoRoom { len }),
                     }
                 }
@@ -217,6 +227,22 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(50), reader.next(None, Duration::from_secs(60))).await;
         assert!(read.is_err(), "the frame is not complete");
         assert!(reader.buf.capacity() < 4 * READ_CHUNK, "capacity {}", reader.buf.capacity());
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_with_room_gets_its_buffer_at_once() {
+        let budget = ByteBudget::new(1 << 20);
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(rx, 1 << 20).with_large_frame_budget(100, budget.clone());
+        tx.write_all(&500_000u32.to_be_bytes()).await.unwrap();
+        tx.write_all(&[1; 1000]).await.unwrap();
+        let read =
+            tokio::time::timeout(Duration::from_millis(50), reader.next(None, Duration::from_secs(60))).await;
+        assert!(read.is_err(), "the frame is not complete");
+        assert_eq!(budget.used(), 500_000);
+        // One allocation of the frame's size, never a doubling past it.
+        let capacity = reader.buf.capacity();
+        assert!((500_004..600_000).contains(&capacity), "capacity {capacity}");
     }
 
     #[tokio::test(start_paused = true)]
