@@ -110,6 +110,9 @@ pub struct AgentConfig {
     pub election_timeout_min_ms: u64,
     /// Raft election timeout, upper bound.
     pub election_timeout_max_ms: u64,
+    /// Whether the agents also serve the operators' HTTP API (on a port the
+    /// OS picks; the start line names it).
+    pub http: bool,
 }
 
 impl Default for AgentConfig {
@@ -125,6 +128,7 @@ impl Default for AgentConfig {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            http: false,
         }
     }
 }
@@ -149,7 +153,9 @@ impl AgentConfig {
             self.election_timeout_min_ms,
             self.election_timeout_max_ms,
         );
-        text + &tables
+        // A top-level key: it goes before the first table.
+        let http = if self.http { "http_port = 0\n" } else { "" };
+        format!("{http}{text}{tables}")
     }
 }
 
@@ -181,6 +187,8 @@ pub struct StartLine {
     pub service: SocketAddr,
     /// The grid address.
     pub grid: SocketAddr,
+    /// The HTTP API's address, when the agent serves it.
+    pub http: Option<SocketAddr>,
 }
 
 impl StartLine {
@@ -201,6 +209,7 @@ impl StartLine {
             raft: addr("raft")?,
             service: addr("service")?,
             grid: addr("grid")?,
+            http: if words.contains(&"http") { Some(addr("http")?) } else { None },
         })
     }
 
