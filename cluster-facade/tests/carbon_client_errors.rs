@@ -5,28 +5,16 @@
 
 mod agent;
 
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon};
+use agent::{Agent, carbon, tls_flags};
 
 const CLUSTER: &str = "client-errors";
 
 /// Far longer than any answer takes: a command that waits this long retried
 /// what it should have refused.
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn tls_flags(dir: &Path, ca: &str, name: &str) -> Vec<String> {
-    vec![
-        "--tls-ca".into(),
-        dir.join(ca).display().to_string(),
-        "--tls-cert".into(),
-        dir.join(format!("{name}.pem")).display().to_string(),
-        "--tls-key".into(),
-        dir.join(format!("{name}-key.pem")).display().to_string(),
-    ]
-}
 
 /// `carbon kv get k` at `service` with `tls`, and how long it took.
 fn get(service: &str, tls: &[String]) -> (Output, Duration) {
@@ -65,25 +53,25 @@ fn wrong_tls_credentials_exit_2_at_once_saying_what_is_wrong() {
     }
     let mut args: Vec<String> =
         ["--host", "127.0.0.1", "--cluster-id", CLUSTER].iter().map(|s| s.to_string()).collect();
-    args.extend(tls_flags(&certs, "ca.pem", "member-1"));
+    args.extend(tls_flags(&certs, "member-1"));
     let tls_member = Agent::spawn(&args);
     let plain_member =
         Agent::spawn(&["--host".into(), "127.0.0.1".into(), "--cluster-id".into(), CLUSTER.into()]);
 
     // The right credentials work: what follows is about the credentials only.
-    let (ok, _) = get(&tls_member.service, &tls_flags(&certs, "ca.pem", "client"));
+    let (ok, _) = get(&tls_member.service, &tls_flags(&certs, "client"));
     assert_eq!(ok.status.code(), Some(1), "a missing key: {}", String::from_utf8_lossy(&ok.stderr));
 
     // Another cluster's CA: the member's certificate fails our check.
     refused_in_words(
         "another CA",
-        get(&tls_member.service, &tls_flags(&other, "ca.pem", "client")),
+        get(&tls_member.service, &tls_flags(&other, "client")),
         "not signed by your CA",
     );
     // Our CA, another cluster's client certificate: refused before any
     // connection, since loading checks that a certificate chains to its CA
     // (the member would refuse it; a start or a reload refuses it first).
-    let mut foreign_cert = tls_flags(&other, "ca.pem", "client");
+    let mut foreign_cert = tls_flags(&other, "client");
     foreign_cert[1] = certs.join("ca.pem").display().to_string();
     refused_in_words(
         "another cluster's client certificate",
@@ -93,7 +81,7 @@ fn wrong_tls_credentials_exit_2_at_once_saying_what_is_wrong() {
     // TLS to a member without TLS.
     refused_in_words(
         "TLS to a plain member",
-        get(&plain_member.service, &tls_flags(&certs, "ca.pem", "client")),
+        get(&plain_member.service, &tls_flags(&certs, "client")),
         "does not speak TLS",
     );
 }

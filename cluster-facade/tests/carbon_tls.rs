@@ -3,7 +3,7 @@
 
 mod agent;
 
-use agent::{Agent, carbon};
+use agent::{Agent, carbon, tls_flags};
 
 #[test]
 fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
@@ -68,17 +68,6 @@ fn tls_init_refuses_zero_members() {
     let out = carbon().args(["tls", "init", "--members", "0"]).arg(dir.path().join("x")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("x").exists());
-}
-
-fn tls_flags(dir: &std::path::Path, name: &str) -> Vec<String> {
-    vec![
-        "--tls-ca".into(),
-        dir.join("ca.pem").display().to_string(),
-        "--tls-cert".into(),
-        dir.join(format!("{name}.pem")).display().to_string(),
-        "--tls-key".into(),
-        dir.join(format!("{name}-key.pem")).display().to_string(),
-    ]
 }
 
 fn client_cmd(args: &[&str], service: &str, tls: &[String]) -> std::process::Output {

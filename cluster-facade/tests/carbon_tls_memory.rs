@@ -14,8 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon};
+use agent::{Agent, carbon, tls_flags};
 use cluster_core::testsuite::DEADLINE;
+use cluster_core::testsuite::net::resident_memory_of;
+
+/// The resident memory of process `pid`, in bytes.
+fn resident(pid: u32) -> u64 {
+    resident_memory_of(pid).expect("VmRSS in /proc")
+}
 use cluster_facade::rpc::{Tls, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,25 +31,6 @@ const BOUND: u64 = 128 * MIB;
 const CONNECTIONS: usize = 30;
 /// The frame timeout the agent runs with: short, so that the test is too.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// The resident memory of process `pid`, in bytes.
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("procfs");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB");
-    kib * 1024
-}
-
-fn tls_flags(dir: &std::path::Path, name: &str) -> Vec<String> {
-    vec![
-        "--tls-ca".into(),
-        dir.join("ca.pem").display().to_string(),
-        "--tls-cert".into(),
-        dir.join(format!("{name}.pem")).display().to_string(),
-        "--tls-key".into(),
-        dir.join(format!("{name}-key.pem")).display().to_string(),
-    ]
-}
 
 /// `carbon ARGS` against `service` with the client certificate.
 fn client(args: &[&str], service: &str, tls: &[String]) -> std::process::Output {

@@ -63,7 +63,13 @@ pub async fn held_open(streams: &mut [TcpStream], within: Duration) -> usize {
 /// Resident memory of this process in bytes, from `/proc/self/status`
 /// (Linux); `None` where it cannot be read.
 pub fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    resident_memory_of("self")
+}
+
+/// Resident memory of process `pid` (a number, or `self`) in bytes, from
+/// `/proc/<pid>/status` (Linux); `None` where it cannot be read.
+pub fn resident_memory_of(pid: impl std::fmt::Display) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

@@ -173,3 +173,16 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The flags that give a command the certificate `name` (`member-1`,
+/// `client`, …) of the `carbon tls init` directory `dir`, and its CA.
+pub fn tls_flags(dir: &std::path::Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".into(),
+        dir.join("ca.pem").display().to_string(),
+        "--tls-cert".into(),
+        dir.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".into(),
+        dir.join(format!("{name}-key.pem")).display().to_string(),
+    ]
+}
