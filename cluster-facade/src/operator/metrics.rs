@@ -16,9 +16,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use super::process::ProcessMetrics;
+
+/// Registers each `(name, help, metric)` of a table of one metric type.
+pub(super) fn register_table<M: Metric + Clone>(registry: &mut Registry, table: &[(&str, &str, &M)]) {
+    for (name, help, metric) in table {
+        registry.register(*name, *help, (*metric).clone());
+    }
+}
 
 /// Labels of a metric with one label.
 type Label = Vec<(&'static str, String)>;
@@ -159,9 +166,7 @@ impl Metrics {
                 ("raft_voters", "Voters of raft", &inner.voters),
                 ("raft_nonvoters", "Nonvoters of raft", &inner.nonvoters),
             ];
-            for (name, help, metric) in gauges {
-                r.register(name, help, metric.clone());
-            }
+            register_table(r, &gauges);
             r.register(
                 "raft_quorum_ack_age_seconds",
                 "On the leader: time since a quorum last acknowledged it (-1 elsewhere)",
@@ -184,9 +189,7 @@ impl Metrics {
                     &inner.read_seconds,
                 ),
             ];
-            for (name, help, metric) in histograms {
-                r.register(name, help, metric.clone());
-            }
+            register_table(r, &histograms);
             let counters: [(&str, &str, &Counter); 3] = [
                 ("store_write_errors", "Writes this member's store refused or failed", &inner.write_errors),
                 (
@@ -200,9 +203,7 @@ impl Metrics {
                     &inner.connections_total,
                 ),
             ];
-            for (name, help, metric) in counters {
-                r.register(name, help, metric.clone());
-            }
+            register_table(r, &counters);
             r.register("gossip_members", "Members by gossip liveness", inner.gossip_members.clone());
             let families: [(&str, &str, &Family<Label, Counter>); 3] = [
                 ("rejected_frames", "Frames refused, by reason", &inner.rejected_frames),
@@ -213,9 +214,7 @@ impl Metrics {
                     &inner.http_connections_refused,
                 ),
             ];
-            for (name, help, metric) in families {
-                r.register(name, help, metric.clone());
-            }
+            register_table(r, &families);
             inner
                 .build_info
                 .get_or_create(&vec![

@@ -51,9 +51,7 @@ impl ProcessMetrics {
                 &self.max_fds,
             ),
         ];
-        for (name, help, gauge) in gauges {
-            registry.register(name, help, gauge.clone());
-        }
+        super::metrics::register_table(registry, &gauges);
     }
 
     /// Reads the figures now.
