@@ -315,3 +315,37 @@ async fn a_revoked_certificate_is_refused_on_both_sides() {
     assert!(matches!(m1.reload(), Err(TlsError::Pem { .. })));
     assert!(handshake(&m1, &m3).await.is_err(), "the list in force stays");
 }
+
+/// A revocation list that is not one (garbage, a CRL block with garbage
+/// inside, truncated) is refused with a typed error at start; at a reload
+/// the set in force stays, still revoking what it revoked.
+#[tokio::test]
+async fn a_corrupt_revocation_list_is_refused_and_a_reload_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(dir.path(), "c", 2).unwrap();
+    let crl_path = dir.path().join(generate::CRL_FILE);
+    let with_crl = |files: &TlsFiles| TlsFiles { crl: Some(crl_path.clone()), ..files.clone() };
+    let good = std::fs::read(generate::revoke_in(dir.path(), &bundle.members[1].cert).unwrap()).unwrap();
+    let corrupt: [&[u8]; 4] = [
+        b"not a revocation list",
+        b"-----BEGIN X509 CRL-----\nAAAAAAAAAAAAAAAAAAAAAAAA\n-----END X509 CRL-----\n",
+        &good[..good.len() / 2],
+        b"",
+    ];
+    for bytes in corrupt {
+        std::fs::write(&crl_path, bytes).unwrap();
+        assert!(
+            Tls::from_files(with_crl(&bundle.members[0])).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    std::fs::write(&crl_path, &good).unwrap();
+    let m1 = Tls::from_files(with_crl(&bundle.members[0])).unwrap();
+    let m2 = Tls::from_files(bundle.members[1].clone()).unwrap();
+    for bytes in corrupt {
+        std::fs::write(&crl_path, bytes).unwrap();
+        assert!(m1.reload().is_err(), "a corrupt list is not put in force");
+        assert!(handshake(&m1, &m2).await.is_err(), "the list in force still revokes m2");
+    }
+}
