@@ -88,6 +88,7 @@ mod error;
 mod frame;
 mod limits;
 mod log_limit;
+pub mod net;
 mod security;
 mod server;
 pub mod stats;
@@ -98,6 +99,7 @@ pub use error::{RpcError, chain};
 pub use frame::Answer;
 pub use limits::{Limits, MAX_FRAME_LEN_CEILING};
 pub use log_limit::RateLimitedLog;
+pub use net::{Listener, Net};
 pub use security::Security;
 pub use server::{Access, Caller, Handler, HandlerFuture, Reply, Server, ServerConfig, serve};
 pub use stats::{RpcStats, stats};
@@ -112,6 +114,9 @@ pub struct Settings {
     pub limits: Limits,
     /// Plain TCP or mutual TLS.
     pub security: Security,
+    /// The network servers listen on and clients connect through: real
+    /// TCP by default.
+    pub network: Net,
 }
 
 impl Settings {

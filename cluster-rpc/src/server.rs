@@ -30,8 +30,7 @@ use cluster_core::wire::{self, FrameKind};
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -41,7 +40,7 @@ use tracing::Instrument;
 use crate::budget::{ByteBudget, Taken};
 use crate::frame::{self, Answer, FrameReader, ReadEnd, StreamControl, StreamPart};
 use crate::log_limit::RateLimitedLog;
-use crate::security::Io;
+use crate::net::{ByteStream, Listener};
 use crate::{Limits, Role, RpcError, Security};
 
 /// How often one source's bad input is logged.
@@ -157,12 +156,14 @@ impl Drop for Server {
     }
 }
 
-/// Serves `handler` on `listener` until [`Server::shutdown`].
+/// Serves `handler` on `listener` until [`Server::shutdown`]. The listener
+/// is a [`Listener`] of any network, or a `tokio::net::TcpListener`.
 pub fn serve<H: Handler>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     handler: H,
     config: ServerConfig,
 ) -> Result<Server, RpcError> {
+    let listener = listener.into();
     config.limits.validate()?;
     if config.cluster_id.len() > wire::MAX_CLUSTER_ID_LEN {
         return Err(RpcError::Config(format!("cluster_id: longer than {} bytes", wire::MAX_CLUSTER_ID_LEN)));
@@ -360,7 +361,7 @@ async fn unauthenticated_end<H>(pending: Option<&(Handshake<H>, Instant)>) {
     }
 }
 
-async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, cancel: CancellationToken) {
+async fn accept_loop<H: Handler>(mut listener: Listener, shared: Arc<Shared<H>>, cancel: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -368,7 +369,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let (tcp, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Usually out of file descriptors: pause instead of spinning.
@@ -388,7 +389,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, 
             }
         };
         let span = tracing::debug_span!("rpc_connection", %peer);
-        connections.spawn(connection(tcp, peer, handshake, shared.clone()).instrument(span));
+        connections.spawn(connection(stream, peer, handshake, shared.clone()).instrument(span));
     }
     drop(listener);
     // Aborts every connection task; each aborts its writer.
@@ -405,45 +406,53 @@ impl Drop for AbortOnDrop {
 }
 
 async fn connection<H: Handler>(
-    tcp: TcpStream,
+    mut stream: ByteStream,
     peer: SocketAddr,
     handshake: Handshake<H>,
     shared: Arc<Shared<H>>,
 ) {
-    let _ = tcp.set_nodelay(true);
     let limits = &shared.config.limits;
     let deadline = Instant::now() + limits.handshake_timeout;
     let evicted = handshake.evicted.clone();
     if shared.config.security.is_tls() {
         // A plain-TCP caller of a TLS port is told so in its own terms, so it
         // gets a clear error instead of a failed handshake.
-        let peeked = tokio::select! {
+        let sniffed = tokio::select! {
             _ = evicted.cancelled() => return,
-            peeked = tokio::time::timeout_at(deadline, plain_frame(&tcp)) => peeked,
+            sniffed = tokio::time::timeout_at(deadline, sniff(&mut stream)) => sniffed,
         };
-        if let Ok(Some(found)) = peeked {
+        let Ok((plain, opening)) = sniffed else {
+            shared.log.note(
+                peer.ip(),
+                "handshake timed out",
+                &format!("after {:?}", limits.handshake_timeout),
+            );
+            return;
+        };
+        if let Some(found) = plain {
             shared.log.note(peer.ip(), "plain TCP on a TLS port", &"refused");
             let error =
                 Error::Forbidden("this port requires TLS: connect with the cluster's certificates".into());
             let refusal =
                 frame::encode(FrameKind::Message, &found, 0, H::Answer::refused(error), limits.max_frame_len);
             if let Ok(bytes) = refusal {
-                let mut tcp = tcp;
                 let _ = tokio::time::timeout(DRAIN, async {
-                    tcp.write_all(&bytes).await?;
-                    tcp.shutdown().await
+                    stream.write_all(&bytes).await?;
+                    stream.shutdown().await
                 })
                 .await;
             }
             return;
         }
+        // The handshake reads again what was read to tell.
+        stream = Box::new(Rewind { opening, read: 0, stream });
     }
     let secured = tokio::select! {
         _ = evicted.cancelled() => {
             shared.log.note(peer.ip(), "handshake closed", &"a newer connection took its place");
             return;
         }
-        secured = tokio::time::timeout_at(deadline, shared.config.security.accept(tcp, peer)) => secured,
+        secured = tokio::time::timeout_at(deadline, shared.config.security.accept(stream)) => secured,
     };
     let (io, role, member) = match secured {
         Ok(Ok(secured)) => secured,
@@ -482,28 +491,100 @@ async fn connection<H: Handler>(
     }
 }
 
-/// The cluster id of a plain frame at the start of `tcp` (peeked, not read),
-/// or `None` when the peer starts a TLS handshake or anything else.
-async fn plain_frame(tcp: &TcpStream) -> Option<String> {
+/// Reads the start of a connection to a TLS port far enough to tell a plain
+/// frame (then the cluster id it names) from a TLS handshake or anything
+/// else; with the bytes read, which the handshake must read again.
+async fn sniff(stream: &mut ByteStream) -> (Option<String>, Vec<u8>) {
     const HEADER: usize = wire::LEN_PREFIX + 15;
-    let mut buf = [0u8; HEADER + wire::MAX_CLUSTER_ID_LEN];
+    const MOST: usize = HEADER + wire::MAX_CLUSTER_ID_LEN;
+    let mut opening = Vec::with_capacity(MOST);
+    let mut chunk = [0u8; MOST];
     loop {
-        let n = tcp.peek(&mut buf).await.ok()?;
-        if n == 0 || buf[0] == 0x16 {
-            // Closed, or a TLS record (handshake).
-            return None;
+        let n = opening.len();
+        if n > 0 && opening[0] == 0x16 {
+            // A TLS record (handshake).
+            return (None, opening);
         }
-        if n >= wire::LEN_PREFIX + 4 && buf[wire::LEN_PREFIX..wire::LEN_PREFIX + 4] != wire::MAGIC {
-            return None;
+        if n >= wire::LEN_PREFIX + 4 && opening[wire::LEN_PREFIX..wire::LEN_PREFIX + 4] != wire::MAGIC {
+            return (None, opening);
         }
         if n >= HEADER {
-            let end = HEADER + usize::from(buf[HEADER - 1]);
+            let end = HEADER + usize::from(opening[HEADER - 1]);
             if n >= end {
-                return Some(String::from_utf8_lossy(&buf[HEADER..end]).into_owned());
+                let found = String::from_utf8_lossy(&opening[HEADER..end]).into_owned();
+                return (Some(found), opening);
             }
         }
-        // Peek returns at once while bytes wait: give the rest a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        match stream.read(&mut chunk[..MOST - n]).await {
+            // Closed or failed: the handshake finds out.
+            Ok(0) | Err(_) => return (None, opening),
+            Ok(read) => opening.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// A stream whose first bytes, already read, are read again.
+struct Rewind {
+    opening: Vec<u8>,
+    read: usize,
+    stream: ByteStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.opening.len() {
+            let rest = &this.opening[this.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            if this.read == this.opening.len() {
+                this.opening = Vec::new();
+                this.read = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -536,7 +617,7 @@ fn no_room(len: usize) -> Error {
 }
 
 async fn run<H: Handler>(
-    io: Box<dyn Io>,
+    io: ByteStream,
     caller: Caller,
     shared: &Arc<Shared<H>>,
     refusal: Option<Error>,
@@ -838,7 +919,7 @@ async fn write_progressing<W: tokio::io::AsyncWrite + Unpin>(
 /// answers hold in the port's budget: a few never-reading callers cannot
 /// keep everyone else's large answers out for long. A slow reader that
 /// makes progress is not cut, however long a large answer takes.
-async fn write_frames(write: WriteHalf<Box<dyn Io>>, mut frames: mpsc::Receiver<Out>, stall: Duration) {
+async fn write_frames(write: WriteHalf<ByteStream>, mut frames: mpsc::Receiver<Out>, stall: Duration) {
     let mut write = BufWriter::with_capacity(64 * 1024, write);
     while let Some(first) = frames.recv().await {
         let mut batch = Some(first);
