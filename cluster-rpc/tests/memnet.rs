@@ -229,3 +229,24 @@ async fn bytes_keep_their_order_through_jitter_and_retransmissions() {
     assert_eq!(numbers, (0..2_000).collect::<Vec<_>>());
     writer.await.expect("the writer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_isolated_host_reaches_nobody_until_healed() {
+    let network = MemNetwork::new(7);
+    let (server, _) = start_on(&network, Security::Plain).await;
+    let callers: Vec<Client<Ask, Said>> =
+        (2..5).map(|n| client_on(network.host(ip([10, 0, 0, n])), Security::Plain)).collect();
+    for c in &callers {
+        echo_on(c, DEADLINE).await.expect("an answer");
+    }
+    network.isolate(ip(SERVER));
+    for c in &callers {
+        let e = echo_on(c, CALL).await.expect_err("isolated");
+        assert!(matches!(e, RpcError::Timeout { .. }), "{e:?}");
+    }
+    network.heal_all();
+    for c in &callers {
+        wait_until(DEADLINE, "calls pass after healing", || async { echo_on(c, CALL).await.is_ok() }).await;
+    }
+    server.shutdown().await;
+}
