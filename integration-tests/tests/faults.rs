@@ -3,15 +3,18 @@
 //! recover after each, and ends with the checker and every invariant (see
 //! `integration_tests::harness::invariants`).
 //!
-//! The scenarios run one at a time (2 cores); the partition scenario needs root
-//! and `ip netns` and skips with a message elsewhere. `RUST_LOG` is passed to the
-//! agents (their logs are kept with the history when a scenario fails).
+//! The scenarios run one at a time (2 cores). The partition scenario and the
+//! three behind the network proxy (delay and loss, a one-way cut, a slow
+//! follower) need root and `ip netns`, and skip with a message elsewhere. `RUST_LOG` is passed to the agents (their logs
+//! are kept with the history when a scenario fails); each proxied scenario
+//! prints its proxy's seed (`CARBON_PROXY_SEED` repeats its choices).
 
 use std::time::Duration;
 
 use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
+use integration_tests::harness::proxy::LinkRule;
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Mutex, MutexGuard};
@@ -232,6 +235,100 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
     );
     assert_eq!(reported, recorded, "the resumed member reports the short id the cluster gave it");
     assert_ne!(reported, joined_short_id, "two live members report the same short id");
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// A scenario whose members talk through the network proxy (in namespaces),
+/// or `None` with the reason when this machine cannot run it.
+fn proxied(name: &str) -> Option<RunSpec> {
+    if let Some(why) = NetLab::unavailable() {
+        eprintln!("skipped {name:?}: the network proxy needs root and ip netns ({why})");
+        return None;
+    }
+    let mut spec = spec(name, 5, 3);
+    spec.cluster = spec.cluster.with_proxy();
+    Some(spec)
+}
+
+/// Waits until the workload has `more` writes acknowledged beyond those it had
+/// when called: the cluster makes progress.
+async fn wait_writes(run: &FaultRun, more: usize, what: &str) {
+    let from = run.acknowledged_writes();
+    wait_until(DEADLINE, what, || std::future::ready(run.acknowledged_writes() >= from + more)).await;
+}
+
+/// The leader killed and restarted while every link delays by 50 ± 30 ms and
+/// loses 2 % (datagrams dropped, TCP chunks retransmitted after 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_under_delay_and_loss() {
+    let Some(spec) = proxied("leader killed under 50 ± 30 ms delay and 2 % loss") else { return };
+    let (_serial, mut run) = begin(spec).await;
+    let rule = LinkRule::delayed(Duration::from_millis(50), Duration::from_millis(30)).with_loss(0.02);
+    run.shape("50 ± 30 ms delay and 2 % loss on every link", |proxy| proxy.set_every(rule)).expect("shape");
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    run.kill(leader).expect("kill");
+    run.recover().await;
+    run.restart(leader).await.expect("restart");
+    run.recover().await;
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// The leader's outbound traffic cut (it hears the others, they do not hear
+/// it): the others elect a new leader and the writes go on; after the heal
+/// every member converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_that_cannot_send_is_replaced() {
+    let Some(spec) = proxied("the leader's outbound traffic cut, then healed") else { return };
+    let (_serial, mut run) = begin(spec).await;
+    let n = run.cluster.len();
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    run.shape(format!("m{leader} (the leader) cannot send"), |proxy| {
+        proxy.set_out_of(leader, LinkRule::cut())
+    })
+    .expect("shape");
+    wait_until(DEADLINE, "the others to agree on a leader other than the muted one", || async {
+        let mut named = Vec::new();
+        for &i in &others {
+            let status = run.cluster.status_of(i).await;
+            named.push(status.ok().and_then(|s| s.leader).and_then(|l| run.cluster.index_of(&l.to_string())));
+        }
+        named.iter().all(|l| l.is_some_and(|l| l != leader) && *l == named[0])
+    })
+    .await;
+    wait_writes(&run, 20, "writes to go through the new leader").await;
+    run.heal().expect("heal");
+    run.recover().await;
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// A voter that receives everything 300 ms late, under write load: the writes
+/// keep succeeding (the leader commits with the others), and it keeps up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_follower_under_write_load() {
+    let Some(spec) = proxied("a follower receiving everything 300 ms late") else { return };
+    let (_serial, mut run) = begin(spec).await;
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let voters = run.cluster.status_of(leader).await.expect("the leader's status").voters;
+    let slow = voters
+        .keys()
+        .filter_map(|v| run.cluster.index_of(&v.to_string()))
+        .find(|&v| v != leader)
+        .expect("a voter that does not lead");
+    let rule = LinkRule::delayed(Duration::from_millis(300), Duration::ZERO);
+    run.shape(format!("every message to m{slow} (a voter) 300 ms late"), |proxy| proxy.set_into(slow, rule))
+        .expect("shape");
+    wait_writes(&run, 100, "writes to go on with a slow follower").await;
+    // Recovered while still slow: voters, agreement, a write, and the slow one caught up.
+    run.recover().await;
+    run.heal().expect("heal");
+    run.recover().await;
     run.pace(PACE).await;
     report(&run.finish().await);
 }
