@@ -3,12 +3,14 @@
 //! recover after each, and ends with the checker and every invariant (see
 //! `integration_tests::harness::invariants`).
 //!
-//! The scenarios run one at a time (2 cores). The partition scenario and the
-//! three behind the network proxy (delay and loss, a one-way cut, a slow
-//! follower) need root and `ip netns`, and skip with a message elsewhere. `RUST_LOG` is passed to the agents (their logs
+//! Two scenarios run at a time (`CARBON_FAULTS_PARALLEL=1`: one at a time).
+//! The partition scenario and the three behind the network proxy (delay and
+//! loss, a one-way cut, a slow follower) need root and `ip netns`, and skip
+//! with a message elsewhere. `RUST_LOG` is passed to the agents (their logs
 //! are kept with the history when a scenario fails); each proxied scenario
 //! prints its proxy's seed (`CARBON_PROXY_SEED` repeats its choices).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
@@ -17,20 +19,28 @@ use integration_tests::harness::netns::NetLab;
 use integration_tests::harness::proxy::LinkRule;
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
 use rand::{Rng, SeedableRng};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// One scenario at a time: each runs five processes on a small machine.
-async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
+/// How many scenarios run at once: `$CARBON_FAULTS_PARALLEL`, else 2. Each
+/// runs four or five agent processes, but mostly waits on them (pacing,
+/// elections, recoveries), so two at a time fit a 2-core machine and halve the
+/// suite's time; the verdicts never depend on timing.
+fn parallel() -> usize {
+    std::env::var("CARBON_FAULTS_PARALLEL").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(2)
 }
 
-/// Starts a scenario: one at a time, with logs, its cluster running.
-async fn begin(spec: RunSpec) -> (MutexGuard<'static, ()>, FaultRun) {
-    let serial = serial().await;
+/// A slot to run a scenario in (see [`parallel`]).
+async fn slot() -> SemaphorePermit<'static> {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(parallel())).acquire().await.expect("the semaphore is never closed")
+}
+
+/// Starts a scenario: in a slot, with logs, its cluster running.
+async fn begin(spec: RunSpec) -> (SemaphorePermit<'static>, FaultRun) {
+    let slot = slot().await;
     init_tracing();
     let run = FaultRun::start(spec).await.expect("the cluster starts");
-    (serial, run)
+    (slot, run)
 }
 
 /// Pacing between faults: lets the workload run; never a correctness wait.
@@ -52,7 +62,7 @@ fn report(summary: &Summary) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly_under_load() {
-    let (_serial, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
     for _ in 0..3 {
         run.pace(PACE).await;
         let leader = run.wait_leader().await.expect("a leader");
@@ -68,7 +78,7 @@ async fn leader_killed_repeatedly_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_member_killed_and_restarted() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-    let (_serial, mut run) = begin(spec("random members killed, stopped, restarted; a join", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("random members killed, stopped, restarted; a join", 5, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         let victim = rng.random_range(0..run.cluster.len());
@@ -93,7 +103,7 @@ async fn random_member_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_paused_beyond_the_election_timeout() {
-    let (_serial, mut run) = begin(spec("leader, then a follower, paused 3 s", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("leader, then a follower, paused 3 s", 5, 3)).await;
     // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
     let pause = Duration::from_secs(3);
     run.pace(PACE).await;
@@ -121,7 +131,7 @@ async fn minority_and_majority_partitions_then_healed() {
     }
     let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
     spec.cluster = spec.cluster.with_netns();
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     let n = run.cluster.len();
 
     // The leader alone on one side: the classic stale read of an isolated old leader.
@@ -156,7 +166,7 @@ async fn minority_and_majority_partitions_then_healed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_killed_and_restarted_from_its_data() {
-    let (_serial, mut run) = begin(spec("whole cluster killed and restarted", 3, 3)).await;
+    let (_slot, mut run) = begin(spec("whole cluster killed and restarted", 3, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         run.fault("kill every member");
@@ -174,7 +184,7 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
 /// stuck before 84dfd25: the leader replicated to the old raft address forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_restarted_on_new_ports() {
-    let (_serial, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let victim = (leader + 1) % run.cluster.len();
@@ -193,7 +203,7 @@ async fn member_restarted_on_new_ports() {
 async fn short_id_of_a_paused_member_is_not_held_twice() {
     let mut spec = spec("a member paused beyond the short-id reap, a join meanwhile", 4, 3);
     spec.cluster.config.short_id_reap_ms = 3_000;
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let paused = (leader + 1) % run.cluster.len();
@@ -263,7 +273,7 @@ async fn wait_writes(run: &FaultRun, more: usize, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_under_delay_and_loss() {
     let Some(spec) = proxied("leader killed under 50 ± 30 ms delay and 2 % loss") else { return };
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     let rule = LinkRule::delayed(Duration::from_millis(50), Duration::from_millis(30)).with_loss(0.02);
     run.shape("50 ± 30 ms delay and 2 % loss on every link", |proxy| proxy.set_every(rule)).expect("shape");
     run.pace(PACE).await;
@@ -282,7 +292,7 @@ async fn leader_killed_under_delay_and_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_that_cannot_send_is_replaced() {
     let Some(spec) = proxied("the leader's outbound traffic cut, then healed") else { return };
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     let n = run.cluster.len();
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
@@ -312,7 +322,7 @@ async fn leader_that_cannot_send_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_follower_under_write_load() {
     let Some(spec) = proxied("a follower receiving everything 300 ms late") else { return };
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let voters = run.cluster.status_of(leader).await.expect("the leader's status").voters;
