@@ -16,7 +16,7 @@ use std::time::Duration;
 use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
-use integration_tests::harness::proxy::LinkRule;
+use integration_tests::harness::proxy::{LinkRule, LinkStats};
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -261,6 +261,27 @@ fn proxied(name: &str) -> Option<RunSpec> {
     Some(spec)
 }
 
+/// What the proxy's links between different members did, summed, printed:
+/// evidence that the members' traffic went through the proxy and was shaped.
+fn link_totals(run: &FaultRun) -> LinkStats {
+    let proxy = run.cluster.proxy().expect("a cluster behind the proxy");
+    let mut total = LinkStats::default();
+    for from in 0..proxy.members() {
+        for to in (0..proxy.members()).filter(|&to| to != from) {
+            let s = proxy.stats(from, to);
+            total.datagrams += s.datagrams;
+            total.lost += s.lost;
+            total.cut += s.cut;
+            total.duplicated += s.duplicated;
+            total.chunks += s.chunks;
+            total.retransmitted += s.retransmitted;
+            total.tcp_bytes += s.tcp_bytes;
+        }
+    }
+    eprintln!("proxy links in all: {total:?}");
+    total
+}
+
 /// Waits until the workload has `more` writes acknowledged beyond those it had
 /// when called: the cluster makes progress.
 async fn wait_writes(run: &FaultRun, more: usize, what: &str) {
@@ -283,6 +304,9 @@ async fn leader_killed_under_delay_and_loss() {
     run.restart(leader).await.expect("restart");
     run.recover().await;
     run.pace(PACE).await;
+    let shaped = link_totals(&run);
+    assert!(shaped.datagrams > 0 && shaped.chunks > 0, "the members' traffic bypassed the proxy");
+    assert!(shaped.lost + shaped.retransmitted > 0, "2 % loss and nothing lost: {shaped:?}");
     report(&run.finish().await);
 }
 
@@ -311,6 +335,7 @@ async fn leader_that_cannot_send_is_replaced() {
     })
     .await;
     wait_writes(&run, 20, "writes to go through the new leader").await;
+    assert!(link_totals(&run).cut > 0, "the muted leader sent no datagram the proxy dropped");
     run.heal().expect("heal");
     run.recover().await;
     run.pace(PACE).await;
@@ -335,6 +360,9 @@ async fn slow_follower_under_write_load() {
     run.shape(format!("every message to m{slow} (a voter) 300 ms late"), |proxy| proxy.set_into(slow, rule))
         .expect("shape");
     wait_writes(&run, 100, "writes to go on with a slow follower").await;
+    let proxy = run.cluster.proxy().expect("a cluster behind the proxy");
+    let into_slow: u64 = (0..proxy.members()).map(|from| proxy.stats(from, slow).chunks).sum();
+    assert!(into_slow > 0, "no raft or service traffic reached the slow member through the proxy");
     // Recovered while still slow: voters, agreement, a write, and the slow one caught up.
     run.recover().await;
     run.heal().expect("heal");
