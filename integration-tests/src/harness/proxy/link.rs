@@ -1,6 +1,6 @@
 //! The rules of the directed links between proxied members, and what each link
 //! did: [`LinkRule`] says what happens to traffic from one member to another,
-//! [`Links`] holds the rule, the random generators and the counts of every link,
+//! `Links` holds the rule, the random generators and the counts of every link,
 //! shared by the proxy's tasks.
 //!
 //! Every random choice of a link is drawn from a generator of that link alone,
