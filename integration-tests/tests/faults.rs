@@ -3,31 +3,44 @@
 //! recover after each, and ends with the checker and every invariant (see
 //! `integration_tests::harness::invariants`).
 //!
-//! The scenarios run one at a time (2 cores); the partition scenario needs root
-//! and `ip netns` and skips with a message elsewhere. `RUST_LOG` is passed to the
-//! agents (their logs are kept with the history when a scenario fails).
+//! Two scenarios run at a time (`CARBON_FAULTS_PARALLEL=1`: one at a time).
+//! The partition scenario and the three behind the network proxy (delay and
+//! loss, a one-way cut, a slow follower) need root and `ip netns`, and skip
+//! with a message elsewhere. `RUST_LOG` is passed to the agents (their logs
+//! are kept with the history when a scenario fails); each proxied scenario
+//! prints its proxy's seed (`CARBON_PROXY_SEED` repeats its choices).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
+use integration_tests::harness::proxy::{LinkRule, LinkStats};
 use integration_tests::harness::run::{FaultRun, RunSpec, Summary};
 use rand::{Rng, SeedableRng};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// One scenario at a time: each runs five processes on a small machine.
-async fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
+/// How many scenarios run at once: `$CARBON_FAULTS_PARALLEL`, else 2. Each
+/// runs four or five agent processes, but mostly waits on them (pacing,
+/// elections, recoveries), so two at a time fit a 2-core machine and halve the
+/// suite's time; the verdicts never depend on timing.
+fn parallel() -> usize {
+    std::env::var("CARBON_FAULTS_PARALLEL").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(2)
 }
 
-/// Starts a scenario: one at a time, with logs, its cluster running.
-async fn begin(spec: RunSpec) -> (MutexGuard<'static, ()>, FaultRun) {
-    let serial = serial().await;
+/// A slot to run a scenario in (see [`parallel`]).
+async fn slot() -> SemaphorePermit<'static> {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| Semaphore::new(parallel())).acquire().await.expect("the semaphore is never closed")
+}
+
+/// Starts a scenario: in a slot, with logs, its cluster running.
+async fn begin(spec: RunSpec) -> (SemaphorePermit<'static>, FaultRun) {
+    let slot = slot().await;
     init_tracing();
     let run = FaultRun::start(spec).await.expect("the cluster starts");
-    (serial, run)
+    (slot, run)
 }
 
 /// Pacing between faults: lets the workload run; never a correctness wait.
@@ -49,7 +62,7 @@ fn report(summary: &Summary) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly_under_load() {
-    let (_serial, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
     for _ in 0..3 {
         run.pace(PACE).await;
         let leader = run.wait_leader().await.expect("a leader");
@@ -65,7 +78,7 @@ async fn leader_killed_repeatedly_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_member_killed_and_restarted() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-    let (_serial, mut run) = begin(spec("random members killed, stopped, restarted; a join", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("random members killed, stopped, restarted; a join", 5, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         let victim = rng.random_range(0..run.cluster.len());
@@ -90,7 +103,7 @@ async fn random_member_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_paused_beyond_the_election_timeout() {
-    let (_serial, mut run) = begin(spec("leader, then a follower, paused 3 s", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("leader, then a follower, paused 3 s", 5, 3)).await;
     // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
     let pause = Duration::from_secs(3);
     run.pace(PACE).await;
@@ -118,7 +131,7 @@ async fn minority_and_majority_partitions_then_healed() {
     }
     let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
     spec.cluster = spec.cluster.with_netns();
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     let n = run.cluster.len();
 
     // The leader alone on one side: the classic stale read of an isolated old leader.
@@ -153,7 +166,7 @@ async fn minority_and_majority_partitions_then_healed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_killed_and_restarted_from_its_data() {
-    let (_serial, mut run) = begin(spec("whole cluster killed and restarted", 3, 3)).await;
+    let (_slot, mut run) = begin(spec("whole cluster killed and restarted", 3, 3)).await;
     for _ in 0..2 {
         run.pace(PACE).await;
         run.fault("kill every member");
@@ -171,7 +184,7 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
 /// stuck before 84dfd25: the leader replicated to the old raft address forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn member_restarted_on_new_ports() {
-    let (_serial, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
+    let (_slot, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let victim = (leader + 1) % run.cluster.len();
@@ -190,7 +203,7 @@ async fn member_restarted_on_new_ports() {
 async fn short_id_of_a_paused_member_is_not_held_twice() {
     let mut spec = spec("a member paused beyond the short-id reap, a join meanwhile", 4, 3);
     spec.cluster.config.short_id_reap_ms = 3_000;
-    let (_serial, mut run) = begin(spec).await;
+    let (_slot, mut run) = begin(spec).await;
     run.pace(PACE).await;
     let leader = run.wait_leader().await.expect("a leader");
     let paused = (leader + 1) % run.cluster.len();
@@ -232,6 +245,128 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
     );
     assert_eq!(reported, recorded, "the resumed member reports the short id the cluster gave it");
     assert_ne!(reported, joined_short_id, "two live members report the same short id");
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// A scenario whose members talk through the network proxy (in namespaces),
+/// or `None` with the reason when this machine cannot run it.
+fn proxied(name: &str) -> Option<RunSpec> {
+    if let Some(why) = NetLab::unavailable() {
+        eprintln!("skipped {name:?}: the network proxy needs root and ip netns ({why})");
+        return None;
+    }
+    let mut spec = spec(name, 5, 3);
+    spec.cluster = spec.cluster.with_proxy();
+    Some(spec)
+}
+
+/// What the proxy's links between different members did, summed, printed:
+/// evidence that the members' traffic went through the proxy and was shaped.
+fn link_totals(run: &FaultRun) -> LinkStats {
+    let proxy = run.cluster.proxy().expect("a cluster behind the proxy");
+    let mut total = LinkStats::default();
+    for from in 0..proxy.members() {
+        for to in (0..proxy.members()).filter(|&to| to != from) {
+            let s = proxy.stats(from, to);
+            total.datagrams += s.datagrams;
+            total.lost += s.lost;
+            total.cut += s.cut;
+            total.duplicated += s.duplicated;
+            total.chunks += s.chunks;
+            total.retransmitted += s.retransmitted;
+            total.tcp_bytes += s.tcp_bytes;
+        }
+    }
+    eprintln!("proxy links in all: {total:?}");
+    total
+}
+
+/// Waits until the workload has `more` writes acknowledged beyond those it had
+/// when called: the cluster makes progress.
+async fn wait_writes(run: &FaultRun, more: usize, what: &str) {
+    let from = run.acknowledged_writes();
+    wait_until(DEADLINE, what, || std::future::ready(run.acknowledged_writes() >= from + more)).await;
+}
+
+/// The leader killed and restarted while every link delays by 50 ± 30 ms and
+/// loses 2 % (datagrams dropped, TCP chunks retransmitted after 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_under_delay_and_loss() {
+    let Some(spec) = proxied("leader killed under 50 ± 30 ms delay and 2 % loss") else { return };
+    let (_slot, mut run) = begin(spec).await;
+    let rule = LinkRule::delayed(Duration::from_millis(50), Duration::from_millis(30)).with_loss(0.02);
+    run.shape("50 ± 30 ms delay and 2 % loss on every link", |proxy| proxy.set_every(rule)).expect("shape");
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    run.kill(leader).expect("kill");
+    run.recover().await;
+    run.restart(leader).await.expect("restart");
+    run.recover().await;
+    run.pace(PACE).await;
+    let shaped = link_totals(&run);
+    assert!(shaped.datagrams > 0 && shaped.chunks > 0, "the members' traffic bypassed the proxy");
+    assert!(shaped.lost + shaped.retransmitted > 0, "2 % loss and nothing lost: {shaped:?}");
+    report(&run.finish().await);
+}
+
+/// The leader's outbound traffic cut (it hears the others, they do not hear
+/// it): the others elect a new leader and the writes go on; after the heal
+/// every member converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_that_cannot_send_is_replaced() {
+    let Some(spec) = proxied("the leader's outbound traffic cut, then healed") else { return };
+    let (_slot, mut run) = begin(spec).await;
+    let n = run.cluster.len();
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
+    run.shape(format!("m{leader} (the leader) cannot send"), |proxy| {
+        proxy.set_out_of(leader, LinkRule::cut())
+    })
+    .expect("shape");
+    wait_until(DEADLINE, "the others to agree on a leader other than the muted one", || async {
+        let mut named = Vec::new();
+        for &i in &others {
+            let status = run.cluster.status_of(i).await;
+            named.push(status.ok().and_then(|s| s.leader).and_then(|l| run.cluster.index_of(&l.to_string())));
+        }
+        named.iter().all(|l| l.is_some_and(|l| l != leader) && *l == named[0])
+    })
+    .await;
+    wait_writes(&run, 20, "writes to go through the new leader").await;
+    assert!(link_totals(&run).cut > 0, "the muted leader sent no datagram the proxy dropped");
+    run.heal().expect("heal");
+    run.recover().await;
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// A voter that receives everything 300 ms late, under write load: the writes
+/// keep succeeding (the leader commits with the others), and it keeps up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_follower_under_write_load() {
+    let Some(spec) = proxied("a follower receiving everything 300 ms late") else { return };
+    let (_slot, mut run) = begin(spec).await;
+    run.pace(PACE).await;
+    let leader = run.wait_leader().await.expect("a leader");
+    let voters = run.cluster.status_of(leader).await.expect("the leader's status").voters;
+    let slow = voters
+        .keys()
+        .filter_map(|v| run.cluster.index_of(&v.to_string()))
+        .find(|&v| v != leader)
+        .expect("a voter that does not lead");
+    let rule = LinkRule::delayed(Duration::from_millis(300), Duration::ZERO);
+    run.shape(format!("every message to m{slow} (a voter) 300 ms late"), |proxy| proxy.set_into(slow, rule))
+        .expect("shape");
+    wait_writes(&run, 100, "writes to go on with a slow follower").await;
+    let proxy = run.cluster.proxy().expect("a cluster behind the proxy");
+    let into_slow: u64 = (0..proxy.members()).map(|from| proxy.stats(from, slow).chunks).sum();
+    assert!(into_slow > 0, "no raft or service traffic reached the slow member through the proxy");
+    // Recovered while still slow: voters, agreement, a write, and the slow one caught up.
+    run.recover().await;
+    run.heal().expect("heal");
+    run.recover().await;
     run.pace(PACE).await;
     report(&run.finish().await);
 }

@@ -1,5 +1,9 @@
 //! [`ProcessCluster`]: a cluster of `carbon agent` processes on loopback, or each
-//! in its own network namespace ([`NetLab`]) when the test partitions the network.
+//! in its own network namespace ([`NetLab`]) when the test partitions the network,
+//! and optionally with every member behind the [`Proxy`] (delay, loss, one-way
+//! cuts): each agent then advertises its front IP (`--advertise-host`, the same
+//! ports), so gossip, raft and service traffic between members, and the test's
+//! clients, reach it through the proxy.
 //!
 //! The cluster owns a temporary directory holding the shared configuration file,
 //! each member's data directory and each member's log (`m<i>.log`, stderr of every
@@ -16,6 +20,7 @@ use cluster_service::{ClientOptions, ServiceClient};
 
 use super::netns::NetLab;
 use super::process::{Agent, AgentConfig, AgentSpec, Ports};
+use super::proxy::{Protocol, ProxiedMember, Proxy, ProxySpec, Route};
 
 /// Ports every member uses inside its own namespace (no other member binds there).
 const NETNS_PORTS: Ports = Ports { gossip: 7100, raft: 7101, service: 7102, grid: 7103 };
@@ -29,6 +34,10 @@ pub struct ClusterSpec {
     pub config: AgentConfig,
     /// Each member in its own network namespace (needs root; see [`NetLab`]).
     pub netns: bool,
+    /// Every member behind the [`Proxy`] (needs `netns`).
+    pub proxy: bool,
+    /// The proxy's seed (`None`: `$CARBON_PROXY_SEED`, else a random one).
+    pub proxy_seed: Option<u64>,
     /// How long a member may take to print its start line.
     pub start_timeout: Duration,
 }
@@ -40,6 +49,8 @@ impl ClusterSpec {
             members,
             config: AgentConfig { num_voters, ..AgentConfig::default() },
             netns: false,
+            proxy: false,
+            proxy_seed: None,
             start_timeout: Duration::from_secs(60),
         }
     }
@@ -49,6 +60,13 @@ impl ClusterSpec {
         self.netns = true;
         self
     }
+
+    /// Each member in its own network namespace, behind the [`Proxy`].
+    pub fn with_proxy(mut self) -> Self {
+        self.netns = true;
+        self.proxy = true;
+        self
+    }
 }
 
 /// A cluster of agent processes; every process is killed and every namespace
@@ -56,8 +74,9 @@ impl ClusterSpec {
 #[derive(Debug)]
 pub struct ProcessCluster {
     spec: ClusterSpec,
-    // Declared before the lab and the directory: processes end first.
+    // Declared before the proxy, the lab and the directory: processes end first.
     agents: Vec<Agent>,
+    proxy: Option<Proxy>,
     lab: Option<NetLab>,
     dir: tempfile::TempDir,
     keep: bool,
@@ -71,8 +90,12 @@ impl ProcessCluster {
             tempfile::Builder::new().prefix("carbon-faults-").tempdir().context("cannot create a tempdir")?;
         let config_file = dir.path().join("agent.toml");
         std::fs::write(&config_file, spec.config.to_toml()).context("cannot write the agent config")?;
-        let lab = if spec.netns { Some(NetLab::new(spec.members)?) } else { None };
-        let mut cluster = ProcessCluster { spec, agents: Vec::new(), lab, dir, keep: false };
+        let mut lab = if spec.netns || spec.proxy { Some(NetLab::new(spec.members)?) } else { None };
+        let proxy = match lab.as_mut() {
+            Some(lab) if spec.proxy => Some(start_proxy(lab, spec.proxy_seed)?),
+            _ => None,
+        };
+        let mut cluster = ProcessCluster { spec, agents: Vec::new(), proxy, lab, dir, keep: false };
         for _ in 0..cluster.spec.members {
             cluster.add_member()?;
         }
@@ -94,6 +117,10 @@ impl ProcessCluster {
             .into_iter()
             .filter_map(|j| self.agents[j].start_line().map(|s| s.gossip.to_string()))
             .collect();
+        let mut args = super::security::member_flags(Some(&self.dir.path().join(format!("m{i}"))));
+        if let (Some(lab), Some(_)) = (&self.lab, &self.proxy) {
+            args.extend(["--advertise-host".to_owned(), lab.front_ip(i).to_string()]);
+        }
         let spec = AgentSpec {
             name: format!("m{i}"),
             binary: None,
@@ -102,7 +129,7 @@ impl ProcessCluster {
             seeds,
             data_dir: Some(self.dir.path().join(format!("m{i}"))),
             config_file: Some(self.dir.path().join("agent.toml")),
-            args: super::security::member_flags(Some(&self.dir.path().join(format!("m{i}")))),
+            args,
             log_file: self.dir.path().join(format!("m{i}.log")),
             wrapper,
         };
@@ -151,6 +178,11 @@ impl ProcessCluster {
     /// The network lab, if the members run in namespaces.
     pub fn lab(&mut self) -> Option<&mut NetLab> {
         self.lab.as_mut()
+    }
+
+    /// The network proxy, if the members run behind one.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
     }
 
     /// The directory of configuration, data and logs.
@@ -281,16 +313,33 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// Cuts the network between groups of members (needs [`ClusterSpec::netns`]).
+    /// Cuts the network between groups of members (needs [`ClusterSpec::netns`]):
+    /// blackhole routes, or behind the proxy, cuts of the proxy's links both ways
+    /// (members reach each other only through the proxy there).
     pub fn partition(&mut self, groups: &[&[usize]]) -> Result<()> {
+        if let Some(proxy) = &self.proxy {
+            for (g, group) in groups.iter().enumerate() {
+                for other in &groups[g + 1..] {
+                    for (&a, &b) in group.iter().flat_map(|a| other.iter().map(move |b| (a, b))) {
+                        proxy.set(a, b, super::proxy::LinkRule::cut());
+                        proxy.set(b, a, super::proxy::LinkRule::cut());
+                    }
+                }
+            }
+            return Ok(());
+        }
         match &mut self.lab {
             Some(lab) => lab.partition(groups),
             None => bail!("partitions need a cluster built with_netns()"),
         }
     }
 
-    /// Removes every network cut.
+    /// Removes every network cut, and behind the proxy makes every link clean
+    /// (no delay or loss either).
     pub fn heal(&mut self) -> Result<()> {
+        if let Some(proxy) = &self.proxy {
+            proxy.heal();
+        }
         match &mut self.lab {
             Some(lab) => lab.heal(),
             None => Ok(()),
@@ -309,6 +358,30 @@ impl ProcessCluster {
         }
         out
     }
+}
+
+/// Gives every member of `lab` a front IP and starts the proxy in front of its
+/// gossip, raft and service ports (in its namespace, on [`NETNS_PORTS`]).
+fn start_proxy(lab: &mut NetLab, seed: Option<u64>) -> Result<Proxy> {
+    lab.add_front_ips()?;
+    let members = (0..lab.len())
+        .map(|i| {
+            let real = |port| std::net::SocketAddr::new(lab.member_ip(i), port);
+            let route = |protocol, port| Route { protocol, front_port: port, backend: real(port) };
+            ProxiedMember {
+                source_ip: lab.member_ip(i),
+                front_ip: lab.front_ip(i),
+                routes: vec![
+                    route(Protocol::Udp, NETNS_PORTS.gossip),
+                    route(Protocol::Tcp, NETNS_PORTS.raft),
+                    route(Protocol::Tcp, NETNS_PORTS.service),
+                ],
+            }
+        })
+        .collect();
+    let proxy = Proxy::start(ProxySpec { members, seed })?;
+    eprintln!("network proxy seed {0} (CARBON_PROXY_SEED={0} repeats its choices)", proxy.seed());
+    Ok(proxy)
 }
 
 impl Drop for ProcessCluster {

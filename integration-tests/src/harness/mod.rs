@@ -4,7 +4,10 @@
 //! - [`process`]: one member as a `carbon agent` process (the binary, its
 //!   configuration, its start line; kill, pause, resume, terminate, restart);
 //! - [`netns`]: network namespaces, veth links and blackhole routes for partitions;
-//! - [`cluster`]: a cluster of agent processes, on loopback or in namespaces;
+//! - [`proxy`]: a user-space network between members: per directed link
+//!   delay with jitter, loss, duplication and one-way cuts, for TCP and UDP;
+//! - [`cluster`]: a cluster of agent processes, on loopback or in namespaces
+//!   (optionally behind the proxy);
 //! - [`client`]: the workload of concurrent clients and the final reads;
 //! - [`invariants`]: the checks every scenario ends with, and the short-id monitor;
 //! - [`run`]: a scenario from start to [`Summary`](run::Summary).
@@ -33,5 +36,6 @@ pub mod cluster;
 pub mod invariants;
 pub mod netns;
 pub mod process;
+pub mod proxy;
 pub mod run;
 pub mod security;

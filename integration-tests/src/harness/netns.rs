@@ -9,6 +9,9 @@
 //!   member namespaces "cgf-<pid>-<n>-m<i>": eth0 10.A.B.(10+i)/24, lo
 //! ```
 //!
+//! For a cluster behind the [proxy](super::proxy), the root end of the uplink
+//! also holds a front IP per member, 10.A.B.(100+i)/32 ([`NetLab::add_front_ips`]).
+//!
 //! Every address lives in namespaces the lab creates (the root end of the uplink
 //! included; its /24 route leads only into the lab), so traffic never leaves them.
 //! A partition is a pair of blackhole routes (`ip route add blackhole <peer>/32`)
@@ -32,6 +35,7 @@ pub struct NetLab {
     hub: String,
     members: Vec<String>,
     subnet: [u8; 3],
+    uplink: String,
     cuts: BTreeSet<(usize, usize)>,
     created: Vec<String>,
 }
@@ -73,15 +77,16 @@ impl NetLab {
             hub: format!("{prefix}-hub"),
             members: (0..members).map(|i| format!("{prefix}-m{i}")).collect(),
             subnet,
+            uplink: format!("cg{}x{}", pid % 1_000_000, n % 1000),
             cuts: BTreeSet::new(),
             created: Vec::new(),
         };
         // On an error, drop deletes what was created.
-        lab.build(pid, n)?;
+        lab.build()?;
         Ok(lab)
     }
 
-    fn build(&mut self, pid: u32, n: u32) -> Result<()> {
+    fn build(&mut self) -> Result<()> {
         let hub = self.hub.clone();
         ip(&["netns", "add", &hub])?;
         self.created.push(hub.clone());
@@ -89,7 +94,7 @@ impl NetLab {
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
         // The uplink from the root namespace, for the test's clients.
-        let uplink = format!("cg{}x{}", pid % 1_000_000, n % 1000);
+        let uplink = self.uplink.clone();
         ip(&["link", "add", &uplink, "type", "veth", "peer", "name", "up0", "netns", &hub])?;
         ip(&["-n", &hub, "link", "set", "up0", "master", "br0", "up"])?;
         ip(&["addr", "add", &format!("{}/24", self.addr(1)), "dev", &uplink])?;
@@ -114,6 +119,23 @@ impl NetLab {
     /// The address of member `i` inside its namespace.
     pub fn member_ip(&self, i: usize) -> IpAddr {
         IpAddr::V4(self.addr(10 + u8::try_from(i).unwrap_or(200)))
+    }
+
+    /// The front IP of member `i` (see [`NetLab::add_front_ips`]): in the root
+    /// namespace, where the [proxy](super::proxy) listens on its behalf.
+    pub fn front_ip(&self, i: usize) -> IpAddr {
+        IpAddr::V4(self.addr(100 + u8::try_from(i).unwrap_or(100)))
+    }
+
+    /// Gives the root end of the uplink one more address per member (its front
+    /// IP, a /32), so that a proxy in the test's namespace can listen for each
+    /// member at an address of its own, which the members reach over the bridge.
+    /// They go with the uplink when the lab is dropped.
+    pub fn add_front_ips(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            ip(&["addr", "add", &format!("{}/32", self.front_ip(i)), "dev", &self.uplink])?;
+        }
+        Ok(())
     }
 
     /// The number of members.

@@ -36,6 +36,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// Variables `cargo test` sets for the crate under test, besides `CARGO_PKG_*`.
+const CRATE_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 /// The `carbon` binary the harness runs; see the module documentation.
 pub fn carbon_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
@@ -66,6 +78,15 @@ fn locate_binary() -> Result<PathBuf> {
     build
         .args(["build", "--quiet", "-p", "cluster-facade", "--bin", "carbon", "--profile", profile])
         .env("CARGO_TARGET_DIR", target_dir);
+    // `cargo test` gives the test process the variables of its own crate
+    // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …). ring's build script tracks them,
+    // so passing them on made this build rebuild ring and everything above it
+    // (minutes), and the next plain `cargo test` rebuild them back.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("CARGO_PKG_") || CRATE_VARS.contains(&k)) {
+            build.env_remove(key);
+        }
+    }
     if let Some(manifest_dir) = option_env!("CARGO_MANIFEST_DIR") {
         build.current_dir(manifest_dir);
     }

@@ -22,7 +22,8 @@ use super::invariants::{
     ShortIdMonitor, check_history, live_start_line_duplicates, lost_write_keys, wait_caught_up,
     wait_members_agree, wait_voters,
 };
-use crate::history::{History, HistoryRecorder};
+use super::proxy::Proxy;
+use crate::history::{History, HistoryRecorder, Outcome};
 
 /// How a scenario runs.
 #[derive(Debug, Clone)]
@@ -122,6 +123,22 @@ impl FaultRun {
     /// What the workload did so far.
     pub fn workload_stats(&self) -> WorkloadStats {
         self.workload.as_ref().map(Workload::stats).unwrap_or_default()
+    }
+
+    /// Writes acknowledged so far (sets, deletes, and compare-and-sets that
+    /// replaced the value): a scenario waits on it to see the cluster progress.
+    pub fn acknowledged_writes(&self) -> usize {
+        let history = self.recorder.history();
+        history
+            .operations
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op.outcome,
+                    Outcome::SetOk { .. } | Outcome::DeleteOk { .. } | Outcome::CasOk { succeeded: true, .. }
+                )
+            })
+            .count()
     }
 
     /// True once the workload spent its operations or its time.
@@ -238,7 +255,19 @@ impl FaultRun {
         self.cluster.partition(groups)
     }
 
-    /// Removes every network cut.
+    /// Changes the network through the proxy (a cluster built `with_proxy`):
+    /// `shape` sets the rules of the links, `what` names the fault.
+    pub fn shape(&mut self, what: impl Into<String>, shape: impl FnOnce(&Proxy)) -> Result<()> {
+        let proxy = self
+            .cluster
+            .proxy()
+            .ok_or_else(|| anyhow!("shaping the network needs a cluster built with_proxy()"))?;
+        shape(proxy);
+        self.fault(what);
+        Ok(())
+    }
+
+    /// Removes every network cut (and behind the proxy, every delay and loss).
     pub fn heal(&mut self) -> Result<()> {
         self.fault_ended();
         self.cluster.heal()
