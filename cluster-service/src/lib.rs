@@ -80,7 +80,7 @@
 //! let kv = Router::local(store.clone(), RouterOptions::new("demo"));
 //! assert!(kv.set("greeting", "hello").await?);
 //! assert_eq!(kv.consistent_get("greeting").await?, Some(b"hello".to_vec()));
-//! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
+//! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::Forbidden(_))));
 //!
 //! // Any program reaches the cluster with some members' service addresses.
 //! let client = Router::remote([server.local_addr().to_string()], RouterOptions::new("demo"))?;

@@ -22,13 +22,13 @@ use std::time::Duration;
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
     CasOutcome, ClientRequestId, ConsensusStore, Error, KeyMeta, MemberId, Result, WatchEvent, WriteOutcome,
-    WriteRequest,
+    WriteRequest, Writer,
 };
 use cluster_rpc::{Limits, Security};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
 use crate::server;
 
@@ -187,12 +187,12 @@ impl<T: Target> Router<T> {
 
     /// Sets `key`; true if it was created.
     pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
-        self.write(protocol::user_write(WriteRequest::set(key, value))?).await?.into_created()
+        self.user_write(WriteRequest::set(key, value)).await?.into_created()
     }
 
     /// Deletes `key`; true if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        self.write(protocol::user_write(WriteRequest::delete(key))?).await?.into_existed()
+        self.user_write(WriteRequest::delete(key)).await?.into_existed()
     }
 
     /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
@@ -202,8 +202,14 @@ impl<T: Target> Router<T> {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<CasOutcome> {
-        let request = WriteRequest::compare_and_set(key, expected, new);
-        self.write(protocol::user_write(request)?).await?.into_cas()
+        self.user_write(WriteRequest::compare_and_set(key, expected, new)).await?.into_cas()
+    }
+
+    /// A user's write: refused before it leaves when the operation's rules
+    /// refuse it to a user ([`WriteOp::check`](cluster_core::WriteOp::check)).
+    async fn user_write(&self, request: WriteRequest) -> Result<WriteOutcome> {
+        request.op.check(Writer::User)?;
+        self.write(request).await
     }
 
     /// Any write, at the leader. A request without an id gets one; every

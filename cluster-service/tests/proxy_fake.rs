@@ -43,7 +43,7 @@ async fn a_follower_forwards_every_operation_to_the_leader() {
     assert_eq!(proxy.get("k").unwrap(), Some(b"w".to_vec()));
     assert_eq!(proxy.get_prefix("").unwrap().len(), 1);
     assert!(proxy.delete("k").await.unwrap());
-    assert!(matches!(proxy.delete("carbon-grid/members/x").await, Err(Error::BadRequest(_))));
+    assert!(matches!(proxy.delete("carbon-grid/members/x").await, Err(Error::Forbidden(_))));
     let info = MemberInfo::new(MemberId::generate(), "h", 1, 2, 3, 4);
     let record =
         WriteRequest::new(WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() });

@@ -95,7 +95,7 @@ async fn every_request_kind_roundtrips() {
 
     // Reserved keys are refused to users; the cluster writes them through the
     // leader's own store, and over plain TCP the server refuses them to anyone.
-    assert!(matches!(c.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
+    assert!(matches!(c.set("carbon-grid/x", "no").await, Err(Error::Forbidden(_))));
     let info = MemberInfo::new(MemberId::generate(), "127.0.0.1", 1, 2, 3, 4);
     let op = WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() };
     assert!(matches!(c.write(WriteRequest::new(op.clone())).await, Err(Error::Forbidden(_))));

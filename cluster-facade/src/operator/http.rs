@@ -132,15 +132,6 @@ pub(super) fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-/// The answer to a write of a key the cluster reserves: the caller's
-/// credentials do not allow it, whatever the request looks like.
-fn reserved(key: &str) -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        &format!("{key:?} is under {}, which only the cluster itself writes", keys::RESERVED_PREFIX),
-    )
-}
-
 /// The key of a `/v1/kv/…` route: empty on `/v1/kv/`.
 fn key_of(path: Option<Path<String>>) -> String {
     path.map(|Path(k)| k).unwrap_or_default()
@@ -203,10 +194,9 @@ async fn kv_put<T: Operated>(
     path: Option<Path<String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The store's router refuses a user's write of the cluster's keys
+    // (403, `Error::Forbidden`), by the operation's one definition.
     let key = key_of(path);
-    if keys::is_reserved(&key) {
-        return reserved(&key);
-    }
     let Some(member) = api.member() else { return gone() };
     let body = match body {
         Ok(body) => body,
@@ -224,9 +214,6 @@ async fn kv_put<T: Operated>(
 
 async fn kv_delete<T: Operated>(State(api): State<Api<T>>, path: Option<Path<String>>) -> Response {
     let key = key_of(path);
-    if keys::is_reserved(&key) {
-        return reserved(&key);
-    }
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();

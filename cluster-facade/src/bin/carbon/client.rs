@@ -417,9 +417,6 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
             }
         }
         KvCommand::Set { key, value, file, target } => {
-            if key.is_empty() {
-                return Err(Failure::usage("the key must not be empty"));
-            }
             let value = value_bytes(value, file)?;
             let created = match client(&target)?.set(&key, value).await {
                 Ok(c) => c,
