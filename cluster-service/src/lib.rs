@@ -15,7 +15,12 @@
 //!   it leads (a direct call, no wire request) and forwards them to the
 //!   leader otherwise; [`ServiceClient`] ([`Router::remote`]) reaches a
 //!   cluster from any program, given some members' service addresses. Both
-//!   retry across leader changes until [`RouterOptions::op_timeout`].
+//!   retry across leader changes until [`RouterOptions::op_timeout`], and
+//!   offer the same reads (`get`, `get_prefix`, `members`, `status`, …),
+//!   routed by their target.
+//! - One dispatch ([`execute`]) runs a [`Request`] against a store: the
+//!   server runs what it is sent with it, a [`Proxy`] what its own member
+//!   serves.
 //! - Watches: [`Router::watch`] streams the changes under a prefix from a
 //!   revision on; a client's watch (a streamed [`Request::Watch`]) goes on
 //!   at another member when its member dies, from the last revision seen + 1.
@@ -95,6 +100,7 @@
 //! ```
 
 pub mod authz;
+mod dispatch;
 mod local;
 pub mod protocol;
 mod remote;
@@ -102,9 +108,8 @@ mod retry;
 mod router;
 mod server;
 
+pub use dispatch::{execute, members};
 pub use protocol::{Request, Response};
 pub use retry::Backoff;
-pub use router::{
-    ClientOptions, Local, Proxy, ProxyOptions, Remote, Router, RouterOptions, ServiceClient, Target,
-};
-pub use server::{ServerConfig, ServiceServer, execute, members};
+pub use router::{Local, Proxy, Remote, Router, RouterOptions, ServiceClient, Target};
+pub use server::{ServerConfig, ServiceServer};

@@ -9,13 +9,13 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cluster_core::{ConsensusStatus, Error, MemberInfo, MemberStatus, Result, WatchEvent};
+use cluster_core::{ConsensusStatus, Error, Result, WatchEvent};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::protocol::{self, Request, Response};
 use crate::retry::Attempt;
-use crate::router::{Call, Route, Router, RouterOptions, ServiceClient, sealed, send};
+use crate::router::{Route, Router, RouterOptions, ServiceClient, sealed, send};
 
 /// Some members' service ports, as a [`Router`]'s target.
 #[derive(Debug)]
@@ -63,20 +63,20 @@ impl Remote {
 }
 
 impl sealed::Target for Remote {
-    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
-        Route::Remote { addr: self.next_addr(attempt, call.needs_leader()), leader: None }
+    fn route(&self, request: &Request, attempt: &Attempt) -> Route {
+        Route::Remote { addr: self.next_addr(attempt, request.needs_leader()), leader: None }
     }
 
-    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
-        let never = format!("{}: a client has no store of its own", call.what());
+    fn local(&self, request: &Request) -> impl Future<Output = Result<Response>> + Send {
+        let never = format!("{}: a client has no store of its own", request.kind());
         std::future::ready(Err(Error::Internal(never)))
     }
 
     /// Remembers the leader from an answer.
-    fn learn(&self, addr: &str, call: &Call, answer: &Result<Response>) {
+    fn learn(&self, addr: &str, request: &Request, answer: &Result<Response>) {
         let mut leader = self.leader();
         match answer {
-            Ok(_) if call.needs_leader() => *leader = Some(addr.to_owned()),
+            Ok(_) if request.needs_leader() => *leader = Some(addr.to_owned()),
             Err(Error::NotLeader(hint)) => {
                 *leader = hint.as_ref().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty());
             }
@@ -123,39 +123,6 @@ impl ServiceClient {
     /// [`Router::remote`], by the client's name.
     pub fn new<A: Into<String>>(addrs: impl IntoIterator<Item = A>, options: RouterOptions) -> Result<Self> {
         Self::remote(addrs, options)
-    }
-
-    /// The local (possibly stale) value of `key` at some member.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.request(Request::Get { key: key.to_owned() }).await?.into_value()
-    }
-
-    /// The entries under `prefix` at some member, in key order.
-    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.request(Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
-    }
-
-    /// The entries under `prefix` at some member, in key order, with the
-    /// revision they are of: a [`watch`](Router::watch) from that revision + 1
-    /// misses and repeats nothing.
-    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
-        self.request(Request::GetPrefixWithRevision { prefix: prefix.to_owned() }).await?.into_entries_at()
-    }
-
-    /// The [`MemberInfo`] of every member, as some member's store holds them.
-    pub async fn members(&self) -> Result<Vec<MemberInfo>> {
-        self.request(Request::Members).await?.into_members()
-    }
-
-    /// What some member knows about consensus (leader, term, indexes, voters).
-    pub async fn status(&self) -> Result<ConsensusStatus> {
-        self.request(Request::Status).await?.into_status()
-    }
-
-    /// Some member's status in the shape every surface shows: consensus,
-    /// its progress (committed and snapshot index), its short id and role.
-    pub async fn member_status(&self) -> Result<MemberStatus> {
-        self.request(Request::MemberStatus).await?.into_member_status()
     }
 
     /// What the member at `addr` knows about consensus; one attempt.

@@ -147,7 +147,7 @@ async fn kv_get<T: Operated>(
     member.metrics().http_request("kv_get");
     let store = member.store();
     if flag(&q, "recurse") {
-        let entries = match store.get_prefix(&key) {
+        let entries = match store.get_prefix(&key).await {
             Ok(e) => e,
             Err(e) => return store_error(e),
         };
@@ -166,7 +166,7 @@ async fn kv_get<T: Operated>(
         );
     }
     let value = if flag(&q, "stale") {
-        store.get(&key)
+        store.get(&key).await
     } else {
         let start = std::time::Instant::now();
         let v = store.consistent_get(&key).await;

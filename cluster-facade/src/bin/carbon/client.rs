@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cluster_facade::core::MemberStatus;
 use cluster_facade::core::{Error, ErrorKind, MemberInfo, keys};
-use cluster_facade::service::ClientOptions;
+use cluster_facade::service::RouterOptions;
 use cluster_facade::service::protocol::{Request, Response};
 use cluster_facade::{Liveness, MemberId, ServiceClient};
 use serde_json::json;
@@ -188,7 +188,7 @@ pub(crate) fn client_of(
     t: &Target,
     addrs: impl IntoIterator<Item = String>,
 ) -> Result<ServiceClient, Failure> {
-    let mut options = ClientOptions::new(t.cluster_id.clone());
+    let mut options = RouterOptions::new(t.cluster_id.clone());
     options.op_timeout = t.timeout;
     options.attempt_timeout = options.attempt_timeout.min(t.timeout);
     options.connect_timeout = options.connect_timeout.min(t.timeout);
