@@ -93,6 +93,8 @@ impl sealed::Target for Remote {
             client: router.clone(),
             prefix: prefix.to_owned(),
             next: from_revision,
+            last: None,
+            seen_at_last: 0,
             stream: None,
             failing_since: None,
             failures: 0,
@@ -138,8 +140,15 @@ struct Watcher {
     prefix: String,
     /// The first revision still wanted: the last one yielded + 1.
     next: Option<u64>,
+    /// The revision of the last event yielded and how many events of that
+    /// revision were yielded: one write (a prefix delete) changes several
+    /// keys at one revision, so a resume starts at that revision again and
+    /// skips what it already yielded.
+    last: Option<(u64, usize)>,
+    /// Events of `last`'s revision the current stream delivered.
+    seen_at_last: usize,
     /// The member's stream and when it was opened.
-    stream: Option<(cluster_rpc::AnswerStream<Response>, Instant)>,
+    stream: Option<(futures::stream::Peekable<cluster_rpc::AnswerStream<Response>>, Instant)>,
     /// The first of the failures since the last stream that worked.
     failing_since: Option<Instant>,
     /// Failures in a row, for the backoff.
@@ -165,8 +174,7 @@ impl Watcher {
             let opened = *opened;
             let why = match stream.next().await {
                 Some(Ok(Response::Event(event))) => {
-                    // A resumed watch starts at `next`: anything older was yielded.
-                    if self.next.is_some_and(|next| event.revision < next) {
+                    if self.already_yielded(&event) {
                         continue;
                     }
                     self.next = Some(event.revision + 1);
@@ -200,6 +208,31 @@ impl Watcher {
         }
     }
 
+    /// Whether a resumed stream replays `event`, which was yielded before:
+    /// an older revision, or one of the events of the last revision that
+    /// were. Counts the events of that revision as they come.
+    fn already_yielded(&mut self, event: &WatchEvent) -> bool {
+        match self.last {
+            Some((revision, yielded)) if event.revision == revision => {
+                self.seen_at_last += 1;
+                if self.seen_at_last <= yielded {
+                    return true;
+                }
+                self.last = Some((revision, yielded + 1));
+                false
+            }
+            Some((revision, _)) if event.revision < revision => true,
+            _ => {
+                if self.next.is_some_and(|next| event.revision < next) {
+                    return true;
+                }
+                self.last = Some((event.revision, 1));
+                self.seen_at_last = 1;
+                false
+            }
+        }
+    }
+
     /// Opens the stream at the next member, from `next`. A watch from now
     /// first learns the member's revision, so that a resume misses nothing
     /// that happened after the watch began.
@@ -213,14 +246,34 @@ impl Watcher {
             let (revision, _) = send(inner, &addr, &probe).await?.into_entries_at()?;
             self.next = Some(revision + 1);
         }
-        let request = Request::Watch { prefix: self.prefix.clone(), from_revision: self.next };
-        let stream = match tokio::time::timeout(timeout, inner.rpc.stream(&addr, &request)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(e.into_core()),
-            Err(_) => return Err(Error::Timeout(format!("watch: {addr} did not answer within {timeout:?}"))),
-        };
-        self.stream = Some((stream, Instant::now()));
-        Ok(())
+        // Again from the last revision yielded: the rest of its events may
+        // not have been. A member that cannot replay it any more goes on
+        // after it, as before multi-key writes.
+        let mut from = self.last.map(|(revision, _)| revision).or(self.next);
+        loop {
+            let request = Request::Watch { prefix: self.prefix.clone(), from_revision: from };
+            let stream = match tokio::time::timeout(timeout, inner.rpc.stream(&addr, &request)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(e.into_core()),
+                Err(_) => {
+                    return Err(Error::Timeout(format!("watch: {addr} did not answer within {timeout:?}")));
+                }
+            };
+            let mut stream = stream.peekable();
+            let refused_last = match (std::pin::Pin::new(&mut stream).peek().await, self.last) {
+                (Some(Ok(Response::Err(Error::Compacted { oldest, .. }))), Some((revision, _))) => {
+                    from == Some(revision) && *oldest == revision + 1
+                }
+                _ => false,
+            };
+            if refused_last {
+                from = self.next;
+                continue;
+            }
+            self.seen_at_last = 0;
+            self.stream = Some((stream, Instant::now()));
+            return Ok(());
+        }
     }
 
     /// After a failure: the error that ends the watch, or `None` once it is
