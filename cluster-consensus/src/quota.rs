@@ -46,7 +46,7 @@ pub use cluster_core::store::entry_bytes;
 /// [`ConsensusLimits::entry_bounds`].
 pub fn check_entry(op: &WriteOp) -> Result<(), Error> {
     op.check(Writer::Cluster)?;
-    if let WriteOp::Delete { key } = op {
+    if let WriteOp::Delete { key } | WriteOp::DeletePrefix { prefix: key } = op {
         // Core lets every delete through its size check (a key too long to
         // exist is not there); apply still bounds what an entry carries.
         let max = ConsensusLimits::MAX_ENTRY_FIELD_BYTES;

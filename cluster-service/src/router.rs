@@ -225,6 +225,14 @@ impl<T: Target> Router<T> {
         self.user_write(WriteRequest::delete(key)).await?.into_existed()
     }
 
+    /// Deletes every key under `prefix` in one change (one revision), and
+    /// answers how many. The empty prefix is refused, and so is one under
+    /// `carbon-grid/`; a prefix that also covers the cluster's keys leaves
+    /// them alone (see [`WriteOp::DeletePrefix`](cluster_core::WriteOp::DeletePrefix)).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.user_write(WriteRequest::delete_prefix(prefix)).await?.into_deleted()
+    }
+
     /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
     pub async fn compare_and_set(
         &self,

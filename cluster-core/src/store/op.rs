@@ -62,6 +62,15 @@ pub enum WriteOp {
         /// The revision the store should at least be at.
         revision: u64,
     },
+    /// Delete every key that starts with `prefix` (not empty), in one
+    /// change: one log entry, one revision, one delete event per key at it.
+    /// The cluster's keys (under [`keys::RESERVED_PREFIX`]) are deleted
+    /// only by a prefix under it, which only the cluster may ask
+    /// ([`WriteOp::deletes`]): a user's `"c"` leaves `carbon-grid/` alone.
+    DeletePrefix {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 /// Who makes a write, which decides what it may change.
@@ -94,8 +103,16 @@ impl WriteOp {
             }
             WriteOp::AllocateShortId { .. }
             | WriteOp::ReleaseShortId { .. }
-            | WriteOp::AdvanceRevision { .. } => None,
+            | WriteOp::AdvanceRevision { .. }
+            | WriteOp::DeletePrefix { .. } => None,
         }
+    }
+
+    /// Whether a [`DeletePrefix`](WriteOp::DeletePrefix) of `prefix`
+    /// deletes `key`: the key starts with the prefix, and is a user's key
+    /// unless the prefix itself is the cluster's.
+    pub fn deletes(prefix: &str, key: &str) -> bool {
+        key.starts_with(prefix) && (keys::is_reserved(prefix) || !keys::is_reserved(key))
     }
 
     /// The values this operation carries (to store or to compare with).
@@ -111,9 +128,12 @@ impl WriteOp {
     /// cluster's keys (under [`keys::RESERVED_PREFIX`]) and its own state
     /// (short ids, the revision), [`Writer::User`] for the rest.
     pub fn needs(&self) -> Writer {
-        match self.key() {
-            Some(key) if !keys::is_reserved(key) => Writer::User,
-            _ => Writer::Cluster,
+        match self {
+            WriteOp::DeletePrefix { prefix } if !keys::is_reserved(prefix) => Writer::User,
+            _ => match self.key() {
+                Some(key) if !keys::is_reserved(key) => Writer::User,
+                _ => Writer::Cluster,
+            },
         }
     }
 
@@ -124,13 +144,26 @@ impl WriteOp {
         if let Some(key) = self.key() {
             check_key(key)?;
         }
+        if let WriteOp::DeletePrefix { prefix } = self
+            && prefix.is_empty()
+        {
+            return Err(Error::BadRequest(
+                "the prefix of a prefix delete must not be empty (it would delete every key)".to_owned(),
+            ));
+        }
         if writer == Writer::User && self.needs() == Writer::Cluster {
-            return Err(Error::Forbidden(match self.key() {
-                Some(key) => format!(
-                    "key {key:?} is under {:?}, which the cluster reserves for itself",
+            return Err(Error::Forbidden(match self {
+                WriteOp::DeletePrefix { prefix } => format!(
+                    "prefix {prefix:?} is under {:?}, which the cluster reserves for itself",
                     keys::RESERVED_PREFIX
                 ),
-                None => format!("{} is the cluster's own operation", self.name()),
+                _ => match self.key() {
+                    Some(key) => format!(
+                        "key {key:?} is under {:?}, which the cluster reserves for itself",
+                        keys::RESERVED_PREFIX
+                    ),
+                    None => format!("{} is the cluster's own operation", self.name()),
+                },
             }));
         }
         Ok(())
@@ -181,6 +214,7 @@ impl WriteOp {
             WriteOp::AllocateShortId { .. } => "allocate short id",
             WriteOp::ReleaseShortId { .. } => "release short id",
             WriteOp::AdvanceRevision { .. } => "advance revision",
+            WriteOp::DeletePrefix { .. } => "delete prefix",
         }
     }
 }
@@ -228,6 +262,11 @@ impl WriteRequest {
     pub fn compare_and_set(key: &str, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Self {
         WriteRequest::new(WriteOp::CompareAndSet { key: key.to_owned(), expected, new })
     }
+
+    /// Delete every key under `prefix`; see [`WriteOp::DeletePrefix`].
+    pub fn delete_prefix(prefix: &str) -> Self {
+        WriteRequest::new(WriteOp::DeletePrefix { prefix: prefix.to_owned() })
+    }
 }
 
 /// The answer of a compare-and-set.
@@ -266,6 +305,11 @@ pub enum WriteOutcome {
     Revision {
         /// The revision.
         revision: u64,
+    },
+    /// Answer to `DeletePrefix`: how many keys it deleted.
+    DeletedPrefix {
+        /// The number of keys deleted.
+        deleted: u64,
     },
 }
 
@@ -307,6 +351,14 @@ impl WriteOutcome {
         match self {
             WriteOutcome::Revision { revision } => Ok(revision),
             other => Err(unexpected("advance revision", &other)),
+        }
+    }
+
+    /// The answer to a `DeletePrefix`: how many keys it deleted.
+    pub fn into_deleted(self) -> Result<u64> {
+        match self {
+            WriteOutcome::DeletedPrefix { deleted } => Ok(deleted),
+            other => Err(unexpected("delete prefix", &other)),
         }
     }
 
@@ -385,6 +437,24 @@ mod tests {
             }
         }
         assert!(check_key("").is_err() && check_key("k").is_ok());
+    }
+
+    #[test]
+    fn a_prefix_delete_refuses_the_empty_prefix_and_users_the_clusters_prefix() {
+        let delete = |p: &str| WriteOp::DeletePrefix { prefix: p.into() };
+        for writer in [Writer::User, Writer::Cluster] {
+            assert!(matches!(delete("").check(writer), Err(Error::BadRequest(_))));
+        }
+        assert_eq!(delete("app/").check(Writer::User), Ok(()));
+        let reserved = delete(keys::MEMBERS_PREFIX);
+        assert!(matches!(reserved.check(Writer::User), Err(Error::Forbidden(m)) if m.contains("reserves")));
+        assert_eq!(reserved.check(Writer::Cluster), Ok(()));
+        // A user's prefix that also covers the cluster's keys leaves them alone.
+        assert_eq!(delete("c").check(Writer::User), Ok(()));
+        assert!(WriteOp::deletes("c", "cache/x") && !WriteOp::deletes("c", "carbon-grid/members/x"));
+        assert!(WriteOp::deletes("carbon-grid/", "carbon-grid/members/x"));
+        assert!(!WriteOp::deletes("app/", "apps"));
+        assert_eq!(delete("app/").growth(|_| Some(10)), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `GET /v1/kv/{prefix}?recurse` | every key under the prefix (`/v1/kv/?recurse`: the whole store); `&all` adds the cluster's `carbon-grid/` keys |
 //! | `PUT /v1/kv/{key}` | the body is the value; `{"created"}` |
 //! | `DELETE /v1/kv/{key}` | `{"deleted"}` |
+//! | `DELETE /v1/kv/{prefix}?prefix` | every key under the prefix at one revision; `{"prefix", "deleted": N}` |
 //! | `GET /v1/watch/{prefix}` | every change under the prefix, one JSON object per line ([`watch`](super::watch)) |
 //! | `GET /metrics` | Prometheus text ([`Metrics`](crate::Metrics)) |
 //!
@@ -212,15 +213,25 @@ async fn kv_put<T: Operated>(
     }
 }
 
-async fn kv_delete<T: Operated>(State(api): State<Api<T>>, path: Option<Path<String>>) -> Response {
+async fn kv_delete<T: Operated>(
+    State(api): State<Api<T>>,
+    path: Option<Path<String>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     let key = key_of(path);
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();
-    let r = member.store().delete(&key).await;
-    member.metrics().observe_write(start.elapsed(), r.is_ok());
-    match r {
-        Ok(deleted) => axum::Json(json!({ "key": key, "deleted": deleted })).into_response(),
+    // `?prefix`: every key under it, in one write; the store refuses an
+    // empty prefix (400) and the cluster's (403).
+    let answer = if flag(&q, "prefix") {
+        member.store().delete_prefix(&key).await.map(|n| json!({ "prefix": key, "deleted": n }))
+    } else {
+        member.store().delete(&key).await.map(|deleted| json!({ "key": key, "deleted": deleted }))
+    };
+    member.metrics().observe_write(start.elapsed(), answer.is_ok());
+    match answer {
+        Ok(body) => axum::Json(body).into_response(),
         Err(e) => store_error(e),
     }
 }

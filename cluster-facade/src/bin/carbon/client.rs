@@ -112,10 +112,16 @@ pub(crate) enum KvCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Delete a key; exit 1 if it did not exist.
+    /// Delete a key, or with --prefix every key under a prefix in one
+    /// change; exit 1 if nothing was deleted.
     Delete {
         /// The key.
-        key: String,
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Delete every key under this prefix (not empty, not under
+        /// `carbon-grid/`) at one revision, and print how many.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -428,7 +434,23 @@ pub(crate) async fn kv(cmd: KvCommand) -> Result<(), Failure> {
                 println!("{}", if created { "created" } else { "updated" });
             }
         }
-        KvCommand::Delete { key, target } => {
+        KvCommand::Delete { key: None, prefix: Some(prefix), target } => {
+            let count = match client(&target)?.delete_prefix(&prefix).await {
+                Ok(n) => n,
+                Err(e) => return Err(failed(&target, e).await),
+            };
+            if target.json {
+                print_json(json!({ "prefix": prefix, "deleted": count > 0, "count": count }));
+            }
+            if count == 0 {
+                return Err(Failure::not_found(format!("no key under {prefix:?}")));
+            }
+            if !target.json {
+                println!("deleted {count}");
+            }
+        }
+        KvCommand::Delete { key, prefix: _, target } => {
+            let key = key.unwrap_or_default();
             let existed = match client(&target)?.delete(&key).await {
                 Ok(e) => e,
                 Err(e) => return Err(failed(&target, e).await),
