@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::{RouterOptions, ServiceClient};
 use integration_tests::harness::process::{self, AgentSpec, Ports};
 use tokio::process::{Child, Command};
 
@@ -250,8 +250,8 @@ impl CarbonCluster {
         }
     }
 
-    pub fn client_options(&self) -> ClientOptions {
-        let mut options = ClientOptions::new(self.cluster_id.clone());
+    pub fn client_options(&self) -> RouterOptions {
+        let mut options = RouterOptions::new(self.cluster_id.clone());
         options.security = self.security.clone();
         options
     }

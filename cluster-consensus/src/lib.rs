@@ -82,6 +82,7 @@
 //! Both storages pass openraft's own storage suite (`src/storage_suite.rs`).
 
 mod batcher;
+mod delete_prefix;
 mod encoding;
 mod error;
 pub(crate) mod log_store;

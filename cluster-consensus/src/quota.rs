@@ -35,84 +35,53 @@
 //! alike, or when this member refused a write for the store quota since the
 //! store last shrank.
 
-use cluster_core::{ConsensusLimits, Error, Quota, WriteOp};
+use cluster_core::{ConsensusLimits, Error, Quota, WriteOp, Writer};
 
-/// What one key and value count for the store quota.
-pub fn entry_bytes(key: &str, value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64
-}
-
-fn too_long(quota: Quota, size: usize, limit: usize) -> Result<(), Error> {
-    if size > limit {
-        Err(Error::QuotaExceeded { quota, size: size as u64, limit: limit as u64 })
-    } else {
-        Ok(())
-    }
-}
-
-fn empty_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() { Err(Error::BadRequest("the key is empty".to_owned())) } else { Ok(()) }
-}
-
-/// The parts of `op` bounded by key and value limits: its key and the values it carries.
-fn parts(op: &WriteOp) -> Option<(&str, [Option<&[u8]>; 2])> {
-    match op {
-        WriteOp::Set { key, value } => Some((key, [Some(value), None])),
-        WriteOp::Delete { key } => Some((key, [None, None])),
-        WriteOp::CompareAndSet { key, expected, new } => Some((key, [expected.as_deref(), new.as_deref()])),
-        _ => None,
-    }
-}
+/// What one key and value count for the store quota (core's definition).
+pub use cluster_core::store::entry_bytes;
 
 /// The check in apply: the same answer on every member for the same entry.
+/// The operation's own rules (the cluster writes here: any key but the
+/// empty one) and its sizes against the constant
+/// [`ConsensusLimits::entry_bounds`].
 pub fn check_entry(op: &WriteOp) -> Result<(), Error> {
-    let Some((key, values)) = parts(op) else { return Ok(()) };
-    empty_key(key)?;
-    let max = ConsensusLimits::MAX_ENTRY_FIELD_BYTES;
-    too_long(Quota::KeyBytes, key.len(), max)?;
-    for v in values.into_iter().flatten() {
-        too_long(Quota::ValueBytes, v.len(), max)?;
+    op.check(Writer::Cluster)?;
+    if let WriteOp::Delete { key } | WriteOp::DeletePrefix { prefix: key } = op {
+        // Core lets every delete through its size check (a key too long to
+        // exist is not there); apply still bounds what an entry carries.
+        let max = ConsensusLimits::MAX_ENTRY_FIELD_BYTES;
+        if key.len() > max {
+            return Err(Error::QuotaExceeded {
+                quota: Quota::KeyBytes,
+                size: key.len() as u64,
+                limit: max as u64,
+            });
+        }
     }
-    Ok(())
+    op.check_sizes(&ConsensusLimits::entry_bounds())
 }
 
-/// How many bytes the store grows by if `op` succeeds (0 if it shrinks or
-/// stays). `value_len` reads the applied state: the length of a key's value,
-/// if it has one. (A function, not the state itself, so this module stays
-/// below the state machine that calls [`check_entry`].)
+/// How many bytes the store grows by if `op` succeeds: [`WriteOp::growth`].
 pub fn growth(value_len: impl Fn(&str) -> Option<usize>, op: &WriteOp) -> u64 {
-    let (key, new) = match op {
-        WriteOp::Set { key, value } => (key, value),
-        WriteOp::CompareAndSet { key, new: Some(new), .. } => (key, new),
-        _ => return 0,
-    };
-    let old = value_len(key).map_or(0, |len| (key.len() + len) as u64);
-    entry_bytes(key, new).saturating_sub(old)
+    op.growth(value_len)
 }
 
 /// The admission check before proposing `op`, against this member's
 /// `limits` and applied state: its `store_bytes` and `value_len` (see
-/// [`growth`]).
+/// [`WriteOp::growth`]). Who may write what is the service's
+/// authorization; here the writer is the cluster.
 pub fn admit(
     limits: &ConsensusLimits,
     store_bytes: u64,
     value_len: impl Fn(&str) -> Option<usize>,
     op: &WriteOp,
 ) -> Result<(), Error> {
-    let Some((key, values)) = parts(op) else { return Ok(()) };
-    empty_key(key)?;
-    if matches!(op, WriteOp::Delete { .. }) {
-        // A key too long to exist is simply not there: deletes always work.
+    op.check(Writer::Cluster)?;
+    op.check_sizes(limits)?;
+    if op.key().is_none_or(cluster_core::keys::is_reserved) {
         return Ok(());
     }
-    too_long(Quota::KeyBytes, key.len(), limits.max_key_bytes)?;
-    for v in values.into_iter().flatten() {
-        too_long(Quota::ValueBytes, v.len(), limits.max_value_bytes)?;
-    }
-    if cluster_core::keys::is_reserved(key) {
-        return Ok(());
-    }
-    let grows = growth(value_len, op);
+    let grows = op.growth(value_len);
     let after = store_bytes.saturating_add(grows);
     if grows > 0 && after > limits.max_store_bytes {
         return Err(Error::QuotaExceeded {

@@ -282,6 +282,7 @@ impl KvState {
                 self.revision = self.revision.max(*revision);
                 Ok(WriteOutcome::Revision { revision: self.revision })
             }
+            WriteOp::DeletePrefix { prefix } => Ok(self.delete_prefix(prefix, events)),
             other => Err(Error::BadRequest(format!("operation not supported by this member: {other:?}"))),
         }
     }

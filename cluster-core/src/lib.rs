@@ -67,5 +67,5 @@ pub use role::RaftRole;
 pub use store::{
     CasOutcome, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
     ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming, Watch, WatchEvent,
-    WatchLog, WriteOp, WriteOutcome, WriteRequest,
+    WatchLog, WriteOp, WriteOutcome, WriteRequest, Writer,
 };

@@ -11,7 +11,7 @@ use cluster_core::{
     ConsensusConfig, ConsensusStore, MemberId, MemberInfo, Membership, MembershipConfig, RaftRole, ShortId,
     keys, member::tag,
 };
-use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceServer};
+use cluster_service::{Proxy, RouterOptions, ServerConfig, ServiceServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -309,12 +309,12 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         started.service = Some(service);
         let proxy = Proxy::new(
             store.clone(),
-            ProxyOptions {
+            RouterOptions {
                 op_timeout: ms(config.timeouts.operation_ms),
                 max_frame_len: config.raft.max_frame_bytes,
                 connect_timeout: config.limits.connect_timeout,
                 security: config.security.clone(),
-                ..ProxyOptions::new(config.cluster_id.clone())
+                ..RouterOptions::new(config.cluster_id.clone())
             },
         );
 

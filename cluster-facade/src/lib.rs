@@ -36,6 +36,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Writing
+//!
+//! [`ClusterOf::store`] is the one way a user writes: a leader-routed
+//! [`Proxy`] whose `set`, `delete`, `delete_prefix` and `compare_and_set`
+//! refuse the cluster's own keys (under `carbon-grid/`,
+//! [`Error::Forbidden`]), by the operation's one definition
+//! ([`core::WriteOp::check`]). The cluster's own writes (member records,
+//! short ids) are the member's housekeeping, through its store directly;
+//! the facade does not re-export the store's raw write shortcuts.
+//!
 //! ## What a member does
 //!
 //! [`ClusterOf::start`] runs the choreography: identity (a member id created
@@ -105,9 +115,9 @@ pub use operator::{ConsensusGauges, HttpLimits, Metrics, READY_MAX_APPLY_LAG, Re
 pub use reset::{ResetReport, reset_raft_state};
 
 pub use cluster_core::{
-    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, ConsensusStoreExt, Error,
-    ErrorKind, GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId,
-    Watch, WatchEvent,
+    self as core, CasOutcome, ConsensusProgress, ConsensusStatus, ConsensusStore, Error, ErrorKind,
+    GridEventKind, GridMemberEvent, Liveness, MemberId, MemberInfo, Membership, RaftRole, ShortId, Watch,
+    WatchEvent,
 };
 /// Gossip keys and the live keyring ([`ClusterOf::gossip_keyring`]).
 #[cfg(feature = "gossip-chitchat")]

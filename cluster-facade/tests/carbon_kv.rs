@@ -297,3 +297,81 @@ fn kv_get_print_revision_shows_the_create_and_mod_revision_of_a_key() {
     let missing = run(&svc, &["kv", "get", "nope", "--print-revision", "--json"], b"");
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn kv_delete_prefix_deletes_every_key_under_it_at_one_revision() {
+    use std::io::BufRead;
+
+    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    member.wait_ready();
+    let svc = member.service.clone();
+    for k in ["app/a", "app/b", "apps", "cache/x"] {
+        assert!(run(&svc, &["kv", "set", k, "v"], b"").status.success());
+    }
+    let revision = || json_of(&run(&svc, &["kv", "list", "", "--json"], b""))["revision"].as_u64().unwrap();
+    let before = revision();
+
+    // What `kv delete` prints, with the count.
+    let out = run(&svc, &["kv", "delete", "--prefix", "app/"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deleted 2\n");
+    assert_eq!(revision(), before + 1, "one write, one revision");
+    let keys: Vec<String> = json_of(&run(&svc, &["kv", "list", "", "--json"], b""))["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["apps", "cache/x"]);
+
+    // A watcher sees one delete per key, both at that revision.
+    let from = (before + 1).to_string();
+    let mut watch = carbon()
+        .args(["kv", "watch", "app/", "--from-revision", &from, "--json"])
+        .args(["--service", &svc, "--cluster-id", CLUSTER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("carbon runs");
+    let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let line: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        seen.push((
+            line["key"].as_str().unwrap().to_owned(),
+            line["deleted"].clone(),
+            line["revision"].clone(),
+        ));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let at = serde_json::json!(before + 1);
+    assert_eq!(
+        seen,
+        [
+            ("app/a".to_owned(), serde_json::json!(true), at.clone()),
+            ("app/b".to_owned(), serde_json::json!(true), at)
+        ]
+    );
+
+    // Nothing left under it: exit 1, as a missing key; JSON says so.
+    let out = run(&svc, &["kv", "delete", "--prefix", "app/", "--json"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(printed, serde_json::json!({"prefix": "app/", "deleted": false, "count": 0}));
+
+    // Hostile prefixes: the empty one and the cluster's are refused, saying
+    // why; one that also covers the cluster's records deletes users' keys only.
+    let out = run(&svc, &["kv", "delete", "--prefix", ""], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("must not be empty"), "{}", stderr(&out));
+    let out = run(&svc, &["kv", "delete", "--prefix", "carbon-grid/members/"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("reserves"), "{}", stderr(&out));
+    let out = run(&svc, &["kv", "delete", "--prefix", "c"], b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deleted 1\n", "{}", stderr(&out));
+    let all = json_of(&run(&svc, &["kv", "list", "carbon-grid/", "--all", "--json"], b""));
+    assert!(!all["entries"].as_array().unwrap().is_empty(), "the cluster's records stay: {all}");
+    let out = run(&svc, &["kv", "delete", "k", "--prefix", "p"], b"");
+    assert_eq!(out.status.code(), Some(2), "a key and a prefix at once is a usage error");
+}

@@ -22,9 +22,9 @@ async fn two_members_get_ids_1_and_2_and_both_vote() {
     assert_eq!(members[0].short_id(), ShortId::new(1).unwrap());
     wait_until(DEADLINE, "both members vote and are recorded", || ready(settled(&members, 2, 0))).await;
     // The leader key names the first member, which formed the cluster.
-    let leader_key = members[1].store().get(keys::LEADER_KEY).unwrap().unwrap();
+    let leader_key = members[1].store().get(keys::LEADER_KEY).await.unwrap().unwrap();
     assert_eq!(String::from_utf8(leader_key).unwrap(), members[0].member_id().to_string());
-    assert!(members[1].store().get(&keys::voter_key(members[1].member_id())).unwrap().is_some());
+    assert!(members[1].store().get(&keys::voter_key(members[1].member_id())).await.unwrap().is_some());
     shutdown_all(members).await;
 }
 
@@ -194,8 +194,8 @@ async fn a_restarted_member_keeps_its_member_id_and_short_id() {
     wait_until(DEADLINE, "the restarted member has the data from before and after", || {
         let s = back.store().clone();
         async move {
-            s.get("kept").ok().flatten() == Some(b"yes".to_vec())
-                && s.get("after").ok().flatten() == Some(b"restart".to_vec())
+            s.get("kept").await.ok().flatten() == Some(b"yes".to_vec())
+                && s.get("after").await.ok().flatten() == Some(b"restart".to_vec())
         }
     })
     .await;

@@ -51,6 +51,9 @@ async fn every_error_is_json_with_a_fitting_status() {
     call(http, "GET", "/v1/watch/k?from_revision=soon", b"").await.assert_json_error(400);
     // 403: the cluster's own keys.
     call(http, "PUT", "/v1/kv/carbon-grid/members/x", b"v").await.assert_json_error(403);
+    // A prefix delete: never of the empty prefix (400), never of the cluster's (403).
+    call(http, "DELETE", "/v1/kv/?prefix", b"").await.assert_json_error(400);
+    call(http, "DELETE", "/v1/kv/carbon-grid/?prefix", b"").await.assert_json_error(403);
     // 413: a value over the quota; a body over the limit, announced and not sent.
     call(http, "PUT", "/v1/kv/big", &vec![b'v'; 16 * 1024 + 1]).await.assert_json_error(413);
     let mut s = TcpStream::connect(http).await.unwrap();
@@ -188,5 +191,23 @@ async fn a_watch_from_a_forgotten_revision_answers_410() {
     let answer = call(http, "GET", "/v1/watch/h/?from_revision=1", b"").await;
     let message = answer.assert_json_error(410);
     assert!(message.contains("compacted"), "{message}");
+    member.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_delete_deletes_every_key_under_it_and_says_how_many() {
+    let (member, http) = member().await;
+    for key in ["p/1", "p/2", "pq"] {
+        assert_eq!(call(http, "PUT", &format!("/v1/kv/{key}"), b"v").await.status, 200);
+    }
+    let answer = call(http, "DELETE", "/v1/kv/p/?prefix", b"").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), serde_json::json!({ "prefix": "p/", "deleted": 2 }));
+    let left = call(http, "GET", "/v1/kv/p?recurse", b"").await.json();
+    let keys: Vec<&str> = left.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["pq"]);
+    // Without `?prefix` it is the key `p/` itself: absent.
+    let answer = call(http, "DELETE", "/v1/kv/p/", b"").await;
+    assert_eq!(answer.json(), serde_json::json!({ "key": "p/", "deleted": false }));
     member.shutdown().await.unwrap();
 }

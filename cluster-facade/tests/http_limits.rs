@@ -227,7 +227,7 @@ async fn a_body_that_stops_arriving_is_answered_408_in_json() {
     let answer = common::http::read_answer(&mut s).await.unwrap();
     let message = answer.assert_json_error(408);
     assert!(message.contains("http_request_timeout"), "{message}");
-    assert_eq!(member.store().get("k").unwrap(), None, "a half body was stored");
+    assert_eq!(member.store().get("k").await.unwrap(), None, "a half body was stored");
     member.shutdown().await.unwrap();
 }
 

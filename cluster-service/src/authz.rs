@@ -17,9 +17,15 @@
 //! - Reads are open to every caller: the records are what `carbon members`
 //!   shows, and they carry no secret.
 //! - An empty key is nobody's.
+//!
+//! What a write needs is the operation's own definition
+//! ([`WriteOp::needs`](cluster_core::WriteOp::needs), its rules in
+//! [`WriteOp::check`](cluster_core::WriteOp::check)); this module maps the
+//! caller's certificate role to a [`Writer`].
 
-use cluster_core::keys::{RESERVED_PREFIX, is_reserved};
-use cluster_core::{Error, Result, WriteOp};
+use cluster_core::keys::RESERVED_PREFIX;
+use cluster_core::store::check_key;
+use cluster_core::{Error, Result, Writer};
 use cluster_rpc::Role;
 
 use crate::protocol::Request;
@@ -37,20 +43,9 @@ pub enum Access {
 
 /// The access `request` needs; an error for a request nobody may make.
 pub fn required_access(request: &Request) -> Result<Access> {
-    let key_access = |key: &str| {
-        if key.is_empty() {
-            Err(Error::BadRequest("the empty key is not a key".into()))
-        } else if is_reserved(key) {
-            Ok(Access::Member)
-        } else {
-            Ok(Access::Anyone)
-        }
-    };
     match request {
         Request::Get { key } | Request::ConsistentGet { key } | Request::GetWithMeta { key, .. } => {
-            if key.is_empty() {
-                return Err(Error::BadRequest("the empty key is not a key".into()));
-            }
+            check_key(key)?;
             Ok(Access::Anyone)
         }
         // An export reads what `GetPrefix` reads, after a leader check; a
@@ -67,14 +62,15 @@ pub fn required_access(request: &Request) -> Result<Access> {
         // Gossip keys let their holder into the membership: members only,
         // and never over plain TCP, where they would cross the wire in the clear.
         Request::KeyringList | Request::KeyringChange(_) => Ok(Access::Member),
-        Request::Write(write) => match &write.op {
-            WriteOp::Set { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
-                key_access(key)
-            }
-            WriteOp::AllocateShortId { .. } | WriteOp::ReleaseShortId { .. } => Ok(Access::Member),
-            // An operation this policy does not know yet: members only until it is.
-            _ => Ok(Access::Member),
-        },
+        Request::Write(write) => {
+            // The rules that hold for every writer (a key that is not
+            // empty) first: they are nobody's to break.
+            write.op.check(Writer::Cluster)?;
+            Ok(match write.op.needs() {
+                Writer::User => Access::Anyone,
+                Writer::Cluster => Access::Member,
+            })
+        }
         // Requests added later (operator commands) are members-only unless listed above.
         #[allow(unreachable_patterns)]
         _ => Ok(Access::Member),
@@ -105,7 +101,7 @@ fn what(request: &Request) -> String {
     match request {
         Request::Write(w) => match w.op.key() {
             Some(key) => format!("of {key:?} (under {RESERVED_PREFIX:?}, reserved for the cluster)"),
-            None => "(a short-id operation)".to_owned(),
+            None => format!("({}, the cluster's own operation)", w.op.name()),
         },
         _ => String::new(),
     }
@@ -113,7 +109,7 @@ fn what(request: &Request) -> String {
 
 #[cfg(test)]
 mod tests {
-    use cluster_core::{MemberId, WriteRequest, keys};
+    use cluster_core::{MemberId, WriteOp, WriteRequest, keys};
 
     use super::*;
 

@@ -15,7 +15,12 @@
 //!   it leads (a direct call, no wire request) and forwards them to the
 //!   leader otherwise; [`ServiceClient`] ([`Router::remote`]) reaches a
 //!   cluster from any program, given some members' service addresses. Both
-//!   retry across leader changes until [`RouterOptions::op_timeout`].
+//!   retry across leader changes until [`RouterOptions::op_timeout`], and
+//!   offer the same reads (`get`, `get_prefix`, `members`, `status`, …),
+//!   routed by their target.
+//! - One dispatch ([`execute`]) runs a [`Request`] against a store: the
+//!   server runs what it is sent with it, a [`Proxy`] what its own member
+//!   serves.
 //! - Watches: [`Router::watch`] streams the changes under a prefix from a
 //!   revision on; a client's watch (a streamed [`Request::Watch`]) goes on
 //!   at another member when its member dies, from the last revision seen + 1.
@@ -80,7 +85,7 @@
 //! let kv = Router::local(store.clone(), RouterOptions::new("demo"));
 //! assert!(kv.set("greeting", "hello").await?);
 //! assert_eq!(kv.consistent_get("greeting").await?, Some(b"hello".to_vec()));
-//! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
+//! assert!(matches!(kv.set("carbon-grid/x", "no").await, Err(Error::Forbidden(_))));
 //!
 //! // Any program reaches the cluster with some members' service addresses.
 //! let client = Router::remote([server.local_addr().to_string()], RouterOptions::new("demo"))?;
@@ -95,6 +100,7 @@
 //! ```
 
 pub mod authz;
+mod dispatch;
 mod local;
 pub mod protocol;
 mod remote;
@@ -102,9 +108,8 @@ mod retry;
 mod router;
 mod server;
 
+pub use dispatch::{execute, members};
 pub use protocol::{Request, Response};
 pub use retry::Backoff;
-pub use router::{
-    ClientOptions, Local, Proxy, ProxyOptions, Remote, Router, RouterOptions, ServiceClient, Target,
-};
-pub use server::{ServerConfig, ServiceServer, execute, members};
+pub use router::{Local, Proxy, Remote, Router, RouterOptions, ServiceClient, Target};
+pub use server::{ServerConfig, ServiceServer};

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cluster_core::{ConsensusStatus, ConsensusStore, MemberId, MemberInfo, Result, WatchEvent};
+use cluster_core::{ConsensusStore, MemberId, Result, WatchEvent};
 use futures::Stream;
 
-use crate::protocol::Response;
+use crate::protocol::{Request, Response};
 use crate::retry::Attempt;
-use crate::router::{Call, Proxy, Route, Router, RouterOptions, sealed};
-use crate::server;
+use crate::router::{Proxy, Route, Router, RouterOptions, sealed};
 
 /// A member's own store, as a [`Router`]'s target.
 pub struct Local<S> {
@@ -28,9 +27,9 @@ impl<S> std::fmt::Debug for Local<S> {
 
 impl<S: ConsensusStore> sealed::Target for Local<S> {
     /// The leader named by the last answer, else the one the local store knows.
-    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
+    fn route(&self, request: &Request, attempt: &Attempt) -> Route {
         let me = self.store.member_id();
-        if !call.needs_leader() {
+        if !request.needs_leader() {
             return Route::Local(me);
         }
         if let Some(hint) = attempt.hint() {
@@ -49,8 +48,8 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
         }
     }
 
-    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
-        call.run_on(&*self.store)
+    fn local(&self, request: &Request) -> impl Future<Output = Result<Response>> + Send {
+        crate::dispatch::execute(&*self.store, request.clone())
     }
 
     /// Waits `delay`, or less if the local store knows a leader other than
@@ -107,31 +106,5 @@ impl<S: ConsensusStore> Proxy<S> {
     /// another member because it did not lead; counts every retry.
     pub fn forwarded(&self) -> u64 {
         self.inner.sent.load(Ordering::Relaxed)
-    }
-
-    /// What this member knows about consensus now.
-    pub fn status(&self) -> ConsensusStatus {
-        self.store().status()
-    }
-
-    /// The local value of `key`: fast, possibly stale.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.store().get(key)
-    }
-
-    /// The local entries under `prefix`, in key order: fast, possibly stale.
-    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.store().get_prefix(prefix)
-    }
-
-    /// The local entries under `prefix` with the revision they are of: a
-    /// [`watch`](Router::watch) from that revision + 1 misses and repeats nothing.
-    pub fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
-        self.store().get_prefix_with_revision(prefix)
-    }
-
-    /// The [`MemberInfo`] of every member in the local store.
-    pub fn members(&self) -> Result<Vec<MemberInfo>> {
-        server::members(&**self.store())
     }
 }

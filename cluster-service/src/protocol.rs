@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use cluster_core::{
     ConsensusStatus, Error, KeyMeta, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo,
-    MemberStatus, Result, WatchEvent, WriteOutcome, WriteRequest, keys,
+    MemberStatus, Result, WatchEvent, WriteOutcome, WriteRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -303,19 +303,6 @@ impl Response {
             Response::Err(e) => Err(e),
             other => Err(unexpected("status", &other)),
         }
-    }
-}
-
-/// A user's write, refused when its key is empty or one the cluster
-/// reserves for itself.
-pub(crate) fn user_write(request: WriteRequest) -> Result<WriteRequest> {
-    match request.op.key() {
-        Some("") => Err(Error::BadRequest("the key must not be empty".into())),
-        Some(key) if keys::is_reserved(key) => Err(Error::BadRequest(format!(
-            "key {key:?} is under {:?}, which the cluster reserves for itself",
-            keys::RESERVED_PREFIX
-        ))),
-        _ => Ok(request),
     }
 }
 

@@ -9,13 +9,13 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cluster_core::{ConsensusStatus, Error, MemberInfo, MemberStatus, Result, WatchEvent};
+use cluster_core::{ConsensusStatus, Error, Result, WatchEvent};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::protocol::{self, Request, Response};
 use crate::retry::Attempt;
-use crate::router::{Call, Route, Router, RouterOptions, ServiceClient, sealed, send};
+use crate::router::{Route, Router, RouterOptions, ServiceClient, sealed, send};
 
 /// Some members' service ports, as a [`Router`]'s target.
 #[derive(Debug)]
@@ -63,20 +63,20 @@ impl Remote {
 }
 
 impl sealed::Target for Remote {
-    fn route(&self, call: &Call, attempt: &Attempt) -> Route {
-        Route::Remote { addr: self.next_addr(attempt, call.needs_leader()), leader: None }
+    fn route(&self, request: &Request, attempt: &Attempt) -> Route {
+        Route::Remote { addr: self.next_addr(attempt, request.needs_leader()), leader: None }
     }
 
-    fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send {
-        let never = format!("{}: a client has no store of its own", call.what());
+    fn local(&self, request: &Request) -> impl Future<Output = Result<Response>> + Send {
+        let never = format!("{}: a client has no store of its own", request.kind());
         std::future::ready(Err(Error::Internal(never)))
     }
 
     /// Remembers the leader from an answer.
-    fn learn(&self, addr: &str, call: &Call, answer: &Result<Response>) {
+    fn learn(&self, addr: &str, request: &Request, answer: &Result<Response>) {
         let mut leader = self.leader();
         match answer {
-            Ok(_) if call.needs_leader() => *leader = Some(addr.to_owned()),
+            Ok(_) if request.needs_leader() => *leader = Some(addr.to_owned()),
             Err(Error::NotLeader(hint)) => {
                 *leader = hint.as_ref().and_then(|h| h.service_addr.clone()).filter(|a| !a.is_empty());
             }
@@ -93,6 +93,8 @@ impl sealed::Target for Remote {
             client: router.clone(),
             prefix: prefix.to_owned(),
             next: from_revision,
+            last: None,
+            seen_at_last: 0,
             stream: None,
             failing_since: None,
             failures: 0,
@@ -125,39 +127,6 @@ impl ServiceClient {
         Self::remote(addrs, options)
     }
 
-    /// The local (possibly stale) value of `key` at some member.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.request(Request::Get { key: key.to_owned() }).await?.into_value()
-    }
-
-    /// The entries under `prefix` at some member, in key order.
-    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.request(Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
-    }
-
-    /// The entries under `prefix` at some member, in key order, with the
-    /// revision they are of: a [`watch`](Router::watch) from that revision + 1
-    /// misses and repeats nothing.
-    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
-        self.request(Request::GetPrefixWithRevision { prefix: prefix.to_owned() }).await?.into_entries_at()
-    }
-
-    /// The [`MemberInfo`] of every member, as some member's store holds them.
-    pub async fn members(&self) -> Result<Vec<MemberInfo>> {
-        self.request(Request::Members).await?.into_members()
-    }
-
-    /// What some member knows about consensus (leader, term, indexes, voters).
-    pub async fn status(&self) -> Result<ConsensusStatus> {
-        self.request(Request::Status).await?.into_status()
-    }
-
-    /// Some member's status in the shape every surface shows: consensus,
-    /// its progress (committed and snapshot index), its short id and role.
-    pub async fn member_status(&self) -> Result<MemberStatus> {
-        self.request(Request::MemberStatus).await?.into_member_status()
-    }
-
     /// What the member at `addr` knows about consensus; one attempt.
     pub async fn status_of(&self, addr: &str) -> Result<ConsensusStatus> {
         send(&self.inner, addr, &Request::Status).await?.into_status()
@@ -171,8 +140,15 @@ struct Watcher {
     prefix: String,
     /// The first revision still wanted: the last one yielded + 1.
     next: Option<u64>,
+    /// The revision of the last event yielded and how many events of that
+    /// revision were yielded: one write (a prefix delete) changes several
+    /// keys at one revision, so a resume starts at that revision again and
+    /// skips what it already yielded.
+    last: Option<(u64, usize)>,
+    /// Events of `last`'s revision the current stream delivered.
+    seen_at_last: usize,
     /// The member's stream and when it was opened.
-    stream: Option<(cluster_rpc::AnswerStream<Response>, Instant)>,
+    stream: Option<(futures::stream::Peekable<cluster_rpc::AnswerStream<Response>>, Instant)>,
     /// The first of the failures since the last stream that worked.
     failing_since: Option<Instant>,
     /// Failures in a row, for the backoff.
@@ -198,8 +174,7 @@ impl Watcher {
             let opened = *opened;
             let why = match stream.next().await {
                 Some(Ok(Response::Event(event))) => {
-                    // A resumed watch starts at `next`: anything older was yielded.
-                    if self.next.is_some_and(|next| event.revision < next) {
+                    if self.already_yielded(&event) {
                         continue;
                     }
                     self.next = Some(event.revision + 1);
@@ -233,6 +208,31 @@ impl Watcher {
         }
     }
 
+    /// Whether a resumed stream replays `event`, which was yielded before:
+    /// an older revision, or one of the events of the last revision that
+    /// were. Counts the events of that revision as they come.
+    fn already_yielded(&mut self, event: &WatchEvent) -> bool {
+        match self.last {
+            Some((revision, yielded)) if event.revision == revision => {
+                self.seen_at_last += 1;
+                if self.seen_at_last <= yielded {
+                    return true;
+                }
+                self.last = Some((revision, yielded + 1));
+                false
+            }
+            Some((revision, _)) if event.revision < revision => true,
+            _ => {
+                if self.next.is_some_and(|next| event.revision < next) {
+                    return true;
+                }
+                self.last = Some((event.revision, 1));
+                self.seen_at_last = 1;
+                false
+            }
+        }
+    }
+
     /// Opens the stream at the next member, from `next`. A watch from now
     /// first learns the member's revision, so that a resume misses nothing
     /// that happened after the watch began.
@@ -246,14 +246,34 @@ impl Watcher {
             let (revision, _) = send(inner, &addr, &probe).await?.into_entries_at()?;
             self.next = Some(revision + 1);
         }
-        let request = Request::Watch { prefix: self.prefix.clone(), from_revision: self.next };
-        let stream = match tokio::time::timeout(timeout, inner.rpc.stream(&addr, &request)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(e.into_core()),
-            Err(_) => return Err(Error::Timeout(format!("watch: {addr} did not answer within {timeout:?}"))),
-        };
-        self.stream = Some((stream, Instant::now()));
-        Ok(())
+        // Again from the last revision yielded: the rest of its events may
+        // not have been. A member that cannot replay it any more goes on
+        // after it, as before multi-key writes.
+        let mut from = self.last.map(|(revision, _)| revision).or(self.next);
+        loop {
+            let request = Request::Watch { prefix: self.prefix.clone(), from_revision: from };
+            let stream = match tokio::time::timeout(timeout, inner.rpc.stream(&addr, &request)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(e.into_core()),
+                Err(_) => {
+                    return Err(Error::Timeout(format!("watch: {addr} did not answer within {timeout:?}")));
+                }
+            };
+            let mut stream = stream.peekable();
+            let refused_last = match (std::pin::Pin::new(&mut stream).peek().await, self.last) {
+                (Some(Ok(Response::Err(Error::Compacted { oldest, .. }))), Some((revision, _))) => {
+                    from == Some(revision) && *oldest == revision + 1
+                }
+                _ => false,
+            };
+            if refused_last {
+                from = self.next;
+                continue;
+            }
+            self.seen_at_last = 0;
+            self.stream = Some((stream, Instant::now()));
+            return Ok(());
+        }
     }
 
     /// After a failure: the error that ends the watch, or `None` once it is

@@ -21,16 +21,15 @@ use std::time::Duration;
 
 use cluster_core::wire::DEFAULT_MAX_FRAME_LEN;
 use cluster_core::{
-    CasOutcome, ClientRequestId, ConsensusStore, Error, KeyMeta, MemberId, Result, WatchEvent, WriteOutcome,
-    WriteRequest,
+    CasOutcome, ClientRequestId, Error, KeyMeta, MemberId, Result, WatchEvent, WriteOutcome, WriteRequest,
+    Writer,
 };
 use cluster_rpc::{Limits, Security};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{Request, Response};
 use crate::retry::{Attempt, Backoff, RetryPolicy, retry};
-use crate::server;
 
 pub use crate::local::Local;
 pub use crate::remote::Remote;
@@ -60,11 +59,6 @@ pub struct RouterOptions {
     #[serde(skip)]
     pub security: Security,
 }
-
-/// The options of a [`Proxy`]: [`RouterOptions`].
-pub type ProxyOptions = RouterOptions;
-/// The options of a [`ServiceClient`]: [`RouterOptions`].
-pub type ClientOptions = RouterOptions;
 
 impl Default for RouterOptions {
     fn default() -> Self {
@@ -175,7 +169,43 @@ impl<T: Target> Router<T> {
     /// The linearizable value of `key`: read by the leader after it confirmed
     /// its leadership with a quorum (read index), never from a local guess.
     pub async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.run(Call::ConsistentGet(key.to_owned())).await?.into_value()
+        self.run(Request::ConsistentGet { key: key.to_owned() }).await?.into_value()
+    }
+
+    /// The value of `key` in a member's applied state: fast, possibly stale
+    /// (a [`Proxy`]'s own member, a [`ServiceClient`]'s any member).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.run(Request::Get { key: key.to_owned() }).await?.into_value()
+    }
+
+    /// The entries under `prefix` in a member's applied state, in key
+    /// order: fast, possibly stale.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.run(Request::GetPrefix { prefix: prefix.to_owned() }).await?.into_entries()
+    }
+
+    /// The entries under `prefix` in a member's applied state, in key
+    /// order, with the revision they are of: a [`watch`](Self::watch) from
+    /// that revision + 1 misses and repeats nothing.
+    pub async fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, cluster_core::Entries)> {
+        self.run(Request::GetPrefixWithRevision { prefix: prefix.to_owned() }).await?.into_entries_at()
+    }
+
+    /// The [`MemberInfo`](cluster_core::MemberInfo) of every member, as a
+    /// member's applied state records them.
+    pub async fn members(&self) -> Result<Vec<cluster_core::MemberInfo>> {
+        self.run(Request::Members).await?.into_members()
+    }
+
+    /// What a member knows about consensus (leader, term, indexes, voters).
+    pub async fn status(&self) -> Result<cluster_core::ConsensusStatus> {
+        self.run(Request::Status).await?.into_status()
+    }
+
+    /// A member's status in the shape every surface shows: consensus, its
+    /// progress (committed and snapshot index), its short id and role.
+    pub async fn member_status(&self) -> Result<cluster_core::MemberStatus> {
+        self.run(Request::MemberStatus).await?.into_member_status()
     }
 
     /// The value of `key` with its create and last-change revision:
@@ -188,12 +218,20 @@ impl<T: Target> Router<T> {
 
     /// Sets `key`; true if it was created.
     pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
-        self.write(protocol::user_write(WriteRequest::set(key, value))?).await?.into_created()
+        self.user_write(WriteRequest::set(key, value)).await?.into_created()
     }
 
     /// Deletes `key`; true if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        self.write(protocol::user_write(WriteRequest::delete(key))?).await?.into_existed()
+        self.user_write(WriteRequest::delete(key)).await?.into_existed()
+    }
+
+    /// Deletes every key under `prefix` in one change (one revision), and
+    /// answers how many. The empty prefix is refused, and so is one under
+    /// `carbon-grid/`; a prefix that also covers the cluster's keys leaves
+    /// them alone (see [`WriteOp::DeletePrefix`](cluster_core::WriteOp::DeletePrefix)).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.user_write(WriteRequest::delete_prefix(prefix)).await?.into_deleted()
     }
 
     /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
@@ -203,8 +241,14 @@ impl<T: Target> Router<T> {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<CasOutcome> {
-        let request = WriteRequest::compare_and_set(key, expected, new);
-        self.write(protocol::user_write(request)?).await?.into_cas()
+        self.user_write(WriteRequest::compare_and_set(key, expected, new)).await?.into_cas()
+    }
+
+    /// A user's write: refused before it leaves when the operation's rules
+    /// refuse it to a user ([`WriteOp::check`](cluster_core::WriteOp::check)).
+    async fn user_write(&self, request: WriteRequest) -> Result<WriteOutcome> {
+        request.op.check(Writer::User)?;
+        self.write(request).await
     }
 
     /// Any write, at the leader. A request without an id gets one; every
@@ -212,7 +256,7 @@ impl<T: Target> Router<T> {
     /// a retry after a lost answer gets the first answer.
     pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
         request.request_id.get_or_insert_with(ClientRequestId::generate);
-        self.run(Call::Write(request)).await?.into_outcome()
+        self.run(Request::Write(request)).await?.into_outcome()
     }
 
     /// Any request of the service protocol (the admin ones included: export,
@@ -224,7 +268,7 @@ impl<T: Target> Router<T> {
     pub async fn request(&self, request: Request) -> Result<Response> {
         match request {
             Request::Write(write) => self.write(write).await.map(Response::Written),
-            other => self.run(Call::Other(other)).await,
+            other => self.run(other).await,
         }
     }
 
@@ -250,25 +294,26 @@ impl<T: Target> Router<T> {
         T::watch(self, prefix, from_revision)
     }
 
-    /// Runs `call` where the target routes it, retried until the
+    /// Runs `request` where the target routes it, retried until the
     /// operation's deadline. An error answer comes back as `Err`.
-    async fn run(&self, call: Call) -> Result<Response> {
+    async fn run(&self, request: Request) -> Result<Response> {
         let inner = &*self.inner;
         // The leader the last attempt went to: a pause may end once another is known.
         let tried: Mutex<Option<MemberId>> = Mutex::new(None);
         retry(
-            &inner.opts.policy(call.what()),
+            &inner.opts.policy(request.kind()),
             |attempt| {
-                let route = inner.target.route(&call, &attempt);
+                let route = inner.target.route(&request, &attempt);
                 *tried.lock().unwrap_or_else(|e| e.into_inner()) = route.leader();
-                let call = &call;
+                let request = &request;
                 async move {
                     match route {
-                        Route::Local(_) => inner.target.local(call).await,
+                        // This member's own store: the server's dispatch, by a direct call.
+                        Route::Local(_) => inner.target.local(request).await,
                         Route::Remote { addr, .. } => {
                             inner.sent.fetch_add(1, Ordering::Relaxed);
-                            let answer = send(inner, &addr, &call.request()).await;
-                            inner.target.learn(&addr, call, &answer);
+                            let answer = send(inner, &addr, request).await;
+                            inner.target.learn(&addr, request, &answer);
                             answer
                         }
                         Route::NoLeader => Err(Error::NotLeader(None)),
@@ -296,17 +341,18 @@ pub(crate) mod sealed {
     /// [`Remote`] only. The router runs the attempts; a target decides
     /// where they go.
     pub trait Target: Send + Sync + Sized + 'static {
-        /// Where the next attempt of `call` goes: for one that
-        /// [needs the leader](Call::needs_leader), the leader `attempt`
+        /// Where the next attempt of `request` goes: for one that
+        /// [needs the leader](Request::needs_leader), the leader `attempt`
         /// names, else the one this target knows.
-        fn route(&self, call: &Call, attempt: &Attempt) -> Route;
+        fn route(&self, request: &Request, attempt: &Attempt) -> Route;
 
-        /// Runs `call` on this member's own store: asked only of a target
-        /// that routes to [`Route::Local`].
-        fn local(&self, call: &Call) -> impl Future<Output = Result<Response>> + Send;
+        /// Runs `request` on this member's own store (the shared
+        /// [`dispatch`](crate::dispatch)): asked only of a target that
+        /// routes to [`Route::Local`].
+        fn local(&self, request: &Request) -> impl Future<Output = Result<Response>> + Send;
 
         /// Learns from the answer of the member at `addr` (the leader's address).
-        fn learn(&self, _addr: &str, _call: &Call, _answer: &Result<Response>) {}
+        fn learn(&self, _addr: &str, _request: &Request, _answer: &Result<Response>) {}
 
         /// Waits `delay` between two attempts, or less when it knows that a
         /// leader other than `tried` was elected.
@@ -345,58 +391,6 @@ impl Route {
             Route::Local(me) => Some(*me),
             Route::Remote { leader, .. } => *leader,
             Route::NoLeader => None,
-        }
-    }
-}
-
-/// One operation of the store. A member's own store runs it by a direct
-/// call; another member is sent its [`Request`].
-pub enum Call {
-    /// A linearizable read of the key.
-    ConsistentGet(String),
-    /// A write, its request id set.
-    Write(WriteRequest),
-    /// A request of the protocol as the caller made it; a member's own store
-    /// runs it as the server would.
-    Other(Request),
-}
-
-impl Call {
-    /// For logs and error messages.
-    pub(crate) fn what(&self) -> &'static str {
-        match self {
-            Call::ConsistentGet(_) => "consistent get",
-            Call::Write(_) => "write",
-            Call::Other(request) => request.kind(),
-        }
-    }
-
-    /// True if only the leader can serve it.
-    pub(crate) fn needs_leader(&self) -> bool {
-        match self {
-            Call::ConsistentGet(_) | Call::Write(_) => true,
-            Call::Other(request) => request.needs_leader(),
-        }
-    }
-
-    /// The request that asks another member for it.
-    fn request(&self) -> Request {
-        match self {
-            Call::ConsistentGet(key) => Request::ConsistentGet { key: key.clone() },
-            Call::Write(write) => Request::Write(write.clone()),
-            Call::Other(request) => request.clone(),
-        }
-    }
-
-    /// Runs it on `store`, this member's own.
-    pub(crate) async fn run_on<S: ConsensusStore>(&self, store: &S) -> Result<Response> {
-        match self {
-            Call::ConsistentGet(key) => store.consistent_get(key).await.map(Response::Value),
-            Call::Write(write) => store.write(write.clone()).await.map(Response::Written),
-            Call::Other(request) => match server::execute(store, request.clone()).await {
-                Response::Err(e) => Err(e),
-                answer => Ok(answer),
-            },
         }
     }
 }

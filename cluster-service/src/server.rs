@@ -10,14 +10,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_core::{
-    ConsensusStore, ConsensusStoreExt, Error, KeyringControl, MemberId, MemberInfo, MemberStatus, Result,
-    keys,
-};
+use cluster_core::{ConsensusStore, Error, KeyringControl, Result};
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-use crate::protocol::{ForceLeft, Request, Response};
+use crate::dispatch::execute;
+use crate::protocol::{Request, Response};
 
 /// How the server runs.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +86,7 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
         if let Request::Watch { prefix, from_revision } = request {
             return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));
         }
-        Box::pin(async move { Reply::One(execute(&*store, request).await) })
+        Box::pin(async move { Reply::One(execute(&*store, request).await.unwrap_or_else(Response::Err)) })
     }
 }
 
@@ -140,40 +138,6 @@ impl ServiceServer {
     }
 }
 
-/// Runs one request against the local store. Writes and consistent reads are
-/// executed by the store only when this member leads; otherwise the store
-/// answers [`Error::NotLeader`] with the leader it knows.
-pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response {
-    let result = match request {
-        Request::Get { key } => store.get(&key).map(Response::Value),
-        Request::ConsistentGet { key } => store.consistent_get(&key).await.map(Response::Value),
-        Request::GetPrefix { prefix } => store.get_prefix(&prefix).map(Response::Entries),
-        Request::Write(write) => store.write(write).await.map(Response::Written),
-        Request::Members => members(store).map(Response::Members),
-        Request::Status => Ok(Response::Status(Box::new(store.status()))),
-        Request::MemberStatus => member_status(store).await,
-        Request::GetWithMeta { key, consistent: false } => {
-            store.get_with_meta(&key).map(Response::ValueWithMeta)
-        }
-        Request::GetWithMeta { key, consistent: true } => {
-            store.consistent_get_with_meta(&key).await.map(Response::ValueWithMeta)
-        }
-        Request::Export => export(store).await,
-        Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
-        Request::Liveness => Ok(Response::Liveness(store.liveness())),
-        Request::GetPrefixWithRevision { prefix } => store
-            .get_prefix_with_revision(&prefix)
-            .map(|(revision, entries)| Response::EntriesAt { revision, entries }),
-        Request::Watch { .. } => {
-            Err(Error::BadRequest("a watch is answered with a stream: ask for one".to_owned()))
-        }
-        Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
-            "the gossip keyring is a member's own: ask that member's service port".to_owned(),
-        )),
-    };
-    result.unwrap_or_else(Response::Err)
-}
-
 /// The answer to a watch: its events as the store applies them, ended by
 /// [`Error::Lagged`] when the caller reads too slowly.
 ///
@@ -200,58 +164,4 @@ pub(crate) fn watch_reply<S: ConsensusStore>(
         }
     });
     Reply::stream(events)
-}
-
-/// The member's status with its progress and short id.
-async fn member_status<S: ConsensusStore>(store: &S) -> Result<Response> {
-    let status = store.status();
-    let short_id = store.short_ids()?.get(&status.member_id).copied();
-    let progress = store.progress().await;
-    Ok(Response::MemberStatus(Box::new(MemberStatus::new(status, &progress, short_id))))
-}
-
-/// The whole store, read after the leader confirmed its leadership with a
-/// quorum: nothing acknowledged before the request is missing.
-async fn export<S: ConsensusStore>(store: &S) -> Result<Response> {
-    store.consistent_get(keys::LEADER_KEY).await?;
-    let (revision, entries) = store.get_prefix_with_revision("")?;
-    Ok(Response::Export { revision, entries })
-}
-
-/// Takes `member` out of raft, frees its short id and drops its records, on
-/// the leader. A member still alive in gossip is added back by the leader's
-/// housekeeping as a new joiner would be: stop it first.
-async fn force_leave<S: ConsensusStore>(store: &S, member: MemberId) -> Result<ForceLeft> {
-    let status = store.status();
-    if !status.is_leader() {
-        let hint = status.leader.map(|member_id| cluster_core::LeaderHint {
-            member_id,
-            service_addr: status.leader_service_addr().map(str::to_owned),
-        });
-        return Err(Error::NotLeader(hint));
-    }
-    if member == status.member_id {
-        return Err(Error::BadRequest(format!(
-            "member {member} is the leader answering this request: stop it, and force the leave through another member"
-        )));
-    }
-    let was_in_raft = status.all_members().contains(&member);
-    store.remove(member).await?;
-    let held_short_id = store.release_short_id(member).await?;
-    let had_record = store.delete(&keys::member_key(member)).await?;
-    store.delete(&keys::voter_key(member)).await?;
-    store.delete(&keys::nonvoter_key(member)).await?;
-    tracing::info!(%member, was_in_raft, held_short_id, "forced leave");
-    Ok(ForceLeft { was_in_raft, held_short_id, had_record })
-}
-
-/// Every [`MemberInfo`] in the local store, in member-id order, by the one
-/// policy of [`keys::MemberRecords`]: entries that are not records are
-/// skipped (and logged), so one bad record never hides the others.
-pub fn members<S: ConsensusStore>(store: &S) -> Result<Vec<MemberInfo>> {
-    let records = keys::MemberRecords::decode(store.get_prefix(keys::MEMBERS_PREFIX)?);
-    for (key, error) in &records.rejected {
-        tracing::warn!(%key, %error, "skipping an entry that is not a member record");
-    }
-    Ok(records.members.into_values().collect())
 }

@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteRequest, keys};
-use cluster_service::{Backoff, Proxy, ProxyOptions, Request, Response, ServerConfig, ServiceServer};
+use cluster_service::{Backoff, Proxy, Request, Response, RouterOptions, ServerConfig, ServiceServer};
 use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
 use tokio::net::TcpListener;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn options() -> ProxyOptions {
-    let mut o = ProxyOptions::new(CLUSTER);
+fn options() -> RouterOptions {
+    let mut o = RouterOptions::new(CLUSTER);
     o.op_timeout = LONG;
     o.backoff = Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(50), multiplier: 2 };
     o
@@ -40,10 +40,10 @@ async fn a_follower_forwards_every_operation_to_the_leader() {
     assert_eq!(proxy.consistent_get("k").await.unwrap(), Some(b"v".to_vec()));
     let cas = proxy.compare_and_set("k", Some(b"v".to_vec()), Some(b"w".to_vec())).await.unwrap();
     assert!(cas.succeeded);
-    assert_eq!(proxy.get("k").unwrap(), Some(b"w".to_vec()));
-    assert_eq!(proxy.get_prefix("").unwrap().len(), 1);
+    assert_eq!(proxy.get("k").await.unwrap(), Some(b"w".to_vec()));
+    assert_eq!(proxy.get_prefix("").await.unwrap().len(), 1);
     assert!(proxy.delete("k").await.unwrap());
-    assert!(matches!(proxy.delete("carbon-grid/members/x").await, Err(Error::BadRequest(_))));
+    assert!(matches!(proxy.delete("carbon-grid/members/x").await, Err(Error::Forbidden(_))));
     let info = MemberInfo::new(MemberId::generate(), "h", 1, 2, 3, 4);
     let record =
         WriteRequest::new(WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() });
@@ -51,7 +51,7 @@ async fn a_follower_forwards_every_operation_to_the_leader() {
     // forwarded over plain TCP, nobody can prove to be a member.
     assert!(matches!(proxy.write(record.clone()).await, Err(Error::Forbidden(_))));
     cluster.member(1).write(record).await.unwrap();
-    assert_eq!(proxy.members().unwrap(), vec![info]);
+    assert_eq!(proxy.members().await.unwrap(), vec![info]);
     // Every write ran on the leader; the follower refused none (the proxy asked the leader directly).
     assert_eq!(cluster.member(0).refusals.load(Ordering::SeqCst), 0);
     // A set, a consistent get, a cas, a delete and the record went out; the
@@ -188,6 +188,6 @@ async fn a_stream_of_writes_survives_a_leader_change() {
     cluster.set_leader(Some(2));
     writer.await.unwrap().unwrap();
     assert_eq!(cluster.shared().applied, n);
-    assert_eq!(proxy.get_prefix("w/").unwrap().len(), n as usize);
+    assert_eq!(proxy.get_prefix("w/").await.unwrap().len(), n as usize);
     s2.shutdown().await;
 }

@@ -54,13 +54,13 @@ async fn every_operation_works_from_a_follower_and_a_nonvoter() {
 
         // Local reads match the leader's once this member caught up.
         cluster.wait_caught_up().await;
-        assert_eq!(p.get(&k("p")).unwrap(), Some(b"3".to_vec()));
+        assert_eq!(p.get(&k("p")).await.unwrap(), Some(b"3".to_vec()));
         assert_eq!(c.get(&k("p")).await.unwrap(), Some(b"3".to_vec()));
-        assert_eq!(p.get_prefix("").unwrap(), leader.store.get_prefix("").unwrap());
+        assert_eq!(p.get_prefix("").await.unwrap(), leader.store.get_prefix("").unwrap());
         assert_eq!(c.get_prefix(&k("")).await.unwrap(), leader.store.get_prefix(&k("")).unwrap());
         let from_leader = cluster_service::members(&leader.store).unwrap();
         assert_eq!(from_leader.len(), 4);
-        assert_eq!(p.members().unwrap(), from_leader);
+        assert_eq!(p.members().await.unwrap(), from_leader);
         assert_eq!(c.members().await.unwrap(), from_leader);
 
         let status = c.status().await.unwrap();

@@ -13,7 +13,7 @@ use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteOutcome, WriteRequest, keys};
 use cluster_service::protocol::{CONNECTION_ERROR_ID, ClientCodec};
 use cluster_service::{
-    Backoff, ClientOptions, Request, Response, ServerConfig, ServiceClient, ServiceServer,
+    Backoff, Request, Response, RouterOptions, ServerConfig, ServiceClient, ServiceServer,
 };
 use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
 use futures::{SinkExt, StreamExt};
@@ -27,8 +27,8 @@ async fn start(store: Arc<FakeStore>) -> ServiceServer {
     ServiceServer::bind("127.0.0.1:0", store, ServerConfig::new(CLUSTER)).await.unwrap()
 }
 
-fn options() -> ClientOptions {
-    let mut o = ClientOptions::new(CLUSTER);
+fn options() -> RouterOptions {
+    let mut o = RouterOptions::new(CLUSTER);
     o.op_timeout = LONG;
     o.backoff = Backoff { initial: Duration::from_millis(5), max: Duration::from_millis(50), multiplier: 2 };
     o
@@ -95,7 +95,7 @@ async fn every_request_kind_roundtrips() {
 
     // Reserved keys are refused to users; the cluster writes them through the
     // leader's own store, and over plain TCP the server refuses them to anyone.
-    assert!(matches!(c.set("carbon-grid/x", "no").await, Err(Error::BadRequest(_))));
+    assert!(matches!(c.set("carbon-grid/x", "no").await, Err(Error::Forbidden(_))));
     let info = MemberInfo::new(MemberId::generate(), "127.0.0.1", 1, 2, 3, 4);
     let op = WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() };
     assert!(matches!(c.write(WriteRequest::new(op.clone())).await, Err(Error::Forbidden(_))));

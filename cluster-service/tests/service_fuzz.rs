@@ -7,7 +7,7 @@ mod fuzz;
 use std::time::Duration;
 
 use cluster_core::testsuite::fuzz::{count_panics, panics};
-use cluster_service::{ClientOptions, ServerConfig, ServiceClient, ServiceServer};
+use cluster_service::{RouterOptions, ServerConfig, ServiceClient, ServiceServer};
 use common::{CLUSTER, FakeCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +25,7 @@ async fn random_and_mutated_frames_never_panic_the_service() {
     assert_eq!(panics(), 0, "{report:?}");
 
     // It still serves, and nothing reserved was written by the garbage.
-    let mut options = ClientOptions::new(CLUSTER);
+    let mut options = RouterOptions::new(CLUSTER);
     options.op_timeout = Duration::from_secs(30);
     let client = ServiceClient::new([server.local_addr().to_string()], options).unwrap();
     client.set("after", "fuzz").await.unwrap();

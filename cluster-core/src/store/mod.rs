@@ -21,7 +21,10 @@ mod op;
 mod status;
 
 pub use config::{ConsensusConfig, ConsensusLimits, RaftTiming};
-pub use op::{CasOutcome, Entries, KeyMeta, WatchEvent, WriteOp, WriteOutcome, WriteRequest};
+pub use op::{
+    CasOutcome, Entries, KeyMeta, WatchEvent, WriteOp, WriteOutcome, WriteRequest, Writer, check_key,
+    entry_bytes,
+};
 pub use status::{ConsensusProgress, ConsensusStatus, Endpoints, Liveness, MemberStatus};
 
 /// A strongly consistent key-value store with raft membership control.

@@ -57,6 +57,7 @@ where
     store_watch_sees_every_change_in_order(led(open().await).await).await;
     store_watch_from_a_revision_misses_nothing(led(open().await).await).await;
     store_short_ids_are_unique_lowest_free_and_kept(led(open().await).await).await;
+    store_delete_prefix_is_one_change(led(open().await).await).await;
 }
 
 /// A store that formed its own cluster and leads it.
@@ -112,6 +113,37 @@ async fn store_writes_apply_and_answer<S: ConsensusStore>(store: S) {
     assert!(ok(check, store.delete("b/1").await), "contract {check}: delete of a key that existed");
     assert!(!ok(check, store.delete("b/1").await), "contract {check}: delete of a key that did not");
     assert_eq!(ok(check, store.get("b/1")), None);
+    ok(check, store.shutdown().await);
+}
+
+async fn store_delete_prefix_is_one_change<S: ConsensusStore>(store: S) {
+    let check = "delete prefix";
+    for key in ["d/1", "d/2", "d/3", "dx", "e"] {
+        ok(check, store.set(key, b"v".to_vec()).await);
+    }
+    let (before, _) = ok(check, store.get_prefix_with_revision("d/"));
+    let mut watch = store.watch("");
+    let deleted = ok(check, store.write(WriteRequest::delete_prefix("d/")).await);
+    assert_eq!(ok(check, deleted.into_deleted()), 3, "contract {check}: it answers how many keys it deleted");
+    let (after, left) = ok(check, store.get_prefix_with_revision("d"));
+    assert_eq!(left, vec![("dx".to_owned(), b"v".to_vec())], "contract {check}: only the keys under it go");
+    if before > 0 {
+        assert_eq!(after, before + 1, "contract {check}: one change, one revision");
+    }
+    for key in ["d/1", "d/2", "d/3"] {
+        let event = next_event(check, &mut watch).await;
+        assert_eq!((event.key.as_str(), event.value.as_ref()), (key, None), "contract {check}: {event:?}");
+        if before > 0 {
+            assert_eq!(event.revision, after, "contract {check}: every delete at the one revision");
+        }
+    }
+    let none = ok(check, store.write(WriteRequest::delete_prefix("d/")).await);
+    assert_eq!(ok(check, none.into_deleted()), 0, "contract {check}: nothing left to delete");
+    match store.write(WriteRequest::delete_prefix("")).await {
+        Err(Error::BadRequest(_)) => {}
+        other => panic!("contract {check}: the empty prefix must be refused, got {other:?}"),
+    }
+    assert!(ok(check, store.get("e")).is_some(), "contract {check}: a refused delete deletes nothing");
     ok(check, store.shutdown().await);
 }
 

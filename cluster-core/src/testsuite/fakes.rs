@@ -266,6 +266,8 @@ impl FakeStore {
     }
 
     fn apply(&self, s: &mut Shared, op: WriteOp) -> Result<WriteOutcome> {
+        // The rules every backend applies (the cluster writes here).
+        op.check(crate::store::Writer::Cluster)?;
         let log = &self.core.log;
         let change = |s: &mut Shared, key: &str, value: Option<Vec<u8>>| {
             let old = match &value {
@@ -327,6 +329,23 @@ impl FakeStore {
             WriteOp::AdvanceRevision { revision } => {
                 s.revision = s.revision.max(revision);
                 WriteOutcome::Revision { revision: s.revision }
+            }
+            WriteOp::DeletePrefix { prefix } => {
+                let doomed: Vec<String> =
+                    s.data.keys().filter(|k| WriteOp::deletes(&prefix, k)).cloned().collect();
+                if !doomed.is_empty() {
+                    // One change: every key at one revision.
+                    s.revision += 1;
+                    let revision = s.revision;
+                    let mut events = Vec::with_capacity(doomed.len());
+                    for key in &doomed {
+                        s.data.remove(key);
+                        s.meta.remove(key);
+                        events.push(WatchEvent { key: key.clone(), value: None, revision });
+                    }
+                    log.publish(events);
+                }
+                WriteOutcome::DeletedPrefix { deleted: doomed.len() as u64 }
             }
         })
     }

@@ -10,6 +10,7 @@
 //! | `GET /v1/kv/{prefix}?recurse` | every key under the prefix (`/v1/kv/?recurse`: the whole store); `&all` adds the cluster's `carbon-grid/` keys |
 //! | `PUT /v1/kv/{key}` | the body is the value; `{"created"}` |
 //! | `DELETE /v1/kv/{key}` | `{"deleted"}` |
+//! | `DELETE /v1/kv/{prefix}?prefix` | every key under the prefix at one revision; `{"prefix", "deleted": N}` |
 //! | `GET /v1/watch/{prefix}` | every change under the prefix, one JSON object per line ([`watch`](super::watch)) |
 //! | `GET /metrics` | Prometheus text ([`Metrics`](crate::Metrics)) |
 //!
@@ -132,15 +133,6 @@ pub(super) fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-/// The answer to a write of a key the cluster reserves: the caller's
-/// credentials do not allow it, whatever the request looks like.
-fn reserved(key: &str) -> Response {
-    json_error(
-        StatusCode::FORBIDDEN,
-        &format!("{key:?} is under {}, which only the cluster itself writes", keys::RESERVED_PREFIX),
-    )
-}
-
 /// The key of a `/v1/kv/…` route: empty on `/v1/kv/`.
 fn key_of(path: Option<Path<String>>) -> String {
     path.map(|Path(k)| k).unwrap_or_default()
@@ -156,7 +148,7 @@ async fn kv_get<T: Operated>(
     member.metrics().http_request("kv_get");
     let store = member.store();
     if flag(&q, "recurse") {
-        let entries = match store.get_prefix(&key) {
+        let entries = match store.get_prefix(&key).await {
             Ok(e) => e,
             Err(e) => return store_error(e),
         };
@@ -175,7 +167,7 @@ async fn kv_get<T: Operated>(
         );
     }
     let value = if flag(&q, "stale") {
-        store.get(&key)
+        store.get(&key).await
     } else {
         let start = std::time::Instant::now();
         let v = store.consistent_get(&key).await;
@@ -203,10 +195,9 @@ async fn kv_put<T: Operated>(
     path: Option<Path<String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The store's router refuses a user's write of the cluster's keys
+    // (403, `Error::Forbidden`), by the operation's one definition.
     let key = key_of(path);
-    if keys::is_reserved(&key) {
-        return reserved(&key);
-    }
     let Some(member) = api.member() else { return gone() };
     let body = match body {
         Ok(body) => body,
@@ -222,18 +213,25 @@ async fn kv_put<T: Operated>(
     }
 }
 
-async fn kv_delete<T: Operated>(State(api): State<Api<T>>, path: Option<Path<String>>) -> Response {
+async fn kv_delete<T: Operated>(
+    State(api): State<Api<T>>,
+    path: Option<Path<String>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     let key = key_of(path);
-    if keys::is_reserved(&key) {
-        return reserved(&key);
-    }
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();
-    let r = member.store().delete(&key).await;
-    member.metrics().observe_write(start.elapsed(), r.is_ok());
-    match r {
-        Ok(deleted) => axum::Json(json!({ "key": key, "deleted": deleted })).into_response(),
+    // `?prefix`: every key under it, in one write; the store refuses an
+    // empty prefix (400) and the cluster's (403).
+    let answer = if flag(&q, "prefix") {
+        member.store().delete_prefix(&key).await.map(|n| json!({ "prefix": key, "deleted": n }))
+    } else {
+        member.store().delete(&key).await.map(|deleted| json!({ "key": key, "deleted": deleted }))
+    };
+    member.metrics().observe_write(start.elapsed(), answer.is_ok());
+    match answer {
+        Ok(body) => axum::Json(body).into_response(),
         Err(e) => store_error(e),
     }
 }

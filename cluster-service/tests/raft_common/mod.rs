@@ -10,9 +10,7 @@ use cluster_consensus::RaftStore;
 use cluster_core::testsuite::config::consensus_config;
 use cluster_core::testsuite::wait_until;
 use cluster_core::{ConsensusConfig, ConsensusStore, MemberId, RaftTiming};
-use cluster_service::{
-    Backoff, ClientOptions, Proxy, ProxyOptions, ServerConfig, ServiceClient, ServiceServer,
-};
+use cluster_service::{Backoff, Proxy, RouterOptions, ServerConfig, ServiceClient, ServiceServer};
 use tokio::net::TcpListener;
 
 pub const CLUSTER: &str = "raft-test-cluster";
@@ -22,8 +20,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub use cluster_core::testsuite::config::raft_timing as timing;
 pub use cluster_core::testsuite::init_tracing;
 
-pub fn proxy_options() -> ProxyOptions {
-    let mut o = ProxyOptions::new(CLUSTER);
+pub fn proxy_options() -> RouterOptions {
+    let mut o = RouterOptions::new(CLUSTER);
     o.op_timeout = DEADLINE;
     o.attempt_timeout = Duration::from_secs(5);
     o.backoff =
@@ -31,8 +29,8 @@ pub fn proxy_options() -> ProxyOptions {
     o
 }
 
-pub fn client_options() -> ClientOptions {
-    let mut o = ClientOptions::new(CLUSTER);
+pub fn client_options() -> RouterOptions {
+    let mut o = RouterOptions::new(CLUSTER);
     o.op_timeout = DEADLINE;
     o.attempt_timeout = Duration::from_secs(5);
     o.backoff =

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use cluster_core::Error;
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::{RouterOptions, ServiceClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -44,7 +44,7 @@ pub struct WorkloadSpec {
     pub max_ops: u64,
     /// Time the workload may run, at most.
     pub max_duration: Duration,
-    /// The deadline of one operation, retries included ([`ClientOptions::op_timeout`]).
+    /// The deadline of one operation, retries included ([`RouterOptions::op_timeout`]).
     pub op_timeout: Duration,
     /// A pause between two operations of one client.
     pub pace: Duration,
@@ -120,7 +120,7 @@ pub struct Workload {
 }
 
 /// Clients of every member, each trying that member first (and the others after a failure).
-fn clients_by_member(addrs: &[String], options: &ClientOptions) -> Result<Vec<ServiceClient>> {
+fn clients_by_member(addrs: &[String], options: &RouterOptions) -> Result<Vec<ServiceClient>> {
     (0..addrs.len())
         .map(|first| {
             let rotated: Vec<String> = addrs[first..].iter().chain(&addrs[..first]).cloned().collect();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_core::{ConsensusStatus, MemberInfo};
-use cluster_service::{ClientOptions, ServiceClient};
+use cluster_service::{RouterOptions, ServiceClient};
 
 use super::netns::NetLab;
 use super::process::{Agent, AgentConfig, AgentSpec, Ports};
@@ -221,13 +221,13 @@ impl ProcessCluster {
     }
 
     /// A client of member `i` alone (status, members: that member's own view).
-    pub fn client_of(&self, i: usize, options: ClientOptions) -> Result<ServiceClient> {
+    pub fn client_of(&self, i: usize, options: RouterOptions) -> Result<ServiceClient> {
         let addr = self.agents[i].service_addr().ok_or_else(|| anyhow!("m{i} has not started"))?;
         ServiceClient::new([addr], options).map_err(|e| anyhow!("{e}"))
     }
 
     /// One-attempt client options with short timeouts, for probes.
-    pub fn probe_options(&self) -> ClientOptions {
+    pub fn probe_options(&self) -> RouterOptions {
         let mut options = crate::harness::security::client_options(self.cluster_id());
         options.connect_timeout = Duration::from_millis(500);
         options.attempt_timeout = Duration::from_secs(1);

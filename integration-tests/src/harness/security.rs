@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use cluster_facade::GossipKey;
 use cluster_facade::rpc::tls::generate::{issue_into, write_bundle};
 use cluster_facade::rpc::{Role, Security, Tls, TlsFiles};
-use cluster_service::ClientOptions;
+use cluster_service::RouterOptions;
 
 /// The TLS files and gossip key of this test process.
 #[derive(Debug)]
@@ -92,8 +92,8 @@ pub fn member_flags(data_dir: Option<&Path>) -> Vec<String> {
 }
 
 /// Client options for `cluster_id` with the workload's client certificate.
-pub fn client_options(cluster_id: &str) -> ClientOptions {
-    let mut options = ClientOptions::new(cluster_id);
+pub fn client_options(cluster_id: &str) -> RouterOptions {
+    let mut options = RouterOptions::new(cluster_id);
     if let Some(c) = credentials() {
         let tls = Tls::from_files(c.client.clone()).expect("the client certificate loads");
         options.security = Security::Tls(tls);

@@ -7,7 +7,8 @@ use std::fmt;
 
 /// Success.
 pub(crate) const OK: u8 = 0;
-/// A key that does not exist (or a compare-and-set that did not match).
+/// A key that does not exist (no key under the prefix of `kv delete
+/// --prefix`, or a compare-and-set that did not match).
 pub(crate) const NOT_FOUND: u8 = 1;
 /// Bad usage: a bad flag or configuration. Nothing was started.
 pub(crate) const USAGE: u8 = 2;
@@ -26,7 +27,11 @@ pub(crate) const CORRUPT: u8 = 6;
 /// and the README's table are this list.
 pub(crate) const TABLE: &[(u8, &str)] = &[
     (OK, "success"),
-    (NOT_FOUND, "a key not found, or a compare-and-set that did not match"),
+    (
+        NOT_FOUND,
+        "a key not found (for kv delete --prefix: no key under the prefix), or a compare-and-set that did \
+         not match",
+    ),
     (
         USAGE,
         "bad usage or configuration: a bad flag or --service address, a port that is not a service port \

@@ -62,9 +62,9 @@ enum Command {
     Status(client::Target),
     /// Read and write the consistent key-value store.
     #[command(subcommand)]
-    Kv(client::KvCommand),
+    Kv(client::kv::KvCommand),
     /// Remove a member that will not come back from raft now, and free its short id.
-    ForceLeave(client::ForceLeaveArgs),
+    ForceLeave(client::force_leave::ForceLeaveArgs),
     /// Back the store up, or start a new cluster from a backup.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -137,10 +137,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Agent(args) => agent::run(args).await,
-            Command::Members(t) => client::members(t).await,
-            Command::Status(t) => client::status(t).await,
-            Command::Kv(cmd) => client::kv(cmd).await,
-            Command::ForceLeave(args) => client::force_leave(args).await,
+            Command::Members(t) => client::members::run(t).await,
+            Command::Status(t) => client::status::run(t).await,
+            Command::Kv(cmd) => client::kv::run(cmd).await,
+            Command::ForceLeave(args) => client::force_leave::run(args).await,
             Command::Snapshot(cmd) => snapshot::run(cmd).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Tls(cmd) => tls::run(cmd),
