@@ -140,7 +140,7 @@ impl<S: ConsensusStore> MemberStore<S> {
                 _ = view_changes.changed() => {}
                 _ = tick.tick() => checked = true,
             }
-            self.decide(checked, &mut probe, &options).await;
+            self.decide(checked, &mut probe, &options, &replicas).await;
             match (self.is_client(), feed.is_some()) {
                 (true, false) => {
                     let view = self.view.clone();
@@ -165,8 +165,14 @@ impl<S: ConsensusStore> MemberStore<S> {
     }
 
     /// Switches modes when the facts say so; `checked`: a tick, time to ask
-    /// the leader whether this nonvoter is still in raft.
-    async fn decide(&self, checked: bool, probe: &mut Option<ServiceClient>, options: &RouterOptions) {
+    /// the leader whether this replica is still in raft.
+    async fn decide(
+        &self,
+        checked: bool,
+        probe: &mut Option<ServiceClient>,
+        options: &RouterOptions,
+        replicas: &ReplicaSource,
+    ) {
         let me = self.me();
         let raft = self.raft.status();
         let listed = raft.role().is_some();
@@ -182,15 +188,21 @@ impl<S: ConsensusStore> MemberStore<S> {
             return;
         } else if checked
             && !raft.is_leader()
-            && !raft.voters.contains_key(&me)
-            && let Some(addr) = raft.leader_service_addr().filter(|a| !a.is_empty())
+            && let Some(addr) = raft
+                .leader_service_addr()
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                // Raft knows no leader (a member back with a stale state): gossip's.
+                .or_else(|| replicas().into_iter().find(|(_, leads)| *leads).map(|(a, _)| a))
         {
-            // A nonvoter taken out of raft may never be told: ask the leader.
+            // A replica taken out of raft may never be told (a nonvoter is
+            // not sent the entry that removes it; a member that was down
+            // missed it): ask the leader.
             if probe.is_none() {
-                *probe = ServiceClient::remote([addr.to_owned()], options.clone()).ok();
+                *probe = ServiceClient::remote([addr.clone()], options.clone()).ok();
             }
             if let Some(client) = probe.as_ref() {
-                match client.status_of(addr).await {
+                match client.status_of(&addr).await {
                     Ok(s) if s.leader == Some(s.member_id) && !s.all_members().contains(&me) => {
                         self.set_client(true, "the leader took this member out of raft");
                         return;

@@ -117,3 +117,64 @@ async fn seven_members_with_three_replicas_four_clients_that_work_like_any_membe
     }
     shutdown_all(members).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_replica_is_replaced_and_back_it_serves_as_a_client_from_its_view() {
+    init_tracing();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let with_dir = |i: usize, seeds: Vec<String>| {
+        let mut c = config(seeds, 3);
+        c.replicas = 3;
+        c.data_dir = Some(dirs[i].path().to_path_buf());
+        c
+    };
+    let first = Cluster::start(with_dir(0, vec![])).await.unwrap();
+    let seed = first.addresses().gossip.to_string();
+    let mut members = vec![first];
+    for i in 1..5 {
+        members.push(Cluster::start(with_dir(i, vec![seed.clone()])).await.unwrap());
+    }
+    wait_until(DEADLINE, "3 replicas, 2 client members", || ready(bounded(&members, 3))).await;
+    members[0].store().set("k", b"before").await.unwrap();
+
+    // A voter that does not lead crashes, past its grace period.
+    let l = leader(&members).unwrap();
+    let replicas = in_raft(&members).unwrap();
+    let i = (0..5).find(|i| *i != l && replicas.contains(&members[*i].member_id())).unwrap();
+    let m = members.remove(i);
+    let (id, short) = (m.member_id(), m.short_id());
+    m.abort().await.unwrap();
+    wait_until(DEADLINE, "a client member took its place as a voter", || {
+        ready(leader(&members).is_some_and(|l| {
+            let s = members[l].consensus_status();
+            s.voters.len() == 3 && s.all_members().len() == 3 && !s.all_members().contains(&id)
+        }))
+    })
+    .await;
+    members[0].store().set("k", b"while it was down").await.unwrap();
+
+    // Back from its directory, its raft state still says it votes: it is a
+    // client member now, and serves what the cluster holds, not that state.
+    let seed = members[0].addresses().gossip.to_string();
+    let back = Cluster::start(with_dir(i, vec![seed])).await.unwrap();
+    assert_eq!((back.member_id(), back.short_id()), (id, short));
+    wait_until(DEADLINE, "it serves as a client member, from its view", || {
+        ready(
+            back.raft_role() == RaftRole::Client
+                && back.store().get("k").unwrap() == Some(b"while it was down".to_vec()),
+        )
+    })
+    .await;
+    members.push(back);
+    wait_until(DEADLINE, "the set is at its bound, every member recorded", || ready(bounded(&members, 3)))
+        .await;
+    // It works like any member: it writes, and reads what others write.
+    let back = members.last().unwrap().clone();
+    back.store().set("from-back", b"1").await.unwrap();
+    members[0].store().set("k", b"after").await.unwrap();
+    wait_until(DEADLINE, "its view follows", || {
+        ready(back.store().get("k").unwrap() == Some(b"after".to_vec()))
+    })
+    .await;
+    shutdown_all(members).await;
+}
