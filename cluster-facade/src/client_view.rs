@@ -47,6 +47,17 @@ struct State {
     synced: bool,
     entries: BTreeMap<String, Entry>,
     bytes: u64,
+    /// What the records say, decoded once per change of a record: read on
+    /// every routed operation and every change of the view.
+    records: Option<Records>,
+}
+
+/// The cluster's records, decoded.
+#[derive(Debug, Clone)]
+struct Records {
+    /// The status they describe (its `member_id` and `store_bytes` are set when read).
+    status: ConsensusStatus,
+    short_ids: BTreeMap<MemberId, ShortId>,
 }
 
 /// A client member's copy of the store; see the module doc.
@@ -133,6 +144,7 @@ impl ClientView {
         }
         state.entries = next;
         state.bytes = bytes;
+        state.records = None;
         state.revision = revision;
         state.synced = true;
         drop(state);
@@ -160,6 +172,9 @@ impl ClientView {
             let meta = create_revision.map(|c| KeyMeta { create_revision: c, mod_revision: event.revision });
             state.bytes += (event.key.len() + value.len()) as u64;
             state.entries.insert(event.key.clone(), Entry { value: value.clone(), meta });
+        }
+        if keys::is_reserved(&event.key) {
+            state.records = None;
         }
         state.revision = event.revision;
         let revision = event.revision;
@@ -215,47 +230,33 @@ impl ClientView {
 
     /// The short ids the members' records carry.
     pub(crate) fn short_ids(&self) -> BTreeMap<MemberId, ShortId> {
-        let (_, entries) = self.get_prefix_with_revision(keys::MEMBERS_PREFIX);
-        keys::MemberRecords::decode(entries)
-            .members
-            .into_iter()
-            .filter_map(|(id, m)| m.short_id.map(|s| (id, s)))
-            .collect()
+        self.records().short_ids
     }
 
     /// What the cluster's records say about consensus, as `me` sees it:
     /// the leader and the voters and nonvoters with their endpoints.
     pub(crate) fn status(&self, me: MemberId) -> ConsensusStatus {
-        let (_, records) = self.get_prefix_with_revision(keys::RESERVED_PREFIX);
-        let mut members = BTreeMap::new();
-        let mut voters = BTreeSet::new();
-        let mut nonvoters = BTreeSet::new();
-        let mut leader = None;
-        for (key, value) in records {
-            if let Ok(id) = keys::parse_voter_key(&key) {
-                voters.insert(id);
-            } else if let Ok(id) = keys::parse_nonvoter_key(&key) {
-                nonvoters.insert(id);
-            } else if key == keys::LEADER_KEY {
-                leader = std::str::from_utf8(&value).ok().and_then(|s| s.parse::<MemberId>().ok());
-            } else if let Ok(info) = keys::decode_member_record(&key, &value) {
-                members.insert(info.member_id, info);
-            }
+        let mut status = self.records().status;
+        status.member_id = me;
+        status.store_bytes = self.bytes();
+        status
+    }
+
+    /// The records, decoded again only when one changed.
+    fn records(&self) -> Records {
+        let mut state = self.lock();
+        if let Some(records) = &state.records {
+            return records.clone();
         }
-        let endpoints = |id: &MemberId| {
-            members
-                .get(id)
-                .map(|m| Endpoints { raft_addr: m.raft_addr(), service_addr: m.service_addr() })
-                .unwrap_or_default()
-        };
-        ConsensusStatus {
-            member_id: me,
-            leader,
-            voters: voters.iter().map(|id| (*id, endpoints(id))).collect(),
-            nonvoters: nonvoters.iter().map(|id| (*id, endpoints(id))).collect(),
-            store_bytes: self.bytes(),
-            ..ConsensusStatus::default()
-        }
+        let decoded = decode_records(
+            state
+                .entries
+                .range(keys::RESERVED_PREFIX.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(keys::RESERVED_PREFIX))
+                .map(|(k, e)| (k.as_str(), e.value.as_slice())),
+        );
+        state.records = Some(decoded.clone());
+        decoded
     }
 
     /// The leader as the records name it, for a "not leader" answer.
@@ -265,6 +266,42 @@ impl ClientView {
         let service_addr = status.leader_service_addr().map(str::to_owned).filter(|a| !a.is_empty());
         Some(LeaderHint { member_id: leader, service_addr })
     }
+}
+
+/// Decodes the cluster's records (keys under `carbon-grid/`).
+fn decode_records<'a>(records: impl Iterator<Item = (&'a str, &'a [u8])>) -> Records {
+    let mut members = BTreeMap::new();
+    let mut voters = BTreeSet::new();
+    let mut nonvoters = BTreeSet::new();
+    let mut leader = None;
+    for (key, value) in records {
+        if let Ok(id) = keys::parse_voter_key(key) {
+            voters.insert(id);
+        } else if let Ok(id) = keys::parse_nonvoter_key(key) {
+            nonvoters.insert(id);
+        } else if key == keys::LEADER_KEY {
+            leader = std::str::from_utf8(value).ok().and_then(|s| s.parse::<MemberId>().ok());
+        } else if let Ok(info) = keys::decode_member_record(key, value) {
+            members.insert(info.member_id, info);
+        }
+    }
+    let endpoints = |id: &MemberId| {
+        members
+            .get(id)
+            .map(|m: &cluster_core::MemberInfo| Endpoints {
+                raft_addr: m.raft_addr(),
+                service_addr: m.service_addr(),
+            })
+            .unwrap_or_default()
+    };
+    let status = ConsensusStatus {
+        leader,
+        voters: voters.iter().map(|id| (*id, endpoints(id))).collect(),
+        nonvoters: nonvoters.iter().map(|id| (*id, endpoints(id))).collect(),
+        ..ConsensusStatus::default()
+    };
+    let short_ids = members.iter().filter_map(|(id, m)| m.short_id.map(|s| (*id, s))).collect();
+    Records { status, short_ids }
 }
 
 #[cfg(test)]
