@@ -28,9 +28,10 @@ pub(crate) type ReplicaSource = Arc<dyn Fn() -> Vec<(String, bool)> + Send + Syn
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// The replicas in the order this member tries them: the non-leaders
-/// first, starting at a place that depends on `me` and `turn` (so client
-/// members spread, and a retry moves on), then the leader.
+/// The replicas in the order this member tries them: on the first turn the
+/// non-leaders, starting at a place that depends on `me` (so client members
+/// spread), then the leader; each later turn starts one further down the
+/// list, so that a replica that keeps failing is not tried first forever.
 pub(crate) fn order(replicas: Vec<(String, bool)>, me: MemberId, turn: usize) -> Vec<String> {
     let mut others: Vec<String> = replicas.iter().filter(|(_, l)| !l).map(|(a, _)| a.clone()).collect();
     others.sort();
@@ -38,11 +39,28 @@ pub(crate) fn order(replicas: Vec<(String, bool)>, me: MemberId, turn: usize) ->
     if !others.is_empty() {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         me.hash(&mut h);
-        let start = (h.finish() as usize).wrapping_add(turn) % others.len();
+        let start = (h.finish() as usize) % others.len();
         others.rotate_left(start);
     }
-    others.extend(replicas.into_iter().filter(|(_, l)| *l).map(|(a, _)| a));
+    others.extend(replicas.into_iter().filter(|(a, l)| *l && !a.is_empty()).map(|(a, _)| a));
+    if !others.is_empty() {
+        let len = others.len();
+        others.rotate_left(turn % len);
+    }
     others
+}
+
+/// The replicas the cluster's records name (written by the leader, which
+/// admitted them), this member excluded.
+fn recorded_replicas(view: &ClientView, me: MemberId) -> Vec<(String, bool)> {
+    let status = view.status(me);
+    status
+        .voters
+        .iter()
+        .chain(&status.nonvoters)
+        .filter(|(id, e)| **id != me && !e.service_addr.is_empty())
+        .map(|(id, e)| (e.service_addr.clone(), status.leader == Some(*id)))
+        .collect()
 }
 
 /// Keeps `view` in step with the replicas until aborted.
@@ -55,7 +73,13 @@ pub(crate) async fn follow(
     let mut turn = 0usize;
     let mut pause = FIRST_PAUSE;
     loop {
-        if round(&view, order(replicas(), me, turn), &options).await {
+        // Once synced, only the replicas the records name: gossip tags are
+        // anyone's word (any holder of the gossip key).
+        let mut known = if view.synced() { recorded_replicas(&view, me) } else { Vec::new() };
+        if known.is_empty() {
+            known = replicas();
+        }
+        if round(&view, order(known, me, turn), &options).await {
             pause = FIRST_PAUSE;
         } else {
             tokio::time::sleep(pause).await;
@@ -128,6 +152,8 @@ mod tests {
             (0..20u64).map(|n| order(replicas.clone(), MemberId::from(n), 0)[0].clone()).collect();
         assert_eq!(firsts.len(), 2, "client members spread over the non-leaders");
         let me = MemberId::from(3);
-        assert_ne!(order(replicas.clone(), me, 0)[0], order(replicas, me, 1)[0], "a retry moves on");
+        let firsts: std::collections::BTreeSet<String> =
+            (0..3).map(|turn| order(replicas.clone(), me, turn)[0].clone()).collect();
+        assert_eq!(firsts.len(), 3, "retries start at every replica in turn, the leader too");
     }
 }

@@ -47,6 +47,9 @@ fn agents_beyond_the_replicas_are_client_members_that_serve_like_any_member() {
     let client = agents.iter().find(|a| a.member_id == client_id.as_str().unwrap()).expect("a client agent");
     let svc = client.service.clone();
     wait_until_blocking(DEADLINE, "the client member lists every member", || roles(&svc).len() == 5);
+    let status = run(&["status", "--service", &svc, "--cluster-id", "replicas-cluster", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status as JSON");
+    assert_eq!(status["role"], "client", "{status}");
     let set = run(&["kv", "set", "color", "blue", "--service", &svc, "--cluster-id", "replicas-cluster"]);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     let get = run(&["kv", "get", "color", "--service", &svc, "--cluster-id", "replicas-cluster"]);
