@@ -60,7 +60,9 @@ fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("simulate: {e}\nusage: simulate --seeds N [--first-seed S] [--members M] [--threads T] | --seed S [--members M]");
+            eprintln!(
+                "simulate: {e}\nusage: simulate --seeds N [--first-seed S] [--members M] [--threads T] | --seed S [--members M]"
+            );
             return ExitCode::from(2);
         }
     };

@@ -44,7 +44,10 @@ pub async fn after_heal(members: &Members, recorder: &Recorder, options: &SimOpt
     let mut problem = settled(members);
     while let Some(p) = &problem {
         if Instant::now() >= deadline {
-            return FinalState { violations: vec![format!("not settled {SETTLE:?} after healing: {p}")], ..Default::default() };
+            return FinalState {
+                violations: vec![format!("not settled {SETTLE:?} after healing: {p}")],
+                ..Default::default()
+            };
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         problem = settled(members);
@@ -59,11 +62,17 @@ pub async fn after_heal(members: &Members, recorder: &Recorder, options: &SimOpt
     if let Some(first) = members.running().first() {
         let status = first.consensus_status();
         let short_ids = first.store().store().short_ids().unwrap_or_default();
-        let _ = write!(summary, "voters {} nonvoters {} short ids {:?}", status.voters.len(), status.nonvoters.len(), {
-            let mut ids: Vec<u64> = short_ids.values().map(|s| u64::from(s.get())).collect();
-            ids.sort_unstable();
-            ids
-        });
+        let _ = write!(
+            summary,
+            "voters {} nonvoters {} short ids {:?}",
+            status.voters.len(),
+            status.nonvoters.len(),
+            {
+                let mut ids: Vec<u64> = short_ids.values().map(|s| u64::from(s.get())).collect();
+                ids.sort_unstable();
+                ids
+            }
+        );
     }
     FinalState { violations: Vec::new(), summary }
 }
@@ -79,7 +88,12 @@ fn settled(members: &Members) -> Option<String> {
     for member in &running {
         let status = member.consensus_status();
         if status.leader != Some(leader) {
-            return Some(format!("{} sees leader {:?}, {} sees {leader}", member.member_id(), status.leader, first.member_id));
+            return Some(format!(
+                "{} sees leader {:?}, {} sees {leader}",
+                member.member_id(),
+                status.leader,
+                first.member_id
+            ));
         }
         if status.all_members() != all {
             return Some(format!("raft members differ: {:?} and {:?}", status.all_members(), all));
@@ -130,11 +144,13 @@ pub fn history(history: &History, recorder: &Recorder) -> Vec<String> {
 pub fn watches(watched: &[Arc<Mutex<Watched>>]) -> Vec<String> {
     let mut violations = Vec::new();
     let mut by_revision: BTreeMap<u64, (usize, String, Option<Vec<u8>>)> = BTreeMap::new();
-    let seen: Vec<Watched> = watched.iter().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+    let seen: Vec<Watched> =
+        watched.iter().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
     for (i, w) in seen.iter().enumerate() {
         for pair in w.events.windows(2) {
             if pair[1].0 <= pair[0].0 {
-                violations.push(format!("member {i}'s watch went from revision {} to {}", pair[0].0, pair[1].0));
+                violations
+                    .push(format!("member {i}'s watch went from revision {} to {}", pair[0].0, pair[1].0));
             }
         }
         for (revision, key, value) in &w.events {

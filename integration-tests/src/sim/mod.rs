@@ -156,7 +156,8 @@ fn config(i: usize) -> ClusterConfig {
 /// Runs one seed on a runtime of its own, on this thread.
 pub fn simulate(options: &SimOptions) -> SimReport {
     let faults = Faults::new(options.seed);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
+    {
         Ok(r) => r,
         Err(e) => {
             return SimReport {
@@ -168,11 +169,13 @@ pub fn simulate(options: &SimOptions) -> SimReport {
         }
     };
     cluster_consensus::runtime::seed_thread_rng(Some(options.seed));
+    cluster_core::id::seed_thread_member_ids(Some(options.seed));
     SimNetwork::install(Some(SimNetwork::new(Arc::new(faults.clone()))));
     let report = runtime.block_on(run(options, faults));
     drop(runtime);
     SimNetwork::install(None);
     cluster_consensus::runtime::seed_thread_rng(None);
+    cluster_core::id::seed_thread_member_ids(None);
     report
 }
 
@@ -205,7 +208,14 @@ async fn run(options: &SimOptions, faults: Faults) -> SimReport {
     let clients: Vec<_> = (0..options.clients)
         .map(|c| {
             let seed = rng.random();
-            tokio::spawn(workload::client(recorder.clone(), members.clone(), c as u64, options.keys, seed, until))
+            tokio::spawn(workload::client(
+                recorder.clone(),
+                members.clone(),
+                c as u64,
+                options.keys,
+                seed,
+                until,
+            ))
         })
         .collect();
     let nemesis_seed = rng.random();
@@ -249,7 +259,9 @@ async fn nemesis(members: &Members, faults: &Faults, seed: u64, until: Instant) 
         let hold = Duration::from_millis(rng.random_range(1_000..4_000));
         match rng.random_range(0..5) {
             // One way: the victim hears everyone, nobody hears it.
-            0 => (0..n).filter(|&j| j != victim).for_each(|j| faults.cut(gossip_addr(victim), gossip_addr(j))),
+            0 => {
+                (0..n).filter(|&j| j != victim).for_each(|j| faults.cut(gossip_addr(victim), gossip_addr(j)))
+            }
             // Isolated both ways.
             1 => (0..n).filter(|&j| j != victim).for_each(|j| {
                 faults.cut(gossip_addr(victim), gossip_addr(j));
@@ -272,8 +284,11 @@ async fn nemesis(members: &Members, faults: &Faults, seed: u64, until: Instant) 
                     let _ = tokio::time::timeout(Duration::from_secs(30), member.abort()).await;
                     tokio::time::sleep(hold).await;
                     let mut config = config(victim);
-                    config.seeds = (0..n).filter(|&j| j != victim).map(|j| gossip_addr(j).to_string()).collect();
-                    if let Ok(Ok(member)) = tokio::time::timeout(Duration::from_secs(60), Cluster::start(config)).await {
+                    config.seeds =
+                        (0..n).filter(|&j| j != victim).map(|j| gossip_addr(j).to_string()).collect();
+                    if let Ok(Ok(member)) =
+                        tokio::time::timeout(Duration::from_secs(60), Cluster::start(config)).await
+                    {
                         members.set(victim, Some(member));
                     }
                 }

@@ -68,7 +68,9 @@ impl Recorder {
         let store = cluster.store();
         let work = async {
             match &op {
-                Op::Set { value } => store.set(key, value.clone()).await.map(|created| Outcome::SetOk { created }),
+                Op::Set { value } => {
+                    store.set(key, value.clone()).await.map(|created| Outcome::SetOk { created })
+                }
                 Op::Get => store.consistent_get(key).await.map(Outcome::GetOk),
                 Op::Delete => store.delete(key).await.map(|existed| Outcome::DeleteOk { existed }),
                 Op::Cas { expected, new } => {
@@ -83,7 +85,8 @@ impl Recorder {
         };
         let ret = (!outcome.is_unknown()).then(|| self.now());
         if !matches!(outcome, Outcome::Failed) {
-            let operation = Operation { client, key: key.to_owned(), op, call, ret, outcome: outcome.clone() };
+            let operation =
+                Operation { client, key: key.to_owned(), op, call, ret, outcome: outcome.clone() };
             lock(&self.operations).push(operation);
         }
         outcome
@@ -93,10 +96,10 @@ impl Recorder {
     /// but it must return a value some client wrote.
     pub fn local_read(&self, members: &Members, member: usize, key: &str) {
         let Some(cluster) = members.get(member) else { return };
-        if let Ok(Some(value)) = cluster.store().get(key) {
-            if !lock(&self.written).contains(&value) {
-                lock(&self.phantom_reads).push(format!("{key} = {}", String::from_utf8_lossy(&value)));
-            }
+        if let Ok(Some(value)) = cluster.store().get(key)
+            && !lock(&self.written).contains(&value)
+        {
+            lock(&self.phantom_reads).push(format!("{key} = {}", String::from_utf8_lossy(&value)));
         }
     }
 }
@@ -124,7 +127,8 @@ pub async fn client(recorder: Recorder, members: Members, id: u64, keys: usize, 
         let op = match rng.random_range(0..100) {
             0..35 => Op::Set { value },
             35..50 => {
-                let expected = if rng.random_bool(0.3) { None } else { Some(format!("c{id}-{}", n - 1).into_bytes()) };
+                let expected =
+                    if rng.random_bool(0.3) { None } else { Some(format!("c{id}-{}", n - 1).into_bytes()) };
                 Op::Cas { expected, new: Some(value) }
             }
             50..60 => Op::Delete,
