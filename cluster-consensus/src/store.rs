@@ -16,7 +16,6 @@ use cluster_core::{
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
 use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -333,7 +332,11 @@ impl RaftStore {
         };
         let state = sm.shared();
 
-        let listener = TcpListener::bind(config.raft_listen_addr)
+        let mut settings = cluster_rpc::Settings::from_transport(&config.transport)
+            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
+        let listener = settings
+            .network
+            .bind(config.raft_listen_addr)
             .await
             .map_err(|e| Error::io(format_args!("cannot listen on {}", config.raft_listen_addr), &e))?;
         let raft_addr = listener.local_addr()?;
@@ -343,13 +346,12 @@ impl RaftStore {
         };
 
         let cancel = CancellationToken::new();
-        let mut settings = cluster_rpc::Settings::from_transport(&config.transport)
-            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         settings.limits.max_frame_len = config.max_frame_len;
         let client = RaftClient::new(cluster_rpc::ClientConfig {
             cluster_id: config.cluster_id.clone(),
             limits: settings.limits.clone(),
             security: settings.security.clone(),
+            network: settings.network.clone(),
         });
         let limits = BatchLimits { max_append_bytes: MAX_APPEND_BYTES };
         let network = NetworkFactory::new(member_id, client.clone(), limits);

@@ -11,7 +11,7 @@ use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
 use cluster_rpc::tls::generate::CertificateAuthority;
-use cluster_rpc::{Client, ClientConfig, Limits, Role, RpcError, Security, Settings, Tls};
+use cluster_rpc::{Client, ClientConfig, Role, RpcError, Security, Settings, Tls};
 use common::{DEADLINE, config, wait_until};
 
 fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
@@ -21,9 +21,8 @@ fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
 
 async fn open(ca: &CertificateAuthority, name: &str) -> RaftStore {
     let mut cfg = config(None);
-    cfg.transport =
-        Settings { limits: Limits::default(), security: Security::Tls(tls(ca, Role::Member, name)) }
-            .into_transport();
+    cfg.transport = Settings { security: Security::Tls(tls(ca, Role::Member, name)), ..Settings::default() }
+        .into_transport();
     RaftStore::open(cfg).await.expect("open")
 }
 
@@ -45,8 +44,8 @@ async fn members_replicate_over_tls_and_a_client_certificate_is_refused() {
     // A client certificate of the same CA: refused on the raft port, clearly.
     let client: Client<RaftRequest, RaftRpcReply> = Client::new(ClientConfig {
         cluster_id: "test-cluster".into(),
-        limits: Limits::default(),
         security: Security::Tls(tls(&ca, Role::Client, "c1")),
+        ..ClientConfig::default()
     });
     let r = client
         .call(

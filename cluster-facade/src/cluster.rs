@@ -214,6 +214,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             transport: cluster_rpc::Settings {
                 limits: config.limits.rpc.clone(),
                 security: config.security.clone(),
+                ..cluster_rpc::Settings::default()
             }
             .into_transport(),
             limits: config.quota.clone(),

@@ -18,14 +18,13 @@ use cluster_core::wire::{self, FrameKind};
 use futures::Stream;
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::frame::{self, Answer, FrameReader, ReadEnd, StreamControl, StreamPart};
-use crate::security::Io;
+use crate::net::{ByteStream, Net};
 use crate::{Limits, RpcError, Security};
 
 /// Answers a stream buffers for a reader that is slower than the server;
@@ -45,6 +44,8 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// Plain TCP or mutual TLS.
     pub security: Security,
+    /// The network connections go through: real TCP by default.
+    pub network: Net,
 }
 
 /// A client of servers that answer `Ans` to `Req`. Cheap to clone: clones
@@ -244,17 +245,15 @@ fn lock<Ans>(state: &Mutex<State<Ans>>) -> MutexGuard<'_, State<Ans>> {
 
 impl<Ans: Answer> Conn<Ans> {
     async fn connect(addr: &str, config: &ClientConfig, by: Instant) -> Result<Self, RpcError> {
-        let tcp = match tokio::time::timeout_at(by, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
+        let stream = match tokio::time::timeout_at(by, config.network.connect(addr)).await {
+            Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(RpcError::Connect { addr: addr.to_owned(), source }),
             Err(_) => {
                 let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
                 return Err(RpcError::Connect { addr: addr.to_owned(), source });
             }
         };
-        // Small request/answer frames: do not wait to fill packets.
-        let _ = tcp.set_nodelay(true);
-        let io = match tokio::time::timeout_at(by, config.security.connect(tcp)).await {
+        let io = match tokio::time::timeout_at(by, config.security.connect(stream)).await {
             Ok(Ok(io)) => io,
             Ok(Err(source)) => return Err(RpcError::Handshake { addr: addr.to_owned(), source }),
             Err(_) => {
@@ -500,7 +499,7 @@ impl<Ans: Answer> Reading<Ans> {
 }
 
 async fn write_frames(
-    write: WriteHalf<Box<dyn Io>>,
+    write: WriteHalf<ByteStream>,
     mut frames: mpsc::Receiver<Bytes>,
 ) -> std::io::Result<()> {
     let mut write = BufWriter::with_capacity(64 * 1024, write);

@@ -1,18 +1,10 @@
 //! [`Security`]: plain TCP or mutual TLS, for servers and clients alike, and
 //! the byte stream either gives.
 
-use std::net::SocketAddr;
-
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-
 use cluster_core::MemberId;
 
+use crate::net::{ByteStream, Net};
 use crate::{Role, Tls};
-
-/// A connection's byte stream, plain or TLS.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// How connections are secured.
 #[derive(Clone, Default)]
@@ -52,17 +44,17 @@ impl Security {
 
     /// The server side of a new connection: its stream, the peer's role and
     /// the member its certificate names (`None` over plain TCP).
+    /// `stream` is the network's (plain: handed on as it is, no new box).
     pub(crate) async fn accept(
         &self,
-        tcp: TcpStream,
-        _peer: SocketAddr,
-    ) -> std::io::Result<(Box<dyn Io>, Option<Role>, Option<MemberId>)> {
+        stream: ByteStream,
+    ) -> std::io::Result<(ByteStream, Option<Role>, Option<MemberId>)> {
         match self {
-            Security::Plain => Ok((Box::new(tcp), None, None)),
+            Security::Plain => Ok((stream, None, None)),
             Security::Tls(tls) => {
                 // The current configuration: a reloaded certificate serves new connections.
                 let acceptor = tls.acceptor().map_err(std::io::Error::other)?;
-                let stream = acceptor.accept(tcp).await?;
+                let stream = acceptor.accept(stream).await?;
                 let role = crate::tls::peer_role(stream.get_ref().1);
                 if role.is_none() {
                     // The CA verified the certificate, but it states no role we know.
@@ -78,11 +70,11 @@ impl Security {
     }
 
     /// The client side of a new connection.
-    pub(crate) async fn connect(&self, tcp: TcpStream) -> std::io::Result<Box<dyn Io>> {
+    pub(crate) async fn connect(&self, stream: ByteStream) -> std::io::Result<ByteStream> {
         match self {
-            Security::Plain => Ok(Box::new(tcp)),
+            Security::Plain => Ok(stream),
             Security::Tls(tls) => {
-                let stream = tls.connector().connect(Tls::server_name(), tcp).await?;
+                let stream = tls.connector().connect(Tls::server_name(), stream).await?;
                 Ok(Box::new(stream))
             }
         }
@@ -102,8 +94,22 @@ impl Security {
     /// made before member identities name no member: while this member's
     /// own certificate names none either, such a certificate proves the
     /// role only; once it names one, the peer's must too.
+    ///
+    /// Connects over real TCP; [`prove_member_over`](Self::prove_member_over)
+    /// takes the network.
     pub async fn prove_member(
         &self,
+        addr: &str,
+        member: MemberId,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::RpcError> {
+        self.prove_member_over(&Net::tcp(), addr, member, timeout).await
+    }
+
+    /// [`prove_member`](Self::prove_member), connecting through `net`.
+    pub async fn prove_member_over(
+        &self,
+        net: &Net,
         addr: &str,
         member: MemberId,
         timeout: std::time::Duration,
@@ -117,22 +123,22 @@ impl Security {
             source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
         };
         let by = tokio::time::Instant::now() + timeout;
-        let tcp = match tokio::time::timeout_at(by, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
+        let stream = match tokio::time::timeout_at(by, net.connect(addr)).await {
+            Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(RpcError::Connect { addr: addr.to_owned(), source }),
             Err(_) => return Err(RpcError::Connect { addr: addr.to_owned(), source: timed_out("connect") }),
         };
-        let stream = match tokio::time::timeout_at(by, tls.connector().connect(Tls::server_name(), tcp)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(RpcError::Handshake { addr: addr.to_owned(), source }),
-            Err(_) => {
-                return Err(RpcError::Handshake {
-                    addr: addr.to_owned(),
-                    source: timed_out("TLS handshake"),
-                });
-            }
-        };
+        let stream =
+            match tokio::time::timeout_at(by, tls.connector().connect(Tls::server_name(), stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => return Err(RpcError::Handshake { addr: addr.to_owned(), source }),
+                Err(_) => {
+                    return Err(RpcError::Handshake {
+                        addr: addr.to_owned(),
+                        source: timed_out("TLS handshake"),
+                    });
+                }
+            };
         match (crate::tls::peer_identity(stream.get_ref().1), tls.identity()) {
             (Some(named), _) if named.member_id == member => Ok(()),
             (Some(named), _) => Err(refused(format!(

@@ -104,6 +104,7 @@ impl RouterOptions {
                 ..Limits::default()
             },
             security: self.security.clone(),
+            ..cluster_rpc::ClientConfig::default()
         })
     }
 }

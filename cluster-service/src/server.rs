@@ -103,12 +103,14 @@ impl ServiceServer {
         Self::serve(listener, store, config)
     }
 
-    /// Serves `store` on a bound listener.
+    /// Serves `store` on a bound listener: a `tokio::net::TcpListener`, or a
+    /// [`cluster_rpc::Listener`] of any network.
     pub fn serve<S: ConsensusStore>(
-        listener: TcpListener,
+        listener: impl Into<cluster_rpc::Listener>,
         store: Arc<S>,
         config: ServerConfig,
     ) -> Result<Self> {
+        let listener = listener.into();
         let local_addr = listener.local_addr()?;
         let span = tracing::info_span!("service", member = %store.member_id(), addr = %local_addr);
         let rpc = cluster_rpc::ServerConfig {

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Reply, RpcError, Server, ServerConfig, Settings};
-use tokio::net::TcpListener;
 
 use super::guard::RaftGuard;
 use super::{RaftRequest, RaftRpc, RaftRpcReply};
@@ -40,7 +39,7 @@ impl Handler for RaftHandler {
 /// Serves raft RPC on `listener` (members only when TLS is on) until the
 /// returned server is shut down.
 pub(crate) fn serve(
-    listener: TcpListener,
+    listener: cluster_rpc::Listener,
     ctx: ServerContext,
     cluster_id: &str,
     settings: &Settings,

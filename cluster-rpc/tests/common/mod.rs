@@ -111,13 +111,23 @@ pub async fn start_with(
     access: cluster_rpc::Access,
 ) -> (Server, Arc<Counters>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    serve_on(listener.into(), limits, security, access)
+}
+
+/// The test handler served on `listener`, of any network.
+pub fn serve_on(
+    listener: cluster_rpc::Listener,
+    limits: Limits,
+    security: Security,
+    access: cluster_rpc::Access,
+) -> (Server, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
     let config = ServerConfig { cluster_id: CLUSTER.into(), limits, security, access };
     (serve(listener, TestHandler(counters.clone()), config).expect("serve"), counters)
 }
 
 pub fn client(security: Security) -> Client<Ask, Said> {
-    Client::new(ClientConfig { cluster_id: CLUSTER.into(), limits: Limits::default(), security })
+    Client::new(ClientConfig { cluster_id: CLUSTER.into(), security, ..ClientConfig::default() })
 }
 
 pub async fn echo(c: &Client<Ask, Said>, server: &Server) -> Said {

@@ -1,0 +1,202 @@
+//! The consensus store contract: the strongly consistent key-value store
+//! that every member reads and writes. `cluster-consensus` implements it on
+//! openraft; `cluster-service` forwards it to the leader.
+//!
+//! By concern: the operations and their answers (`op`), the status types
+//! (`status`), the configuration a backend opens with (`config`), and the
+//! contract itself here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::id::{MemberId, ShortId};
+pub use crate::watch_log::{Watch, WatchLog};
+
+mod config;
+mod op;
+mod status;
+
+pub use config::{ConsensusConfig, ConsensusLimits, RaftTiming};
+pub use op::{CasOutcome, Entries, KeyMeta, WatchEvent, WriteOp, WriteOutcome, WriteRequest};
+pub use status::{ConsensusProgress, ConsensusStatus, Endpoints, Liveness, MemberStatus};
+
+/// A strongly consistent key-value store with raft membership control.
+///
+/// Guarantees an implementation gives:
+/// - writes ([`write`](ConsensusStore::write)) are applied in one total order
+///   on every member, and acknowledged only once committed; on a member that
+///   does not lead they fail fast with [`Error::NotLeader`] and a hint;
+/// - a write with a `request_id` is applied at most once, however often it is
+///   retried, and every retry gets the first answer;
+/// - [`consistent_get`](ConsensusStore::consistent_get) is linearizable: the
+///   leader confirms its leadership with a quorum first (read index);
+/// - [`get`](ConsensusStore::get) and [`get_prefix`](ConsensusStore::get_prefix)
+///   read this member's applied state: fast, possibly stale, never torn;
+/// - [`watch`](ConsensusStore::watch) sees every applied change under its
+///   prefix, in revision order, on every member;
+/// - short ids: the lowest free id is chosen inside the state machine, so two
+///   members never hold the same id, and a member that holds one gets it back;
+/// - with a data directory, nothing acknowledged is lost across a crash.
+pub trait ConsensusStore: Send + Sync + Sized + 'static {
+    /// Opens (or reopens from its data directory) this member's store and
+    /// starts raft RPC. It does not join or form a cluster by itself.
+    fn open(config: ConsensusConfig) -> impl Future<Output = Result<Self>> + Send;
+
+    /// This member's id.
+    fn member_id(&self) -> MemberId;
+
+    /// The raft RPC address bound (the real port when 0 was asked).
+    fn raft_addr(&self) -> SocketAddr;
+
+    /// What this member knows about consensus now.
+    fn status(&self) -> ConsensusStatus;
+
+    /// Every change of [`status`](ConsensusStore::status): leader, term,
+    /// membership, applied index.
+    fn status_changes(&self) -> watch::Receiver<ConsensusStatus>;
+
+    /// True if this member was part of a cluster before (state on disk).
+    fn is_initialized(&self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Forms a new cluster with this member as its only voter. Harmless on a
+    /// member that is already part of a cluster.
+    fn bootstrap(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Local read of the applied state (may be stale).
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Local read of `key` with its revisions (may be stale).
+    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>>;
+
+    /// Linearizable read of `key` with its revisions; on the leader only.
+    fn consistent_get_with_meta(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, KeyMeta)>>> + Send;
+
+    /// Local read of every key starting with `prefix`, in key order.
+    fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Like [`get_prefix`](ConsensusStore::get_prefix), with the revision
+    /// of the state it read: the entries are exactly the store's at that
+    /// revision. A backend without revisions answers 0.
+    fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
+        Ok((0, self.get_prefix(prefix)?))
+    }
+
+    /// How far along consensus is here (commit index, snapshot, quorum
+    /// contact); a backend that does not know answers the default.
+    fn progress(&self) -> impl Future<Output = ConsensusProgress> + Send {
+        std::future::ready(ConsensusProgress::default())
+    }
+
+    /// Gossip's view of the members, when a running member serves this
+    /// store (the facade supplies it to its forwarding service); a bare
+    /// backend knows no gossip and answers an empty map.
+    fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
+        BTreeMap::new()
+    }
+
+    /// The short ids held now, by this member's applied state.
+    fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>>;
+
+    /// Linearizable read; on the leader only.
+    fn consistent_get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Applies a write through the log; on the leader only.
+    fn write(&self, request: WriteRequest) -> impl Future<Output = Result<WriteOutcome>> + Send;
+
+    /// Watches every applied change under `prefix`.
+    fn watch(&self, prefix: &str) -> Watch;
+
+    /// Watches every change under `prefix` of revision `from_revision` or
+    /// later (`None`: from now), replaying those already applied first.
+    /// [`Error::Compacted`] when this member no longer remembers them; a
+    /// backend without a history can only watch from its next revision on.
+    fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
+        let Some(requested) = from_revision else { return Ok(self.watch(prefix)) };
+        // Subscribed before the revision is read: every change after that
+        // revision reaches the watch.
+        let mut watch = self.watch(prefix);
+        // Only the revision is wanted: a prefix no key of ours starts with.
+        let (revision, _) = self.get_prefix_with_revision("\u{0}")?;
+        if requested <= revision {
+            return Err(Error::Compacted { requested, oldest: revision + 1 });
+        }
+        watch.from_revision = requested;
+        Ok(watch)
+    }
+
+    /// Adds a member as nonvoter and waits until it caught up with the log; on the leader only.
+    fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints)
+    -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes a nonvoter a voter; on the leader only.
+    fn promote(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Makes a voter a nonvoter; on the leader only.
+    fn demote(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a member from raft (voter or nonvoter); on the leader only.
+    fn remove(&self, member: MemberId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Changes where a member of raft is reached — it restarted on other
+    /// ports or another address — keeping its role; on the leader only.
+    fn set_endpoints(
+        &self,
+        member: MemberId,
+        endpoints: Endpoints,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops raft and closes storage.
+    fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Typed shortcuts over [`ConsensusStore::write`], for every store.
+pub trait ConsensusStoreExt: ConsensusStore {
+    /// Sets `key`; true if it was created.
+    fn set(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::set(key, value);
+        async move { self.write(req).await?.into_created() }
+    }
+
+    /// Deletes `key`; true if it existed.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::delete(key);
+        async move { self.write(req).await?.into_existed() }
+    }
+
+    /// Compare-and-set; see [`WriteOp::CompareAndSet`].
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> impl Future<Output = Result<CasOutcome>> + Send {
+        let req = WriteRequest::compare_and_set(key, expected, new);
+        async move { self.write(req).await?.into_cas() }
+    }
+
+    /// The short id of `member`, allocated if it holds none.
+    fn allocate_short_id(&self, member: MemberId) -> impl Future<Output = Result<ShortId>> + Send {
+        let req = WriteRequest::new(WriteOp::AllocateShortId { member });
+        async move { self.write(req).await?.into_short_id() }
+    }
+
+    /// Frees the short id of `member`; true if it held one.
+    fn release_short_id(&self, member: MemberId) -> impl Future<Output = Result<bool>> + Send {
+        let req = WriteRequest::new(WriteOp::ReleaseShortId { member });
+        async move { self.write(req).await?.into_released() }
+    }
+}
+
+impl<T: ConsensusStore> ConsensusStoreExt for T {}
+
+/// The error for an answer that does not match its operation.
+pub fn unexpected(op: &str, outcome: &WriteOutcome) -> Error {
+    Error::Internal(format!("{op} was answered with {outcome:?}"))
+}
