@@ -89,6 +89,7 @@ pub(crate) mod log_store;
 pub(crate) mod network;
 pub mod quota;
 pub mod recovery;
+pub mod runtime;
 pub mod snapshot_data;
 // `KvState` is `pub` for the `testsuite` re-export below; without that
 // feature nothing outside the crate reaches it, and that is intended.

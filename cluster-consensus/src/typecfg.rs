@@ -28,6 +28,7 @@ openraft::declare_raft_types!(
         Node = Endpoints,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = crate::snapshot_data::SnapshotData,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 /// The raft instance of this crate.

@@ -78,9 +78,29 @@ macro_rules! ulid_serde {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MemberId(Ulid);
 
+thread_local! {
+    /// The seed and count of [`MemberId::generate`] on this thread, when seeded.
+    static SEEDED_IDS: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes [`MemberId::generate`] on this thread draw from `seed` (`None`: back
+/// to random ids): the n-th id is a fixed function of the seed and n, and ids
+/// grow with n. For deterministic simulation only.
+pub fn seed_thread_member_ids(seed: Option<u64>) {
+    SEEDED_IDS.with(|s| s.set(seed.map(|seed| (seed, 0))));
+}
+
 impl MemberId {
-    /// A new, random member id.
+    /// A new, random member id (see [`seed_thread_member_ids`]).
     pub fn generate() -> Self {
+        if let Some((seed, n)) = SEEDED_IDS.with(|s| s.get()) {
+            SEEDED_IDS.with(|s| s.set(Some((seed, n + 1))));
+            let mut x = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            // A fixed time in 2023 plus n milliseconds: later ids sort later.
+            return MemberId(Ulid::from_parts(1_700_000_000_000 + n, u128::from(x ^ (x >> 31))));
+        }
         MemberId(Ulid::generate())
     }
 

@@ -26,6 +26,9 @@ pub enum GossipTransport {
     /// ([`ChannelTransport::remove_link`]) and healed ([`ChannelTransport::add_link`]).
     /// Port 0 picks a free logical port. For tests.
     Channel(ChannelTransport),
+    /// A simulated network with per-link faults, for deterministic
+    /// simulation ([`SimNetwork`](crate::sim::SimNetwork)). For tests.
+    Sim(crate::sim::SimNetwork),
 }
 
 impl fmt::Debug for GossipTransport {
@@ -33,6 +36,7 @@ impl fmt::Debug for GossipTransport {
         match self {
             GossipTransport::Udp => f.write_str("Udp"),
             GossipTransport::Channel(_) => f.write_str("Channel"),
+            GossipTransport::Sim(_) => f.write_str("Sim"),
         }
     }
 }
@@ -262,7 +266,7 @@ impl GossipConfig {
         if self.event_buffer == 0 {
             problems.push("event_buffer: must be at least 1".to_owned());
         }
-        if matches!(self.transport, GossipTransport::Channel(_))
+        if matches!(self.transport, GossipTransport::Channel(_) | GossipTransport::Sim(_))
             && (self.keyring.is_some() || self.keyring_file.is_some())
         {
             problems.push(

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span};
 
-use crate::config::GossipConfig;
+use crate::config::{GossipConfig, GossipTransport};
 use crate::error::{GossipError, Result};
 use crate::events::diff::Tracker;
 use crate::events::task::EventsTask;
@@ -74,7 +74,12 @@ fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
 impl Gossip {
     /// Starts a member: binds the listen address, starts gossiping with the
     /// seeds, and publishes the initial tags.
-    pub async fn start(config: GossipConfig) -> Result<Gossip> {
+    pub async fn start(mut config: GossipConfig) -> Result<Gossip> {
+        if let (GossipTransport::Udp, None, None, Some(network)) =
+            (&config.transport, &config.keyring, &config.keyring_file, crate::sim::SimNetwork::installed())
+        {
+            config.transport = GossipTransport::Sim(network);
+        }
         config.validate()?;
         let keyring = KeyringHandle::open(config.keyring.clone(), config.keyring_file.clone())?;
         let span = info_span!("gossip", member = %config.member_id);

@@ -87,6 +87,7 @@ mod keys;
 mod leave;
 mod member;
 mod seal;
+pub mod sim;
 mod socket;
 mod transport;
 

@@ -40,6 +40,7 @@ pub(crate) async fn open(
             Box::new(GossipSocket::open(listen_addr, shared, span).await.map_err(bind_err)?)
         }
         GossipTransport::Channel(t) => t.open(listen_addr).await.map_err(bind_err)?,
+        GossipTransport::Sim(network) => network.open_socket(listen_addr).map_err(bind_err)?,
     };
     let bound = socket.local_addr().map_err(bind_err)?;
     Ok((OpenedSocket(Mutex::new(Some(socket))), bound))

@@ -341,3 +341,27 @@ async fn port_zero_reserved_tags_and_the_membership_trait() {
     assert_eq!(Membership::set_tags(&g, BTreeMap::new()).await, Err(cluster_core::Error::ShuttingDown));
     assert!(Membership::members(&g).is_empty());
 }
+
+/// Drops every third datagram and delivers every other one twice, late.
+struct Lossy(std::sync::atomic::AtomicU64);
+
+impl cluster_gossip::sim::LinkPolicy for Lossy {
+    fn fate(&self, _: std::net::SocketAddr, _: std::net::SocketAddr) -> Vec<Duration> {
+        match self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3 {
+            0 => Vec::new(),
+            1 => vec![Duration::from_millis(30), Duration::from_millis(90)],
+            _ => vec![Duration::from_millis(10)],
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_converge_on_a_simulated_network_that_loses_and_duplicates() {
+    init_tracing();
+    let network = cluster_gossip::sim::SimNetwork::new(std::sync::Arc::new(Lossy(Default::default())));
+    let members = start_cluster(3, "simulated", GossipTransport::Sim(network)).await;
+    wait_converged(&members.iter().collect::<Vec<_>>(), &ids(&members)).await;
+    for g in &members {
+        g.stop().await.expect("stops");
+    }
+}

@@ -12,3 +12,4 @@
 pub mod checker;
 pub mod harness;
 pub mod history;
+pub mod sim;

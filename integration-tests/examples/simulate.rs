@@ -1,0 +1,92 @@
+//! Runs whole simulated clusters, one per seed (see `integration_tests::sim`).
+//!
+//! ```text
+//! cargo run --release -p integration-tests --example simulate -- --seeds N [--first-seed S] [--members M]
+//! cargo run --release -p integration-tests --example simulate -- --seed S [--members M]
+//! ```
+//!
+//! With `--seeds`, every failing seed prints `seed S: <what failed>` and the
+//! run ends with `simulate: N seeds, V violations` (V counts the failing
+//! seeds; exit status 1 if V > 0). With `--seed`, one seed runs and prints
+//! `history digest <hex>`. `--threads T` sets the worker threads (default:
+//! the cores).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use integration_tests::sim::{SimOptions, simulate, simulate_seeds};
+
+struct Args {
+    seeds: Option<u64>,
+    first_seed: u64,
+    seed: Option<u64>,
+    members: usize,
+    threads: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        seeds: None,
+        first_seed: 0,
+        seed: None,
+        members: 3,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let text = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            text.parse().map_err(|_| format!("{name}: not a number: {text}"))
+        };
+        match flag.as_str() {
+            "--seeds" => args.seeds = Some(value("--seeds")?),
+            "--first-seed" => args.first_seed = value("--first-seed")?,
+            "--seed" => args.seed = Some(value("--seed")?),
+            "--members" => args.members = value("--members")? as usize,
+            "--threads" => args.threads = value("--threads")? as usize,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.seeds.is_none() == args.seed.is_none() {
+        return Err("give either --seeds N or --seed S".into());
+    }
+    if !(1..=9).contains(&args.members) {
+        return Err("--members must be 1 to 9".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "simulate: {e}\nusage: simulate --seeds N [--first-seed S] [--members M] [--threads T] | --seed S [--members M]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(seed) = args.seed {
+        let report = simulate(&SimOptions::new(seed, args.members));
+        for v in &report.violations {
+            println!("seed {seed}: {v}");
+        }
+        println!("{} operations", report.operations);
+        println!("history digest {:016x}", report.digest);
+        return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    let count = args.seeds.unwrap_or(0);
+    let started = Instant::now();
+    let reports = simulate_seeds(args.first_seed, count, args.members, args.threads, |_| {});
+    let mut failing = 0u64;
+    for report in &reports {
+        if !report.violations.is_empty() {
+            failing += 1;
+            println!("seed {}: {}", report.seed, report.violations.join("; "));
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("{count} seeds in {secs:.1} s ({:.0} seeds per hour)", count as f64 * 3600.0 / secs.max(0.001));
+    println!("simulate: {count} seeds, {failing} violations");
+    if failing > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
