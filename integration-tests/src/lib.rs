@@ -9,6 +9,9 @@
 //!   namespaces, the client workload, the invariants, and a scenario runner; the
 //!   scenarios are in `tests/faults.rs`, the soak in `examples/soak.rs`.
 
+// The simulation's workload futures nest deeply (a member, its store, the router).
+#![recursion_limit = "256"]
+
 pub mod checker;
 pub mod harness;
 pub mod history;

@@ -94,9 +94,9 @@ impl Recorder {
 
     /// A local (possibly stale) read: not part of the linearizable history,
     /// but it must return a value some client wrote.
-    pub fn local_read(&self, members: &Members, member: usize, key: &str) {
+    pub async fn local_read(&self, members: &Members, member: usize, key: &str) {
         let Some(cluster) = members.get(member) else { return };
-        if let Ok(Some(value)) = cluster.store().get(key)
+        if let Ok(Some(value)) = cluster.store().get(key).await
             && !lock(&self.written).contains(&value)
         {
             lock(&self.phantom_reads).push(format!("{key} = {}", String::from_utf8_lossy(&value)));
@@ -134,7 +134,7 @@ pub async fn client(recorder: Recorder, members: Members, id: u64, keys: usize, 
             50..60 => Op::Delete,
             60..90 => Op::Get,
             _ => {
-                recorder.local_read(&members, member, &key);
+                recorder.local_read(&members, member, &key).await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(5..50))).await;
                 continue;
             }
