@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster_core::{
-    ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries,
-    Error, KeyMeta, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchLog, WriteOutcome,
-    WriteRequest,
+    ConsensusBackend, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
+    Endpoints, Entries, Error, KeyMeta, LeaderHint, MemberId, Quota, Result, ShortId, Watch, WatchLog,
+    WriteOutcome, WriteRequest,
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
@@ -258,7 +258,20 @@ async fn watch_reset(
 }
 
 impl RaftStore {
-    async fn open_inner(config: ConsensusConfig, span: tracing::Span) -> Result<Self> {
+    /// Opens (or reopens from its data directory) this member's store on
+    /// plain TCP with the RPC layer's default limits: [`open_with`] with the
+    /// default network settings.
+    ///
+    /// [`open_with`]: ConsensusBackend::open_with
+    pub async fn open(config: ConsensusConfig) -> Result<Self> {
+        Self::open_with(config, cluster_rpc::Settings::default()).await
+    }
+
+    async fn open_inner(
+        config: ConsensusConfig,
+        mut settings: cluster_rpc::Settings,
+        span: tracing::Span,
+    ) -> Result<Self> {
         let mut raft_config = raft_config(&config)?;
         let member_id = config.member_id;
         let pending = match &config.data_dir {
@@ -343,8 +356,6 @@ impl RaftStore {
         };
 
         let cancel = CancellationToken::new();
-        let mut settings = cluster_rpc::Settings::from_transport(&config.transport)
-            .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         settings.limits.max_frame_len = config.max_frame_len;
         let client = RaftClient::new(cluster_rpc::ClientConfig {
             cluster_id: config.cluster_id.clone(),
@@ -603,12 +614,18 @@ impl RaftStore {
     }
 }
 
-impl ConsensusStore for RaftStore {
-    async fn open(config: ConsensusConfig) -> Result<Self> {
-        let span = tracing::info_span!("consensus", member = %config.member_id);
-        Self::open_inner(config, span.clone()).instrument(span).await
-    }
+impl ConsensusBackend for RaftStore {
+    /// The limits and TLS of the raft port and of raft's client (the frame
+    /// limit is [`ConsensusConfig::max_frame_len`]).
+    type Network = cluster_rpc::Settings;
 
+    async fn open_with(config: ConsensusConfig, network: cluster_rpc::Settings) -> Result<Self> {
+        let span = tracing::info_span!("consensus", member = %config.member_id);
+        Self::open_inner(config, network, span.clone()).instrument(span).await
+    }
+}
+
+impl ConsensusStore for RaftStore {
     fn member_id(&self) -> MemberId {
         self.inner.member_id
     }

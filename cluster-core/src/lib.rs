@@ -65,7 +65,7 @@ pub use membership::{
 };
 pub use role::RaftRole;
 pub use store::{
-    CasOutcome, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
-    ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming, Watch, WatchEvent,
-    WatchLog, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusBackend, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus,
+    ConsensusStore, ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming,
+    Watch, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
 };

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusStore, MemberId, MemberInfo, Membership, MembershipConfig, RaftRole, ShortId,
-    keys, member::tag,
+    ConsensusBackend, ConsensusConfig, ConsensusStore, MemberId, MemberInfo, Membership, MembershipConfig,
+    RaftRole, ShortId, keys, member::tag,
 };
 use cluster_service::{Proxy, ProxyOptions, ServerConfig, ServiceServer};
 use tokio::net::TcpListener;
@@ -125,7 +125,13 @@ fn start_err(stage: &'static str) -> impl FnOnce(cluster_core::Error) -> Cluster
     move |source| ClusterError::Start { stage, source }
 }
 
-impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
+/// Starting needs a backend that opens on the RPC layer's settings: the
+/// facade wires raft's network (limits, TLS) from its own configuration.
+impl<M, S> ClusterOf<M, S>
+where
+    M: Membership,
+    S: ConsensusBackend<Network = cluster_rpc::Settings>,
+{
     /// Starts a member: identity, consensus, membership, service, in that
     /// order, then waits (up to `timeouts.start_ms`) until it holds its short
     /// id. No seeds and no earlier state: a new cluster. With seeds: joins it.
@@ -201,23 +207,23 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         };
 
         // 1. consensus.
-        let store = S::open(ConsensusConfig {
-            member_id,
-            cluster_id: config.cluster_id.clone(),
-            raft_listen_addr: SocketAddr::new(host, config.raft_port),
-            advertise_host: advertised.to_string(),
-            service_addr: service_addr.to_string(),
-            data_dir: config.data_dir.as_ref().map(|d| d.join(RAFT_DIR)),
-            timing: config.raft.timing(),
-            max_frame_len: config.raft.max_frame_bytes,
-            rpc_timeout: ms(config.raft.election_timeout_max_ms),
-            transport: cluster_rpc::Settings {
-                limits: config.limits.rpc.clone(),
-                security: config.security.clone(),
-            }
-            .into_transport(),
-            limits: config.quota.clone(),
-        })
+        let network =
+            cluster_rpc::Settings { limits: config.limits.rpc.clone(), security: config.security.clone() };
+        let store = S::open_with(
+            ConsensusConfig {
+                member_id,
+                cluster_id: config.cluster_id.clone(),
+                raft_listen_addr: SocketAddr::new(host, config.raft_port),
+                advertise_host: advertised.to_string(),
+                service_addr: service_addr.to_string(),
+                data_dir: config.data_dir.as_ref().map(|d| d.join(RAFT_DIR)),
+                timing: config.raft.timing(),
+                max_frame_len: config.raft.max_frame_bytes,
+                rpc_timeout: ms(config.raft.election_timeout_max_ms),
+                limits: config.quota.clone(),
+            },
+            network,
+        )
         .await
         .map_err(start_err("consensus"))?;
         let store = Arc::new(store);
@@ -394,7 +400,9 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         }
         Ok(cluster)
     }
+}
 
+impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     pub(crate) fn from_inner(inner: Arc<Inner<M, S>>) -> Self {
         ClusterOf { inner }
     }

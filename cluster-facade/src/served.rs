@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta,
-    Liveness, MemberId, MemberState, MembershipEvent, MembershipEvents, Result, ShortId, Watch, WriteOutcome,
+    ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta, Liveness,
+    MemberId, MemberState, MembershipEvent, MembershipEvents, Result, ShortId, Watch, WriteOutcome,
     WriteRequest,
 };
 use tokio::sync::watch;
@@ -111,10 +111,6 @@ pub(crate) struct ServedStore<S> {
 }
 
 impl<S: ConsensusStore> ConsensusStore for ServedStore<S> {
-    async fn open(_config: ConsensusConfig) -> Result<Self> {
-        Err(Error::Internal("a served store wraps an open store; it is never opened itself".into()))
-    }
-
     fn member_id(&self) -> MemberId {
         self.store.member_id()
     }

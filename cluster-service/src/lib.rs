@@ -66,7 +66,6 @@
 //!         timing: RaftTiming::default(),
 //!         max_frame_len: DEFAULT_MAX_FRAME_LEN,
 //!         rpc_timeout: Duration::from_secs(1),
-//!         transport: Default::default(),
 //!         limits: Default::default(),
 //!     })
 //!     .await?,
