@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::admin::{Admin, LivenessTable};
 use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::grid::{self, GridEvents, GridHub};
@@ -26,7 +27,6 @@ use crate::operator::HttpServer;
 use crate::operator::Metrics;
 use crate::operator::Readiness;
 use crate::proof::MemberProofs;
-use crate::served::{LivenessTable, ServedStore};
 
 /// How long a gossip member whose raft endpoint failed to prove a member
 /// certificate waits before the leader asks again.
@@ -294,11 +294,11 @@ where
         let liveness = LivenessTable::default();
         let liveness_task = tokio::spawn(liveness.clone().follow(membership.subscribe(), stop_rx.clone()));
         let metrics = Metrics::new();
-        let served =
-            ServedStore { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() };
+        let admin =
+            Admin { store: store.clone(), liveness: liveness.clone(), keyring: membership.keyring_control() };
         let service = ServiceServer::serve(
             service_listener,
-            Arc::new(served),
+            store.clone(),
             ServerConfig {
                 cluster_id: config.cluster_id.clone(),
                 limits: cluster_rpc::Limits {
@@ -307,7 +307,8 @@ where
                     ..config.limits.rpc.clone()
                 },
                 security: config.security.clone(),
-                keyring: membership.keyring_control(),
+                admin: Some(Arc::new(admin)),
+                observer: Some(Arc::new(metrics.clone())),
             },
         )
         .map_err(start_err("service"))?;

@@ -76,6 +76,7 @@
 //! With both backend features, [`Cluster`] names the member type; without
 //! them, bring your own backends through [`ClusterOf`].
 
+mod admin;
 mod cluster;
 mod config;
 mod data_dir;
@@ -90,7 +91,6 @@ mod operator;
 mod proof;
 #[cfg(feature = "consensus-openraft")]
 mod reset;
-mod served;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{

@@ -93,6 +93,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod authz;
 mod local;
 pub mod protocol;

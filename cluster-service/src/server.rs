@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cluster_core::{
-    ConsensusStore, ConsensusStoreExt, Error, KeyringControl, MemberId, MemberInfo, MemberStatus, Result,
-    keys,
+    ConsensusStore, Error, MemberAdmin, MemberInfo, MemberStatus, Result, ServiceObserver, keys,
 };
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-use crate::protocol::{ForceLeft, Request, Response};
+use crate::admin;
+use crate::protocol::{Request, Response};
 
 /// How the server runs.
 #[derive(Debug, Clone, Default)]
@@ -29,9 +29,12 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Plain TCP or mutual TLS (members and clients are both accepted).
     pub security: Security,
-    /// This member's gossip keyring, for `KeyringList` and `KeyringChange`;
-    /// `None` when gossip is not encrypted (they are refused, saying so).
-    pub keyring: Option<Arc<dyn KeyringControl>>,
+    /// This member's own answers, for `Liveness`, `KeyringList` and
+    /// `KeyringChange`; `None` for a bare store (they are refused, saying so).
+    pub admin: Option<Arc<dyn MemberAdmin>>,
+    /// Told of every write and linearizable read executed for a caller (the
+    /// member's operator metrics time them).
+    pub observer: Option<Arc<dyn ServiceObserver>>,
 }
 
 impl ServerConfig {
@@ -49,18 +52,8 @@ pub struct ServiceServer {
 
 struct ServiceHandler<S> {
     store: Arc<S>,
-    keyring: Option<Arc<dyn KeyringControl>>,
-}
-
-impl<S> ServiceHandler<S> {
-    fn keyring(&self) -> Result<&dyn KeyringControl> {
-        self.keyring.as_deref().ok_or_else(|| {
-            Error::BadRequest(
-                "this member's gossip is not encrypted: it has no keyring (start it with --gossip-key)"
-                    .to_owned(),
-            )
-        })
-    }
+    admin: Option<Arc<dyn MemberAdmin>>,
+    observer: Option<Arc<dyn ServiceObserver>>,
 }
 
 impl<S: ConsensusStore> Handler for ServiceHandler<S> {
@@ -73,22 +66,18 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
             tracing::debug!(peer = %caller.addr, kind = request.kind(), %refused, "request refused");
             return Box::pin(std::future::ready(Reply::One(Response::Err(refused))));
         }
-        match request {
-            Request::KeyringList => {
-                let answer = self.keyring().map(|k| Response::Keyring(k.list()));
-                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
-            }
-            Request::KeyringChange(change) => {
-                let answer = self.keyring().and_then(|k| k.apply(change)).map(Response::Keyring);
-                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
-            }
-            _ => {}
-        }
+        let request = match crate::admin::answer(self.admin.as_deref(), request) {
+            Ok(answer) => return Box::pin(std::future::ready(Reply::One(answer))),
+            Err(request) => request,
+        };
         let store = self.store.clone();
         if let Request::Watch { prefix, from_revision } = request {
             return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));
         }
-        Box::pin(async move { Reply::One(execute(&*store, request).await) })
+        let observer = self.observer.clone();
+        Box::pin(
+            async move { Reply::One(crate::admin::observed(observer.as_deref(), &*store, request).await) },
+        )
     }
 }
 
@@ -119,7 +108,13 @@ impl ServiceServer {
         };
         // The server's tasks run in the member's span.
         let server = span
-            .in_scope(|| cluster_rpc::serve(listener, ServiceHandler { store, keyring: config.keyring }, rpc))
+            .in_scope(|| {
+                cluster_rpc::serve(
+                    listener,
+                    ServiceHandler { store, admin: config.admin, observer: config.observer },
+                    rpc,
+                )
+            })
             .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         tracing::info!(%local_addr, "service listening");
         Ok(ServiceServer { server })
@@ -156,17 +151,16 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Response
         Request::GetWithMeta { key, consistent: true } => {
             store.consistent_get_with_meta(&key).await.map(Response::ValueWithMeta)
         }
-        Request::Export => export(store).await,
-        Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
-        Request::Liveness => Ok(Response::Liveness(store.liveness())),
+        Request::Export => admin::export(store).await,
+        Request::ForceLeave { member } => admin::force_leave(store, member).await.map(Response::ForceLeft),
         Request::GetPrefixWithRevision { prefix } => store
             .get_prefix_with_revision(&prefix)
             .map(|(revision, entries)| Response::EntriesAt { revision, entries }),
         Request::Watch { .. } => {
             Err(Error::BadRequest("a watch is answered with a stream: ask for one".to_owned()))
         }
-        Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
-            "the gossip keyring is a member's own: ask that member's service port".to_owned(),
+        Request::Liveness | Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
+            "gossip's view and keyring are a member's own: ask that member's service port".to_owned(),
         )),
     };
     result.unwrap_or_else(Response::Err)
@@ -206,41 +200,6 @@ async fn member_status<S: ConsensusStore>(store: &S) -> Result<Response> {
     let short_id = store.short_ids()?.get(&status.member_id).copied();
     let progress = store.progress().await;
     Ok(Response::MemberStatus(Box::new(MemberStatus::new(status, &progress, short_id))))
-}
-
-/// The whole store, read after the leader confirmed its leadership with a
-/// quorum: nothing acknowledged before the request is missing.
-async fn export<S: ConsensusStore>(store: &S) -> Result<Response> {
-    store.consistent_get(keys::LEADER_KEY).await?;
-    let (revision, entries) = store.get_prefix_with_revision("")?;
-    Ok(Response::Export { revision, entries })
-}
-
-/// Takes `member` out of raft, frees its short id and drops its records, on
-/// the leader. A member still alive in gossip is added back by the leader's
-/// housekeeping as a new joiner would be: stop it first.
-async fn force_leave<S: ConsensusStore>(store: &S, member: MemberId) -> Result<ForceLeft> {
-    let status = store.status();
-    if !status.is_leader() {
-        let hint = status.leader.map(|member_id| cluster_core::LeaderHint {
-            member_id,
-            service_addr: status.leader_service_addr().map(str::to_owned),
-        });
-        return Err(Error::NotLeader(hint));
-    }
-    if member == status.member_id {
-        return Err(Error::BadRequest(format!(
-            "member {member} is the leader answering this request: stop it, and force the leave through another member"
-        )));
-    }
-    let was_in_raft = status.all_members().contains(&member);
-    store.remove(member).await?;
-    let held_short_id = store.release_short_id(member).await?;
-    let had_record = store.delete(&keys::member_key(member)).await?;
-    store.delete(&keys::voter_key(member)).await?;
-    store.delete(&keys::nonvoter_key(member)).await?;
-    tracing::info!(%member, was_in_raft, held_short_id, "forced leave");
-    Ok(ForceLeft { was_in_raft, held_short_id, had_record })
 }
 
 /// Every [`MemberInfo`] in the local store, in member-id order, by the one

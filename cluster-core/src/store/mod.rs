@@ -92,13 +92,6 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
         std::future::ready(ConsensusProgress::default())
     }
 
-    /// Gossip's view of the members, when a running member serves this
-    /// store (the facade supplies it to its forwarding service); a bare
-    /// backend knows no gossip and answers an empty map.
-    fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
-        BTreeMap::new()
-    }
-
     /// The short ids held now, by this member's applied state.
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>>;
 
