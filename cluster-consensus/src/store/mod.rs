@@ -1,10 +1,11 @@
 //! [`RaftStore`]: the handle that implements core's [`ConsensusStore`] on
-//! openraft. It owns the raft instance, the raft RPC listener, the task that
-//! turns raft metrics into [`ConsensusStatus`], and the storage.
+//! openraft, and its [`ConsensusBackend`] factory. It owns the raft instance,
+//! the raft RPC listener, the task that turns raft metrics into
+//! [`ConsensusStatus`] (`status`), and the storage. Opening it, step by step,
+//! is `open`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,7 @@ use cluster_core::{
 };
 use openraft::error::InitializeError;
 use openraft::metrics::WaitError;
-use openraft::{ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
-use tokio::net::TcpListener;
+use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,30 +24,18 @@ use tracing::Instrument;
 
 use crate::batcher::WriteBatcher;
 use crate::error::IntoStoreError;
-use crate::log_store::LogStore;
-use crate::network::client::{BatchLimits, NetworkFactory, RaftClient};
-use crate::network::guard::{GuardLimits, RaftGuard};
-use crate::network::server::{ServerContext, serve};
+use crate::network::client::RaftClient;
 use crate::network::{RaftRpc, RaftRpcReply};
 use crate::recovery::VoteGate;
-#[cfg(feature = "durable")]
-use crate::state_machine::SnapshotVault;
-use crate::state_machine::{SharedState, StateMachine};
+use crate::state_machine::SharedState;
 use crate::typecfg::Raft;
+use status::{QuotaAlarm, status_of};
 
-/// Capacity of the watch channel: a watcher further behind gets `Error::Lagged`.
-const WATCH_CAPACITY: usize = 4096;
-/// How many past changes a member keeps for watches from an old revision;
-/// older ones get `Error::Compacted`.
-const WATCH_HISTORY_EVENTS: usize = 10_000;
-/// The most bytes of keys and values kept for watches from an old revision.
-const WATCH_HISTORY_BYTES: usize = 16 << 20;
-/// The smallest frame limit that still carries useful snapshot chunks.
-const MIN_FRAME_LEN: usize = 64 * 1024;
-/// The largest snapshot chunk (openraft's default).
-const MAX_SNAPSHOT_CHUNK: usize = 3 * 1024 * 1024;
-/// The most bytes of log entries sent in one AppendEntries.
-const MAX_APPEND_BYTES: usize = 256 * 1024;
+mod open;
+mod status;
+
+pub use open::raft_config;
+
 /// How long `add_nonvoter` waits for the nonvoter to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -84,176 +72,10 @@ struct Inner {
     span: tracing::Span,
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// The openraft configuration for `config`, validated.
-pub fn raft_config(config: &ConsensusConfig) -> Result<openraft::Config> {
-    let ceiling = cluster_core::wire::MAX_FRAME_LEN_CEILING;
-    if config.max_frame_len < MIN_FRAME_LEN || config.max_frame_len > ceiling {
-        return Err(Error::BadRequest(format!(
-            "max_frame_len: {} bytes is not between {MIN_FRAME_LEN} and {ceiling}",
-            config.max_frame_len
-        )));
-    }
-    if let Some((field, problem)) = config.limits.problems().into_iter().next() {
-        return Err(Error::BadRequest(format!("limits.{field}: {problem}")));
-    }
-    let t = &config.timing;
-    let raft = openraft::Config {
-        cluster_name: config.cluster_id.clone(),
-        heartbeat_interval: ms(t.heartbeat_interval),
-        election_timeout_min: ms(t.election_timeout_min),
-        election_timeout_max: ms(t.election_timeout_max),
-        install_snapshot_timeout: ms(config.rpc_timeout.max(Duration::from_secs(2))),
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries.max(1)),
-        max_in_snapshot_log_to_keep: t.keep_entries_after_snapshot,
-        // A chunk plus its header must fit in one frame.
-        snapshot_max_chunk_size: (config.max_frame_len / 2).min(MAX_SNAPSHOT_CHUNK) as u64,
-        ..Default::default()
-    };
-    raft.validate().map_err(|e| Error::BadRequest(format!("timing: {e}")))
-}
-
-/// The store quota alarm: raised when a write is refused because the store
-/// is full, lowered once the store shrank below its size then (something
-/// was deleted) or a growing write was admitted.
-#[derive(Debug)]
-struct QuotaAlarm {
-    /// The store size when a write was last refused; `u64::MAX`: no alarm.
-    raised_at: AtomicU64,
-}
-
-impl QuotaAlarm {
-    const NONE: u64 = u64::MAX;
-
-    fn raise(&self, store_bytes: u64) {
-        self.raised_at.store(store_bytes, Ordering::Relaxed);
-    }
-
-    fn lower(&self) {
-        self.raised_at.store(Self::NONE, Ordering::Relaxed);
-    }
-
-    /// Whether this member refused a write for the store quota since the
-    /// store last shrank below its size then.
-    fn refused(&self, store_bytes: u64) -> bool {
-        let at = self.raised_at.load(Ordering::Relaxed);
-        at != Self::NONE && store_bytes >= at
-    }
-}
-
-fn status_of(
-    m: &RaftMetrics<MemberId, Endpoints>,
-    reset_pending: Option<String>,
-    state: &SharedState,
-    limits: &ConsensusLimits,
-    alarm: &QuotaAlarm,
-) -> ConsensusStatus {
-    let store_bytes = state.read().store_bytes;
-    let membership = m.membership_config.membership();
-    let voter_ids: BTreeSet<MemberId> = membership.voter_ids().collect();
-    let mut voters = BTreeMap::new();
-    let mut nonvoters = BTreeMap::new();
-    for (id, node) in membership.nodes() {
-        if voter_ids.contains(id) {
-            voters.insert(*id, node.clone());
-        } else {
-            nonvoters.insert(*id, node.clone());
-        }
-    }
-    ConsensusStatus {
-        member_id: m.id,
-        leader: m.current_leader,
-        term: m.current_term,
-        last_log_index: m.last_log_index,
-        applied_index: m.last_applied.map(|l| l.index),
-        voters,
-        nonvoters,
-        reset_pending,
-        store_bytes,
-        quota_alarm: crate::quota::alarm(limits, store_bytes, alarm.refused(store_bytes)),
-    }
-}
-
-fn advertised(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 fn wait_error(e: WaitError) -> Error {
     match e {
         WaitError::Timeout(t, msg) => Error::Timeout(format!("{msg} (waited {t:?})")),
         WaitError::ShuttingDown => Error::ShuttingDown,
-    }
-}
-
-/// A restarted member never leads without an election.
-///
-/// openraft 0.9 restores a member whose persisted vote is committed for
-/// itself as leader at once, in the same term, and answers read-index reads
-/// from the committed index it persisted. That index may trail writes already
-/// acknowledged (openraft allows it to be persisted lazily, and the log store
-/// does so to save an fsync per write), so such a leader could serve a stale
-/// read — the fault tests caught one after the whole cluster was killed and
-/// restarted. The vote keeps its term and candidate, so voting stays safe,
-/// but is stored as not committed: the member starts as a follower, and
-/// whoever leads next wins a new term and commits a blank entry before it
-/// serves a read.
-async fn forget_leadership(log: &mut LogStore) -> Result<()> {
-    use openraft::storage::RaftLogStorage;
-    let vote = log.read_vote().await.map_err(|e| Error::Storage(e.to_string()))?;
-    if let Some(mut vote) = vote.filter(|v| v.committed) {
-        vote.committed = false;
-        log.save_vote(&vote).await.map_err(|e| Error::Storage(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// How often a member with a pending reset looks for the leader's note.
-const RESET_POLL: Duration = Duration::from_millis(100);
-
-/// Ends a pending reset once this member has applied the leader's note that
-/// it is out of the voters (see [`crate::recovery`]): removes the marker,
-/// lets votes through and allows elections again.
-async fn watch_reset(
-    raft: Raft,
-    state: SharedState,
-    votes: VoteGate,
-    reset_id: String,
-    dir: std::path::PathBuf,
-    cancel: CancellationToken,
-) {
-    let key = cluster_core::keys::raft_reset_key(raft.metrics().borrow().id);
-    let mut poll = tokio::time::interval(RESET_POLL);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = poll.tick() => {}
-        }
-        let noted = state.read().data.get(&key).is_some_and(|v| v.as_slice() == reset_id.as_bytes());
-        if !noted {
-            continue;
-        }
-        let cleared = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || crate::recovery::clear_reset(&dir)
-        })
-        .await;
-        match cleared {
-            Ok(Ok(())) => {
-                votes.release();
-                raft.runtime_config().elect(true);
-                tracing::info!(reset = %reset_id, "out of the voters and caught up: this member votes again");
-                return;
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot end the pending reset; retrying"),
-            Err(e) => tracing::warn!(error = %e, "cannot end the pending reset; retrying"),
-        }
     }
 }
 
@@ -265,201 +87,6 @@ impl RaftStore {
     /// [`open_with`]: ConsensusBackend::open_with
     pub async fn open(config: ConsensusConfig) -> Result<Self> {
         Self::open_with(config, cluster_rpc::Settings::default()).await
-    }
-
-    async fn open_inner(
-        config: ConsensusConfig,
-        mut settings: cluster_rpc::Settings,
-        span: tracing::Span,
-    ) -> Result<Self> {
-        let mut raft_config = raft_config(&config)?;
-        let member_id = config.member_id;
-        let pending = match &config.data_dir {
-            Some(dir) => crate::recovery::pending_reset(dir).map_err(|e| match e {
-                crate::recovery::ResetError::BadMarker { path, reason } => Error::CorruptState {
-                    path: path.display().to_string(),
-                    offset: None,
-                    detail: format!("{reason}; run `carbon agent --reset-raft-state` again"),
-                },
-                other => Error::Storage(other.to_string()),
-            })?,
-            None => None,
-        };
-        if let Some(id) = &pending {
-            tracing::warn!(reset = %id, "raft state was reset: no votes and no elections until this member is out of the voters");
-            raft_config.enable_elect = false;
-        }
-        let votes = VoteGate::new(pending);
-        let raft_config = Arc::new(raft_config);
-        let events = Arc::new(WatchLog::new(0, WATCH_CAPACITY, WATCH_HISTORY_EVENTS, WATCH_HISTORY_BYTES));
-
-        #[cfg(feature = "durable")]
-        let (log_store, sm, durable) = match &config.data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-                let path = dir.join("raft.redb");
-                let redb = path.clone();
-                let opened = tokio::task::spawn_blocking(move || crate::log_store::durable::open(&path))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .map_err(|e| match e.corruption() {
-                        Some((file, offset)) => {
-                            tracing::error!(file = %file.display(), ?offset, error = %e, "corrupt raft state: refusing to start");
-                            Error::CorruptState { path: file.display().to_string(), offset, detail: e.detail() }
-                        }
-                        None => Error::Storage(format!("cannot open {}: {e}", dir.display())),
-                    })?;
-                let vault: Arc<dyn SnapshotVault> = Arc::new(opened.writer.clone());
-                let sm = match StateMachine::new(opened.snapshot, Some(vault), events.clone()) {
-                    Ok(sm) => sm,
-                    Err(e) => {
-                        opened.writer.close();
-                        return Err(Error::CorruptState {
-                            path: redb.display().to_string(),
-                            offset: None,
-                            detail: format!(
-                                "the snapshot's state does not decode: {e}; {}",
-                                crate::log_store::durable::RECOVERY_HINT
-                            ),
-                        });
-                    }
-                };
-                (LogStore::durable(opened.log, opened.writer.clone()), sm, Some(opened.writer))
-            }
-            None => (
-                LogStore::in_memory(),
-                StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?,
-                None,
-            ),
-        };
-        #[cfg(not(feature = "durable"))]
-        let (log_store, sm) = {
-            if config.data_dir.is_some() {
-                return Err(Error::BadRequest(
-                    "data_dir: durable storage needs the `durable` feature of cluster-consensus".to_owned(),
-                ));
-            }
-            let sm =
-                StateMachine::new(None, None, events.clone()).map_err(|e| Error::Storage(e.to_string()))?;
-            (LogStore::in_memory(), sm)
-        };
-        let state = sm.shared();
-
-        let listener = TcpListener::bind(config.raft_listen_addr)
-            .await
-            .map_err(|e| Error::io(format_args!("cannot listen on {}", config.raft_listen_addr), &e))?;
-        let raft_addr = listener.local_addr()?;
-        let endpoints = Endpoints {
-            raft_addr: advertised(&config.advertise_host, raft_addr.port()),
-            service_addr: config.service_addr.clone(),
-        };
-
-        let cancel = CancellationToken::new();
-        settings.limits.max_frame_len = config.max_frame_len;
-        let client = RaftClient::new(cluster_rpc::ClientConfig {
-            cluster_id: config.cluster_id.clone(),
-            limits: settings.limits.clone(),
-            security: settings.security.clone(),
-        });
-        let limits = BatchLimits { max_append_bytes: MAX_APPEND_BYTES };
-        let network = NetworkFactory::new(member_id, client.clone(), limits);
-        let mut log_store = log_store;
-        forget_leadership(&mut log_store).await?;
-        let raft = Raft::new(member_id, raft_config, network, log_store, sm)
-            .await
-            .map_err(|e| e.into_store_error())?;
-
-        let guard_limits = GuardLimits { max_snapshot_bytes: config.limits.max_snapshot_bytes };
-        let server_ctx = ServerContext {
-            raft: raft.clone(),
-            votes: votes.clone(),
-            guard: Arc::new(RaftGuard::new(raft.metrics(), guard_limits)),
-        };
-        let server = {
-            let _entered = span.enter();
-            serve(listener, server_ctx, &config.cluster_id, &settings)
-                .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?
-        };
-
-        let mut metrics = raft.metrics();
-        let mut gate = votes.subscribe();
-        let alarm = Arc::new(QuotaAlarm { raised_at: AtomicU64::new(QuotaAlarm::NONE) });
-        let (status_tx, status) =
-            watch::channel(status_of(&metrics.borrow(), votes.pending(), &state, &config.limits, &alarm));
-        let status_cancel = cancel.clone();
-        let (status_state, status_limits, status_alarm) =
-            (state.clone(), config.limits.clone(), alarm.clone());
-        let status_task = tokio::spawn(
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = status_cancel.cancelled() => break,
-                        changed = metrics.changed() => {
-                            if changed.is_err() {
-                                break;
-                            }
-                        }
-                        changed = gate.changed() => {
-                            if changed.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    let now = status_of(
-                        &metrics.borrow_and_update(),
-                        gate.borrow_and_update().clone(),
-                        &status_state,
-                        &status_limits,
-                        &status_alarm,
-                    );
-                    status_tx.send_if_modified(|s| {
-                        if *s == now {
-                            false
-                        } else {
-                            *s = now;
-                            true
-                        }
-                    });
-                }
-            }
-            .instrument(span.clone()),
-        );
-        let mut tasks = vec![status_task];
-        if let (Some(reset_id), Some(dir)) = (votes.pending(), config.data_dir.clone()) {
-            let watcher =
-                watch_reset(raft.clone(), state.clone(), votes.clone(), reset_id, dir, cancel.clone());
-            tasks.push(tokio::spawn(watcher.instrument(span.clone())));
-        }
-        let (batcher, batcher_task) = WriteBatcher::spawn(raft.clone(), cancel.clone());
-        tracing::info!(raft_addr = %endpoints.raft_addr, durable = config.data_dir.is_some(), "consensus store open");
-
-        Ok(RaftStore {
-            inner: Arc::new(Inner {
-                member_id,
-                raft,
-                state,
-                events,
-                status,
-                raft_addr,
-                endpoints,
-                client,
-                server: Mutex::new(Some(server)),
-                batcher,
-                cancel,
-                tasks: Mutex::new({
-                    tasks.push(batcher_task);
-                    tasks
-                }),
-                #[cfg(feature = "durable")]
-                durable: Mutex::new(durable),
-                op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
-                votes,
-                limits: config.limits.clone(),
-                alarm,
-                span,
-            }),
-        })
     }
 
     /// The openraft instance, for what the contract does not cover (metrics,
@@ -621,7 +248,7 @@ impl ConsensusBackend for RaftStore {
 
     async fn open_with(config: ConsensusConfig, network: cluster_rpc::Settings) -> Result<Self> {
         let span = tracing::info_span!("consensus", member = %config.member_id);
-        Self::open_inner(config, network, span.clone()).instrument(span).await
+        open::open(config, network, span.clone()).instrument(span).await
     }
 }
 
