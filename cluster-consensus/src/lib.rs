@@ -66,7 +66,9 @@
 //!   proposed, and the constant bounds checked in apply.
 //! - writes are group-committed: concurrent writes on the leader share one
 //!   log entry (one fsync per member), answered one by one.
-//! - [`store`]: [`RaftStore`], the handle; an internal module maps openraft's errors to
+//! - [`store`]: [`RaftStore`], the handle, opened through core's
+//!   `ConsensusBackend` with its network settings (`cluster_rpc::Settings`)
+//!   in named steps (`store::open`); an internal module maps openraft's errors to
 //!   `cluster_core::Error` variants a caller can act on (`NotLeader` with the
 //!   leader's service address, `Timeout`, `Unreachable`, `ShuttingDown`,
 //!   `MembershipChange`, `Storage`).

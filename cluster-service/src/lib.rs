@@ -8,6 +8,10 @@
 //!   [`ConsensusStore`](cluster_core::ConsensusStore): local reads, and writes
 //!   and consistent reads when the member leads (else it answers
 //!   [`Error::NotLeader`](cluster_core::Error::NotLeader) with the leader it knows).
+//!   Its admin requests (liveness, keyring) are answered by the member's
+//!   [`MemberAdmin`](cluster_core::MemberAdmin), export and force leave on
+//!   the store (module `admin`), and what it executes for a caller is timed
+//!   for a [`ServiceObserver`](cluster_core::ServiceObserver).
 //! - [`Router`] is the one leader-routed key-value store, with one options
 //!   struct ([`RouterOptions`]) and one retry loop, in two forms:
 //!   [`Proxy`] ([`Router::local`]), the store handle a member gives its
