@@ -28,7 +28,6 @@ fn config(data_dir: Option<std::path::PathBuf>) -> ConsensusConfig {
         },
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
-        transport: Default::default(),
         limits: Default::default(),
     }
 }

@@ -14,6 +14,8 @@
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> cluster_core::Result<()> {
+//! // Plain TCP with default limits; `open_with(config, cluster_rpc::Settings)`
+//! // (the `ConsensusBackend` factory) sets the raft port's limits and TLS.
 //! let store = RaftStore::open(ConsensusConfig {
 //!     member_id: MemberId::generate(),
 //!     cluster_id: "docs".to_owned(),
@@ -24,7 +26,6 @@
 //!     timing: RaftTiming::default(),
 //!     max_frame_len: cluster_core::wire::DEFAULT_MAX_FRAME_LEN,
 //!     rpc_timeout: Duration::from_secs(1),
-//!     transport: Default::default(),
 //!     limits: Default::default(), // quotas: key, value and store bytes
 //! })
 //! .await?;
@@ -65,7 +66,9 @@
 //!   proposed, and the constant bounds checked in apply.
 //! - writes are group-committed: concurrent writes on the leader share one
 //!   log entry (one fsync per member), answered one by one.
-//! - [`store`]: [`RaftStore`], the handle; an internal module maps openraft's errors to
+//! - [`store`]: [`RaftStore`], the handle, opened through core's
+//!   `ConsensusBackend` with its network settings (`cluster_rpc::Settings`)
+//!   in named steps (`store::open`); an internal module maps openraft's errors to
 //!   `cluster_core::Error` variants a caller can act on (`NotLeader` with the
 //!   leader's service address, `Timeout`, `Unreachable`, `ShuttingDown`,
 //!   `MembershipChange`, `Storage`).

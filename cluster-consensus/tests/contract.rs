@@ -4,7 +4,6 @@
 mod common;
 
 use cluster_consensus::RaftStore;
-use cluster_core::ConsensusStore;
 use cluster_core::testsuite::contract::consensus_store_suite;
 use common::config;
 

@@ -14,7 +14,9 @@ use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_consensus::{LogId, TypeConfig, Vote};
 use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};
-use cluster_core::{ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota};
+use cluster_core::{
+    ConsensusBackend, ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota,
+};
 use common::{Cluster, DEADLINE, timing};
 use futures::{SinkExt, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -303,10 +305,9 @@ async fn a_certified_caller_cannot_speak_for_another_member() {
         let c = ca.issue_member(id, "m").expect("issue");
         Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).expect("load")
     };
-    let mut config = common::config(None);
-    config.transport =
-        Settings { security: Security::Tls(tls(config.member_id)), ..Default::default() }.into_transport();
-    let store = RaftStore::open(config).await.expect("open");
+    let config = common::config(None);
+    let network = Settings { security: Security::Tls(tls(config.member_id)), ..Default::default() };
+    let store = RaftStore::open_with(config, network).await.expect("open");
     store.bootstrap().await.expect("bootstrap");
     let deadline = std::time::Instant::now() + DEADLINE;
     while !store.status().is_leader() {

@@ -1,5 +1,5 @@
 //! Raft over mutual TLS: members replicate with member certificates handed
-//! down through `ConsensusConfig::transport`; a client certificate is refused
+//! down through `ConsensusBackend::open_with`; a client certificate is refused
 //! on the raft port.
 
 mod common;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cluster_consensus::RaftStore;
 use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
-use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
+use cluster_core::{ConsensusBackend, ConsensusStore, ConsensusStoreExt, Error};
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Client, ClientConfig, Role, RpcError, Security, Settings, Tls};
 use common::{DEADLINE, config, wait_until};
@@ -20,10 +20,8 @@ fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
 }
 
 async fn open(ca: &CertificateAuthority, name: &str) -> RaftStore {
-    let mut cfg = config(None);
-    cfg.transport = Settings { security: Security::Tls(tls(ca, Role::Member, name)), ..Settings::default() }
-        .into_transport();
-    RaftStore::open(cfg).await.expect("open")
+    let network = Settings { security: Security::Tls(tls(ca, Role::Member, name)), ..Settings::default() };
+    RaftStore::open_with(config(None), network).await.expect("open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

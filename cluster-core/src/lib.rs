@@ -12,7 +12,9 @@
 //! - **events**: [`GridMemberEvent`] for the grid, [`MembershipEvent`] for
 //!   gossip, and [`EventHub`], the replay-then-follow fan-out both use;
 //! - the **backend contracts**: [`Membership`] (gossip) and
-//!   [`ConsensusStore`] (the raft key-value store), each with its guarantees;
+//!   [`ConsensusStore`] (the raft key-value store), each with its guarantees,
+//!   [`ConsensusBackend`] (how a store is opened, with its network settings
+//!   typed), and in [`admin`] what a running member answers beyond its store;
 //! - **pure planning** in [`plan`]: the lowest free short id, the voter
 //!   plan that keeps the wanted number of voters without risking quorum,
 //!   the record plan and the departure clock (time is an input);
@@ -38,6 +40,7 @@
 //! assert_eq!(plan::lowest_free_short_id(used), ShortId::new(2).ok());
 //! ```
 
+pub mod admin;
 pub mod error;
 pub mod event;
 pub mod gossip_key;
@@ -54,6 +57,7 @@ pub mod testsuite;
 mod watch_log;
 pub mod wire;
 
+pub use admin::{MemberAdmin, ServiceObserver};
 pub use error::{Error, ErrorKind, IoKind, LeaderHint, Quota, Result};
 pub use event::{GridEventKind, GridMemberEvent};
 pub use hub::{EventHub, Subscription};
@@ -65,7 +69,7 @@ pub use membership::{
 };
 pub use role::RaftRole;
 pub use store::{
-    CasOutcome, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
-    ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming, Watch, WatchEvent,
-    WatchLog, WriteOp, WriteOutcome, WriteRequest, Writer,
+    CasOutcome, ConsensusBackend, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus,
+    ConsensusStore, ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming,
+    Watch, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest, Writer,
 };

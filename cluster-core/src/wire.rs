@@ -246,57 +246,6 @@ pub fn decode_payload<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// How a backend's TCP protocols are bounded and secured, handed from the
-/// facade through core's configs to the backend.
-///
-/// Core knows no network, so it cannot name the settings (`cluster-rpc`'s
-/// limits and TLS); it carries them unopened. The facade puts them in with
-/// [`Transport::new`]; the backend takes them out with [`Transport::get`] and
-/// must refuse a value of a type it does not know rather than fall back to
-/// plain TCP. [`Transport::default`] means the backend's defaults.
-#[derive(Clone, Default)]
-pub struct Transport(Option<Arc<dyn std::any::Any + Send + Sync>>);
-
-impl Transport {
-    /// Transport settings of type `T`.
-    pub fn new<T: std::any::Any + Send + Sync>(settings: T) -> Self {
-        Transport(Some(Arc::new(settings)))
-    }
-
-    /// True when settings were given.
-    pub fn is_set(&self) -> bool {
-        self.0.is_some()
-    }
-
-    /// The settings, `Ok(None)` when none were given, `Err` when they are
-    /// not a `T` (a backend that does not understand them).
-    pub fn get<T: std::any::Any>(&self) -> Result<Option<&T>> {
-        match &self.0 {
-            None => Ok(None),
-            Some(any) => any.downcast_ref::<T>().map(Some).ok_or_else(|| {
-                Error::BadRequest(format!("transport: settings are not {}", std::any::type_name::<T>()))
-            }),
-        }
-    }
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_set() { "Transport(set)" } else { "Transport(default)" })
-    }
-}
-
-impl PartialEq for Transport {
-    /// Equal when both are the backend's defaults or the same settings.
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
 /// A `tokio_util` codec that sends `Frame<Out>` and receives `Frame<In>`.
 pub struct WireCodec<Out, In> {
     cluster_id: Arc<str>,

@@ -3,35 +3,28 @@
 //! names the default ones.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusStore, MemberId, MemberInfo, Membership, MembershipConfig, RaftRole, ShortId,
-    keys, member::tag,
+    ConsensusBackend, ConsensusStore, MemberId, MemberInfo, Membership, RaftRole, ShortId, keys,
 };
-use cluster_service::{Proxy, RouterOptions, ServerConfig, ServiceServer};
-use tokio::net::TcpListener;
+use cluster_service::{Proxy, RouterOptions, ServiceServer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::admin::LivenessTable;
+use crate::choreography::{self, Started, start_err};
 use crate::config::ClusterConfig;
 use crate::error::ClusterError;
 use crate::grid::{self, GridEvents, GridHub};
-use crate::housekeeping::{Housekeeper, Settings};
 use crate::identity;
 use crate::member_store::MemberStore;
 use crate::operator::HttpServer;
 use crate::operator::Metrics;
 use crate::operator::Readiness;
-use crate::proof::MemberProofs;
-use crate::served::{LivenessTable, ServedStore};
-
-/// How long a gossip member whose raft endpoint failed to prove a member
-/// certificate waits before the leader asks again.
-const PROOF_RETRY: Duration = Duration::from_secs(5);
 
 /// The directory of the raft state inside the data directory.
 pub(crate) const RAFT_DIR: &str = "raft";
@@ -84,49 +77,13 @@ pub(crate) struct Inner<M: Membership, S: ConsensusStore> {
     http: Mutex<Option<HttpServer>>,
 }
 
-/// What was started so far, so that a failed start stops it again.
-struct Started<M, S> {
-    store: Option<Arc<MemberStore<S>>>,
-    membership: Option<Arc<M>>,
-    service: Option<ServiceServer>,
-    stop: Option<watch::Sender<bool>>,
-    housekeeping: Option<JoinHandle<()>>,
-    http: Option<HttpServer>,
-}
-
-impl<M: Membership, S: ConsensusStore> Started<M, S> {
-    /// Nothing started yet (or everything handed over).
-    fn nothing() -> Self {
-        Started { store: None, membership: None, service: None, stop: None, housekeeping: None, http: None }
-    }
-
-    async fn unwind(self) {
-        if let Some(http) = self.http {
-            http.shutdown().await;
-        }
-        if let Some(stop) = self.stop {
-            let _ = stop.send(true);
-        }
-        if let Some(task) = self.housekeeping {
-            let _ = task.await;
-        }
-        if let Some(service) = self.service {
-            service.shutdown().await;
-        }
-        if let Some(m) = self.membership {
-            let _ = m.stop().await;
-        }
-        if let Some(s) = self.store {
-            let _ = s.shutdown().await;
-        }
-    }
-}
-
-fn start_err(stage: &'static str) -> impl FnOnce(cluster_core::Error) -> ClusterError {
-    move |source| ClusterError::Start { stage, source }
-}
-
-impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
+/// Starting needs a backend that opens on the RPC layer's settings: the
+/// facade wires raft's network (limits, TLS) from its own configuration.
+impl<M, S> ClusterOf<M, S>
+where
+    M: Membership,
+    S: ConsensusBackend<Network = cluster_rpc::Settings>,
+{
     /// Starts a member: identity, consensus, membership, service, in that
     /// order, then waits (up to `timeouts.start_ms`) until it holds its short
     /// id. No seeds and no earlier state: a new cluster. With seeds: joins it.
@@ -152,138 +109,33 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         }
     }
 
+    /// The steps of [`start`](Self::start), in order (see
+    /// [`crate::choreography`]); what each started goes into `started`.
     async fn choreography(
         config: ClusterConfig,
         member_id: MemberId,
-        started: &mut Started<M, S>,
+        started: &mut Started<M, MemberStore<S>>,
     ) -> Result<Self, ClusterError> {
-        // Checked by validate().
-        let bad_host = |field: &str| ClusterError::Start {
-            stage: "config",
-            source: cluster_core::Error::BadRequest(format!("bad {field}")),
-        };
-        let host: IpAddr = config.host.parse().map_err(|_| bad_host("host"))?;
-        let advertised: IpAddr = config.advertised_host().parse().map_err(|_| bad_host("advertise_host"))?;
-        let ms = ClusterConfig::ms;
-        let mut config = config;
-        if let (cluster_rpc::Security::Plain, Some(files)) = (&config.security, &config.tls) {
-            let tls = cluster_rpc::Tls::from_files(files.clone()).map_err(|e| ClusterError::Start {
-                stage: "tls",
-                source: cluster_core::Error::BadRequest(cluster_rpc::chain(&e)),
-            })?;
-            config.security = cluster_rpc::Security::Tls(tls);
-        }
-
-        // The service address goes into raft's node data, so bind it first.
-        let service_listener = bind_tcp(host, config.service_port, "service").await?;
-        let service_port = service_listener.local_addr().map_err(|e| start_err("service")(e.into()))?.port();
-        let service_addr = SocketAddr::new(advertised, service_port);
-        // A port picked for the grid stays bound until the grid takes it:
-        // dropped, the next member started here could pick it too.
-        let (grid_port, grid_listener) = match config.grid_port {
-            0 => {
-                let l = std::net::TcpListener::bind((host, 0))
-                    .map_err(|e| start_err("grid port")(listen_error(host, 0, "grid", &e)))?;
-                let port = l.local_addr().map_err(|e| start_err("grid port")(e.into()))?.port();
-                (port, Some(l))
-            }
-            p => (p, None),
-        };
-        let http_listener = match config.http_port {
-            Some(port) => Some(bind_tcp(host, port, "http").await?),
-            None => None,
-        };
-        let http_addr = match &http_listener {
-            Some(l) => Some(SocketAddr::new(
-                advertised,
-                l.local_addr().map_err(|e| start_err("http")(e.into()))?.port(),
-            )),
-            None => None,
-        };
+        let (config, host, advertised) = choreography::resolve(config)?;
+        let ports = choreography::bind_ports(host, advertised, &config).await?;
+        let service_addr = ports.service_addr;
 
         // 1. consensus.
-        let store = S::open(ConsensusConfig {
-            member_id,
-            cluster_id: config.cluster_id.clone(),
-            raft_listen_addr: SocketAddr::new(host, config.raft_port),
-            advertise_host: advertised.to_string(),
-            service_addr: service_addr.to_string(),
-            data_dir: config.data_dir.as_ref().map(|d| d.join(RAFT_DIR)),
-            timing: config.raft.timing(),
-            max_frame_len: config.raft.max_frame_bytes,
-            rpc_timeout: ms(config.raft.election_timeout_max_ms),
-            transport: cluster_rpc::Settings {
-                limits: config.limits.rpc.clone(),
-                security: config.security.clone(),
-                ..cluster_rpc::Settings::default()
-            }
-            .into_transport(),
-            limits: config.quota.clone(),
-        })
-        .await
-        .map_err(start_err("consensus"))?;
+        let store =
+            choreography::open_consensus::<S>(&config, member_id, host, advertised, service_addr).await?;
         // Raft holds this member's state only while it is in the replica set.
         let store = Arc::new(MemberStore::new(store));
         started.store = Some(store.clone());
-        if let Some(dir) = &config.data_dir {
-            // The store may have created files with the process's umask
-            // (a library user's may be 0022): keep them private too.
-            crate::data_dir::tighten(dir).map_err(|e| ClusterError::DataDir {
-                path: dir.display().to_string(),
-                reason: format!("cannot make it private: {e}"),
-            })?;
-        }
         let raft_addr = store.raft_addr();
-        // A member whose raft state was reset rejoins the cluster that still
-        // counts it; it never bootstraps a new one beside it.
-        let reset_pending = store.status().reset_pending;
-        if config.seeds.is_empty()
-            && reset_pending.is_none()
-            && !store.is_initialized().await.map_err(start_err("consensus"))?
-        {
-            info!("no seeds and no earlier state: forming a new cluster");
-            store.bootstrap().await.map_err(start_err("consensus"))?;
-        }
+        choreography::find_or_form_raft(&*store, &config.seeds).await?;
 
         // 2. membership.
-        let mut me = MemberInfo::new(
-            member_id,
-            advertised.to_string(),
-            config.gossip_port,
-            raft_addr.port(),
-            service_addr.port(),
-            grid_port,
-        );
-        me.raft_role = store.status().role().unwrap_or(RaftRole::Client);
-        me.extra_tags = config.tags.clone();
-        let mut tags = me.to_tags();
-        if let Some(id) = reset_pending {
-            tags.insert(tag::RAFT_RESET_PENDING.to_owned(), id);
-        }
-        let membership = M::start(MembershipConfig {
-            member_id,
-            generation: identity::generation(),
-            cluster_id: config.cluster_id.clone(),
-            listen_addr: SocketAddr::new(host, config.gossip_port),
-            advertise_addr: config
-                .advertise_host
-                .as_ref()
-                .map(|_| SocketAddr::new(advertised, config.gossip_port)),
-            seeds: config.seeds.clone(),
-            gossip_interval: ms(config.gossip.interval_ms),
-            failure_detection: config.gossip.failure_detection(),
-            tags,
-            encryption: config.gossip_encryption(),
-        })
-        .await
-        .map_err(start_err("membership"))?;
+        let membership: M =
+            choreography::join_gossip(&config, &*store, host, advertised, (service_addr, ports.grid_port))
+                .await?;
         let membership = Arc::new(membership);
         started.membership = Some(membership.clone());
         let gossip_addr = membership.gossip_addr();
-        if config.gossip_port == 0 {
-            let port = BTreeMap::from([(tag::GOSSIP_PORT.to_owned(), gossip_addr.port().to_string())]);
-            membership.set_tags(port).await.map_err(start_err("membership"))?;
-        }
 
         // 3. the forwarding service, with gossip's view of the members.
         let (stop, stop_rx) = watch::channel(false);
@@ -291,24 +143,10 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let liveness = LivenessTable::default();
         let liveness_task = tokio::spawn(liveness.clone().follow(membership.subscribe(), stop_rx.clone()));
         let metrics = Metrics::new();
-        let served =
-            ServedStore { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() };
-        let service = ServiceServer::serve(
-            service_listener,
-            Arc::new(served),
-            ServerConfig {
-                cluster_id: config.cluster_id.clone(),
-                limits: cluster_rpc::Limits {
-                    max_frame_len: config.raft.max_frame_bytes,
-                    request_timeout: ms(config.timeouts.operation_ms),
-                    ..config.limits.rpc.clone()
-                },
-                security: config.security.clone(),
-                keyring: membership.keyring_control(),
-            },
-        )
-        .map_err(start_err("service"))?;
+        let service =
+            choreography::serve_service(ports.service, &config, &store, &*membership, &liveness, &metrics)?;
         started.service = Some(service);
+        let ms = ClusterConfig::ms;
         let proxy_options = RouterOptions {
             op_timeout: ms(config.timeouts.operation_ms),
             max_frame_len: config.raft.max_frame_bytes,
@@ -327,34 +165,21 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
         // Housekeeping: grid events, own tags, and the leader's duties.
         let grid = grid::hub(1024);
-        let settings = Settings {
-            num_voters: config.num_voters,
-            replicas: config.replicas,
-            failure_grace: ms(config.timeouts.failure_grace_ms),
-            short_id_reap: ms(config.timeouts.short_id_reap_ms),
-            interval: ms(config.timeouts.housekeeping_interval_ms),
-            proofs: Arc::new(MemberProofs::new(
-                config.security.clone(),
-                config.limits.connect_timeout,
-                PROOF_RETRY,
-            )),
-        };
-        let events = membership.subscribe();
-        let (own_short_id, short_id_rx) = watch::channel(None);
-        let keeper =
-            Housekeeper::new(membership.clone(), store.clone(), settings, grid.clone(), own_short_id);
-        let keeper_task = tokio::spawn(keeper.run(events, stop_rx).in_current_span());
-        let task = tokio::spawn(async move {
+        let (keeper_task, short_id_rx) =
+            choreography::keep_house(&config, &membership, &store, &grid, stop_rx);
+        started.housekeeping = Some(tokio::spawn(async move {
             let _ = keeper_task.await;
             let _ = liveness_task.await;
             let _ = mode_task.await;
-        });
-        started.housekeeping = Some(task);
+        }));
 
         // 4. wait for the short id.
         let waited = ms(config.timeouts.start_ms);
-        let short_id = wait_for_short_id(&*store, &*membership, short_id_rx.clone(), waited).await?;
+        let short_id =
+            choreography::wait_for_short_id(&*store, &*membership, short_id_rx.clone(), waited).await?;
         info!(short_id = %short_id, gossip = %gossip_addr, raft = %raft_addr, service = %service_addr, "member started");
+        let (grid_port, grid_listener) = (ports.grid_port, ports.grid_listener);
+        let (http_listener, http_addr) = ports.http.unzip();
 
         let housekeeping = started.housekeeping.take();
         let service = started.service.take();
@@ -404,7 +229,9 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         }
         Ok(cluster)
     }
+}
 
+impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
     pub(crate) fn from_inner(inner: Arc<Inner<M, S>>) -> Self {
         ClusterOf { inner }
     }
@@ -622,46 +449,6 @@ fn needed_for_quorum(
     }
     let others_live = status.voters.keys().filter(|v| **v != me && live.contains(v)).count();
     others_live < status.voters.len() / 2 + 1
-}
-
-/// Waits until housekeeping reports this member's short id (it follows the
-/// state machine's records: no polling here).
-async fn wait_for_short_id<S: ConsensusStore, M: Membership>(
-    store: &S,
-    membership: &M,
-    mut short_id: watch::Receiver<Option<ShortId>>,
-    waited: Duration,
-) -> Result<ShortId, ClusterError> {
-    let held = match tokio::time::timeout(waited, short_id.wait_for(Option::is_some)).await {
-        Ok(Ok(held)) => *held,
-        // Housekeeping ended (the member is stopping) or the time is up.
-        _ => None,
-    };
-    if let Some(id) = held {
-        return Ok(id);
-    }
-    let s = store.status();
-    let detail = match (s.leader, s.role()) {
-        // Gossip knows better why it heard no one (e.g. a wrong gossip key).
-        (None, _) => membership.join_problem().unwrap_or_else(|| {
-            "no leader known: are the seeds right, and is the cluster id the same?".to_owned()
-        }),
-        (Some(l), None) => format!("the leader {l} has not added this member to raft yet"),
-        (Some(l), Some(_)) => format!("the leader {l} has not allocated a short id yet"),
-    };
-    Err(ClusterError::StartTimeout { waited, detail })
-}
-
-/// An error binding `port` of `host` for `what`, naming both once.
-fn listen_error(host: IpAddr, port: u16, what: &str, e: &std::io::Error) -> cluster_core::Error {
-    cluster_core::Error::io(
-        format_args!("cannot listen on {} for the {what} port", SocketAddr::new(host, port)),
-        e,
-    )
-}
-
-async fn bind_tcp(host: IpAddr, port: u16, what: &'static str) -> Result<TcpListener, ClusterError> {
-    TcpListener::bind((host, port)).await.map_err(|e| start_err(what)(listen_error(host, port, what, &e)))
 }
 
 #[cfg(feature = "gossip-chitchat")]

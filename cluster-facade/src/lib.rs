@@ -48,9 +48,13 @@
 //!
 //! ## What a member does
 //!
-//! [`ClusterOf::start`] runs the choreography: identity (a member id created
-//! once and kept in the data directory), consensus, membership, the
-//! forwarding service; it returns once the member holds its short id.
+//! [`ClusterOf::start`] runs the choreography, one named step each (the
+//! `choreography` module): identity (a member id created once and kept in
+//! the data directory), the ports, consensus (opened through
+//! `cluster_core::ConsensusBackend` with the RPC layer's limits and TLS),
+//! raft found or formed, membership, the forwarding service with the
+//! member's admin surface (gossip's liveness, the keyring: the `admin`
+//! module), housekeeping; it returns once the member holds its short id.
 //! Whichever member leads keeps the cluster in order: new members join raft
 //! as nonvoters, are given a short id, and are promoted while there are
 //! fewer voters than [`ClusterConfig::num_voters`]; departed members are
@@ -86,6 +90,8 @@
 //! With both backend features, [`Cluster`] names the member type; without
 //! them, bring your own backends through [`ClusterOf`].
 
+mod admin;
+mod choreography;
 mod client_feed;
 mod client_view;
 mod cluster;
@@ -104,7 +110,6 @@ mod proof;
 #[cfg(feature = "consensus-openraft")]
 mod replicas;
 mod reset;
-mod served;
 
 pub use cluster::{Addresses, ClusterOf};
 pub use config::{

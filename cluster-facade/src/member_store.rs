@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta,
-    MemberId, Result, ShortId, Watch, WriteOutcome, WriteRequest,
+    ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta, MemberId, Result,
+    ShortId, Watch, WriteOutcome, WriteRequest,
 };
 use cluster_service::{RouterOptions, ServiceClient};
 use tokio::sync::watch;
@@ -224,10 +224,6 @@ impl<S: ConsensusStore> MemberStore<S> {
 }
 
 impl<S: ConsensusStore> ConsensusStore for MemberStore<S> {
-    async fn open(config: ConsensusConfig) -> Result<Self> {
-        Ok(MemberStore::new(S::open(config).await?))
-    }
-
     fn member_id(&self) -> MemberId {
         self.raft.member_id()
     }

@@ -178,8 +178,8 @@ pub use stats::{RpcStats, stats};
 pub use tls::{Role, Tls, TlsError, TlsFiles, peer_role};
 
 /// What a backend needs to run its servers and clients: the limits, the
-/// security and the network. The facade hands it down through core's configs inside a
-/// [`cluster_core::wire::Transport`].
+/// security and the network. The raft store takes it as its typed network
+/// settings (`cluster_core::ConsensusBackend::Network`) when it is opened.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// Every bound.
@@ -189,19 +189,4 @@ pub struct Settings {
     /// The network servers listen on and clients connect through: real
     /// TCP by default.
     pub network: Net,
-}
-
-impl Settings {
-    /// The settings carried by `transport`; the defaults when it carries none.
-    pub fn from_transport(transport: &cluster_core::wire::Transport) -> Result<Settings, RpcError> {
-        match transport.get::<Settings>() {
-            Ok(settings) => Ok(settings.cloned().unwrap_or_default()),
-            Err(e) => Err(RpcError::Config(e.to_string())),
-        }
-    }
-
-    /// These settings, to travel in core's configs.
-    pub fn into_transport(self) -> cluster_core::wire::Transport {
-        cluster_core::wire::Transport::new(self)
-    }
 }

@@ -15,8 +15,8 @@ use cluster_core::{
 use crate::protocol::{ForceLeft, Request, Response};
 
 /// Runs `request` against `store`, this member's own. An error is `Err`;
-/// a watch (a stream) and the keyring (the server's, not the store's) are
-/// refused: the server answers those itself.
+/// a watch (a stream), gossip's view and the keyring (the member's, not the
+/// store's) are refused: the server answers those itself.
 pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Result<Response> {
     match request {
         Request::Get { key } => store.get(&key).map(Response::Value),
@@ -34,15 +34,14 @@ pub async fn execute<S: ConsensusStore>(store: &S, request: Request) -> Result<R
         }
         Request::Export => export(store).await,
         Request::ForceLeave { member } => force_leave(store, member).await.map(Response::ForceLeft),
-        Request::Liveness => Ok(Response::Liveness(store.liveness())),
         Request::GetPrefixWithRevision { prefix } => store
             .get_prefix_with_revision(&prefix)
             .map(|(revision, entries)| Response::EntriesAt { revision, entries }),
         Request::Watch { .. } => {
             Err(Error::BadRequest("a watch is answered with a stream: ask for one".to_owned()))
         }
-        Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
-            "the gossip keyring is a member's own: ask that member's service port".to_owned(),
+        Request::Liveness | Request::KeyringList | Request::KeyringChange(_) => Err(Error::BadRequest(
+            "gossip's view and keyring are a member's own: ask that member's service port".to_owned(),
         )),
     }
 }

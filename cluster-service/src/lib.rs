@@ -8,6 +8,10 @@
 //!   [`ConsensusStore`](cluster_core::ConsensusStore): local reads, and writes
 //!   and consistent reads when the member leads (else it answers
 //!   [`Error::NotLeader`](cluster_core::Error::NotLeader) with the leader it knows).
+//!   Its admin requests (liveness, keyring) are answered by the member's
+//!   [`MemberAdmin`](cluster_core::MemberAdmin), export and force leave on
+//!   the store (module `admin`), and what it executes for a caller is timed
+//!   for a [`ServiceObserver`](cluster_core::ServiceObserver).
 //! - [`Router`] is the one leader-routed key-value store, with one options
 //!   struct ([`RouterOptions`]) and one retry loop, in two forms:
 //!   [`Proxy`] ([`Router::local`]), the store handle a member gives its
@@ -71,7 +75,6 @@
 //!         timing: RaftTiming::default(),
 //!         max_frame_len: DEFAULT_MAX_FRAME_LEN,
 //!         rpc_timeout: Duration::from_secs(1),
-//!         transport: Default::default(),
 //!         limits: Default::default(),
 //!     })
 //!     .await?,
@@ -99,6 +102,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod authz;
 mod dispatch;
 mod local;

@@ -10,11 +10,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_core::{ConsensusStore, Error, KeyringControl, Result};
+use cluster_core::{ConsensusStore, Error, MemberAdmin, Result, ServiceObserver};
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
 use tokio::net::{TcpListener, ToSocketAddrs};
 
-use crate::dispatch::execute;
 use crate::protocol::{Request, Response};
 
 /// How the server runs.
@@ -27,9 +26,12 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Plain TCP or mutual TLS (members and clients are both accepted).
     pub security: Security,
-    /// This member's gossip keyring, for `KeyringList` and `KeyringChange`;
-    /// `None` when gossip is not encrypted (they are refused, saying so).
-    pub keyring: Option<Arc<dyn KeyringControl>>,
+    /// This member's own answers, for `Liveness`, `KeyringList` and
+    /// `KeyringChange`; `None` for a bare store (they are refused, saying so).
+    pub admin: Option<Arc<dyn MemberAdmin>>,
+    /// Told of every write and linearizable read executed for a caller (the
+    /// member's operator metrics time them).
+    pub observer: Option<Arc<dyn ServiceObserver>>,
 }
 
 impl ServerConfig {
@@ -47,18 +49,8 @@ pub struct ServiceServer {
 
 struct ServiceHandler<S> {
     store: Arc<S>,
-    keyring: Option<Arc<dyn KeyringControl>>,
-}
-
-impl<S> ServiceHandler<S> {
-    fn keyring(&self) -> Result<&dyn KeyringControl> {
-        self.keyring.as_deref().ok_or_else(|| {
-            Error::BadRequest(
-                "this member's gossip is not encrypted: it has no keyring (start it with --gossip-key)"
-                    .to_owned(),
-            )
-        })
-    }
+    admin: Option<Arc<dyn MemberAdmin>>,
+    observer: Option<Arc<dyn ServiceObserver>>,
 }
 
 impl<S: ConsensusStore> Handler for ServiceHandler<S> {
@@ -71,22 +63,18 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
             tracing::debug!(peer = %caller.addr, kind = request.kind(), %refused, "request refused");
             return Box::pin(std::future::ready(Reply::One(Response::Err(refused))));
         }
-        match request {
-            Request::KeyringList => {
-                let answer = self.keyring().map(|k| Response::Keyring(k.list()));
-                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
-            }
-            Request::KeyringChange(change) => {
-                let answer = self.keyring().and_then(|k| k.apply(change)).map(Response::Keyring);
-                return Box::pin(std::future::ready(Reply::One(answer.unwrap_or_else(Response::Err))));
-            }
-            _ => {}
-        }
+        let request = match crate::admin::answer(self.admin.as_deref(), request) {
+            Ok(answer) => return Box::pin(std::future::ready(Reply::One(answer))),
+            Err(request) => request,
+        };
         let store = self.store.clone();
         if let Request::Watch { prefix, from_revision } = request {
             return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));
         }
-        Box::pin(async move { Reply::One(execute(&*store, request).await.unwrap_or_else(Response::Err)) })
+        let observer = self.observer.clone();
+        Box::pin(
+            async move { Reply::One(crate::admin::observed(observer.as_deref(), &*store, request).await) },
+        )
     }
 }
 
@@ -119,7 +107,13 @@ impl ServiceServer {
         };
         // The server's tasks run in the member's span.
         let server = span
-            .in_scope(|| cluster_rpc::serve(listener, ServiceHandler { store, keyring: config.keyring }, rpc))
+            .in_scope(|| {
+                cluster_rpc::serve(
+                    listener,
+                    ServiceHandler { store, admin: config.admin, observer: config.observer },
+                    rpc,
+                )
+            })
             .map_err(|e| Error::BadRequest(cluster_rpc::chain(&e)))?;
         tracing::info!(%local_addr, "service listening");
         Ok(ServiceServer { server })

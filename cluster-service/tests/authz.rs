@@ -130,11 +130,25 @@ impl cluster_core::KeyringControl for FakeRing {
     }
 }
 
+/// A member's admin surface with only a keyring.
+#[derive(Debug)]
+struct RingAdmin(Arc<FakeRing>);
+
+impl cluster_core::MemberAdmin for RingAdmin {
+    fn liveness(&self) -> std::collections::BTreeMap<cluster_core::MemberId, cluster_core::Liveness> {
+        Default::default()
+    }
+
+    fn keyring(&self) -> Option<&dyn cluster_core::KeyringControl> {
+        Some(&*self.0)
+    }
+}
+
 async fn keyed_server(security: Security, ring: Option<Arc<FakeRing>>) -> ServiceServer {
     let cluster = FakeCluster::new(1);
     cluster.set_leader(Some(0));
-    let keyring = ring.map(|r| r as Arc<dyn cluster_core::KeyringControl>);
-    let config = ServerConfig { security, keyring, ..ServerConfig::new(CLUSTER) };
+    let admin = ring.map(|r| Arc::new(RingAdmin(r)) as Arc<dyn cluster_core::MemberAdmin>);
+    let config = ServerConfig { security, admin, ..ServerConfig::new(CLUSTER) };
     ServiceServer::bind("127.0.0.1:0", cluster.member(0), config).await.unwrap()
 }
 

@@ -116,10 +116,6 @@ pub struct ConsensusConfig {
     pub max_frame_len: usize,
     /// How long an RPC may take before the peer counts as unreachable.
     pub rpc_timeout: Duration,
-    /// Limits and TLS of the raft port and of raft's client, as the RPC layer
-    /// defines them (the frame limit stays `max_frame_len`);
-    /// [`Transport::default`](crate::wire::Transport) for plain TCP with default limits.
-    pub transport: crate::wire::Transport,
     /// Quotas and input bounds.
     pub limits: ConsensusLimits,
 }

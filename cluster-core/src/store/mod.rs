@@ -4,7 +4,9 @@
 //!
 //! By concern: the operations and their answers (`op`), the status types
 //! (`status`), the configuration a backend opens with (`config`), and the
-//! contract itself here.
+//! contract itself here: [`ConsensusStore`] is what an open store does,
+//! [`ConsensusBackend`] how one is opened, with the settings of its network
+//! as a type of its own (core knows no network, so it never carries them).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -45,10 +47,6 @@ pub use status::{ConsensusProgress, ConsensusStatus, Endpoints, Liveness, Member
 ///   members never hold the same id, and a member that holds one gets it back;
 /// - with a data directory, nothing acknowledged is lost across a crash.
 pub trait ConsensusStore: Send + Sync + Sized + 'static {
-    /// Opens (or reopens from its data directory) this member's store and
-    /// starts raft RPC. It does not join or form a cluster by itself.
-    fn open(config: ConsensusConfig) -> impl Future<Output = Result<Self>> + Send;
-
     /// This member's id.
     fn member_id(&self) -> MemberId;
 
@@ -95,13 +93,6 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
     /// contact); a backend that does not know answers the default.
     fn progress(&self) -> impl Future<Output = ConsensusProgress> + Send {
         std::future::ready(ConsensusProgress::default())
-    }
-
-    /// Gossip's view of the members, when a running member serves this
-    /// store (the facade supplies it to its forwarding service); a bare
-    /// backend knows no gossip and answers an empty map.
-    fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
-        BTreeMap::new()
     }
 
     /// The short ids held now, by this member's applied state.
@@ -157,6 +148,28 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 
     /// Stops raft and closes storage.
     fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// How a consensus backend is opened: the typed factory of its store.
+///
+/// What the store needs beyond [`ConsensusConfig`] to reach the other
+/// members is the backend's own type, [`Network`](ConsensusBackend::Network):
+/// the raft store takes the RPC layer's limits and TLS (`cluster_rpc::Settings`),
+/// an in-memory fake takes nothing. Whoever opens a store names that type, so
+/// the settings arrive as they were built: core carries no untyped value, and
+/// a backend cannot be handed settings it does not understand.
+pub trait ConsensusBackend: ConsensusStore {
+    /// What the backend's network needs (limits, security); its `Default`
+    /// is the backend's defaults (plain TCP, default limits).
+    type Network: Clone + Default + Send + Sync + 'static;
+
+    /// Opens (or reopens from its data directory) this member's store and
+    /// starts its network (raft RPC). It does not join or form a cluster by
+    /// itself.
+    fn open_with(
+        config: ConsensusConfig,
+        network: Self::Network,
+    ) -> impl Future<Output = Result<Self>> + Send;
 }
 
 /// Typed shortcuts over [`ConsensusStore::write`], for every store.

@@ -32,7 +32,6 @@ pub fn consensus_config(cluster_id: &str, service_addr: &str, data_dir: Option<P
         timing: raft_timing(),
         max_frame_len: DEFAULT_MAX_FRAME_LEN,
         rpc_timeout: Duration::from_secs(1),
-        transport: Default::default(),
         limits: Default::default(),
     }
 }

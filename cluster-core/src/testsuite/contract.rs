@@ -465,7 +465,6 @@ mod tests {
             timing: Default::default(),
             max_frame_len: crate::wire::DEFAULT_MAX_FRAME_LEN,
             rpc_timeout: Duration::from_secs(1),
-            transport: Default::default(),
             limits: Default::default(),
         }
     }

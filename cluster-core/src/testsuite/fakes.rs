@@ -30,8 +30,8 @@ use crate::membership::{
 };
 use crate::plan::lowest_free_short_id;
 use crate::store::{
-    CasOutcome, ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Entries, KeyMeta, Watch,
-    WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
+    CasOutcome, ConsensusBackend, ConsensusConfig, ConsensusStatus, ConsensusStore, Endpoints, Entries,
+    KeyMeta, Watch, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest,
 };
 
 /// The cluster id fakes use unless told otherwise.
@@ -381,13 +381,24 @@ impl FakeStore {
     }
 }
 
-impl ConsensusStore for FakeStore {
+impl FakeStore {
     /// A lone member that forms its cluster on [`bootstrap`](ConsensusStore::bootstrap).
-    async fn open(config: ConsensusConfig) -> Result<Self> {
+    pub async fn open(config: ConsensusConfig) -> Result<Self> {
         // Not initialized, no voters, no leader until bootstrap.
         Ok(FakeStore::new(config.member_id, Core::new(&[config.member_id])))
     }
+}
 
+impl ConsensusBackend for FakeStore {
+    /// An in-memory store has no network to set up.
+    type Network = ();
+
+    async fn open_with(config: ConsensusConfig, _network: ()) -> Result<Self> {
+        FakeStore::open(config).await
+    }
+}
+
+impl ConsensusStore for FakeStore {
     fn member_id(&self) -> MemberId {
         self.id
     }

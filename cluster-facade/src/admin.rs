@@ -1,16 +1,15 @@
-//! What a member's forwarding service serves: its consensus store, timed for
-//! [`Metrics`], with gossip's view of the members ([`LivenessTable`]) that a
-//! bare store does not have.
+//! A member's admin surface: what its forwarding service answers beyond the
+//! consensus store ([`MemberAdmin`]: gossip's view of the members, kept in a
+//! [`LivenessTable`], and the gossip keyring), and the timing of what the
+//! service executes for [`Metrics`] ([`ServiceObserver`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use cluster_core::{
-    ConsensusConfig, ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta,
-    Liveness, MemberId, MemberState, MembershipEvent, MembershipEvents, Result, ShortId, Watch, WriteOutcome,
-    WriteRequest,
+    ConsensusStatus, ConsensusStore, KeyringControl, Liveness, MemberAdmin, MemberId, MemberState,
+    MembershipEvent, MembershipEvents, ServiceObserver, ShortId,
 };
 use tokio::sync::watch;
 
@@ -103,136 +102,46 @@ impl LivenessTable {
     }
 }
 
-/// The store a member's service serves: its own, timed, with gossip's view.
-pub(crate) struct ServedStore<S> {
+/// A member's admin surface, as its service answers it: gossip's view of the
+/// members over its store's state, and its gossip keyring.
+pub(crate) struct Admin<S> {
     pub(crate) store: Arc<S>,
     pub(crate) liveness: LivenessTable,
-    pub(crate) metrics: Metrics,
+    pub(crate) keyring: Option<Arc<dyn KeyringControl>>,
 }
 
-impl<S: ConsensusStore> ConsensusStore for ServedStore<S> {
-    async fn open(_config: ConsensusConfig) -> Result<Self> {
-        Err(Error::Internal("a served store wraps an open store; it is never opened itself".into()))
+impl<S> std::fmt::Debug for Admin<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("keyring", &self.keyring.is_some()).finish_non_exhaustive()
     }
+}
 
-    fn member_id(&self) -> MemberId {
-        self.store.member_id()
-    }
-
-    fn raft_addr(&self) -> SocketAddr {
-        self.store.raft_addr()
-    }
-
-    fn status(&self) -> ConsensusStatus {
-        self.store.status()
-    }
-
-    fn status_changes(&self) -> watch::Receiver<ConsensusStatus> {
-        self.store.status_changes()
-    }
-
-    async fn is_initialized(&self) -> Result<bool> {
-        self.store.is_initialized().await
-    }
-
-    async fn bootstrap(&self) -> Result<()> {
-        self.store.bootstrap().await
-    }
-
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.store.get(key)
-    }
-
-    fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        self.store.get_prefix(prefix)
-    }
-
-    fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
-        self.store.get_prefix_with_revision(prefix)
-    }
-
-    async fn progress(&self) -> ConsensusProgress {
-        self.store.progress().await
-    }
-
+impl<S: ConsensusStore> MemberAdmin for Admin<S> {
     fn liveness(&self) -> BTreeMap<MemberId, Liveness> {
         self.liveness.liveness(&self.store.status(), &self.store.short_ids().unwrap_or_default())
     }
 
-    fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {
-        self.store.short_ids()
+    fn keyring(&self) -> Option<&dyn KeyringControl> {
+        self.keyring.as_deref()
+    }
+}
+
+/// The service times the writes and linearizable reads it executes for its
+/// callers into the operator metrics (the HTTP API times its own).
+impl ServiceObserver for Metrics {
+    fn write(&self, took: Duration, ok: bool) {
+        self.observe_write(took, ok);
     }
 
-    fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
-        self.store.get_with_meta(key)
-    }
-
-    async fn consistent_get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
-        let start = Instant::now();
-        let r = self.store.consistent_get_with_meta(key).await;
-        if r.is_ok() {
-            self.metrics.observe_read(start.elapsed());
-        }
-        r
-    }
-
-    async fn consistent_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let start = Instant::now();
-        let r = self.store.consistent_get(key).await;
-        if r.is_ok() {
-            self.metrics.observe_read(start.elapsed());
-        }
-        r
-    }
-
-    async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {
-        let start = Instant::now();
-        let r = self.store.write(request).await;
-        // A follower's quick "not the leader" is no write: do not time it.
-        if !matches!(r, Err(Error::NotLeader(_))) {
-            self.metrics.observe_write(start.elapsed(), r.is_ok());
-        }
-        r
-    }
-
-    fn watch(&self, prefix: &str) -> Watch {
-        self.store.watch(prefix)
-    }
-
-    fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
-        self.store.watch_from(prefix, from_revision)
-    }
-
-    async fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
-        self.store.add_nonvoter(member, endpoints).await
-    }
-
-    async fn promote(&self, member: MemberId) -> Result<()> {
-        self.store.promote(member).await
-    }
-
-    async fn demote(&self, member: MemberId) -> Result<()> {
-        self.store.demote(member).await
-    }
-
-    async fn remove(&self, member: MemberId) -> Result<()> {
-        self.store.remove(member).await
-    }
-
-    async fn set_endpoints(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {
-        self.store.set_endpoints(member, endpoints).await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        // The member shuts its store down itself, after the service.
-        Ok(())
+    fn read(&self, took: Duration) {
+        self.observe_read(took);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cluster_core::Member;
+    use cluster_core::{Endpoints, Member};
 
     fn member(id: MemberId) -> Member {
         Member {
@@ -266,5 +175,18 @@ mod tests {
         let unseen = MemberId::generate();
         let short_ids = BTreeMap::from([(unseen, ShortId::new(7).expect("a short id"))]);
         assert_eq!(t.liveness(&status, &short_ids)[&unseen], Liveness::Failed);
+    }
+
+    #[test]
+    fn the_admin_surface_reads_gossip_over_the_store() {
+        let cluster = cluster_core::testsuite::fakes::FakeCluster::new(2);
+        cluster.set_leader(Some(0));
+        let store = cluster.member(0);
+        let other = cluster.member(1).member_id();
+        let admin = Admin { store: store.clone(), liveness: LivenessTable::default(), keyring: None };
+        admin.liveness.apply(&MembershipEvent::Left(member(other)));
+        let l = MemberAdmin::liveness(&admin);
+        assert_eq!((l[&store.member_id()], l[&other]), (Liveness::Alive, Liveness::Left));
+        assert!(admin.keyring().is_none());
     }
 }
