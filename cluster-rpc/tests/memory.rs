@@ -4,15 +4,16 @@
 //! bound the defaults of `Limits` promise). One test at a time (they measure
 //! the process).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_rpc::{Limits, Security};
-use common::*;
+use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
+use cluster_testkit::rpc::*;
+use cluster_testkit::testsuite::net::{closed_within, connect_from, resident_memory};
+use cluster_testkit::wait_until;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 
