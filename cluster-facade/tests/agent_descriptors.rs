@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 
 use agent::Agent;
-use common::http::{closed_by_peer, request};
+use cluster_testkit::http::{closed_by_peer, request};
 use tokio::net::TcpStream;
 
 /// "Max open files" of process `pid`: (soft, hard).

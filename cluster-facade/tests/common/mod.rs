@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use cluster_facade::{Cluster, ClusterConfig, RaftRole};
 
-pub mod http;
-
 pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
 
 /// A configuration with quick failure handling, ports from the OS, in memory.
