@@ -13,7 +13,7 @@ use cluster_consensus::{LogId, TypeConfig, Vote};
 use cluster_core::testsuite::net::resident_memory;
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota};
-use cluster_testkit::{DEADLINE, LocalCluster};
+use cluster_testkit::{DEADLINE, LocalCluster, wait_until};
 use futures::{SinkExt, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, SnapshotMeta};
@@ -303,11 +303,7 @@ async fn a_certified_caller_cannot_speak_for_another_member() {
         Settings { security: Security::Tls(tls(config.member_id)), ..Default::default() }.into_transport();
     let store = RaftStore::open(config).await.expect("open");
     store.bootstrap().await.expect("bootstrap");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !store.status().is_leader() {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "the lone member to lead", || std::future::ready(store.status().is_leader())).await;
 
     // The caller holds a member certificate of the cluster's CA naming `holder`.
     let (holder, victim) = (MemberId::generate(), MemberId::generate());
