@@ -30,7 +30,8 @@ use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -155,7 +156,9 @@ pub struct Agent {
     start_line: Option<StartLine>,
     stdout: Option<mpsc::Receiver<String>>,
     log: Option<mpsc::Receiver<String>>,
-    ready: bool,
+    /// Stdout lines [`Agent::wait_ready`] read past, for [`Agent::start_line`].
+    skipped: Mutex<Vec<String>>,
+    ready: AtomicBool,
     paused: bool,
 }
 
@@ -168,7 +171,8 @@ impl Agent {
             start_line: None,
             stdout: None,
             log: None,
-            ready: false,
+            skipped: Mutex::new(Vec::new()),
+            ready: AtomicBool::new(false),
             paused: false,
         };
         agent.spawn_process(&[])?;
@@ -261,7 +265,8 @@ impl Agent {
         self.log = child.stderr.take().map(forward_lines);
         self.child = Some(child);
         self.start_line = None;
-        self.ready = false;
+        self.skipped.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self.ready = AtomicBool::new(false);
         self.paused = false;
         Ok(())
     }
@@ -272,13 +277,14 @@ impl Agent {
         if line.starts_with("member ") {
             self.start_line = Some(StartLine::parse(line)?);
         } else if line.starts_with("ready ") {
-            self.ready = true;
+            self.ready.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
 
     /// Waits up to `timeout` for the start line (at once if already read).
     pub fn wait_started(&mut self, timeout: Duration) -> Result<&StartLine> {
+        self.read_skipped();
         let deadline = Instant::now() + timeout;
         while self.start_line.is_none() {
             let Some(rx) = self.stdout.as_ref() else { break };
@@ -305,14 +311,24 @@ impl Agent {
 
     /// Waits for the line that says the member can serve a write; panics
     /// after the kit's deadline.
-    pub fn wait_ready(&mut self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + DEADLINE;
-        while !self.ready {
-            let rx = self.stdout.as_ref().expect("the agent runs");
+        let rx = self.stdout.as_ref().expect("the agent runs");
+        while !self.ready.load(Ordering::SeqCst) {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.read_line(&line).expect("a well-formed line"),
+                Ok(line) if line.starts_with("ready ") => self.ready.store(true, Ordering::SeqCst),
+                Ok(line) => self.skipped.lock().unwrap_or_else(|p| p.into_inner()).push(line),
                 Err(e) => panic!("{}: no ready line: {e}", self.spec.name),
             }
+        }
+    }
+
+    /// Reads the lines [`Agent::wait_ready`] read past.
+    fn read_skipped(&mut self) {
+        let skipped = std::mem::take(self.skipped.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for line in skipped {
+            // A line that does not parse leaves the last good one.
+            let _ = self.read_line(&line);
         }
     }
 
@@ -333,6 +349,7 @@ impl Agent {
     /// The last start line read, if any: the agent prints a new one when its
     /// short id changes.
     pub fn start_line(&mut self) -> Option<&StartLine> {
+        self.read_skipped();
         let pending: Vec<String> = self.stdout.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
         for line in pending {
             // A line that does not parse leaves the last good one.
