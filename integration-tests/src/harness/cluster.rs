@@ -15,7 +15,7 @@ use cluster_core::{ConsensusStatus, MemberInfo};
 use cluster_service::{ClientOptions, ServiceClient};
 
 use super::netns::NetLab;
-use super::process::{Agent, AgentConfig, AgentSpec, Ports};
+use super::process::{Agent, AgentConfig, AgentSpec, Log, Ports};
 
 /// Ports every member uses inside its own namespace (no other member binds there).
 const NETNS_PORTS: Ports = Ports { gossip: 7100, raft: 7101, service: 7102, grid: 7103 };
@@ -97,13 +97,13 @@ impl ProcessCluster {
         let spec = AgentSpec {
             name: format!("m{i}"),
             binary: None,
-            host,
-            ports,
+            host: Some(host),
+            ports: Some(ports),
             seeds,
             data_dir: Some(self.dir.path().join(format!("m{i}"))),
             config_file: Some(self.dir.path().join("agent.toml")),
             args: super::security::member_flags(Some(&self.dir.path().join(format!("m{i}")))),
-            log_file: self.dir.path().join(format!("m{i}.log")),
+            log: Log::File(self.dir.path().join(format!("m{i}.log"))),
             wrapper,
         };
         let mut agent = Agent::spawn(spec)?;
