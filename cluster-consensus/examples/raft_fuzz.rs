@@ -9,23 +9,25 @@
 //! Defaults: seed 1, 100,000 random and 100,000 mutated frames, half sent to
 //! a follower, half to the leader. `tests/raft_fuzz.rs` runs a short version.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/fuzz/mod.rs"]
-mod fuzz;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster_core::ConsensusStore;
 use cluster_core::testsuite::fuzz::long_run;
+use cluster_testkit::LocalCluster;
+use cluster_testkit::fuzz::raft as fuzz;
 
 fn main() -> ExitCode {
     long_run(100_000, |seed, per_kind| async move {
-        let cluster = common::Cluster::start(3, false, common::timing()).await;
+        let cluster = LocalCluster::builder(3).start().await;
         let leader = cluster.leader().await;
-        let follower =
-            cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("3 members").clone();
+        let follower = cluster
+            .members
+            .iter()
+            .find(|m| m.member_id() != leader.member_id())
+            .expect("3 members")
+            .store
+            .clone();
         let mut total = fuzz::Report::default();
         for (i, target) in [follower, leader].iter().enumerate() {
             let templates = fuzz::templates(target, "test-cluster");
@@ -45,8 +47,8 @@ fn main() -> ExitCode {
             total.answered += r.answered;
         }
         let serves =
-            fuzz::cluster_still_serves(&cluster.members, "after-fuzz", Duration::from_secs(60)).await;
-        let stopped = fuzz::stopped(&cluster.members);
+            fuzz::cluster_still_serves(&cluster.stores(), "after-fuzz", Duration::from_secs(60)).await;
+        let stopped = fuzz::stopped(&cluster.stores());
         println!(
             "{} random + {} mutated frames, {} answered; raft stopped on: {stopped:?}; cluster serves: {serves:?}",
             total.random, total.mutated, total.answered,

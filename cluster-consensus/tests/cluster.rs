@@ -1,10 +1,8 @@
 //! Three members in one process on loopback TCP.
 
-mod common;
-
 use cluster_consensus::RaftStore;
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, RaftRole, RaftTiming, WriteOp, WriteRequest};
-use common::{Cluster, DEADLINE, timing, wait_until};
+use cluster_testkit::{DEADLINE, LocalCluster, raft_timing, wait_until};
 use std::future::ready;
 
 fn applied(store: &RaftStore) -> u64 {
@@ -13,8 +11,8 @@ fn applied(store: &RaftStore) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_followers_point_at_the_leader() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     assert_eq!(leader.status().voters.len(), 3);
     for i in 0..20 {
@@ -34,7 +32,8 @@ async fn writes_replicate_and_followers_point_at_the_leader() {
     match follower.set("x", vec![1]).await {
         Err(Error::NotLeader(Some(hint))) => {
             assert_eq!(hint.member_id, leader.member_id());
-            assert_eq!(hint.service_addr.as_deref(), Some("127.0.0.1:1"));
+            let service = &cluster.members[cluster.leader_index().await].service_addr;
+            assert_eq!(hint.service_addr.as_ref(), Some(service));
         }
         other => panic!("expected NotLeader with a hint, got {other:?}"),
     }
@@ -45,8 +44,8 @@ async fn writes_replicate_and_followers_point_at_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_keeps_every_acknowledged_write() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let old = cluster.leader().await;
     for i in 0..50u8 {
         old.set(&format!("k{i}"), vec![i]).await.unwrap();
@@ -64,11 +63,11 @@ async fn a_new_leader_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonvoter_receives_the_data_but_does_not_vote() {
-    common::init_tracing();
-    let mut cluster = Cluster::start(2, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let mut cluster = LocalCluster::builder(2).start().await;
     let leader = cluster.leader().await;
     leader.set("before", vec![1]).await.unwrap();
-    let nonvoter = cluster.open_new(false, timing()).await;
+    let nonvoter = cluster.open_new().await;
     leader.add_nonvoter(nonvoter.member_id(), nonvoter.endpoints().clone()).await.unwrap();
     // add_nonvoter returns once it applied what the leader had.
     assert_eq!(nonvoter.get("before").unwrap(), Some(vec![1]));
@@ -97,6 +96,7 @@ async fn a_nonvoter_receives_the_data_but_does_not_vote() {
         .iter()
         .find(|m| m.member_id() != leader.member_id() && m.member_id() != nonvoter.member_id())
         .unwrap()
+        .store
         .clone();
     leader.remove(follower.member_id()).await.unwrap();
     wait_until(DEADLINE, "one voter left", || ready(leader.status().voters.len() == 1)).await;
@@ -104,13 +104,13 @@ async fn a_nonvoter_receives_the_data_but_does_not_vote() {
 }
 
 fn snapshot_timing() -> RaftTiming {
-    RaftTiming { snapshot_after_entries: 20, keep_entries_after_snapshot: 0, ..timing() }
+    RaftTiming { snapshot_after_entries: 20, keep_entries_after_snapshot: 0, ..raft_timing() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_after_purge_catches_up_by_snapshot() {
-    common::init_tracing();
-    let mut cluster = Cluster::start(1, false, snapshot_timing()).await;
+    cluster_testkit::init_tracing();
+    let mut cluster = LocalCluster::builder(1).timing(snapshot_timing()).start().await;
     let leader = cluster.leader().await;
     for i in 0..100u32 {
         leader.set(&format!("k{i:03}"), i.to_be_bytes().to_vec()).await.unwrap();
@@ -121,7 +121,7 @@ async fn a_member_added_after_purge_catches_up_by_snapshot() {
         .await
         .expect("log purged in time")
         .unwrap();
-    let late = cluster.open_new(false, snapshot_timing()).await;
+    let late = cluster.open_new().await;
     leader.add_nonvoter(late.member_id(), late.endpoints().clone()).await.unwrap();
     assert!(late.raft().metrics().borrow().snapshot.is_some(), "caught up by snapshot");
     assert_eq!(late.get_prefix("k").unwrap(), leader.get_prefix("k").unwrap());
@@ -132,9 +132,9 @@ async fn a_member_added_after_purge_catches_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_over_10_mb_installs_on_a_new_member() {
-    common::init_tracing();
-    let timing = RaftTiming { snapshot_after_entries: 12, keep_entries_after_snapshot: 0, ..timing() };
-    let mut cluster = Cluster::start(1, false, timing.clone()).await;
+    cluster_testkit::init_tracing();
+    let timing = RaftTiming { snapshot_after_entries: 12, keep_entries_after_snapshot: 0, ..raft_timing() };
+    let mut cluster = LocalCluster::builder(1).timing(timing.clone()).start().await;
     let leader = cluster.leader().await;
     let value: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     for i in 0..12 {
@@ -157,7 +157,7 @@ async fn a_snapshot_over_10_mb_installs_on_a_new_member() {
             .await
             .is_ok();
     assert!(purged, "log not purged: {:?}", leader.raft().metrics().borrow().clone());
-    let late = cluster.open_new(false, timing).await;
+    let late = cluster.open_new().await;
     leader.add_nonvoter(late.member_id(), late.endpoints().clone()).await.unwrap();
     assert!(
         late.raft().metrics().borrow().snapshot.is_some_and(|s| s.index >= big_until),
@@ -172,9 +172,9 @@ async fn a_snapshot_over_10_mb_installs_on_a_new_member() {
 #[cfg(feature = "durable")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_members_reopened_from_their_directories_keep_their_state() {
-    common::init_tracing();
-    let timing = RaftTiming { snapshot_after_entries: 30, ..timing() };
-    let mut cluster = Cluster::start(3, true, timing).await;
+    cluster_testkit::init_tracing();
+    let timing = RaftTiming { snapshot_after_entries: 30, ..raft_timing() };
+    let mut cluster = LocalCluster::builder(3).durable(true).timing(timing).start().await;
     let leader = cluster.leader().await;
     for i in 0..80u8 {
         leader.set(&format!("k{i:02}"), vec![i]).await.unwrap();
@@ -186,11 +186,7 @@ async fn all_members_reopened_from_their_directories_keep_their_state() {
     cluster.wait_applied(index).await;
     cluster.shutdown().await;
 
-    let mut reopened = Vec::new();
-    for cfg in &cluster.configs {
-        reopened.push(RaftStore::open(cfg.clone()).await.expect("reopen"));
-    }
-    cluster.members = reopened;
+    cluster.restart_all().await;
     for m in &cluster.members {
         assert!(m.is_initialized().await.unwrap());
         m.bootstrap().await.unwrap(); // harmless when initialized
@@ -217,8 +213,8 @@ async fn all_members_reopened_from_their_directories_keep_their_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_is_applied_once() {
-    common::init_tracing();
-    let cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let leader = cluster.leader().await;
     let req = WriteRequest::new(WriteOp::Set { key: "k".into(), value: vec![1] });
     let first = leader.write(req.clone()).await.unwrap();
@@ -233,8 +229,8 @@ async fn a_retried_request_is_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_set_semantics() {
-    common::init_tracing();
-    let cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let s = cluster.leader().await;
     let o = s.compare_and_set("k", None, Some(vec![1])).await.unwrap();
     assert!(o.succeeded && o.current == Some(vec![1]));
@@ -254,8 +250,8 @@ async fn compare_and_set_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_ids_are_lowest_free_idempotent_and_released() {
-    common::init_tracing();
-    let cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let s = cluster.leader().await;
     let members: Vec<_> = (1..=4u64).map(cluster_core::MemberId::from).collect();
     for (i, m) in members.iter().enumerate() {
@@ -272,8 +268,8 @@ async fn short_ids_are_lowest_free_idempotent_and_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_see_changes_in_revision_order_on_every_member() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     let follower = cluster.members.iter().find(|m| !m.status().is_leader()).unwrap();
     let mut on_follower = follower.watch("w/");
@@ -301,8 +297,8 @@ async fn watchers_see_changes_in_revision_order_on_every_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_every_task_and_releases_the_port() {
-    common::init_tracing();
-    let cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let s = cluster.leader().await;
     let addr = s.raft_addr();
     let mut status = s.status_changes();

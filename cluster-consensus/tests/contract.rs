@@ -1,11 +1,9 @@
 //! The raft-backed store keeps the `ConsensusStore` contract (the kit's
 //! suite, the one the fake store passes too), in memory and on disk.
 
-mod common;
-
 use cluster_consensus::RaftStore;
 use cluster_core::testsuite::contract::consensus_store_suite;
-use common::config;
+use cluster_testkit::member_config as config;
 
 #[tokio::test]
 async fn the_in_memory_raft_store_keeps_the_contract() {

@@ -6,8 +6,6 @@
 
 #![cfg(feature = "durable")]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::future::ready;
 use std::io::Write;
@@ -24,7 +22,7 @@ fn child(dir: &str) -> ! {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut cfg = common::config(Some(dir.into()));
+        let mut cfg = cluster_testkit::member_config(Some(dir.into()));
         cfg.member_id = MemberId::generate();
         let store = RaftStore::open(cfg.clone()).await.expect("open");
         store.bootstrap().await.expect("bootstrap");
@@ -83,13 +81,15 @@ fn acknowledged_writes_survive_an_abort() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut cfg = common::config(Some(dir.path().to_path_buf()));
+        let mut cfg = cluster_testkit::member_config(Some(dir.path().to_path_buf()));
         cfg.member_id = member;
         let store = RaftStore::open(cfg).await.expect("reopen");
         assert!(store.is_initialized().await.unwrap());
         store.bootstrap().await.unwrap();
-        common::wait_until(common::DEADLINE, "leader after restart", || ready(store.status().is_leader()))
-            .await;
+        cluster_testkit::wait_until(cluster_testkit::DEADLINE, "leader after restart", || {
+            ready(store.status().is_leader())
+        })
+        .await;
         // A read-index read: everything committed before the crash is applied.
         let _ = store.consistent_get("k").await.unwrap();
         let present: BTreeSet<String> = store.get_prefix("k/").unwrap().into_iter().map(|(k, _)| k).collect();
@@ -124,7 +124,7 @@ fn flipped_bytes_mid_log_after_an_abort_lose_nothing_silently() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut cfg = common::config(Some(dir.path().to_path_buf()));
+        let mut cfg = cluster_testkit::member_config(Some(dir.path().to_path_buf()));
         cfg.member_id = member;
         match RaftStore::open(cfg).await {
             Err(cluster_core::Error::CorruptState { path, offset, detail }) => {
@@ -138,7 +138,7 @@ fn flipped_bytes_mid_log_after_an_abort_lose_nothing_silently() {
             Ok(store) => {
                 // Opened: then nothing acknowledged may be missing.
                 store.bootstrap().await.unwrap();
-                common::wait_until(common::DEADLINE, "leader after restart", || {
+                cluster_testkit::wait_until(cluster_testkit::DEADLINE, "leader after restart", || {
                     ready(store.status().is_leader())
                 })
                 .await;

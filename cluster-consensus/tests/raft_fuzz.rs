@@ -4,20 +4,19 @@
 //! (A frame forged with the leader's identity can make a follower's log
 //! diverge; without authentication raft cannot tell, so one member may lag.)
 
-mod common;
-mod fuzz;
-
 use cluster_core::ConsensusStore;
 use cluster_core::testsuite::fuzz::{count_panics, panics};
-use common::{Cluster, DEADLINE, timing};
+use cluster_testkit::fuzz::raft as fuzz;
+use cluster_testkit::{DEADLINE, LocalCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_mutated_frames_cause_no_panic() {
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     count_panics();
-    let cluster = Cluster::start(3, false, timing()).await;
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
-    let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().clone();
+    let follower =
+        cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().store.clone();
     for (seed, target) in [(7, follower), (8, leader)] {
         let templates = fuzz::templates(&target, "test-cluster");
         let report = fuzz::feed(target.raft_addr(), "test-cluster", &templates, seed, 500, 500).await;
@@ -29,8 +28,8 @@ async fn random_and_mutated_frames_cause_no_panic() {
         assert!(report.refused > 0 && !report.guarded.is_empty() && report.by_raft > 0, "{report:?}");
     }
     assert_eq!(panics(), 0, "panics while fuzzing");
-    assert_eq!(fuzz::stopped(&cluster.members), vec![]);
-    let lagging = fuzz::cluster_still_serves(&cluster.members, "after-fuzz", DEADLINE).await.unwrap();
+    assert_eq!(fuzz::stopped(&cluster.stores()), vec![]);
+    let lagging = fuzz::cluster_still_serves(&cluster.stores(), "after-fuzz", DEADLINE).await.unwrap();
     assert!(lagging.len() <= 1, "a write commits, so a majority applies it: {lagging:?}");
     cluster.shutdown().await;
 }

@@ -4,8 +4,6 @@
 //! refused with a typed answer, and every member keeps serving (also after a
 //! restart, for the durable cluster).
 
-mod common;
-
 use std::net::SocketAddr;
 
 use cluster_consensus::RaftStore;
@@ -17,7 +15,7 @@ use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{
     ConsensusBackend, ConsensusLimits, ConsensusStore, ConsensusStoreExt, Error, MemberId, Quota,
 };
-use common::{Cluster, DEADLINE, timing};
+use cluster_testkit::{DEADLINE, LocalCluster, wait_until};
 use futures::{SinkExt, StreamExt};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, SnapshotMeta};
@@ -65,7 +63,7 @@ fn raft_alive(m: &RaftStore) -> bool {
 }
 
 /// Every member is alive, with a sane term, and applies a new write.
-async fn every_member_serves(cluster: &Cluster, key: &str) {
+async fn every_member_serves(cluster: &LocalCluster, key: &str) {
     let leader = cluster.leader().await;
     assert!(leader.set(key, vec![1]).await.expect("a write after the attack"));
     let index = leader.applied_index().unwrap();
@@ -80,8 +78,8 @@ async fn every_member_serves(cluster: &Cluster, key: &str) {
 #[cfg(feature = "durable")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terms_of_u64_max_are_refused_by_every_member_and_survive_a_restart() {
-    common::init_tracing();
-    let mut cluster = Cluster::start(3, true, timing()).await;
+    cluster_testkit::init_tracing();
+    let mut cluster = LocalCluster::builder(3).durable(true).start().await;
     let ids: Vec<MemberId> = cluster.members.iter().map(|m| m.member_id()).collect();
     for (i, m) in cluster.members.iter().enumerate() {
         let other = ids[(i + 1) % ids.len()];
@@ -110,11 +108,7 @@ async fn terms_of_u64_max_are_refused_by_every_member_and_survive_a_restart() {
     every_member_serves(&cluster, "after-attack").await;
 
     cluster.shutdown().await;
-    let mut reopened = Vec::new();
-    for cfg in &cluster.configs {
-        reopened.push(RaftStore::open(cfg.clone()).await.expect("reopen"));
-    }
-    cluster.members = reopened;
+    cluster.restart_all().await;
     every_member_serves(&cluster, "after-restart").await;
     cluster.shutdown().await;
 }
@@ -136,10 +130,11 @@ fn chunk(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
-    let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().clone();
+    let follower =
+        cluster.members.iter().find(|m| m.member_id() != leader.member_id()).unwrap().store.clone();
     let metrics = leader.raft().metrics().borrow().clone();
     let vote = Vote::new_committed(metrics.current_term, leader.member_id());
     let meta = SnapshotMeta {
@@ -185,8 +180,8 @@ async fn snapshot_chunks_past_the_bytes_received_are_refused_without_allocating(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_and_entries_from_made_up_members_elect_nobody() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     let term = leader.status().term;
     let stranger = MemberId::generate();
@@ -216,8 +211,8 @@ async fn votes_and_entries_from_made_up_members_elect_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_4_mib_are_refused_and_nothing_reaches_the_log() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     let log_before = leader.status().last_log_index;
     let before = resident_memory().expect("procfs");
@@ -251,14 +246,14 @@ async fn values_of_4_mib_are_refused_and_nothing_reaches_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_refuses_writes_keeps_reads_and_deletes_and_recovers() {
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     let limits = ConsensusLimits {
         max_key_bytes: 64,
         max_value_bytes: 1000,
         max_store_bytes: 20_000,
         ..ConsensusLimits::default()
     };
-    let cluster = Cluster::start_with_limits(3, false, timing(), limits).await;
+    let cluster = LocalCluster::builder(3).limits(limits).start().await;
     let leader = cluster.leader().await;
     let mut written = 0;
     let refused = loop {
@@ -299,21 +294,17 @@ async fn a_full_store_refuses_writes_keeps_reads_and_deletes_and_recovers() {
 async fn a_certified_caller_cannot_speak_for_another_member() {
     use cluster_rpc::tls::generate::CertificateAuthority;
     use cluster_rpc::{Security, Settings, Tls};
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     let ca = CertificateAuthority::generate(CLUSTER).expect("ca");
     let tls = |id: MemberId| {
         let c = ca.issue_member(id, "m").expect("issue");
         Tls::from_pem(ca.cert_pem(), &c.cert_pem, &c.key_pem).expect("load")
     };
-    let config = common::config(None);
+    let config = cluster_testkit::member_config(None);
     let network = Settings { security: Security::Tls(tls(config.member_id)), ..Default::default() };
     let store = RaftStore::open_with(config, network).await.expect("open");
     store.bootstrap().await.expect("bootstrap");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !store.status().is_leader() {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "the lone member to lead", || std::future::ready(store.status().is_leader())).await;
 
     // The caller holds a member certificate of the cluster's CA naming `holder`.
     let (holder, victim) = (MemberId::generate(), MemberId::generate());
@@ -349,8 +340,8 @@ async fn a_certified_caller_cannot_speak_for_another_member() {
 /// is never taken by the other, whatever it asks, and raft carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_meant_for_another_member_is_refused_before_raft() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     let phantom = MemberId::generate();
     for m in &cluster.members {

@@ -1,8 +1,6 @@
 //! Bad input on the raft port: a typed refusal or a closed connection, and
 //! the member keeps serving.
 
-mod common;
-
 use std::future::ready;
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::testsuite::net::{connect_from, held_open, idle_connections, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
-use common::{Cluster, DEADLINE, timing};
+use cluster_testkit::{DEADLINE, LocalCluster};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,8 +44,8 @@ fn raw_frame(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_refused_and_the_member_keeps_serving() {
-    common::init_tracing();
-    let cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let store = cluster.leader().await;
     let addr = store.raft_addr();
 
@@ -120,10 +118,10 @@ async fn bad_frames_are_refused_and_the_member_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_of_another_cluster_is_unreachable() {
-    common::init_tracing();
-    let mut cluster = Cluster::start(1, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(1).start().await;
     let leader = cluster.leader().await;
-    let mut cfg = common::config(None);
+    let mut cfg = cluster_testkit::member_config(None);
     cfg.cluster_id = "another-cluster".to_owned();
     let stranger = cluster_consensus::RaftStore::open(cfg).await.unwrap();
     // The leader's frames are refused by the stranger: it never catches up.
@@ -135,8 +133,7 @@ async fn a_member_of_another_cluster_is_unreachable() {
     assert!(!matches!(add, Ok(Ok(()))), "a foreign member cannot catch up");
     assert_eq!(stranger.applied_index(), None);
     stranger.shutdown().await.unwrap();
-    cluster.members.push(stranger);
-    leader.remove(cluster.members[1].member_id()).await.unwrap();
+    leader.remove(stranger.member_id()).await.unwrap();
     assert!(leader.set("k", vec![1]).await.unwrap());
     cluster.shutdown().await;
 }
@@ -146,8 +143,8 @@ async fn a_member_of_another_cluster_is_unreachable() {
 /// with answers never read. The member keeps replicating and answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
-    common::init_tracing();
-    let cluster = Cluster::start(3, false, timing()).await;
+    cluster_testkit::init_tracing();
+    let cluster = LocalCluster::builder(3).start().await;
     let leader = cluster.leader().await;
     let follower = cluster.members.iter().find(|m| m.member_id() != leader.member_id()).expect("a follower");
     let addr = follower.raft_addr();
@@ -190,7 +187,7 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
     // The follower still replicates: a write through the leader reaches it.
     assert!(leader.set("during-pipeline", vec![2]).await.unwrap());
     let index = leader.applied_index();
-    common::wait_until(common::DEADLINE, "the follower to apply", || {
+    cluster_testkit::wait_until(cluster_testkit::DEADLINE, "the follower to apply", || {
         ready(follower.applied_index() >= index)
     })
     .await;

@@ -5,8 +5,6 @@
 
 #![cfg(feature = "durable")]
 
-mod common;
-
 use std::future::ready;
 use std::time::SystemTime;
 
@@ -15,7 +13,7 @@ use cluster_consensus::recovery::{pending_reset, reset_raft_state};
 use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error, MemberId, keys};
-use common::{Cluster, DEADLINE, timing, wait_until};
+use cluster_testkit::{DEADLINE, LocalCluster, wait_until};
 use futures::{SinkExt, StreamExt};
 use openraft::Vote;
 use openraft::raft::VoteRequest;
@@ -35,8 +33,8 @@ async fn ask_vote(store: &RaftStore, term: u64) -> RaftRpcReply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_member_does_not_vote_until_the_leader_notes_it_is_out_of_the_voters() {
-    common::init_tracing();
-    let mut cluster = Cluster::start(3, true, timing()).await;
+    cluster_testkit::init_tracing();
+    let mut cluster = LocalCluster::builder(3).durable(true).start().await;
     let leader = cluster.leader().await;
     for n in 0..40 {
         leader.set(&format!("k/{n}"), vec![n]).await.unwrap();
@@ -44,12 +42,12 @@ async fn a_reset_member_does_not_vote_until_the_leader_notes_it_is_out_of_the_vo
     let i = cluster.members.iter().position(|m| m.member_id() != leader.member_id()).unwrap();
     let id = cluster.members[i].member_id();
     cluster.stop(i).await;
-    let dir = cluster.configs[i].data_dir.clone().unwrap();
+    let dir = cluster.members[i].config.data_dir.clone().unwrap();
     let report = reset_raft_state(&dir, SystemTime::now()).unwrap();
     assert!(report.moved_to.as_ref().is_some_and(|p| p.join("raft.redb").exists()), "{report:?}");
 
-    let store = RaftStore::open(cluster.configs[i].clone()).await.unwrap();
-    cluster.members[i] = store.clone();
+    cluster.restart(i).await;
+    let store = cluster.members[i].store.clone();
     assert_eq!(store.status().reset_pending, Some(report.reset_id.clone()));
     assert!(matches!(store.bootstrap().await, Err(Error::BadRequest(_))), "never a new cluster");
     match ask_vote(&store, 1_000).await {

@@ -2,8 +2,6 @@
 //! down through `ConsensusBackend::open_with`; a client certificate is refused
 //! on the raft port.
 
-mod common;
-
 use std::future::ready;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
 use cluster_core::{ConsensusBackend, ConsensusStore, ConsensusStoreExt, Error};
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Client, ClientConfig, Role, RpcError, Security, Settings, Tls};
-use common::{DEADLINE, config, wait_until};
+use cluster_testkit::{DEADLINE, member_config as config, wait_until};
 
 fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
     let issued = ca.issue(role, name).expect("issue");
@@ -26,7 +24,7 @@ async fn open(ca: &CertificateAuthority, name: &str) -> RaftStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_replicate_over_tls_and_a_client_certificate_is_refused() {
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     let ca = CertificateAuthority::generate("test-cluster").expect("ca");
     let first = open(&ca, "m1").await;
     first.bootstrap().await.expect("bootstrap");

@@ -4,13 +4,10 @@
 //! (issue 22, item 4). Black-box: the limit as `/proc` shows it, the HTTP
 //! cap as a caller meets it.
 
-mod agent;
 mod common;
 
-use std::process::Command;
-
-use agent::Agent;
-use common::http::{closed_by_peer, request};
+use cluster_testkit::http::{closed_by_peer, request};
+use common::{Agent, spec};
 use tokio::net::TcpStream;
 
 /// "Max open files" of process `pid`: (soft, hard).
@@ -26,16 +23,12 @@ async fn the_agent_raises_its_soft_limit_and_fits_the_http_cap_under_the_hard_on
     // Soft 300, hard 600: the defaults (256 HTTP + 2 × 1024 RPC connections
     // + 150 reserved) do not fit in 600, so the caps shrink to fit
     // (HTTP: 256 × 450 / 2304 = 50).
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" agent --http-port 0"#,
-        env!("CARGO_BIN_EXE_carbon"),
-    ]);
-    let agent = Agent::spawn_command(cmd, false);
-    assert_eq!(open_files_limit(agent.child.id()), ("600".to_owned(), "600".to_owned()));
+    // The shell gets the binary as $0 and `agent …` as its arguments.
+    let limited = ["sh", "-c", r#"ulimit -Sn 300 && ulimit -Hn 600 && exec "$0" "$@""#];
+    let agent = Agent::start(spec().wrapper(limited).args(["--http-port", "0"]));
+    assert_eq!(open_files_limit(agent.pid().expect("running")), ("600".to_owned(), "600".to_owned()));
 
-    let http: std::net::SocketAddr = agent.http.as_deref().expect("an http address").parse().unwrap();
+    let http: std::net::SocketAddr = agent.http().as_deref().expect("an http address").parse().unwrap();
     let mut held = Vec::new();
     for _ in 0..50 {
         let mut s = TcpStream::connect(http).await.unwrap();

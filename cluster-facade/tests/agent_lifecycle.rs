@@ -2,15 +2,15 @@
 //! data directory (whose cluster it is, who may read it), its signals, and
 //! how it leaves.
 
-mod agent;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon};
 use cluster_core::testsuite::{DEADLINE, wait_until_blocking};
+use common::{agent, agent_logged, carbon};
 
 fn s(v: &str) -> String {
     v.to_owned()
@@ -55,9 +55,9 @@ fn lone_agent(cluster_id: &str, data_dir: &Path) -> Vec<String> {
 fn a_data_dir_of_another_cluster_exits_2_naming_its_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("m1");
-    let a = Agent::spawn(&lone_agent("blue-cluster", &data));
+    let a = agent(&lone_agent("blue-cluster", &data));
     a.wait_ready();
-    let member_id = a.member_id.clone();
+    let member_id = a.member_id().clone();
     assert!(a.stop().success());
 
     let out = run_bounded(carbon().arg("agent").args(lone_agent("green-cluster", &data)));
@@ -67,8 +67,8 @@ fn a_data_dir_of_another_cluster_exits_2_naming_its_cluster() {
     assert!(err.contains(&data.display().to_string()), "the data dir is not named: {err}");
 
     // Its own cluster id still starts it.
-    let again = Agent::spawn(&lone_agent("blue-cluster", &data));
-    assert_eq!(again.member_id, member_id, "the same member");
+    let again = agent(&lone_agent("blue-cluster", &data));
+    assert_eq!(again.member_id(), member_id, "the same member");
     assert!(again.stop().success());
 }
 
@@ -78,21 +78,21 @@ fn a_data_dir_of_another_cluster_exits_2_naming_its_cluster() {
 #[test]
 fn sighup_never_ends_a_member_without_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Agent::spawn_logged(&lone_agent("hup-cluster", &dir.path().join("m1")));
+    let mut a = agent_logged(&lone_agent("hup-cluster", &dir.path().join("m1")));
     a.wait_ready();
     for _ in 0..2 {
-        a.signal("HUP");
+        a.signal("HUP").expect("a signal");
         a.wait_log("nothing to reload");
     }
-    assert!(a.child.try_wait().unwrap().is_none(), "SIGHUP ended the agent");
+    assert!(a.try_wait().is_none(), "SIGHUP ended the agent");
     let status =
-        run_bounded(carbon().args(["status", "--service", &a.service, "--cluster-id", "hup-cluster"]));
+        run_bounded(carbon().args(["status", "--service", &a.service(), "--cluster-id", "hup-cluster"]));
     assert!(status.status.success(), "the member stopped serving: {}", stderr(&status));
-    a.signal("TERM");
+    a.signal("TERM").expect("a signal");
     a.wait_log("left the cluster");
     let start = Instant::now();
     let code = loop {
-        if let Some(code) = a.child.try_wait().unwrap() {
+        if let Some(code) = a.try_wait() {
             break code;
         }
         assert!(start.elapsed() < DEADLINE, "no exit after SIGTERM");
@@ -128,10 +128,11 @@ fn the_data_dir_and_a_backup_are_the_users_alone() {
     std::fs::write(data.join("notes.txt"), "left by an operator").unwrap();
     std::fs::set_permissions(data.join("notes.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let a = Agent::spawn_logged(&lone_agent("private-cluster", &data));
+    let a = agent_logged(&lone_agent("private-cluster", &data));
     a.wait_log("tightened the data directory's permissions");
     a.wait_ready();
-    let svc = ["--service", a.service.as_str(), "--cluster-id", "private-cluster"];
+    let service = a.service();
+    let svc = ["--service", service.as_str(), "--cluster-id", "private-cluster"];
     let set = run_bounded(carbon().args(["kv", "set", "secret", "in-clear"]).args(svc));
     assert!(set.status.success(), "{}", stderr(&set));
     let backup = dir.path().join("backup.snap");
@@ -160,14 +161,14 @@ fn a_graceful_stop_is_seen_as_a_leave_by_the_peers() {
     )
     .unwrap();
     let cfg = config.display().to_string();
-    let first = Agent::spawn(&[s("--config"), cfg.clone()]);
-    let second = Agent::spawn(&[s("--config"), cfg.clone(), s("--seed"), first.gossip.clone()]);
-    let mut third = Agent::spawn_logged(&[s("--config"), cfg, s("--seed"), first.gossip.clone()]);
+    let first = agent(&[s("--config"), cfg.clone()]);
+    let second = agent(&[s("--config"), cfg.clone(), s("--seed"), first.gossip().clone()]);
+    let mut third = agent_logged(&[s("--config"), cfg, s("--seed"), first.gossip().clone()]);
     for a in [&first, &second, &third] {
         a.wait_ready();
     }
-    let svc = first.service.clone();
-    let third_id = third.member_id.clone();
+    let svc = first.service().clone();
+    let third_id = third.member_id().clone();
     let liveness_of_third = || {
         let out = carbon()
             .args(["members", "--service", &svc, "--cluster-id", "leave-cluster", "--json"])
@@ -181,10 +182,10 @@ fn a_graceful_stop_is_seen_as_a_leave_by_the_peers() {
     wait_until_blocking(DEADLINE, "3 members recorded", || liveness_of_third().is_some_and(|l| l == "alive"));
 
     let started = Instant::now();
-    third.signal("TERM");
+    third.signal("TERM").expect("a signal");
     third.wait_log("leaving");
     let status = loop {
-        if let Some(status) = third.child.try_wait().unwrap() {
+        if let Some(status) = third.try_wait() {
             break status;
         }
         assert!(started.elapsed() < DEADLINE, "no exit after SIGTERM");
@@ -253,7 +254,7 @@ fn a_wrong_gossip_key_is_named_and_a_keyring_file_override_is_said() {
     let data = dir.path().join("m1");
     let mut args = lone_agent("key-cluster", &data);
     args.extend([s("--gossip-key"), right.clone()]);
-    let first = Agent::spawn(&args);
+    let first = agent(&args);
     first.wait_ready();
 
     let config = dir.path().join("quick.toml");
@@ -266,7 +267,7 @@ fn a_wrong_gossip_key_is_named_and_a_keyring_file_override_is_said() {
         "--gossip-key",
         &wrong,
         "--seed",
-        &first.gossip,
+        &first.gossip(),
     ]));
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -276,7 +277,7 @@ fn a_wrong_gossip_key_is_named_and_a_keyring_file_override_is_said() {
     // The data dir's keyring file holds `right`: it wins over `--gossip-key`.
     let mut args = lone_agent("key-cluster", &data);
     args.extend([s("--gossip-key"), wrong]);
-    let again = Agent::spawn_logged(&args);
+    let again = agent_logged(&args);
     again.wait_log("the keyring file overrides the configured gossip key");
     assert!(again.stop().success());
 }
@@ -295,18 +296,18 @@ fn a_second_sigint_leaves_at_once() {
     )
     .unwrap();
     let cfg = config.display().to_string();
-    let mut first = Agent::spawn_logged(&[s("--config"), cfg.clone()]);
-    let second = Agent::spawn(&[s("--config"), cfg, s("--seed"), first.gossip.clone()]);
+    let mut first = agent_logged(&[s("--config"), cfg.clone()]);
+    let second = agent(&[s("--config"), cfg, s("--seed"), first.gossip().clone()]);
     first.wait_ready();
     second.wait_ready();
-    second.signal("STOP");
-    first.signal("INT");
+    second.signal("STOP").expect("a signal");
+    first.signal("INT").expect("a signal");
     first.wait_log("leaving");
-    first.signal("INT");
+    first.signal("INT").expect("a signal");
     first.wait_log("SIGINT again: leaving at once");
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = first.child.try_wait().unwrap() {
+        if let Some(status) = first.try_wait() {
             break status;
         }
         assert!(start.elapsed() < DEADLINE, "no exit after the second SIGINT");

@@ -2,12 +2,12 @@
 //! beyond `--replicas` are client members, listed with role `client`, and
 //! serve the store on their service port like any member.
 
-mod agent;
+mod common;
 
 use std::process::Output;
 
-use agent::{Agent, carbon};
 use cluster_core::testsuite::{DEADLINE, wait_until_blocking};
+use common::{agents_of, carbon};
 
 fn run(args: &[&str]) -> Output {
     carbon().args(args).output().expect("carbon runs")
@@ -19,7 +19,7 @@ fn agents_beyond_the_replicas_are_client_members_that_serve_like_any_member() {
     let config = dir.path().join("node.toml");
     std::fs::write(&config, "cluster_id = \"replicas-cluster\"\nhost = \"127.0.0.1\"\nreplicas = 3\n")
         .unwrap();
-    let agents = Agent::start_cluster(&config, 5);
+    let agents = agents_of(&config, 5);
     for a in &agents {
         a.wait_ready();
     }
@@ -33,7 +33,7 @@ fn agents_beyond_the_replicas_are_client_members_that_serve_like_any_member() {
     let roles = |svc: &str| -> Vec<String> {
         members(svc).iter().map(|m| m["raft_role"].as_str().unwrap_or("?").to_owned()).collect()
     };
-    let first = agents[0].service.clone();
+    let first = agents[0].service();
     wait_until_blocking(DEADLINE, "3 replicas and 2 client members, all with short ids", || {
         let r = roles(&first);
         r.len() == 5
@@ -44,8 +44,9 @@ fn agents_beyond_the_replicas_are_client_members_that_serve_like_any_member() {
     // writes (forwarded to the leader) and answers reads.
     let ids = members(&first);
     let client_id = ids.iter().find(|m| m["raft_role"] == "client").unwrap()["member_id"].clone();
-    let client = agents.iter().find(|a| a.member_id == client_id.as_str().unwrap()).expect("a client agent");
-    let svc = client.service.clone();
+    let client =
+        agents.iter().find(|a| a.member_id() == client_id.as_str().unwrap()).expect("a client agent");
+    let svc = client.service();
     wait_until_blocking(DEADLINE, "the client member lists every member", || roles(&svc).len() == 5);
     let status = run(&["status", "--service", &svc, "--cluster-id", "replicas-cluster", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status as JSON");

@@ -1,7 +1,7 @@
 //! The `carbon` program against a real local cluster of `carbon agent`
 //! processes: every command, its JSON output, and its exit codes.
 
-mod agent;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,8 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon};
 use cluster_core::testsuite::{DEADLINE, wait_until_blocking};
+use common::{Agent, agent, agent_of, agents_of, carbon};
 use serde_json::Value;
 
 const CLUSTER: &str = "cli-test";
@@ -47,8 +47,8 @@ leave_ms = 5000
 fn every_command_against_a_cluster_of_agents() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let agents = Agent::start_cluster(&config, 4);
-    let svc = |a: &Agent| a.service.clone();
+    let agents = agents_of(&config, 4);
+    let svc = |a: &Agent| a.service().clone();
     let any = svc(&agents[0]);
 
     // status and members agree: 3 voters, 1 nonvoter, every member recorded.
@@ -73,7 +73,7 @@ fn every_command_against_a_cluster_of_agents() {
         assert_eq!(in_voters, role == "voter" || role == "leader", "{id} is {role}");
     }
     let nonvoter_id = status["nonvoters"].as_object().unwrap().keys().next().unwrap().clone();
-    let nonvoter = agents.iter().find(|a| a.member_id == nonvoter_id).expect("the nonvoter is one of ours");
+    let nonvoter = agents.iter().find(|a| a.member_id() == nonvoter_id).expect("the nonvoter is one of ours");
     let nv = svc(nonvoter);
     let kv = |args: &[&str]| {
         let mut all = vec!["kv"];
@@ -190,17 +190,17 @@ fn what_a_new_user_tripped_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let cfg = config.display().to_string();
-    let a = Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
-    let b = Agent::spawn(&[s("--config"), cfg, s("--seed"), a.gossip.clone()]);
+    let a = agent(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
+    let b = agent(&[s("--config"), cfg, s("--seed"), a.gossip().clone()]);
 
     // Two members never share a grid port, and each port stays held.
-    assert_ne!(a.grid, b.grid);
-    for grid in [&a.grid, &b.grid] {
+    assert_ne!(a.grid(), b.grid());
+    for grid in [&a.grid(), &b.grid()] {
         let taken = std::net::TcpListener::bind(grid.as_str());
         assert!(taken.is_err(), "grid port {grid} is not held by its member");
     }
 
-    let svc = a.service.clone();
+    let svc = a.service().clone();
     let base = |args: &[&str]| {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         all.extend([s("--service"), svc.clone(), s("--cluster-id"), s(CLUSTER)]);
@@ -224,7 +224,7 @@ fn what_a_new_user_tripped_on() {
     assert!(stderr(&out).contains("2s"), "{}", stderr(&out));
 
     // The raft port is not the service port.
-    let out = run(&["status", "--service", &a.raft, "--cluster-id", CLUSTER]);
+    let out = run(&["status", "--service", &a.raft(), "--cluster-id", CLUSTER]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("not a service port"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("UnexpectedVariant"), "{}", stderr(&out));
@@ -253,7 +253,7 @@ fn what_a_new_user_tripped_on() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         serde_json::json!({"key": "missing", "value": null})
     );
-    let http_a = a.http.clone().expect("http address in the start line");
+    let http_a = a.http().clone().expect("http address in the start line");
     let binary = [0xffu8, 0xfe, 0, 1, b'x'];
     let (code, put) = http_json(&http_a, "PUT", "/v1/kv/bin/one", &binary);
     assert_eq!((code, &put["created"]), (200, &Value::Bool(true)), "{put}");
@@ -317,7 +317,7 @@ fn a_wildcard_bind_advertises_another_address() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("advertise_host"), "{}", stderr(&out));
 
-    let a = Agent::spawn(&[
+    let a = agent(&[
         s("--host"),
         s("0.0.0.0"),
         s("--advertise-host"),
@@ -327,15 +327,15 @@ fn a_wildcard_bind_advertises_another_address() {
         // A wildcard bind is not loopback: secure by default wants TLS and a gossip key.
         s("--insecure"),
     ]);
-    for addr in [&a.service, &a.gossip, &a.raft, &a.grid] {
+    for addr in [&a.service(), &a.gossip(), &a.raft(), &a.grid()] {
         assert!(addr.starts_with("127.0.0.1:"), "advertised {addr}");
     }
-    let b = Agent::spawn(&[s("--cluster-id"), s(CLUSTER), s("--seed"), a.gossip.clone()]);
+    let b = agent(&[s("--cluster-id"), s(CLUSTER), s("--seed"), a.gossip().clone()]);
     wait_until_blocking(DEADLINE, "both members recorded", || {
-        let out = run(&["members", "--service", &a.service, "--cluster-id", CLUSTER, "--json"]);
+        let out = run(&["members", "--service", &a.service(), "--cluster-id", CLUSTER, "--json"]);
         serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|m| m.as_array().is_some_and(|m| m.len() == 2))
     });
-    let out = run(&["kv", "set", "k", "v", "--service", &b.service, "--cluster-id", CLUSTER]);
+    let out = run(&["kv", "set", "k", "v", "--service", &b.service(), "--cluster-id", CLUSTER]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -345,13 +345,13 @@ fn http_api_metrics_and_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let cfg = config.display().to_string();
-    let a = Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
+    let a = agent(&[s("--config"), cfg.clone(), s("--http-port"), s("0")]);
     let mut agents = vec![a];
     for _ in 0..2 {
-        let seed = agents[0].gossip.clone();
-        agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--http-port"), s("0"), s("--seed"), seed]));
+        let seed = agents[0].gossip().clone();
+        agents.push(agent(&[s("--config"), cfg.clone(), s("--http-port"), s("0"), s("--seed"), seed]));
     }
-    let https: Vec<String> = agents.iter().map(|a| a.http.clone().unwrap()).collect();
+    let https: Vec<String> = agents.iter().map(|a| a.http().clone().unwrap()).collect();
     wait_until_blocking(DEADLINE, "every member ready", || {
         https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
     });
@@ -410,7 +410,7 @@ fn http_api_metrics_and_readiness() {
         && s.labels.get("state") == Some("alive")
         && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 3.0)));
     let leader = agents.iter().position(|a| {
-        scrape(a.http.as_deref().unwrap()).samples.iter().any(|s| {
+        scrape(a.http().as_deref().unwrap()).samples.iter().any(|s| {
             s.metric == "carbon_raft_is_leader"
                 && matches!(s.value, prometheus_parse::Value::Gauge(v) if v == 1.0)
         })
@@ -431,7 +431,7 @@ fn http_api_metrics_and_readiness() {
     let survivor = (leader + 1) % 3;
     for (i, a) in agents.iter().enumerate() {
         if i != survivor {
-            a.signal("STOP");
+            a.signal("STOP").expect("a signal");
         }
     }
     let took = unready_after_losing_the_quorum(&https[survivor]);
@@ -451,7 +451,7 @@ fn http_api_metrics_and_readiness() {
     });
     for (i, a) in agents.iter().enumerate() {
         if i != leader {
-            a.signal("STOP");
+            a.signal("STOP").expect("a signal");
         }
     }
     assert!(is_leader(&https[leader]), "leadership moved before the pause");
@@ -474,7 +474,7 @@ fn unready_after_losing_the_quorum(http_addr: &str) -> Duration {
 /// Resumes every agent and waits until all of them are ready again.
 fn resume_until_ready(agents: &[Agent], https: &[String]) {
     for a in agents {
-        a.signal("CONT");
+        a.signal("CONT").expect("a signal");
     }
     wait_until_blocking(DEADLINE, "ready again after the quorum is back", || {
         https.iter().all(|h| http(h, "GET", "/health/ready", b"").0 == 200)
@@ -486,8 +486,8 @@ fn resume_until_ready(agents: &[Agent], https: &[String]) {
 fn force_leave_frees_the_short_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let mut agents = Agent::start_cluster(&config, 4);
-    let svc = agents[0].service.clone();
+    let mut agents = agents_of(&config, 4);
+    let svc = agents[0].service().clone();
     let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
     wait_until_blocking(DEADLINE, "4 members with short ids", || {
         members().as_array().is_some_and(|m| m.len() == 4 && m.iter().all(|m| !m["short_id"].is_null()))
@@ -497,9 +497,9 @@ fn force_leave_frees_the_short_id() {
         .as_str()
         .unwrap()
         .to_owned();
-    let victim = agents.iter().position(|a| a.member_id == two).unwrap();
+    let victim = agents.iter().position(|a| a.member_id() == two).unwrap();
     let victim_agent = agents.remove(victim);
-    let svc = agents[0].service.clone();
+    let svc = agents[0].service().clone();
     let members = || json(&run(&["members", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
     drop(victim_agent); // SIGKILL: no leave
     // Past the failure grace it is out of raft, and still listed as failed
@@ -521,23 +521,23 @@ fn force_leave_frees_the_short_id() {
     assert_eq!(out.status.code(), Some(1), "a second force-leave finds nothing: {}", stderr(&out));
     let out = run(&["force-leave", "#x", "--service", &svc, "--cluster-id", CLUSTER]);
     assert_eq!(out.status.code(), Some(2));
-    let newcomer = Agent::start(&config, &[&seed_of(&agents)]);
+    let newcomer = agent_of(&config, &[&seed_of(&agents)]);
     wait_until_blocking(DEADLINE, "the newcomer recorded", || {
-        members().as_array().unwrap().iter().any(|m| m["member_id"] == newcomer.member_id.as_str())
+        members().as_array().unwrap().iter().any(|m| m["member_id"] == newcomer.member_id().as_str())
     });
     let list = members();
     let short = list
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["member_id"] == newcomer.member_id.as_str())
+        .find(|m| m["member_id"] == newcomer.member_id().as_str())
         .unwrap()["short_id"]
         .clone();
     assert_eq!(short, 2, "the freed short id goes to the next joiner: {list}");
 }
 
 fn seed_of(agents: &[Agent]) -> String {
-    agents[0].gossip.clone()
+    agents[0].gossip().clone()
 }
 
 /// save → wipe → restore gives the same keys; a corrupt backup is refused.
@@ -555,14 +555,14 @@ fn snapshot_save_wipe_restore() {
             s("0"),
         ]
     };
-    let a = Agent::spawn(&args(&data));
+    let a = agent(&args(&data));
     a.wait_ready();
-    let svc = a.service.clone();
+    let svc = a.service().clone();
     for (k, v) in [("a", "1"), ("b/c", "two"), ("z", "")] {
         let out = run(&["kv", "set", k, v, "--service", &svc, "--cluster-id", CLUSTER]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let h = a.http.clone().unwrap();
+    let h = a.http().clone().unwrap();
     assert_eq!(http(&h, "PUT", "/v1/kv/bin", &[0xff, 0x00, 0x80]).0, 200);
     let list = |svc: &str| {
         json(&run(&["kv", "list", "", "--json", "--service", svc, "--cluster-id", CLUSTER]))["entries"].take()
@@ -599,9 +599,9 @@ fn snapshot_save_wipe_restore() {
         CLUSTER,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let b = Agent::spawn(&args(&restored));
+    let b = agent(&args(&restored));
     b.wait_ready();
-    assert_eq!(list(&b.service), before);
+    assert_eq!(list(&b.service()), before);
 }
 
 /// After every member was killed and restarted, the ready line means a write works.
@@ -611,21 +611,21 @@ fn after_a_whole_cluster_restart_ready_means_writable() {
     let config = write_config(dir.path());
     let cfg = config.display().to_string();
     let data = |i: usize| dir.path().join(format!("m{i}")).display().to_string();
-    let first = Agent::spawn(&[s("--config"), cfg.clone(), s("--data-dir"), data(0)]);
+    let first = agent(&[s("--config"), cfg.clone(), s("--data-dir"), data(0)]);
     let mut agents = vec![first];
     for i in 1..3 {
-        let seed = agents[0].gossip.clone();
-        agents.push(Agent::spawn(&[s("--config"), cfg.clone(), s("--data-dir"), data(i), s("--seed"), seed]));
+        let seed = agents[0].gossip().clone();
+        agents.push(agent(&[s("--config"), cfg.clone(), s("--data-dir"), data(i), s("--seed"), seed]));
     }
-    let svc = agents[0].service.clone();
+    let svc = agents[0].service().clone();
     wait_until_blocking(DEADLINE, "3 voters", || {
         let st = json(&run(&["status", "--service", &svc, "--cluster-id", CLUSTER, "--json"]));
         st["voters"].as_object().map(|v| v.len()) == Some(3)
     });
     let port = |addr: &str| addr.rsplit_once(':').unwrap().1.to_owned();
     let ports: Vec<[String; 3]> =
-        agents.iter().map(|a| [port(&a.gossip), port(&a.raft), port(&a.service)]).collect();
-    let gossips: Vec<String> = agents.iter().map(|a| a.gossip.clone()).collect();
+        agents.iter().map(|a| [port(&a.gossip()), port(&a.raft()), port(&a.service())]).collect();
+    let gossips: Vec<String> = agents.iter().map(|a| a.gossip().clone()).collect();
     drop(agents); // SIGKILL, all of them
     let restarted: Vec<Agent> = (0..3)
         .map(|i| {
@@ -650,7 +650,7 @@ fn after_a_whole_cluster_restart_ready_means_writable() {
             args
         })
         // Started together, not one by one: none can be ready alone.
-        .map(|args| std::thread::spawn(move || Agent::spawn(&args)))
+        .map(|args| std::thread::spawn(move || agent(&args)))
         .collect::<Vec<_>>()
         .into_iter()
         .map(|t| t.join().expect("agent restarts"))
@@ -663,7 +663,7 @@ fn after_a_whole_cluster_restart_ready_means_writable() {
             "after",
             "restart",
             "--service",
-            &a.service,
+            &a.service(),
             "--cluster-id",
             CLUSTER,
             "--timeout",
@@ -736,8 +736,8 @@ max_store_bytes = 6000
         ),
     )
     .unwrap();
-    let agent = Agent::start(&path, &[]);
-    let svc = agent.service.clone();
+    let agent = agent_of(&path, &[]);
+    let svc = agent.service().clone();
     let kv = |args: &[&str]| {
         let mut all = vec!["kv"];
         all.extend_from_slice(args);
@@ -780,8 +780,8 @@ max_store_bytes = 6000
 fn kv_watch_follows_changes_across_a_killed_member_and_exits_0_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let mut agents = Agent::start_cluster(&config, 3);
-    let (a, b) = (agents[0].service.clone(), agents[1].service.clone());
+    let mut agents = agents_of(&config, 3);
+    let (a, b) = (agents[0].service().clone(), agents[1].service().clone());
     wait_until_blocking(DEADLINE, "3 voters", || {
         let status = json(&run(&["status", "--service", &b, "--cluster-id", CLUSTER, "--json"]));
         status["voters"].as_object().map(|v| v.len()) == Some(3) && !status["leader"].is_null()

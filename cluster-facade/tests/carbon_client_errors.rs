@@ -3,12 +3,12 @@
 //! must fix, so each exits 2 at once, in words, instead of retrying until
 //! `--timeout` and printing the transport's raw error (issue 25, bugs 4 and 5).
 
-mod agent;
+mod common;
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon, tls_flags};
+use common::{agent, carbon, tls_flags};
 
 const CLUSTER: &str = "client-errors";
 
@@ -54,18 +54,17 @@ fn wrong_tls_credentials_exit_2_at_once_saying_what_is_wrong() {
     let mut args: Vec<String> =
         ["--host", "127.0.0.1", "--cluster-id", CLUSTER].iter().map(|s| s.to_string()).collect();
     args.extend(tls_flags(&certs, "member-1"));
-    let tls_member = Agent::spawn(&args);
-    let plain_member =
-        Agent::spawn(&["--host".into(), "127.0.0.1".into(), "--cluster-id".into(), CLUSTER.into()]);
+    let tls_member = agent(&args);
+    let plain_member = agent(&["--host".into(), "127.0.0.1".into(), "--cluster-id".into(), CLUSTER.into()]);
 
     // The right credentials work: what follows is about the credentials only.
-    let (ok, _) = get(&tls_member.service, &tls_flags(&certs, "client"));
+    let (ok, _) = get(&tls_member.service(), &tls_flags(&certs, "client"));
     assert_eq!(ok.status.code(), Some(1), "a missing key: {}", String::from_utf8_lossy(&ok.stderr));
 
     // Another cluster's CA: the member's certificate fails our check.
     refused_in_words(
         "another CA",
-        get(&tls_member.service, &tls_flags(&other, "client")),
+        get(&tls_member.service(), &tls_flags(&other, "client")),
         "not signed by your CA",
     );
     // Our CA, another cluster's client certificate: refused before any
@@ -75,20 +74,20 @@ fn wrong_tls_credentials_exit_2_at_once_saying_what_is_wrong() {
     foreign_cert[1] = certs.join("ca.pem").display().to_string();
     refused_in_words(
         "another cluster's client certificate",
-        get(&tls_member.service, &foreign_cert),
+        get(&tls_member.service(), &foreign_cert),
         "not a certificate of the CA",
     );
     // TLS to a member without TLS.
     refused_in_words(
         "TLS to a plain member",
-        get(&plain_member.service, &tls_flags(&certs, "client")),
+        get(&plain_member.service(), &tls_flags(&certs, "client")),
         "does not speak TLS",
     );
 }
 
 #[test]
 fn the_http_port_given_as_the_service_port_exits_2_naming_it() {
-    let member = Agent::spawn(&[
+    let member = agent(&[
         "--host".into(),
         "127.0.0.1".into(),
         "--cluster-id".into(),
@@ -96,7 +95,7 @@ fn the_http_port_given_as_the_service_port_exits_2_naming_it() {
         "--http-port".into(),
         "0".into(),
     ]);
-    let http = member.http.clone().expect("the start line names the HTTP address");
+    let http = member.http().clone().expect("the start line names the HTTP address");
     let answer = get(&http, &[]);
     let err = String::from_utf8_lossy(&answer.0.stderr).into_owned();
     refused_in_words("the HTTP port", answer, "HTTP");

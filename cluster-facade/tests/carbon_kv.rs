@@ -2,13 +2,13 @@
 //! command line, reads linearizable by default, lists of addresses with
 //! spaces, and a watch from a forgotten revision.
 
-mod agent;
+mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use agent::{Agent, carbon};
+use common::{agent, carbon};
 
 const CLUSTER: &str = "kv-test";
 
@@ -51,9 +51,9 @@ fn config(dir: &Path) -> String {
 #[test]
 fn values_from_a_file_or_stdin_linearizable_reads_and_spaced_address_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let member = Agent::spawn(&["--config".into(), config(dir.path())]);
+    let member = agent(&["--config".into(), config(dir.path())]);
     member.wait_ready();
-    let svc = member.service.clone();
+    let svc = member.service().clone();
 
     // 200 KB: past what one command-line argument may hold (128 KiB on Linux).
     let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
@@ -115,17 +115,17 @@ fn values_from_a_file_or_stdin_linearizable_reads_and_spaced_address_lists() {
 fn a_watch_from_a_compacted_revision_exits_4_saying_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let member = Agent::spawn(&["--config".into(), config.clone()]);
+    let member = agent(&["--config".into(), config.clone()]);
     member.wait_ready();
     for i in 0..20 {
-        let out = run(&member.service, &["kv", "set", &format!("k{i}"), "v"], b"");
+        let out = run(&member.service(), &["kv", "set", &format!("k{i}"), "v"], b"");
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert!(member.stop().success());
     // Reopened from its snapshot, the member no longer remembers revision 1.
-    let member = Agent::spawn(&["--config".into(), config]);
+    let member = agent(&["--config".into(), config]);
     member.wait_ready();
-    let out = run(&member.service, &["kv", "watch", "", "--from-revision", "1"], b"");
+    let out = run(&member.service(), &["kv", "watch", "", "--from-revision", "1"], b"");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("compacted") && err.contains("kv list"), "{err}");
@@ -145,7 +145,7 @@ fn http_get(addr: &str, path: &str) -> Vec<u8> {
 
 #[test]
 fn status_json_has_the_shape_of_the_http_status() {
-    let member = Agent::spawn(&[
+    let member = agent(&[
         "--cluster-id".into(),
         CLUSTER.into(),
         "--num-voters".into(),
@@ -155,8 +155,8 @@ fn status_json_has_the_shape_of_the_http_status() {
     ]);
     member.wait_ready();
     let http: serde_json::Value =
-        serde_json::from_slice(&http_get(member.http.as_deref().unwrap(), "/v1/status")).unwrap();
-    let out = run(&member.service, &["status", "--json"], b"");
+        serde_json::from_slice(&http_get(member.http().as_deref().unwrap(), "/v1/status")).unwrap();
+    let out = run(&member.service(), &["status", "--json"], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let fields = |v: &serde_json::Value| {
@@ -173,7 +173,7 @@ fn status_json_has_the_shape_of_the_http_status() {
     }
     assert_eq!(cli["role"], "leader", "{cli}");
     assert_eq!(cli["short_id"], 1, "{cli}");
-    let text = run(&member.service, &["status"], b"");
+    let text = run(&member.service(), &["status"], b"");
     let text = String::from_utf8_lossy(&text.stdout);
     for row in ["short id", "committed index", "snapshot index"] {
         assert!(text.contains(row), "{row} not shown: {text}");
@@ -200,19 +200,19 @@ fn json_of(out: &Output) -> serde_json::Value {
 #[test]
 fn snapshot_restore_keeps_the_revision_and_writes_nothing_from_refused_content() {
     let dir = tempfile::tempdir().unwrap();
-    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    let member = agent(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
     member.wait_ready();
     // Many changes of few keys: a revision far above the number of keys.
     for i in 0..30 {
-        let out = run(&member.service, &["kv", "set", &format!("k{}", i % 3), &i.to_string()], b"");
+        let out = run(&member.service(), &["kv", "set", &format!("k{}", i % 3), &i.to_string()], b"");
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let backup = dir.path().join("backup.snap");
     let saved =
-        json_of(&run(&member.service, &["snapshot", "save", backup.to_str().unwrap(), "--json"], b""));
+        json_of(&run(&member.service(), &["snapshot", "save", backup.to_str().unwrap(), "--json"], b""));
     let revision = saved["revision"].as_u64().unwrap();
     assert!(revision >= 30, "{saved}");
-    let before = json_of(&run(&member.service, &["kv", "list", "", "--json"], b""))["entries"].take();
+    let before = json_of(&run(&member.service(), &["kv", "list", "", "--json"], b""))["entries"].take();
     drop(member);
 
     let restored = dir.path().join("restored");
@@ -244,7 +244,7 @@ fn snapshot_restore_keeps_the_revision_and_writes_nothing_from_refused_content()
     // The restored store goes on from the backup's revision.
     let done = json_of(&restore(&backup));
     assert!(done["revision"].as_u64().unwrap() >= revision, "{done} after a backup at {revision}");
-    let member = Agent::spawn(&[
+    let member = agent(&[
         "--cluster-id".into(),
         CLUSTER.into(),
         "--num-voters".into(),
@@ -253,16 +253,16 @@ fn snapshot_restore_keeps_the_revision_and_writes_nothing_from_refused_content()
         restored.display().to_string(),
     ]);
     member.wait_ready();
-    let list = json_of(&run(&member.service, &["kv", "list", "", "--json"], b""));
+    let list = json_of(&run(&member.service(), &["kv", "list", "", "--json"], b""));
     assert!(list["revision"].as_u64().unwrap() >= revision, "{list} after a backup at {revision}");
     assert_eq!(list["entries"], before);
 }
 
 #[test]
 fn kv_get_print_revision_shows_the_create_and_mod_revision_of_a_key() {
-    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    let member = agent(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
     member.wait_ready();
-    let svc = member.service.clone();
+    let svc = member.service().clone();
     let set = |k: &str, v: &str| assert!(run(&svc, &["kv", "set", k, v], b"").status.success());
     let meta = |k: &str, stale: bool| {
         let mut args = vec!["kv", "get", k, "--print-revision", "--json"];
@@ -302,9 +302,9 @@ fn kv_get_print_revision_shows_the_create_and_mod_revision_of_a_key() {
 fn kv_delete_prefix_deletes_every_key_under_it_at_one_revision() {
     use std::io::BufRead;
 
-    let member = Agent::spawn(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
+    let member = agent(&["--cluster-id".into(), CLUSTER.into(), "--num-voters".into(), "1".into()]);
     member.wait_ready();
-    let svc = member.service.clone();
+    let svc = member.service();
     for k in ["app/a", "app/b", "apps", "cache/x"] {
         assert!(run(&svc, &["kv", "set", k, "v"], b"").status.success());
     }

@@ -1,9 +1,9 @@
 //! `carbon tls init` and `carbon tls issue`: the files they write, their
 //! modes, their refusals, and the member id a certificate gives an agent.
 
-mod agent;
+mod common;
 
-use agent::{Agent, carbon, tls_flags};
+use common::{agent, carbon, tls_flags};
 
 #[test]
 fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
@@ -99,33 +99,34 @@ fn agents_speak_mutual_tls_and_refuse_callers_without_a_certificate_of_their_ca(
         a.extend(tls_flags(&certs, name));
         a
     };
-    let first = Agent::spawn(&base("member-1"));
+    let first = agent(&base("member-1"));
     let mut second_args = base("member-2");
-    second_args.extend(["--seed".to_owned(), first.gossip.clone()]);
-    let second = Agent::spawn(&second_args);
+    second_args.extend(["--seed".to_owned(), first.gossip().clone()]);
+    let second = agent(&second_args);
 
     // A client with the cluster's client certificate reads and writes, through either member.
     let client = tls_flags(&certs, "client");
-    let set = client_cmd(&["kv", "set", "color", "blue"], &second.service, &client);
+    let set = client_cmd(&["kv", "set", "color", "blue"], &second.service(), &client);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
-    let get = client_cmd(&["kv", "get", "color", "--consistent"], &first.service, &client);
+    let get = client_cmd(&["kv", "get", "color", "--consistent"], &first.service(), &client);
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "blue");
 
     // Without a certificate the member says TLS is needed (a configuration
     // problem: exit 2); with another CA's the handshake is refused (exit 2
     // too: carbon_client_errors.rs covers each kind of wrong credentials).
-    let plain = client_within(&["kv", "get", "color"], &first.service, &[], "3s");
+    let plain = client_within(&["kv", "get", "color"], &first.service(), &[], "3s");
     assert_eq!(plain.status.code(), Some(2), "{}", String::from_utf8_lossy(&plain.stderr));
     assert!(String::from_utf8_lossy(&plain.stderr).contains("TLS"));
-    let foreign = client_within(&["kv", "get", "color"], &first.service, &tls_flags(&other, "client"), "3s");
+    let foreign =
+        client_within(&["kv", "get", "color"], &first.service(), &tls_flags(&other, "client"), "3s");
     assert_eq!(foreign.status.code(), Some(2), "{}", String::from_utf8_lossy(&foreign.stderr));
 
     // A client certificate may not write the cluster's own records, whatever the client sends.
-    let reserved = client_cmd(&["kv", "set", "carbon-grid/members/x", "y"], &first.service, &client);
+    let reserved = client_cmd(&["kv", "set", "carbon-grid/members/x", "y"], &first.service(), &client);
     assert_eq!(reserved.status.code(), Some(2), "{}", String::from_utf8_lossy(&reserved.stderr));
 
     // Only some of the three TLS flags is a usage error.
-    let partial = client_cmd(&["kv", "get", "color"], &first.service, &client[..2]);
+    let partial = client_cmd(&["kv", "get", "color"], &first.service(), &client[..2]);
     assert_eq!(partial.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&partial.stderr).contains("--tls-key"));
 }
@@ -209,27 +210,27 @@ fn carbon_keys_rotates_the_gossip_key_on_every_member_and_a_restarted_member_kee
         }
         a
     };
-    let first = Agent::spawn(&args(1, None));
-    let second = Agent::spawn(&args(2, Some(&first.gossip)));
-    let mut third = Agent::spawn(&args(3, Some(&first.gossip)));
+    let first = agent(&args(1, None));
+    let second = agent(&args(2, Some(&first.gossip())));
+    let mut third = agent(&args(3, Some(&first.gossip())));
     let operator = tls_flags(&certs, "member-1");
     let client = tls_flags(&certs, "client");
     let all_alive = |v: &serde_json::Value| {
         v.as_array().is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["liveness"] == "alive"))
     };
-    eventually("three live members", &["members", "--json"], &first.service, &client, all_alive);
+    eventually("three live members", &["members", "--json"], &first.service(), &client, all_alive);
 
     // Keys cross the wire only to a member certificate.
-    let refused = client_cmd(&["keys", "list"], &first.service, &client);
+    let refused = client_cmd(&["keys", "list"], &first.service(), &client);
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
 
-    let ring = keyring(&first.service, &operator);
+    let ring = keyring(&first.service(), &operator);
     assert_eq!(ring["members_answered"], 3, "{ring}");
     assert_eq!(ring["keys"], serde_json::json!([{"key": old, "members": 3, "primary_on": 3}]));
 
     // The rotation, each step on every member.
     for step in [["keys", "install", &new], ["keys", "use", &new], ["keys", "remove", &old]] {
-        let out = client_cmd(&step, &second.service, &operator);
+        let out = client_cmd(&step, &second.service(), &operator);
         assert!(out.status.success(), "{step:?}: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
@@ -238,23 +239,23 @@ fn carbon_keys_rotates_the_gossip_key_on_every_member_and_a_restarted_member_kee
             "{step:?} on three members: {text}"
         );
     }
-    let ring = keyring(&third.service, &operator);
+    let ring = keyring(&third.service(), &operator);
     assert_eq!(ring["keys"], serde_json::json!([{"key": new, "members": 3, "primary_on": 3}]), "{ring}");
 
     // The primary cannot be removed; a key nobody has cannot be used.
-    let primary = client_cmd(&["keys", "remove", &new], &first.service, &operator);
+    let primary = client_cmd(&["keys", "remove", &new], &first.service(), &operator);
     assert_eq!(primary.status.code(), Some(2), "{}", String::from_utf8_lossy(&primary.stderr));
     assert!(String::from_utf8_lossy(&primary.stderr).contains("primary"));
-    let unknown = client_cmd(&["keys", "use", &generate()], &first.service, &operator);
+    let unknown = client_cmd(&["keys", "use", &generate()], &first.service(), &operator);
     assert_eq!(unknown.status.code(), Some(2), "{}", String::from_utf8_lossy(&unknown.stderr));
 
     // Gossip on the new key alone: writes work through every member, nobody failed.
-    let set = client_cmd(&["kv", "set", "rotated", "yes"], &third.service, &client);
+    let set = client_cmd(&["kv", "set", "rotated", "yes"], &third.service(), &client);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     eventually(
         "three live members after the rotation",
         &["members", "--json"],
-        &first.service,
+        &first.service(),
         &client,
         all_alive,
     );
@@ -262,18 +263,18 @@ fn carbon_keys_rotates_the_gossip_key_on_every_member_and_a_restarted_member_kee
     // A member restarted with the old key on its command line keeps the ring
     // it persisted, so it gets back in.
     drop(third);
-    eventually("the third member seen gone", &["members", "--json"], &first.service, &client, |v| {
+    eventually("the third member seen gone", &["members", "--json"], &first.service(), &client, |v| {
         v.as_array().is_some_and(|m| m.iter().any(|m| m["liveness"] != "alive"))
     });
-    third = Agent::spawn(&args(3, Some(&first.gossip)));
-    eventually("the restarted member back", &["members", "--json"], &first.service, &client, all_alive);
+    third = agent(&args(3, Some(&first.gossip())));
+    eventually("the restarted member back", &["members", "--json"], &first.service(), &client, all_alive);
     // Its record names its new service port once the leader updated it;
     // until then `keys list` reaches two members.
     let expected = serde_json::json!([{"key": new, "members": 3, "primary_on": 3}]);
     eventually(
         "every member's ring holds the new key only",
         &["keys", "list", "--json"],
-        &third.service,
+        &third.service(),
         &operator,
         |v| v["members_answered"] == 3 && v["keys"] == expected,
     );
@@ -321,8 +322,8 @@ fn tls_issue_adds_certificates_and_an_agent_runs_as_the_member_its_certificate_n
         a.extend(tls_flags(&certs, name));
         a
     };
-    let agent = Agent::spawn(&args("member-2"));
-    assert_eq!(agent.member_id, id, "the member runs as its certificate's member id");
+    let agent = agent(&args("member-2"));
+    assert_eq!(agent.member_id(), id, "the member runs as its certificate's member id");
     assert!(agent.stop().success());
 
     // That data dir with another member's certificate: exit 2, naming both ids.

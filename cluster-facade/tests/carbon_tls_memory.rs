@@ -8,15 +8,15 @@
 //! Measured: +18 MiB (+41 to +78 MiB while the frame reader grew a large
 //! frame's buffer by doubling; +386 MiB without the partial-frame budget).
 
-mod agent;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent::{Agent, carbon, tls_flags};
 use cluster_core::testsuite::DEADLINE;
 use cluster_core::testsuite::net::resident_memory_of;
+use common::{agent, carbon, tls_flags};
 
 /// The resident memory of process `pid`, in bytes.
 fn resident(pid: u32) -> u64 {
@@ -58,11 +58,11 @@ async fn partial_giant_frames_over_tls_with_a_client_certificate_stay_within_the
         .collect();
     args.push(config.display().to_string());
     args.extend(tls_flags(&certs, "member-1"));
-    let agent = Agent::spawn(&args);
+    let agent = agent(&args);
     agent.wait_ready();
-    let pid = agent.child.id();
+    let pid = agent.pid().expect("running");
     let client_flags = tls_flags(&certs, "client");
-    let set = client(&["kv", "set", "color", "blue"], &agent.service, &client_flags);
+    let set = client(&["kv", "set", "color", "blue"], &agent.service(), &client_flags);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     let before = resident(pid);
     let attacker_before = resident(std::process::id());
@@ -75,7 +75,7 @@ async fn partial_giant_frames_over_tls_with_a_client_certificate_stay_within_the
     })
     .unwrap();
     let connector = tls.connector();
-    let service: std::net::SocketAddr = agent.service.parse().unwrap();
+    let service: std::net::SocketAddr = agent.service().parse().unwrap();
     let connected = Arc::new(AtomicUsize::new(0));
     // The agent's peak, sampled until every connection is closed.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -113,7 +113,7 @@ async fn partial_giant_frames_over_tls_with_a_client_certificate_stay_within_the
     tokio::time::sleep(FRAME_TIMEOUT / 2).await;
     // A client is served meanwhile.
     let get = tokio::task::spawn_blocking({
-        let (service, flags) = (agent.service.clone(), client_flags.clone());
+        let (service, flags) = (agent.service().clone(), client_flags.clone());
         move || client(&["kv", "get", "color"], &service, &flags)
     })
     .await

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cluster_facade::{Cluster, ClusterConfig};
-use common::http::{Answer, ChunkedLines, read_head, request};
+use cluster_testkit::http::{Answer, ChunkedLines, read_head, request};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -60,7 +60,7 @@ async fn every_error_is_json_with_a_fitting_status() {
     s.write_all(b"PUT /v1/kv/huge HTTP/1.1\r\nHost: m\r\nContent-Length: 100000000\r\n\r\nsome")
         .await
         .unwrap();
-    let answer = common::http::read_answer(&mut s).await.unwrap();
+    let answer = cluster_testkit::http::read_answer(&mut s).await.unwrap();
     let message = answer.assert_json_error(413);
     assert!(message.contains("http_max_body_bytes"), "{message}");
     // 507: the store full; deleting makes room again.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cluster_facade::rpc::tls::generate::CertificateAuthority;
 use cluster_facade::rpc::{Role, Security, Tls};
 use cluster_facade::{Cluster, ClusterConfig, HttpLimits};
-use common::http::{LONG, closed_by_peer, request};
+use cluster_testkit::http::{LONG, closed_by_peer, request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
@@ -224,7 +224,7 @@ async fn a_body_that_stops_arriving_is_answered_408_in_json() {
     let (member, http) = member(limits, Security::Plain).await;
     let mut s = TcpStream::connect(http).await.unwrap();
     s.write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: m\r\nContent-Length: 10\r\n\r\nhalf").await.unwrap();
-    let answer = common::http::read_answer(&mut s).await.unwrap();
+    let answer = cluster_testkit::http::read_answer(&mut s).await.unwrap();
     let message = answer.assert_json_error(408);
     assert!(message.contains("http_request_timeout"), "{message}");
     assert_eq!(member.store().get("k").await.unwrap(), None, "a half body was stored");
@@ -263,18 +263,18 @@ async fn a_quiet_watch_outlives_the_idle_timeout_that_closes_an_idle_connection(
     let (member, http) = member(limits, Security::Plain).await;
     let mut watch = TcpStream::connect(http).await.unwrap();
     watch.write_all(b"GET /v1/watch/q/ HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
-    let head = common::http::read_head(&mut watch).await.unwrap();
+    let head = cluster_testkit::http::read_head(&mut watch).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     // A connection opened after the watch, with no request, is closed once
     // the idle timeout passed: the watch has been quiet longer than that.
     let mut idle = TcpStream::connect(http).await.unwrap();
     idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: m\r\n\r\n").await.unwrap();
-    let _ = common::http::read_answer(&mut idle).await.unwrap();
+    let _ = cluster_testkit::http::read_answer(&mut idle).await.unwrap();
     assert!(closed_by_peer(&mut idle).await);
 
     member.store().set("q/1", b"late".to_vec()).await.unwrap();
-    let mut lines = common::http::ChunkedLines::new();
+    let mut lines = cluster_testkit::http::ChunkedLines::new();
     let line = lines.next(&mut watch).await.unwrap().expect("the quiet watch is still open");
     assert_eq!(line["key"], "q/1", "{line}");
     member.shutdown().await.unwrap();

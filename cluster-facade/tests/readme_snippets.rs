@@ -15,14 +15,14 @@
 //! README on the line before it with
 //! `<!-- readme-snippets: skip (the reason) -->` and only checked.
 
-mod agent;
+mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::carbon;
+use common::carbon;
 
 /// The README, from the crate's directory.
 fn readme() -> String {

@@ -1,15 +1,14 @@
 //! Clusters of real members: loopback UDP, or chitchat's in-memory transport
 //! where links must be cut.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
 use std::time::Duration;
 
 use cluster_core::{MemberId, MemberState, Membership, MembershipConfig, MembershipEvent};
 use cluster_gossip::{ChannelTransport, Gossip, GossipError, GossipTransport};
-use common::*;
+use cluster_testkit::gossip::*;
+use cluster_testkit::{DEADLINE, init_tracing, wait_until};
 
 fn ids(members: &[Gossip]) -> BTreeSet<MemberId> {
     members.iter().map(Gossip::member_id).collect()

@@ -1,14 +1,13 @@
 //! Encrypted gossip on loopback UDP: outsiders (no key, another key, forged
 //! or altered datagrams) never become members; keys rotate without a failure.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cluster_core::{MemberId, MembershipEvent};
 use cluster_gossip::{Gossip, GossipKey, Keyring};
-use common::*;
+use cluster_testkit::gossip::*;
+use cluster_testkit::{DEADLINE, init_tracing, wait_until};
 use tokio::net::UdpSocket;
 
 fn ids(members: &[Gossip]) -> BTreeSet<MemberId> {

@@ -6,14 +6,13 @@
 //! Each test runs on a current-thread runtime with a thread-local tracing
 //! subscriber, so it counts exactly the warnings its own members write.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use cluster_gossip::{Gossip, GossipKey, Keyring};
-use common::*;
+use cluster_testkit::gossip::*;
+use cluster_testkit::{DEADLINE, wait_until};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;

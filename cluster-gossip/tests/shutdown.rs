@@ -1,11 +1,10 @@
 //! Every task a member spawns ends on stop, leave and drop, and the socket is released.
 
-mod common;
-
 use std::net::UdpSocket;
 
 use cluster_gossip::{Gossip, GossipTransport};
-use common::*;
+use cluster_testkit::gossip::*;
+use cluster_testkit::{DEADLINE, init_tracing, wait_until};
 
 fn alive_tasks() -> usize {
     tokio::runtime::Handle::current().metrics().num_alive_tasks()

@@ -2,8 +2,6 @@
 //! hostile connections while checking that callers from 127.0.0.1 (the
 //! members) are still served.
 
-mod common;
-
 use std::future::ready;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +9,10 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_rpc::{Limits, RpcError, Security};
-use common::*;
+use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
+use cluster_testkit::rpc::*;
+use cluster_testkit::testsuite::net::{closed_within, connect_from, held_open, idle_connections};
+use cluster_testkit::wait_until;
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Framed;

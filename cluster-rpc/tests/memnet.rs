@@ -3,8 +3,6 @@
 //! cuts make calls fail with a typed error within their deadline and heal,
 //! and its random choices replay from the seed.
 
-mod common;
-
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +10,9 @@ use std::time::Duration;
 use cluster_rpc::memnet::{Link, MemNetwork};
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Access, Client, ClientConfig, Limits, Net, Role, RpcError, Security, Server, Tls};
-use common::*;
+use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
+use cluster_testkit::rpc::*;
+use cluster_testkit::wait_until;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;

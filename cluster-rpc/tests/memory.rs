@@ -4,15 +4,16 @@
 //! bound the defaults of `Limits` promise). One test at a time (they measure
 //! the process).
 
-mod common;
-
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_rpc::{Limits, Security};
-use common::*;
+use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
+use cluster_testkit::rpc::*;
+use cluster_testkit::testsuite::net::{closed_within, connect_from, resident_memory};
+use cluster_testkit::wait_until;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 
@@ -29,6 +30,20 @@ async fn peak_rss(within: Duration) -> u64 {
         peak = peak.max(resident_memory().expect("procfs"));
     }
     peak
+}
+
+/// Waits until `counter` is at least `at_least` and did not move for half a second.
+async fn settled(counter: &AtomicUsize, at_least: usize, what: &str) {
+    let last = std::cell::Cell::new(usize::MAX);
+    wait_until(DEADLINE, what, || {
+        let last = &last;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = counter.load(Ordering::SeqCst);
+            last.replace(now) == now && now >= at_least
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,17 +114,7 @@ async fn unread_pipelines_of_large_answers() {
         held.push(s);
     }
     // Until the server stops starting requests (they wait for the peers to read).
-    let waited = std::time::Instant::now();
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = counters.started.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        assert!(waited.elapsed() < DEADLINE, "the server never stopped starting requests ({now})");
-        last = now;
-    }
+    settled(&counters.started, 0, "the server to stop starting requests").await;
     let peak = peak_rss(Duration::from_secs(2)).await;
     let growth = peak.saturating_sub(before);
     let started = counters.started.load(Ordering::SeqCst);
@@ -153,17 +158,7 @@ async fn an_unread_pipeline() {
         s
     });
     // Wait until the server stops taking requests from it.
-    let waited = std::time::Instant::now();
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = counters.started.load(Ordering::SeqCst);
-        if now == last && now > 1 {
-            break;
-        }
-        assert!(waited.elapsed() < DEADLINE, "the server never stopped taking requests ({now})");
-        last = now;
-    }
+    settled(&counters.started, 2, "the server to stop taking requests").await;
     let peak = peak_rss(Duration::from_secs(1)).await;
     let growth = peak.saturating_sub(before);
     let started = counters.started.load(Ordering::SeqCst) as u64;

@@ -1,15 +1,15 @@
 //! Mutual TLS through the RPC layer, with real sockets: who gets in, who is
 //! refused and how, and certificates reloaded without a restart.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use cluster_core::MemberId;
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Access, Limits, Role, RpcError, Security, Tls, TlsFiles};
-use common::*;
+use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
+use cluster_testkit::rpc::*;
+use cluster_testkit::testsuite::net::{held_open, idle_connections};
 
 fn tls(ca: &CertificateAuthority, role: Role, name: &str) -> Tls {
     let issued = ca.issue(role, name).expect("issue");

@@ -7,8 +7,9 @@
 //! Run with `cargo run -p cluster-service --release --example forward_bench`.
 //! It prints figures and asserts nothing.
 
-#[path = "../tests/raft_common/mod.rs"]
-mod raft_common;
+// The write future spawned per caller is deep; with the test kit in the
+// graph rustc needs more than its default query depth to lay it out.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cluster_consensus::RaftStore;
 use cluster_service::Proxy;
-use raft_common::RaftCluster;
+use cluster_testkit::LocalCluster;
 
 const RUN: Duration = Duration::from_secs(3);
 
@@ -55,12 +56,12 @@ async fn measure(proxy: &Proxy<RaftStore>, callers: usize, tag: &str) -> (f64, D
 async fn main() {
     // Logs only when asked for (RUST_LOG=...): figures stay readable.
     if std::env::var_os("RUST_LOG").is_some() {
-        raft_common::init_tracing();
+        cluster_testkit::init_tracing();
     }
-    let cluster = RaftCluster::start(3, 0).await;
-    let leader = cluster.leader().await;
+    let cluster = LocalCluster::start(3, 0).await;
+    let leader = cluster.leader_index().await;
     let follower = cluster.follower().await;
-    println!("3 voters in memory, loopback; {RUN:?} per row; timing {:?}", raft_common::timing());
+    println!("3 voters in memory, loopback; {RUN:?} per row; timing {:?}", cluster_testkit::raft_timing());
     println!("{:<28} {:>8} {:>12} {:>10} {:>10}", "path", "callers", "writes/s", "p50", "p99");
     for callers in [1, 16, 64] {
         for (name, i) in [("leader (local)", leader), ("follower (forwarded)", follower)] {
@@ -73,8 +74,8 @@ async fn main() {
 
     println!("\nleader stop -> first successful write through a follower's proxy");
     for run in 1..=3 {
-        let mut cluster = RaftCluster::start(3, 0).await;
-        let leader = cluster.leader().await;
+        let cluster = LocalCluster::start(3, 0).await;
+        let leader = cluster.leader_index().await;
         let follower = cluster.follower().await;
         let proxy = cluster.members[follower].proxy.clone();
         proxy.set("warm", "up").await.expect("warm-up write");

@@ -8,16 +8,11 @@
 //! Defaults: seed 1, 100,000 random and 100,000 mutated frames.
 //! `tests/service_fuzz.rs` runs a short version.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/fuzz/mod.rs"]
-mod fuzz;
-
 use std::process::ExitCode;
 
 use cluster_core::testsuite::fuzz::long_run;
 use cluster_service::{ServerConfig, ServiceServer};
-use common::{CLUSTER, FakeCluster};
+use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster};
 
 fn main() -> ExitCode {
     long_run(100_000, |seed, per_kind| async move {
@@ -27,7 +22,9 @@ fn main() -> ExitCode {
             .await
             .expect("a port");
         cluster.set_service_addr(0, server.local_addr());
-        let report = fuzz::feed(server.local_addr(), CLUSTER, seed, per_kind, per_kind).await;
+        let report =
+            cluster_testkit::fuzz::service::feed(server.local_addr(), CLUSTER, seed, per_kind, per_kind)
+                .await;
         println!(
             "{} random + {} mutated frames, {} answered, {} reconnects",
             report.random, report.mutated, report.answered, report.reconnects

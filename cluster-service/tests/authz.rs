@@ -2,8 +2,6 @@
 //! whatever the client library would send: raw requests for the cluster's
 //! reserved keys and short ids, over plain TCP and over mutual TLS.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use cluster_core::{ConsensusStore, Error, MemberId, WriteOp, WriteOutcome, Write
 use cluster_rpc::tls::generate::CertificateAuthority;
 use cluster_rpc::{Client, ClientConfig, Role, Security, Tls};
 use cluster_service::{Request, Response, ServerConfig, ServiceServer};
-use common::{CLUSTER, FakeCluster};
+use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,15 +1,14 @@
 //! The proxy against fake stores: local when leading, forwarded otherwise,
 //! waiting for a new leader, idempotent retries, the operation deadline.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteRequest, keys};
 use cluster_service::{Backoff, Proxy, Request, Response, RouterOptions, ServerConfig, ServiceServer};
-use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
+use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster, FakeStore};
+use cluster_testkit::wait_until;
 use tokio::net::TcpListener;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -30,7 +29,7 @@ async fn serve(cluster: &FakeCluster, i: usize) -> ServiceServer {
 
 #[tokio::test]
 async fn a_follower_forwards_every_operation_to_the_leader() {
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     let cluster = FakeCluster::new(2);
     cluster.set_leader(Some(1));
     let server = serve(&cluster, 1).await;

@@ -1,20 +1,18 @@
 //! The service over real raft members: every operation from a follower and a
 //! nonvoter, and a stream of writes across the leader's stop.
 
-mod raft_common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cluster_core::{ConsensusStore, ConsensusStoreExt, MemberInfo, RaftRole, WriteOp, WriteRequest, keys};
-use raft_common::{DEADLINE, RaftCluster, init_tracing};
+use cluster_testkit::{DEADLINE, LocalCluster, init_tracing, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_works_from_a_follower_and_a_nonvoter() {
     init_tracing();
-    let cluster = RaftCluster::start(3, 1).await;
-    let leader = &cluster.members[cluster.leader().await];
+    let cluster = LocalCluster::start(3, 1).await;
+    let leader = &cluster.members[cluster.leader_index().await];
     let follower = cluster.follower().await;
     let nonvoter = cluster.nonvoter();
 
@@ -79,8 +77,8 @@ async fn every_operation_works_from_a_follower_and_a_nonvoter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_writes_through_a_follower_survives_the_leaders_stop() {
     init_tracing();
-    let mut cluster = RaftCluster::start(3, 0).await;
-    let old_leader = cluster.leader().await;
+    let cluster = LocalCluster::start(3, 0).await;
+    let old_leader = cluster.leader_index().await;
     let follower = cluster.follower().await;
     let proxy = cluster.members[follower].proxy.clone();
     // Every applied change under the prefix, as the follower applies it.
@@ -107,12 +105,16 @@ async fn a_stream_of_writes_through_a_follower_survives_the_leaders_stop() {
         .collect();
 
     // Stop the leader in the middle of the stream.
-    raft_common::wait_until_count(&acked, WRITERS * PER_WRITER / 4).await;
+    let quarter = WRITERS * PER_WRITER / 4;
+    wait_until(DEADLINE, "a quarter of the writes acknowledged", || {
+        std::future::ready(acked.load(Ordering::SeqCst) >= quarter)
+    })
+    .await;
     cluster.members[old_leader].stop().await;
     for w in writers {
         w.await.expect("writer task").expect("no error reaches the caller");
     }
-    let new_leader = cluster.leader().await;
+    let new_leader = cluster.leader_index().await;
     assert_ne!(new_leader, old_leader);
 
     // Every acknowledged write is there, exactly once.

@@ -2,8 +2,6 @@
 //! input, concurrency on one connection, following the leader, idempotent
 //! retries, the slow-reader bound, shutdown.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,7 +13,8 @@ use cluster_service::protocol::{CONNECTION_ERROR_ID, ClientCodec};
 use cluster_service::{
     Backoff, Request, Response, RouterOptions, ServerConfig, ServiceClient, ServiceServer,
 };
-use common::{CLUSTER, FakeCluster, FakeStore, wait_until};
+use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster, FakeStore};
+use cluster_testkit::wait_until;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,7 +68,7 @@ async fn still_serves(server: &ServiceServer) {
 
 #[tokio::test]
 async fn every_request_kind_roundtrips() {
-    common::init_tracing();
+    cluster_testkit::init_tracing();
     let cluster = FakeCluster::new(1);
     let server = start(cluster.member(0)).await;
     cluster.set_service_addr(0, server.local_addr());

@@ -3,18 +3,16 @@
 //! consistent reads through every member keep working (the followers forward
 //! to that same port from 127.0.0.1, whose place the flood cannot take).
 
-mod raft_common;
-
 use std::time::Duration;
 
 use cluster_core::testsuite::net::{held_open, idle_connections};
-use raft_common::{RaftCluster, init_tracing};
+use cluster_testkit::{LocalCluster, init_tracing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_to_the_leaders_service_port_do_not_stop_forwarding() {
     init_tracing();
-    let cluster = RaftCluster::start(3, 0).await;
-    let leader = &cluster.members[cluster.leader().await];
+    let cluster = LocalCluster::start(3, 0).await;
+    let leader = &cluster.members[cluster.leader_index().await];
     let addr: std::net::SocketAddr = leader.service_addr.parse().expect("an address");
     let mut flood = idle_connections([127, 0, 0, 2], addr, 1100).await.expect("connect");
     let held = held_open(&mut flood, Duration::from_secs(3)).await;

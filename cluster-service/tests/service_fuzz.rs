@@ -1,14 +1,11 @@
 //! A short run of the service fuzz (the long one is `examples/service_fuzz.rs`):
 //! random and mutated frames never panic the server, and it serves after.
 
-mod common;
-mod fuzz;
-
 use std::time::Duration;
 
 use cluster_core::testsuite::fuzz::{count_panics, panics};
 use cluster_service::{RouterOptions, ServerConfig, ServiceClient, ServiceServer};
-use common::{CLUSTER, FakeCluster};
+use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_mutated_frames_never_panic_the_service() {
@@ -18,7 +15,7 @@ async fn random_and_mutated_frames_never_panic_the_service() {
     let server =
         ServiceServer::bind("127.0.0.1:0", cluster.member(0), ServerConfig::new(CLUSTER)).await.unwrap();
     cluster.set_service_addr(0, server.local_addr());
-    let report = fuzz::feed(server.local_addr(), CLUSTER, 7, 2_000, 2_000).await;
+    let report = cluster_testkit::fuzz::service::feed(server.local_addr(), CLUSTER, 7, 2_000, 2_000).await;
     assert_eq!((report.random, report.mutated), (2_000, 2_000));
     // Mutated frames whose header still reads are answered, one by one.
     assert!(report.answered > 500, "{report:?}");

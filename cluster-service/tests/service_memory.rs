@@ -4,15 +4,13 @@
 //! queues a bounded number of answer bytes per connection and per port, so
 //! the member grows by less than 128 MiB (+683 MiB before).
 
-mod raft_common;
-
 use std::time::Duration;
 
 use bytes::BytesMut;
 use cluster_core::testsuite::net::{connect_from, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_service::{Request, Response};
-use raft_common::{CLUSTER, RaftCluster, init_tracing};
+use cluster_testkit::{LOCAL_CLUSTER_ID as CLUSTER, LocalCluster, init_tracing};
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
 
@@ -21,7 +19,7 @@ const MIB: u64 = 1024 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_watches_replaying_large_values_stay_within_the_byte_bounds() {
     init_tracing();
-    let cluster = RaftCluster::start(1, 0).await;
+    let cluster = LocalCluster::start(1, 0).await;
     let member = &cluster.members[0];
     let client = member.client();
     let (revision, _) = client.get_prefix_with_revision("big/").await.expect("list");

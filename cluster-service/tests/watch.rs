@@ -2,16 +2,17 @@
 //! members, resumption after the watcher's member stops, the typed error for
 //! a forgotten revision, and the bound on a watcher that does not read.
 
-mod raft_common;
-
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use cluster_core::{ConsensusStore, Error, RaftTiming, WatchEvent};
 use cluster_rpc::{ClientConfig, RpcError};
 use cluster_service::{Request, Response, ServiceClient};
+use cluster_testkit::{
+    DEADLINE, LOCAL_CLUSTER_ID as CLUSTER, LocalCluster, init_tracing, raft_timing, router_options,
+    wait_until,
+};
 use futures::{Stream, StreamExt};
-use raft_common::{CLUSTER, DEADLINE, RaftCluster, client_options, init_tracing, open_member_with, timing};
 
 /// The next event of `events`, within the deadline.
 async fn next(events: &mut (impl Stream<Item = cluster_core::Result<WatchEvent>> + Unpin)) -> WatchEvent {
@@ -24,25 +25,27 @@ async fn next(events: &mut (impl Stream<Item = cluster_core::Result<WatchEvent>>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_a_write_made_through_another_member_within_a_second() {
     init_tracing();
-    let cluster = RaftCluster::start(3, 0).await;
-    let leader = cluster.leader().await;
+    let cluster = LocalCluster::start(3, 0).await;
+    let leader = cluster.leader_index().await;
     let watcher = &cluster.members[(leader + 1) % 3];
     // Written through the other follower: forwarded to the leader, applied everywhere.
     let writer = &cluster.members[(leader + 2) % 3].proxy;
     let client = watcher.client();
-    let mut events = pin!(client.watch("w/", None));
+    let events = tokio::sync::Mutex::new(Box::pin(client.watch("w/", None)));
 
     // A watch from now opens at its first poll: write until it saw a write.
-    let started = Instant::now();
-    loop {
-        assert!(started.elapsed() < DEADLINE, "the watch never opened");
+    let opening = &events;
+    wait_until(DEADLINE, "the watch to open", move || async move {
         writer.set("w/open", "x").await.expect("write");
         // Cancelling `next` keeps the stream's progress: nothing is lost.
-        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
-            assert_eq!(event.expect("an event").key, "w/open");
-            break;
+        let mut events = opening.lock().await;
+        match tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+            Ok(Some(event)) => event.expect("an event").key == "w/open",
+            _ => false,
         }
-    }
+    })
+    .await;
+    let mut events = events.into_inner();
     for i in 0..5 {
         let key = format!("w/{i}");
         writer.set(&key, "v").await.expect("write");
@@ -61,12 +64,12 @@ async fn a_watch_sees_a_write_made_through_another_member_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resumes_at_another_member_with_every_revision_once() {
     init_tracing();
-    let mut cluster = RaftCluster::start(3, 0).await;
-    let leader = cluster.leader().await;
+    let cluster = LocalCluster::start(3, 0).await;
+    let leader = cluster.leader_index().await;
     let first = (leader + 1) % 3;
     // The watcher starts at a follower, and knows the other members too.
     let addrs = [first, (leader + 2) % 3, leader].map(|i| cluster.members[i].service_addr.clone());
-    let client = ServiceClient::new(addrs, client_options()).expect("client");
+    let client = ServiceClient::new(addrs, router_options(CLUSTER)).expect("client");
     let writer = cluster.members[leader].proxy.clone();
     let (revision, _) = client.get_prefix_with_revision("r/").await.expect("list");
     let mut events = pin!(client.watch("r/", Some(revision + 1)));
@@ -103,22 +106,16 @@ async fn a_watch_from_a_revision_the_member_forgot_fails_with_compacted() {
     init_tracing();
     // Snapshots every 10 entries, no log kept behind them: a new member
     // starts from a snapshot and cannot replay what came before it.
-    let timing = RaftTiming { snapshot_after_entries: 10, keep_entries_after_snapshot: 0, ..timing() };
-    let mut old = open_member_with(timing.clone()).await;
-    old.store.bootstrap().await.expect("bootstrap");
-    let started = Instant::now();
-    while old.store.status().leader != Some(old.id()) {
-        assert!(started.elapsed() < DEADLINE, "no leader");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let timing = RaftTiming { snapshot_after_entries: 10, keep_entries_after_snapshot: 0, ..raft_timing() };
+    let mut cluster = LocalCluster::builder(1).timing(timing).start().await;
+    let old = &cluster.members[0];
     for i in 0..30 {
         old.proxy.set(&format!("c/{i:02}"), "v").await.expect("write");
     }
-    while old.store.progress().await.snapshot_index.is_none() {
-        assert!(started.elapsed() < DEADLINE, "no snapshot");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut new = open_member_with(timing).await;
+    wait_until(DEADLINE, "a snapshot", || async { old.store.progress().await.snapshot_index.is_some() })
+        .await;
+    cluster.open_new().await;
+    let (old, new) = (&cluster.members[0], &cluster.members[1]);
     old.store.add_nonvoter(new.id(), new.store.endpoints().clone()).await.expect("add the new member");
 
     // The member that applied every write replays them all…
@@ -137,14 +134,13 @@ async fn a_watch_from_a_revision_the_member_forgot_fails_with_compacted() {
     let mut resumed = pin!(new.client().watch("c/", Some(revision + 1)));
     old.proxy.set("c/next", "v").await.expect("write");
     assert_eq!(next(&mut resumed).await.key, "c/next");
-    new.stop().await;
-    old.stop().await;
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_does_not_read_is_cut_at_a_bound_and_the_library_resumes_without_loss() {
     init_tracing();
-    let cluster = RaftCluster::start(1, 0).await;
+    let cluster = LocalCluster::start(1, 0).await;
     let member = &cluster.members[0];
     let client = member.client();
     let (revision, _) = client.get_prefix_with_revision("s/").await.expect("list");

@@ -40,7 +40,7 @@ fn client(cluster: &mut ProcessCluster, members: &[usize]) -> Result<ServiceClie
         .iter()
         .map(|&i| {
             let spec = cluster.agent(i).spec();
-            format!("{}:{}", spec.host, spec.ports.service)
+            format!("{}:{}", spec.host.expect("a host"), spec.ports.expect("fixed ports").service)
         })
         .collect();
     let mut options = integration_tests::harness::security::client_options(cluster.cluster_id());

@@ -50,14 +50,24 @@ where
 
 /// [`wait_until`] for tests without a runtime (processes driven from plain
 /// threads): checks `cond` until it holds, sleeping the thread in between.
-pub fn wait_until_blocking(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until_blocking(within: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(holds_within_blocking(within, cond), "timed out after {within:?} waiting for {what}");
+}
+
+/// The check behind [`wait_until_blocking`], for a harness that reports a
+/// timeout as an error rather than a panic: true as soon as `cond` holds,
+/// false once `within` passed without it holding.
+pub fn holds_within_blocking(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     let mut poll = FIRST_POLL;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(poll);
         poll = (poll * 2).min(MAX_POLL);
     }
+    true
 }
 
 #[cfg(test)]

@@ -1,15 +1,49 @@
 //! Helpers shared by the facade's tests: a fast test configuration and a
-//! local cluster builder. Waits and logs come from the kit
-//! (`cluster_core::testsuite`).
+//! local cluster builder of `Cluster`s, and the `carbon` binary of this
+//! package for the kit's agent harness (`cluster_testkit::agent`). Waits and
+//! logs come from the kit.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::process::Command;
+
 use cluster_facade::{Cluster, ClusterConfig, RaftRole};
+pub use cluster_testkit::agent::{Agent, AgentSpec, tls_flags};
 
-pub mod http;
+pub use cluster_testkit::{DEADLINE, init_tracing, wait_until};
 
-pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
+/// The `carbon` program of this build (cargo builds it for this package's tests).
+pub fn carbon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_carbon"))
+}
+
+/// An agent of this build's `carbon` (the kit finds the binary itself
+/// elsewhere; here cargo names it).
+pub fn spec() -> AgentSpec {
+    AgentSpec::new("carbon").binary(env!("CARGO_BIN_EXE_carbon"))
+}
+
+/// `carbon agent ARGS`, once it printed its start line.
+pub fn agent(args: &[String]) -> Agent {
+    Agent::start(spec().args(args.iter().cloned()))
+}
+
+/// Like [`agent`], with its log lines kept for `Agent::wait_log`.
+pub fn agent_logged(args: &[String]) -> Agent {
+    Agent::start(spec().args(args.iter().cloned()).logged())
+}
+
+/// An agent of configuration file `config` seeded on `seeds`.
+pub fn agent_of(config: &Path, seeds: &[&str]) -> Agent {
+    Agent::start(spec().config(config).seeds(seeds.iter().copied()))
+}
+
+/// `n` agents of configuration file `config`, the first forming the cluster.
+pub fn agents_of(config: &Path, n: usize) -> Vec<Agent> {
+    Agent::start_cluster(&spec().config(config), n)
+}
 
 /// A configuration with quick failure handling, ports from the OS, in memory.
 pub fn config(seeds: Vec<String>, num_voters: usize) -> ClusterConfig {

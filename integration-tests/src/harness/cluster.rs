@@ -19,7 +19,7 @@ use cluster_core::{ConsensusStatus, MemberInfo};
 use cluster_service::{RouterOptions, ServiceClient};
 
 use super::netns::NetLab;
-use super::process::{Agent, AgentConfig, AgentSpec, Ports};
+use super::process::{Agent, AgentConfig, AgentSpec, Log, Ports};
 use super::proxy::{Protocol, ProxiedMember, Proxy, ProxySpec, Route};
 
 /// Ports every member uses inside its own namespace (no other member binds there).
@@ -124,13 +124,13 @@ impl ProcessCluster {
         let spec = AgentSpec {
             name: format!("m{i}"),
             binary: None,
-            host,
-            ports,
+            host: Some(host),
+            ports: Some(ports),
             seeds,
             data_dir: Some(self.dir.path().join(format!("m{i}"))),
             config_file: Some(self.dir.path().join("agent.toml")),
             args,
-            log_file: self.dir.path().join(format!("m{i}.log")),
+            log: Log::File(self.dir.path().join(format!("m{i}.log"))),
             wrapper,
         };
         let mut agent = Agent::spawn(spec)?;

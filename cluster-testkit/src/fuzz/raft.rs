@@ -1,9 +1,7 @@
-//! The raft-port fuzz driver, shared by `examples/raft_fuzz.rs` (the long
-//! run) and `tests/raft_fuzz.rs` (a short run): random frames and mutated
+//! The raft-port fuzz driver, shared by `cluster-consensus`'s
+//! `examples/raft_fuzz.rs` (the long run) and `tests/raft_fuzz.rs` (a short run): random frames and mutated
 //! valid frames, from a seeded generator, written as raw bytes to a member's
 //! raft port, every answer read back and sorted.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,10 +1,8 @@
-//! Random and mutated service frames against a service server, for the
-//! short test (`tests/service_fuzz.rs`) and the long run
+//! Random and mutated service frames against a service server, for
+//! `cluster-service`'s short test (`tests/service_fuzz.rs`) and long run
 //! (`examples/service_fuzz.rs`). Frames go over real TCP connections; a
 //! connection the server closes (garbage it cannot resynchronize) is opened
 //! again. Panics anywhere in the process are counted by a hook.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! A small handler and helpers shared by the server tests.
-#![allow(dead_code, unreachable_pub, unused_imports)]
+//! A small handler of the RPC layer (`cluster-rpc`) and helpers to serve and
+//! call it, for the layer's own server and client tests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,24 +9,25 @@ use cluster_rpc::{
     Answer, Caller, Client, ClientConfig, Handler, HandlerFuture, Limits, Reply, Security, Server,
     ServerConfig, serve,
 };
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-pub use cluster_core::testsuite::net::{
-    closed_within, connect_from, held_open, idle_connections, resident_memory,
-};
-pub use cluster_core::testsuite::wait_until;
-
+/// The cluster id of the test server and its clients.
 pub const CLUSTER: &str = "test-cluster";
-/// Generous: the machine is shared.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a test call may take: generous, the machine is shared.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a test client asks.
 pub enum Ask {
+    /// Answers the same text.
     Echo(String),
     /// Answers `n` items as a stream, then ends (or never ends with `forever`).
     Count {
+        /// How many items.
         n: u32,
+        /// Whether the stream then stays open.
         forever: bool,
     },
     /// Never answers.
@@ -38,10 +39,15 @@ pub enum Ask {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the test handler answers.
 pub enum Said {
+    /// The text asked to echo (or a big one).
     Echo(String),
+    /// One item of a counted stream.
     Item(u32),
+    /// The caller's role, as the server saw it.
     Caller(Option<cluster_rpc::Role>),
+    /// The request was refused.
     Refused(cluster_core::Error),
 }
 
@@ -60,10 +66,13 @@ impl Answer for Said {
 /// Counts requests started, and streams dropped (cancelled or ended).
 #[derive(Default)]
 pub struct Counters {
+    /// Requests the handler started.
     pub started: AtomicUsize,
+    /// Answer streams dropped, cancelled or ended.
     pub streams_dropped: AtomicUsize,
 }
 
+/// The handler: answers [`Ask`] with [`Said`] and counts in its [`Counters`].
 pub struct TestHandler(pub Arc<Counters>);
 
 struct DropCount(Arc<Counters>);
@@ -99,12 +108,13 @@ impl Handler for TestHandler {
     }
 }
 
-use futures::StreamExt;
-
+/// Serves the test handler on a free loopback port with `limits` and
+/// `security`, open to anyone.
 pub async fn start(limits: Limits, security: Security) -> (Server, Arc<Counters>) {
     start_with(limits, security, cluster_rpc::Access::Anyone).await
 }
 
+/// Like [`start`], with `access`.
 pub async fn start_with(
     limits: Limits,
     security: Security,
@@ -126,10 +136,12 @@ pub fn serve_on(
     (serve(listener, TestHandler(counters.clone()), config).expect("serve"), counters)
 }
 
+/// A client of the test server's cluster.
 pub fn client(security: Security) -> Client<Ask, Said> {
     Client::new(ClientConfig { cluster_id: CLUSTER.into(), security, ..ClientConfig::default() })
 }
 
+/// Asks `server` to echo; panics without an answer.
 pub async fn echo(c: &Client<Ask, Said>, server: &Server) -> Said {
-    c.call(&server.local_addr().to_string(), &Ask::Echo("hi".into()), DEADLINE).await.expect("an answer")
+    c.call(&server.local_addr().to_string(), &Ask::Echo("hi".into()), CALL_DEADLINE).await.expect("an answer")
 }

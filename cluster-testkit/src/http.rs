@@ -1,4 +1,5 @@
-//! Raw HTTP/1.1 over any stream, for tests that must see exactly what a
+//! Raw HTTP/1.1 over any stream (the operators' HTTP API of `carbon agent`
+//! and of `cluster-facade`'s `Cluster`), for tests that must see exactly what a
 //! member sends (status, headers, body bytes) and send what no client
 //! library would (trickled heads, lying lengths).
 
@@ -93,6 +94,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<
 
 /// The next line of a chunked body that carries newline-delimited JSON
 /// (chunks need not end at lines).
+#[derive(Debug, Default)]
 pub struct ChunkedLines {
     pending: Vec<u8>,
 }

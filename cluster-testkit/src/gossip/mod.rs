@@ -1,8 +1,6 @@
-//! Shared test helpers: fast settings, starting a local cluster, reading
-//! events, capturing a sealed datagram. Waits and logs come from the kit
-//! (`cluster_core::testsuite`).
-
-#![allow(dead_code, unreachable_pub, unused_imports)]
+//! Gossip for tests: fast settings, starting a local gossip cluster, reading
+//! membership events, capturing a sealed datagram; [`forge`] writes chitchat
+//! datagrams by hand.
 
 pub mod forge;
 
@@ -13,7 +11,7 @@ use cluster_core::{FailureDetection, MemberId, MembershipEvent, MembershipEvents
 use cluster_gossip::{Gossip, GossipConfig, GossipTransport, Keyring};
 use tokio::net::UdpSocket;
 
-pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
+use cluster_core::testsuite::{DEADLINE, wait_until};
 
 /// Gossip every 100 ms, failure detector tuned to it.
 pub fn fast_config(cluster_id: &str) -> GossipConfig {
