@@ -18,24 +18,34 @@ pub enum RaftRole {
     /// A member that replicates the log but does not vote (an openraft learner),
     /// or that is not yet part of raft.
     Nonvoter,
+    /// A member outside the bounded replica set: no raft log, no vote; it
+    /// reaches the store through the replicas (see `replicas` in the
+    /// facade's configuration).
+    Client,
 }
 
 impl RaftRole {
     /// Every role, in a fixed order.
-    pub const ALL: [RaftRole; 3] = [RaftRole::Leader, RaftRole::Voter, RaftRole::Nonvoter];
+    pub const ALL: [RaftRole; 4] = [RaftRole::Leader, RaftRole::Voter, RaftRole::Nonvoter, RaftRole::Client];
 
-    /// The tag value: `leader`, `voter` or `nonvoter`.
+    /// The tag value: `leader`, `voter`, `nonvoter` or `client`.
     pub const fn as_str(self) -> &'static str {
         match self {
             RaftRole::Leader => "leader",
             RaftRole::Voter => "voter",
             RaftRole::Nonvoter => "nonvoter",
+            RaftRole::Client => "client",
         }
     }
 
     /// True for the leader and the other voters.
     pub const fn votes(self) -> bool {
         matches!(self, RaftRole::Leader | RaftRole::Voter)
+    }
+
+    /// True for the members of the replica set: every role but `client`.
+    pub const fn replicates(self) -> bool {
+        !matches!(self, RaftRole::Client)
     }
 }
 
@@ -66,5 +76,8 @@ mod tests {
         }
         assert!(matches!("Leader".parse::<RaftRole>(), Err(Error::InvalidRole { .. })));
         assert!(RaftRole::Leader.votes() && RaftRole::Voter.votes() && !RaftRole::Nonvoter.votes());
+        assert!(
+            !RaftRole::Client.votes() && !RaftRole::Client.replicates() && RaftRole::Nonvoter.replicates()
+        );
     }
 }

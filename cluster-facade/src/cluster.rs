@@ -22,6 +22,7 @@ use crate::error::ClusterError;
 use crate::grid::{self, GridEvents, GridHub};
 use crate::housekeeping::{Housekeeper, Settings};
 use crate::identity;
+use crate::member_store::MemberStore;
 use crate::operator::HttpServer;
 use crate::operator::Metrics;
 use crate::operator::Readiness;
@@ -70,8 +71,8 @@ pub(crate) struct Inner<M: Membership, S: ConsensusStore> {
     addresses: Addresses,
     config: ClusterConfig,
     membership: Arc<M>,
-    store: Arc<S>,
-    proxy: Proxy<S>,
+    store: Arc<MemberStore<S>>,
+    proxy: Proxy<MemberStore<S>>,
     service: Mutex<Option<ServiceServer>>,
     grid: GridHub,
     stop: watch::Sender<bool>,
@@ -85,7 +86,7 @@ pub(crate) struct Inner<M: Membership, S: ConsensusStore> {
 
 /// What was started so far, so that a failed start stops it again.
 struct Started<M, S> {
-    store: Option<Arc<S>>,
+    store: Option<Arc<MemberStore<S>>>,
     membership: Option<Arc<M>>,
     service: Option<ServiceServer>,
     stop: Option<watch::Sender<bool>>,
@@ -221,7 +222,8 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         })
         .await
         .map_err(start_err("consensus"))?;
-        let store = Arc::new(store);
+        // Raft holds this member's state only while it is in the replica set.
+        let store = Arc::new(MemberStore::new(store));
         started.store = Some(store.clone());
         if let Some(dir) = &config.data_dir {
             // The store may have created files with the process's umask
@@ -252,7 +254,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
             service_addr.port(),
             grid_port,
         );
-        me.raft_role = store.status().role().unwrap_or(RaftRole::Nonvoter);
+        me.raft_role = store.status().role().unwrap_or(RaftRole::Client);
         me.extra_tags = config.tags.clone();
         let mut tags = me.to_tags();
         if let Some(id) = reset_pending {
@@ -307,21 +309,27 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         )
         .map_err(start_err("service"))?;
         started.service = Some(service);
-        let proxy = Proxy::new(
-            store.clone(),
-            ProxyOptions {
-                op_timeout: ms(config.timeouts.operation_ms),
-                max_frame_len: config.raft.max_frame_bytes,
-                connect_timeout: config.limits.connect_timeout,
-                security: config.security.clone(),
-                ..ProxyOptions::new(config.cluster_id.clone())
-            },
+        let proxy_options = ProxyOptions {
+            op_timeout: ms(config.timeouts.operation_ms),
+            max_frame_len: config.raft.max_frame_bytes,
+            connect_timeout: config.limits.connect_timeout,
+            security: config.security.clone(),
+            ..ProxyOptions::new(config.cluster_id.clone())
+        };
+        let proxy = Proxy::new(store.clone(), proxy_options.clone());
+        // A client member's view follows the replicas that gossip shows.
+        let mode_task = tokio::spawn(
+            store
+                .clone()
+                .run(crate::replicas::gossip_replicas(membership.clone()), proxy_options, stop_rx.clone())
+                .in_current_span(),
         );
 
         // Housekeeping: grid events, own tags, and the leader's duties.
         let grid = grid::hub(1024);
         let settings = Settings {
             num_voters: config.num_voters,
+            replicas: config.replicas,
             failure_grace: ms(config.timeouts.failure_grace_ms),
             short_id_reap: ms(config.timeouts.short_id_reap_ms),
             interval: ms(config.timeouts.housekeeping_interval_ms),
@@ -339,6 +347,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         let task = tokio::spawn(async move {
             let _ = keeper_task.await;
             let _ = liveness_task.await;
+            let _ = mode_task.await;
         });
         started.housekeeping = Some(task);
 
@@ -471,9 +480,10 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         &self.inner.config
     }
 
-    /// This member's raft role now (`Nonvoter` until raft lists it).
+    /// This member's role now: `Client` while it is outside the replica
+    /// set (a member that joins is one until the leader adds it to raft).
     pub fn raft_role(&self) -> RaftRole {
-        self.inner.store.status().role().unwrap_or(RaftRole::Nonvoter)
+        self.inner.store.status().role().unwrap_or(RaftRole::Client)
     }
 
     /// What this member knows about consensus now.
@@ -505,7 +515,7 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
 
     /// The consistent key-value store, from this member, whatever its role:
     /// writes and consistent reads go to the leader, across failovers.
-    pub fn store(&self) -> &Proxy<S> {
+    pub fn store(&self) -> &Proxy<MemberStore<S>> {
         &self.inner.proxy
     }
 

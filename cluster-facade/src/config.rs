@@ -54,6 +54,12 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     /// How many voters the cluster keeps; the other members are nonvoters.
     pub num_voters: usize,
+    /// How many members hold the raft log (the replica set): `num_voters`
+    /// voters and `replicas - num_voters` nonvoters. Every other member is a
+    /// client member: gossip, member id, short id and records, no log and no
+    /// vote; it reaches the store through the replicas. At least
+    /// `num_voters`; default 5. Only the leader's value counts.
+    pub replicas: usize,
     /// Where the member id and the raft state live; none keeps them in memory.
     pub data_dir: Option<PathBuf>,
     /// Extra tags this member publishes in gossip.
@@ -155,6 +161,7 @@ impl Default for ClusterConfig {
             http_port: None,
             seeds: Vec::new(),
             num_voters: 3,
+            replicas: 5,
             data_dir: None,
             tags: Default::default(),
             timeouts: Timeouts::default(),
@@ -365,6 +372,15 @@ impl ClusterConfig {
         if self.num_voters > 99 {
             bad("num_voters", "more than 99 voters makes every write slow; use at most 99".into());
         }
+        if self.replicas < self.num_voters {
+            bad(
+                "replicas",
+                format!(
+                    "must be at least num_voters ({}): the replica set holds the voters and the nonvoters",
+                    self.num_voters
+                ),
+            );
+        }
         for name in self.tags.keys() {
             if cluster_core::member::tag::RESERVED.contains(&name.as_str()) || name.starts_with("__") {
                 bad(&format!("tags.{name}"), "is reserved for the cluster".into());
@@ -478,6 +494,16 @@ mod tests {
         c.validate().unwrap();
         let text = toml::to_string(&c).unwrap();
         assert_eq!(toml::from_str::<ClusterConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn replicas_below_num_voters_is_refused_by_name() {
+        let c = ClusterConfig { num_voters: 5, replicas: 3, ..Default::default() };
+        let errs = c.validate().unwrap_err().to_string();
+        assert!(errs.contains("replicas: must be at least num_voters (5)"), "{errs}");
+        let c: ClusterConfig = toml::from_str("replicas = 7\nnum_voters = 5").unwrap();
+        assert_eq!((c.replicas, c.num_voters), (7, 5));
+        c.validate().unwrap();
     }
 
     #[test]

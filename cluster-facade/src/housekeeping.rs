@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use cluster_core::plan::{
     AddressFacts, DepartureTimeouts, Departures, Health, PlanMember, RaftMembership, RecordChange,
-    RecordFacts, Refusal, VoterChange, admit, plan_endpoint_updates, plan_records, plan_voters,
-    refuse_duplicate_addresses,
+    RecordFacts, Refusal, ReplicaBound, VoterChange, admit, plan_endpoint_updates, plan_records,
+    plan_voters_preferring, refuse_duplicate_addresses,
 };
 use cluster_core::{
     ConsensusStatus, ConsensusStore, ConsensusStoreExt, Endpoints, MemberId, MemberInfo, Membership,
@@ -39,6 +39,8 @@ fn now() -> Instant {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub num_voters: usize,
+    /// The bound of the replica set (voters and nonvoters).
+    pub replicas: usize,
     pub failure_grace: Duration,
     pub short_id_reap: Duration,
     pub interval: Duration,
@@ -124,6 +126,10 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                         continue;
                     }
                     self.last_raft = Some(raft);
+                    // The member may have changed between replica and client
+                    // member: follow the records where they are served now.
+                    records = self.store.watch(keys::RESERVED_PREFIX);
+                    records_open = true;
                 }
                 _ = tick.tick() => {}
                 // A grace or reap timeout ends: act on it now, not a tick later.
@@ -176,7 +182,8 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             return;
         }
         let mut tags = BTreeMap::new();
-        tags.insert(tag::RAFT_ROLE.to_owned(), role.unwrap_or(RaftRole::Nonvoter).to_string());
+        // Out of raft: a client member (one that joins is, until it is added).
+        tags.insert(tag::RAFT_ROLE.to_owned(), role.unwrap_or(RaftRole::Client).to_string());
         if let Some(id) = short_id {
             tags.insert(tag::SHORT_ID.to_owned(), id.to_string());
         }
@@ -410,7 +417,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                 },
             })
             .collect();
-        for change in plan_voters(&members, self.settings.num_voters, self.me) {
+        let bound = ReplicaBound { voters: self.settings.num_voters, replicas: self.settings.replicas };
+        let (replicas, members) = crate::replicas::plan(members, live, bound, self.me);
+        for change in plan_voters_preferring(&members, bound.voters, self.me, &replicas.voter_preference) {
             info!(member = %self.me, ?change, "raft membership change");
             match change {
                 VoterChange::AddNonvoter(id) => {
@@ -451,10 +460,11 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             .and_then(|s| s.parse().ok());
         let facts = RecordFacts {
             leader: self.me,
-            // Only members that raft knows get records: the record carries the role.
-            live: live.values().filter(|m| status.all_members().contains(&m.member_id)).cloned().collect(),
+            // Every admitted member gets records: those out of raft as client members.
+            live: live.values().cloned().collect(),
             voters: status.voters.keys().copied().collect(),
             nonvoters: status.nonvoters.keys().copied().collect(),
+            clients: live.keys().filter(|id| !status.all_members().contains(id)).copied().collect(),
             short_ids: self.store.short_ids()?,
             recorded: records.members,
             voter_keys: ids_under(keys::VOTERS_PREFIX, keys::parse_voter_key)?,

@@ -76,6 +76,8 @@
 //! With both backend features, [`Cluster`] names the member type; without
 //! them, bring your own backends through [`ClusterOf`].
 
+mod client_feed;
+mod client_view;
 mod cluster;
 mod config;
 mod data_dir;
@@ -85,10 +87,12 @@ mod error;
 mod grid;
 mod housekeeping;
 mod identity;
+mod member_store;
 mod operated;
 mod operator;
 mod proof;
 #[cfg(feature = "consensus-openraft")]
+mod replicas;
 mod reset;
 mod served;
 
@@ -100,6 +104,7 @@ pub use config::{
 pub use descriptors::{DescriptorBudget, RESERVED_DESCRIPTORS, fit_descriptors};
 pub use error::ClusterError;
 pub use grid::GridEvents;
+pub use member_store::MemberStore;
 pub use operator::{ConsensusGauges, HttpLimits, Metrics, READY_MAX_APPLY_LAG, Readiness};
 #[cfg(feature = "consensus-openraft")]
 pub use reset::{ResetReport, reset_raft_state};

@@ -15,7 +15,7 @@ use crate::cluster::ClusterOf;
 use crate::operator::{Metrics, Operated, Readiness};
 
 impl<M: Membership, S: ConsensusStore> Operated for ClusterOf<M, S> {
-    type Store = S;
+    type Store = crate::MemberStore<S>;
 
     fn metrics(&self) -> &Metrics {
         ClusterOf::metrics(self)
@@ -45,7 +45,7 @@ impl<M: Membership, S: ConsensusStore> Operated for ClusterOf<M, S> {
         ClusterOf::liveness(self)
     }
 
-    fn store(&self) -> &Proxy<S> {
+    fn store(&self) -> &Proxy<crate::MemberStore<S>> {
         ClusterOf::store(self)
     }
 }

@@ -118,7 +118,8 @@ async fn leader_stopped_with_nonvoters_promotes_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seven_members_three_voters_and_a_failed_voter_is_replaced() {
     init_tracing();
-    let mut members = start_cluster(7, 3).await;
+    // Every member a replica (the default bound is 5): 3 voters, 4 nonvoters.
+    let mut members = start_cluster_with(7, 3, |c| c.replicas = 7).await;
     wait_until(DEADLINE, "3 voters and 4 nonvoters", || ready(settled(&members, 3, 4))).await;
     assert_eq!(short_ids(&members).len(), 7, "short ids are distinct");
     // A voter that does not lead fails.

@@ -19,6 +19,8 @@ pub struct RecordFacts {
     pub voters: BTreeSet<MemberId>,
     /// Nonvoters in raft.
     pub nonvoters: BTreeSet<MemberId>,
+    /// Live members kept out of the replica set: recorded with role `client`.
+    pub clients: BTreeSet<MemberId>,
     /// Short ids held, by the state machine.
     pub short_ids: BTreeMap<MemberId, ShortId>,
     /// Member records in the store.
@@ -75,6 +77,8 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
             RaftRole::Leader
         } else if f.voters.contains(id) {
             RaftRole::Voter
+        } else if f.clients.contains(id) && !f.nonvoters.contains(id) {
+            RaftRole::Client
         } else {
             RaftRole::Nonvoter
         }
@@ -104,10 +108,12 @@ pub fn plan_records(f: &RecordFacts) -> Vec<RecordChange> {
         let held = f.short_ids.get(id).copied().filter(|_| !f.released.contains(id));
         if held.is_none() {
             plan.push(RecordChange::DeleteMember(*id));
-        } else if info.raft_role != RaftRole::Nonvoter || info.short_id != held {
-            // It carries the short id it holds, like every record.
+        } else if !matches!(info.raft_role, RaftRole::Nonvoter | RaftRole::Client) || info.short_id != held {
+            // It carries the short id it holds, like every record; a client
+            // member stays one.
             let mut out_of_raft = info.clone();
-            out_of_raft.raft_role = RaftRole::Nonvoter;
+            out_of_raft.raft_role =
+                if info.raft_role == RaftRole::Client { RaftRole::Client } else { RaftRole::Nonvoter };
             out_of_raft.short_id = held;
             plan.push(RecordChange::PutMember(out_of_raft));
         }
@@ -205,6 +211,34 @@ mod tests {
         assert_eq!(f.recorded[&MemberId::from(2)].raft_role, RaftRole::Voter);
         assert_eq!(f.voter_keys.len(), 2);
         assert_eq!(f.leader_key, Some(leader));
+    }
+
+    #[test]
+    fn a_client_member_holds_a_short_id_and_a_client_record_but_no_role_key() {
+        let leader = MemberId::from(1);
+        let client = MemberId::from(2);
+        let mut f = RecordFacts {
+            leader,
+            live: vec![info(1), info(2)],
+            voters: [leader].into(),
+            clients: [client].into(),
+            ..Default::default()
+        };
+        settle(&mut f);
+        assert_eq!(f.recorded[&client].raft_role, RaftRole::Client);
+        assert_eq!(f.recorded[&client].short_id, Some(sid(2)));
+        assert!(!f.voter_keys.contains(&client) && !f.nonvoter_keys.contains(&client));
+        // It fails: it stays a client, with its short id, until released.
+        f.live.retain(|m| m.member_id != client);
+        f.clients.clear();
+        settle(&mut f);
+        assert_eq!(f.recorded[&client].raft_role, RaftRole::Client);
+        // The leader makes it a replica when it is back: it becomes a nonvoter.
+        f.live.push(info(2));
+        f.nonvoters.insert(client);
+        settle(&mut f);
+        assert_eq!(f.recorded[&client].raft_role, RaftRole::Nonvoter);
+        assert!(f.nonvoter_keys.contains(&client));
     }
 
     #[test]
@@ -319,6 +353,7 @@ mod tests {
                         live: ids(live | 1).into_iter().map(info_of).collect(),
                         voters,
                         nonvoters,
+                        clients: BTreeSet::new(),
                         short_ids,
                         recorded,
                         voter_keys: ids(vk),

@@ -67,6 +67,17 @@ pub enum VoterChange {
 /// The changes to make, in order. `leader` is the member that will carry
 /// them out; `wanted_voters` below 1 counts as 1.
 pub fn plan_voters(members: &[PlanMember], wanted_voters: usize, leader: MemberId) -> Vec<VoterChange> {
+    plan_voters_preferring(members, wanted_voters, leader, &[])
+}
+
+/// [`plan_voters`], promoting the nonvoters in `prefer` first, in its order
+/// (the replica plan's zone spread), then the others, oldest first.
+pub fn plan_voters_preferring(
+    members: &[PlanMember],
+    wanted_voters: usize,
+    leader: MemberId,
+    prefer: &[MemberId],
+) -> Vec<VoterChange> {
     let wanted = wanted_voters.max(1);
     let health: BTreeMap<MemberId, Health> = members.iter().map(|m| (m.id, m.health)).collect();
     let healthy = |id: &MemberId| health.get(id) == Some(&Health::Healthy) || *id == leader;
@@ -95,9 +106,11 @@ pub fn plan_voters(members: &[PlanMember], wanted_voters: usize, leader: MemberI
         nonvoters.remove(&id);
         plan.push(VoterChange::Remove(id));
     }
-    // 3. promote healthy nonvoters, oldest first, up to the wanted count.
+    // 3. promote healthy nonvoters, preferred then oldest first, up to the wanted count.
     let mut candidates: Vec<MemberId> = nonvoters.iter().filter(|id| healthy(id)).copied().collect();
-    candidates.reverse(); // pop() takes the oldest
+    let rank = |id: &MemberId| prefer.iter().position(|p| p == id).unwrap_or(usize::MAX);
+    candidates.sort_by_key(|id| (rank(id), *id));
+    candidates.reverse(); // pop() takes the first
     while voters.iter().filter(|v| !gone(v)).count() < wanted {
         let Some(id) = candidates.pop() else { break };
         let mut next = voters.clone();

@@ -98,7 +98,8 @@ pub struct MemberStatus {
     pub member_id: MemberId,
     /// Its short id, once it holds one.
     pub short_id: Option<ShortId>,
-    /// Its raft role by its own knowledge; `None` while it is not in raft.
+    /// Its raft role by its own knowledge; `Client` while it is out of
+    /// raft with a short id (a client member); `None` while it joins.
     pub role: Option<RaftRole>,
     /// The leader it knows, if any.
     pub leader: Option<MemberId>,
@@ -128,7 +129,8 @@ impl MemberStatus {
     /// The status of a member from what its store knows and its short id.
     pub fn new(status: ConsensusStatus, progress: &ConsensusProgress, short_id: Option<ShortId>) -> Self {
         MemberStatus {
-            role: status.role(),
+            // Out of raft with a short id: a client member of the replica set.
+            role: status.role().or(short_id.map(|_| RaftRole::Client)),
             short_id,
             member_id: status.member_id,
             leader: status.leader,

@@ -42,7 +42,14 @@ fn settings(interval: Duration) -> Settings {
     // Plain transport: no certificate to prove, every admitted member counts.
     let proofs =
         MemberProofs::new(cluster_rpc::Security::Plain, Duration::from_secs(1), Duration::from_secs(1));
-    Settings { num_voters: 3, failure_grace: GRACE, short_id_reap: REAP, interval, proofs: Arc::new(proofs) }
+    Settings {
+        num_voters: 3,
+        replicas: 5,
+        failure_grace: GRACE,
+        short_id_reap: REAP,
+        interval,
+        proofs: Arc::new(proofs),
+    }
 }
 
 impl Rig {

@@ -33,6 +33,25 @@ pub async fn start_cluster(n: usize, num_voters: usize) -> Vec<Cluster> {
     members
 }
 
+/// Starts `n` members like [`start_cluster`], each configuration changed by `tweak`.
+pub async fn start_cluster_with(
+    n: usize,
+    num_voters: usize,
+    tweak: impl Fn(&mut ClusterConfig),
+) -> Vec<Cluster> {
+    let mut c = config(vec![], num_voters);
+    tweak(&mut c);
+    let first = Cluster::start(c).await.expect("first member starts");
+    let seed = first.addresses().gossip.to_string();
+    let mut members = vec![first];
+    for _ in 1..n {
+        let mut c = config(vec![seed.clone()], num_voters);
+        tweak(&mut c);
+        members.push(Cluster::start(c).await.expect("member joins"));
+    }
+    members
+}
+
 /// How many members vote.
 pub fn voters(members: &[Cluster]) -> usize {
     members.iter().filter(|m| m.raft_role().votes()).count()

@@ -115,6 +115,8 @@ pub struct AgentConfig {
     pub cluster_id: String,
     /// How many voters the cluster keeps.
     pub num_voters: usize,
+    /// How many members hold the raft log; the others are client members.
+    pub replicas: usize,
     /// A failed member is removed from raft after this.
     pub failure_grace_ms: u64,
     /// A failed member's short id is freed after this.
@@ -141,6 +143,7 @@ impl Default for AgentConfig {
         AgentConfig {
             cluster_id: "faults".into(),
             num_voters: 3,
+            replicas: 5,
             failure_grace_ms: 1_000,
             short_id_reap_ms: 30_000,
             leave_ms: 3_000,
@@ -160,11 +163,12 @@ impl AgentConfig {
     pub fn to_toml(&self) -> String {
         let (keys, tables) = super::security::agent_toml();
         let text = format!(
-            "cluster_id = {:?}\nnum_voters = {}\n{keys}\n[timeouts]\nstart_ms = {}\noperation_ms = {}\n\
+            "cluster_id = {:?}\nnum_voters = {}\nreplicas = {}\n{keys}\n[timeouts]\nstart_ms = {}\noperation_ms = {}\n\
              failure_grace_ms = {}\nshort_id_reap_ms = {}\nleave_ms = {}\n\n[raft]\nheartbeat_ms = {}\n\
              election_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n",
             self.cluster_id,
             self.num_voters,
+            self.replicas,
             self.start_ms,
             self.operation_ms,
             self.failure_grace_ms,

@@ -47,6 +47,10 @@ pub(crate) struct AgentArgs {
     /// How many voters the cluster keeps.
     #[arg(long)]
     pub num_voters: Option<usize>,
+    /// How many members hold the raft log (voters and nonvoters); every
+    /// other member is a client member.
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// The cluster id; members of other clusters are refused.
     #[arg(long)]
     pub cluster_id: Option<String>,
@@ -111,6 +115,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.num_voters {
             config.num_voters = v;
+        }
+        if let Some(v) = self.replicas {
+            config.replicas = v;
         }
         if let Some(v) = &self.cluster_id {
             config.cluster_id = v.clone();
