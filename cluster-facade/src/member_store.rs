@@ -179,7 +179,9 @@ impl<S: ConsensusStore> MemberStore<S> {
         if self.is_client() {
             let records = self.view.status(me);
             let recorded = records.voters.contains_key(&me) || records.nonvoters.contains_key(&me);
-            if listed && recorded && self.raft_revision() >= self.view.revision() {
+            // A leader is a replica whatever its view says (a lone member
+            // back from its data directory has no replica to follow).
+            if listed && (recorded || raft.is_leader()) && self.raft_revision() >= self.view.revision() {
                 self.set_client(false, "added to the replica set and caught up");
                 return;
             }
