@@ -4,14 +4,17 @@
 # Environment: REPS (default 3), SECS per load point (default 3), ONLY (figure
 # families: idle,kv,failover,join,gossip,scale), SKIP_APT=1 to skip installing peers,
 # OUT (default bench/results; point a smoke run elsewhere).
-#   scale:    SCALE_SIZES (agent processes, default 3,10,30,50),
-#             SCALE_GOSSIP_SIZES (in-process gossip members, default 10,50,100),
+#   scale:    SCALE_SIZES (agent processes with a bounded replica set, default
+#             3,5,10,30,50,100), SCALE_REPLICAS (the bound, default 5),
+#             SCALE_ALL_SIZES (every member a replica, the contrast curve, default
+#             3,10,30,50; empty for none: slow at 50),
+#             SCALE_GOSSIP_SIZES (in-process gossip members, default 10,50,100,500,1000),
 #             SCALE_GOSSIP_TRANSPORT (udp, the default, or channel)
 #   failover: CPU_HOG=1 (also under busy loops on every core, counting spurious
 #             elections for HOG_SECS, default 180), RAFT_TIMING ("hb,min,max" in ms,
 #             several separated by ';': measured beside the defaults)
 # Quick smoke run of the new families:
-#   OUT=/tmp/smoke REPS=1 SECS=2 ONLY=scale SCALE_SIZES=3,10 SCALE_GOSSIP_SIZES=10,30 bash bench/run.sh
+#   OUT=/tmp/smoke REPS=1 SECS=2 ONLY=scale SCALE_SIZES=3,10 SCALE_ALL_SIZES=3 SCALE_GOSSIP_SIZES=10,30 bash bench/run.sh
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,8 +24,10 @@ REPS="${REPS:-3}"
 SECS="${SECS:-3}"
 ONLY="${ONLY:-idle,kv,failover,join,gossip,scale}"
 OUT="${OUT:-$ROOT/bench/results}"
-SCALE_SIZES="${SCALE_SIZES:-3,10,30,50}"
-SCALE_GOSSIP_SIZES="${SCALE_GOSSIP_SIZES:-10,50,100}"
+SCALE_SIZES="${SCALE_SIZES:-3,5,10,30,50,100}"
+SCALE_REPLICAS="${SCALE_REPLICAS:-5}"
+SCALE_ALL_SIZES="${SCALE_ALL_SIZES-3,10,30,50}"
+SCALE_GOSSIP_SIZES="${SCALE_GOSSIP_SIZES:-10,50,100,500,1000}"
 SCALE_GOSSIP_TRANSPORT="${SCALE_GOSSIP_TRANSPORT:-udp}"
 HOG_SECS="${HOG_SECS:-180}"
 RAFT_TIMING="${RAFT_TIMING:-}"
@@ -109,18 +114,20 @@ ETCD_PKG="$( (dpkg-query -W -f '${Version}' etcd-server 2>/dev/null) || echo '')
 RUSTC_V="$(rustc --version)"
 VERSIONS="{\"ours_git_rev\": $(echo "$OURS_REV" | json_str), \"etcd\": $(echo "$ETCD_V (deb $ETCD_PKG)" | json_str), \"serf\": $(echo "$SERF_V (deb $SERF_PKG)" | json_str), \"rustc\": $(echo "$RUSTC_V" | json_str)}"
 
-# 4. Run (own process group, so the trap can end every child).
+# 4. Run (own process group, so the trap can end every child). 100 agents and
+# the bench's clients of them need more descriptors than some defaults allow.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 say "running figures ($ONLY), $REPS repetitions, $SECS s per load point; scratch $WORK"
 mkdir -p "$OUT"
 setsid "$BENCH" --carbon "$CARBON" --out "$OUT" --work-dir "$WORK" --reps "$REPS" --secs "$SECS" --only "$ONLY" \
-    --scale-sizes "$SCALE_SIZES" --gossip-sizes "$SCALE_GOSSIP_SIZES" --gossip-transport "$SCALE_GOSSIP_TRANSPORT" \
+    --scale-sizes "$SCALE_SIZES" --scale-replicas "$SCALE_REPLICAS" --scale-all-sizes "$SCALE_ALL_SIZES" --gossip-sizes "$SCALE_GOSSIP_SIZES" --gossip-transport "$SCALE_GOSSIP_TRANSPORT" \
     --hog-secs "$HOG_SECS" --raft-timing "$RAFT_TIMING" "${EXTRA[@]}" \
     --machine "$MACHINE" --versions "$VERSIONS" \
-    --command "bash bench/run.sh (REPS=$REPS SECS=$SECS ONLY=$ONLY SCALE_SIZES=$SCALE_SIZES SCALE_GOSSIP_SIZES=$SCALE_GOSSIP_SIZES SCALE_GOSSIP_TRANSPORT=$SCALE_GOSSIP_TRANSPORT CPU_HOG=${CPU_HOG:-0} HOG_SECS=$HOG_SECS RAFT_TIMING=$RAFT_TIMING)" \
+    --command "bash bench/run.sh (REPS=$REPS SECS=$SECS ONLY=$ONLY SCALE_SIZES=$SCALE_SIZES SCALE_REPLICAS=$SCALE_REPLICAS SCALE_ALL_SIZES=$SCALE_ALL_SIZES SCALE_GOSSIP_SIZES=$SCALE_GOSSIP_SIZES SCALE_GOSSIP_TRANSPORT=$SCALE_GOSSIP_TRANSPORT CPU_HOG=${CPU_HOG:-0} HOG_SECS=$HOG_SECS RAFT_TIMING=$RAFT_TIMING)" \
     --command "cargo build --release --bin carbon (in a snapshot of HEAD, CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH)" \
     --command "CARGO_TARGET_DIR=$CARGO_TARGET_DIR_BENCH cargo build --release --manifest-path <snapshot>/bench/Cargo.toml" \
-    --command "$BENCH --carbon $CARBON --out $OUT --work-dir <tmp> --reps $REPS --secs $SECS --only $ONLY --scale-sizes $SCALE_SIZES --gossip-sizes $SCALE_GOSSIP_SIZES --gossip-transport $SCALE_GOSSIP_TRANSPORT --hog-secs $HOG_SECS --raft-timing '$RAFT_TIMING' ${EXTRA[*]:-}" \
-    --command "carbon agent --host 127.0.0.1 --cluster-id bench-<tag> --num-voters 3 --gossip-port 0 --raft-port 0 --service-port 0 --grid-port 0 [--data-dir <tmp>/<name>] [--seed <first gossip addr>]" \
+    --command "$BENCH --carbon $CARBON --out $OUT --work-dir <tmp> --reps $REPS --secs $SECS --only $ONLY --scale-sizes $SCALE_SIZES --scale-replicas $SCALE_REPLICAS --scale-all-sizes '$SCALE_ALL_SIZES' --gossip-sizes $SCALE_GOSSIP_SIZES --gossip-transport $SCALE_GOSSIP_TRANSPORT --hog-secs $HOG_SECS --raft-timing '$RAFT_TIMING' ${EXTRA[*]:-}" \
+    --command "carbon agent --host 127.0.0.1 --cluster-id bench-<tag> --num-voters 3 [--replicas <bound>] --gossip-port 0 --raft-port 0 --service-port 0 --grid-port 0 [--data-dir <tmp>/<name>] [--seed <first gossip addr>]" \
     --command "etcd --name <n> --data-dir <tmp>/<n> --listen-client-urls http://127.0.0.1:<c> --advertise-client-urls http://127.0.0.1:<c> --listen-peer-urls http://127.0.0.1:<p> --initial-advertise-peer-urls http://127.0.0.1:<p> --initial-cluster <3 members> --initial-cluster-state new --heartbeat-interval 100 --election-timeout 1000" \
     --command "serf agent -bind 127.0.0.1:<p> -rpc-addr 127.0.0.1:<r> -node <n> -profile lan [-join <first bind>]" \
     </dev/null &

@@ -57,17 +57,37 @@ pub struct Labels<'a> {
     pub spread: &'a str,
 }
 
-/// Draws `points` (sorted by x or not) as one curve into `path` (PNG, 800×500).
-pub fn line(path: &Path, labels: &Labels<'_>, points: &[Point]) -> Result<()> {
+/// One named curve of a chart.
+pub struct Series<'a> {
+    /// Its name in the legend (no legend when the chart has one unnamed curve).
+    pub name: &'a str,
+    pub points: Vec<Point>,
+}
+
+/// Colours of the curves, in order.
+const COLOURS: [RGBColor; 4] =
+    [RGBColor(31, 94, 168), RGBColor(200, 82, 0), RGBColor(40, 140, 60), RGBColor(120, 60, 160)];
+
+/// Draws every series as one curve into `path` (PNG, 800×500), with a legend
+/// when there is more than one.
+pub fn lines(path: &Path, labels: &Labels<'_>, series: &[Series<'_>]) -> Result<()> {
     font()?;
-    if points.is_empty() {
+    if series.iter().all(|s| s.points.is_empty()) {
         bail!("{}: no point to draw", path.display());
     }
-    let mut pts = points.to_vec();
-    pts.sort_by(|a, b| a.x.total_cmp(&b.x));
-    let x_max = pts.iter().map(|p| p.x).fold(0.0, f64::max) * 1.08 + 1.0;
-    let y_top = pts.iter().map(|p| p.max.max(p.median)).filter(|y| y.is_finite()).fold(0.0, f64::max);
+    let sorted: Vec<(&str, Vec<Point>)> = series
+        .iter()
+        .map(|s| {
+            let mut pts = s.points.clone();
+            pts.sort_by(|a, b| a.x.total_cmp(&b.x));
+            (s.name, pts)
+        })
+        .collect();
+    let all = || sorted.iter().flat_map(|(_, p)| p.iter());
+    let x_max = all().map(|p| p.x).fold(0.0, f64::max) * 1.08 + 1.0;
+    let y_top = all().map(|p| p.max.max(p.median)).filter(|y| y.is_finite()).fold(0.0, f64::max);
     let y_max = if y_top > 0.0 { y_top * 1.15 } else { 1.0 };
+    let legend = sorted.len() > 1;
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -87,19 +107,36 @@ pub fn line(path: &Path, labels: &Labels<'_>, points: &[Point]) -> Result<()> {
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| axis(*y, y_max))
             .draw()?;
-        let blue = RGBColor(31, 94, 168);
-        chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.x, p.median)), blue.stroke_width(2)))?;
-        chart.draw_series(pts.iter().map(|p| Circle::new((p.x, p.median), 4, blue.filled())))?;
-        chart.draw_series(
-            pts.iter()
-                .filter(|p| p.max > p.min)
-                .map(|p| ErrorBar::new_vertical(p.x, p.min, p.median, p.max, blue.stroke_width(1), 8)),
-        )?;
-        // Each median written beside its point, up and to the right of the marker.
-        chart.draw_series(pts.iter().map(|p| {
-            EmptyElement::at((p.x, p.median))
-                + Text::new(short(p.median), (7, -18), ("sans-serif", 13).into_font().color(&BLACK))
-        }))?;
+        for (i, (name, pts)) in sorted.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let drawn = chart
+                .draw_series(LineSeries::new(pts.iter().map(|p| (p.x, p.median)), colour.stroke_width(2)))?;
+            if legend {
+                drawn.label(*name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            }
+            chart.draw_series(pts.iter().map(|p| Circle::new((p.x, p.median), 4, colour.filled())))?;
+            chart.draw_series(
+                pts.iter()
+                    .filter(|p| p.max > p.min)
+                    .map(|p| ErrorBar::new_vertical(p.x, p.min, p.median, p.max, colour.stroke_width(1), 8)),
+            )?;
+            // Each median written beside its point, up and to the right of the marker.
+            chart.draw_series(pts.iter().map(|p| {
+                EmptyElement::at((p.x, p.median))
+                    + Text::new(short(p.median), (7, -18), ("sans-serif", 13).into_font().color(&BLACK))
+            }))?;
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()?;
+        }
         root.present()?;
         Ok(())
     };

@@ -12,6 +12,7 @@ mod procs;
 mod profile;
 mod report;
 mod scale;
+mod scale_report;
 mod stats;
 
 use std::path::PathBuf;
@@ -44,11 +45,19 @@ struct Args {
     /// profile (strace of the durable write path, not in the default run).
     #[arg(long, default_value = "idle,kv,failover,join,gossip,scale")]
     only: String,
-    /// Scale family: cluster sizes of `carbon agent` processes (comma separated).
-    #[arg(long, default_value = "3,10,30,50")]
+    /// Scale family: cluster sizes of `carbon agent` processes with a bounded
+    /// replica set (`--scale-replicas`), comma separated.
+    #[arg(long, default_value = "3,5,10,30,50,100")]
     scale_sizes: String,
+    /// Scale family: the replica bound (`carbon agent --replicas`) of `--scale-sizes`.
+    #[arg(long, default_value_t = 5)]
+    scale_replicas: usize,
+    /// Scale family: cluster sizes where every member is a replica (the
+    /// contrast curve), comma separated; empty for none.
+    #[arg(long, default_value = "3,10,30,50")]
+    scale_all_sizes: String,
     /// Scale family: sizes of the in-process gossip clusters (comma separated).
-    #[arg(long, default_value = "10,50,100")]
+    #[arg(long, default_value = "10,50,100,500,1000")]
     gossip_sizes: String,
     /// Scale family: gossip over `udp` (loopback sockets) or `channel` (chitchat's in-memory transport).
     #[arg(long, default_value = "udp")]
@@ -78,6 +87,10 @@ pub struct Ctx {
     /// Where results.md goes (the scale charts go beside it).
     pub out: PathBuf,
     pub scale_sizes: Vec<usize>,
+    /// The replica bound of `scale_sizes`.
+    pub scale_replicas: usize,
+    /// Sizes where every member is a replica.
+    pub scale_all_sizes: Vec<usize>,
     pub gossip_sizes: Vec<usize>,
     pub gossip_transport: String,
     pub cpu_hog: bool,
@@ -148,6 +161,8 @@ async fn main() -> Result<()> {
         carbon,
         out: args.out.clone(),
         scale_sizes: sizes(&args.scale_sizes, "--scale-sizes")?,
+        scale_replicas: args.scale_replicas.max(3),
+        scale_all_sizes: sizes(&args.scale_all_sizes, "--scale-all-sizes")?,
         gossip_sizes: sizes(&args.gossip_sizes, "--gossip-sizes")?,
         gossip_transport: args.gossip_transport.clone(),
         cpu_hog: args.cpu_hog,

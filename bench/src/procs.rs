@@ -92,6 +92,8 @@ pub struct CarbonCluster {
     /// The CA directory that gives each agent a member certificate of its
     /// own (naming its member id), when the agents run on TLS.
     certs: Option<PathBuf>,
+    /// `--replicas` given to every agent (the agent's default, 5, when `None`).
+    replicas: Option<usize>,
 }
 
 impl CarbonCluster {
@@ -112,7 +114,21 @@ impl CarbonCluster {
         tag: &str,
         config: Option<PathBuf>,
     ) -> Result<Self> {
-        Self::start_full(carbon, dir, n, durable, tag, config, None).await
+        Self::start_full(carbon, dir, n, durable, tag, config, None, None).await
+    }
+
+    /// [`start`](Self::start) with `--replicas <replicas>` given to every
+    /// agent: raft runs on at most that many members, every other member is
+    /// a client member.
+    pub async fn start_replicas(
+        carbon: &Path,
+        dir: &Path,
+        n: usize,
+        durable: bool,
+        tag: &str,
+        replicas: usize,
+    ) -> Result<Self> {
+        Self::start_full(carbon, dir, n, durable, tag, None, None, Some(replicas)).await
     }
 
     /// [`start`](Self::start) as production runs it: mutual TLS on the raft
@@ -130,9 +146,10 @@ impl CarbonCluster {
         std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
         let client = cluster_facade::rpc::Tls::from_files(bundle.client.clone())?;
         let security = cluster_facade::rpc::Security::Tls(client);
-        Self::start_full(carbon, dir, n, durable, tag, Some(config), Some((security, certs))).await
+        Self::start_full(carbon, dir, n, durable, tag, Some(config), Some((security, certs)), None).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn start_full(
         carbon: &Path,
         dir: &Path,
@@ -142,6 +159,7 @@ impl CarbonCluster {
         config: Option<PathBuf>,
         // With TLS: the clients' security and the CA directory of the members' certificates.
         tls: Option<(cluster_facade::rpc::Security, PathBuf)>,
+        replicas: Option<usize>,
     ) -> Result<Self> {
         let (security, certs) = match tls {
             Some((security, certs)) => (security, Some(certs)),
@@ -158,6 +176,7 @@ impl CarbonCluster {
             spawned: 0,
             security,
             certs,
+            replicas,
         };
         for _ in 0..n {
             c.add().await?;
@@ -173,6 +192,9 @@ impl CarbonCluster {
         self.spawned += 1;
         let mut args: Vec<String> =
             ["--cluster-id", &self.cluster_id, "--num-voters", "3"].map(String::from).to_vec();
+        if let Some(r) = self.replicas {
+            args.extend(["--replicas".to_owned(), r.to_string()]);
+        }
         if let Some(certs) = &self.certs {
             let issued = cluster_facade::rpc::tls::generate::issue_into(
                 certs,
@@ -222,9 +244,19 @@ impl CarbonCluster {
         Ok(())
     }
 
-    /// Waits until the leader's view holds exactly `n` raft members (voters
-    /// and nonvoters), `min(n, 3)` of them voters.
+    /// The bound on raft members the agents run with (`--replicas`, the
+    /// agent's default 5 when not given).
+    pub fn replicas(&self) -> usize {
+        self.replicas.unwrap_or(5)
+    }
+
+    /// Waits until the leader's view holds exactly `min(n, replicas)` raft
+    /// members (voters and nonvoters), `min(n, 3)` of them voters: a
+    /// cluster of `n` members whose replica set is at its bound (every
+    /// member beyond it is a client member, which holds its short id once
+    /// its start line is printed).
     pub async fn wait_members(&self, n: usize, within: Duration) -> Result<()> {
+        let raft = n.min(self.replicas());
         let deadline = Instant::now() + within;
         let client = self.client(&(0..self.agents.len().min(3)).collect::<Vec<_>>())?;
         let mut seen = (0, 0);
@@ -239,14 +271,48 @@ impl CarbonCluster {
                 && let Ok(l) = client.status_of(&addr).await
             {
                 seen = (l.voters.len(), l.nonvoters.len());
-                if seen.0 == n.min(3) && seen.0 + seen.1 == n {
+                if seen.0 == n.min(3) && seen.0 + seen.1 == raft {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("raft does not hold {n} members within {within:?} (voters, nonvoters seen: {seen:?})");
+                bail!(
+                    "raft does not hold {raft} members within {within:?} (voters, nonvoters seen: {seen:?})"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills (SIGKILL) a follower voter (not `leader`) and returns the time
+    /// until the leader's status holds 3 voters and [`replicas`](Self::replicas)
+    /// raft members again, the killed one not among them: the replica set
+    /// healed by a client member taking its place.
+    pub async fn kill_voter_and_heal(&mut self, leader: usize) -> Result<Duration> {
+        let addr = self.agents[leader].service.clone();
+        let client = self.client(&[leader])?;
+        let status = client.status_of(&addr).await?;
+        let victim = (0..self.agents.len())
+            .filter(|&i| i != leader)
+            .find(|&i| status.voters.keys().any(|v| v.to_string() == self.agents[i].member_id))
+            .context("no follower voter to kill")?;
+        let gone = self.agents[victim].member_id.clone();
+        let want = self.replicas();
+        let t = Instant::now();
+        self.agents[victim].kill9();
+        let deadline = t + Duration::from_secs(60);
+        loop {
+            if let Ok(s) = client.status_of(&addr).await {
+                let set: Vec<String> =
+                    s.voters.keys().chain(s.nonvoters.keys()).map(|m| m.to_string()).collect();
+                if s.voters.len() == 3 && set.len() == want && !set.contains(&gone) {
+                    return Ok(t.elapsed());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the replica set is not back at {want} members within 60 s of killing {gone}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
