@@ -7,9 +7,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use cluster_core::testsuite::{DEADLINE, wait_until_blocking};
+use cluster_core::testsuite::{DEADLINE, holds_within_blocking, wait_until_blocking};
 use common::{agent, agent_logged, carbon};
 
 fn s(v: &str) -> String {
@@ -20,14 +20,10 @@ fn s(v: &str) -> String {
 /// command that should exit must not hang the test.
 fn run_bounded(cmd: &mut Command) -> Output {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("carbon runs");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("still running after {DEADLINE:?}; its log:\n{}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !holds_within_blocking(DEADLINE, || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("still running after {DEADLINE:?}; its log:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     child.wait_with_output().unwrap()
 }
@@ -90,14 +86,7 @@ fn sighup_never_ends_a_member_without_tls() {
     assert!(status.status.success(), "the member stopped serving: {}", stderr(&status));
     a.signal("TERM").expect("a signal");
     a.wait_log("left the cluster");
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = a.try_wait() {
-            break code;
-        }
-        assert!(start.elapsed() < DEADLINE, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = a.wait_exit(DEADLINE).expect("no exit after SIGTERM");
     assert!(code.success(), "{code:?}");
 }
 
@@ -184,13 +173,7 @@ fn a_graceful_stop_is_seen_as_a_leave_by_the_peers() {
     let started = Instant::now();
     third.signal("TERM").expect("a signal");
     third.wait_log("leaving");
-    let status = loop {
-        if let Some(status) = third.try_wait() {
-            break status;
-        }
-        assert!(started.elapsed() < DEADLINE, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = third.wait_exit(DEADLINE).expect("no exit after SIGTERM");
     let took = started.elapsed();
     println!("graceful stop of a member of 3 took {took:?}");
     assert!(status.success(), "{status:?}");
@@ -305,13 +288,6 @@ fn a_second_sigint_leaves_at_once() {
     first.wait_log("leaving");
     first.signal("INT").expect("a signal");
     first.wait_log("SIGINT again: leaving at once");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = first.try_wait() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "no exit after the second SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = first.wait_exit(DEADLINE).expect("no exit after the second SIGINT");
     assert!(status.success(), "{status:?}");
 }

@@ -837,14 +837,12 @@ fn kv_watch_follows_changes_across_a_killed_member_and_exits_0_on_sigint() {
     assert!(revisions[0] > revision, "{revisions:?} after the list's {revision}");
 
     let _ = Command::new("kill").args(["-INT", &watch.id().to_string()]).status();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = watch.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "kv watch did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    wait_until_blocking(DEADLINE, "kv watch to stop on SIGINT", || {
+        status = watch.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
     assert!(status.success(), "SIGINT exits 0: {status:?}");
     reader.join().unwrap();
     assert!(lines.try_recv().is_err(), "no repeated event");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{agent, carbon, tls_flags};
+use common::{agent, carbon, carbon_tls_client, tls_flags};
 
 #[test]
 fn tls_init_writes_a_ca_members_and_a_client_and_never_overwrites() {
@@ -75,15 +75,7 @@ fn client_cmd(args: &[&str], service: &str, tls: &[String]) -> std::process::Out
 }
 
 fn client_within(args: &[&str], service: &str, tls: &[String], timeout: &str) -> std::process::Output {
-    carbon()
-        .args(args)
-        .args(["--service", service, "--cluster-id", "tls-test", "--timeout", timeout])
-        .args(tls)
-        .env_remove("CARBON_TLS_CA")
-        .env_remove("CARBON_TLS_CERT")
-        .env_remove("CARBON_TLS_KEY")
-        .output()
-        .unwrap()
+    carbon_tls_client(args, service, "tls-test", tls, timeout)
 }
 
 #[test]
@@ -166,20 +158,14 @@ fn eventually(
     tls: &[String],
     ok: impl Fn(&serde_json::Value) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
+    let mut last = String::new();
+    let held = cluster_core::testsuite::holds_within_blocking(std::time::Duration::from_secs(90), || {
         let out = client_within(args, service, tls, "5s");
         let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
-        if out.status.success() && ok(&json) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: last answer {json} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        last = format!("{json} {}", String::from_utf8_lossy(&out.stderr));
+        out.status.success() && ok(&json)
+    });
+    assert!(held, "{what}: last answer {last}");
 }
 
 fn keyring(service: &str, tls: &[String]) -> serde_json::Value {

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_core::testsuite::DEADLINE;
 use cluster_core::testsuite::net::resident_memory_of;
-use common::{agent, carbon, tls_flags};
+use cluster_core::testsuite::{DEADLINE, wait_until};
+use common::{agent, carbon, carbon_tls_client, tls_flags};
 
 /// The resident memory of process `pid`, in bytes.
 fn resident(pid: u32) -> u64 {
@@ -34,15 +34,7 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// `carbon ARGS` against `service` with the client certificate.
 fn client(args: &[&str], service: &str, tls: &[String]) -> std::process::Output {
-    carbon()
-        .args(args)
-        .args(["--service", service, "--cluster-id", "tls-memory", "--timeout", "20s"])
-        .args(tls)
-        .env_remove("CARBON_TLS_CA")
-        .env_remove("CARBON_TLS_CERT")
-        .env_remove("CARBON_TLS_KEY")
-        .output()
-        .unwrap()
+    carbon_tls_client(args, service, "tls-memory", tls, "20s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,10 +98,10 @@ async fn partial_giant_frames_over_tls_with_a_client_certificate_stay_within_the
         }));
     }
     let started = Instant::now();
-    while connected.load(Ordering::SeqCst) < CONNECTIONS {
-        assert!(started.elapsed() < DEADLINE, "{} handshakes done", connected.load(Ordering::SeqCst));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(DEADLINE, "every handshake", || {
+        std::future::ready(connected.load(Ordering::SeqCst) >= CONNECTIONS)
+    })
+    .await;
     tokio::time::sleep(FRAME_TIMEOUT / 2).await;
     // A client is served meanwhile.
     let get = tokio::task::spawn_blocking({

@@ -8,24 +8,22 @@
 
 mod demo;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster_gossip::{Gossip, GossipConfig, GossipKey, Keyring};
+use cluster_testkit::holds_within;
 
 fn config(ring: &Keyring) -> GossipConfig {
     demo::quick_config().with_keyring(ring.clone())
 }
 
-/// Polls until `cond` holds, for at most 10 s.
+/// Polls until `cond` holds, for at most 10 s (the kit's [`holds_within`]).
 async fn wait(what: &str, cond: impl Fn() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        if Instant::now() > deadline {
-            return Err(format!("gave up waiting until {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if holds_within(Duration::from_secs(10), || std::future::ready(cond())).await {
+        Ok(())
+    } else {
+        Err(format!("gave up waiting until {what}"))
     }
-    Ok(())
 }
 
 #[tokio::main]

@@ -12,7 +12,7 @@ use cluster_core::wire::{Frame, WireCodec};
 use cluster_rpc::{Limits, Security};
 use cluster_testkit::rpc::CALL_DEADLINE as DEADLINE;
 use cluster_testkit::rpc::*;
-use cluster_testkit::testsuite::net::{closed_within, connect_from, resident_memory};
+use cluster_testkit::testsuite::net::{closed_within, connect_from, peak_resident_memory, resident_memory};
 use cluster_testkit::wait_until;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::Encoder;
@@ -23,13 +23,7 @@ const BOUND: u64 = 128 * MIB;
 
 /// The most resident memory seen while polling for `within`.
 async fn peak_rss(within: Duration) -> u64 {
-    let end = tokio::time::Instant::now() + within;
-    let mut peak = resident_memory().expect("procfs");
-    while tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        peak = peak.max(resident_memory().expect("procfs"));
-    }
-    peak
+    peak_resident_memory(within).await.expect("procfs")
 }
 
 /// Waits until `counter` is at least `at_least` and did not move for half a second.

@@ -218,12 +218,12 @@ impl<T: Target> Router<T> {
 
     /// Sets `key`; true if it was created.
     pub async fn set(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<bool> {
-        self.user_write(WriteRequest::set(key, value)).await?.into_created()
+        self.write(WriteRequest::set(key, value)).await?.into_created()
     }
 
     /// Deletes `key`; true if it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        self.user_write(WriteRequest::delete(key)).await?.into_existed()
+        self.write(WriteRequest::delete(key)).await?.into_existed()
     }
 
     /// Deletes every key under `prefix` in one change (one revision), and
@@ -231,7 +231,7 @@ impl<T: Target> Router<T> {
     /// `carbon-grid/`; a prefix that also covers the cluster's keys leaves
     /// them alone (see [`WriteOp::DeletePrefix`](cluster_core::WriteOp::DeletePrefix)).
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        self.user_write(WriteRequest::delete_prefix(prefix)).await?.into_deleted()
+        self.write(WriteRequest::delete_prefix(prefix)).await?.into_deleted()
     }
 
     /// If `key` holds `expected` (`None`: absent), sets it to `new` (`None`: deletes it).
@@ -241,20 +241,30 @@ impl<T: Target> Router<T> {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<CasOutcome> {
-        self.user_write(WriteRequest::compare_and_set(key, expected, new)).await?.into_cas()
+        self.write(WriteRequest::compare_and_set(key, expected, new)).await?.into_cas()
     }
 
     /// A user's write: refused before it leaves when the operation's rules
-    /// refuse it to a user ([`WriteOp::check`](cluster_core::WriteOp::check)).
-    async fn user_write(&self, request: WriteRequest) -> Result<WriteOutcome> {
-        request.op.check(Writer::User)?;
-        self.write(request).await
+    /// refuse it to a user ([`WriteOp::check`](cluster_core::WriteOp::check)
+    /// with [`Writer::User`]): a key under `carbon-grid/`, a short id or the
+    /// revision answer [`Error::Forbidden`](cluster_core::Error::Forbidden).
+    /// A request without an id gets one; every retry carries the same id, so
+    /// the write is applied at most once and a retry after a lost answer gets
+    /// the first answer.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteOutcome> {
+        self.write_as(Writer::User, request).await
     }
 
-    /// Any write, at the leader. A request without an id gets one; every
-    /// retry carries the same id, so the write is applied at most once and
-    /// a retry after a lost answer gets the first answer.
-    pub async fn write(&self, mut request: WriteRequest) -> Result<WriteOutcome> {
+    /// A write by `writer`, checked against its rules before it leaves.
+    ///
+    /// [`Writer::Cluster`] is for the cluster's own writes only (member
+    /// records, short ids, the revision a restore starts from) made by a
+    /// member's own process: users write with [`write`](Self::write) and
+    /// the named operations. A member's server still refuses the cluster's
+    /// operations to a caller that does not prove to be a member by its
+    /// certificate, so a forwarded cluster write can be refused.
+    pub async fn write_as(&self, writer: Writer, mut request: WriteRequest) -> Result<WriteOutcome> {
+        request.op.check(writer)?;
         request.request_id.get_or_insert_with(ClientRequestId::generate);
         self.run(Request::Write(request)).await?.into_outcome()
     }

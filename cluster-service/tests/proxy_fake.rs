@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cluster_core::{ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteRequest, keys};
+use cluster_core::{
+    ConsensusStore, Error, MemberId, MemberInfo, WriteOp, WriteOutcome, WriteRequest, Writer, keys,
+};
 use cluster_service::{Backoff, Proxy, Request, Response, RouterOptions, ServerConfig, ServiceServer};
 use cluster_testkit::testsuite::fakes::{FAKE_CLUSTER_ID as CLUSTER, FakeCluster, FakeStore};
 use cluster_testkit::wait_until;
@@ -46,15 +48,18 @@ async fn a_follower_forwards_every_operation_to_the_leader() {
     let info = MemberInfo::new(MemberId::generate(), "h", 1, 2, 3, 4);
     let record =
         WriteRequest::new(WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() });
-    // The cluster's records are the leader's to write through its own store:
-    // forwarded over plain TCP, nobody can prove to be a member.
+    // A user's write of the cluster's record is refused before it leaves;
+    // written as the cluster and forwarded over plain TCP, nobody can prove
+    // to be a member, so the leader refuses it too.
     assert!(matches!(proxy.write(record.clone()).await, Err(Error::Forbidden(_))));
+    assert!(matches!(proxy.write_as(Writer::Cluster, record.clone()).await, Err(Error::Forbidden(_))));
     cluster.member(1).write(record).await.unwrap();
     assert_eq!(proxy.members().await.unwrap(), vec![info]);
     // Every write ran on the leader; the follower refused none (the proxy asked the leader directly).
     assert_eq!(cluster.member(0).refusals.load(Ordering::SeqCst), 0);
-    // A set, a consistent get, a cas, a delete and the record went out; the
-    // delete of a reserved key was refused before it left.
+    // A set, a consistent get, a cas, a delete and the record written as the
+    // cluster went out; the user's delete and write of a reserved key were
+    // refused before they left.
     assert_eq!(proxy.forwarded(), 5);
     server.shutdown().await;
 }
@@ -70,6 +75,29 @@ async fn the_leader_runs_operations_locally() {
     let mut watch = std::pin::pin!(watch_proxy.watch("k", None));
     assert!(!proxy.set("k", "w").await.unwrap());
     assert_eq!(futures::StreamExt::next(&mut watch).await.unwrap().unwrap().value, Some(b"w".to_vec()));
+    assert_eq!(proxy.forwarded(), 0);
+}
+
+#[tokio::test]
+async fn a_leading_proxy_refuses_a_users_write_of_the_clusters_keys_and_takes_the_clusters_own() {
+    let cluster = FakeCluster::new(2);
+    let proxy = Proxy::new(cluster.member(0), options());
+    let info = MemberInfo::new(MemberId::generate(), "h", 1, 2, 3, 4);
+    let record =
+        WriteRequest::new(WriteOp::Set { key: keys::member_key(info.member_id), value: info.to_bytes() });
+    // This member leads: nothing is forwarded, and still a user cannot write
+    // the cluster's keys, short ids or revision.
+    assert!(matches!(proxy.write(record.clone()).await, Err(Error::Forbidden(_))));
+    let raw = WriteRequest::new(WriteOp::Set { key: "carbon-grid/x".into(), value: b"no".to_vec() });
+    assert!(matches!(proxy.write(raw).await, Err(Error::Forbidden(_))));
+    let short = WriteRequest::new(WriteOp::AllocateShortId { member: info.member_id });
+    assert!(matches!(proxy.write(short.clone()).await, Err(Error::Forbidden(_))));
+    assert!(matches!(proxy.write(WriteRequest::set("user/a", "1")).await, Ok(WriteOutcome::Set { .. })));
+    assert!(proxy.members().await.unwrap().is_empty());
+    // The cluster's own writes, said so, run.
+    proxy.write_as(Writer::Cluster, record).await.unwrap();
+    assert_eq!(proxy.members().await.unwrap(), vec![info]);
+    assert!(matches!(proxy.write_as(Writer::Cluster, short).await, Ok(WriteOutcome::ShortId(_))));
     assert_eq!(proxy.forwarded(), 0);
 }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cluster_core::{ConsensusStore, ConsensusStoreExt, MemberInfo, RaftRole, WriteOp, WriteRequest, keys};
+use cluster_core::{
+    ConsensusStore, ConsensusStoreExt, MemberInfo, RaftRole, WriteOp, WriteRequest, Writer, keys,
+};
 use cluster_testkit::{DEADLINE, LocalCluster, init_tracing, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +22,7 @@ async fn every_operation_works_from_a_follower_and_a_nonvoter() {
     for m in &cluster.members {
         let info = MemberInfo::new(m.id(), "127.0.0.1", 1, m.store.raft_addr().port(), 2, 3);
         let op = WriteOp::Set { key: keys::member_key(m.id()), value: info.to_bytes() };
-        leader.proxy.write(WriteRequest::new(op)).await.expect("member record");
+        leader.proxy.write_as(Writer::Cluster, WriteRequest::new(op)).await.expect("member record");
     }
 
     for (name, i) in [("follower", follower), ("nonvoter", nonvoter)] {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cluster_core::testsuite::net::{connect_from, resident_memory};
+use cluster_core::testsuite::net::{connect_from, peak_resident_memory, resident_memory};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_service::{Request, Response};
 use cluster_testkit::{LOCAL_CLUSTER_ID as CLUSTER, LocalCluster, init_tracing};
@@ -43,12 +43,7 @@ async fn unread_watches_replaying_large_values_stay_within_the_byte_bounds() {
         s.write_all(&requests).await.expect("write");
         held.push(s);
     }
-    let end = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut peak = before;
-    while tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        peak = peak.max(resident_memory().expect("procfs"));
-    }
+    let peak = peak_resident_memory(Duration::from_secs(5)).await.expect("procfs").max(before);
     let growth = peak.saturating_sub(before);
     eprintln!("unread watches: resident growth {} MiB", growth / MIB);
     assert!(growth < 128 * MIB, "resident memory grew by {} MiB", growth / MIB);

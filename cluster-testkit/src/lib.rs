@@ -50,5 +50,5 @@ pub mod rpc;
 pub use agent::{Agent, AgentSpec, StartLine, carbon_binary, tls_flags};
 pub use cluster_core::testsuite;
 pub use cluster_core::testsuite::config::raft_timing;
-pub use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until, wait_until_blocking};
+pub use cluster_core::testsuite::{DEADLINE, holds_within, init_tracing, wait_until, wait_until_blocking};
 pub use local::{Builder, LOCAL_CLUSTER_ID, LocalCluster, Member, member_config, router_options};

@@ -14,7 +14,7 @@ pub mod trace;
 pub mod wait;
 
 pub use trace::init_tracing;
-pub use wait::{DEADLINE, holds_within_blocking, wait_until, wait_until_blocking};
+pub use wait::{DEADLINE, holds_within, holds_within_blocking, wait_until, wait_until_blocking};
 
 // The fakes of the backend contracts and the suites that check them.
 pub mod contract;

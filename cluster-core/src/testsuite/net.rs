@@ -60,6 +60,19 @@ pub async fn held_open(streams: &mut [TcpStream], within: Duration) -> usize {
     held
 }
 
+/// The most resident memory of this process seen while sampling it every
+/// 25 ms for `within` (tokio's time), from the first sample on: what an
+/// attack grew it to. `None` without procfs.
+pub async fn peak_resident_memory(within: Duration) -> Option<u64> {
+    let end = tokio::time::Instant::now() + within;
+    let mut peak = resident_memory()?;
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        peak = peak.max(resident_memory()?);
+    }
+    Some(peak)
+}
+
 /// Resident memory of this process in bytes, from `/proc/self/status`
 /// (Linux); `None` where it cannot be read.
 pub fn resident_memory() -> Option<u64> {

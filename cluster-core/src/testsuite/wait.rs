@@ -34,7 +34,18 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// wait_until(DEADLINE, "the time to come", || ready(tokio::time::Instant::now() >= ready_at)).await;
 /// # }
 /// ```
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut cond: F)
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(holds_within(within, cond).await, "timed out after {within:?} waiting for {what}");
+}
+
+/// The check behind [`wait_until`], for a harness that reports a timeout as
+/// an error rather than a panic: true as soon as `cond` holds, false once
+/// `within` passed (in tokio's time) without it holding.
+pub async fn holds_within<F, Fut>(within: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -42,10 +53,13 @@ where
     let deadline = tokio::time::Instant::now() + within;
     let mut poll = FIRST_POLL;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(MAX_POLL);
     }
+    true
 }
 
 /// [`wait_until`] for tests without a runtime (processes driven from plain
@@ -88,6 +102,13 @@ mod tests {
     #[should_panic(expected = "waiting for something that never happens")]
     async fn fails_at_the_deadline_naming_what_it_waited_for() {
         wait_until(Duration::from_secs(1), "something that never happens", || ready(false)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_within_answers_false_at_the_deadline_and_true_once_it_holds() {
+        assert!(!holds_within(Duration::from_secs(1), || ready(false)).await);
+        let checks = AtomicUsize::new(0);
+        assert!(holds_within(DEADLINE, || ready(checks.fetch_add(1, Ordering::SeqCst) >= 1)).await);
     }
 
     #[test]

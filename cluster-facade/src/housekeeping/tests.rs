@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_core::testsuite;
 use cluster_core::testsuite::fakes::{FakeCluster, FakeMembership, FakeNetwork, FakeStore};
 use cluster_core::{
     ConsensusStore, ConsensusStoreExt, GridEventKind, MemberId, MemberInfo, MembershipConfig, RaftRole,
@@ -116,15 +117,10 @@ impl Rig {
     }
 }
 
-/// Waits (in paused time, so exactly as long as needed) until `cond` holds;
-/// fails after ten minutes of virtual time. Private: the shared kit's
-/// `wait_until` replaces it once there is one.
+/// The kit's [`testsuite::wait_until`] over a plain check, in paused time
+/// (so exactly as long as needed), failing after ten minutes of virtual time.
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testsuite::wait_until(Duration::from_secs(600), what, || std::future::ready(cond())).await;
 }
 
 /// Lets virtual time run until `when`: what must still hold then is checked after.

@@ -19,6 +19,27 @@ pub fn carbon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_carbon"))
 }
 
+/// `carbon ARGS` against `service` of cluster `cluster_id`, with these TLS
+/// flags only (the `CARBON_TLS_*` variables of the test's environment
+/// removed), answering within `timeout` (`carbon`'s `--timeout`).
+pub fn carbon_tls_client(
+    args: &[&str],
+    service: &str,
+    cluster_id: &str,
+    tls: &[String],
+    timeout: &str,
+) -> std::process::Output {
+    carbon()
+        .args(args)
+        .args(["--service", service, "--cluster-id", cluster_id, "--timeout", timeout])
+        .args(tls)
+        .env_remove("CARBON_TLS_CA")
+        .env_remove("CARBON_TLS_CERT")
+        .env_remove("CARBON_TLS_KEY")
+        .output()
+        .unwrap()
+}
+
 /// An agent of this build's `carbon` (the kit finds the binary itself
 /// elsewhere; here cargo names it).
 pub fn spec() -> AgentSpec {

@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use cluster_core::Error;
 use cluster_service::{RouterOptions, ServiceClient};
+use cluster_testkit::holds_within;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -316,23 +317,29 @@ pub async fn final_reads(
     let mut values = BTreeMap::new();
     for k in 0..keys {
         let key = key_name(k);
-        loop {
-            let token = recorder.begin(FINAL_READ_CLIENT, key.as_str(), Op::Get);
-            match client.consistent_get(&key).await {
+        // Every attempt is in the history, the failed ones as unknown.
+        let (read, last) = (std::sync::Mutex::new(None), std::sync::Mutex::new(None));
+        let (client, key_ref, read_ref, last_ref) = (&client, &key, &read, &last);
+        let attempt = move || async move {
+            let token = recorder.begin(FINAL_READ_CLIENT, key_ref.as_str(), Op::Get);
+            match client.consistent_get(key_ref).await {
                 Ok(value) => {
                     recorder.end(token, Outcome::GetOk(value.clone()));
-                    values.insert(key.clone(), value);
-                    break;
+                    *read_ref.lock().unwrap() = Some(value);
+                    true
                 }
                 Err(e) => {
                     recorder.end(token, Outcome::Unknown);
-                    if Instant::now() >= until {
-                        return Err(anyhow!("no consistent read of {key} within {deadline:?}: {e}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    *last_ref.lock().unwrap() = Some(e);
+                    false
                 }
             }
+        };
+        if !holds_within(until.saturating_duration_since(Instant::now()), attempt).await {
+            let e = last.into_inner().unwrap().map_or_else(String::new, |e| e.to_string());
+            return Err(anyhow!("no consistent read of {key} within {deadline:?}: {e}"));
         }
+        values.insert(key, read.into_inner().unwrap().flatten());
     }
     Ok(values)
 }

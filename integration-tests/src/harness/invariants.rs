@@ -22,7 +22,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use cluster_core::{ConsensusStatus, MemberInfo};
 use cluster_service::ServiceClient;
-use tokio::sync::watch;
+use cluster_testkit::holds_within;
+use futures::future::LocalBoxFuture;
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -151,28 +153,54 @@ impl ShortIdMonitor {
 /// (d): waits until a leader's view shows `min(num_voters, live members)` voters,
 /// every one of them live, and returns how long it took.
 pub async fn wait_voters(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
+    settle(cluster, deadline, "the voter count did not return", |c| Box::pin(voters_wrong(c))).await
+}
+
+/// What keeps the voters from being the ones [`wait_voters`] waits for, if anything.
+async fn voters_wrong(cluster: &mut ProcessCluster) -> Option<String> {
+    let live = cluster.live_member_ids();
+    let want = cluster.spec().config.num_voters.min(live.len());
+    let Some(leader) = cluster.leader().await else { return Some("no leader".to_owned()) };
+    match cluster.status_of(leader).await {
+        Ok(status) => {
+            let voters: BTreeSet<String> = status.voters.keys().map(|m| m.to_string()).collect();
+            if voters.len() == want && voters.iter().all(|v| live.contains(v)) {
+                return None;
+            }
+            Some(format!("leader m{leader} sees voters {voters:?}, want {want} of live {live:?}"))
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Waits with the kit's [`holds_within`] until `wrong` finds nothing wrong
+/// with `cluster`, and returns how long it took; past `deadline`, fails with
+/// `what` and the last thing `wrong` found.
+async fn settle(
+    cluster: &mut ProcessCluster,
+    deadline: Duration,
+    what: &str,
+    wrong: impl for<'a> Fn(&'a mut ProcessCluster) -> LocalBoxFuture<'a, Option<String>>,
+) -> Result<Duration> {
     let start = Instant::now();
-    let mut last = String::from("no leader");
-    loop {
-        let live = cluster.live_member_ids();
-        let want = cluster.spec().config.num_voters.min(live.len());
-        if let Some(leader) = cluster.leader().await {
-            match cluster.status_of(leader).await {
-                Ok(status) => {
-                    let voters: BTreeSet<String> = status.voters.keys().map(|m| m.to_string()).collect();
-                    if voters.len() == want && voters.iter().all(|v| live.contains(v)) {
-                        return Ok(start.elapsed());
-                    }
-                    last = format!("leader m{leader} sees voters {voters:?}, want {want} of live {live:?}");
-                }
-                Err(e) => last = e.to_string(),
+    let state = Mutex::new((cluster, String::new()));
+    let (state, wrong) = (&state, &wrong);
+    let held = holds_within(deadline, move || async move {
+        let mut guard = state.lock().await;
+        let (cluster, last) = &mut *guard;
+        match wrong(cluster).await {
+            None => true,
+            Some(why) => {
+                *last = why;
+                false
             }
         }
-        if start.elapsed() > deadline {
-            bail!("the voter count did not return within {deadline:?}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    if !held {
+        bail!("{what} within {deadline:?}: {}", state.lock().await.1);
     }
+    Ok(start.elapsed())
 }
 
 /// True when `status` is a client member's (outside the replica set: raft
@@ -185,42 +213,37 @@ pub fn is_client_member(status: &ConsensusStatus) -> bool {
 /// had applied when the wait began (a member raft cannot reach never does), and
 /// returns how long it took.
 pub async fn wait_caught_up(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let mut target = None;
-    loop {
-        let mut behind = None;
-        if target.is_none()
-            && let Some(leader) = cluster.leader().await
-        {
-            target = cluster.status_of(leader).await.ok().and_then(|s| s.applied_index);
+    let target = std::sync::Arc::new(Mutex::new(None));
+    settle(cluster, deadline, "the live members did not catch up", move |c| {
+        let target = target.clone();
+        Box::pin(async move { behind(c, &mut *target.lock().await).await })
+    })
+    .await
+}
+
+/// Which live member has not applied `target` yet (the leader's applied
+/// index, taken the first time a leader answers), if any.
+async fn behind(cluster: &mut ProcessCluster, target: &mut Option<u64>) -> Option<String> {
+    if target.is_none()
+        && let Some(leader) = cluster.leader().await
+    {
+        *target = cluster.status_of(leader).await.ok().and_then(|s| s.applied_index);
+    }
+    let Some(target) = *target else { return Some("no leader's applied index yet".to_owned()) };
+    for i in cluster.live() {
+        let status = cluster.status_of(i).await.ok();
+        // A client member has no raft log: its view's freshness is
+        // judged by the members' agreement and by the scenarios
+        // that read through it (no applied index to compare).
+        if status.as_ref().is_some_and(is_client_member) {
+            continue;
         }
-        match target {
-            None => behind = Some("no leader's applied index yet".to_owned()),
-            Some(target) => {
-                for i in cluster.live() {
-                    let status = cluster.status_of(i).await.ok();
-                    // A client member has no raft log: its view's freshness is
-                    // judged by the members' agreement and by the scenarios
-                    // that read through it (no applied index to compare).
-                    if status.as_ref().is_some_and(is_client_member) {
-                        continue;
-                    }
-                    let applied = status.and_then(|s| s.applied_index);
-                    if applied.is_none_or(|a| a < target) {
-                        behind = Some(format!("m{i} applied {applied:?}, the leader had applied {target}"));
-                        break;
-                    }
-                }
-            }
-        }
-        match behind {
-            None => return Ok(start.elapsed()),
-            Some(why) if start.elapsed() > deadline => {
-                bail!("the live members did not catch up within {deadline:?}: {why}")
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        let applied = status.and_then(|s| s.applied_index);
+        if applied.is_none_or(|a| a < target) {
+            return Some(format!("m{i} applied {applied:?}, the leader had applied {target}"));
         }
     }
+    None
 }
 
 /// (e): waits until every live member's records name exactly the live members
@@ -228,66 +251,61 @@ pub async fn wait_caught_up(cluster: &mut ProcessCluster, deadline: Duration) ->
 /// each with a short id and with the ports its process reported, and returns how
 /// long it took.
 pub async fn wait_members_agree(cluster: &mut ProcessCluster, deadline: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        let live = cluster.live();
-        let expected: BTreeSet<String> = cluster.live_member_ids().into_iter().collect();
-        // A member that is down (killed or paused) stays listed as failed,
-        // with its short id, until the reap timeout frees it (issue 25).
-        let down: BTreeSet<String> = (0..cluster.len())
-            .filter(|i| !live.contains(i))
-            .filter_map(|i| cluster.agent(i).known_start_line().map(|s| s.member_id.clone()))
-            .collect();
-        let ports: BTreeMap<String, (u16, u16)> = live
-            .iter()
-            .filter_map(|&i| {
-                cluster
-                    .agent(i)
-                    .start_line()
-                    .map(|s| (s.member_id.clone(), (s.raft.port(), s.service.port())))
-            })
-            .collect();
-        let mut disagreement = None;
-        for &i in &live {
-            match cluster.members_of(i).await {
-                Ok(records) => {
-                    let seen: BTreeSet<String> = records
-                        .iter()
-                        .map(|r| r.member_id.to_string())
-                        .filter(|id| !down.contains(id) || expected.contains(id))
-                        .collect();
-                    let unassigned = records.iter().filter(|r| r.short_id.is_none()).count();
-                    let stale: Vec<String> = records
-                        .iter()
-                        .filter(|r| {
-                            ports
-                                .get(&r.member_id.to_string())
-                                .is_some_and(|p| *p != (r.raft_port, r.service_port))
-                        })
-                        .map(|r| r.member_id.to_string())
-                        .collect();
-                    if seen != expected || unassigned > 0 || !stale.is_empty() {
-                        disagreement = Some(format!(
-                            "m{i} records {seen:?} ({unassigned} without short id, stale ports of {stale:?}), \
-                             live {expected:?}"
-                        ));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    disagreement = Some(e.to_string());
+    settle(cluster, deadline, "the members did not agree on the live members", |c| Box::pin(disagreement(c)))
+        .await
+}
+
+/// Where the live members' records differ from what [`wait_members_agree`]
+/// waits for, if anywhere.
+async fn disagreement(cluster: &mut ProcessCluster) -> Option<String> {
+    let live = cluster.live();
+    let expected: BTreeSet<String> = cluster.live_member_ids().into_iter().collect();
+    // A member that is down (killed or paused) stays listed as failed,
+    // with its short id, until the reap timeout frees it (issue 25).
+    let down: BTreeSet<String> = (0..cluster.len())
+        .filter(|i| !live.contains(i))
+        .filter_map(|i| cluster.agent(i).known_start_line().map(|s| s.member_id.clone()))
+        .collect();
+    let ports: BTreeMap<String, (u16, u16)> = live
+        .iter()
+        .filter_map(|&i| {
+            cluster.agent(i).start_line().map(|s| (s.member_id.clone(), (s.raft.port(), s.service.port())))
+        })
+        .collect();
+    let mut disagreement = None;
+    for &i in &live {
+        match cluster.members_of(i).await {
+            Ok(records) => {
+                let seen: BTreeSet<String> = records
+                    .iter()
+                    .map(|r| r.member_id.to_string())
+                    .filter(|id| !down.contains(id) || expected.contains(id))
+                    .collect();
+                let unassigned = records.iter().filter(|r| r.short_id.is_none()).count();
+                let stale: Vec<String> = records
+                    .iter()
+                    .filter(|r| {
+                        ports
+                            .get(&r.member_id.to_string())
+                            .is_some_and(|p| *p != (r.raft_port, r.service_port))
+                    })
+                    .map(|r| r.member_id.to_string())
+                    .collect();
+                if seen != expected || unassigned > 0 || !stale.is_empty() {
+                    disagreement = Some(format!(
+                        "m{i} records {seen:?} ({unassigned} without short id, stale ports of {stale:?}), \
+                         live {expected:?}"
+                    ));
                     break;
                 }
             }
-        }
-        match disagreement {
-            None => return Ok(start.elapsed()),
-            Some(why) if start.elapsed() > deadline => {
-                bail!("the members did not agree on the live members within {deadline:?}: {why}")
+            Err(e) => {
+                disagreement = Some(e.to_string());
+                break;
             }
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    disagreement
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cluster_facade::core::{ConsensusLimits, WriteOp, WriteRequest, keys};
+use cluster_facade::core::{ConsensusLimits, WriteOp, WriteRequest, Writer, keys};
 use cluster_facade::service::protocol::{Request, Response};
 use cluster_facade::{Cluster, ClusterConfig};
 use serde::{Deserialize, Serialize};
@@ -302,7 +302,9 @@ async fn write_new_cluster(
             store.set(k, v.clone()).await?;
         }
         let advance = WriteRequest::new(WriteOp::AdvanceRevision { revision: doc.revision });
-        store.write(advance).await?.into_revision()
+        // The revision is the cluster's own: written as the cluster, by
+        // this new cluster's first member (it leads, so it runs locally).
+        store.write_as(Writer::Cluster, advance).await?.into_revision()
     }
     .await
     .map_err(|e| Failure::other(anyhow::Error::new(e).context("restoring the keys")));
