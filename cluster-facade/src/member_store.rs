@@ -49,6 +49,9 @@ pub struct MemberStore<S> {
     raft: Arc<S>,
     view: Arc<ClientView>,
     client: AtomicBool,
+    /// Set once this member left the replica set (raft stopped listing it,
+    /// or the leader said so): from then on only the records bring it back.
+    left: AtomicBool,
     status: watch::Sender<ConsensusStatus>,
     stop: watch::Sender<bool>,
 }
@@ -63,6 +66,7 @@ impl<S: ConsensusStore> MemberStore<S> {
             raft,
             view: Arc::new(ClientView::default()),
             client: AtomicBool::new(client),
+            left: AtomicBool::new(false),
             status: watch::channel(status).0,
             stop: watch::channel(false).0,
         }
@@ -180,12 +184,21 @@ impl<S: ConsensusStore> MemberStore<S> {
             let records = self.view.status(me);
             let recorded = records.voters.contains_key(&me) || records.nonvoters.contains_key(&me);
             // A leader is a replica whatever its view says (a lone member
-            // back from its data directory has no replica to follow).
-            if listed && (recorded || raft.is_leader()) && self.raft_revision() >= self.view.revision() {
+            // back from its data directory has no replica to follow), and so
+            // is a member raft lists whose view never synced and that never
+            // left the set: a voter back from its data directory while no
+            // quorum exists has no replica to follow either, and must serve
+            // its own state (its short id) to take part in the election.
+            let never_left = !self.view.synced() && !self.left.load(Ordering::Acquire);
+            if listed
+                && (recorded || raft.is_leader() || never_left)
+                && self.raft_revision() >= self.view.revision()
+            {
                 self.set_client(false, "added to the replica set and caught up");
                 return;
             }
         } else if !listed {
+            self.left.store(true, Ordering::Release);
             self.set_client(true, "raft does not list this member");
             return;
         } else if checked
@@ -206,6 +219,7 @@ impl<S: ConsensusStore> MemberStore<S> {
             if let Some(client) = probe.as_ref() {
                 match client.status_of(&addr).await {
                     Ok(s) if s.leader == Some(s.member_id) && !s.all_members().contains(&me) => {
+                        self.left.store(true, Ordering::Release);
                         self.set_client(true, "the leader took this member out of raft");
                         return;
                     }
