@@ -104,7 +104,6 @@ impl RouterOptions {
             },
             security: self.security.clone(),
             network: self.network.clone(),
-            ..cluster_rpc::ClientConfig::default()
         })
     }
 }
