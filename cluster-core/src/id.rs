@@ -83,11 +83,28 @@ thread_local! {
     static SEEDED_IDS: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
 }
 
+thread_local! {
+    /// Request ids and generations made so far on this thread, when seeded.
+    static SEEDED_COUNTS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 /// Makes [`MemberId::generate`] on this thread draw from `seed` (`None`: back
 /// to random ids): the n-th id is a fixed function of the seed and n, and ids
-/// grow with n. For deterministic simulation only.
+/// grow with n. [`ClientRequestId::generate`] and [`seeded_generation`]
+/// follow it too. For deterministic simulation only.
 pub fn seed_thread_member_ids(seed: Option<u64>) {
     SEEDED_IDS.with(|s| s.set(seed.map(|seed| (seed, 0))));
+    SEEDED_COUNTS.with(|c| c.set((0, 0)));
+}
+
+/// With ids seeded on this thread ([`seed_thread_member_ids`]), the next
+/// gossip generation: a fixed time in 2023, in nanoseconds, plus a count
+/// that grows with every call. `None` when not seeded: use the clock.
+pub fn seeded_generation() -> Option<u64> {
+    SEEDED_IDS.with(|s| s.get())?;
+    let (requests, generations) = SEEDED_COUNTS.with(|c| c.get());
+    SEEDED_COUNTS.with(|c| c.set((requests, generations + 1)));
+    Some(1_700_000_000_000_000_000 + generations)
 }
 
 impl MemberId {
@@ -225,8 +242,20 @@ impl FromStr for ShortId {
 pub struct ClientRequestId(Ulid);
 
 impl ClientRequestId {
-    /// A new, unique request id.
+    /// A new, unique request id (a function of the seed and a count on a
+    /// thread with seeded ids: [`seed_thread_member_ids`]).
     pub fn generate() -> Self {
+        if let Some((seed, _)) = SEEDED_IDS.with(|s| s.get()) {
+            let (requests, generations) = SEEDED_COUNTS.with(|c| c.get());
+            SEEDED_COUNTS.with(|c| c.set((requests + 1, generations)));
+            let mut x = !seed ^ requests.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            return ClientRequestId(Ulid::from_parts(
+                1_700_000_000_000 + requests,
+                u128::from(x ^ (x >> 31)),
+            ));
+        }
         ClientRequestId(Ulid::generate())
     }
 }

@@ -101,8 +101,9 @@ pub(crate) fn resolve(mut config: ClusterConfig) -> Result<(ClusterConfig, IpAdd
 
 /// The ports bound before anything starts.
 pub(crate) struct Ports {
-    /// The service port, bound: its address goes into raft's node data.
-    pub(crate) service: TcpListener,
+    /// The service port, bound on the member's network: its address goes
+    /// into raft's node data.
+    pub(crate) service: cluster_rpc::Listener,
     /// The service address others reach.
     pub(crate) service_addr: SocketAddr,
     /// The grid port, and its listener when it was picked (port 0).
@@ -121,7 +122,11 @@ pub(crate) async fn bind_ports(
     advertised: IpAddr,
     config: &ClusterConfig,
 ) -> Result<Ports, ClusterError> {
-    let service = bind_tcp(host, config.service_port, "service").await?;
+    let service = config
+        .network
+        .bind(SocketAddr::new(host, config.service_port))
+        .await
+        .map_err(|e| start_err("service")(listen_error(host, config.service_port, "service", &e)))?;
     let service_port = service.local_addr().map_err(|e| start_err("service")(e.into()))?.port();
     // A port picked for the grid stays bound until the grid takes it:
     // dropped, the next member started here could pick it too.
@@ -170,7 +175,7 @@ where
     let network = cluster_rpc::Settings {
         limits: config.limits.rpc.clone(),
         security: config.security.clone(),
-        ..cluster_rpc::Settings::default()
+        network: config.network.clone(),
     };
     let consensus = ConsensusConfig {
         member_id,
@@ -285,7 +290,7 @@ pub(crate) async fn join_gossip<M: Membership, S: ConsensusStore>(
 /// Pre: the store and gossip run. Post: the service answers; `liveness`
 /// is what it reports of the members.
 pub(crate) fn serve_service<M: Membership, S: ConsensusStore>(
-    listener: TcpListener,
+    listener: cluster_rpc::Listener,
     config: &ClusterConfig,
     store: &Arc<S>,
     membership: &M,
@@ -329,6 +334,7 @@ pub(crate) fn keep_house<M: Membership, S: ConsensusStore>(
         interval: ms(config.timeouts.housekeeping_interval_ms),
         proofs: Arc::new(MemberProofs::new(
             config.security.clone(),
+            config.network.clone(),
             config.limits.connect_timeout,
             PROOF_RETRY,
         )),

@@ -152,6 +152,7 @@ where
             max_frame_len: config.raft.max_frame_bytes,
             connect_timeout: config.limits.connect_timeout,
             security: config.security.clone(),
+            network: config.network.clone(),
             ..RouterOptions::new(config.cluster_id.clone())
         };
         let proxy = Proxy::new(store.clone(), proxy_options.clone());

@@ -93,6 +93,13 @@ pub struct ClusterConfig {
     /// reloads itself). Not read from the config file: see [`tls`](ClusterConfig::tls).
     #[serde(skip)]
     pub security: cluster_rpc::Security,
+    /// The network the raft and service ports listen on and this member's
+    /// raft, service and proof clients connect through: real TCP by default;
+    /// an in-memory network ([`cluster_rpc::memnet`], feature `memnet`) in a
+    /// simulation. Gossip (UDP), the grid and HTTP ports are not on it. Given
+    /// in code only, not read from the config file.
+    #[serde(skip)]
+    pub network: cluster_rpc::Net,
     /// The store's quotas (`[quota]` in TOML): key, value and store bytes,
     /// and the largest snapshot received.
     pub quota: ConsensusLimits,
@@ -172,6 +179,7 @@ impl Default for ClusterConfig {
             limits: Limits::default(),
             tls: None,
             security: cluster_rpc::Security::default(),
+            network: cluster_rpc::Net::default(),
             quota: ConsensusLimits::default(),
         }
     }

@@ -96,8 +96,12 @@ fn write_atomically(dir: &Path, name: &str, line: &str) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// The generation of this incarnation: grows across restarts.
+/// The generation of this incarnation: grows across restarts (a seeded
+/// count in a simulation: `cluster_core::id::seeded_generation`).
 pub(crate) fn generation() -> u64 {
+    if let Some(generation) = cluster_core::id::seeded_generation() {
+        return generation;
+    }
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
 }
 

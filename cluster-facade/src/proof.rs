@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cluster_core::MemberId;
-use cluster_rpc::Security;
+use cluster_rpc::{Net, Security};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -41,6 +41,8 @@ impl Proof {
 /// proofs under way.
 pub(crate) struct MemberProofs {
     security: Security,
+    /// The network the proofs connect through (the member's).
+    network: Net,
     /// How long a proof may take (connect and handshake).
     timeout: Duration,
     /// How long a failed proof stands before it is asked again.
@@ -56,11 +58,13 @@ impl std::fmt::Debug for MemberProofs {
 }
 
 impl MemberProofs {
-    /// Proofs with `security` (the member's own: its CA decides), each
-    /// bounded by `timeout`, a failure asked again after `retry_after`.
-    pub(crate) fn new(security: Security, timeout: Duration, retry_after: Duration) -> Self {
+    /// Proofs with `security` (the member's own: its CA decides) over
+    /// `network`, each bounded by `timeout`, a failure asked again after
+    /// `retry_after`.
+    pub(crate) fn new(security: Security, network: Net, timeout: Duration, retry_after: Duration) -> Self {
         MemberProofs {
             security,
+            network,
             timeout,
             retry_after,
             state: Arc::default(),
@@ -88,12 +92,13 @@ impl MemberProofs {
         state.insert(member, Proof::Pending { raft_addr: raft_addr.to_owned() });
         drop(state);
         let (security, timeout, shared) = (self.security.clone(), self.timeout, self.state.clone());
+        let network = self.network.clone();
         let addr = raft_addr.to_owned();
         let mut tasks = lock(&self.tasks);
         // Finished proofs leave the set here, so it holds only those under way.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            let outcome = security.prove_member(&addr, member, timeout).await;
+            let outcome = security.prove_member_over(&network, &addr, member, timeout).await;
             let mut state = lock(&shared);
             // Only the proof still asked for counts (not one of an address
             // the member has since moved away from, nor of a member forgotten).
@@ -175,8 +180,12 @@ mod tests {
     async fn a_member_certificate_of_this_ca_is_proven_and_others_are_not() {
         let ca = CertificateAuthority::generate("proof").expect("ca");
         let other = CertificateAuthority::generate("proof").expect("another ca");
-        let proofs =
-            MemberProofs::new(tls(&ca, Role::Member), Duration::from_secs(10), Duration::from_secs(3600));
+        let proofs = MemberProofs::new(
+            tls(&ca, Role::Member),
+            Net::tcp(),
+            Duration::from_secs(10),
+            Duration::from_secs(3600),
+        );
         let (member_addr, m) = tls_listener(tls(&ca, Role::Member)).await;
         let (foreign_addr, f) = tls_listener(tls(&other, Role::Member)).await;
         let (good, bad) = (MemberId::generate(), MemberId::generate());
@@ -198,7 +207,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_tls_there_is_nothing_to_prove() {
-        let proofs = MemberProofs::new(Security::Plain, Duration::from_secs(1), Duration::from_secs(1));
+        let proofs =
+            MemberProofs::new(Security::Plain, Net::tcp(), Duration::from_secs(1), Duration::from_secs(1));
         assert!(proofs.proven(MemberId::generate(), "127.0.0.1:1"));
         assert!(lock(&proofs.state).is_empty(), "nothing asked");
     }

@@ -188,6 +188,17 @@ impl Net {
     }
 }
 
+impl PartialEq for Net {
+    /// Both real TCP, or the same network (the same handle's clones).
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (NetKind::Tcp, NetKind::Tcp) => true,
+            (NetKind::Other(a), NetKind::Other(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Debug for Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

@@ -58,6 +58,10 @@ pub struct RouterOptions {
     /// files: built from the TLS options).
     #[serde(skip)]
     pub security: Security,
+    /// The network the members' services are reached through: real TCP by
+    /// default, an in-memory one in a simulation (not in config files).
+    #[serde(skip)]
+    pub network: cluster_rpc::Net,
 }
 
 impl Default for RouterOptions {
@@ -77,6 +81,7 @@ impl RouterOptions {
             op_timeout: Duration::from_secs(15),
             backoff: Backoff::default(),
             security: Security::default(),
+            network: cluster_rpc::Net::default(),
         }
     }
 
@@ -98,7 +103,7 @@ impl RouterOptions {
                 ..Limits::default()
             },
             security: self.security.clone(),
-            ..cluster_rpc::ClientConfig::default()
+            network: self.network.clone(),
         })
     }
 }

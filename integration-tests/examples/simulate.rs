@@ -9,12 +9,16 @@
 //! run ends with `simulate: N seeds, V violations` (V counts the failing
 //! seeds; exit status 1 if V > 0). With `--seed`, one seed runs and prints
 //! `history digest <hex>`. `--threads T` sets the worker threads (default:
-//! the cores).
+//! the cores); `--run-for SECS` the simulated seconds of workload per seed
+//! (default 20).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use integration_tests::sim::{SimOptions, simulate, simulate_seeds};
+
+// Randomness without a seam (chitchat's peer choice, hash keys) from the seed.
+integration_tests::interpose_getrandom!();
 
 struct Args {
     seeds: Option<u64>,
@@ -22,6 +26,7 @@ struct Args {
     seed: Option<u64>,
     members: usize,
     threads: usize,
+    run_for: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +36,7 @@ fn parse() -> Result<Args, String> {
         seed: None,
         members: 3,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        run_for: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +50,7 @@ fn parse() -> Result<Args, String> {
             "--seed" => args.seed = Some(value("--seed")?),
             "--members" => args.members = value("--members")? as usize,
             "--threads" => args.threads = value("--threads")? as usize,
+            "--run-for" => args.run_for = Some(value("--run-for")?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -57,6 +64,13 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // `RUST_LOG=...` shows the members' logs (on simulated time, with `--seed`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -67,7 +81,11 @@ fn main() -> ExitCode {
         }
     };
     if let Some(seed) = args.seed {
-        let report = simulate(&SimOptions::new(seed, args.members));
+        let mut options = SimOptions::new(seed, args.members);
+        if let Some(secs) = args.run_for {
+            options.run_for = std::time::Duration::from_secs(secs);
+        }
+        let report = simulate(&options);
         for v in &report.violations {
             println!("seed {seed}: {v}");
         }
@@ -77,7 +95,11 @@ fn main() -> ExitCode {
     }
     let count = args.seeds.unwrap_or(0);
     let started = Instant::now();
-    let reports = simulate_seeds(args.first_seed, count, args.members, args.threads, |_| {});
+    let reports = simulate_seeds(args.first_seed, count, args.members, args.threads, |o| {
+        if let Some(secs) = args.run_for {
+            o.run_for = std::time::Duration::from_secs(secs);
+        }
+    });
     let mut failing = 0u64;
     for report in &reports {
         if !report.violations.is_empty() {

@@ -41,8 +41,12 @@ fn info(id: MemberId, n: u16) -> MemberInfo {
 
 fn settings(interval: Duration) -> Settings {
     // Plain transport: no certificate to prove, every admitted member counts.
-    let proofs =
-        MemberProofs::new(cluster_rpc::Security::Plain, Duration::from_secs(1), Duration::from_secs(1));
+    let proofs = MemberProofs::new(
+        cluster_rpc::Security::Plain,
+        cluster_rpc::Net::tcp(),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     Settings {
         num_voters: 3,
         replicas: 5,

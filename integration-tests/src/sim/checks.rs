@@ -26,7 +26,7 @@ use crate::harness::client::FINAL_READ_CLIENT;
 use crate::history::{History, Op};
 
 /// How long the cluster may take to settle once the faults heal.
-const SETTLE: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(120);
 
 /// What [`after_heal`] found.
 #[derive(Debug, Default)]

@@ -4,20 +4,23 @@
 //! [`Cluster`]: gossip, raft, the forwarding service, housekeeping) on a
 //! single-threaded tokio runtime whose clock is paused — time advances only
 //! when every task waits, so a run of simulated minutes takes wall seconds.
-//! Gossip travels on [`cluster_gossip::sim::SimNetwork`] with the seed's
+//! Gossip travels on [`cluster_gossip::sim::SimNetwork`], raft and the
+//! service on [`cluster_rpc::memnet`] (each member a host `10.0.0.x`, given
+//! to the facade as [`ClusterConfig::network`]), both under the seed's
 //! [`Faults`]; raft draws its election timeouts from the seed
-//! ([`cluster_consensus::runtime::seed_thread_rng`]). A nemesis cuts links
-//! one way, isolates a member, makes a bridge partition, slows a member,
-//! crashes a member and starts a replacement, while clients run the
-//! workload; then every fault heals and the invariants are checked (see
+//! ([`cluster_consensus::runtime::seed_thread_rng`]). No member opens a real
+//! socket: `10.0.0.x` is no local address, so a real bind would fail. A
+//! nemesis cuts links one way, isolates a member, makes a bridge partition,
+//! slows a member, pauses one, crashes a member and starts a replacement,
+//! while clients run the workload; then every fault heals and the invariants are checked (see
 //! [`checks`]). See `docs/design-notes.md` for what is deterministic and
 //! what is not yet.
 
 pub mod checks;
+pub mod entropy;
 pub mod faults;
 pub mod workload;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-pub use faults::Faults;
+pub use faults::{Faults, gossip_addr, member_ip};
 use workload::{Recorder, Watched};
 
 /// What to simulate.
@@ -133,18 +136,31 @@ pub fn simulate_seeds(
     reports
 }
 
-/// The gossip address of slot `i` on the simulated network.
-pub fn gossip_addr(i: usize) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 20_000 + i as u16)
-}
+/// The grid port every member advertises (nothing listens on it in a
+/// simulation; a fixed port is never bound by the facade).
+const GRID_PORT: u16 = 7000;
 
-fn config(i: usize) -> ClusterConfig {
+/// Member slot `i`'s configuration: its own address on both simulated
+/// networks, raft's timing fitted to the seed's link delays (an election
+/// timeout well above a round trip, as a real deployment would set it).
+fn config(i: usize, faults: &Faults) -> ClusterConfig {
     let mut config = ClusterConfig {
         cluster_id: "sim".into(),
-        host: "127.0.0.1".into(),
+        host: member_ip(i).to_string(),
         gossip_port: gossip_addr(i).port(),
+        grid_port: GRID_PORT,
+        http_port: None,
+        network: faults.net(i),
         ..ClusterConfig::default()
     };
+    // openraft bounds an AppendEntries by the heartbeat interval: it must
+    // hold a connect and a request, each a round trip with jitter.
+    let one_way = faults.max_delay().as_millis() as u64 * 3 / 2 + 20;
+    config.raft.heartbeat_ms = config.raft.heartbeat_ms.max(4 * one_way + 50);
+    config.raft.election_timeout_min_ms =
+        config.raft.election_timeout_min_ms.max(5 * config.raft.heartbeat_ms);
+    config.raft.election_timeout_max_ms = 2 * config.raft.election_timeout_min_ms;
+    config.timeouts.start_ms = 120_000;
     if i > 0 {
         config.seeds = vec![gossip_addr(0).to_string()];
     }
@@ -153,9 +169,33 @@ fn config(i: usize) -> ClusterConfig {
     config
 }
 
-/// Runs one seed on a runtime of its own, on this thread.
+/// Runs one seed on a runtime of its own, on a new thread (see [`entropy`]:
+/// a thread keeps the randomness it drew first).
 pub fn simulate(options: &SimOptions) -> SimReport {
-    let faults = Faults::new(options.seed);
+    let seed = options.seed;
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new().name(format!("sim-{seed}")).spawn_scoped(scope, || {
+            entropy::seed_thread(Some(seed));
+            let report = simulate_here(options);
+            entropy::seed_thread(None);
+            report
+        });
+        match thread.map(|t| t.join()) {
+            Ok(Ok(report)) => report,
+            Ok(Err(_)) => SimReport::failed(seed, "the simulation panicked".into()),
+            Err(e) => SimReport::failed(seed, format!("no thread: {e}")),
+        }
+    })
+}
+
+impl SimReport {
+    fn failed(seed: u64, why: String) -> Self {
+        SimReport { seed, violations: vec![why], digest: 0, operations: 0 }
+    }
+}
+
+fn simulate_here(options: &SimOptions) -> SimReport {
+    let faults = Faults::new(options.seed).without_duplicates();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
     {
         Ok(r) => r,
@@ -185,12 +225,12 @@ async fn run(options: &SimOptions, faults: Faults) -> SimReport {
     let members = Members::default();
     for i in 0..options.members {
         members.lock().push(None);
-        match tokio::time::timeout(Duration::from_secs(60), Cluster::start(config(i))).await {
+        match tokio::time::timeout(Duration::from_secs(150), Cluster::start(config(i, &faults))).await {
             Ok(Ok(member)) => {
                 members.set(i, Some(member));
             }
             Ok(Err(e)) => violations.push(format!("member {i} did not start: {e}")),
-            Err(_) => violations.push(format!("member {i} did not start in 60 s")),
+            Err(_) => violations.push(format!("member {i} did not start in 150 s")),
         }
     }
     if !violations.is_empty() {
@@ -257,37 +297,37 @@ async fn nemesis(members: &Members, faults: &Faults, seed: u64, until: Instant) 
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
         let victim = rng.random_range(0..n);
         let hold = Duration::from_millis(rng.random_range(1_000..4_000));
-        match rng.random_range(0..5) {
+        match rng.random_range(0..6) {
             // One way: the victim hears everyone, nobody hears it.
-            0 => {
-                (0..n).filter(|&j| j != victim).for_each(|j| faults.cut(gossip_addr(victim), gossip_addr(j)))
-            }
+            0 => (0..n).filter(|&j| j != victim).for_each(|j| faults.cut(victim, j)),
             // Isolated both ways.
             1 => (0..n).filter(|&j| j != victim).for_each(|j| {
-                faults.cut(gossip_addr(victim), gossip_addr(j));
-                faults.cut(gossip_addr(j), gossip_addr(victim));
+                faults.cut(victim, j);
+                faults.cut(j, victim);
             }),
             // A bridge: two sides that reach each other only through the victim.
             2 => {
                 let side = |j: usize| (j + n - victim) % n <= n / 2;
                 for a in (0..n).filter(|&a| a != victim) {
                     for b in (0..n).filter(|&b| b != victim && side(b) != side(a)) {
-                        faults.cut(gossip_addr(a), gossip_addr(b));
+                        faults.cut(a, b);
                     }
                 }
             }
             // Slow: every datagram from or to the victim takes 300–800 ms longer.
-            3 => faults.slow(gossip_addr(victim), Duration::from_millis(rng.random_range(300..800))),
+            3 => faults.slow(victim, Duration::from_millis(rng.random_range(300..800))),
+            // Paused: nothing reaches or leaves it for the hold, then what waited arrives.
+            4 => faults.pause(victim, hold),
             // A crash, and a replacement member in its slot after the hold.
             _ => {
                 if let Some(member) = members.set(victim, None) {
                     let _ = tokio::time::timeout(Duration::from_secs(30), member.abort()).await;
                     tokio::time::sleep(hold).await;
-                    let mut config = config(victim);
+                    let mut config = config(victim, faults);
                     config.seeds =
                         (0..n).filter(|&j| j != victim).map(|j| gossip_addr(j).to_string()).collect();
                     if let Ok(Ok(member)) =
-                        tokio::time::timeout(Duration::from_secs(60), Cluster::start(config)).await
+                        tokio::time::timeout(Duration::from_secs(150), Cluster::start(config)).await
                     {
                         members.set(victim, Some(member));
                     }
