@@ -14,6 +14,10 @@ use crate::protocol::{Request, Response};
 use crate::retry::Attempt;
 use crate::router::{Proxy, Route, Router, RouterOptions, sealed};
 
+/// The shortest pause between two attempts of a [`Proxy`], even when a
+/// new leader is known.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
+
 /// A member's own store, as a [`Router`]'s target.
 pub struct Local<S> {
     store: Arc<S>,
@@ -53,8 +57,13 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
     }
 
     /// Waits `delay`, or less if the local store knows a leader other than
-    /// the one `tried` (including one it learnt since that attempt).
+    /// the one `tried` (including one it learnt since that attempt) — but at
+    /// least [`MIN_PAUSE`] (or `delay` if shorter): when that other leader
+    /// also fails at once, attempts must not follow each other without a
+    /// pause (a busy loop until the operation's deadline; under simulated
+    /// time, time would never advance — found by the simulation).
     async fn pause(&self, delay: Duration, tried: Option<MemberId>) {
+        tokio::time::sleep(delay.min(MIN_PAUSE)).await;
         let mut changes = self.store.status_changes();
         let new_leader = async {
             if changes.wait_for(|s| s.leader.is_some() && s.leader != tried).await.is_err() {

@@ -160,6 +160,10 @@ fn config(i: usize, faults: &Faults) -> ClusterConfig {
     config.raft.election_timeout_min_ms =
         config.raft.election_timeout_min_ms.max(5 * config.raft.heartbeat_ms);
     config.raft.election_timeout_max_ms = 2 * config.raft.election_timeout_min_ms;
+    // A connect and the proof of a member's identity that follows it are
+    // bounded by the connect timeout: it must hold both round trips too.
+    config.limits.connect_timeout =
+        config.limits.connect_timeout.max(std::time::Duration::from_millis(8 * one_way));
     config.timeouts.start_ms = 120_000;
     if i > 0 {
         config.seeds = vec![gossip_addr(0).to_string()];
