@@ -78,6 +78,9 @@ fn config(seeds: Vec<String>, voters: usize) -> ClusterConfig {
     };
     // Quick failure handling, so the tour does not drag.
     c.timeouts.failure_grace_ms = 1_000;
+    // With no client member to take its place, the replica set lets a
+    // failed voter go only when its short id is reaped (60 s by default).
+    c.timeouts.short_id_reap_ms = 5_000;
     c.timeouts.leave_ms = 3_000;
     c
 }
