@@ -164,6 +164,33 @@ async fn a_failed_voter_is_removed_after_the_grace_not_before() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_leader_no_member_can_replace_leaves_raft_after_the_grace_not_the_reap() {
+    // Three voters, a bound of 5 (no member to replace one): 1 leads, then crashes.
+    let cluster = FakeCluster::new(3);
+    cluster.set_leader(Some(1));
+    let rig = Rig::start(settings(Duration::from_secs(1)), cluster).await;
+    let (old, other) = (rig.cluster.member(1).id, rig.cluster.member(2).id);
+    rig.net.join(old, info(old, 1).to_tags());
+    rig.net.join(other, info(other, 2).to_tags());
+    at(Instant::now() + Duration::from_secs(2)).await;
+    let failed_at = Instant::now();
+    rig.net.fail(old);
+    // This member wins the election a moment later.
+    at(failed_at + Duration::from_secs(1)).await;
+    rig.cluster.set_leader(Some(0));
+    at(failed_at + GRACE - Duration::from_millis(100)).await;
+    assert!(rig.voters().contains(&old), "a failed voter is kept during its grace");
+    wait_until("the old leader is out of raft", || !rig.store.status().all_members().contains(&old)).await;
+    let took = failed_at.elapsed();
+    assert!(
+        took >= GRACE && took < GRACE + Duration::from_secs(1),
+        "removed after {took:?}, not at the reap"
+    );
+    assert_eq!(rig.voters(), BTreeSet::from([rig.store.id, other]));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn records_follow_raft() {
     let mut rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);

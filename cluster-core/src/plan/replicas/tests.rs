@@ -52,6 +52,36 @@ fn a_suspect_replica_keeps_its_place_a_gone_one_is_replaced() {
     assert_eq!(plan.voter_preference, vec![id(4)]);
 }
 
+/// A failed replica leaves raft after its grace (when it counts as gone)
+/// whether or not a member can replace it: the set does not wait for a
+/// replacement, nor for the failed member's short id to be reaped.
+#[test]
+fn a_gone_voter_no_member_can_replace_leaves_raft() {
+    // Three members, a bound of 5: the old leader (1) crashed past its grace, 2 leads now.
+    let ms = [
+        c(1, Voter, Health::Gone, None),
+        c(2, Voter, Health::Healthy, None),
+        c(3, Voter, Health::Healthy, None),
+    ];
+    let bound = ReplicaBound { voters: 3, replicas: 5 };
+    let plan = plan_replicas(&ms, bound, id(2));
+    assert_eq!(plan, ReplicaPlan::default(), "no one to add, no one surplus");
+    let after = apply_plan(&ms, bound, id(2));
+    let raft: Vec<_> = after.iter().map(|m| (m.id, m.raft)).collect();
+    assert_eq!(raft, vec![(id(1), Absent), (id(2), Voter), (id(3), Voter)]);
+    // The same with nonvoters and client members around: promoted, replaced, removed.
+    let ms = [
+        c(1, Voter, Health::Gone, None),
+        c(2, Voter, Health::Healthy, None),
+        c(3, Voter, Health::Healthy, None),
+        c(4, Nonvoter, Health::Gone, None),
+        c(5, Nonvoter, Health::Healthy, None),
+    ];
+    let after = apply_plan(&ms, bound, id(2));
+    let raft: Vec<_> = after.iter().map(|m| (m.id, m.raft)).collect();
+    assert_eq!(raft, vec![(id(1), Absent), (id(2), Voter), (id(3), Voter), (id(4), Absent), (id(5), Voter)]);
+}
+
 #[test]
 fn a_returning_replica_makes_the_newest_healthy_nonvoter_surplus() {
     // 3 came back after 4 replaced it (4 not promoted yet: 3 still votes).
@@ -211,6 +241,11 @@ proptest! {
         let quorum = voters_before.iter().filter(|m| m.health == Health::Healthy).count() * 2 > voters_before.len();
         let waiting = members.iter().filter(|m| m.raft == Absent && m.health == Health::Healthy).count();
         if quorum {
+            // A gone replica leaves raft, whether or not a member replaces it.
+            prop_assert!(
+                after.iter().all(|m| m.health != Health::Gone || m.id == leader || m.raft == Absent),
+                "a gone member stays in raft: {:?}", after
+            );
             if before <= bound.size() {
                 prop_assert_eq!(now, bound.size().min(before + waiting));
             } else {
