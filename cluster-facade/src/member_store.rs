@@ -18,11 +18,21 @@
 //! back when raft no longer lists it, or the leader it knows says it is not
 //! in raft any more (a surplus replica taken out may never hear of it): from
 //! then on it serves from its view, never from its stale raft state.
+//!
+//! **Its own reads follow what the leader answered it.** When the leader
+//! answers a write or a linearizable read that this member's router
+//! forwarded, the next local read through that router first learns the
+//! leader's applied revision (one stale read at the leader, which applied
+//! the write before it answered) and waits until this member's state —
+//! view or raft — reached it. A member's local reads so never miss its own
+//! acknowledged writes nor what its linearizable reads returned, and the
+//! floor only grows, so they never go backwards either.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cluster_core::{
@@ -54,6 +64,13 @@ pub struct MemberStore<S> {
     left: AtomicBool,
     status: watch::Sender<ConsensusStatus>,
     stop: watch::Sender<bool>,
+    /// How this member reaches other members' services (set by `run`).
+    options: OnceLock<RouterOptions>,
+    /// The service address of the leader whose last answer to this
+    /// member's router the next local read must catch up with.
+    answered_by: Mutex<Option<String>>,
+    /// The revision this member's local reads must show at least.
+    read_floor: AtomicU64,
 }
 
 impl<S: ConsensusStore> MemberStore<S> {
@@ -69,6 +86,58 @@ impl<S: ConsensusStore> MemberStore<S> {
             left: AtomicBool::new(false),
             status: watch::channel(status).0,
             stop: watch::channel(false).0,
+            options: OnceLock::new(),
+            answered_by: Mutex::new(None),
+            read_floor: AtomicU64::new(0),
+        }
+    }
+
+    /// The revision of the state this member's local reads serve now.
+    fn local_revision(&self) -> u64 {
+        if self.is_client() { self.view.revision() } else { self.raft_revision() }
+    }
+
+    /// The applied revision of the member whose service is at `addr`:
+    /// one local read there (a prefix no key starts with), after a
+    /// linearizable read there when `confirm` (a leader other than the one
+    /// that answered: it may not have applied all it committed yet).
+    async fn revision_at(&self, addr: &str, confirm: bool) -> Result<u64> {
+        let Some(options) = self.options.get() else { return Ok(0) };
+        let mut options = options.clone();
+        // One try: the read barrier's caller retries.
+        options.op_timeout = options.attempt_timeout;
+        let client = ServiceClient::remote([addr.to_owned()], options)?;
+        if confirm {
+            client.consistent_get(REVISION_PROBE).await?;
+        }
+        Ok(client.get_prefix_with_revision(REVISION_PROBE).await?.0)
+    }
+
+    /// Raises the read floor to the revision of the leader that last
+    /// answered this member's router, if one did since the last read; when
+    /// that leader cannot be asked, to the revision of the leader known now.
+    async fn learn_read_floor(&self) -> Result<()> {
+        let pending = self.answered_by.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(addr) = pending else { return Ok(()) };
+        let asked = match self.revision_at(&addr, false).await {
+            Err(e) => {
+                match self.current_status().leader_service_addr().filter(|a| !a.is_empty() && *a != addr) {
+                    Some(now) => self.revision_at(now, true).await,
+                    None => Err(e),
+                }
+            }
+            answer => answer,
+        };
+        match asked {
+            Ok(revision) => {
+                self.read_floor.fetch_max(revision, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(e) => {
+                // Asked again on the retry, unless a newer answer came since.
+                self.answered_by.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(addr);
+                Err(e)
+            }
         }
     }
 
@@ -128,6 +197,7 @@ impl<S: ConsensusStore> MemberStore<S> {
         options: RouterOptions,
         mut member_stop: watch::Receiver<bool>,
     ) {
+        let _ = self.options.set(options.clone());
         let mut stop = self.stop.subscribe();
         let mut raft_changes = self.raft.status_changes();
         let mut view_changes = self.view.revisions();
@@ -331,6 +401,45 @@ impl<S: ConsensusStore> ConsensusStore for MemberStore<S> {
         } else {
             self.raft.watch_from(prefix, from_revision)
         }
+    }
+
+    fn answered_by_leader(&self, leader_service_addr: &str) {
+        *self.answered_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader_service_addr.to_owned());
+    }
+
+    async fn read_barrier(&self) -> Result<()> {
+        self.learn_read_floor().await?;
+        let floor = self.read_floor.load(Ordering::Acquire);
+        let wait = self.options.get().map_or(Duration::from_secs(3), |o| o.attempt_timeout);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut view_changes = self.view.revisions();
+        let mut raft_changes = self.raft.status_changes();
+        while self.local_revision() < floor {
+            // A closed channel brings no news: wait for the others then.
+            let view_moved = async {
+                if view_changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let raft_moved = async {
+                if raft_changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = view_moved => {}
+                _ = raft_moved => {}
+                // A mode change moves reads to the other state: look again now and then.
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Timeout(format!(
+                        "this member's state is at revision {}, behind revision {floor} the leader answered it at",
+                        self.local_revision()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints) -> Result<()> {

@@ -55,12 +55,14 @@ async fn seven_members_with_three_replicas_four_clients_that_work_like_any_membe
         // Never added to raft: its raft node knows no membership.
         assert!(m.store().store().raft().status().all_members().is_empty());
         assert_eq!(m.raft_role(), RaftRole::Client);
-        // Its gossip tag says so too.
-        let tags = members[0].live_members();
-        let mine = tags.iter().find(|t| t.member_id == m.member_id()).expect("in gossip");
-        assert_eq!(mine.raft_role, RaftRole::Client);
-        // Its members are the cluster's records.
-        assert_eq!(m.members().unwrap().len(), 7);
+        // Its gossip tag says so too (once gossip carried it to member 0),
+        // and its members are the cluster's records (once its view has them).
+        wait_until(DEADLINE, "its tag says client, its view lists all 7", || {
+            let tags = members[0].live_members();
+            let tagged = tags.iter().any(|t| t.member_id == m.member_id() && t.raft_role == RaftRole::Client);
+            ready(tagged && m.members().is_ok_and(|r| r.len() == 7))
+        })
+        .await;
     }
 
     // A client member writes, reads consistently, compares and sets, and
@@ -212,6 +214,37 @@ async fn a_failed_leader_no_client_can_replace_leaves_raft_after_its_grace_not_i
     // Writes keep working through both members.
     for m in &members {
         m.store().set("after", b"1").await.unwrap();
+    }
+    shutdown_all(members).await;
+}
+
+/// A client member's stale reads (served from its local view) never miss a
+/// write acknowledged through the same member, nor a value a linearizable
+/// read through it returned, and never go backwards in revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_members_stale_reads_follow_its_own_writes_and_linearizable_reads() {
+    init_tracing();
+    let members = start_cluster_with(5, 3, |c| c.replicas = 3).await;
+    wait_until(DEADLINE, "3 replicas, 2 client members", || ready(bounded(&members, 3))).await;
+    let clients: Vec<&Cluster> = members.iter().filter(|m| m.raft_role() == RaftRole::Client).collect();
+    let (client, other) = (clients[0].store(), clients[1].store());
+    let mut last_seen = 0u64;
+    for i in 1..=100u64 {
+        // Read your writes: a write acknowledged through this member.
+        client.set("ryw", i.to_be_bytes().to_vec()).await.unwrap();
+        let got = client.get("ryw").await.unwrap().map(|v| u64::from_be_bytes(v.try_into().unwrap()));
+        assert_eq!(got, Some(i), "a stale read right after the member's own write #{i}");
+        // A linearizable read through this member of another member's write.
+        other.set("lin", i.to_be_bytes().to_vec()).await.unwrap();
+        let seen = client.consistent_get("lin").await.unwrap().expect("written");
+        let seen = u64::from_be_bytes(seen.try_into().unwrap());
+        assert_eq!(seen, i);
+        let (revision, entries) = client.get_prefix_with_revision("lin").await.unwrap();
+        assert_eq!(entries.len(), 1);
+        let got = u64::from_be_bytes(entries[0].1.clone().try_into().unwrap());
+        assert!(got >= seen, "a stale read missed what a linearizable read returned: {got} < {seen}");
+        assert!(revision >= last_seen, "the member's reads went back: revision {revision} after {last_seen}");
+        last_seen = revision;
     }
     shutdown_all(members).await;
 }

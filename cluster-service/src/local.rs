@@ -52,8 +52,26 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
         }
     }
 
+    /// A read of the member's own state first waits for its
+    /// [`read_barrier`](ConsensusStore::read_barrier): it never misses what
+    /// the leader answered this member's forwarded writes and reads.
     fn local(&self, request: &Request) -> impl Future<Output = Result<Response>> + Send {
-        crate::dispatch::execute(&*self.store, request.clone())
+        let store = self.store.clone();
+        let request = request.clone();
+        async move {
+            if reads_state(&request) {
+                store.read_barrier().await?;
+            }
+            crate::dispatch::execute(&*store, request).await
+        }
+    }
+
+    /// A write or linearizable read the leader answered: the member's later
+    /// local reads must reflect it.
+    fn learn(&self, addr: &str, request: &Request, answer: &Result<Response>) {
+        if answer.is_ok() && request.needs_leader() {
+            self.store.answered_by_leader(addr);
+        }
     }
 
     /// Waits `delay`, or less if the local store knows a leader other than
@@ -93,6 +111,20 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
             }
         })
     }
+}
+
+/// True for the reads of the member's applied state (keys and records),
+/// which a [read barrier](ConsensusStore::read_barrier) keeps in step with
+/// what the leader answered this member.
+fn reads_state(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Get { .. }
+            | Request::GetPrefix { .. }
+            | Request::GetPrefixWithRevision { .. }
+            | Request::GetWithMeta { consistent: false, .. }
+            | Request::Members
+    )
 }
 
 impl<S: ConsensusStore> Proxy<S> {

@@ -125,6 +125,24 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
         Ok(watch)
     }
 
+    /// Told by this member's own router that the leader, at service address
+    /// `leader_service_addr`, answered a write or a linearizable read
+    /// forwarded from here: the member's later local reads must not miss
+    /// what that answer reflected (see [`read_barrier`](Self::read_barrier)).
+    /// The default does nothing.
+    fn answered_by_leader(&self, _leader_service_addr: &str) {}
+
+    /// Waits, before a local read made through this member's own router,
+    /// until this member's local state holds at least what every answer
+    /// reported by [`answered_by_leader`](Self::answered_by_leader)
+    /// reflected: a member's local reads then never miss its own
+    /// acknowledged writes nor what its linearizable reads returned. A
+    /// store that cannot get there in time answers an error the router
+    /// retries. The default waits for nothing.
+    fn read_barrier(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Adds a member as nonvoter and waits until it caught up with the log; on the leader only.
     fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints)
     -> impl Future<Output = Result<()>> + Send;
