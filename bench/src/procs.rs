@@ -96,6 +96,17 @@ pub struct CarbonCluster {
     replicas: Option<usize>,
 }
 
+/// What the `start_*` forms add to [`CarbonCluster::start`].
+#[derive(Default)]
+struct Extras {
+    /// `--config` given to every agent.
+    config: Option<PathBuf>,
+    /// With TLS: the clients' security and the CA directory of the members' certificates.
+    tls: Option<(cluster_facade::rpc::Security, PathBuf)>,
+    /// `--replicas` given to every agent.
+    replicas: Option<usize>,
+}
+
 impl CarbonCluster {
     /// Starts `n` agents, the first forming the cluster and the others seeded on it,
     /// durable (a data dir each under `dir`) or in memory; waits until every agent
@@ -114,7 +125,7 @@ impl CarbonCluster {
         tag: &str,
         config: Option<PathBuf>,
     ) -> Result<Self> {
-        Self::start_full(carbon, dir, n, durable, tag, config, None, None).await
+        Self::start_full(carbon, dir, n, durable, tag, Extras { config, ..Extras::default() }).await
     }
 
     /// [`start`](Self::start) with `--replicas <replicas>` given to every
@@ -128,7 +139,8 @@ impl CarbonCluster {
         tag: &str,
         replicas: usize,
     ) -> Result<Self> {
-        Self::start_full(carbon, dir, n, durable, tag, None, None, Some(replicas)).await
+        let extras = Extras { replicas: Some(replicas), ..Extras::default() };
+        Self::start_full(carbon, dir, n, durable, tag, extras).await
     }
 
     /// [`start`](Self::start) as production runs it: mutual TLS on the raft
@@ -146,21 +158,19 @@ impl CarbonCluster {
         std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
         let client = cluster_facade::rpc::Tls::from_files(bundle.client.clone())?;
         let security = cluster_facade::rpc::Security::Tls(client);
-        Self::start_full(carbon, dir, n, durable, tag, Some(config), Some((security, certs)), None).await
+        let extras = Extras { config: Some(config), tls: Some((security, certs)), replicas: None };
+        Self::start_full(carbon, dir, n, durable, tag, extras).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn start_full(
         carbon: &Path,
         dir: &Path,
         n: usize,
         durable: bool,
         tag: &str,
-        config: Option<PathBuf>,
-        // With TLS: the clients' security and the CA directory of the members' certificates.
-        tls: Option<(cluster_facade::rpc::Security, PathBuf)>,
-        replicas: Option<usize>,
+        extras: Extras,
     ) -> Result<Self> {
+        let Extras { config, tls, replicas } = extras;
         let (security, certs) = match tls {
             Some((security, certs)) => (security, Some(certs)),
             None => (cluster_facade::rpc::Security::Plain, None),

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use cluster_consensus::testsuite::{RaftRequest, RaftRpc, RaftRpcReply};
-use cluster_core::testsuite::net::{connect_from, held_open, idle_connections, resident_memory};
+use cluster_core::testsuite::net::{
+    connect_from, held_open, idle_connections, peak_resident_memory, resident_memory,
+};
 use cluster_core::wire::{Frame, WireCodec};
 use cluster_core::{ConsensusStore, ConsensusStoreExt, Error};
 use cluster_testkit::{DEADLINE, LocalCluster};
@@ -175,12 +177,7 @@ async fn idle_floods_and_an_unread_pipeline_leave_the_member_serving() {
         let _ = unread.write_all(&pipeline).await;
         unread
     });
-    let mut peak = resident_memory().expect("procfs");
-    let watch_until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < watch_until {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        peak = peak.max(resident_memory().expect("procfs"));
-    }
+    let peak = peak_resident_memory(Duration::from_secs(3)).await.expect("procfs");
     let growth = peak.saturating_sub(before) >> 20;
     eprintln!("raft port, unread pipeline: resident growth {growth} MiB");
     assert!(growth <= 100, "resident memory grew by {growth} MiB");

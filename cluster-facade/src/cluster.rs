@@ -319,6 +319,13 @@ impl<M: Membership, S: ConsensusStore> ClusterOf<M, S> {
         self.inner.store.status()
     }
 
+    /// The short id of every member as the store holds them (this member's
+    /// applied state): the allocation itself, which the member records
+    /// follow.
+    pub fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>, ClusterError> {
+        Ok(self.inner.store.short_ids()?)
+    }
+
     /// The members as the cluster recorded them in the store (this member's
     /// applied state: may trail the leader by a moment), by short id order.
     pub fn members(&self) -> Result<Vec<MemberInfo>, ClusterError> {

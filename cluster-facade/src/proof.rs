@@ -137,6 +137,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::ready;
+
+    use cluster_core::testsuite::{DEADLINE, wait_until};
     use cluster_rpc::tls::generate::CertificateAuthority;
     use cluster_rpc::{Role, Tls};
 
@@ -162,18 +165,11 @@ mod tests {
         (addr, task)
     }
 
+    /// Waits until the proof of `member` at `addr` ended; true if it was proven.
     async fn settle(proofs: &MemberProofs, member: MemberId, addr: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if proofs.proven(member, addr) {
-                return true;
-            }
-            if matches!(lock(&proofs.state).get(&member), Some(Proof::Failed { .. })) {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "the proof never ended");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let failed = || matches!(lock(&proofs.state).get(&member), Some(Proof::Failed { .. }));
+        wait_until(DEADLINE, "the proof to end", || ready(proofs.proven(member, addr) || failed())).await;
+        proofs.proven(member, addr)
     }
 
     #[tokio::test]

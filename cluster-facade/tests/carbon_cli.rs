@@ -24,23 +24,18 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("node.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-cluster_id = "{CLUSTER}"
-host = "127.0.0.1"
-num_voters = 3
-[timeouts]
-failure_grace_ms = 1000
-leave_ms = 5000
-"#
-        ),
-    )
-    .unwrap();
+/// Writes `dir/name`: an agent configuration of this test's cluster on
+/// loopback, with `rest` after the cluster id and the host.
+fn write_toml(dir: &Path, name: &str, rest: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("cluster_id = \"{CLUSTER}\"\nhost = \"127.0.0.1\"\n{rest}")).unwrap();
     path
+}
+
+/// The configuration most tests start agents with: three voters, a short
+/// failure grace.
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    write_toml(dir, "node.toml", "num_voters = 3\n[timeouts]\nfailure_grace_ms = 1000\nleave_ms = 5000\n")
 }
 
 #[test]
@@ -720,22 +715,9 @@ fn a_member_on_a_network_address_needs_a_gossip_key_or_insecure() {
 #[test]
 fn a_write_past_a_quota_exits_5_and_status_shows_the_alarm() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("quota.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-cluster_id = "{CLUSTER}"
-host = "127.0.0.1"
-num_voters = 1
-[quota]
-max_key_bytes = 64
-max_value_bytes = 1000
-max_store_bytes = 6000
-"#
-        ),
-    )
-    .unwrap();
+    let quota =
+        "num_voters = 1\n[quota]\nmax_key_bytes = 64\nmax_value_bytes = 1000\nmax_store_bytes = 6000\n";
+    let path = write_toml(dir.path(), "quota.toml", quota);
     let agent = agent_of(&path, &[]);
     let svc = agent.service().clone();
     let kv = |args: &[&str]| {

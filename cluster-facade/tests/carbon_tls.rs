@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use cluster_core::testsuite::holds_within_blocking;
 use common::{agent, carbon, carbon_tls_client, tls_flags};
 
 #[test]
@@ -159,7 +162,7 @@ fn eventually(
     ok: impl Fn(&serde_json::Value) -> bool,
 ) {
     let mut last = String::new();
-    let held = cluster_core::testsuite::holds_within_blocking(std::time::Duration::from_secs(90), || {
+    let held = holds_within_blocking(Duration::from_secs(90), || {
         let out = client_within(args, service, tls, "5s");
         let json = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default();
         last = format!("{json} {}", String::from_utf8_lossy(&out.stderr));
@@ -276,14 +279,10 @@ fn issued_member_id(stdout: &[u8]) -> String {
 
 /// Waits (bounded) for `child` to exit; kills it and fails if it does not.
 fn exit_of(mut child: std::process::Child) -> std::process::Output {
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > std::time::Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the agent did not exit");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    if !holds_within_blocking(Duration::from_secs(120), || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent did not exit");
     }
     child.wait_with_output().unwrap()
 }

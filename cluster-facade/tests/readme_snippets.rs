@@ -22,6 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster_core::testsuite::holds_within_blocking;
 use common::carbon;
 
 /// The README, from the crate's directory.
@@ -320,15 +321,11 @@ fn run_section(title: &str, timeout: Duration) {
     }
     let started = Instant::now();
     let mut group = Group(command.spawn().expect("bash runs"));
-    let status = loop {
-        if let Some(status) = group.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut status = None;
+    holds_within_blocking(timeout, || {
+        status = group.0.try_wait().unwrap();
+        status.is_some()
+    });
     let elapsed = started.elapsed();
     drop(group);
     let shown = std::fs::read_to_string(&output).unwrap_or_default();

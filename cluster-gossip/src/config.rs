@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::ChannelTransport;
-use cluster_core::{FailureDetection, MemberId, MembershipConfig};
+use cluster_core::{FailureDetection, GossipEncryption, MemberId, MembershipConfig};
 
 use crate::error::GossipError;
 use crate::keyring::{GossipKey, Keyring};
@@ -58,28 +58,25 @@ impl fmt::Debug for GossipTransport {
 /// ```
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
-    /// This member's permanent id; also its chitchat node id.
-    pub member_id: MemberId,
-    /// This incarnation of the member; must grow across restarts of the same
-    /// member id. Default: the current unix time in nanoseconds.
-    pub generation: u64,
-    /// Members only gossip with members of the same cluster id.
-    pub cluster_id: String,
-    /// Where to listen; port 0 picks a free port ([`Gossip::gossip_addr`](crate::Gossip::gossip_addr)
-    /// tells which). Default `127.0.0.1:0`.
-    pub listen_addr: SocketAddr,
-    /// The address peers reach this member at, when not `listen_addr` (NAT,
-    /// `0.0.0.0`). Port 0 means the port actually bound.
-    pub advertise_addr: Option<SocketAddr>,
-    /// Gossip addresses (`ip:port` or `host:port`) of members to join; empty
-    /// forms a new cluster.
-    pub seeds: Vec<String>,
-    /// Time between gossip rounds. Default 100 ms.
-    pub gossip_interval: Duration,
-    /// Failure-detector settings; keep `initial_interval` close to `gossip_interval`.
-    pub failure_detection: FailureDetection,
-    /// The tags published from the start (names must not start with [`RESERVED_PREFIX`]).
-    pub tags: BTreeMap<String, String>,
+    /// What every membership backend starts with (the contract's
+    /// [`MembershipConfig`]): the member's permanent id (also its chitchat
+    /// node id), its generation (must grow across restarts; default: the
+    /// current unix time in ns), the cluster id (members only gossip within
+    /// it; default `carbon-grid`), the listen address (port 0 picks a free
+    /// one, [`Gossip::gossip_addr`](crate::Gossip::gossip_addr) tells which;
+    /// default `127.0.0.1:0`), the advertised address (NAT, `0.0.0.0`; port 0
+    /// means the port bound), the seeds (`host:port`; empty forms a new
+    /// cluster), the gossip interval (default 100 ms), failure detection
+    /// (keep `initial_interval` close to the gossip interval), the initial
+    /// tags (names must not start with [`RESERVED_PREFIX`]), and encryption:
+    /// with keys, every datagram is sealed with the primary (the first) and
+    /// only datagrams a key of the ring opens are read (needs the UDP
+    /// transport); without (the default, for tests and quick starts) gossip
+    /// is plaintext, which anyone who can reach the port can read and join.
+    /// The keyring file (mode 0600, replaced atomically on every change)
+    /// wins over the keys when it exists: it holds the ring as the last
+    /// rotation left it.
+    pub membership: MembershipConfig,
     /// UDP (default) or chitchat's in-memory transport for tests.
     pub transport: GossipTransport,
     /// The longest [`Gossip::leave`](crate::Gossip::leave) waits for peers to
@@ -90,35 +87,27 @@ pub struct GossipConfig {
     pub tombstone_grace: Duration,
     /// Events buffered per subscriber before it receives a `Resync`. Default 1024.
     pub event_buffer: usize,
-    /// Encryption: every datagram is sealed with the ring's primary key and
-    /// only datagrams a key of the ring opens are read. `None` (the default,
-    /// for tests and quick starts): plaintext gossip, which anyone who can
-    /// reach the port can read and join. Needs the UDP transport.
-    pub keyring: Option<Keyring>,
-    /// Where the keyring is persisted (mode 0600, replaced atomically on
-    /// every change). When the file exists it wins over `keyring`: it holds
-    /// the ring as the last rotation left it.
-    pub keyring_file: Option<PathBuf>,
 }
 
 impl Default for GossipConfig {
     fn default() -> Self {
         GossipConfig {
-            member_id: MemberId::generate(),
-            generation: generation_now(),
-            cluster_id: "carbon-grid".to_owned(),
-            listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            advertise_addr: None,
-            seeds: Vec::new(),
-            gossip_interval: Duration::from_millis(100),
-            failure_detection: FailureDetection::default(),
-            tags: BTreeMap::new(),
+            membership: MembershipConfig {
+                member_id: MemberId::generate(),
+                generation: generation_now(),
+                cluster_id: "carbon-grid".to_owned(),
+                listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                advertise_addr: None,
+                seeds: Vec::new(),
+                gossip_interval: Duration::from_millis(100),
+                failure_detection: FailureDetection::default(),
+                tags: BTreeMap::new(),
+                encryption: GossipEncryption::default(),
+            },
             transport: GossipTransport::Udp,
             leave_timeout: Duration::from_secs(3),
             tombstone_grace: Duration::from_secs(15 * 60),
             event_buffer: 1024,
-            keyring: None,
-            keyring_file: None,
         }
     }
 }
@@ -130,76 +119,63 @@ pub fn generation_now() -> u64 {
 }
 
 impl From<MembershipConfig> for GossipConfig {
-    fn from(c: MembershipConfig) -> Self {
-        GossipConfig {
-            member_id: c.member_id,
-            generation: c.generation,
-            cluster_id: c.cluster_id,
-            listen_addr: c.listen_addr,
-            advertise_addr: c.advertise_addr,
-            seeds: c.seeds,
-            gossip_interval: c.gossip_interval,
-            failure_detection: c.failure_detection,
-            tags: c.tags,
-            keyring: Keyring::from_keys(c.encryption.keys.into_iter().map(GossipKey::from_bytes)).ok(),
-            keyring_file: c.encryption.keyring_file,
-            ..GossipConfig::default()
-        }
+    fn from(membership: MembershipConfig) -> Self {
+        GossipConfig { membership, ..GossipConfig::default() }
     }
 }
 
 impl GossipConfig {
     /// Sets the member id.
     pub fn with_member_id(mut self, id: MemberId) -> Self {
-        self.member_id = id;
+        self.membership.member_id = id;
         self
     }
 
     /// Sets the generation.
     pub fn with_generation(mut self, generation: u64) -> Self {
-        self.generation = generation;
+        self.membership.generation = generation;
         self
     }
 
     /// Sets the cluster id.
     pub fn with_cluster_id(mut self, cluster_id: impl Into<String>) -> Self {
-        self.cluster_id = cluster_id.into();
+        self.membership.cluster_id = cluster_id.into();
         self
     }
 
     /// Sets the listen address.
     pub fn with_listen_addr(mut self, addr: SocketAddr) -> Self {
-        self.listen_addr = addr;
+        self.membership.listen_addr = addr;
         self
     }
 
     /// Sets the advertised address.
     pub fn with_advertise_addr(mut self, addr: SocketAddr) -> Self {
-        self.advertise_addr = Some(addr);
+        self.membership.advertise_addr = Some(addr);
         self
     }
 
     /// Sets the seeds.
     pub fn with_seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
-        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self.membership.seeds = seeds.into_iter().map(Into::into).collect();
         self
     }
 
     /// Sets the gossip interval.
     pub fn with_gossip_interval(mut self, interval: Duration) -> Self {
-        self.gossip_interval = interval;
+        self.membership.gossip_interval = interval;
         self
     }
 
     /// Sets the failure-detector settings.
     pub fn with_failure_detection(mut self, fd: FailureDetection) -> Self {
-        self.failure_detection = fd;
+        self.membership.failure_detection = fd;
         self
     }
 
     /// Adds one initial tag.
     pub fn with_tag(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.tags.insert(name.into(), value.into());
+        self.membership.tags.insert(name.into(), value.into());
         self
     }
 
@@ -217,26 +193,39 @@ impl GossipConfig {
 
     /// Encrypts gossip with `keyring` (its primary key seals).
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
-        self.keyring = Some(keyring);
+        self.membership.encryption.keys = keyring.keys().iter().map(|k| *k.as_bytes()).collect();
         self
     }
 
     /// Persists the keyring in `path` (and reads it from there when it exists).
     pub fn with_keyring_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.keyring_file = Some(path.into());
+        self.membership.encryption.keyring_file = Some(path.into());
         self
+    }
+
+    /// True when gossip is to be sealed: keys are given, or a keyring file
+    /// (which may hold them).
+    pub(crate) fn is_encrypted(&self) -> bool {
+        let e = &self.membership.encryption;
+        !e.keys.is_empty() || e.keyring_file.is_some()
+    }
+
+    /// The keyring the keys make, the first primary; `None` without keys.
+    pub(crate) fn keyring(&self) -> Option<Keyring> {
+        Keyring::from_keys(self.membership.encryption.keys.iter().copied().map(GossipKey::from_bytes)).ok()
     }
 
     /// Checks the configuration; the error lists every problem with its field.
     pub fn validate(&self) -> Result<(), GossipError> {
         let mut problems = Vec::new();
-        if self.cluster_id.is_empty() {
+        let m = &self.membership;
+        if m.cluster_id.is_empty() {
             problems.push("cluster_id: must not be empty".to_owned());
         }
-        if self.gossip_interval.is_zero() {
+        if m.gossip_interval.is_zero() {
             problems.push("gossip_interval: must be more than zero".to_owned());
         }
-        let fd = &self.failure_detection;
+        let fd = &m.failure_detection;
         if !(fd.phi_threshold.is_finite() && fd.phi_threshold > 0.0) {
             problems
                 .push(format!("failure_detection.phi_threshold: must be positive, not {}", fd.phi_threshold));
@@ -244,20 +233,18 @@ impl GossipConfig {
         if fd.initial_interval.is_zero() {
             problems.push("failure_detection.initial_interval: must be more than zero".to_owned());
         }
-        if self.listen_addr.ip().is_unspecified()
-            && self.advertise_addr.is_none_or(|a| a.ip().is_unspecified())
-        {
+        if m.listen_addr.ip().is_unspecified() && m.advertise_addr.is_none_or(|a| a.ip().is_unspecified()) {
             problems.push(format!(
                 "advertise_addr: required when listen_addr ({}) is a wildcard address",
-                self.listen_addr
+                m.listen_addr
             ));
         }
-        for seed in &self.seeds {
+        for seed in &m.seeds {
             if !seed.contains(':') {
                 problems.push(format!("seeds: {seed:?} is not host:port"));
             }
         }
-        for name in self.tags.keys().filter(|n| is_reserved(n)) {
+        for name in m.tags.keys().filter(|n| is_reserved(n)) {
             problems.push(format!("tags: {name:?} starts with the reserved prefix {RESERVED_PREFIX:?}"));
         }
         if self.leave_timeout.is_zero() {
@@ -267,7 +254,7 @@ impl GossipConfig {
             problems.push("event_buffer: must be at least 1".to_owned());
         }
         if matches!(self.transport, GossipTransport::Channel(_) | GossipTransport::Sim(_))
-            && (self.keyring.is_some() || self.keyring_file.is_some())
+            && self.is_encrypted()
         {
             problems.push(
                 "keyring: encryption needs the UDP transport (the channel transport carries no bytes to seal)"
@@ -290,8 +277,8 @@ mod tests {
     #[test]
     fn validation_reports_every_problem() {
         let mut c = GossipConfig::default().with_cluster_id("").with_tag("__cgc.leaving", "1");
-        c.listen_addr = "0.0.0.0:0".parse().unwrap_or(c.listen_addr);
-        c.gossip_interval = Duration::ZERO;
+        c.membership.listen_addr = "0.0.0.0:0".parse().unwrap_or(c.membership.listen_addr);
+        c.membership.gossip_interval = Duration::ZERO;
         let Err(GossipError::InvalidConfig { problems }) = c.validate() else { panic!("must fail") };
         let fields: Vec<_> = problems.iter().map(|p| p.split(':').next().unwrap_or("")).collect();
         assert_eq!(fields, ["cluster_id", "gossip_interval", "advertise_addr", "tags"]);
@@ -312,12 +299,8 @@ mod tests {
             encryption: cluster_core::GossipEncryption { keys: vec![[3; 32], [4; 32]], keyring_file: None },
         };
         let g = GossipConfig::from(m.clone());
-        assert_eq!(
-            (g.member_id, g.generation, g.cluster_id, g.seeds),
-            (m.member_id, 7, m.cluster_id, m.seeds)
-        );
-        assert_eq!(g.tags, m.tags);
-        let ring = g.keyring.unwrap_or_else(|| panic!("keys were given"));
+        assert_eq!(g.membership, m);
+        let ring = g.keyring().unwrap_or_else(|| panic!("keys were given"));
         assert_eq!(ring.keys(), [GossipKey::from_bytes([3; 32]), GossipKey::from_bytes([4; 32])]);
     }
 }

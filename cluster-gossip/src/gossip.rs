@@ -75,29 +75,31 @@ impl Gossip {
     /// Starts a member: binds the listen address, starts gossiping with the
     /// seeds, and publishes the initial tags.
     pub async fn start(mut config: GossipConfig) -> Result<Gossip> {
-        if let (GossipTransport::Udp, None, None, Some(network)) =
-            (&config.transport, &config.keyring, &config.keyring_file, crate::sim::SimNetwork::installed())
+        if let (GossipTransport::Udp, false, Some(network)) =
+            (&config.transport, config.is_encrypted(), crate::sim::SimNetwork::installed())
         {
             config.transport = GossipTransport::Sim(network);
         }
         config.validate()?;
-        let keyring = KeyringHandle::open(config.keyring.clone(), config.keyring_file.clone())?;
-        let span = info_span!("gossip", member = %config.member_id);
-        let shared = Shared::new(keyring.clone(), config.cluster_id.clone());
+        let keyring =
+            KeyringHandle::open(config.keyring(), config.membership.encryption.keyring_file.clone())?;
+        let m = &config.membership;
+        let span = info_span!("gossip", member = %m.member_id);
+        let shared = Shared::new(keyring.clone(), m.cluster_id.clone());
         let (socket, bound) =
-            transport::open(&config.transport, config.listen_addr, shared.clone(), span.clone()).await?;
-        let mut advertise = config.advertise_addr.unwrap_or(bound);
+            transport::open(&config.transport, m.listen_addr, shared.clone(), span.clone()).await?;
+        let mut advertise = m.advertise_addr.unwrap_or(bound);
         if advertise.port() == 0 {
             advertise.set_port(bound.port());
         }
-        let chitchat_id = ChitchatId::new(config.member_id.to_string(), config.generation, advertise);
-        let fd = &config.failure_detection;
+        let chitchat_id = ChitchatId::new(m.member_id.to_string(), m.generation, advertise);
+        let fd = &m.failure_detection;
         let chitchat_config = ChitchatConfig {
             chitchat_id,
-            cluster_id: config.cluster_id.clone(),
-            gossip_interval: config.gossip_interval,
+            cluster_id: m.cluster_id.clone(),
+            gossip_interval: m.gossip_interval,
             listen_addr: bound,
-            seed_nodes: config.seeds.clone(),
+            seed_nodes: m.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: fd.phi_threshold,
                 initial_interval: fd.initial_interval,
@@ -109,7 +111,7 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let tags: Vec<(String, String)> = config.tags.clone().into_iter().collect();
+        let tags: Vec<(String, String)> = m.tags.clone().into_iter().collect();
         let handle = chitchat::spawn_chitchat(chitchat_config, tags, &socket)
             .await
             .map_err(|e| GossipError::Internal(format!("starting chitchat: {e:#}")))?;
@@ -118,29 +120,29 @@ impl Gossip {
         let hub = membership_hub(config.event_buffer);
         let (stop_events, stop_rx) = oneshot::channel();
         let task = EventsTask {
-            self_id: config.member_id,
+            self_id: m.member_id,
             chitchat: chitchat.clone(),
             live,
             hub: hub.clone(),
-            tracker: Tracker::new(config.failure_detection.dead_member_grace),
-            housekeeping: Duration::from_secs(1).max(config.gossip_interval),
+            tracker: Tracker::new(m.failure_detection.dead_member_grace),
+            housekeeping: Duration::from_secs(1).max(m.gossip_interval),
         };
         let events = tokio::spawn(task.run(stop_rx).instrument(span.clone()));
         let primary = keyring.as_ref().map(|k| k.keys().primary().id().to_string());
         span.in_scope(|| {
             info!(
                 addr = %advertise,
-                cluster = %config.cluster_id,
+                cluster = %m.cluster_id,
                 encryption = primary.as_deref().map_or("off", |_| "on"),
                 primary_key = primary.as_deref().unwrap_or("-"),
                 "gossip member started"
             )
         });
         Ok(Gossip {
-            member_id: config.member_id,
-            generation: config.generation,
+            member_id: m.member_id,
+            generation: m.generation,
             gossip_addr: advertise,
-            seeds: config.seeds.clone(),
+            seeds: m.seeds.clone(),
             leave_timeout: config.leave_timeout,
             keyring,
             socket: shared,

@@ -7,10 +7,11 @@
 //! [`cluster_core::Membership`]) and is usable on its own.
 //!
 //! What it owns:
-//! - [`GossipConfig`]: member id (the chitchat node id), generation, cluster id,
-//!   listen/advertise address (port 0 = a free port), seeds, gossip interval,
-//!   failure detection, initial tags, transport (UDP, or chitchat's in-memory
-//!   [`ChannelTransport`] for tests);
+//! - [`GossipConfig`]: core's [`MembershipConfig`](cluster_core::MembershipConfig)
+//!   (member id, the chitchat node id; generation, cluster id, listen/advertise
+//!   address (port 0 = a free port), seeds, gossip interval, failure detection,
+//!   initial tags, encryption keys), plus the transport (UDP, or chitchat's
+//!   in-memory [`ChannelTransport`] for tests) and gossip's own bounds;
 //! - [`Gossip`]: the running member — own tags, live members, subscriptions,
 //!   graceful [`leave`](Gossip::leave) and abrupt [`stop`](Gossip::stop);
 //! - the events: each subscription first receives the live members as
@@ -22,7 +23,7 @@
 //!   [`RESERVED_PREFIX`]) announces it, peers acknowledge it, and peers report
 //!   the member `Left` rather than `Failed`;
 //! - the UDP socket under chitchat, and with it **encryption**, which chitchat
-//!   lacks too. With a [`Keyring`] in [`GossipConfig::keyring`], every
+//!   lacks too. With a [`Keyring`] ([`GossipConfig::with_keyring`]), every
 //!   datagram is sealed with AES-256-GCM under the ring's primary key (a
 //!   random 96-bit nonce each; the key id and the cluster id bound as
 //!   associated data), and a datagram no key of the ring opens is dropped
@@ -30,7 +31,7 @@
 //!   like serf's: [`KeyringHandle::install`] the new key on every member,
 //!   [`use_key`](KeyringHandle::use_key) it on every member, then
 //!   [`remove`](KeyringHandle::remove) the old one; with
-//!   [`GossipConfig::keyring_file`] the ring survives restarts;
+//!   [`GossipConfig::with_keyring_file`] the ring survives restarts;
 //! - checks on every datagram, encrypted or not, before chitchat sees it: its
 //!   structure, and a bound on what its zstd blocks expand to (chitchat's own
 //!   decoder has none). Dropped datagrams are counted

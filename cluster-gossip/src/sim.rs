@@ -18,9 +18,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,20 +136,10 @@ fn deliver(inbox: Inbox, from: SocketAddr, envelope: ChitchatEnvelope, delay: Du
     }
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-// `Transport` is declared with `#[async_trait]`; this is its expanded form.
+#[async_trait::async_trait]
 impl Transport for SimNetwork {
-    fn open<'life0, 'async_trait>(
-        &'life0 self,
-        listen_addr: SocketAddr,
-    ) -> BoxFuture<'async_trait, anyhow::Result<Box<dyn Socket>>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        let socket = self.open_socket(listen_addr);
-        Box::pin(async move { socket })
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        self.open_socket(listen_addr)
     }
 }
 
@@ -206,32 +194,18 @@ impl Drop for SimSocket {
     }
 }
 
-// `Socket` is declared with `#[async_trait]`; this is its expanded form.
+#[async_trait::async_trait]
 impl Socket for SimSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.addr)
     }
 
-    fn send<'life0, 'async_trait>(
-        &'life0 mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> BoxFuture<'async_trait, anyhow::Result<SendOutcome>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.send_envelope(to, envelope))
+    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        self.send_envelope(to, envelope).await
     }
 
-    fn recv<'life0, 'async_trait>(&'life0 mut self) -> BoxFuture<'async_trait, anyhow::Result<RecvOutcome>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let (from_addr, envelope) = self.inbox.recv().await.context("the simulated network closed")?;
-            Ok(RecvOutcome { from_addr, envelope, num_bytes_received: 0 })
-        })
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        let (from_addr, envelope) = self.inbox.recv().await.context("the simulated network closed")?;
+        Ok(RecvOutcome { from_addr, envelope, num_bytes_received: 0 })
     }
 }

@@ -13,10 +13,8 @@
 //! per source address every 10 s ([`crate::drop_log`]). The task keeps chitchat's
 //! `recv` cancel-safe: chitchat drops that future at every gossip tick.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -252,31 +250,17 @@ async fn receive(
     }
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-// `Socket` is declared with `#[async_trait]`; this is its expanded form.
+#[async_trait::async_trait]
 impl Socket for GossipSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.local)
     }
 
-    fn send<'life0, 'async_trait>(
-        &'life0 mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> BoxFuture<'async_trait, anyhow::Result<SendOutcome>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.send_envelope(to, envelope))
+    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        self.send_envelope(to, envelope).await
     }
 
-    fn recv<'life0, 'async_trait>(&'life0 mut self) -> BoxFuture<'async_trait, anyhow::Result<RecvOutcome>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { self.inbox.recv().await.context("the gossip socket stopped receiving") })
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        self.inbox.recv().await.context("the gossip socket stopped receiving")
     }
 }

@@ -8,9 +8,7 @@
 //! chosen transport and hand chitchat a transport whose `open` returns that
 //! socket: no bind-then-release race.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use chitchat::transport::{Socket, Transport};
@@ -49,19 +47,10 @@ pub(crate) async fn open(
 /// A transport that hands out one already opened socket, once.
 pub(crate) struct OpenedSocket(Mutex<Option<Box<dyn Socket>>>);
 
-type OpenFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Box<dyn Socket>>> + Send + 'a>>;
-
-// `Transport` is declared with `#[async_trait]`; this is its expanded form,
-// written by hand to avoid a dependency for one method.
+#[async_trait::async_trait]
 impl Transport for OpenedSocket {
-    fn open<'life0, 'async_trait>(&'life0 self, listen_addr: SocketAddr) -> OpenFuture<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let socket = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        Box::pin(async move {
-            socket.ok_or_else(|| anyhow::anyhow!("the gossip socket for {listen_addr} was already taken"))
-        })
+        socket.ok_or_else(|| anyhow::anyhow!("the gossip socket for {listen_addr} was already taken"))
     }
 }

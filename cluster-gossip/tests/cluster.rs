@@ -310,18 +310,10 @@ async fn leave_is_bounded_when_peers_cannot_acknowledge() {
 #[tokio::test]
 async fn port_zero_reserved_tags_and_the_membership_trait() {
     init_tracing();
-    let base = fast_config("trait");
     let config = MembershipConfig {
-        member_id: MemberId::generate(),
         generation: 1,
-        cluster_id: base.cluster_id.clone(),
-        listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        advertise_addr: None,
-        seeds: vec![],
-        gossip_interval: base.gossip_interval,
-        failure_detection: base.failure_detection.clone(),
         tags: BTreeMap::from([("a".to_owned(), "1".to_owned())]),
-        encryption: Default::default(),
+        ..fast_config("trait").membership
     };
     let g = <Gossip as Membership>::start(config.clone()).await.expect("starts");
     assert_ne!(Membership::gossip_addr(&g).port(), 0);

@@ -138,14 +138,6 @@ impl<S: ConsensusStore> Proxy<S> {
         Self::local(store, options)
     }
 
-    /// The local store, to read this member's own state (its raft status,
-    /// its short ids) in tests and tools. Not a way to write: its store's
-    /// `write` is the member's own, unchecked; users write through the
-    /// proxy's checked operations ([`Router::write`] and the named ones).
-    pub fn store(&self) -> &Arc<S> {
-        &self.inner.target.store
-    }
-
     /// How many attempts (writes and consistent reads) this proxy sent to
     /// another member because it did not lead; counts every retry.
     pub fn forwarded(&self) -> u64 {

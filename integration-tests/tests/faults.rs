@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cluster_core::RaftRole;
-use cluster_core::testsuite::{DEADLINE, init_tracing, wait_until};
+use cluster_core::testsuite::{DEADLINE, holds_within, init_tracing, wait_until};
 use cluster_service::ServiceClient;
 use integration_tests::harness::cluster::ClusterSpec;
 use integration_tests::harness::netns::NetLab;
@@ -66,19 +66,56 @@ fn report(summary: &Summary) {
     summary.assert_ok();
 }
 
+/// The end of every scenario: the workload runs a last while, then the
+/// checker and every invariant judge the run.
+async fn end(run: FaultRun) {
+    run.pace(PACE).await;
+    report(&run.finish().await);
+}
+
+/// The leader the live members agree on.
+async fn leader_of(run: &mut FaultRun) -> usize {
+    run.wait_leader().await.expect("a leader")
+}
+
+/// Kills member `i` (SIGKILL), lets the cluster recover without it, restarts
+/// it, and lets the cluster recover with it.
+async fn kill_and_restart(run: &mut FaultRun, i: usize) {
+    run.kill(i).expect("kill");
+    run.recover().await;
+    run.restart(i).await.expect("restart");
+    run.recover().await;
+}
+
+/// Pauses member `i` (SIGSTOP) for `pause`, resumes it, and lets the cluster recover.
+async fn pause_for(run: &mut FaultRun, i: usize, pause: Duration) {
+    run.pause(i).expect("pause");
+    run.pace(pause).await;
+    run.resume(i).expect("resume");
+    run.recover().await;
+}
+
+/// `spec` with its cluster placed by `place` (in network namespaces, behind
+/// the proxy), or `None`, said, where this machine cannot: both need root and
+/// `ip netns`.
+fn in_netns(mut spec: RunSpec, place: fn(ClusterSpec) -> ClusterSpec) -> Option<RunSpec> {
+    if let Some(why) = NetLab::unavailable() {
+        eprintln!("skipped {:?}: needs root and ip netns ({why})", spec.name);
+        return None;
+    }
+    spec.cluster = place(spec.cluster);
+    Some(spec)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_repeatedly_under_load() {
     let (_slot, mut run) = begin(spec("leader killed 3 times", 5, 3)).await;
     for _ in 0..3 {
         run.pace(PACE).await;
-        let leader = run.wait_leader().await.expect("a leader");
-        run.kill(leader).expect("kill");
-        run.recover().await;
-        run.restart(leader).await.expect("restart");
-        run.recover().await;
+        let leader = leader_of(&mut run).await;
+        kill_and_restart(&mut run, leader).await;
     }
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,8 +140,7 @@ async fn random_member_killed_and_restarted() {
     run.recover().await;
     run.join().await.expect("a new member joins");
     run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,36 +149,24 @@ async fn member_paused_beyond_the_election_timeout() {
     // 3 s: beyond the election timeout (800 ms) and the failure grace (1 s).
     let pause = Duration::from_secs(3);
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
-    run.pause(leader).expect("pause");
-    run.pace(pause).await;
-    run.resume(leader).expect("resume");
-    run.recover().await;
+    let leader = leader_of(&mut run).await;
+    pause_for(&mut run, leader, pause).await;
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
-    let follower = (leader + 1) % run.cluster.len();
-    run.pause(follower).expect("pause");
-    run.pace(pause).await;
-    run.resume(follower).expect("resume");
-    run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    let follower = (leader_of(&mut run).await + 1) % run.cluster.len();
+    pause_for(&mut run, follower, pause).await;
+    end(run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn minority_and_majority_partitions_then_healed() {
-    if let Some(why) = NetLab::unavailable() {
-        eprintln!("skipped: needs root and ip netns ({why})");
-        return;
-    }
-    let mut spec = spec("leader isolated, then a minority cut off", 5, 3);
-    spec.cluster = spec.cluster.with_netns();
+    let spec = spec("leader isolated, then a minority cut off", 5, 3);
+    let Some(spec) = in_netns(spec, ClusterSpec::with_netns) else { return };
     let (_slot, mut run) = begin(spec).await;
     let n = run.cluster.len();
 
     // The leader alone on one side: the classic stale read of an isolated old leader.
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
     run.partition(&[&[leader], &others]).expect("partition");
     // The cut is real: the majority elects a leader of its own.
@@ -159,15 +183,14 @@ async fn minority_and_majority_partitions_then_healed() {
 
     // Two members that do not lead cut off from the three others (the leader among them).
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let minority: Vec<usize> = (0..n).filter(|&i| i != leader).take(2).collect();
     let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
     run.partition(&[&minority, &majority]).expect("partition");
     run.pace(Duration::from_secs(4)).await;
     run.heal().expect("heal");
     run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,8 +203,7 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
         run.restart_stopped().await.expect("every member restarts");
         run.recover().await;
     }
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// A member restarted from its data directory on new ports (as with ephemeral
@@ -192,13 +214,11 @@ async fn whole_cluster_killed_and_restarted_from_its_data() {
 async fn member_restarted_on_new_ports() {
     let (_slot, mut run) = begin(spec("a follower restarted on new ports", 5, 3)).await;
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
-    let victim = (leader + 1) % run.cluster.len();
+    let victim = (leader_of(&mut run).await + 1) % run.cluster.len();
     run.kill(victim).expect("kill");
     run.restart_on_new_ports(victim).await.expect("restart");
     run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// A member paused beyond the short-id reap time loses its short id to a new
@@ -211,7 +231,7 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
     spec.cluster.config.short_id_reap_ms = 3_000;
     let (_slot, mut run) = begin(spec).await;
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let paused = (leader + 1) % run.cluster.len();
     let line = run.cluster.agent(paused).start_line().cloned().expect("started");
     run.pause(paused).expect("pause");
@@ -238,33 +258,24 @@ async fn short_id_of_a_paused_member_is_not_held_twice() {
         .map(|s| u64::from(s.get()));
     // The member learns its new id once it applied the leader's log, and says
     // so on its next housekeeping tick: wait for that, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let reported = loop {
-        let reported = run.cluster.agent(paused).start_line().map(|s| s.short_id);
-        if reported == recorded || tokio::time::Instant::now() > deadline {
-            break reported;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut reported = None;
+    holds_within(Duration::from_secs(30), async || {
+        reported = run.cluster.agent(paused).start_line().map(|s| s.short_id);
+        reported == recorded
+    })
+    .await;
     eprintln!(
         "after resuming, the cluster records m{paused} with short id {recorded:?}; it reports {reported:?}"
     );
     assert_eq!(reported, recorded, "the resumed member reports the short id the cluster gave it");
     assert_ne!(reported, joined_short_id, "two live members report the same short id");
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// A scenario whose members talk through the network proxy (in namespaces),
 /// or `None` with the reason when this machine cannot run it.
 fn proxied(name: &str) -> Option<RunSpec> {
-    if let Some(why) = NetLab::unavailable() {
-        eprintln!("skipped {name:?}: the network proxy needs root and ip netns ({why})");
-        return None;
-    }
-    let mut spec = spec(name, 5, 3);
-    spec.cluster = spec.cluster.with_proxy();
-    Some(spec)
+    in_netns(spec(name, 5, 3), ClusterSpec::with_proxy)
 }
 
 /// What the proxy's links between different members did, summed, printed:
@@ -304,16 +315,12 @@ async fn leader_killed_under_delay_and_loss() {
     let rule = LinkRule::delayed(Duration::from_millis(50), Duration::from_millis(30)).with_loss(0.02);
     run.shape("50 ± 30 ms delay and 2 % loss on every link", |proxy| proxy.set_every(rule)).expect("shape");
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
-    run.kill(leader).expect("kill");
-    run.recover().await;
-    run.restart(leader).await.expect("restart");
-    run.recover().await;
-    run.pace(PACE).await;
+    let leader = leader_of(&mut run).await;
+    kill_and_restart(&mut run, leader).await;
     let shaped = link_totals(&run);
     assert!(shaped.datagrams > 0 && shaped.chunks > 0, "the members' traffic bypassed the proxy");
     assert!(shaped.lost + shaped.retransmitted > 0, "2 % loss and nothing lost: {shaped:?}");
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// The leader's outbound traffic cut (it hears the others, they do not hear
@@ -325,7 +332,7 @@ async fn leader_that_cannot_send_is_replaced() {
     let (_slot, mut run) = begin(spec).await;
     let n = run.cluster.len();
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
     run.shape(format!("m{leader} (the leader) cannot send"), |proxy| {
         proxy.set_out_of(leader, LinkRule::cut())
@@ -344,8 +351,7 @@ async fn leader_that_cannot_send_is_replaced() {
     assert!(link_totals(&run).cut > 0, "the muted leader sent no datagram the proxy dropped");
     run.heal().expect("heal");
     run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// A voter that receives everything 300 ms late, under write load: the writes
@@ -355,7 +361,7 @@ async fn slow_follower_under_write_load() {
     let Some(spec) = proxied("a follower receiving everything 300 ms late") else { return };
     let (_slot, mut run) = begin(spec).await;
     run.pace(PACE).await;
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let voters = run.cluster.status_of(leader).await.expect("the leader's status").voters;
     let slow = voters
         .keys()
@@ -373,8 +379,7 @@ async fn slow_follower_under_write_load() {
     run.recover().await;
     run.heal().expect("heal");
     run.recover().await;
-    run.pace(PACE).await;
-    report(&run.finish().await);
+    end(run).await;
 }
 
 /// The members that are client members (outside the bounded replica set) by
@@ -382,21 +387,20 @@ async fn slow_follower_under_write_load() {
 async fn client_members(run: &mut FaultRun) -> Vec<usize> {
     let config = &run.cluster.spec().config;
     let want = run.cluster.len().saturating_sub(config.replicas);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let leader = run.wait_leader().await.expect("a leader");
+    let mut clients = Vec::new();
+    let found = holds_within(DEADLINE, async || {
+        let leader = leader_of(run).await;
         let records = run.cluster.members_of(leader).await.unwrap_or_default();
-        let clients: Vec<usize> = records
+        clients = records
             .iter()
             .filter(|r| r.raft_role == RaftRole::Client)
             .filter_map(|r| run.cluster.index_of(&r.member_id.to_string()))
             .collect();
-        if clients.len() == want {
-            return clients;
-        }
-        assert!(Instant::now() < deadline, "{want} client members expected, the records name {clients:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        clients.len() == want
+    })
+    .await;
+    assert!(found, "{want} client members expected, the records name {clients:?}");
+    clients
 }
 
 /// The replica set as the leader's raft sees it: voters and nonvoters.
@@ -410,23 +414,19 @@ async fn replica_set(run: &mut FaultRun) -> Option<Vec<usize>> {
 /// Waits until the replica set is back to `bound` live members, prints how
 /// long it took since `since` (the fault), and returns the set.
 async fn wait_replica_set(run: &mut FaultRun, bound: usize, since: Instant, what: &str) -> Vec<usize> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let mut set = Vec::new();
+    wait_until(DEADLINE, &format!("{what}: the replica set back to {bound} live members"), async || {
         let live = run.cluster.live();
-        if let Some(set) = replica_set(run).await
-            && set.len() == bound
-            && set.iter().all(|i| live.contains(i))
-        {
-            let grace = Duration::from_millis(run.cluster.spec().config.failure_grace_ms);
-            eprintln!(
-                "{what}: replica set back to {bound} ({set:?}) in {:?} (failure grace {grace:?}; issue 24 bounds it by grace + 5 s)",
-                since.elapsed()
-            );
-            return set;
-        }
-        assert!(Instant::now() < deadline, "{what}: the replica set did not return to {bound} live members");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        set = replica_set(run).await.unwrap_or_default();
+        set.len() == bound && set.iter().all(|i| live.contains(i))
+    })
+    .await;
+    let grace = Duration::from_millis(run.cluster.spec().config.failure_grace_ms);
+    eprintln!(
+        "{what}: replica set back to {bound} ({set:?}) in {:?} (failure grace {grace:?}; issue 24 bounds it by grace + 5 s)",
+        since.elapsed()
+    );
+    set
 }
 
 /// "A client's local view never goes backwards": one writer sets a clock key
@@ -543,7 +543,7 @@ async fn replicas_killed_with_client_members() {
     let clock = ViewClock::start(&run, &clients);
     run.pace(PACE).await;
     // A replica that does not lead: client views follow the non-leader replicas first.
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let set = replica_set(&mut run).await.expect("a replica set");
     let follower = *set.iter().find(|&&i| i != leader).expect("a replica that does not lead");
     let killed = Instant::now();
@@ -553,7 +553,7 @@ async fn replicas_killed_with_client_members() {
     run.recover().await;
     run.pace(PACE).await;
     // Then the leader: a second client member promoted, quorum kept throughout.
-    let leader = run.wait_leader().await.expect("a leader");
+    let leader = leader_of(&mut run).await;
     let killed = Instant::now();
     run.kill(leader).expect("kill");
     wait_replica_set(&mut run, 3, killed, "the leader killed").await;
@@ -576,12 +576,8 @@ async fn replicas_killed_with_client_members() {
 /// after the heal it resumes (its view catches up, never went backwards).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_member_cut_from_every_replica() {
-    if let Some(why) = NetLab::unavailable() {
-        eprintln!("skipped: needs root and ip netns ({why})");
-        return;
-    }
-    let mut spec = with_clients("7 members, 3 replicas: a client member isolated, then healed");
-    spec.cluster = spec.cluster.with_netns();
+    let spec = with_clients("7 members, 3 replicas: a client member isolated, then healed");
+    let Some(spec) = in_netns(spec, ClusterSpec::with_netns) else { return };
     let (_slot, mut run) = begin(spec).await;
     let clients = client_members(&mut run).await;
     eprintln!("client members: {clients:?}");

@@ -16,10 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cluster_service::ServiceClient;
+use cluster_testkit::holds_within;
 use integration_tests::harness::cluster::{ClusterSpec, ProcessCluster};
 use integration_tests::harness::invariants::wait_voters;
 use tokio::sync::{Mutex, MutexGuard};
@@ -182,50 +183,53 @@ async fn follower_scenario(cluster: &mut ProcessCluster) -> Result<()> {
     acked.extend(write_keys(&all, "after/", 50).await);
 
     // It catches up, is no longer pending, and is a voter again.
-    let start = Instant::now();
-    loop {
-        let own = cluster.status_of(follower).await;
-        let leader = cluster.leader().await;
-        let leader_view = match leader {
+    let (mut own, mut leader_view) = (None, None);
+    let rejoined = holds_within(DEADLINE, async || {
+        let status = cluster.status_of(follower).await;
+        let pending = status.as_ref().map_or(true, |s| s.reset_pending.is_some());
+        own = Some(status);
+        leader_view = match cluster.leader().await {
             Some(l) => cluster.status_of(l).await.ok(),
             None => None,
         };
         let voter =
             leader_view.as_ref().is_some_and(|s| s.voters.keys().any(|v| v.to_string() == line.member_id));
-        if let Ok(own) = &own
-            && own.reset_pending.is_none()
-            && voter
-        {
-            break;
-        }
-        if start.elapsed() > DEADLINE {
-            bail!("m{follower} did not become a voter again: own {own:?}, leader {leader_view:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        !pending && voter
+    })
+    .await;
+    if !rejoined {
+        bail!("m{follower} did not become a voter again: own {own:?}, leader {leader_view:?}");
     }
     // Every acknowledged write is in its own applied state (a local read).
     let own = cluster
         .client_of(follower, integration_tests::harness::security::client_options(cluster.cluster_id()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let start = Instant::now();
-    loop {
+    let (mut missing, mut failed) = (Vec::new(), None);
+    holds_within(DEADLINE, async || {
         let mut present = BTreeMap::new();
         for prefix in ["before/", "while-away/", "after/"] {
-            present.extend(own.get_prefix(prefix).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+            match own.get_prefix(prefix).await {
+                Ok(kvs) => present.extend(kvs),
+                // A failed read ends the wait: the test fails with it.
+                Err(e) => {
+                    failed = Some(e);
+                    return true;
+                }
+            }
         }
-        let missing: Vec<&String> =
-            acked.iter().filter(|(k, v)| present.get(*k) != Some(*v)).map(|(k, _)| k).collect();
-        if missing.is_empty() {
-            break;
-        }
-        if start.elapsed() > DEADLINE {
-            bail!(
-                "m{follower} never applied {} acknowledged writes, e.g. {:?}",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        missing = acked.iter().filter(|(k, v)| present.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        missing.is_empty()
+    })
+    .await;
+    if let Some(e) = failed {
+        bail!("reading m{follower}'s applied state: {e}");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "m{follower} never applied {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
     }
     assert_all_readable(&all, &acked).await?;
     Ok(())
@@ -254,27 +258,33 @@ async fn majority_scenario(cluster: &mut ProcessCluster) -> Result<()> {
 
     // Alone, it has no quorum: no leader, and no acknowledged write reads as
     // missing (a consistent read fails instead). Safety is a "never", so it
-    // is watched over many election timeouts (800 ms each).
-    let watch = |window: Duration| {
-        let alone = &alone;
-        let acked = &acked;
-        async move {
-            let until = Instant::now() + window;
-            let mut reads = 0;
-            while Instant::now() < until {
-                let status = alone.status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                if status.leader.is_some() {
-                    bail!("a leader without a quorum of intact voters: {status:?}");
+    // is watched over many election timeouts (800 ms each): the wait is for
+    // a violation, and passes when none shows within the window.
+    let watch = async |window: Duration| {
+        let (mut violation, mut reads) = (None, 0);
+        holds_within(window, async || {
+            let status = match alone.status().await {
+                Ok(status) => status,
+                Err(e) => {
+                    violation = Some(anyhow::anyhow!("{e}"));
+                    return true;
                 }
-                for key in acked.keys().step_by(50) {
-                    if let Ok(None) = alone.consistent_get(key).await {
-                        bail!("acknowledged {key} served as missing");
-                    }
-                    reads += 1;
-                }
+            };
+            if status.leader.is_some() {
+                violation = Some(anyhow::anyhow!("a leader without a quorum of intact voters: {status:?}"));
+                return true;
             }
-            Ok::<usize, anyhow::Error>(reads)
-        }
+            for key in acked.keys().step_by(50) {
+                if let Ok(None) = alone.consistent_get(key).await {
+                    violation = Some(anyhow::anyhow!("acknowledged {key} served as missing"));
+                    return true;
+                }
+                reads += 1;
+            }
+            false
+        })
+        .await;
+        violation.map_or(Ok(reads), Err)
     };
     let reads = watch(Duration::from_secs(8)).await?;
     assert!(reads > 0);

@@ -25,6 +25,7 @@ use crate::membership::{
     MembershipEvents,
 };
 use crate::store::{ConsensusStore, ConsensusStoreExt, Watch, WatchEvent, WriteRequest};
+use crate::testsuite::wait_until;
 
 /// How long a suite waits for what a guarantee promises before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -278,14 +279,9 @@ async fn next_about(check: &str, sub: &mut MembershipEvents, id: MemberId) -> Me
 }
 
 async fn wait_sees<M: Membership>(check: &str, m: &M, ids: &[MemberId]) {
-    within(&format!("{check}: members to see each other"), async {
-        loop {
-            let seen: Vec<MemberId> = m.members().iter().map(|m| m.id).collect();
-            if ids.iter().all(|id| seen.contains(id)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    wait_until(DEADLINE, &format!("contract {check}: members to see each other"), || {
+        let seen: Vec<MemberId> = m.members().iter().map(|m| m.id).collect();
+        std::future::ready(ids.iter().all(|id| seen.contains(id)))
     })
     .await;
 }

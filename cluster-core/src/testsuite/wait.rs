@@ -5,7 +5,6 @@
 //! generous (the machines that run the tests are small and shared) because a
 //! wait ends as soon as its condition holds.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// The deadline most waits use: long, because a wait ends as soon as its
@@ -22,8 +21,10 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// within `within`.
 ///
 /// The condition is async so that it can call async APIs; a plain check is
-/// written `|| std::future::ready(check())`. Time is tokio's, so a test under
-/// `tokio::time::pause` waits in paused time.
+/// written `|| std::future::ready(check())`, and an async closure
+/// (`async || ...`) may borrow mutably what it checks (a harness whose reads
+/// take `&mut self`). Time is tokio's, so a test under `tokio::time::pause`
+/// waits in paused time.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -34,22 +35,14 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// wait_until(DEADLINE, "the time to come", || ready(tokio::time::Instant::now() >= ready_at)).await;
 /// # }
 /// ```
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+pub async fn wait_until(within: Duration, what: &str, cond: impl AsyncFnMut() -> bool) {
     assert!(holds_within(within, cond).await, "timed out after {within:?} waiting for {what}");
 }
 
 /// The check behind [`wait_until`], for a harness that reports a timeout as
 /// an error rather than a panic: true as soon as `cond` holds, false once
 /// `within` passed (in tokio's time) without it holding.
-pub async fn holds_within<F, Fut>(within: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
+pub async fn holds_within(within: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     let mut poll = FIRST_POLL;
     while !cond().await {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_core::testsuite;
 use cluster_core::testsuite::fakes::{FakeCluster, FakeMembership, FakeNetwork, FakeStore};
+use cluster_core::testsuite::wait_until;
 use cluster_core::{
     ConsensusStore, ConsensusStoreExt, GridEventKind, MemberId, MemberInfo, MembershipConfig, RaftRole,
     ShortId, keys,
@@ -121,11 +121,9 @@ impl Rig {
     }
 }
 
-/// The kit's [`testsuite::wait_until`] over a plain check, in paused time
-/// (so exactly as long as needed), failing after ten minutes of virtual time.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    testsuite::wait_until(Duration::from_secs(600), what, || std::future::ready(cond())).await;
-}
+/// How long a wait may take in paused time (so exactly as long as needed):
+/// ten minutes of virtual time.
+const VIRTUAL: Duration = Duration::from_secs(600);
 
 /// Lets virtual time run until `when`: what must still hold then is checked after.
 async fn at(when: Instant) {
@@ -140,7 +138,7 @@ fn short(n: u32) -> ShortId {
 async fn a_new_member_is_added_as_nonvoter_then_promoted() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);
-    wait_until("b is a voter", || rig.voters().contains(&b)).await;
+    wait_until(VIRTUAL, "b is a voter", async || rig.voters().contains(&b)).await;
     let changes: Vec<_> =
         rig.cluster.shared().membership_changes.iter().filter(|(_, id)| *id == b).copied().collect();
     assert_eq!(changes, [("add", b), ("promote", b)]);
@@ -151,12 +149,12 @@ async fn a_new_member_is_added_as_nonvoter_then_promoted() {
 async fn a_failed_voter_is_removed_after_the_grace_not_before() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let (b, c) = (rig.join(1), rig.join(2));
-    wait_until("three voters", || rig.voters().len() == 3).await;
+    wait_until(VIRTUAL, "three voters", async || rig.voters().len() == 3).await;
     let failed_at = Instant::now();
     rig.net.fail(c);
     at(failed_at + GRACE - Duration::from_millis(100)).await;
     assert!(rig.voters().contains(&c), "a failed voter is kept during its grace");
-    wait_until("c is out of raft", || !rig.store.status().all_members().contains(&c)).await;
+    wait_until(VIRTUAL, "c is out of raft", async || !rig.store.status().all_members().contains(&c)).await;
     let took = failed_at.elapsed();
     assert!(took >= GRACE && took < GRACE + Duration::from_secs(1), "removed after {took:?}");
     assert_eq!(rig.voters(), BTreeSet::from([rig.store.id, b]));
@@ -195,7 +193,7 @@ async fn records_follow_raft() {
     let mut rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);
     let me = rig.store.id;
-    wait_until("b is recorded as voter", || {
+    wait_until(VIRTUAL, "b is recorded as voter", async || {
         rig.record(b).is_some_and(|r| r.raft_role == RaftRole::Voter && r.short_id.is_some())
     })
     .await;
@@ -215,16 +213,16 @@ async fn records_follow_a_promotion_and_a_removal() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let me = rig.store.id;
     let (b, c) = (rig.join(1), rig.join(2));
-    wait_until("three voters", || rig.voters().len() == 3).await;
+    wait_until(VIRTUAL, "three voters", async || rig.voters().len() == 3).await;
     let d = rig.join(3);
-    wait_until("d is recorded as nonvoter", || {
+    wait_until(VIRTUAL, "d is recorded as nonvoter", async || {
         rig.record(d).is_some_and(|r| r.raft_role == RaftRole::Nonvoter)
             && rig.marked(keys::NONVOTERS_PREFIX, keys::parse_nonvoter_key) == BTreeSet::from([d])
     })
     .await;
     // b fails: after its grace it leaves raft and d takes its place.
     rig.net.fail(b);
-    wait_until("d is recorded as voter, b not at all", || {
+    wait_until(VIRTUAL, "d is recorded as voter, b not at all", async || {
         rig.record(d).is_some_and(|r| r.raft_role == RaftRole::Voter) && rig.record(b).is_none()
     })
     .await;
@@ -239,8 +237,10 @@ async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     // Three voters: one can fail and the other two still commit.
     let (_, b) = (rig.join(2), rig.join(1));
-    wait_until("three voters with short ids", || rig.voters().len() == 3 && rig.short_id_of(b).is_some())
-        .await;
+    wait_until(VIRTUAL, "three voters with short ids", async || {
+        rig.voters().len() == 3 && rig.short_id_of(b).is_some()
+    })
+    .await;
     let held = rig.short_id_of(b);
     let mut events = GridEvents::new(&rig.grid);
     let failed_at = Instant::now();
@@ -251,10 +251,10 @@ async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
     // with the short id it holds: `force-leave '#N'` can name it.
     let record = rig.record(b).expect("its record stays until the reap");
     assert_eq!((record.raft_role, record.short_id), (RaftRole::Nonvoter, held));
-    wait_until("b's short id is freed", || rig.short_id_of(b).is_none()).await;
+    wait_until(VIRTUAL, "b's short id is freed", async || rig.short_id_of(b).is_none()).await;
     let took = failed_at.elapsed();
     assert!(took >= REAP && took < REAP + Duration::from_secs(1), "reaped after {took:?}");
-    wait_until("b's record goes with its short id", || rig.record(b).is_none()).await;
+    wait_until(VIRTUAL, "b's record goes with its short id", async || rig.record(b).is_none()).await;
     // Grid events: b left when it failed (it is no longer live).
     let mut left = false;
     while let Some(e) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await.ok().flatten() {
@@ -268,14 +268,19 @@ async fn a_failed_members_short_id_is_reaped_after_the_reap_timeout() {
 async fn a_member_back_before_the_reap_keeps_its_short_id() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let (b, c) = (rig.join(1), rig.join(2));
-    wait_until("b and c hold short ids", || rig.short_id_of(b).is_some() && rig.short_id_of(c).is_some())
-        .await;
+    wait_until(VIRTUAL, "b and c hold short ids", async || {
+        rig.short_id_of(b).is_some() && rig.short_id_of(c).is_some()
+    })
+    .await;
     let held = rig.short_id_of(b);
     rig.net.fail(b);
-    wait_until("b is out of raft after its grace", || !rig.store.status().all_members().contains(&b)).await;
+    wait_until(VIRTUAL, "b is out of raft after its grace", async || {
+        !rig.store.status().all_members().contains(&b)
+    })
+    .await;
     // Back after the grace, before the reap: a new incarnation of the same member.
     rig.net.join(b, info(b, 1).to_tags());
-    wait_until("b is a voter again", || rig.voters().contains(&b)).await;
+    wait_until(VIRTUAL, "b is a voter again", async || rig.voters().contains(&b)).await;
     at(Instant::now() + REAP * 2).await;
     assert_eq!(rig.short_id_of(b), held, "b kept its short id");
     assert_eq!(rig.record(b).and_then(|r| r.short_id), held);
@@ -296,8 +301,10 @@ async fn a_leader_change_re_plans_at_once() {
     assert_eq!(rig.short_id_of(b), None);
     let became_leader = Instant::now();
     rig.cluster.set_leader(Some(0));
-    wait_until("b is a voter with a short id", || rig.voters().contains(&b) && rig.short_id_of(b).is_some())
-        .await;
+    wait_until(VIRTUAL, "b is a voter with a short id", async || {
+        rig.voters().contains(&b) && rig.short_id_of(b).is_some()
+    })
+    .await;
     assert!(became_leader.elapsed() < Duration::from_secs(1), "planned {:?} after", became_leader.elapsed());
     let leader_key = rig.store.get(keys::LEADER_KEY).unwrap();
     assert_eq!(leader_key, Some(rig.store.id.to_string().into_bytes()));
@@ -337,7 +344,7 @@ async fn grid_events_and_the_own_short_id_follow_the_records_without_polling() {
 async fn a_phantom_at_a_members_addresses_is_never_admitted() {
     let rig = Rig::start(settings(Duration::from_secs(1)), FakeCluster::new(1)).await;
     let b = rig.join(1);
-    wait_until("b is a voter", || rig.voters().contains(&b)).await;
+    wait_until(VIRTUAL, "b is a voter", async || rig.voters().contains(&b)).await;
     // A made-up member whose raft and service addresses are b's, gossiping from its own port.
     let phantom = MemberId::generate();
     let mut tags = info(phantom, 1);
@@ -345,7 +352,7 @@ async fn a_phantom_at_a_members_addresses_is_never_admitted() {
     rig.net.join(phantom, tags.to_tags());
     // A later member is admitted: housekeeping has seen the phantom by then.
     let c = rig.join(2);
-    wait_until("c holds a short id and a record", || {
+    wait_until(VIRTUAL, "c holds a short id and a record", async || {
         rig.short_id_of(c).is_some() && rig.record(c).is_some_and(|r| r.short_id.is_some())
     })
     .await;

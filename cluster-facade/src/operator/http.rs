@@ -23,7 +23,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -133,17 +134,27 @@ pub(super) fn flag(q: &BTreeMap<String, String>, name: &str) -> bool {
     q.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
-/// The key of a `/v1/kv/…` route: empty on `/v1/kv/`.
-fn key_of(path: Option<Path<String>>) -> String {
-    path.map(|Path(k)| k).unwrap_or_default()
+/// What a `/v1/kv/…` route is asked: the key (empty on `/v1/kv/`) and the
+/// query's flags.
+struct KvRequest {
+    key: String,
+    q: BTreeMap<String, String>,
 }
 
-async fn kv_get<T: Operated>(
-    State(api): State<Api<T>>,
-    path: Option<Path<String>>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let key = key_of(path);
+impl<S: Send + Sync> FromRequestParts<S> for KvRequest {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let path =
+            Option::<Path<String>>::from_request_parts(parts, state).await.map_err(|e| e.into_response())?;
+        let Query(q) = Query::<BTreeMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| json_error(e.status(), &e.body_text()))?;
+        Ok(KvRequest { key: path.map(|Path(k)| k).unwrap_or_default(), q })
+    }
+}
+
+async fn kv_get<T: Operated>(State(api): State<Api<T>>, KvRequest { key, q }: KvRequest) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_get");
     let store = member.store();
@@ -192,12 +203,11 @@ async fn kv_get<T: Operated>(
 
 async fn kv_put<T: Operated>(
     State(api): State<Api<T>>,
-    path: Option<Path<String>>,
+    KvRequest { key, .. }: KvRequest,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The store's router refuses a user's write of the cluster's keys
     // (403, `Error::Forbidden`), by the operation's one definition.
-    let key = key_of(path);
     let Some(member) = api.member() else { return gone() };
     let body = match body {
         Ok(body) => body,
@@ -213,12 +223,7 @@ async fn kv_put<T: Operated>(
     }
 }
 
-async fn kv_delete<T: Operated>(
-    State(api): State<Api<T>>,
-    path: Option<Path<String>>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let key = key_of(path);
+async fn kv_delete<T: Operated>(State(api): State<Api<T>>, KvRequest { key, q }: KvRequest) -> Response {
     let Some(member) = api.member() else { return gone() };
     member.metrics().http_request("kv_delete");
     let start = std::time::Instant::now();

@@ -145,8 +145,13 @@ impl Metrics {
             let r = root.sub_registry_with_prefix("carbon");
             // One table per metric type: a metric is one line here and one
             // field in `Inner`.
-            let gauges: [(&str, &str, &Gauge); 11] = [
+            let gauges: [(&str, &str, &Gauge); 12] = [
                 ("http_connections_open", "Connections held on the HTTP port", &inner.http_connections_open),
+                (
+                    "connections_open",
+                    "Open TCP connections on the service and raft ports",
+                    &inner.connections_open,
+                ),
                 ("raft_term", "The current raft term", &inner.term),
                 ("raft_is_leader", "1 if this member leads", &inner.is_leader),
                 ("raft_has_leader", "1 if this member knows a leader", &inner.has_leader),
@@ -171,11 +176,6 @@ impl Metrics {
                 "raft_quorum_ack_age_seconds",
                 "On the leader: time since a quorum last acknowledged it (-1 elsewhere)",
                 inner.quorum_ack_age.clone(),
-            );
-            r.register(
-                "connections_open",
-                "Open TCP connections on the service and raft ports",
-                inner.connections_open.clone(),
             );
             let histograms: [(&str, &str, &Histogram); 2] = [
                 (

@@ -4,6 +4,7 @@
 //! raft port, every answer read back and sorted.
 
 use std::collections::BTreeMap;
+use std::future::ready;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::FramedRead;
 
+use cluster_core::testsuite::holds_within;
 use cluster_core::testsuite::rng::Rng;
 
 /// What came back.
@@ -377,40 +379,30 @@ pub async fn cluster_still_serves(
     key: &str,
     deadline: Duration,
 ) -> Result<Vec<MemberId>, String> {
-    let start = std::time::Instant::now();
-    loop {
-        for m in members {
-            if !m.status().is_leader() {
-                continue;
-            }
+    let start = tokio::time::Instant::now();
+    let mut committed = None;
+    holds_within(deadline, async || {
+        for m in members.iter().filter(|m| m.status().is_leader()) {
             let write =
                 WriteRequest { op: WriteOp::Set { key: key.into(), value: vec![1] }, request_id: None };
             if m.write(write).await.is_ok() {
-                let index = m.applied_index().unwrap_or(0);
-                let behind = || {
-                    members
-                        .iter()
-                        .filter(|o| o.applied_index().unwrap_or(0) < index)
-                        .map(|o| o.member_id())
-                        .collect()
-                };
-                while start.elapsed() < deadline {
-                    let lagging: Vec<MemberId> = behind();
-                    if lagging.is_empty() {
-                        return Ok(lagging);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                return Ok(behind());
+                committed = Some(m.applied_index().unwrap_or(0));
+                return true;
             }
         }
-        if start.elapsed() > deadline {
-            let alive: Vec<bool> =
-                members.iter().map(|m| m.raft().metrics().borrow().running_state.is_ok()).collect();
-            return Err(format!("no write committed in {deadline:?} (raft alive: {alive:?})"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        false
+    })
+    .await;
+    let Some(index) = committed else {
+        let alive: Vec<bool> =
+            members.iter().map(|m| m.raft().metrics().borrow().running_state.is_ok()).collect();
+        return Err(format!("no write committed in {deadline:?} (raft alive: {alive:?})"));
+    };
+    let behind = || -> Vec<MemberId> {
+        members.iter().filter(|o| o.applied_index().unwrap_or(0) < index).map(|o| o.member_id()).collect()
+    };
+    holds_within(deadline.saturating_sub(start.elapsed()), || ready(behind().is_empty())).await;
+    Ok(behind())
 }
 
 /// The members whose raft core stopped.

@@ -183,22 +183,17 @@ async fn settle(
     wrong: impl for<'a> Fn(&'a mut ProcessCluster) -> LocalBoxFuture<'a, Option<String>>,
 ) -> Result<Duration> {
     let start = Instant::now();
-    let state = Mutex::new((cluster, String::new()));
-    let (state, wrong) = (&state, &wrong);
-    let held = holds_within(deadline, move || async move {
-        let mut guard = state.lock().await;
-        let (cluster, last) = &mut *guard;
-        match wrong(cluster).await {
-            None => true,
-            Some(why) => {
-                *last = why;
-                false
-            }
+    let mut last = String::new();
+    let held = holds_within(deadline, async || match wrong(cluster).await {
+        None => true,
+        Some(why) => {
+            last = why;
+            false
         }
     })
     .await;
     if !held {
-        bail!("{what} within {deadline:?}: {}", state.lock().await.1);
+        bail!("{what} within {deadline:?}: {last}");
     }
     Ok(start.elapsed())
 }

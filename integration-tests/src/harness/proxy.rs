@@ -138,6 +138,23 @@ impl Tasks {
     }
 }
 
+/// One route of one member as its relay (TCP or UDP) serves it.
+#[derive(Debug, Clone)]
+pub(crate) struct Relay {
+    /// The member the route leads to.
+    pub(crate) member: usize,
+    /// The member's real address for the route.
+    pub(crate) backend: SocketAddr,
+    /// Every member's front IP: the relay's connection or socket towards the
+    /// member binds to its sender's, so that the member sees each peer at a
+    /// distinct address.
+    pub(crate) fronts: Arc<Vec<IpAddr>>,
+    /// The links' rules, fates and counts.
+    pub(crate) links: Arc<Links>,
+    /// Where the relay's tasks run.
+    pub(crate) tasks: Tasks,
+}
+
 /// The user-space network between members; see the module documentation.
 /// Dropping it ends every task and closes every socket it opened.
 #[derive(Debug)]
@@ -162,18 +179,24 @@ impl Proxy {
             let mut addrs = Vec::new();
             for route in &member.routes {
                 let at = SocketAddr::new(member.front_ip, route.front_port);
-                let (ips, links, tasks) = (front_ips.clone(), links.clone(), tasks.clone());
+                let relay = Relay {
+                    member: i,
+                    backend: route.backend,
+                    fronts: front_ips.clone(),
+                    links: links.clone(),
+                    tasks: tasks.clone(),
+                };
                 let bound = match route.protocol {
                     Protocol::Tcp => {
                         let listener = bind_tcp(at)?;
                         let bound = listener.local_addr()?;
-                        tcp::serve(listener, i, route.backend, ips, links, tasks);
+                        tcp::serve(listener, relay);
                         bound
                     }
                     Protocol::Udp => {
                         let socket = bind_udp(at)?;
                         let bound = socket.local_addr()?;
-                        udp::serve(socket, i, route.backend, ips, links, tasks);
+                        udp::serve(socket, relay);
                         bound
                     }
                 };

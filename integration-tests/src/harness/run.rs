@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use cluster_service::ServiceClient;
+use cluster_testkit::holds_within;
 use tokio::time::Instant;
 
 use super::client::{Workload, WorkloadSpec, WorkloadStats, final_reads};
@@ -148,16 +149,14 @@ impl FaultRun {
 
     /// Waits for a leader the live members agree on, and returns its index.
     pub async fn wait_leader(&mut self) -> Result<usize> {
-        let start = Instant::now();
-        loop {
-            if let Some(leader) = self.cluster.leader().await {
-                return Ok(leader);
-            }
-            if start.elapsed() > self.spec.recovery_deadline {
-                return Err(anyhow!("no leader within {:?}", self.spec.recovery_deadline));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut leader = None;
+        let cluster = &mut self.cluster;
+        holds_within(self.spec.recovery_deadline, async || {
+            leader = cluster.leader().await;
+            leader.is_some()
+        })
+        .await;
+        leader.ok_or_else(|| anyhow!("no leader within {:?}", self.spec.recovery_deadline))
     }
 
     /// Waits until the cluster recovered from the last fault: (d) the voter count

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_core::{ConsensusStore, Liveness, MemberId};
+use cluster_core::{Liveness, MemberId};
 use tokio::time::Instant;
 
 use super::workload::{KEY_PREFIX, Recorder, Watched};
@@ -61,7 +61,7 @@ pub async fn after_heal(members: &Members, recorder: &Recorder, options: &SimOpt
     let mut summary = String::new();
     if let Some(first) = members.running().first() {
         let status = first.consensus_status();
-        let short_ids = first.store().store().short_ids().unwrap_or_default();
+        let short_ids = first.short_ids().unwrap_or_default();
         let _ = write!(
             summary,
             "voters {} nonvoters {} short ids {:?}",
@@ -109,7 +109,7 @@ fn settled(members: &Members) -> Option<String> {
     if first.voters.len() != wanted_voters {
         return Some(format!("{} voters, {wanted_voters} wanted", first.voters.len()));
     }
-    let short_ids = running.first()?.store().store().short_ids().ok()?;
+    let short_ids = running.first()?.short_ids().ok()?;
     let unique: BTreeSet<_> = short_ids.values().collect();
     if unique.len() != short_ids.len() {
         return Some(format!("short ids not unique: {short_ids:?}"));

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Tasks;
+use super::Relay;
 use super::link::{Links, Party};
 
 /// The most bytes one read takes (one chunk).
@@ -32,16 +32,10 @@ pub(crate) const MAX_CHUNKS_IN_FLIGHT: usize = 64;
 /// How long the connection to the member's real port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Accepts connections for `member` at `listener` and proxies each to its
-/// real `backend` address. `fronts` are every member's front IPs.
-pub(crate) fn serve(
-    listener: TcpListener,
-    member: usize,
-    backend: SocketAddr,
-    fronts: Arc<Vec<IpAddr>>,
-    links: Arc<Links>,
-    tasks: Tasks,
-) {
+/// Accepts connections for the relay's member at `listener` and proxies each
+/// to its real address.
+pub(crate) fn serve(listener: TcpListener, relay: Relay) {
+    let Relay { member, backend, fronts, links, tasks } = relay;
     let spawner = tasks.clone();
     tasks.spawn(async move {
         loop {

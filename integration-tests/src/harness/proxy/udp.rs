@@ -18,8 +18,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Tasks;
 use super::link::{Fate, Links, Party};
+use super::{Relay, Tasks};
 
 /// The largest datagram relayed (the IPv4 UDP maximum).
 const MAX_DATAGRAM: usize = 65_507;
@@ -107,17 +107,10 @@ fn unspecified(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Relays datagrams sent to `member` at `front` to its real `backend` address.
-/// `fronts` are every member's front IPs (an upstream socket binds to its
-/// sender's).
-pub(crate) fn serve(
-    front: UdpSocket,
-    member: usize,
-    backend: SocketAddr,
-    fronts: Arc<Vec<IpAddr>>,
-    links: Arc<Links>,
-    tasks: Tasks,
-) {
+/// Relays datagrams sent to the relay's member at `front` to its real
+/// address (an upstream socket binds to its sender's front IP).
+pub(crate) fn serve(front: UdpSocket, relay: Relay) {
+    let Relay { member, backend, fronts, links, tasks } = relay;
     let spawner = tasks.clone();
     tasks.spawn(async move {
         let front = Arc::new(front);
