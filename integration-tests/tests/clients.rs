@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cluster_core::{ConsensusStore, ErrorKind};
+use cluster_core::ErrorKind;
 use cluster_facade::{Cluster, ClusterConfig, RaftRole};
 use cluster_gossip::sim::SimNetwork;
 use cluster_testkit::wait_until;
@@ -91,8 +91,7 @@ async fn a_client_member_cut_from_every_replica_fails_writes_keeps_its_view_and_
         tokio::spawn(async move {
             let mut last = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let (revision, _) =
-                    client.store().store().get_prefix_with_revision("").expect("a local read");
+                let (revision, _) = client.store().get_prefix_with_revision("").await.expect("a local read");
                 assert!(revision >= last, "the client's view went back from {last} to {revision}");
                 last = revision;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -103,8 +102,8 @@ async fn a_client_member_cut_from_every_replica_fails_writes_keeps_its_view_and_
     for i in 0..10 {
         write(i).await;
     }
-    wait("the cut member's view has the first writes", || {
-        client.store().store().get("w/09").ok().flatten().is_some()
+    wait_until(DEADLINE, "the cut member's view has the first writes", async || {
+        client.store().get("w/09").await.ok().flatten().is_some()
     })
     .await;
     let listed = client.members().expect("its members").len();
