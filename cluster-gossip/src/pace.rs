@@ -10,7 +10,8 @@
 //! LIGHT_MAX_STRETCH)`, so that its own rounds cost about the same at 100
 //! members as at 5. It still answers every Syn it receives, its failure
 //! detector and its view keep chitchat's interval, and the members at full
-//! pace keep pulling its state.
+//! pace keep pulling its state. A light member that acknowledges a leave
+//! keeps full pace for [`HURRY`]: the leaver waits for the acknowledgements.
 //!
 //! What it costs: a light member's heartbeat leaves it less often (in its
 //! own rounds and in its answers to the Syns it receives), so the others
@@ -32,6 +33,10 @@ pub const LIGHT_MEMBERS: usize = 5;
 /// The most a light member's rounds are stretched: its period is at most
 /// this many intervals (2 s at the default 100 ms interval).
 pub const LIGHT_MAX_STRETCH: u32 = 20;
+
+/// How long a light member keeps full pace after it acknowledged a leave:
+/// the leaver waits for the acknowledgements, which travel in rounds.
+pub(crate) const HURRY: Duration = Duration::from_secs(5);
 
 /// How often a member starts gossip rounds of its own; see [`crate::Gossip::set_pace`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +61,8 @@ pub(crate) fn light_period(interval: Duration, live: usize) -> Duration {
 pub(crate) struct PaceState {
     light: AtomicBool,
     live: AtomicUsize,
+    /// Full pace until then, whatever the pace asked for.
+    hurry_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl PaceState {
@@ -67,9 +74,16 @@ impl PaceState {
         self.live.store(live, Ordering::Relaxed);
     }
 
-    /// The time between this member's own rounds now.
-    pub(crate) fn period(&self, interval: Duration) -> Duration {
-        if self.light.load(Ordering::Relaxed) {
+    /// Full pace until `until` (a member acknowledged a leave).
+    pub(crate) fn hurry_until(&self, until: Instant) {
+        let mut at = self.hurry_until.lock().unwrap_or_else(|p| p.into_inner());
+        *at = Some(at.map_or(until, |t| t.max(until)));
+    }
+
+    /// The time between this member's own rounds at `now`.
+    pub(crate) fn period(&self, interval: Duration, now: Instant) -> Duration {
+        let hurried = self.hurry_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| now < t);
+        if self.light.load(Ordering::Relaxed) && !hurried {
             light_period(interval, self.live.load(Ordering::Relaxed))
         } else {
             interval
@@ -134,8 +148,8 @@ mod tests {
         let t0 = Instant::now();
         for round in 0..10u32 {
             let at = t0 + I * round;
-            assert!(gate.admit(at, state.period(I)), "round {round}");
-            assert!(gate.admit(at + Duration::from_millis(2), state.period(I)), "same round");
+            assert!(gate.admit(at, state.period(I, t0)), "round {round}");
+            assert!(gate.admit(at + Duration::from_millis(2), state.period(I, t0)), "same round");
         }
     }
 
@@ -151,14 +165,25 @@ mod tests {
             // Ticks a little late or early, as a loaded machine has them.
             let jitter = Duration::from_millis(u64::from(round % 3) * 7);
             let at = t0 + I * round + jitter;
-            let first = gate.admit(at, state.period(I));
+            let first = gate.admit(at, state.period(I, t0));
             // Every Syn of a round shares the fate of its first.
-            assert_eq!(gate.admit(at + Duration::from_millis(3), state.period(I)), first);
+            assert_eq!(gate.admit(at + Duration::from_millis(3), state.period(I, t0)), first);
             if first {
                 sent.push(round);
             }
         }
         assert_eq!(sent, [0, 6, 12, 18]);
+    }
+
+    #[test]
+    fn full_pace_while_hurried() {
+        let state = PaceState::default();
+        state.set(Pace::Light);
+        state.set_live(100);
+        let t0 = Instant::now();
+        state.hurry_until(t0 + HURRY);
+        assert_eq!(state.period(I, t0), I);
+        assert_eq!(state.period(I, t0 + HURRY), I * 20);
     }
 
     #[test]
@@ -168,9 +193,9 @@ mod tests {
         state.set_live(100);
         let mut gate = RoundGate::new(I);
         let t0 = Instant::now();
-        assert!(gate.admit(t0, state.period(I)));
-        assert!(!gate.admit(t0 + I, state.period(I)));
+        assert!(gate.admit(t0, state.period(I, t0)));
+        assert!(!gate.admit(t0 + I, state.period(I, t0)));
         state.set(Pace::Full);
-        assert!(gate.admit(t0 + I * 2, state.period(I)));
+        assert!(gate.admit(t0 + I * 2, state.period(I, t0)));
     }
 }

@@ -193,7 +193,7 @@ impl GossipSocket {
         // A Syn starts a round; a round this member's pace skips is not
         // even encoded. Answers always leave.
         if matches!(envelope.message, ChitchatMessage::Syn { .. })
-            && !self.gate.admit(Instant::now(), self.shared.pace.period(self.shared.interval))
+            && !self.gate.admit(Instant::now(), self.shared.pace.period(self.shared.interval, Instant::now()))
         {
             return Ok(SendOutcome { num_bytes_sent: 0 });
         }

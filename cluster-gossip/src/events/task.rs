@@ -75,6 +75,8 @@ impl EventsTask {
         });
         self.socket.pace.set_live(live);
         if !left.is_empty() {
+            // The leavers wait for these acknowledgements: send them at full pace.
+            self.socket.pace.hurry_until(Instant::now() + crate::pace::HURRY);
             let mut chitchat = self.chitchat.lock().await;
             let me = chitchat.self_node_state();
             for (id, generation) in left {
