@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cluster_service::{RouterOptions, ServiceClient};
-use integration_tests::harness::process::{self, AgentSpec, Ports};
+use integration_tests::harness::process::{self, AgentSpec, Log, Ports};
 use tokio::process::{Child, Command};
 
 /// A free loopback port (TCP and UDP both free at the time of asking).
@@ -223,13 +223,13 @@ impl CarbonCluster {
         let spec = AgentSpec {
             name: name.clone(),
             binary: Some(self.carbon.clone()),
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ports: Ports::default(),
+            host: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ports: Some(Ports::default()),
             seeds: self.agents.first().map(|first| first.gossip.clone()).into_iter().collect(),
             data_dir: self.durable.then(|| self.dir.join(&name)),
             config_file: self.config.clone(),
             args,
-            log_file: self.dir.join(format!("{name}.log")),
+            log: Log::File(self.dir.join(format!("{name}.log"))),
             wrapper: Vec::new(),
         };
         let t = Instant::now();

@@ -208,6 +208,14 @@ pub trait Membership: Send + Sync + Sized + 'static {
         None
     }
 
+    /// Whether this member may start its own gossip rounds less often the
+    /// larger the cluster: a client member, which the cluster needs to hear
+    /// from less often than the replicas. It still answers every round the
+    /// others start. The default ignores it (every member at full pace).
+    fn set_light_pace(&self, light: bool) {
+        let _ = light;
+    }
+
     /// What the backend saw that would keep this member from joining, in
     /// words a user can act on (e.g. gossip it could not authenticate: the
     /// gossip key does not match the cluster's). `None`, the default, when

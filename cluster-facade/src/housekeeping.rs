@@ -178,6 +178,9 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
     async fn publish_own_tags(&mut self) {
         let role = self.store.status().role();
         let short_id = *self.own_short_id.borrow();
+        // A client member gossips lightly once it has joined (its short id
+        // held): the replicas keep full pace, for failure detection and joins.
+        self.membership.set_light_pace(role.is_none() && short_id.is_some());
         if (role, short_id) == self.published {
             return;
         }

@@ -25,8 +25,12 @@ use crate::events::task::EventsTask;
 use crate::keyring::KeyringHandle;
 use crate::keys::{RESERVED_PREFIX, is_reserved};
 use crate::leave::announce_and_wait;
+use crate::pace::Pace;
 use crate::socket::{DatagramStats, Shared};
 use crate::transport;
+
+/// Heartbeat intervals the failure detector keeps per member for its mean.
+const HEARTBEAT_SAMPLES: usize = 100;
 
 /// The background parts of a running member.
 struct Running {
@@ -85,7 +89,7 @@ impl Gossip {
             KeyringHandle::open(config.keyring(), config.membership.encryption.keyring_file.clone())?;
         let m = &config.membership;
         let span = info_span!("gossip", member = %m.member_id);
-        let shared = Shared::new(keyring.clone(), m.cluster_id.clone());
+        let shared = Shared::new(keyring.clone(), m.cluster_id.clone(), m.gossip_interval);
         let (socket, bound) =
             transport::open(&config.transport, m.listen_addr, shared.clone(), span.clone()).await?;
         let mut advertise = m.advertise_addr.unwrap_or(bound);
@@ -104,6 +108,10 @@ impl Gossip {
                 phi_threshold: fd.phi_threshold,
                 initial_interval: fd.initial_interval,
                 dead_node_grace_period: fd.dead_member_grace,
+                // chitchat keeps this many heartbeat intervals per member,
+                // 8 bytes each, from the start: 1,000 by default, 800 KB at
+                // 100 members. A few seconds of heartbeats give the mean.
+                sampling_window_size: HEARTBEAT_SAMPLES,
                 ..FailureDetectorConfig::default()
             },
             marked_for_deletion_grace_period: config.tombstone_grace,
@@ -124,6 +132,7 @@ impl Gossip {
             chitchat: chitchat.clone(),
             live,
             hub: hub.clone(),
+            socket: shared.clone(),
             tracker: Tracker::new(m.failure_detection.dead_member_grace),
             housekeeping: Duration::from_secs(1).max(m.gossip_interval),
         };
@@ -204,6 +213,13 @@ impl Gossip {
         Ok(())
     }
 
+    /// Sets how often this member starts gossip rounds of its own (see
+    /// [`Pace`]); it answers every round others start whatever its pace.
+    /// Only the UDP transport paces; the others always run at full pace.
+    pub fn set_pace(&self, pace: Pace) {
+        self.socket.pace.set(pace);
+    }
+
     /// Sets one tag.
     pub async fn set_tag(&self, name: impl Into<String>, value: impl Into<String>) -> Result<()> {
         self.set_tags(BTreeMap::from([(name.into(), value.into())])).await
@@ -251,6 +267,8 @@ impl Gossip {
     /// the member was already stopped.
     pub async fn leave(&self) -> Result<()> {
         self.ensure_running()?;
+        // The leave and its acknowledgements travel in this member's rounds.
+        self.set_pace(Pace::Full);
         let started = Instant::now();
         let outcome = announce_and_wait(&self.chitchat, self.member_id, self.leave_timeout).await;
         info!(
@@ -318,6 +336,10 @@ impl Membership for Gossip {
 
     fn keyring_control(&self) -> Option<Arc<dyn cluster_core::KeyringControl>> {
         self.keyring.clone().map(|k| Arc::new(k) as Arc<dyn cluster_core::KeyringControl>)
+    }
+
+    fn set_light_pace(&self, light: bool) {
+        self.set_pace(if light { Pace::Light } else { Pace::Full });
     }
 
     fn join_problem(&self) -> Option<String> {

@@ -19,6 +19,10 @@
 //!   (bounded, with a `Resync` for a subscriber that fell behind). Members are
 //!   keyed by member id; a restarted member (higher generation) is the same
 //!   member, reported `Joined` again;
+//! - pacing ([`Pace`], [`Gossip::set_pace`]): a light member starts its own
+//!   gossip rounds less often the larger the cluster, so that its gossip
+//!   costs about the same at 100 members as at 10; it still answers every
+//!   round the others start;
 //! - graceful leave, which chitchat lacks: a reserved key (see
 //!   [`RESERVED_PREFIX`]) announces it, peers acknowledge it, and peers report
 //!   the member `Left` rather than `Failed`;
@@ -87,6 +91,7 @@ mod keyring;
 mod keys;
 mod leave;
 mod member;
+mod pace;
 mod seal;
 pub mod sim;
 mod socket;
@@ -98,4 +103,5 @@ pub use error::{GossipError, Result};
 pub use gossip::Gossip;
 pub use keyring::{GossipKey, KEY_LEN, KeyId, Keyring, KeyringHandle};
 pub use keys::{RESERVED_PREFIX, is_reserved};
+pub use pace::{LIGHT_MAX_STRETCH, LIGHT_MEMBERS, Pace};
 pub use socket::DatagramStats;

@@ -17,11 +17,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket};
+use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,6 +31,7 @@ use crate::codec::{Decoder, Encoder};
 use crate::datagram;
 use crate::drop_log::{DropLog, LOG_INTERVAL};
 use crate::keyring::KeyringHandle;
+use crate::pace::{PaceState, RoundGate};
 use crate::seal;
 
 /// The largest UDP payload over IPv4.
@@ -73,11 +74,22 @@ pub(crate) struct Shared {
     cluster_id: String,
     counters: Counters,
     drops: Mutex<DropLog>,
+    /// chitchat's gossip interval.
+    interval: Duration,
+    /// How often this member starts rounds of its own ([`crate::pace`]).
+    pub(crate) pace: PaceState,
 }
 
 impl Shared {
-    pub(crate) fn new(keyring: Option<KeyringHandle>, cluster_id: String) -> Arc<Shared> {
-        Arc::new(Shared { keyring, cluster_id, counters: Counters::default(), drops: Mutex::default() })
+    pub(crate) fn new(keyring: Option<KeyringHandle>, cluster_id: String, interval: Duration) -> Arc<Shared> {
+        Arc::new(Shared {
+            keyring,
+            cluster_id,
+            counters: Counters::default(),
+            drops: Mutex::default(),
+            interval,
+            pace: PaceState::default(),
+        })
     }
 
     /// The counts now.
@@ -141,6 +153,7 @@ pub(crate) struct GossipSocket {
     encoder: Encoder,
     inbox: mpsc::Receiver<RecvOutcome>,
     receiver: JoinHandle<()>,
+    gate: RoundGate,
 }
 
 impl Drop for GossipSocket {
@@ -166,7 +179,8 @@ impl GossipSocket {
         let decoder = Decoder::open().await.context("opening the loopback decoder")?;
         let (tx, inbox) = mpsc::channel(INBOX);
         let receiver = tokio::spawn(receive(udp.clone(), shared.clone(), decoder, tx).instrument(span));
-        Ok(GossipSocket { udp, local, shared, encoder, inbox, receiver })
+        let gate = RoundGate::new(shared.interval);
+        Ok(GossipSocket { udp, local, shared, encoder, inbox, receiver, gate })
     }
 
     async fn send_envelope(
@@ -174,6 +188,13 @@ impl GossipSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        // A Syn starts a round; a round this member's pace skips is not
+        // even encoded. Answers always leave.
+        if matches!(envelope.message, ChitchatMessage::Syn { .. })
+            && !self.gate.admit(Instant::now(), self.shared.pace.period(self.shared.interval, Instant::now()))
+        {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let plaintext = match self.encoder.encode(envelope).await {
             Ok(bytes) => bytes,
             Err(e) => {

@@ -16,6 +16,7 @@ use tracing::{debug, trace};
 use crate::events::diff::{Tracker, apply};
 use crate::keys::ack_key;
 use crate::member::Observed;
+use crate::socket::Shared;
 
 /// What the task needs; it owns all of it.
 pub(crate) struct EventsTask {
@@ -23,6 +24,8 @@ pub(crate) struct EventsTask {
     pub(crate) chitchat: Arc<Mutex<Chitchat>>,
     pub(crate) live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
     pub(crate) hub: EventHub<MemberTable, MembershipEvent>,
+    /// Told the live member count, for the pace of this member's rounds.
+    pub(crate) socket: Arc<Shared>,
     pub(crate) tracker: Tracker,
     /// How often departed members are checked for forgetting.
     pub(crate) housekeeping: Duration,
@@ -65,11 +68,15 @@ impl EventsTask {
                 _ => None,
             })
             .collect();
-        self.hub.publish(|table| {
+        let live = self.hub.publish(|table| {
             apply(table, &events);
-            (events, ())
+            let live = table.len();
+            (events, live)
         });
+        self.socket.pace.set_live(live);
         if !left.is_empty() {
+            // The leavers wait for these acknowledgements: send them at full pace.
+            self.socket.pace.hurry_until(Instant::now() + crate::pace::HURRY);
             let mut chitchat = self.chitchat.lock().await;
             let me = chitchat.self_node_state();
             for (id, generation) in left {
