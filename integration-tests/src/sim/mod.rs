@@ -199,7 +199,7 @@ impl SimReport {
 }
 
 fn simulate_here(options: &SimOptions) -> SimReport {
-    let faults = Faults::new(options.seed).without_duplicates();
+    let faults = Faults::new(options.seed);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
     {
         Ok(r) => r,
