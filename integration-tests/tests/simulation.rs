@@ -107,3 +107,13 @@ fn seed_1115_every_member_joins_at_the_largest_latency() {
 fn seed_1068_a_replaced_member_leaves_raft_at_the_largest_latency() {
     assert_eq!(seed_failures(1068), Vec::<String>::new());
 }
+
+/// Seed 215 (20 s of workload, as the long run has it): two crashes in a
+/// row killed two of the three voters before the first was replaced — a
+/// crash is for good here (no simulated disk), and no raft cluster recovers
+/// from losing a majority for good. The nemesis now crashes only a member
+/// whose loss leaves a majority of the voters running.
+#[test]
+fn seed_215_no_crash_loses_a_majority_of_the_voters() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(215, 3))]), Vec::<String>::new());
+}
