@@ -117,3 +117,14 @@ fn seed_1068_a_replaced_member_leaves_raft_at_the_largest_latency() {
 fn seed_215_no_crash_loses_a_majority_of_the_voters() {
     assert_eq!(failures(&[simulate(&SimOptions::new(215, 3))]), Vec::<String>::new());
 }
+
+/// Seed 779 (20 s of workload): a member crashed just after the leader
+/// re-added it as a nonvoter, and the leader's check that it caught up never
+/// gave up: its deadline was on the operating system's clock, which a
+/// simulation's paused clock never moves, so housekeeping stopped for good
+/// (on real time it would have stopped for 60 s). The deadline is on tokio's
+/// clock now.
+#[test]
+fn seed_779_a_nonvoter_that_crashes_while_joining_does_not_stop_housekeeping() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(779, 3))]), Vec::<String>::new());
+}
