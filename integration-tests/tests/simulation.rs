@@ -128,3 +128,25 @@ fn seed_215_no_crash_loses_a_majority_of_the_voters() {
 fn seed_779_a_nonvoter_that_crashes_while_joining_does_not_stop_housekeeping() {
     assert_eq!(failures(&[simulate(&SimOptions::new(779, 3))]), Vec::<String>::new());
 }
+
+/// Seed 512 (20 s of workload), open: member 2's watch delivers three events
+/// at revision 90 (keys sim/0, sim/1 and sim/2), which members 0 and 1 never
+/// see at all — while member 1's slot holds a replacement. Not yet explained.
+#[test]
+#[ignore = "open: a watch repeats revision 90 with three keys (seed 512, 20 s)"]
+fn seed_512_watches_see_each_revision_once() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(512, 3))]), Vec::<String>::new());
+}
+
+/// Seeds 1146 and 2866 (20 s of workload), open: the leader promotes a
+/// crashed voter's replacement before it removes the crashed voter (four
+/// voters, one dead); the replacement then crashes too, and two of four
+/// voters are lost for good. The voter planner would have to remove a dead
+/// voter before it adds one (cluster-core's plan, another branch's area).
+#[test]
+#[ignore = "open: a fourth voter added beside a dead one, then lost (seeds 1146, 2866, 20 s)"]
+fn seed_1146_and_2866_no_voter_is_added_beside_a_dead_one() {
+    for seed in [1146, 2866] {
+        assert_eq!(failures(&[simulate(&SimOptions::new(seed, 3))]), Vec::<String>::new());
+    }
+}
