@@ -5,9 +5,13 @@
 //! after a delay, or delivered more than once. An envelope travels as it is
 //! (chitchat's envelope is neither `Clone` nor publicly encodable); a
 //! duplicate is made by this crate's loopback codec, so only a duplicated
-//! datagram touches a real (loopback) socket. Delays are tokio timers, so on a
-//! single-threaded runtime with paused time the whole exchange is
-//! deterministic for a deterministic policy; reordering comes from jitter.
+//! datagram touches a real (loopback) socket — on a thread of its own, with
+//! a runtime of its own on real time, while the sender waits for the copies
+//! without yielding: the copy takes no simulated time and lets no other task
+//! run, so a duplicate is as deterministic as any other fate. Delays are
+//! tokio timers, so on a single-threaded runtime with paused time the whole
+//! exchange is deterministic for a deterministic policy; reordering comes
+//! from the policy's delays (a datagram's jitter lets it overtake another).
 //!
 //! A member uses it when started with [`GossipTransport::Sim`](crate::GossipTransport::Sim),
 //! or, for code that starts gossip itself (the facade), when a network was
@@ -19,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -116,7 +120,7 @@ impl SimNetwork {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         state.inboxes.insert(addr, tx);
-        Ok(Box::new(SimSocket { addr, network: self.clone(), inbox: rx, codec: None }))
+        Ok(Box::new(SimSocket { addr, network: self.clone(), inbox: rx }))
     }
 
     fn inbox(&self, to: SocketAddr) -> Option<Inbox> {
@@ -147,8 +151,6 @@ struct SimSocket {
     addr: SocketAddr,
     network: SimNetwork,
     inbox: mpsc::UnboundedReceiver<(SocketAddr, ChitchatEnvelope)>,
-    /// Opened at the first duplicate.
-    codec: Option<(Encoder, Decoder)>,
 }
 
 impl SimSocket {
@@ -160,27 +162,81 @@ impl SimSocket {
         let sent = Ok(SendOutcome { num_bytes_sent: 0 });
         let Some(inbox) = self.network.inbox(to) else { return sent };
         let delays = self.network.policy.fate(self.addr, to);
-        let Some((&first, more)) = delays.split_first() else { return sent };
-        if !more.is_empty() {
-            if self.codec.is_none() {
-                self.codec = Some((Encoder::open().await?, Decoder::open().await?));
+        if delays.len() > 1 {
+            // A copy that cannot be made is a datagram lost.
+            for (copy, delay) in copies(envelope, delays.len())?.into_iter().zip(delays) {
+                deliver(inbox.clone(), self.addr, copy, delay);
             }
-            if let Some((encoder, decoder)) = &mut self.codec {
-                let bytes = encoder.encode(envelope).await?.to_vec();
-                for &delay in more {
-                    if let Some(copy) = decoder.decode(&bytes).await? {
-                        deliver(inbox.clone(), self.addr, copy, delay);
-                    }
-                }
-                if let Some(copy) = decoder.decode(&bytes).await? {
-                    deliver(inbox, self.addr, copy, first);
-                }
-            }
-            return sent;
+        } else if let Some(&delay) = delays.first() {
+            deliver(inbox, self.addr, envelope, delay);
         }
-        deliver(inbox, self.addr, envelope, first);
         sent
     }
+}
+
+/// A request to the copier thread: `count` copies of an envelope.
+struct CopyJob {
+    envelope: ChitchatEnvelope,
+    count: usize,
+    reply: std_mpsc::SyncSender<anyhow::Result<Vec<ChitchatEnvelope>>>,
+}
+
+/// `count` envelopes equal to `envelope`, decoded from its bytes by the
+/// copier thread. The calling thread blocks until they are made: on a simulation's
+/// runtime no other task runs and no simulated time passes meanwhile.
+fn copies(envelope: ChitchatEnvelope, count: usize) -> anyhow::Result<Vec<ChitchatEnvelope>> {
+    static COPIER: OnceLock<std_mpsc::Sender<CopyJob>> = OnceLock::new();
+    let copier = COPIER.get_or_init(|| {
+        let (jobs, received) = std_mpsc::channel();
+        // If the thread cannot start, every request fails below.
+        let _ =
+            std::thread::Builder::new().name("gossip-sim-copier".into()).spawn(move || copy_loop(received));
+        jobs
+    });
+    let (reply, answer) = std_mpsc::sync_channel(1);
+    copier
+        .send(CopyJob { envelope, count, reply })
+        .map_err(|_| anyhow::anyhow!("the simulated network's copier thread is gone"))?;
+    answer.recv().context("the simulated network's copier thread is gone")?
+}
+
+/// The copier thread: the loopback codec on a runtime of its own.
+fn copy_loop(jobs: std_mpsc::Receiver<CopyJob>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            let why = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(anyhow::anyhow!("no runtime for the copier: {why}")));
+            }
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut codec: Option<(Encoder, Decoder)> = None;
+        // Blocking here is fine: nothing else runs on this runtime.
+        while let Ok(CopyJob { envelope, count, reply }) = jobs.recv() {
+            let _ = reply.send(copy_with(&mut codec, envelope, count).await);
+        }
+    });
+}
+
+async fn copy_with(
+    codec: &mut Option<(Encoder, Decoder)>,
+    envelope: ChitchatEnvelope,
+    count: usize,
+) -> anyhow::Result<Vec<ChitchatEnvelope>> {
+    if codec.is_none() {
+        *codec = Some((Encoder::open().await?, Decoder::open().await?));
+    }
+    let Some((encoder, decoder)) = codec else { anyhow::bail!("no codec") };
+    let bytes = encoder.encode(envelope).await?.to_vec();
+    let mut copies = Vec::with_capacity(count);
+    for _ in 0..count {
+        copies.push(decoder.decode(&bytes).await?.context("the codec did not read its own datagram")?);
+    }
+    Ok(copies)
 }
 
 impl Drop for SimSocket {

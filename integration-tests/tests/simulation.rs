@@ -73,21 +73,12 @@ fn a_seed_replays_to_the_same_history() {
     }
 }
 
-/// Seeds whose runs fail today, each an open bug with its regression test
-/// below: at the largest latency class (links up to 500 ms, with loss), a
-/// joining member is never added to raft (the leader replicates to a raft
-/// address where nobody listens) or a replaced member is never taken out.
-/// Liveness, not safety: no acknowledged write is lost and no history is
-/// wrong in them. They stay out of the CI run until fixed.
-const KNOWN_OPEN: &[u64] = &[187];
-
 #[test]
 fn two_hundred_seeds_keep_every_invariant() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let reports = simulate_seeds(0, 200, 3, threads, |o| o.run_for = CI_RUN_FOR);
     assert_eq!(reports.len(), 200);
-    let checked: Vec<SimReport> = reports.into_iter().filter(|r| !KNOWN_OPEN.contains(&r.seed)).collect();
-    assert_eq!(failures(&checked), Vec::<String>::new());
+    assert_eq!(failures(&reports), Vec::<String>::new());
 }
 
 /// Runs one seed as CI does and returns what failed.
@@ -95,20 +86,67 @@ fn seed_failures(seed: u64) -> Vec<String> {
     failures(&[simulate(&SimOptions { run_for: CI_RUN_FOR, ..SimOptions::new(seed, 3) })])
 }
 
+/// Seeds 187 and 1115: at links up to 500 ms the leader's check that a new
+/// nonvoter caught up asked it with a fixed 1 s bound, shorter than a connect
+/// and a round trip there: it never answered in time, the leader's
+/// housekeeping stayed in that check, and the member never got its seat or
+/// its short id.
 #[test]
-#[ignore = "open: a joining member is never added to raft at 500 ms links (see KNOWN_OPEN)"]
 fn seed_187_every_member_joins_at_the_largest_latency() {
     assert_eq!(seed_failures(187), Vec::<String>::new());
 }
 
 #[test]
-#[ignore = "open: a joining member is never added to raft at 500 ms links (see KNOWN_OPEN)"]
 fn seed_1115_every_member_joins_at_the_largest_latency() {
     assert_eq!(seed_failures(1115), Vec::<String>::new());
 }
 
+/// Seed 1068: at links up to 500 ms with loss, a crashed member's
+/// replacement joins and the crashed member leaves raft once the faults heal.
 #[test]
-#[ignore = "open: a replaced member stays in raft after healing at 500 ms links with loss (see KNOWN_OPEN)"]
 fn seed_1068_a_replaced_member_leaves_raft_at_the_largest_latency() {
     assert_eq!(seed_failures(1068), Vec::<String>::new());
+}
+
+/// Seed 215 (20 s of workload, as the long run has it): two crashes in a
+/// row killed two of the three voters before the first was replaced — a
+/// crash is for good here (no simulated disk), and no raft cluster recovers
+/// from losing a majority for good. The nemesis now crashes only a member
+/// whose loss leaves a majority of the voters running.
+#[test]
+fn seed_215_no_crash_loses_a_majority_of_the_voters() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(215, 3))]), Vec::<String>::new());
+}
+
+/// Seed 779 (20 s of workload): a member crashed just after the leader
+/// re-added it as a nonvoter, and the leader's check that it caught up never
+/// gave up: its deadline was on the operating system's clock, which a
+/// simulation's paused clock never moves, so housekeeping stopped for good
+/// (on real time it would have stopped for 60 s). The deadline is on tokio's
+/// clock now.
+#[test]
+fn seed_779_a_nonvoter_that_crashes_while_joining_does_not_stop_housekeeping() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(779, 3))]), Vec::<String>::new());
+}
+
+/// Seed 512 (20 s of workload), open: member 2's watch delivers three events
+/// at revision 90 (keys sim/0, sim/1 and sim/2), which members 0 and 1 never
+/// see at all — while member 1's slot holds a replacement. Not yet explained.
+#[test]
+#[ignore = "open: a watch repeats revision 90 with three keys (seed 512, 20 s)"]
+fn seed_512_watches_see_each_revision_once() {
+    assert_eq!(failures(&[simulate(&SimOptions::new(512, 3))]), Vec::<String>::new());
+}
+
+/// Seeds 1146 and 2866 (20 s of workload), open: the leader promotes a
+/// crashed voter's replacement before it removes the crashed voter (four
+/// voters, one dead); the replacement then crashes too, and two of four
+/// voters are lost for good. The voter planner would have to remove a dead
+/// voter before it adds one (cluster-core's plan, another branch's area).
+#[test]
+#[ignore = "open: a fourth voter added beside a dead one, then lost (seeds 1146, 2866, 20 s)"]
+fn seed_1146_and_2866_no_voter_is_added_beside_a_dead_one() {
+    for seed in [1146, 2866] {
+        assert_eq!(failures(&[simulate(&SimOptions::new(seed, 3))]), Vec::<String>::new());
+    }
 }

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cluster_core::{
     ConsensusBackend, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus, ConsensusStore,
@@ -66,6 +68,8 @@ struct Inner {
     #[cfg(feature = "durable")]
     durable: Mutex<Option<crate::log_store::durable::DurableWriter>>,
     op_timeout: Duration,
+    /// The bound of one raft RPC round trip ([`ConsensusConfig::rpc_timeout`](cluster_core::ConsensusConfig::rpc_timeout)).
+    rpc_timeout: Duration,
     votes: VoteGate,
     limits: ConsensusLimits,
     alarm: Arc<QuotaAlarm>,
@@ -182,14 +186,18 @@ impl RaftStore {
             if left.is_zero() {
                 return Err(Error::Timeout(format!("nonvoter {member} did not apply up to {index}")));
             }
-            let ttl = left.min(Duration::from_secs(1));
-            if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) =
+            // A round trip, with a connect first: on slow links more than a
+            // second, and a probe cut short at a fixed bound would never answer.
+            let ttl = left.min(self.inner.rpc_timeout);
+            let reply =
                 crate::network::client::call(&self.inner.client, addr, member, RaftRpc::AppliedIndex, ttl)
-                    .await
+                    .await;
+            if let Ok(RaftRpcReply::AppliedIndex(Some(applied))) = reply
                 && applied >= index
             {
                 return Ok(());
             }
+            tracing::debug!(%member, index, ?reply, ?ttl, "nonvoter not caught up yet");
             tokio::time::sleep(Duration::from_millis(10).min(left)).await;
         }
     }

@@ -158,6 +158,7 @@ pub(super) async fn open(
             #[cfg(feature = "durable")]
             durable: Mutex::new(storage.durable),
             op_timeout: (config.rpc_timeout * 10).max(Duration::from_secs(5)),
+            rpc_timeout: config.rpc_timeout,
             votes,
             limits: config.limits.clone(),
             alarm,

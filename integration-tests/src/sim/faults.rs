@@ -8,6 +8,8 @@
 //!   reordering of datagrams; a stream keeps its byte order).
 //! - **Loss**: a datagram is lost; a stream's chunk is retransmitted 200 ms
 //!   later (memnet's model of TCP).
+//! - **Duplication** of gossip datagrams: a datagram arrives twice, each
+//!   copy with its own jitter (streams do not duplicate: TCP drops them).
 //! - **Cuts**, one way (hence one-way, bridge and full partitions): datagrams
 //!   are dropped, stream bytes stall until the cut heals.
 //! - **Slow** members: every datagram and chunk to or from one takes longer.
@@ -103,8 +105,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Faults {
     /// Faults drawn from `seed`: a latency class (each link's base delay up
     /// to 2, 20, 100, 250 or [`MAX_LINK_DELAY`] ms), a loss rate up to 5 %
-    /// and a duplication rate of gossip datagrams up to 5 % (0 in a
-    /// simulation: see [`Faults::without_duplicates`]).
+    /// and a duplication rate of gossip datagrams up to 5 % (each copy with
+    /// a jitter of its own, so a copy may also arrive before the original's
+    /// successors).
     pub fn new(seed: u64) -> Self {
         let mut rng = rng_for(&[seed]);
         let class = LATENCY_CLASSES_MS[rng.random_range(0..LATENCY_CLASSES_MS.len())];
@@ -118,14 +121,6 @@ impl Faults {
         };
         faults.reset_stream_links();
         faults
-    }
-
-    /// No duplicated gossip datagram: chitchat's envelope is not `Clone`,
-    /// and a copy goes through the gossip crate's codec, which uses real
-    /// loopback sockets — not on simulated time, so not deterministic.
-    pub fn without_duplicates(self) -> Self {
-        lock(&self.links).duplicate = 0;
-        self
     }
 
     /// The largest base delay of this seed's links.

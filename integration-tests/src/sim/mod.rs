@@ -199,7 +199,7 @@ impl SimReport {
 }
 
 fn simulate_here(options: &SimOptions) -> SimReport {
-    let faults = Faults::new(options.seed).without_duplicates();
+    let faults = Faults::new(options.seed);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
     {
         Ok(r) => r,
@@ -324,6 +324,9 @@ async fn nemesis(members: &Members, faults: &Faults, seed: u64, until: Instant) 
             4 => faults.pause(victim, hold),
             // A crash, and a replacement member in its slot after the hold.
             _ => {
+                if !survivable(members, victim) {
+                    continue;
+                }
                 if let Some(member) = members.set(victim, None) {
                     let _ = tokio::time::timeout(Duration::from_secs(30), member.abort()).await;
                     tokio::time::sleep(hold).await;
@@ -342,4 +345,21 @@ async fn nemesis(members: &Members, faults: &Faults, seed: u64, until: Instant) 
         tokio::time::sleep(hold).await;
         faults.heal();
     }
+}
+
+/// True if crashing the member in slot `victim` leaves a majority of the
+/// raft voters running in every running member's view. A crash loses a
+/// member for good here (no simulated disk yet: its replacement is a new
+/// member), and no raft cluster recovers from losing a majority of its
+/// voters for good: the nemesis crashes no such member, as a real crash
+/// followed by a restart from the member's disk would not lose it.
+fn survivable(members: &Members, victim: usize) -> bool {
+    let Some(doomed) = members.get(victim).map(|m| m.member_id()) else { return true };
+    let running = members.running();
+    let alive: std::collections::BTreeSet<_> =
+        running.iter().map(|m| m.member_id()).filter(|id| *id != doomed).collect();
+    running.iter().all(|m| {
+        let voters = m.consensus_status().voters;
+        voters.keys().filter(|id| alive.contains(id)).count() * 2 > voters.len()
+    })
 }
