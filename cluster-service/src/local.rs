@@ -59,7 +59,7 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
         let store = self.store.clone();
         let request = request.clone();
         async move {
-            if reads_state(&request) {
+            if request.reads_local_state() {
                 store.read_barrier().await?;
             }
             crate::dispatch::execute(&*store, request).await
@@ -111,20 +111,6 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
             }
         })
     }
-}
-
-/// True for the reads of the member's applied state (keys and records),
-/// which a [read barrier](ConsensusStore::read_barrier) keeps in step with
-/// what the leader answered this member.
-fn reads_state(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Get { .. }
-            | Request::GetPrefix { .. }
-            | Request::GetPrefixWithRevision { .. }
-            | Request::GetWithMeta { consistent: false, .. }
-            | Request::Members
-    )
 }
 
 impl<S: ConsensusStore> Proxy<S> {

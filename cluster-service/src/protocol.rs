@@ -130,6 +130,21 @@ impl Request {
                 | Request::GetWithMeta { consistent: true, .. }
         )
     }
+
+    /// True for the reads a member answers from its own applied state (keys
+    /// and records): a member's router holds them behind its
+    /// [read barrier](cluster_core::ConsensusStore::read_barrier), in step
+    /// with what the leader answered that member.
+    pub fn reads_local_state(&self) -> bool {
+        matches!(
+            self,
+            Request::Get { .. }
+                | Request::GetPrefix { .. }
+                | Request::GetPrefixWithRevision { .. }
+                | Request::GetWithMeta { consistent: false, .. }
+                | Request::Members
+        )
+    }
 }
 
 /// The answer to a [`Request`].
