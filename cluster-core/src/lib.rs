@@ -70,6 +70,6 @@ pub use membership::{
 pub use role::RaftRole;
 pub use store::{
     CasOutcome, ConsensusBackend, ConsensusConfig, ConsensusLimits, ConsensusProgress, ConsensusStatus,
-    ConsensusStore, ConsensusStoreExt, Endpoints, Entries, KeyMeta, Liveness, MemberStatus, RaftTiming,
-    Watch, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest, Writer,
+    ConsensusStore, ConsensusStoreExt, Endpoints, Entries, KeyMeta, KeyScope, Liveness, MemberStatus,
+    RaftTiming, RemoteReads, Watch, WatchEvent, WatchLog, WriteOp, WriteOutcome, WriteRequest, Writer,
 };

@@ -285,7 +285,9 @@ pub(crate) async fn join_gossip<M: Membership, S: ConsensusStore>(
 }
 
 /// Serves the store on the service port, with the member's admin surface
-/// (gossip's view, the keyring) and its metrics.
+/// (gossip's view, the keyring) and its metrics; what the store does not
+/// hold (a client member's user keys) it serves through a replica, reached
+/// with `forward`.
 ///
 /// Pre: the store and gossip run. Post: the service answers; `liveness`
 /// is what it reports of the members.
@@ -294,8 +296,8 @@ pub(crate) fn serve_service<M: Membership, S: ConsensusStore>(
     config: &ClusterConfig,
     store: &Arc<S>,
     membership: &M,
-    liveness: &LivenessTable,
-    metrics: &Metrics,
+    (liveness, metrics): (&LivenessTable, &Metrics),
+    forward: cluster_service::RouterOptions,
 ) -> Result<ServiceServer, ClusterError> {
     let admin =
         Admin { store: store.clone(), liveness: liveness.clone(), keyring: membership.keyring_control() };
@@ -309,6 +311,7 @@ pub(crate) fn serve_service<M: Membership, S: ConsensusStore>(
         security: config.security.clone(),
         admin: Some(Arc::new(admin)),
         observer: Some(Arc::new(metrics.clone())),
+        forward: Some(forward),
     };
     ServiceServer::serve(listener, store.clone(), server).map_err(start_err("service"))
 }

@@ -1,19 +1,19 @@
-//! The feed of a client member's [`ClientView`]: a replica's state, then a
-//! watch of every change after it, from a non-leader replica when there is
-//! one (client members spread over them, so the leader's cost does not grow
-//! with their number).
+//! The feed of a client member's [`ClientView`]: a replica's records (the
+//! keys under `carbon-grid/`), then a watch of every change of them after
+//! that, from a non-leader replica when there is one (client members spread
+//! over them, so the leader's cost does not grow with their number).
 //!
 //! The watch is the service client's: when its replica dies, stops or
 //! drops it, it goes on at another replica from the last revision + 1 —
 //! no gap, no repeat. When no replica remembers that revision any more
-//! ([`Error::Compacted`]), the view reads a replica's state again, never
-//! one older than what it served.
+//! ([`Error::Compacted`]), the view reads a replica's records again, never
+//! older than what it served.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_core::{Error, MemberId};
+use cluster_core::{Error, MemberId, keys};
 use cluster_service::{RouterOptions, ServiceClient};
 use futures::StreamExt;
 use tracing::debug;
@@ -52,7 +52,7 @@ pub(crate) fn order(replicas: Vec<(String, bool)>, me: MemberId, turn: usize) ->
 
 /// The replicas the cluster's records name (written by the leader, which
 /// admitted them), this member excluded.
-fn recorded_replicas(view: &ClientView, me: MemberId) -> Vec<(String, bool)> {
+pub(crate) fn recorded_replicas(view: &ClientView, me: MemberId) -> Vec<(String, bool)> {
     let status = view.status(me);
     status
         .voters
@@ -100,7 +100,7 @@ async fn round(view: &ClientView, addrs: Vec<String>, options: &RouterOptions) -
         Err(_) => return false,
     };
     if !view.synced() {
-        match client.get_prefix_with_revision("").await {
+        match client.get_prefix_with_revision(keys::RESERVED_PREFIX).await {
             Ok((revision, entries)) => {
                 if !view.install(revision, entries) {
                     debug!(revision, held = view.revision(), "a replica behind this view: trying another");
@@ -114,7 +114,7 @@ async fn round(view: &ClientView, addrs: Vec<String>, options: &RouterOptions) -
         }
     }
     let mut applied = false;
-    let stream = client.watch("", Some(view.revision() + 1));
+    let stream = client.watch(keys::RESERVED_PREFIX, Some(view.revision() + 1));
     futures::pin_mut!(stream);
     while let Some(item) = stream.next().await {
         match item {

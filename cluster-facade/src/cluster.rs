@@ -143,9 +143,6 @@ where
         let liveness = LivenessTable::default();
         let liveness_task = tokio::spawn(liveness.clone().follow(membership.subscribe(), stop_rx.clone()));
         let metrics = Metrics::new();
-        let service =
-            choreography::serve_service(ports.service, &config, &store, &*membership, &liveness, &metrics)?;
-        started.service = Some(service);
         let ms = ClusterConfig::ms;
         let proxy_options = RouterOptions {
             op_timeout: ms(config.timeouts.operation_ms),
@@ -155,6 +152,15 @@ where
             network: config.network.clone(),
             ..RouterOptions::new(config.cluster_id.clone())
         };
+        let service = choreography::serve_service(
+            ports.service,
+            &config,
+            &store,
+            &*membership,
+            (&liveness, &metrics),
+            proxy_options.clone(),
+        )?;
+        started.service = Some(service);
         let proxy = Proxy::new(store.clone(), proxy_options.clone());
         // A client member's view follows the replicas that gossip shows.
         let mode_task = tokio::spawn(

@@ -6,11 +6,13 @@
 //! nothing and is sent nothing. `MemberStore` serves what the member is now:
 //!
 //! - a **replica** (raft lists it): its raft store, as before;
-//! - a **client member**: its [`ClientView`] for local reads, watches,
-//!   short ids and the status (the leader and the replicas, as the records
-//!   name them); writes, consistent reads and raft changes answer "not
-//!   leader" with the leader the records name, so the member's router
-//!   forwards them there.
+//! - a **client member**: its [`ClientView`] of the cluster's records (under
+//!   `carbon-grid/`) for members, short ids and the status (the leader and
+//!   the replicas, as the records name them); every other key it reads at a
+//!   replica ([`ConsensusStore::remote_reads`]: the member's router sends
+//!   those reads and watches there, no older than what it showed before);
+//!   writes, consistent reads and raft changes answer "not leader" with the
+//!   leader the records name, so the member's router forwards them there.
 //!
 //! A member moves from client to replica once raft lists it, the records
 //! name it a voter or nonvoter, and its own raft state caught up with what
@@ -26,7 +28,11 @@
 //! the write before it answered) and waits until this member's state —
 //! view or raft — reached it. A member's local reads so never miss its own
 //! acknowledged writes nor what its linearizable reads returned, and the
-//! floor only grows, so they never go backwards either.
+//! floor only grows, so they never go backwards either. A client member's
+//! reads at replicas ask for at least that floor and the revision its
+//! earlier reads at replicas were served at, so they never go backwards
+//! either; its records, which move only when the records change, are read
+//! again at a replica when they are behind the floor.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,10 +42,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cluster_core::{
-    ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta, MemberId, Result,
-    ShortId, Watch, WriteOutcome, WriteRequest,
+    ConsensusProgress, ConsensusStatus, ConsensusStore, Endpoints, Entries, Error, KeyMeta, KeyScope,
+    MemberId, RemoteReads, Result, ShortId, Watch, WriteOutcome, WriteRequest, keys,
 };
-use cluster_service::{RouterOptions, ServiceClient};
+use cluster_service::{Request, Response, RouterOptions, ServiceClient};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -71,6 +77,13 @@ pub struct MemberStore<S> {
     answered_by: Mutex<Option<String>>,
     /// The revision this member's local reads must show at least.
     read_floor: AtomicU64,
+    /// The highest revision this member's reads at replicas were served at:
+    /// the next ones must show it at least (its records need not: they
+    /// move only when the records change, and stay readable while no
+    /// replica can be reached).
+    seen_floor: AtomicU64,
+    /// The replicas gossip's tags name (set by `run`), before the records do.
+    tagged_replicas: OnceLock<ReplicaSource>,
 }
 
 impl<S: ConsensusStore> MemberStore<S> {
@@ -89,6 +102,65 @@ impl<S: ConsensusStore> MemberStore<S> {
             options: OnceLock::new(),
             answered_by: Mutex::new(None),
             read_floor: AtomicU64::new(0),
+            seen_floor: AtomicU64::new(0),
+            tagged_replicas: OnceLock::new(),
+        }
+    }
+
+    /// True if this member's own state holds every key of `scope`: all of
+    /// them on a replica, the cluster's records on a client member.
+    fn holds(&self, scope: KeyScope<'_>) -> bool {
+        !self.is_client() || scope.is_within(keys::RESERVED_PREFIX)
+    }
+
+    /// The error of a local read of keys a client member does not hold
+    /// (its router reads them at a replica; a bare caller must ask one).
+    fn not_held(&self, scope: KeyScope<'_>) -> Error {
+        Error::Unreachable(format!(
+            "member {} is a client member: it holds only the cluster's records, not {scope:?}; ask a replica",
+            self.me()
+        ))
+    }
+
+    /// The service addresses of the replicas, in the order this member
+    /// reads from them: the records' (non-leaders first, spread over client
+    /// members, the leader last), else gossip's tags.
+    fn replica_addrs(&self) -> Vec<String> {
+        let mut known = client_feed::recorded_replicas(&self.view, self.me());
+        if known.is_empty()
+            && let Some(tagged) = self.tagged_replicas.get()
+        {
+            known = tagged();
+        }
+        client_feed::order(known, self.me(), 0)
+    }
+
+    /// Reads the cluster's records again at a replica whose state reached
+    /// `floor`: a client member's view moves only when the records change,
+    /// so it cannot tell by itself that it holds every change up to `floor`.
+    async fn refresh_view(&self, floor: u64) -> Result<()> {
+        let Some(options) = self.options.get() else { return Ok(()) };
+        let addrs = self.replica_addrs();
+        if addrs.is_empty() {
+            return Err(Error::Unreachable("no replica known to read the cluster's records from".to_owned()));
+        }
+        let mut options = options.clone();
+        // The read barrier's caller retries.
+        options.op_timeout = options.attempt_timeout;
+        let client = ServiceClient::remote(addrs, options)?;
+        let read = Request::GetPrefixWithRevision { prefix: keys::RESERVED_PREFIX.to_owned() };
+        let answer = client.request(Request::ReadAt { min_revision: floor, read: Box::new(read) }).await?;
+        match answer {
+            Response::ReadAt { answer, .. } => match *answer {
+                Response::EntriesAt { revision, entries } => {
+                    self.view.install(revision, entries);
+                    Ok(())
+                }
+                other => {
+                    Err(Error::Internal(format!("a read of the records was answered with {}", other.kind())))
+                }
+            },
+            other => Err(Error::Internal(format!("a read at a revision was answered with {}", other.kind()))),
         }
     }
 
@@ -198,6 +270,7 @@ impl<S: ConsensusStore> MemberStore<S> {
         mut member_stop: watch::Receiver<bool>,
     ) {
         let _ = self.options.set(options.clone());
+        let _ = self.tagged_replicas.set(replicas.clone());
         let mut stop = self.stop.subscribe();
         let mut raft_changes = self.raft.status_changes();
         let mut view_changes = self.view.revisions();
@@ -335,11 +408,23 @@ impl<S: ConsensusStore> ConsensusStore for MemberStore<S> {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        if self.is_client() { Ok(self.view.get(key)) } else { self.raft.get(key) }
+        if !self.is_client() {
+            return self.raft.get(key);
+        }
+        if !self.holds(KeyScope::Key(key)) {
+            return Err(self.not_held(KeyScope::Key(key)));
+        }
+        Ok(self.view.get(key))
     }
 
     fn get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
-        if self.is_client() { self.view.get_with_meta(key) } else { self.raft.get_with_meta(key) }
+        if !self.is_client() {
+            return self.raft.get_with_meta(key);
+        }
+        if !self.holds(KeyScope::Key(key)) {
+            return Err(self.not_held(KeyScope::Key(key)));
+        }
+        self.view.get_with_meta(key)
     }
 
     async fn consistent_get_with_meta(&self, key: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
@@ -350,19 +435,33 @@ impl<S: ConsensusStore> ConsensusStore for MemberStore<S> {
     }
 
     fn get_prefix(&self, prefix: &str) -> Result<Entries> {
-        if self.is_client() {
-            Ok(self.view.get_prefix_with_revision(prefix).1)
-        } else {
-            self.raft.get_prefix(prefix)
-        }
+        Ok(self.get_prefix_with_revision(prefix)?.1)
     }
 
     fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
-        if self.is_client() {
-            Ok(self.view.get_prefix_with_revision(prefix))
-        } else {
-            self.raft.get_prefix_with_revision(prefix)
+        if !self.is_client() {
+            return self.raft.get_prefix_with_revision(prefix);
         }
+        if !self.holds(KeyScope::Prefix(prefix)) {
+            return Err(self.not_held(KeyScope::Prefix(prefix)));
+        }
+        Ok(self.view.get_prefix_with_revision(prefix))
+    }
+
+    fn applied_revision(&self) -> Result<u64> {
+        Ok(self.local_revision())
+    }
+
+    fn remote_reads(&self, scope: KeyScope<'_>) -> Option<RemoteReads> {
+        if self.holds(scope) {
+            return None;
+        }
+        let floor = self.read_floor.load(Ordering::Acquire).max(self.seen_floor.load(Ordering::Acquire));
+        Some(RemoteReads { replicas: self.replica_addrs(), min_revision: floor })
+    }
+
+    fn observed_revision(&self, revision: u64) {
+        self.seen_floor.fetch_max(revision, Ordering::AcqRel);
     }
 
     async fn progress(&self) -> ConsensusProgress {
@@ -389,27 +488,36 @@ impl<S: ConsensusStore> ConsensusStore for MemberStore<S> {
 
     fn watch(&self, prefix: &str) -> Watch {
         if self.is_client() {
-            self.view.watch(prefix, None).unwrap_or_else(|_| Watch::ended(prefix))
+            self.watch_from(prefix, None).unwrap_or_else(|_| Watch::ended(prefix))
         } else {
             self.raft.watch(prefix)
         }
     }
 
     fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
-        if self.is_client() {
-            self.view.watch(prefix, from_revision)
-        } else {
-            self.raft.watch_from(prefix, from_revision)
+        if !self.is_client() {
+            return self.raft.watch_from(prefix, from_revision);
         }
+        if !self.holds(KeyScope::Prefix(prefix)) {
+            return Err(self.not_held(KeyScope::Prefix(prefix)));
+        }
+        self.view.watch(prefix, from_revision)
     }
 
     fn answered_by_leader(&self, leader_service_addr: &str) {
         *self.answered_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader_service_addr.to_owned());
     }
 
-    async fn read_barrier(&self) -> Result<()> {
+    async fn read_barrier(&self, scope: KeyScope<'_>) -> Result<()> {
         self.learn_read_floor().await?;
+        if !self.holds(scope) {
+            // Read at a replica, at the floor: `remote_reads` names it.
+            return Ok(());
+        }
         let floor = self.read_floor.load(Ordering::Acquire);
+        if self.is_client() && self.view.synced() && self.view.revision() < floor {
+            self.refresh_view(floor).await?;
+        }
         let wait = self.options.get().map_or(Duration::from_secs(3), |o| o.attempt_timeout);
         let deadline = tokio::time::Instant::now() + wait;
         let mut view_changes = self.view.revisions();

@@ -59,6 +59,16 @@ pub fn required_access(request: &Request) -> Result<Access> {
         | Request::Liveness
         | Request::Export => Ok(Access::Anyone),
         Request::ForceLeave { .. } => Ok(Access::Operator),
+        // A read at a revision needs what the read needs; only reads of the
+        // local kind can be asked so.
+        Request::ReadAt { read, .. }
+            if read.reads_local_state() && !matches!(**read, Request::ReadAt { .. }) =>
+        {
+            required_access(read)
+        }
+        Request::ReadAt { .. } => {
+            Err(Error::BadRequest("only a read of a member's local state can be asked at a revision".into()))
+        }
         // Gossip keys let their holder into the membership: members only,
         // and never over plain TCP, where they would cross the wire in the clear.
         Request::KeyringList | Request::KeyringChange(_) => Ok(Access::Member),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cluster_core::{ConsensusStore, MemberId, Result, WatchEvent};
-use futures::Stream;
+use cluster_core::{ConsensusStore, Error, KeyScope, MemberId, Result, WatchEvent};
+use futures::{Stream, StreamExt};
 
 use crate::protocol::{Request, Response};
 use crate::retry::Attempt;
@@ -34,7 +34,17 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
     fn route(&self, request: &Request, attempt: &Attempt) -> Route {
         let me = self.store.member_id();
         if !request.needs_leader() {
-            return Route::Local(me);
+            // A read this member's own state does not hold: at a replica,
+            // the next one after each failed attempt.
+            let remote = request.scope().and_then(|scope| self.store.remote_reads(scope));
+            return match remote {
+                None => Route::Local(me),
+                Some(remote) if remote.replicas.is_empty() => Route::NoReplica,
+                Some(remote) => Route::Replica {
+                    addr: remote.replicas[attempt.number as usize % remote.replicas.len()].clone(),
+                    min_revision: remote.min_revision,
+                },
+            };
         }
         if let Some(hint) = attempt.hint() {
             if hint.member_id == me {
@@ -59,8 +69,8 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
         let store = self.store.clone();
         let request = request.clone();
         async move {
-            if request.reads_local_state() {
-                store.read_barrier().await?;
+            if let Some(scope) = request.scope() {
+                store.read_barrier(scope).await?;
             }
             crate::dispatch::execute(&*store, request).await
         }
@@ -71,6 +81,22 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
     fn learn(&self, addr: &str, request: &Request, answer: &Result<Response>) {
         if answer.is_ok() && request.needs_leader() {
             self.store.answered_by_leader(addr);
+        }
+    }
+
+    fn observed(&self, revision: u64) {
+        self.store.observed_revision(revision);
+    }
+
+    /// The member's read barrier first: it learns what the leader answered
+    /// this member, which the floor then includes.
+    fn remote_floor(&self, request: &Request) -> impl Future<Output = Result<u64>> + Send {
+        let store = self.store.clone();
+        let request = request.clone();
+        async move {
+            let Some(scope) = request.scope() else { return Ok(0) };
+            store.read_barrier(scope).await?;
+            Ok(store.remote_reads(scope).map_or(0, |r| r.min_revision))
         }
     }
 
@@ -95,12 +121,25 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
         }
     }
 
+    /// The member's own store's watch; for a prefix that store does not
+    /// hold (a client member's user keys), a [`ServiceClient`](crate::ServiceClient)'s
+    /// watch of the replicas, which goes on at another replica when one fails.
     fn watch(
         router: &Router<Self>,
         prefix: &str,
         from_revision: Option<u64>,
     ) -> impl Stream<Item = Result<WatchEvent>> + Send + 'static {
-        let first = router.inner.target.store.watch_from(prefix, from_revision);
+        let store = &router.inner.target.store;
+        if let Some(remote) = store.remote_reads(KeyScope::Prefix(prefix)) {
+            return match crate::ServiceClient::remote(remote.replicas, router.options().clone()) {
+                Ok(replicas) => replicas.watch(prefix, from_revision).boxed(),
+                Err(_) => futures::stream::once(std::future::ready(Err(Error::Unreachable(format!(
+                    "watch of {prefix:?}: no replica known to watch"
+                )))))
+                .boxed(),
+            };
+        }
+        let first = store.watch_from(prefix, from_revision);
         futures::stream::unfold(Some(first), |state| async move {
             match state? {
                 Err(e) => Some((Err(e), None)),
@@ -110,6 +149,7 @@ impl<S: ConsensusStore> sealed::Target for Local<S> {
                 },
             }
         })
+        .boxed()
     }
 }
 

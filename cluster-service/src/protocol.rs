@@ -12,7 +12,7 @@ use cluster_core::wire::WireCodec;
 use std::collections::BTreeMap;
 
 use cluster_core::{
-    ConsensusStatus, Error, KeyMeta, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo,
+    ConsensusStatus, Error, KeyMeta, KeyScope, KeyringChange, KeyringState, Liveness, MemberId, MemberInfo,
     MemberStatus, Result, WatchEvent, WriteOutcome, WriteRequest,
 };
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,18 @@ pub enum Request {
         /// Read at the leader after it confirmed its leadership.
         consistent: bool,
     },
+    /// `read`, a read of the member's local state ([`Request::reads_local_state`]),
+    /// served once the member's state reached `min_revision`, and answered
+    /// with [`Response::ReadAt`]: the revision it was served at, so that the
+    /// caller's next read at any member never shows an older state. A
+    /// member that does not get there soon answers [`Error::Timeout`]: ask
+    /// another. How a client member reads the keys it does not hold.
+    ReadAt {
+        /// The revision the member's state must show at least.
+        min_revision: u64,
+        /// The read.
+        read: Box<Request>,
+    },
 }
 
 impl Request {
@@ -116,6 +128,7 @@ impl Request {
             Request::KeyringChange(_) => "keyring change",
             Request::MemberStatus => "member status",
             Request::GetWithMeta { .. } => "get with revisions",
+            Request::ReadAt { read, .. } => read.kind(),
         }
     }
 
@@ -143,7 +156,24 @@ impl Request {
                 | Request::GetPrefixWithRevision { .. }
                 | Request::GetWithMeta { consistent: false, .. }
                 | Request::Members
+                | Request::ReadAt { .. }
         )
+    }
+
+    /// The keys a read of the local kind covers ([`reads_local_state`](Self::reads_local_state));
+    /// `None` for any other request.
+    pub fn scope(&self) -> Option<KeyScope<'_>> {
+        match self {
+            Request::Get { key } | Request::GetWithMeta { key, consistent: false } => {
+                Some(KeyScope::Key(key))
+            }
+            Request::GetPrefix { prefix } | Request::GetPrefixWithRevision { prefix } => {
+                Some(KeyScope::Prefix(prefix))
+            }
+            Request::Members => Some(KeyScope::Prefix(cluster_core::keys::MEMBERS_PREFIX)),
+            Request::ReadAt { read, .. } => read.scope(),
+            _ => None,
+        }
     }
 }
 
@@ -189,6 +219,13 @@ pub enum Response {
     MemberStatus(Box<MemberStatus>),
     /// Answer to `GetWithMeta`.
     ValueWithMeta(Option<(Vec<u8>, KeyMeta)>),
+    /// Answer to `ReadAt`: the read's answer and the revision of the state it read.
+    ReadAt {
+        /// The store's revision the read was served at (at least the one asked).
+        revision: u64,
+        /// The read's answer.
+        answer: Box<Response>,
+    },
 }
 
 impl Response {
@@ -209,6 +246,7 @@ impl Response {
             Response::Keyring(_) => "keyring",
             Response::MemberStatus(_) => "member status",
             Response::ValueWithMeta(_) => "value with revisions",
+            Response::ReadAt { .. } => "read at",
         }
     }
 }
@@ -347,6 +385,7 @@ mod tests {
             Request::GetPrefixWithRevision { prefix: "p/".into() },
             Request::MemberStatus,
             Request::GetWithMeta { key: "k".into(), consistent: true },
+            Request::ReadAt { min_revision: 9, read: Box::new(Request::Get { key: "u".into() }) },
         ];
         let mut buf = BytesMut::new();
         for (i, r) in requests.iter().enumerate() {
@@ -359,6 +398,9 @@ mod tests {
         let hint = LeaderHint { member_id: MemberId::generate(), service_addr: Some("h:1".into()) };
         let answer = Response::Err(Error::NotLeader(Some(hint)));
         server.encode(Frame { request_id: 9, body: answer.clone() }, &mut buf).unwrap();
+        assert_eq!(client.decode(&mut buf).unwrap().unwrap().unwrap().body, answer);
+        let answer = Response::ReadAt { revision: 12, answer: Box::new(Response::Value(Some(vec![3]))) };
+        server.encode(Frame { request_id: 10, body: answer.clone() }, &mut buf).unwrap();
         assert_eq!(client.decode(&mut buf).unwrap().unwrap().unwrap().body, answer);
     }
 }

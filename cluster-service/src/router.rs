@@ -331,7 +331,16 @@ impl<T: Target> Router<T> {
                             inner.target.learn(&addr, request, &answer);
                             answer
                         }
+                        Route::Replica { addr, min_revision } => {
+                            let min_revision = min_revision.max(inner.target.remote_floor(request).await?);
+                            inner.sent.fetch_add(1, Ordering::Relaxed);
+                            read_at_replica(inner, &addr, min_revision, request).await
+                        }
                         Route::NoLeader => Err(Error::NotLeader(None)),
+                        Route::NoReplica => Err(Error::Unreachable(format!(
+                            "{}: no replica known to read from",
+                            request.kind()
+                        ))),
                     }
                 }
             },
@@ -369,6 +378,15 @@ pub(crate) mod sealed {
         /// Learns from the answer of the member at `addr` (the leader's address).
         fn learn(&self, _addr: &str, _request: &Request, _answer: &Result<Response>) {}
 
+        /// A read sent to a replica ([`Route::Replica`]) was served at `revision`.
+        fn observed(&self, _revision: u64) {}
+
+        /// The revision a read sent to a replica must show at least, known
+        /// only now (the member may first have to learn it).
+        fn remote_floor(&self, _request: &Request) -> impl Future<Output = Result<u64>> + Send {
+            std::future::ready(Ok(0))
+        }
+
         /// Waits `delay` between two attempts, or less when it knows that a
         /// leader other than `tried` was elected.
         fn pause(&self, delay: Duration, _tried: Option<MemberId>) -> impl Future<Output = ()> + Send + '_ {
@@ -395,8 +413,19 @@ pub enum Route {
         /// The member, when it is the leader this attempt follows.
         leader: Option<MemberId>,
     },
+    /// The service of a replica, for a read this member's own state does
+    /// not hold ([`ConsensusStore::remote_reads`](cluster_core::ConsensusStore::remote_reads)),
+    /// sent as a [`Request::ReadAt`] of `min_revision`.
+    Replica {
+        /// Its service address.
+        addr: String,
+        /// The revision the answer must show at least.
+        min_revision: u64,
+    },
     /// Nowhere: the call needs the leader and none is known.
     NoLeader,
+    /// Nowhere: the read is served by a replica and none is known.
+    NoReplica,
 }
 
 impl Route {
@@ -405,8 +434,31 @@ impl Route {
         match self {
             Route::Local(me) => Some(*me),
             Route::Remote { leader, .. } => *leader,
-            Route::NoLeader => None,
+            Route::Replica { .. } | Route::NoLeader | Route::NoReplica => None,
         }
+    }
+}
+
+/// Sends `read` to the replica at `addr` as a [`Request::ReadAt`] of
+/// `min_revision` (or of the caller's own, if higher, when `read` is one),
+/// and tells the target the revision it was served at. The answer is the
+/// read's, or the `ReadAt` answer when the caller asked a `ReadAt`.
+async fn read_at_replica<T: Target>(
+    inner: &Inner<T>,
+    addr: &str,
+    min_revision: u64,
+    read: &Request,
+) -> Result<Response> {
+    let (unwrap, min_revision, read) = match read {
+        Request::ReadAt { min_revision: own, read } => (false, min_revision.max(*own), read.clone()),
+        other => (true, min_revision, Box::new(other.clone())),
+    };
+    match send(inner, addr, &Request::ReadAt { min_revision, read }).await? {
+        Response::ReadAt { revision, answer } => {
+            inner.target.observed(revision);
+            if unwrap { Ok(*answer) } else { Ok(Response::ReadAt { revision, answer }) }
+        }
+        other => Err(crate::protocol::unexpected("read at", &other)),
     }
 }
 

@@ -10,11 +10,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cluster_core::{ConsensusStore, Error, MemberAdmin, Result, ServiceObserver};
+use cluster_core::{ConsensusStore, Error, KeyScope, MemberAdmin, Result, ServiceObserver};
 use cluster_rpc::{Access, Caller, Handler, HandlerFuture, Limits, Reply, Security, Server};
+use futures::StreamExt;
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::protocol::{Request, Response};
+use crate::router::{Proxy, RouterOptions};
 
 /// How the server runs.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +34,12 @@ pub struct ServerConfig {
     /// Told of every write and linearizable read executed for a caller (the
     /// member's operator metrics time them).
     pub observer: Option<Arc<dyn ServiceObserver>>,
+    /// How this member reaches the replicas for the reads and watches its
+    /// own state does not hold ([`ConsensusStore::remote_reads`]: a client
+    /// member's user keys), which it then serves by asking a replica;
+    /// `None`: such reads are refused ([`Error::Unreachable`]) and the caller
+    /// asks another member.
+    pub forward: Option<RouterOptions>,
 }
 
 impl ServerConfig {
@@ -47,10 +55,26 @@ pub struct ServiceServer {
     server: Server,
 }
 
-struct ServiceHandler<S> {
+struct ServiceHandler<S: ConsensusStore> {
     store: Arc<S>,
     admin: Option<Arc<dyn MemberAdmin>>,
     observer: Option<Arc<dyn ServiceObserver>>,
+    /// This member's own router, for what its store does not hold.
+    forward: Option<Proxy<S>>,
+}
+
+impl<S: ConsensusStore> ServiceHandler<S> {
+    /// This member's router, when `request` is a read (not one already
+    /// asked at a revision) or a watch of what its store does not hold.
+    fn forwarder(&self, request: &Request) -> Option<Proxy<S>> {
+        let scope = match request {
+            Request::Watch { prefix, .. } => KeyScope::Prefix(prefix),
+            Request::ReadAt { .. } => return None,
+            other => other.scope()?,
+        };
+        self.store.remote_reads(scope)?;
+        self.forward.clone()
+    }
 }
 
 impl<S: ConsensusStore> Handler for ServiceHandler<S> {
@@ -67,6 +91,9 @@ impl<S: ConsensusStore> Handler for ServiceHandler<S> {
             Ok(answer) => return Box::pin(std::future::ready(Reply::One(answer))),
             Err(request) => request,
         };
+        if let Some(proxy) = self.forwarder(&request) {
+            return forwarded(proxy, request);
+        }
         let store = self.store.clone();
         if let Request::Watch { prefix, from_revision } = request {
             return Box::pin(std::future::ready(watch_reply(&*store, &prefix, from_revision)));
@@ -110,7 +137,12 @@ impl ServiceServer {
             .in_scope(|| {
                 cluster_rpc::serve(
                     listener,
-                    ServiceHandler { store, admin: config.admin, observer: config.observer },
+                    ServiceHandler {
+                        forward: config.forward.map(|options| Proxy::local(store.clone(), options)),
+                        store,
+                        admin: config.admin,
+                        observer: config.observer,
+                    },
                     rpc,
                 )
             })
@@ -129,6 +161,23 @@ impl ServiceServer {
     /// elsewhere; writes carry request ids, so a retry is applied at most once.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
+    }
+}
+
+/// Serves `request` through this member's own router: a read or watch of
+/// what its store does not hold, answered by a replica.
+fn forwarded<S: ConsensusStore>(proxy: Proxy<S>, request: Request) -> HandlerFuture<Response> {
+    match request {
+        Request::Watch { prefix, from_revision } => {
+            let events = proxy.watch(&prefix, from_revision).scan(false, |ended, item| {
+                // An error is the last answer.
+                let next = (!*ended).then(|| item.map_or_else(Response::Err, Response::Event));
+                *ended = next.as_ref().is_some_and(|r| matches!(r, Response::Err(_)));
+                std::future::ready(next)
+            });
+            Box::pin(std::future::ready(Reply::stream(events)))
+        }
+        read => Box::pin(async move { Reply::One(proxy.request(read).await.unwrap_or_else(Response::Err)) }),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_core::{
-    ConsensusStatus, ConsensusStore, Endpoints, Entries, KeyMeta, MemberId, Result, ShortId, Watch,
+    ConsensusStatus, ConsensusStore, Endpoints, Entries, KeyMeta, KeyScope, MemberId, Result, ShortId, Watch,
     WriteOutcome, WriteRequest,
 };
 use cluster_service::{Proxy, RouterOptions, ServerConfig, ServiceServer};
@@ -72,7 +72,7 @@ impl ConsensusStore for Hooked {
     fn answered_by_leader(&self, leader_service_addr: &str) {
         self.answered.lock().unwrap().push(leader_service_addr.to_owned());
     }
-    async fn read_barrier(&self) -> Result<()> {
+    async fn read_barrier(&self, _scope: KeyScope<'_>) -> Result<()> {
         self.barriers.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

@@ -3,10 +3,12 @@
 //! the service on `cluster_rpc::memnet` (`integration_tests::sim`'s
 //! networks), so the cut covers every port and no root is needed.
 //!
-//! What a user of the cut member's `Cluster` relies on: its writes fail with
-//! a typed `Unavailable` error within the operation timeout (no hang), its
-//! local view (`members()`, local reads) stays, and after the heal its watch
-//! goes on with no gap and no repeat while its view never went backwards.
+//! What a user of the cut member's `Cluster` relies on: its writes and its
+//! reads of user keys (a client member reads them at a replica) fail with a
+//! typed `Unavailable` error within the operation timeout (no hang), its
+//! local view of the cluster's records (`members()`) stays, and after the
+//! heal its watch goes on with no gap and no repeat, while neither its reads
+//! nor its view ever went backwards.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,27 +81,37 @@ async fn a_client_member_cut_from_every_replica_fails_writes_keeps_its_view_and_
         async move { store.set(&format!("w/{i:02}"), vec![i as u8]).await.expect("a write") }
     };
 
-    // The cut member's watch, opened before anything is written.
-    let mut stream = Box::pin(client.store().watch("w/", None));
-    // Its view's revision, sampled all along: it must never go back.
+    // The cut member's watch, from what it reads before anything is written.
+    let (from, _) = client.store().get_prefix_with_revision("w/").await.expect("a read at a replica");
+    let mut stream = Box::pin(client.store().watch("w/", Some(from + 1)));
+    // Its reads (user keys at replicas, records in its view), sampled all
+    // along: neither may ever go back. Reads fail while it is cut off.
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (client, stop) = (client.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut last = 0u64;
+            let (mut reads, mut view) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let (revision, _) = client.store().get_prefix_with_revision("").await.expect("a local read");
-                assert!(revision >= last, "the client's view went back from {last} to {revision}");
-                last = revision;
+                if let Ok((revision, _)) = client.store().get_prefix_with_revision("w/").await {
+                    assert!(revision >= reads, "the client's reads went back from {reads} to {revision}");
+                    reads = revision;
+                }
+                let (revision, _) = client
+                    .store()
+                    .get_prefix_with_revision("carbon-grid/")
+                    .await
+                    .expect("a read of its view");
+                assert!(revision >= view, "the client's view went back from {view} to {revision}");
+                view = revision;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            last
+            reads
         })
     };
     for i in 0..10 {
         write(i).await;
     }
-    wait_until(DEADLINE, "the cut member's view has the first writes", async || {
+    wait_until(DEADLINE, "the cut member reads the first writes", async || {
         client.store().get("w/09").await.ok().flatten().is_some()
     })
     .await;
@@ -116,9 +128,13 @@ async fn a_client_member_cut_from_every_replica_fails_writes_keeps_its_view_and_
     eprintln!("a write through the cut client member: {err} (kind {:?}) after {took:?}", err.kind());
     assert_eq!(err.kind(), ErrorKind::Unavailable, "a typed error: {err}");
     assert!(took <= OP_TIMEOUT + Duration::from_secs(5), "the write hung for {took:?}");
-    // Its local view stays: the members, the values it had.
+    let started = Instant::now();
+    let err = client.store().get("w/09").await.expect_err("a read of a user key while cut off");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "a typed error: {err}");
+    assert!(took <= OP_TIMEOUT + Duration::from_secs(5), "the read hung for {took:?}");
+    // Its local view stays: the members.
     assert_eq!(client.members().expect("its members").len(), listed);
-    assert_eq!(client.store().get("w/09").await.expect("a local read"), Some(vec![9]));
     // The others go on, past the cut member's failure grace.
     for i in 10..20 {
         write(i).await;
@@ -135,12 +151,12 @@ async fn a_client_member_cut_from_every_replica_fails_writes_keeps_its_view_and_
     assert_eq!(keys, (0..20).map(|i| format!("w/{i:02}")).collect::<Vec<_>>(), "no gap, no repeat");
     let revisions: Vec<u64> = events.iter().map(|e| e.as_ref().expect("an event").revision).collect();
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "revisions only grow: {revisions:?}");
-    // And it writes again.
+    // And it writes again, and reads what it wrote.
     client.store().set("healed", b"1".to_vec()).await.expect("a write after the heal");
-    assert_eq!(client.store().get("healed").await.expect("a local read"), Some(b"1".to_vec()));
+    assert_eq!(client.store().get("healed").await.expect("a read after the heal"), Some(b"1".to_vec()));
 
     stop.store(true, Ordering::Relaxed);
-    let last = sampler.await.expect("the view never went back");
+    let last = sampler.await.expect("reads and view never went back");
     assert!(last > 0);
     for m in members {
         let _ = tokio::time::timeout(Duration::from_secs(30), m.abort()).await;

@@ -89,6 +89,14 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
         Ok((0, self.get_prefix(prefix)?))
     }
 
+    /// The revision of this member's applied state (what its local reads
+    /// show). The default reads it with
+    /// [`get_prefix_with_revision`](Self::get_prefix_with_revision) of a
+    /// prefix keys seldom start with.
+    fn applied_revision(&self) -> Result<u64> {
+        Ok(self.get_prefix_with_revision("\u{0}")?.0)
+    }
+
     /// How far along consensus is here (commit index, snapshot, quorum
     /// contact); a backend that does not know answers the default.
     fn progress(&self) -> impl Future<Output = ConsensusProgress> + Send {
@@ -116,8 +124,7 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
         // Subscribed before the revision is read: every change after that
         // revision reaches the watch.
         let mut watch = self.watch(prefix);
-        // Only the revision is wanted: a prefix no key of ours starts with.
-        let (revision, _) = self.get_prefix_with_revision("\u{0}")?;
+        let revision = self.applied_revision()?;
         if requested <= revision {
             return Err(Error::Compacted { requested, oldest: revision + 1 });
         }
@@ -132,16 +139,34 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
     /// The default does nothing.
     fn answered_by_leader(&self, _leader_service_addr: &str) {}
 
-    /// Waits, before a local read made through this member's own router,
-    /// until this member's local state holds at least what every answer
-    /// reported by [`answered_by_leader`](Self::answered_by_leader)
+    /// Waits, before a local read of `scope` made through this member's own
+    /// router, until this member's local state holds at least what every
+    /// answer reported by [`answered_by_leader`](Self::answered_by_leader)
     /// reflected: a member's local reads then never miss its own
-    /// acknowledged writes nor what its linearizable reads returned. A
+    /// acknowledged writes nor what its linearizable reads returned. For a
+    /// scope read elsewhere ([`remote_reads`](Self::remote_reads)) it only
+    /// learns that floor, which the next `remote_reads` then names. A
     /// store that cannot get there in time answers an error the router
     /// retries. The default waits for nothing.
-    fn read_barrier(&self) -> impl Future<Output = Result<()>> + Send {
+    fn read_barrier(&self, _scope: KeyScope<'_>) -> impl Future<Output = Result<()>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// Where a read of `scope` is served when this member's own state does
+    /// not hold it: a client member holds only the cluster's records (under
+    /// `carbon-grid/`) and reads every other key at a replica. `None` (the
+    /// default): this member's state holds it. The router sends such a read
+    /// to the replicas named, no older than the revision named, and reports
+    /// the revision it was served at with
+    /// [`observed_revision`](Self::observed_revision).
+    fn remote_reads(&self, _scope: KeyScope<'_>) -> Option<RemoteReads> {
+        None
+    }
+
+    /// A read served elsewhere ([`remote_reads`](Self::remote_reads)) showed
+    /// the store at `revision`: this member's later reads must show it at
+    /// least, so they never go back. The default does nothing.
+    fn observed_revision(&self, _revision: u64) {}
 
     /// Adds a member as nonvoter and waits until it caught up with the log; on the leader only.
     fn add_nonvoter(&self, member: MemberId, endpoints: Endpoints)
@@ -166,6 +191,36 @@ pub trait ConsensusStore: Send + Sync + Sized + 'static {
 
     /// Stops raft and closes storage.
     fn shutdown(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The keys a read covers: one key, or every key under a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope<'a> {
+    /// One key.
+    Key(&'a str),
+    /// Every key under a prefix (`""`: every key).
+    Prefix(&'a str),
+}
+
+impl KeyScope<'_> {
+    /// True if every key of the scope is under `prefix`.
+    pub fn is_within(&self, prefix: &str) -> bool {
+        match self {
+            KeyScope::Key(key) => key.starts_with(prefix),
+            KeyScope::Prefix(p) => p.starts_with(prefix),
+        }
+    }
+}
+
+/// Where a member's read is served when its own state does not hold it
+/// ([`ConsensusStore::remote_reads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteReads {
+    /// The service addresses of the members that hold it, in the order to try them.
+    pub replicas: Vec<String>,
+    /// The revision the answer must show at least: what this member's
+    /// reads showed or its leader answers reflected before.
+    pub min_revision: u64,
 }
 
 /// How a consensus backend is opened: the typed factory of its store.
