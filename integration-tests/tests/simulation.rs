@@ -129,22 +129,24 @@ fn seed_779_a_nonvoter_that_crashes_while_joining_does_not_stop_housekeeping() {
     assert_eq!(failures(&[simulate(&SimOptions::new(779, 3))]), Vec::<String>::new());
 }
 
-/// Seed 512 (20 s of workload), open: member 2's watch delivers three events
-/// at revision 90 (keys sim/0, sim/1 and sim/2), which members 0 and 1 never
-/// see at all — while member 1's slot holds a replacement. Not yet explained.
+/// Seed 512 (20 s of workload): member 2's watch delivered three events at
+/// revision 90 (keys sim/0, sim/1 and sim/2), which members 0 and 1 never
+/// saw: member 2 had been taken out of raft and served as a client member,
+/// whose view then held every key and, when it re-read a replica's state,
+/// told its watchers what changed stamped with that state's one revision. A
+/// client member's view holds only the cluster's records now; its watches of
+/// user keys are a replica's.
 #[test]
-#[ignore = "open: a watch repeats revision 90 with three keys (seed 512, 20 s)"]
 fn seed_512_watches_see_each_revision_once() {
     assert_eq!(failures(&[simulate(&SimOptions::new(512, 3))]), Vec::<String>::new());
 }
 
-/// Seeds 1146 and 2866 (20 s of workload), open: the leader promotes a
-/// crashed voter's replacement before it removes the crashed voter (four
-/// voters, one dead); the replacement then crashes too, and two of four
-/// voters are lost for good. The voter planner would have to remove a dead
-/// voter before it adds one (cluster-core's plan, another branch's area).
+/// Seeds 1146 and 2866 (20 s of workload): the leader promoted a crashed
+/// voter's replacement before it removed the crashed voter (four voters,
+/// one dead); the replacement then crashed too, and two of four voters were
+/// lost for good. The voter planner now removes a dead voter before it
+/// promotes its replacement.
 #[test]
-#[ignore = "open: a fourth voter added beside a dead one, then lost (seeds 1146, 2866, 20 s)"]
 fn seed_1146_and_2866_no_voter_is_added_beside_a_dead_one() {
     for seed in [1146, 2866] {
         assert_eq!(failures(&[simulate(&SimOptions::new(seed, 3))]), Vec::<String>::new());
