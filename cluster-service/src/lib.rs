@@ -25,6 +25,13 @@
 //! - One dispatch ([`execute`]) runs a [`Request`] against a store: the
 //!   server runs what it is sent with it, a [`Proxy`] what its own member
 //!   serves.
+//! - Reads a member does not hold (a client member's user keys:
+//!   [`ConsensusStore::remote_reads`](cluster_core::ConsensusStore::remote_reads))
+//!   its [`Proxy`] sends to a replica as a [`Request::ReadAt`]: served once
+//!   the replica's state reached the revision the member's earlier reads
+//!   showed, answered with the revision it was served at. The member's
+//!   server forwards such reads and watches for other programs
+//!   ([`ServerConfig::forward`]).
 //! - Watches: [`Router::watch`] streams the changes under a prefix from a
 //!   revision on; a client's watch (a streamed [`Request::Watch`]) goes on
 //!   at another member when its member dies, from the last revision seen + 1.
