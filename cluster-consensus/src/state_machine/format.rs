@@ -153,6 +153,43 @@ mod tests {
         assert_eq!(back.meta.values().copied().collect::<Vec<_>>(), [at, at]);
     }
 
+    /// A snapshot body cut short, with a byte changed, or claiming more
+    /// than it holds: an error (or, for a change inside a value, another
+    /// state), never a panic nor an allocation of what a length claims.
+    #[test]
+    fn a_corrupt_or_truncated_snapshot_is_an_error_not_a_panic() {
+        let mut s = KvState::default();
+        for (k, v) in [("a", &b"1"[..]), ("bb", b"22"), ("carbon-grid/x", b"333")] {
+            let _ = s.apply_write(&cluster_core::WriteRequest::set(k, v.to_vec()));
+        }
+        let bytes = s.to_bytes().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                KvState::from_bytes(&bytes[..cut]).is_err(),
+                "a snapshot cut at {cut} of {} read",
+                bytes.len()
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(KvState::from_bytes(&longer).is_err(), "a trailing byte was accepted");
+        for at in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[at] ^= flip;
+                let _ = KvState::from_bytes(&bad);
+            }
+        }
+        // A length prefix that claims 2^62 entries, after the marker.
+        let mut huge = FORMAT_2.to_vec();
+        huge.push(0); // no last_applied; a huge length follows where the membership starts
+        huge.extend([0xff, 0, 0, 0, 0, 0, 0, 0, 0x40]);
+        assert!(KvState::from_bytes(&huge).is_err());
+        let mut huge_v1 = vec![0u8];
+        huge_v1.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f]);
+        assert!(KvState::from_bytes(&huge_v1).is_err());
+    }
+
     #[test]
     fn a_state_reads_back_as_it_was_written() {
         let mut s = KvState::default();
