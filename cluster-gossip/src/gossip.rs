@@ -134,7 +134,6 @@ impl Gossip {
             hub: hub.clone(),
             socket: shared.clone(),
             tracker: Tracker::new(m.failure_detection.dead_member_grace),
-            housekeeping: Duration::from_secs(1).max(m.gossip_interval),
         };
         let events = tokio::spawn(task.run(stop_rx).instrument(span.clone()));
         let primary = keyring.as_ref().map(|k| k.keys().primary().id().to_string());

@@ -131,7 +131,7 @@ pub(super) async fn open(
     let cancel = CancellationToken::new();
     let alarm = Arc::new(QuotaAlarm { raised_at: AtomicU64::new(QuotaAlarm::NONE) });
     let (status, status_task) =
-        status_task(raft.metrics(), &votes, &state, &config.limits, &alarm, cancel.clone());
+        status_task(raft.clone(), raft.metrics(), &votes, &state, &config.limits, &alarm, cancel.clone());
     let mut tasks: Vec<JoinHandle<()>> = vec![tokio::spawn(status_task.instrument(span.clone()))];
     if let (Some(reset_id), Some(dir)) = (votes.pending(), config.data_dir.clone()) {
         let watcher = watch_reset(raft.clone(), state.clone(), votes.clone(), reset_id, dir, cancel.clone());

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cluster_core::{ConsensusLimits, ConsensusStatus, Endpoints, MemberId};
-use openraft::RaftMetrics;
+use openraft::{RaftMetrics, ServerState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::recovery::VoteGate;
 use crate::state_machine::SharedState;
+use crate::typecfg::Raft;
 
 /// The store quota alarm: raised when a write is refused because the store
 /// is full, lowered once the store shrank below its size then (something
@@ -76,9 +77,20 @@ pub(super) fn status_of(
     }
 }
 
+/// Whether raft's timer does anything on this member: openraft's tick only
+/// starts elections (on a voter) and sends heartbeats and steps down (on a
+/// leader, which may already be out of the voters). A nonvoter and a member
+/// out of raft (a client member of the facade) would wake up every 1.5
+/// heartbeat intervals for nothing.
+fn needs_tick(m: &RaftMetrics<MemberId, Endpoints>) -> bool {
+    m.state == ServerState::Leader || m.membership_config.membership().voter_ids().any(|id| id == m.id)
+}
+
 /// The status channel of a store, and the task that keeps it current: it
-/// follows raft's metrics and the vote gate (a reset ends) until `cancel`.
+/// follows raft's metrics and the vote gate (a reset ends) until `cancel`,
+/// and keeps raft's timer on only while it has work ([`needs_tick`]).
 pub(super) fn status_task(
+    raft: Raft,
     mut metrics: watch::Receiver<RaftMetrics<MemberId, Endpoints>>,
     votes: &VoteGate,
     state: &SharedState,
@@ -91,7 +103,16 @@ pub(super) fn status_task(
         watch::channel(status_of(&metrics.borrow(), votes.pending(), state, limits, alarm));
     let (state, limits, alarm) = (state.clone(), limits.clone(), alarm.clone());
     let task = async move {
+        // openraft starts with its timer on (`Config::enable_tick`).
+        let mut ticking = true;
         loop {
+            let tick = needs_tick(&metrics.borrow());
+            if tick != ticking {
+                // Turned on as soon as the metrics show this member a voter:
+                // an election timeout is far longer than the time it takes.
+                raft.runtime_config().tick(tick);
+                ticking = tick;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 changed = metrics.changed() => {

@@ -131,6 +131,15 @@ impl Tracker {
         self.known.retain(|_, k| k.member.state == MemberState::Alive || now.duration_since(k.since) < grace);
     }
 
+    /// When the next departed member is to be forgotten, if any departed.
+    pub(crate) fn next_forget(&self) -> Option<Instant> {
+        self.known
+            .values()
+            .filter(|k| k.member.state != MemberState::Alive)
+            .filter_map(|k| k.since.checked_add(self.grace))
+            .min()
+    }
+
     /// How many members it remembers, present or departed.
     #[cfg(test)]
     fn remembered(&self) -> usize {
@@ -238,11 +247,14 @@ mod tests {
         let (a, b, now) = (MemberId::generate(), MemberId::generate(), Instant::now());
         let mut t = Tracker::new(Duration::from_secs(10));
         t.observe([obs(a, 1, &[]), obs(b, 1, &[])], now);
+        assert_eq!(t.next_forget(), None, "no departed member: nothing to wake up for");
         t.observe([obs(b, 1, &[])], now);
+        assert_eq!(t.next_forget(), Some(now + Duration::from_secs(10)));
         t.forget_departed(now + Duration::from_secs(5));
         assert_eq!(t.remembered(), 2);
         t.forget_departed(now + Duration::from_secs(11));
         assert_eq!(t.remembered(), 1);
+        assert_eq!(t.next_forget(), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chitchat::{Chitchat, ChitchatId, NodeState};
 use cluster_core::{EventHub, MemberId, MemberTable, MembershipEvent};
@@ -27,17 +27,22 @@ pub(crate) struct EventsTask {
     /// Told the live member count, for the pace of this member's rounds.
     pub(crate) socket: Arc<Shared>,
     pub(crate) tracker: Tracker,
-    /// How often departed members are checked for forgetting.
-    pub(crate) housekeeping: Duration,
+}
+
+/// Now, on tokio's clock (which tests may pause), as the tracker counts time.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl EventsTask {
     pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let mut housekeeping = tokio::time::interval(self.housekeeping);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The view may have changed before the task started.
         self.process().await;
         loop {
+            // Woken to forget a departed member only when one is due: an
+            // idle member has no timer here.
+            let forget = self.tracker.next_forget();
+            let forget_at = tokio::time::Instant::from_std(forget.unwrap_or_else(now));
             tokio::select! {
                 // Fired or sender dropped: either way, stop.
                 _ = &mut stop => break,
@@ -47,7 +52,9 @@ impl EventsTask {
                     }
                     self.process().await;
                 }
-                _ = housekeeping.tick() => self.tracker.forget_departed(Instant::now()),
+                _ = tokio::time::sleep_until(forget_at), if forget.is_some() => {
+                    self.tracker.forget_departed(now());
+                }
             }
         }
         debug!("membership events task stopped");
@@ -56,7 +63,7 @@ impl EventsTask {
     async fn process(&mut self) {
         let observed: Vec<Observed> =
             self.live.borrow_and_update().iter().filter_map(|(id, s)| Observed::from_node(id, s)).collect();
-        let events = self.tracker.observe(observed, Instant::now());
+        let events = self.tracker.observe(observed, now());
         if events.is_empty() {
             return;
         }
