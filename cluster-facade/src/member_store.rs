@@ -54,8 +54,8 @@ use crate::client_view::ClientView;
 
 mod reads;
 
-/// How often a nonvoter asks the leader whether it is still in raft, and a
-/// member looks again at its mode without other news.
+/// How often a replica that does not lead asks the leader whether it is
+/// still in raft, and looks again at its mode without other news.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A prefix no key starts with: to read only a store's revision.
@@ -189,7 +189,9 @@ impl<S: ConsensusStore> MemberStore<S> {
                 _ = member_stop.wait_for(|s| *s) => break,
                 changed = raft_changes.changed() => if changed.is_err() { break },
                 _ = view_changes.changed() => {}
-                _ = tick.tick() => checked = true,
+                // A client member decides on news only: its inputs (raft's status,
+                // the view) all come as changes.
+                _ = tick.tick(), if !self.is_client() => checked = true,
             }
             self.decide(checked, &mut probe, &options, &replicas).await;
             match (self.is_client(), feed.is_some()) {
