@@ -182,17 +182,9 @@ impl<S: ConsensusStore> MemberStore<S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut feed: Option<tokio::task::JoinHandle<()>> = None;
         let mut probe = None;
+        // Decide at once (a client member starts its feed now), then on news.
+        let mut checked = false;
         loop {
-            let mut checked = false;
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                _ = member_stop.wait_for(|s| *s) => break,
-                changed = raft_changes.changed() => if changed.is_err() { break },
-                _ = view_changes.changed() => {}
-                // A client member decides on news only: its inputs (raft's status,
-                // the view) all come as changes.
-                _ = tick.tick(), if !self.is_client() => checked = true,
-            }
             self.decide(checked, &mut probe, &options, &replicas).await;
             match (self.is_client(), feed.is_some()) {
                 (true, false) => {
@@ -209,6 +201,16 @@ impl<S: ConsensusStore> MemberStore<S> {
             }
             if feed.as_ref().is_some_and(|f| f.is_finished()) {
                 feed = None;
+            }
+            checked = false;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = member_stop.wait_for(|s| *s) => break,
+                changed = raft_changes.changed() => if changed.is_err() { break },
+                _ = view_changes.changed() => {}
+                // A client member decides on news only: its inputs (raft's status,
+                // the view) all come as changes.
+                _ = tick.tick(), if !self.is_client() => checked = true,
             }
         }
         if let Some(f) = feed.take() {
