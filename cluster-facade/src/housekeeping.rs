@@ -62,10 +62,6 @@ pub(crate) struct Housekeeper<M, S> {
     refused: HashMap<MemberId, String>,
     /// The reset id last published in the own tags (`Some(None)`: none).
     published_reset: Option<Option<String>>,
-    /// The last refresh could not read the short ids: the next tick tries again.
-    short_ids_stale: bool,
-    /// Publishing the own tags failed: the next tick tries again.
-    publish_failed: bool,
 }
 
 impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
@@ -88,8 +84,6 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             last_raft: None,
             refused: HashMap::new(),
             published_reset: None,
-            short_ids_stale: true,
-            publish_failed: false,
         }
     }
 
@@ -117,57 +111,38 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
                     // A change, or missed changes (lagged): read the state again either way.
                     records_open = change.is_some();
                     self.refresh_short_ids();
-                    // The own short id came or went: publish it (below) now.
-                    if *self.own_short_id.borrow() == self.published.1 {
-                        continue;
-                    }
+                    continue;
                 }
                 changed = status.changed() => {
                     if changed.is_err() {
                         break;
                     }
                     // The applied index moves with every write: act only on
-                    // changes of leader, raft membership or pending reset.
+                    // changes of leader or raft membership.
                     let s = status.borrow_and_update();
                     let raft = (s.leader, s.voters.keys().copied().collect(), s.nonvoters.keys().copied().collect());
-                    let reset_changed = self.published_reset.as_ref() != Some(&s.reset_pending);
                     drop(s);
-                    if self.last_raft.as_ref() != Some(&raft) {
-                        self.last_raft = Some(raft);
-                        // The member may have changed between replica and client
-                        // member: follow the records where they are served now.
-                        records = self.store.watch(keys::RESERVED_PREFIX);
-                        records_open = true;
-                    } else if !reset_changed {
+                    if self.last_raft.as_ref() == Some(&raft) {
                         continue;
                     }
+                    self.last_raft = Some(raft);
+                    // The member may have changed between replica and client
+                    // member: follow the records where they are served now.
+                    records = self.store.watch(keys::RESERVED_PREFIX);
+                    records_open = true;
                 }
-                // Only the leader has work on every tick. Any other member
-                // learns every change of what it reads (gossip members,
-                // records, raft status) from the events above, and ticks
-                // only to retry what failed: reading every member and every
-                // short id twice a second was most of an idle client
-                // member's CPU in housekeeping.
-                _ = tick.tick(), if self.ticks_needed(records_open) => {}
+                _ = tick.tick() => {}
                 // A grace or reap timeout ends: act on it now, not a tick later.
                 _ = tokio::time::sleep_until(self.next_deadline()) => {}
             }
             self.refresh_short_ids();
-            let tags = self.publish_own_tags().await;
-            let reset = self.publish_reset_tag().await;
-            self.publish_failed = !(tags && reset);
+            self.publish_own_tags().await;
+            self.publish_reset_tag().await;
             if self.store.status().is_leader() {
                 self.reconcile().await;
             }
         }
         debug!(member = %self.me, "housekeeping stopped");
-    }
-
-    /// Whether the next tick has work: the leader's round, or a retry of
-    /// what failed (reading the short ids, publishing the own tags,
-    /// following the records).
-    fn ticks_needed(&self, records_open: bool) -> bool {
-        !records_open || self.short_ids_stale || self.publish_failed || self.store.status().is_leader()
     }
 
     /// When the departure clock next changes a decision, or far away.
@@ -187,11 +162,7 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
     /// Brings grid events and this member's own short id in line with the
     /// short ids the state machine holds.
     fn refresh_short_ids(&mut self) {
-        let Ok(short_ids) = self.store.short_ids() else {
-            self.short_ids_stale = true;
-            return;
-        };
-        self.short_ids_stale = false;
+        let Ok(short_ids) = self.store.short_ids() else { return };
         grid::refresh(&self.grid, &self.membership.members(), &short_ids);
         let mine = short_ids.get(&self.me).copied();
         self.own_short_id.send_if_modified(|held| {
@@ -204,15 +175,14 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
     /// Keeps this member's `raft_role` and `short_member_id` tags true.
     /// Runs after [`refresh_short_ids`](Self::refresh_short_ids), whose view
     /// of this member's short id it publishes.
-    /// Whether they are published (false: the next tick tries again).
-    async fn publish_own_tags(&mut self) -> bool {
+    async fn publish_own_tags(&mut self) {
         let role = self.store.status().role();
         let short_id = *self.own_short_id.borrow();
         // A client member gossips lightly once it has joined (its short id
         // held): the replicas keep full pace, for failure detection and joins.
         self.membership.set_light_pace(role.is_none() && short_id.is_some());
         if (role, short_id) == self.published {
-            return true;
+            return;
         }
         let mut tags = BTreeMap::new();
         // Out of raft: a client member (one that joins is, until it is added).
@@ -226,24 +196,17 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             other => other,
         };
         match result {
-            Ok(()) => {
-                self.published = (role, short_id);
-                true
-            }
-            Err(e) => {
-                warn!(member = %self.me, error = %e, "cannot publish own tags");
-                false
-            }
+            Ok(()) => self.published = (role, short_id),
+            Err(e) => warn!(member = %self.me, error = %e, "cannot publish own tags"),
         }
     }
 
     /// Keeps this member's `raft_reset_pending` tag true: present with the
     /// reset id while its raft state reset is pending, absent otherwise.
-    /// Whether it is published (false: the next tick tries again).
-    async fn publish_reset_tag(&mut self) -> bool {
+    async fn publish_reset_tag(&mut self) {
         let pending = self.store.status().reset_pending;
         if self.published_reset.as_ref() == Some(&pending) {
-            return true;
+            return;
         }
         let result = match &pending {
             Some(id) => {
@@ -254,14 +217,8 @@ impl<M: Membership, S: ConsensusStore> Housekeeper<M, S> {
             None => self.membership.remove_tags(vec![tag::RAFT_RESET_PENDING.to_owned()]).await,
         };
         match result {
-            Ok(()) => {
-                self.published_reset = Some(pending);
-                true
-            }
-            Err(e) => {
-                warn!(member = %self.me, error = %e, "cannot publish the reset tag");
-                false
-            }
+            Ok(()) => self.published_reset = Some(pending),
+            Err(e) => warn!(member = %self.me, error = %e, "cannot publish the reset tag"),
         }
     }
 
