@@ -1,9 +1,13 @@
-//! Reads at a revision (`Request::ReadAt`) and the members that read what
-//! they do not hold at a replica (`ConsensusStore::remote_reads`), as a
-//! client member does: on fake stores, raw frames included.
+//! How a member's router keeps its reads in step, on fake stores: it tells
+//! the store what the leader answered it and lets the store hold back local
+//! reads until they reflect it (`ConsensusStore::answered_by_leader`,
+//! `read_barrier`); it reads what the member does not hold at a replica
+//! (`remote_reads`, as a client member does), as a read at a revision
+//! (`Request::ReadAt`), which servers also get as raw, hostile frames.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,25 +28,37 @@ fn options() -> RouterOptions {
     o
 }
 
-/// A member that holds only the keys under `mine/` (a client member holds
-/// only the cluster's records) and reads the others at `replicas`; it
-/// records the revisions its reads there were served at.
-struct Partial {
+/// A fake member's store that records the router's calls of the hooks.
+/// With `replicas`, it holds only the keys under `mine/` (a client member
+/// holds only the cluster's records) and reads the others there, recording
+/// the revisions its reads were served at.
+struct Member {
     inner: Arc<FakeStore>,
     replicas: Vec<String>,
+    answered: Mutex<Vec<String>>,
+    barriers: AtomicU64,
     observed: Mutex<Vec<u64>>,
 }
 
-impl Partial {
-    fn holds(scope: KeyScope<'_>) -> bool {
-        scope.is_within("mine/")
+impl Member {
+    fn new(inner: Arc<FakeStore>, replicas: Vec<String>) -> Arc<Self> {
+        Arc::new(Member {
+            inner,
+            replicas,
+            answered: Mutex::default(),
+            barriers: AtomicU64::new(0),
+            observed: Mutex::default(),
+        })
+    }
+    fn holds(&self, scope: KeyScope<'_>) -> bool {
+        self.replicas.is_empty() || scope.is_within("mine/")
     }
     fn refused() -> Error {
         Error::Unreachable("not held here".into())
     }
 }
 
-impl ConsensusStore for Partial {
+impl ConsensusStore for Member {
     fn member_id(&self) -> MemberId {
         self.inner.member_id()
     }
@@ -62,7 +78,7 @@ impl ConsensusStore for Partial {
         self.inner.bootstrap().await
     }
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        if !Self::holds(KeyScope::Key(key)) {
+        if !self.holds(KeyScope::Key(key)) {
             return Err(Self::refused());
         }
         self.inner.get(key)
@@ -77,7 +93,7 @@ impl ConsensusStore for Partial {
         Ok(self.get_prefix_with_revision(prefix)?.1)
     }
     fn get_prefix_with_revision(&self, prefix: &str) -> Result<(u64, Entries)> {
-        if !Self::holds(KeyScope::Prefix(prefix)) {
+        if !self.holds(KeyScope::Prefix(prefix)) {
             return Err(Self::refused());
         }
         self.inner.get_prefix_with_revision(prefix)
@@ -87,10 +103,17 @@ impl ConsensusStore for Partial {
     }
     fn remote_reads(&self, scope: KeyScope<'_>) -> Option<RemoteReads> {
         let floor = self.observed.lock().unwrap().iter().copied().max().unwrap_or(0);
-        (!Self::holds(scope)).then(|| RemoteReads { replicas: self.replicas.clone(), min_revision: floor })
+        (!self.holds(scope)).then(|| RemoteReads { replicas: self.replicas.clone(), min_revision: floor })
     }
     fn observed_revision(&self, revision: u64) {
         self.observed.lock().unwrap().push(revision);
+    }
+    fn answered_by_leader(&self, leader_service_addr: &str) {
+        self.answered.lock().unwrap().push(leader_service_addr.to_owned());
+    }
+    async fn read_barrier(&self, _scope: KeyScope<'_>) -> Result<()> {
+        self.barriers.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
     fn short_ids(&self) -> Result<BTreeMap<MemberId, ShortId>> {
         self.inner.short_ids()
@@ -105,7 +128,7 @@ impl ConsensusStore for Partial {
         self.inner.watch(prefix)
     }
     fn watch_from(&self, prefix: &str, from_revision: Option<u64>) -> Result<Watch> {
-        if !Self::holds(KeyScope::Prefix(prefix)) {
+        if !self.holds(KeyScope::Prefix(prefix)) {
             return Err(Self::refused());
         }
         self.inner.watch_from(prefix, from_revision)
@@ -209,11 +232,7 @@ async fn a_member_reads_what_it_does_not_hold_at_a_replica_never_older_than_befo
     let leader = cluster.member(0);
     leader.set("mine/a", b"own".to_vec()).await.unwrap();
     leader.set("user/a", b"1".to_vec()).await.unwrap();
-    let partial = Arc::new(Partial {
-        inner: cluster.member(1),
-        replicas: vec![server.local_addr().to_string()],
-        observed: Mutex::default(),
-    });
+    let partial = Member::new(cluster.member(1), vec![server.local_addr().to_string()]);
     let proxy = Proxy::new(partial.clone(), options());
 
     // What it holds, it reads itself; the rest at the replica.
@@ -242,11 +261,7 @@ async fn its_server_serves_what_it_does_not_hold_through_a_replica() {
     let (cluster, replica) = leader_and_store().await;
     let leader = cluster.member(0);
     leader.set("user/a", b"1".to_vec()).await.unwrap();
-    let partial = Arc::new(Partial {
-        inner: cluster.member(1),
-        replicas: vec![replica.local_addr().to_string()],
-        observed: Mutex::default(),
-    });
+    let partial = Member::new(cluster.member(1), vec![replica.local_addr().to_string()]);
     let forwarding = ServerConfig { forward: Some(options()), ..ServerConfig::new(CLUSTER) };
     let server = ServiceServer::bind("127.0.0.1:0", partial.clone(), forwarding).await.unwrap();
     let bare = ServiceServer::bind("127.0.0.1:0", partial, ServerConfig::new(CLUSTER)).await.unwrap();
@@ -272,4 +287,46 @@ async fn its_server_serves_what_it_does_not_hold_through_a_replica() {
     server.shutdown().await;
     bare.shutdown().await;
     replica.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarded_answers_are_reported_and_local_reads_wait_for_the_barrier() {
+    let cluster = FakeCluster::new(2);
+    cluster.set_leader(Some(1));
+    let server =
+        ServiceServer::bind("127.0.0.1:0", cluster.member(1), ServerConfig::new(CLUSTER)).await.unwrap();
+    cluster.set_service_addr(1, server.local_addr());
+    let store = Member::new(cluster.member(0), Vec::new());
+    let proxy = Proxy::new(store.clone(), options());
+    let leader = server.local_addr().to_string();
+
+    // Answers the leader gave this member's router are reported, each once.
+    proxy.set("k", "v").await.unwrap();
+    proxy.consistent_get("k").await.unwrap();
+    assert_eq!(*store.answered.lock().unwrap(), vec![leader.clone(), leader.clone()]);
+    assert_eq!(store.barriers.load(Ordering::SeqCst), 0, "no local read yet");
+
+    // Every local read of the member's state passes the barrier first.
+    assert_eq!(proxy.get("k").await.unwrap(), Some(b"v".to_vec()));
+    proxy.get_prefix("").await.unwrap();
+    proxy.get_prefix_with_revision("").await.unwrap();
+    proxy.get_with_meta("k", false).await.unwrap();
+    proxy.members().await.unwrap();
+    assert_eq!(store.barriers.load(Ordering::SeqCst), 5);
+    // A status is no read of the state; a linearizable read goes to the leader.
+    proxy.status().await.unwrap();
+    proxy.get_with_meta("k", true).await.unwrap();
+    assert_eq!(store.barriers.load(Ordering::SeqCst), 5);
+    assert_eq!(store.answered.lock().unwrap().len(), 3);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_leader_reports_nothing() {
+    let cluster = FakeCluster::new(1);
+    let store = Member::new(cluster.member(0), Vec::new());
+    let proxy = Proxy::new(store.clone(), options());
+    proxy.set("k", "v").await.unwrap();
+    proxy.consistent_get("k").await.unwrap();
+    assert!(store.answered.lock().unwrap().is_empty(), "its own answers are no news");
 }
